@@ -1,0 +1,386 @@
+//! Client authentication (SPEC §1): who is calling, proven on every request.
+//!
+//! [`authenticate`] picks the scheme from the headers present, checks it against the
+//! runtime's keys and, for `keygate-v1`, records the nonce. The body digest is checked
+//! later by the gateway once the body has been read ([`check_body_digest`]).
+
+pub mod nonce;
+pub mod sfv;
+pub mod signature;
+
+use crate::config::{KeyAuth, KeyId, Runtime};
+use crate::error::{ErrorCode, GatewayError};
+use nonce::{NonceError, NonceStore};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// How far in the future `created` may be.
+pub const MAX_FUTURE_S: i64 = 60;
+
+/// Which scheme authenticated the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Hmac,
+    Bearer,
+    Legacy,
+}
+
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Hmac => "hmac",
+            AuthMode::Bearer => "bearer",
+            AuthMode::Legacy => "legacy-site-timestamp",
+        }
+    }
+}
+
+/// An authenticated client.
+#[derive(Debug, Clone)]
+pub struct AuthedClient {
+    pub key_id: KeyId,
+    /// Index into `Runtime::sites`.
+    pub site: usize,
+    pub mode: AuthMode,
+    /// For `keygate-v1`: the SHA-256 the body must hash to.
+    pub body_digest: Option<[u8; 32]>,
+}
+
+/// A refusal, with the reason label for `keygate_auth_failures_total{reason}`.
+#[derive(Debug, Clone)]
+pub struct AuthFailure {
+    pub code: ErrorCode,
+    pub reason: &'static str,
+    pub detail: &'static str,
+}
+
+impl AuthFailure {
+    fn unauth(reason: &'static str, detail: &'static str) -> Self {
+        AuthFailure {
+            code: ErrorCode::Unauthenticated,
+            reason,
+            detail,
+        }
+    }
+
+    /// The client-facing error. Unknown key and bad MAC share one message.
+    pub fn to_error(&self) -> GatewayError {
+        let msg = match self.code {
+            ErrorCode::StaleRequest => "The request signature is outside the accepted time window.",
+            ErrorCode::Replayed => "This nonce has already been used.",
+            ErrorCode::UpstreamUnavailable => {
+                "The gateway cannot accept new signed requests right now."
+            }
+            _ => match self.reason {
+                "missing" => "The request carries no credentials.",
+                "malformed" => "The request signature headers are malformed.",
+                "bad_authority" => "The signed authority is not served by this gateway.",
+                "digest_mismatch" => "The body does not match its Content-Digest.",
+                _ => "The request could not be authenticated.",
+            },
+        };
+        let mut e =
+            GatewayError::new(self.code, msg).detail(format!("{}: {}", self.reason, self.detail));
+        if self.code == ErrorCode::UpstreamUnavailable {
+            e = e.retry_after(std::time::Duration::from_secs(1));
+        }
+        e
+    }
+}
+
+/// The parts of a request that authentication reads.
+pub struct AuthInput<'a> {
+    pub headers: &'a http::HeaderMap,
+    pub method: &'a str,
+    /// Normalised (lower-case, default port dropped).
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+fn header_values<'a>(h: &'a http::HeaderMap, name: &str) -> Result<Vec<&'a str>, AuthFailure> {
+    h.get_all(name)
+        .iter()
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| AuthFailure::unauth("malformed", "non-ASCII auth header"))
+        })
+        .collect()
+}
+
+fn single<'a>(h: &'a http::HeaderMap, name: &str) -> Result<Option<&'a str>, AuthFailure> {
+    let v = header_values(h, name)?;
+    match v.len() {
+        0 => Ok(None),
+        1 => Ok(Some(v[0].trim())),
+        _ => Err(AuthFailure::unauth("malformed", "repeated auth header")),
+    }
+}
+
+/// Authenticate one request. On success for `keygate-v1`, the nonce has been recorded.
+pub fn authenticate(
+    rt: &Runtime,
+    nonces: &NonceStore,
+    req: &AuthInput<'_>,
+) -> Result<AuthedClient, AuthFailure> {
+    let h = req.headers;
+    if h.contains_key("signature-input") || h.contains_key("signature") {
+        return authenticate_hmac(rt, nonces, req);
+    }
+    if let Some(token) = bearer_token(h)? {
+        return authenticate_bearer(rt, token);
+    }
+    if h.contains_key("x-site-identifier") {
+        return authenticate_legacy(rt, req);
+    }
+    Err(AuthFailure::unauth("missing", "no credentials"))
+}
+
+fn bearer_token(h: &http::HeaderMap) -> Result<Option<&str>, AuthFailure> {
+    if let Some(a) = single(h, "authorization")? {
+        let (scheme, token) = a.split_once(' ').unwrap_or((a, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(AuthFailure::unauth(
+                "malformed",
+                "Authorization is not a bearer token",
+            ));
+        }
+        return Ok(Some(token.trim()));
+    }
+    if let Some(k) = single(h, "x-api-key")? {
+        return Ok(Some(k));
+    }
+    single(h, "x-goog-api-key")
+}
+
+fn window_check(
+    created: i64,
+    expires: Option<i64>,
+    now: i64,
+    skew: i64,
+) -> Result<i64, AuthFailure> {
+    let stale = |d| AuthFailure {
+        code: ErrorCode::StaleRequest,
+        reason: "stale",
+        detail: d,
+    };
+    if created < now - skew {
+        return Err(stale("created too old"));
+    }
+    if created > now + MAX_FUTURE_S {
+        return Err(stale("created in the future"));
+    }
+    let mut end = created.saturating_add(skew);
+    if let Some(exp) = expires {
+        if exp < now {
+            return Err(stale("expired"));
+        }
+        end = end.min(exp);
+    }
+    Ok(end)
+}
+
+/// A key of the same length as real secrets, used to spend the same time on unknown keys.
+const DUMMY_KEY: &[u8] = b"kgs_unknown_key_dummy_0000000000000000000";
+
+fn authenticate_hmac(
+    rt: &Runtime,
+    nonces: &NonceStore,
+    req: &AuthInput<'_>,
+) -> Result<AuthedClient, AuthFailure> {
+    let h = req.headers;
+    let parsed = signature::parse(
+        &header_values(h, "signature-input")?,
+        &header_values(h, "signature")?,
+        &rt.server.signed_headers,
+    )
+    .map_err(|e| match e {
+        signature::SigError::Missing => AuthFailure::unauth("missing", "signature header missing"),
+        signature::SigError::Malformed(d) => AuthFailure::unauth("malformed", d),
+    })?;
+    if let Some(names) = &rt.server.hostnames {
+        if !names.contains(req.authority) {
+            return Err(AuthFailure::unauth(
+                "bad_authority",
+                "authority not in server.hostnames",
+            ));
+        }
+    }
+    let skew = rt.server.clock_skew.as_secs() as i64;
+    let window_end = window_check(parsed.params.created, parsed.params.expires, req.now, skew)?;
+    let digest_header = single(h, "content-digest")?
+        .ok_or_else(|| AuthFailure::unauth("malformed", "Content-Digest missing"))?;
+    let body_digest = signature::parse_content_digest(digest_header)
+        .map_err(|e| AuthFailure::unauth("malformed", e.reason()))?;
+
+    let parts = signature::RequestParts {
+        method: req.method,
+        authority: req.authority,
+        path: req.path,
+        query: req.query,
+        headers: h,
+    };
+    let base = signature::signature_base(&parts, &parsed)
+        .map_err(|e| AuthFailure::unauth("malformed", e.reason()))?;
+    let key = rt.keys.get(&KeyId(parsed.params.keyid.clone()));
+    let (secret, found): (&[u8], bool) = match key.map(|k| &k.auth) {
+        Some(KeyAuth::Hmac(s)) => (s.expose_secret().as_bytes(), true),
+        _ => (DUMMY_KEY, false),
+    };
+    let ok = signature::verify_mac(secret, &base, &parsed.signature);
+    let key = match (ok && found, key) {
+        (true, Some(k)) => k,
+        _ => {
+            return Err(AuthFailure::unauth(
+                "bad_signature",
+                "unknown key or bad MAC",
+            ))
+        }
+    };
+    match nonces.check_and_insert(
+        &parsed.params.keyid,
+        &parsed.params.nonce,
+        window_end,
+        req.now,
+    ) {
+        Ok(()) => {}
+        Err(NonceError::Replayed) => {
+            return Err(AuthFailure {
+                code: ErrorCode::Replayed,
+                reason: "replayed",
+                detail: "nonce reused",
+            })
+        }
+        Err(NonceError::Full) => {
+            return Err(AuthFailure {
+                code: ErrorCode::UpstreamUnavailable,
+                reason: "nonce_store_full",
+                detail: "nonce store full",
+            })
+        }
+    }
+    Ok(AuthedClient {
+        key_id: key.id.clone(),
+        site: key.site,
+        mode: AuthMode::Hmac,
+        body_digest: Some(body_digest),
+    })
+}
+
+/// SHA-256 of a bearer virtual key, as stored in config (`sha256:<hex>`).
+pub fn bearer_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+fn authenticate_bearer(rt: &Runtime, token: &str) -> Result<AuthedClient, AuthFailure> {
+    let hash = bearer_hash(token);
+    let key = rt
+        .bearer_keys
+        .get(&hash)
+        .and_then(|id| rt.keys.get(id))
+        .ok_or_else(|| AuthFailure::unauth("bad_signature", "unknown bearer key"))?;
+    match &key.auth {
+        KeyAuth::Bearer(stored) if bool::from(stored.ct_eq(&hash)) => Ok(AuthedClient {
+            key_id: key.id.clone(),
+            site: key.site,
+            mode: AuthMode::Bearer,
+            body_digest: None,
+        }),
+        _ => Err(AuthFailure::unauth("bad_signature", "unknown bearer key")),
+    }
+}
+
+/// The legacy plugin MAC: `hex(HMAC-SHA256(secret, site_identifier + "|" + timestamp))`.
+pub fn legacy_signature(secret: &[u8], site_identifier: &str, timestamp: &str) -> String {
+    let msg = format!("{site_identifier}|{timestamp}");
+    hex::encode(signature::mac(secret, &msg))
+}
+
+fn authenticate_legacy(rt: &Runtime, req: &AuthInput<'_>) -> Result<AuthedClient, AuthFailure> {
+    let h = req.headers;
+    let id = single(h, "x-site-identifier")?.unwrap_or("");
+    let ts_text = single(h, "x-timestamp")?
+        .ok_or_else(|| AuthFailure::unauth("malformed", "X-Timestamp missing"))?;
+    let sig_hex = single(h, "x-signature")?
+        .ok_or_else(|| AuthFailure::unauth("malformed", "X-Signature missing"))?;
+    if ts_text.is_empty() || ts_text.len() > 12 || !ts_text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthFailure::unauth(
+            "malformed",
+            "X-Timestamp is not unix seconds",
+        ));
+    }
+    let ts: i64 = ts_text
+        .parse()
+        .map_err(|_| AuthFailure::unauth("malformed", "bad X-Timestamp"))?;
+    window_check(ts, None, req.now, rt.server.clock_skew.as_secs() as i64)?;
+    let given = hex::decode(sig_hex)
+        .map_err(|_| AuthFailure::unauth("bad_signature", "X-Signature is not hex"))?;
+    let key = rt.keys.get(&KeyId(id.to_string()));
+    let (secret, found): (&[u8], bool) = match key.map(|k| &k.auth) {
+        Some(KeyAuth::LegacySiteTimestamp(s)) => (s.expose_secret().as_bytes(), true),
+        _ => (DUMMY_KEY, false),
+    };
+    let expected = signature::mac(secret, &format!("{id}|{ts_text}"));
+    let ok = given.len() == expected.len() && bool::from(given.as_slice().ct_eq(&expected));
+    match (ok && found, key) {
+        (true, Some(k)) => Ok(AuthedClient {
+            key_id: k.id.clone(),
+            site: k.site,
+            mode: AuthMode::Legacy,
+            body_digest: None,
+        }),
+        _ => Err(AuthFailure::unauth(
+            "bad_signature",
+            "unknown key or bad legacy signature",
+        )),
+    }
+}
+
+/// Check a fully read body against the digest the client signed (constant time).
+pub fn check_body_digest(client: &AuthedClient, body: &[u8]) -> Result<(), AuthFailure> {
+    match &client.body_digest {
+        None => Ok(()),
+        Some(expected) => {
+            let actual: [u8; 32] = Sha256::digest(body).into();
+            if bool::from(actual.ct_eq(expected)) {
+                Ok(())
+            } else {
+                Err(AuthFailure::unauth(
+                    "digest_mismatch",
+                    "body does not hash to Content-Digest",
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_rules() {
+        assert!(window_check(1000, None, 1000, 300).is_ok());
+        assert_eq!(window_check(1000, None, 1000, 300).unwrap(), 1300);
+        assert!(window_check(699, None, 1000, 300).is_err());
+        assert!(window_check(1061, None, 1000, 300).is_err());
+        assert!(window_check(1060, None, 1000, 300).is_ok());
+        assert_eq!(
+            window_check(1000, Some(1100), 1000, 300).unwrap(),
+            1100,
+            "expires only shortens"
+        );
+        assert_eq!(window_check(1000, Some(5000), 1000, 300).unwrap(), 1300);
+        assert!(window_check(1000, Some(999), 1000, 300).is_err());
+    }
+
+    #[test]
+    fn legacy_signature_is_hex_hmac_of_id_and_timestamp() {
+        let s = legacy_signature(b"secret", "site", "123");
+        assert_eq!(s.len(), 64);
+        assert_eq!(s, hex::encode(signature::mac(b"secret", "site|123")));
+    }
+}

@@ -1,0 +1,207 @@
+//! The replay store: each (key id, nonce) pair is accepted once while its signature
+//! could still be fresh.
+//!
+//! Guarantees:
+//! - check-and-insert is atomic (a shard lock), so N identical requests racing each
+//!   other yield exactly one success;
+//! - it is bounded: at most `capacity` live entries;
+//! - a live entry is never evicted: when full, inserts fail ([`NonceError::Full`])
+//!   until entries expire, so the store can refuse service but never forget a nonce.
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+/// Default capacity: one million live nonces (about 40 MB when full).
+pub const NONCE_DEFAULT_CAPACITY: usize = 1_000_000;
+const SHARDS: usize = 64;
+
+/// Why a nonce was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceError {
+    /// Seen before and still live.
+    Replayed,
+    /// The store holds `capacity` live nonces.
+    Full,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Entry → unix second after which it may be forgotten.
+    entries: HashMap<[u8; 16], i64>,
+    /// Earliest expiry in `entries` as of the last sweep (no sweep helps before it).
+    next_expiry: i64,
+}
+
+/// A bounded, sharded, atomic nonce store.
+pub struct NonceStore {
+    shards: Vec<Mutex<Shard>>,
+    per_shard: usize,
+}
+
+impl NonceStore {
+    /// A store holding at most about `capacity` live nonces.
+    pub fn new(capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS).max(1);
+        NonceStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            per_shard,
+        }
+    }
+
+    /// Total capacity.
+    pub fn capacity(&self) -> usize {
+        self.per_shard * SHARDS
+    }
+
+    /// Live entries (approximate under concurrency; for metrics and tests).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().entries.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn entry_key(key_id: &str, nonce: &str) -> [u8; 16] {
+        let mut h = Sha256::new();
+        h.update(key_id.as_bytes());
+        h.update([0u8]);
+        h.update(nonce.as_bytes());
+        let d = h.finalize();
+        let mut k = [0u8; 16];
+        k.copy_from_slice(&d[..16]);
+        k
+    }
+
+    /// Record `(key_id, nonce)` as used until `expires_at` (unix seconds), unless it is
+    /// already live. `now` is the current unix time.
+    pub fn check_and_insert(
+        &self,
+        key_id: &str,
+        nonce: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), NonceError> {
+        let key = Self::entry_key(key_id, nonce);
+        let shard = &self.shards[(key[0] as usize) % SHARDS];
+        let mut s = shard.lock();
+        if let Some(&exp) = s.entries.get(&key) {
+            if exp >= now {
+                return Err(NonceError::Replayed);
+            }
+        }
+        if s.entries.len() >= self.per_shard && !s.entries.contains_key(&key) {
+            if now < s.next_expiry {
+                return Err(NonceError::Full);
+            }
+            s.entries.retain(|_, exp| *exp >= now);
+            s.next_expiry = s
+                .entries
+                .values()
+                .copied()
+                .min()
+                .map_or(i64::MIN, |m| m + 1);
+            if s.entries.len() >= self.per_shard {
+                return Err(NonceError::Full);
+            }
+        }
+        s.entries.insert(key, expires_at);
+        Ok(())
+    }
+
+    /// Drop expired entries in every shard (called periodically, off the request path).
+    pub fn sweep(&self, now: i64) {
+        for shard in &self.shards {
+            let mut s = shard.lock();
+            s.entries.retain(|_, exp| *exp >= now);
+            s.next_expiry = s
+                .entries
+                .values()
+                .copied()
+                .min()
+                .map_or(i64::MIN, |m| m + 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn replayed_nonce_is_rejected_until_it_expires() {
+        let s = NonceStore::new(1024);
+        assert_eq!(s.check_and_insert("k", "n1", 100, 10), Ok(()));
+        assert_eq!(
+            s.check_and_insert("k", "n1", 100, 50),
+            Err(NonceError::Replayed)
+        );
+        assert_eq!(
+            s.check_and_insert("k2", "n1", 100, 50),
+            Ok(()),
+            "pairs are per key id"
+        );
+        assert_eq!(
+            s.check_and_insert("k", "n1", 200, 101),
+            Ok(()),
+            "expired entries are forgotten"
+        );
+    }
+
+    #[test]
+    fn full_store_refuses_instead_of_evicting_live_nonces() {
+        let s = NonceStore::new(SHARDS); // one entry per shard
+        let mut accepted = Vec::new();
+        let mut full = 0;
+        for i in 0..(SHARDS * 20) {
+            let n = format!("nonce-{i}");
+            match s.check_and_insert("k", &n, 1000, 10) {
+                Ok(()) => accepted.push(n),
+                Err(NonceError::Full) => full += 1,
+                Err(NonceError::Replayed) => panic!("fresh nonce reported as replay"),
+            }
+        }
+        assert!(full > 0);
+        assert!(accepted.len() <= s.capacity());
+        // Every accepted nonce is still remembered.
+        for n in &accepted {
+            assert_eq!(
+                s.check_and_insert("k", n, 1000, 10),
+                Err(NonceError::Replayed)
+            );
+        }
+        // Once they expire, the store accepts again.
+        assert_eq!(s.check_and_insert("k", "later-nonce", 2000, 1001), Ok(()));
+    }
+
+    #[test]
+    fn parallel_identical_inserts_yield_exactly_one_success() {
+        let s = Arc::new(NonceStore::new(4096));
+        let handles: Vec<_> = (0..24)
+            .map(|_| {
+                let s = s.clone();
+                std::thread::spawn(move || s.check_and_insert("k", "same-nonce", 100, 1).is_ok())
+            })
+            .collect();
+        let ok = handles
+            .into_iter()
+            .filter(|_| true)
+            .map(|h| h.join().unwrap())
+            .filter(|x| *x)
+            .count();
+        assert_eq!(ok, 1);
+    }
+
+    #[test]
+    fn sweep_frees_expired_entries() {
+        let s = NonceStore::new(1024);
+        for i in 0..100 {
+            s.check_and_insert("k", &format!("n{i}"), 5, 1).unwrap();
+        }
+        assert_eq!(s.len(), 100);
+        s.sweep(6);
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,397 @@
+//! The command line (SPEC §3). `main.rs` only calls [`run`].
+
+use crate::auth::signature::{self, SignRequest};
+use crate::config::{self, secret, LoadOptions};
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "Edge gateway that keeps AI provider keys off client machines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway.
+    Serve {
+        #[arg(short = 'c', long = "config", default_value = "conf/keygate.yaml")]
+        config: PathBuf,
+        /// Run on an embedded demo config with an in-process mock provider.
+        #[arg(long)]
+        demo: bool,
+        /// Daemonize (Pingora's -d).
+        #[arg(short = 'd', long)]
+        daemon: bool,
+        /// Take over the listeners of a running keygate (Pingora's -u).
+        #[arg(short = 'u', long)]
+        upgrade: bool,
+    },
+    /// Validate a config fully (secrets decrypt, files exist); exit 0 or 1.
+    Check {
+        #[arg(short = 'c', long = "config", default_value = "conf/keygate.yaml")]
+        config: PathBuf,
+    },
+    /// Print the three keygate-v1 headers for a request.
+    Sign {
+        #[arg(long = "key-id")]
+        key_id: String,
+        /// The site secret (or set KEYGATE_SECRET).
+        #[arg(long, env = "KEYGATE_SECRET", hide_env_values = true)]
+        secret: String,
+        method: String,
+        url: String,
+        /// Body: a string, or @FILE.
+        #[arg(long)]
+        data: Option<String>,
+        /// Fixed nonce (default: random).
+        #[arg(long)]
+        nonce: Option<String>,
+        /// Fixed `created` (default: now).
+        #[arg(long)]
+        created: Option<i64>,
+        /// Print a complete curl command instead of the headers.
+        #[arg(long)]
+        curl: bool,
+    },
+    /// Master keys and encrypted values.
+    Secret {
+        #[command(subcommand)]
+        cmd: SecretCmd,
+    },
+    /// Site onboarding.
+    Site {
+        #[command(subcommand)]
+        cmd: SiteCmd,
+    },
+    /// Run the local provider stand-in.
+    MockProvider {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        tls: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Print a new base64 master key.
+    Keygen,
+    /// Encrypt a value read from stdin for one place in the config.
+    Encrypt {
+        #[arg(short = 'c', long = "config", default_value = "conf/keygate.yaml")]
+        config: PathBuf,
+        /// Master key id (from the config's master_keys).
+        #[arg(long = "key-id")]
+        key_id: String,
+        /// The value's place, e.g. sites/demo/keys/demo.k1 or upstreams/openai/credentials/prod-1.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Generate a site key; print the secret once and a YAML snippet.
+    New {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        tier: String,
+        /// Config whose master_keys encrypt the secret in the snippet.
+        #[arg(short = 'c', long = "config")]
+        config: Option<PathBuf>,
+        /// Master key id (default: the config's first).
+        #[arg(long = "key-id")]
+        key_id: Option<String>,
+    },
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A complete curl command for one freshly signed request.
+pub fn curl_command(
+    secret: &[u8],
+    key_id: &str,
+    method: &str,
+    url: &str,
+    body: &[u8],
+    created: i64,
+) -> Result<String, String> {
+    let nonce = signature::random_nonce();
+    let h = signature::sign(
+        secret,
+        &SignRequest {
+            method,
+            url,
+            body,
+            key_id,
+            created,
+            nonce: &nonce,
+        },
+    )?;
+    let mut cmd = format!("curl -sS -X {method} {}", shell_quote(url));
+    if !body.is_empty() {
+        cmd.push_str(" -H 'Content-Type: application/json'");
+    }
+    for (n, v) in [
+        ("Content-Digest", &h.content_digest),
+        ("Signature-Input", &h.signature_input),
+        ("Signature", &h.signature),
+    ] {
+        cmd.push_str(&format!(" -H {}", shell_quote(&format!("{n}: {v}"))));
+    }
+    if !body.is_empty() {
+        cmd.push_str(&format!(
+            " --data-binary {}",
+            shell_quote(&String::from_utf8_lossy(body))
+        ));
+    }
+    Ok(cmd)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn read_data(data: Option<String>) -> Result<Vec<u8>, String> {
+    match data {
+        None => Ok(Vec::new()),
+        Some(d) => match d.strip_prefix('@') {
+            Some(path) => std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}")),
+            None => Ok(d.into_bytes()),
+        },
+    }
+}
+
+fn master_keys_of(
+    path: &PathBuf,
+) -> Result<std::collections::HashMap<String, secret::MasterKey>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let raw = config::parse(&text).map_err(|e| e.to_string())?;
+    let mut out = std::collections::HashMap::new();
+    for (i, mk) in raw.master_keys.iter().enumerate() {
+        let text = secret::read_source(&mk.source)
+            .map_err(|e| format!("master_keys[{i}].source: {e}"))?
+            .ok_or_else(|| format!("master_keys[{i}].source: must be env:NAME or file:/path"))?;
+        let key = secret::MasterKey::from_base64(&text)
+            .map_err(|e| format!("master_keys[{i}].source: {e}"))?;
+        out.insert(mk.id.clone(), key);
+    }
+    Ok(out)
+}
+
+/// Run the command line; returns the process exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keygate: {e}");
+            1
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<i32, String> {
+    match cmd {
+        Cmd::Serve {
+            config,
+            demo,
+            daemon,
+            upgrade,
+        } => {
+            crate::server::serve(crate::server::ServeOptions {
+                config,
+                demo,
+                daemon,
+                upgrade,
+            })?;
+            Ok(0)
+        }
+        Cmd::Check { config } => match config::load_file(&config, LoadOptions::default()) {
+            Ok(rt) => {
+                for w in &rt.warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "{}: ok ({} upstreams, {} routes, {} sites, {} keys)",
+                    config.display(),
+                    rt.upstreams.len(),
+                    rt.routes.len(),
+                    rt.sites.len(),
+                    rt.keys.len()
+                );
+                Ok(0)
+            }
+            Err(errs) => {
+                eprintln!("{}: invalid configuration", config.display());
+                for e in &errs.0 {
+                    eprintln!("  {e}");
+                }
+                Ok(1)
+            }
+        },
+        Cmd::Sign {
+            key_id,
+            secret,
+            method,
+            url,
+            data,
+            nonce,
+            created,
+            curl,
+        } => {
+            let body = read_data(data)?;
+            let method = method.to_ascii_uppercase();
+            let created = created.unwrap_or_else(now);
+            if curl {
+                if nonce.is_some() {
+                    return Err("--curl always uses a fresh nonce".into());
+                }
+                println!(
+                    "{}",
+                    curl_command(secret.as_bytes(), &key_id, &method, &url, &body, created)?
+                );
+                return Ok(0);
+            }
+            let nonce = nonce.unwrap_or_else(signature::random_nonce);
+            let h = signature::sign(
+                secret.as_bytes(),
+                &SignRequest {
+                    method: &method,
+                    url: &url,
+                    body: &body,
+                    key_id: &key_id,
+                    created,
+                    nonce: &nonce,
+                },
+            )?;
+            println!("Content-Digest: {}", h.content_digest);
+            println!("Signature-Input: {}", h.signature_input);
+            println!("Signature: {}", h.signature);
+            Ok(0)
+        }
+        Cmd::Secret {
+            cmd: SecretCmd::Keygen,
+        } => {
+            println!("{}", secret::MasterKey::generate_base64().as_str());
+            Ok(0)
+        }
+        Cmd::Secret {
+            cmd:
+                SecretCmd::Encrypt {
+                    config,
+                    key_id,
+                    name,
+                },
+        } => {
+            let keys = master_keys_of(&config)?;
+            let key = keys.get(&key_id).ok_or_else(|| {
+                format!("unknown master key \"{key_id}\" in {}", config.display())
+            })?;
+            let mut value = zeroize::Zeroizing::new(String::new());
+            std::io::stdin()
+                .read_to_string(&mut value)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            let trimmed = value.trim_end_matches(['\n', '\r']);
+            if trimmed.is_empty() {
+                return Err("no value on stdin".into());
+            }
+            println!(
+                "{}",
+                secret::encrypt(&key_id, key, &name, trimmed.as_bytes())
+            );
+            Ok(0)
+        }
+        Cmd::Site {
+            cmd:
+                SiteCmd::New {
+                    id,
+                    tier,
+                    config,
+                    key_id,
+                },
+        } => site_new(&id, &tier, config, key_id),
+        Cmd::MockProvider { listen, tls } => {
+            if tls {
+                return Err("mock-provider --tls is not available in this build".into());
+            }
+            crate::mock_provider::run(listen).map_err(|e| format!("mock-provider: {e}"))?;
+            Ok(0)
+        }
+    }
+}
+
+fn site_new(
+    id: &str,
+    tier: &str,
+    config: Option<PathBuf>,
+    key_id: Option<String>,
+) -> Result<i32, String> {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut raw = zeroize::Zeroizing::new([0u8; 24]);
+    rand::rngs::OsRng.fill_bytes(raw.as_mut());
+    let secret = zeroize::Zeroizing::new(format!(
+        "kgs_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
+    ));
+    let kid = format!("{id}.k1");
+    let value = match config {
+        Some(path) => {
+            let keys = master_keys_of(&path)?;
+            let (mk_id, mk) = match &key_id {
+                Some(k) => (
+                    k.clone(),
+                    keys.get(k)
+                        .ok_or_else(|| format!("unknown master key \"{k}\""))?,
+                ),
+                None => {
+                    let raw =
+                        config::parse(&std::fs::read_to_string(&path).map_err(|e| e.to_string())?)
+                            .map_err(|e| e.to_string())?;
+                    let first = raw
+                        .master_keys
+                        .first()
+                        .ok_or("the config has no master_keys")?
+                        .id
+                        .clone();
+                    let k = keys.get(&first).ok_or("master key missing")?;
+                    (first, k)
+                }
+            };
+            secret::encrypt(
+                &mk_id,
+                mk,
+                &format!("sites/{id}/keys/{kid}"),
+                secret.as_bytes(),
+            )
+        }
+        None => {
+            "env:KEYGATE_SITE_SECRET   # or encrypt it: keygate site new ... -c conf/keygate.yaml"
+                .to_string()
+        }
+    };
+    println!("# Give this secret to the site (shown once):");
+    println!("#   key id: {kid}");
+    println!("#   secret: {}", secret.as_str());
+    println!("# Add to sites: in the config, then reload (systemctl reload keygate):");
+    println!("  - id: {id}");
+    println!("    tier: {tier}");
+    println!("    keys:");
+    println!("      - {{ id: {kid}, auth: hmac, secret: \"{value}\" }}");
+    Ok(0)
+}

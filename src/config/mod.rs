@@ -1,0 +1,1061 @@
+//! Configuration: YAML (`raw`) → validated, typed [`Runtime`], once, in one place.
+//!
+//! Every mistake is reported with the YAML path that holds it
+//! (`routes[0].upstream: unknown upstream "missing"`), all mistakes at once,
+//! and nothing is half-applied: a `Runtime` exists only when the whole file is valid.
+
+pub mod raw;
+pub mod secret;
+
+use crate::auth::nonce::NONCE_DEFAULT_CAPACITY;
+use raw::*;
+use secrecy::SecretString;
+use secret::MasterKey;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One mistake in the config file, with the YAML path that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// All mistakes found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// How a config is being loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// `serve --demo`: plain-literal secrets are allowed.
+    pub demo: bool,
+}
+
+/// A client key's id (`Signature-Input` `keyid`, `X-Site-Identifier`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(pub String);
+
+/// A site's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SiteId(pub String);
+
+/// The kinds of provider API; they decide how the credential is injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    OpenAi,
+    OpenAiCompatible,
+    Anthropic,
+    Gemini,
+}
+
+impl UpstreamKind {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "openai" => UpstreamKind::OpenAi,
+            "openai-compatible" => UpstreamKind::OpenAiCompatible,
+            "anthropic" => UpstreamKind::Anthropic,
+            "gemini" => UpstreamKind::Gemini,
+            _ => return None,
+        })
+    }
+}
+
+/// One provider credential. `Debug` shows the id, never the secret.
+pub struct Credential {
+    pub id: String,
+    pub secret: SecretString,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({})", self.id)
+    }
+}
+
+/// A validated upstream (provider endpoint).
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub kind: UpstreamKind,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix of `url` (without a trailing slash), prepended to forwarded paths.
+    pub base_path: String,
+    pub credentials: Vec<Credential>,
+    next_credential: AtomicUsize,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub max_response_bytes: usize,
+    /// `Host` header value sent upstream (default port omitted).
+    pub authority: String,
+}
+
+impl Upstream {
+    /// Pick the credential for one request, spreading requests over all of them.
+    pub fn pick_credential(&self) -> Option<&Credential> {
+        if self.credentials.is_empty() {
+            return None;
+        }
+        let i = self.next_credential.fetch_add(1, Ordering::Relaxed) % self.credentials.len();
+        self.credentials.get(i)
+    }
+}
+
+/// A validated route.
+#[derive(Debug)]
+pub struct Route {
+    pub prefix: String,
+    pub upstream: Arc<Upstream>,
+    pub models: Option<HashSet<String>>,
+    pub max_tokens: Option<u64>,
+}
+
+/// A tier's limits (enforced by the limits module).
+#[derive(Debug, Clone, Default)]
+pub struct Tier {
+    pub name: String,
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_hour: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub concurrent: Option<u64>,
+}
+
+/// A validated site.
+#[derive(Debug)]
+pub struct Site {
+    pub id: SiteId,
+    pub tier: String,
+    /// Route prefixes this site may call; `None` means all routes.
+    pub routes: Option<HashSet<String>>,
+    pub cors_origins: Vec<String>,
+}
+
+/// How a client key authenticates.
+pub enum KeyAuth {
+    /// `keygate-v1` HMAC signatures; the secret is the HMAC key.
+    Hmac(SecretString),
+    /// Virtual key; only its SHA-256 is held.
+    Bearer([u8; 32]),
+    /// Deprecated `X-Site-Identifier`/`X-Timestamp`/`X-Signature` scheme.
+    LegacySiteTimestamp(SecretString),
+}
+
+impl KeyAuth {
+    /// The name used in config, logs and the audit log.
+    pub fn name(&self) -> &'static str {
+        match self {
+            KeyAuth::Hmac(_) => "hmac",
+            KeyAuth::Bearer(_) => "bearer",
+            KeyAuth::LegacySiteTimestamp(_) => "legacy-site-timestamp",
+        }
+    }
+}
+
+impl std::fmt::Debug for KeyAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyAuth({}, [REDACTED])", self.name())
+    }
+}
+
+/// A validated client key.
+#[derive(Debug)]
+pub struct ClientKey {
+    pub id: KeyId,
+    /// Index into `Runtime::sites`.
+    pub site: usize,
+    pub auth: KeyAuth,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// Request-path settings from `server:`.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Allowed `@authority` values (lower-case); `None` accepts any.
+    pub hostnames: Option<HashSet<String>>,
+    pub max_body_bytes: usize,
+    pub clock_skew: Duration,
+    /// Header names (lower-case) a client may sign in addition to the required components.
+    pub signed_headers: HashSet<String>,
+    pub body_timeout: Duration,
+}
+
+/// Process-level settings that only apply at start (listeners, threads, Pingora's own conf).
+#[derive(Debug, Clone)]
+pub struct ProcessSettings {
+    pub listeners: Vec<Listener>,
+    pub threads: usize,
+    pub admin_listen: Option<SocketAddr>,
+    pub pid_file: String,
+    pub upgrade_sock: String,
+    pub grace_period_s: u64,
+    pub graceful_shutdown_timeout_s: u64,
+    pub nonce_store_capacity: usize,
+    pub upstream_keepalive_pool_size: usize,
+    /// `log.audit_path`; `None` writes audit lines to stdout.
+    pub audit_path: Option<String>,
+}
+
+/// The validated configuration a request runs on. One `Arc<Runtime>` per request.
+#[derive(Debug)]
+pub struct Runtime {
+    pub server: ServerSettings,
+    pub process: ProcessSettings,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Sorted by prefix length, longest first.
+    pub routes: Vec<Route>,
+    pub tiers: HashMap<String, Tier>,
+    pub sites: Vec<Site>,
+    pub keys: HashMap<KeyId, ClientKey>,
+    /// SHA-256 of a bearer virtual key → key id.
+    pub bearer_keys: HashMap<[u8; 32], KeyId>,
+    /// Non-fatal findings (`keygate check` prints them; `serve` logs them).
+    pub warnings: Vec<String>,
+}
+
+impl Runtime {
+    /// Longest-prefix route match on the raw request path. A prefix matches at a
+    /// segment boundary only (`/openai` does not match `/openaix`).
+    pub fn route_for(&self, path: &str) -> Option<&Route> {
+        self.route_index(path).and_then(|i| self.routes.get(i))
+    }
+
+    /// Index into `routes` of [`Runtime::route_for`].
+    pub fn route_index(&self, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|r| prefix_matches(&r.prefix, path))
+    }
+}
+
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Load and validate a config file.
+pub fn load_file(path: &Path, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    load_str(&text, opts)
+}
+
+/// Parse and validate config text.
+pub fn load_str(text: &str, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
+    let raw = parse(text).map_err(|e| ConfigErrors(vec![e]))?;
+    validate(raw, opts)
+}
+
+/// Parse YAML into the raw structs; type errors and unknown keys name their path.
+pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde_yaml appends " at line L column C"; keep it, it helps.
+        ConfigError {
+            path: if path == "." { String::new() } else { path },
+            message: inner,
+        }
+    })
+}
+
+/// Collects errors while validating.
+#[derive(Default)]
+struct Errors(Vec<ConfigError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+}
+
+const KIND_NAMES: &str = "openai, openai-compatible, anthropic, gemini";
+
+/// Turn the raw file into a `Runtime`, or report every mistake.
+pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
+    let mut errs = Errors::default();
+    let mut warnings = Vec::new();
+
+    let (server, mut process) = validate_server(&raw.server, &mut errs);
+    process.audit_path = raw.log.as_ref().and_then(|l| l.audit_path.clone());
+    let master_keys = validate_master_keys(&raw.master_keys, &mut errs);
+
+    // Upstreams.
+    let mut upstreams = Vec::new();
+    let mut upstream_by_name: HashMap<&str, Arc<Upstream>> = HashMap::new();
+    for (name, u) in &raw.upstreams {
+        let p = format!("upstreams.{name}");
+        if let Some(up) =
+            validate_upstream(name, u, &p, &master_keys, opts, &mut errs, &mut warnings)
+        {
+            let up = Arc::new(up);
+            upstream_by_name.insert(name.as_str(), up.clone());
+            upstreams.push(up);
+        }
+    }
+    if raw.upstreams.is_empty() {
+        errs.push("upstreams", "at least one upstream is required");
+    }
+
+    // Routes.
+    let mut routes = Vec::new();
+    let mut prefixes = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if !r.prefix.starts_with('/') {
+            errs.push(
+                format!("{p}.prefix"),
+                format!("must start with \"/\", got \"{}\"", r.prefix),
+            );
+        } else if crate::request::hygiene::check_path(&r.prefix).is_err() {
+            errs.push(
+                format!("{p}.prefix"),
+                "must be a plain path without dot-segments, encoded characters or empty segments",
+            );
+        }
+        if !prefixes.insert(r.prefix.clone()) {
+            errs.push(
+                format!("{p}.prefix"),
+                format!("duplicate prefix \"{}\"", r.prefix),
+            );
+        }
+        let upstream = match upstream_by_name.get(r.upstream.as_str()) {
+            Some(u) => Some(u.clone()),
+            None => {
+                if !raw.upstreams.contains_key(&r.upstream) {
+                    errs.push(
+                        format!("{p}.upstream"),
+                        format!("unknown upstream \"{}\"", r.upstream),
+                    );
+                }
+                None
+            }
+        };
+        if let Some(models) = &r.models {
+            if models.is_empty() {
+                errs.push(
+                    format!("{p}.models"),
+                    "empty list would refuse every model; omit it to allow all",
+                );
+            }
+            for (j, m) in models.iter().enumerate() {
+                if m.trim().is_empty() {
+                    errs.push(format!("{p}.models[{j}]"), "empty model name");
+                }
+            }
+        }
+        if r.max_tokens == Some(0) {
+            errs.push(format!("{p}.max_tokens"), "must be at least 1");
+        }
+        if let Some(pii) = &r.pii {
+            match pii.mode.as_str() {
+                "off" => {}
+                "pseudonymize" | "block" => errs.push(
+                    format!("{p}.pii.mode"),
+                    format!(
+                        "PII mode \"{}\" is not available in this build (only \"off\")",
+                        pii.mode
+                    ),
+                ),
+                other => errs.push(
+                    format!("{p}.pii.mode"),
+                    format!("unknown mode \"{other}\" (expected off, pseudonymize or block)"),
+                ),
+            }
+        }
+        if let Some(upstream) = upstream {
+            routes.push(Route {
+                prefix: r.prefix.clone(),
+                upstream,
+                models: r.models.as_ref().map(|m| m.iter().cloned().collect()),
+                max_tokens: r.max_tokens,
+            });
+        }
+    }
+    if raw.routes.is_empty() {
+        errs.push("routes", "at least one route is required");
+    }
+    routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+
+    // Tiers.
+    let mut tiers = HashMap::new();
+    for (name, t) in &raw.tiers {
+        let p = format!("tiers.{name}");
+        for (field, v) in [
+            ("requests_per_minute", t.requests_per_minute),
+            ("requests_per_hour", t.requests_per_hour),
+            ("requests_per_day", t.requests_per_day),
+            ("tokens_per_day", t.tokens_per_day),
+            ("concurrent", t.concurrent),
+        ] {
+            if v == Some(0) {
+                errs.push(
+                    format!("{p}.{field}"),
+                    "must be at least 1 (omit it for no limit)",
+                );
+            }
+        }
+        tiers.insert(
+            name.clone(),
+            Tier {
+                name: name.clone(),
+                requests_per_minute: t.requests_per_minute,
+                requests_per_hour: t.requests_per_hour,
+                requests_per_day: t.requests_per_day,
+                tokens_per_day: t.tokens_per_day,
+                concurrent: t.concurrent,
+            },
+        );
+    }
+
+    // Sites and keys.
+    let mut sites = Vec::new();
+    let mut keys = HashMap::new();
+    let mut bearer_keys = HashMap::new();
+    let mut site_ids = HashSet::new();
+    for (i, s) in raw.sites.iter().enumerate() {
+        let p = format!("sites[{i}]");
+        if !valid_id(&s.id) {
+            errs.push(
+                format!("{p}.id"),
+                format!("\"{}\" is not a valid id (letters, digits, . _ -)", s.id),
+            );
+        }
+        if !site_ids.insert(s.id.clone()) {
+            errs.push(format!("{p}.id"), format!("duplicate site id \"{}\"", s.id));
+        }
+        if !raw.tiers.contains_key(&s.tier) {
+            errs.push(format!("{p}.tier"), format!("unknown tier \"{}\"", s.tier));
+        }
+        if let Some(rs) = &s.routes {
+            for (j, r) in rs.iter().enumerate() {
+                if !raw.routes.iter().any(|x| &x.prefix == r) {
+                    errs.push(
+                        format!("{p}.routes[{j}]"),
+                        format!("unknown route prefix \"{r}\""),
+                    );
+                }
+            }
+        }
+        let mut cors = Vec::new();
+        for (j, o) in s.cors_origins.iter().flatten().enumerate() {
+            match validate_origin(o) {
+                Ok(o) => cors.push(o),
+                Err(m) => errs.push(format!("{p}.cors_origins[{j}]"), m),
+            }
+        }
+        let site_index = sites.len();
+        if s.keys.is_empty() {
+            warnings.push(format!(
+                "{p}.keys: site \"{}\" has no keys and cannot be used",
+                s.id
+            ));
+        }
+        for (j, k) in s.keys.iter().enumerate() {
+            let kp = format!("{p}.keys[{j}]");
+            if !valid_id(&k.id) {
+                errs.push(
+                    format!("{kp}.id"),
+                    format!(
+                        "\"{}\" is not a valid key id (letters, digits, . _ -)",
+                        k.id
+                    ),
+                );
+            }
+            let key_id = KeyId(k.id.clone());
+            if keys.contains_key(&key_id) {
+                errs.push(format!("{kp}.id"), format!("duplicate key id \"{}\"", k.id));
+                continue;
+            }
+            let place = format!("sites/{}/keys/{}", s.id, k.id);
+            let auth = match k.auth.as_deref().unwrap_or("hmac") {
+                mode @ ("hmac" | "legacy-site-timestamp") => {
+                    if k.hash.is_some() {
+                        errs.push(
+                            format!("{kp}.hash"),
+                            format!("only bearer keys have a hash; {mode} keys need a secret"),
+                        );
+                    }
+                    match &k.secret {
+                        None => {
+                            errs.push(format!("{kp}.secret"), format!("required for auth {mode}"));
+                            None
+                        }
+                        Some(v) => match secret::resolve(v, &place, &master_keys, opts.demo) {
+                            Ok(sec) => Some(if mode == "hmac" {
+                                KeyAuth::Hmac(sec)
+                            } else {
+                                warnings.push(format!("{kp}: legacy-site-timestamp binds no body and no nonce; migrate to hmac"));
+                                KeyAuth::LegacySiteTimestamp(sec)
+                            }),
+                            Err(m) => {
+                                errs.push(format!("{kp}.secret"), m);
+                                None
+                            }
+                        },
+                    }
+                }
+                "bearer" => {
+                    if k.secret.is_some() {
+                        errs.push(
+                            format!("{kp}.secret"),
+                            "bearer keys are stored as hash: \"sha256:<hex>\", never as a secret",
+                        );
+                    }
+                    match k.hash.as_deref().map(parse_sha256_hash) {
+                        None => {
+                            errs.push(
+                                format!("{kp}.hash"),
+                                "required for auth bearer (\"sha256:<64 hex digits>\")",
+                            );
+                            None
+                        }
+                        Some(Err(m)) => {
+                            errs.push(format!("{kp}.hash"), m);
+                            None
+                        }
+                        Some(Ok(h)) => {
+                            if bearer_keys.insert(h, key_id.clone()).is_some() {
+                                errs.push(
+                                    format!("{kp}.hash"),
+                                    "the same bearer key is configured twice",
+                                );
+                            }
+                            Some(KeyAuth::Bearer(h))
+                        }
+                    }
+                }
+                other => {
+                    errs.push(format!("{kp}.auth"), format!("unknown auth \"{other}\" (expected hmac, bearer or legacy-site-timestamp)"));
+                    None
+                }
+            };
+            if let Some(auth) = auth {
+                keys.insert(
+                    key_id.clone(),
+                    ClientKey {
+                        id: key_id,
+                        site: site_index,
+                        auth,
+                    },
+                );
+            }
+        }
+        sites.push(Site {
+            id: SiteId(s.id.clone()),
+            tier: s.tier.clone(),
+            routes: s.routes.as_ref().map(|r| r.iter().cloned().collect()),
+            cors_origins: cors,
+        });
+    }
+
+    if let Some(log) = &raw.log {
+        if let Some(p) = &log.audit_path {
+            if p.is_empty() {
+                errs.push("log.audit_path", "must not be empty");
+            }
+        }
+    }
+    if let Some(t) = &raw.tokens {
+        if t.max_ttl_s == Some(0) {
+            errs.push("tokens.max_ttl_s", "must be at least 1");
+        }
+    }
+    if raw.fleet.is_some() {
+        errs.push(
+            "fleet",
+            "fleet mode (Redis) is not available in this build; remove the section",
+        );
+    }
+
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors(errs.0));
+    }
+    Ok(Runtime {
+        server,
+        process,
+        upstreams,
+        routes,
+        tiers,
+        sites,
+        keys,
+        bearer_keys,
+        warnings,
+    })
+}
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn parse_sha256_hash(s: &str) -> Result<[u8; 32], String> {
+    let hexpart = s
+        .strip_prefix("sha256:")
+        .ok_or_else(|| "must look like \"sha256:<64 hex digits>\"".to_string())?;
+    let bytes = hex::decode(hexpart).map_err(|_| "hash is not hexadecimal".to_string())?;
+    bytes
+        .try_into()
+        .map_err(|_| "a sha256 hash has 64 hex digits".to_string())
+}
+
+fn validate_origin(o: &str) -> Result<String, String> {
+    if o == "*" {
+        return Err("wildcard origins are not allowed; list each origin".into());
+    }
+    let uri: http::Uri = o.parse().map_err(|_| format!("\"{o}\" is not an origin"))?;
+    let ok = matches!(uri.scheme_str(), Some("http") | Some("https"))
+        && uri.host().is_some()
+        && uri
+            .path_and_query()
+            .is_none_or(|p| p.as_str() == "/" || p.as_str().is_empty())
+        && !o.ends_with('/');
+    if !ok {
+        return Err(format!(
+            "\"{o}\" is not an origin (scheme://host[:port], no path)"
+        ));
+    }
+    Ok(o.to_ascii_lowercase())
+}
+
+fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, ProcessSettings) {
+    let mut listeners = Vec::new();
+    if s.listen.is_empty() {
+        errs.push("server.listen", "at least one listener is required");
+    }
+    let mut seen = HashSet::new();
+    for (i, l) in s.listen.iter().enumerate() {
+        let p = format!("server.listen[{i}]");
+        match l.addr.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !seen.insert(addr) {
+                    errs.push(format!("{p}.addr"), format!("duplicate listener {addr}"));
+                }
+                let tls = l.tls.as_ref().map(|t| {
+                    for (field, f) in [("cert", &t.cert), ("key", &t.key)] {
+                        if !Path::new(f).is_file() {
+                            errs.push(format!("{p}.tls.{field}"), format!("file not found: {f}"));
+                        }
+                    }
+                    (PathBuf::from(&t.cert), PathBuf::from(&t.key))
+                });
+                listeners.push(Listener { addr, tls });
+            }
+            Err(_) => errs.push(
+                format!("{p}.addr"),
+                format!("\"{}\" is not an IP:port address", l.addr),
+            ),
+        }
+    }
+    let threads = s.threads.unwrap_or(2);
+    if threads == 0 || threads > 256 {
+        errs.push("server.threads", "must be between 1 and 256");
+    }
+    let admin_listen = s
+        .admin_listen
+        .as_ref()
+        .and_then(|a| match a.parse::<SocketAddr>() {
+            Ok(addr) => {
+                if seen.contains(&addr) {
+                    errs.push(
+                        "server.admin_listen",
+                        "must not share an address with a client listener",
+                    );
+                }
+                Some(addr)
+            }
+            Err(_) => {
+                errs.push(
+                    "server.admin_listen",
+                    format!("\"{a}\" is not an IP:port address"),
+                );
+                None
+            }
+        });
+    let max_body = s.max_body_bytes.unwrap_or(1024 * 1024);
+    if max_body == 0 || max_body > 64 * 1024 * 1024 {
+        errs.push("server.max_body_bytes", "must be between 1 and 67108864");
+    }
+    let skew = s.clock_skew_s.unwrap_or(300);
+    if skew == 0 || skew > 3600 {
+        errs.push("server.clock_skew_s", "must be between 1 and 3600 seconds");
+    }
+    let hostnames = s.hostnames.as_ref().map(|h| {
+        let mut set = HashSet::new();
+        for (i, name) in h.iter().enumerate() {
+            let n = name.to_ascii_lowercase();
+            if n.is_empty() || n.contains('/') || n.contains(' ') {
+                errs.push(
+                    format!("server.hostnames[{i}]"),
+                    format!("\"{name}\" is not a host[:port]"),
+                );
+            }
+            set.insert(n);
+        }
+        set
+    });
+    let mut signed_headers = HashSet::new();
+    for (i, h) in s.signed_headers.iter().flatten().enumerate() {
+        let lower = h.to_ascii_lowercase();
+        if http::HeaderName::from_bytes(lower.as_bytes()).is_err() || lower.starts_with('@') {
+            errs.push(
+                format!("server.signed_headers[{i}]"),
+                format!("\"{h}\" is not a header name"),
+            );
+        } else if crate::auth::signature::REQUIRED_COMPONENTS.contains(&lower.as_str()) {
+            errs.push(
+                format!("server.signed_headers[{i}]"),
+                format!("\"{h}\" is always signed; do not list it"),
+            );
+        }
+        signed_headers.insert(lower);
+    }
+    if let Some(afl) = &s.auth_failure_limit {
+        if afl.per_minute == 0 {
+            errs.push("server.auth_failure_limit.per_minute", "must be at least 1");
+        }
+    }
+    for (i, cidr) in s.trusted_proxies.iter().flatten().enumerate() {
+        if parse_cidr(cidr).is_none() {
+            errs.push(
+                format!("server.trusted_proxies[{i}]"),
+                format!("\"{cidr}\" is not an address or CIDR block"),
+            );
+        }
+    }
+    let nonce_cap = s.nonce_store_capacity.unwrap_or(NONCE_DEFAULT_CAPACITY);
+    if !(1024..=100_000_000).contains(&nonce_cap) {
+        errs.push(
+            "server.nonce_store_capacity",
+            "must be between 1024 and 100000000",
+        );
+    }
+    let body_timeout = s.body_timeout_ms.unwrap_or(30_000);
+    if body_timeout == 0 {
+        errs.push("server.body_timeout_ms", "must be at least 1");
+    }
+    (
+        ServerSettings {
+            hostnames,
+            max_body_bytes: max_body as usize,
+            clock_skew: Duration::from_secs(skew),
+            signed_headers,
+            body_timeout: Duration::from_millis(body_timeout),
+        },
+        ProcessSettings {
+            listeners,
+            threads,
+            admin_listen,
+            pid_file: s
+                .pid_file
+                .clone()
+                .unwrap_or_else(|| "/tmp/keygate.pid".into()),
+            upgrade_sock: s
+                .upgrade_sock
+                .clone()
+                .unwrap_or_else(|| "/tmp/keygate_upgrade.sock".into()),
+            grace_period_s: s.grace_period_s.unwrap_or(5),
+            graceful_shutdown_timeout_s: s.graceful_shutdown_timeout_s.unwrap_or(10),
+            nonce_store_capacity: nonce_cap,
+            upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(256),
+            audit_path: None,
+        },
+    )
+}
+
+/// Parse `a.b.c.d`, `a.b.c.d/n`, or the IPv6 equivalents.
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((ip, len))
+}
+
+fn validate_master_keys(raw: &[RawMasterKey], errs: &mut Errors) -> HashMap<String, MasterKey> {
+    let mut out = HashMap::new();
+    for (i, mk) in raw.iter().enumerate() {
+        let p = format!("master_keys[{i}]");
+        if !valid_id(&mk.id) {
+            errs.push(
+                format!("{p}.id"),
+                format!("\"{}\" is not a valid id", mk.id),
+            );
+        }
+        if out.contains_key(&mk.id) {
+            errs.push(
+                format!("{p}.id"),
+                format!("duplicate master key id \"{}\"", mk.id),
+            );
+            continue;
+        }
+        match secret::read_source(&mk.source) {
+            Ok(Some(text)) => match MasterKey::from_base64(&text) {
+                Ok(k) => {
+                    out.insert(mk.id.clone(), k);
+                }
+                Err(m) => errs.push(format!("{p}.source"), m),
+            },
+            Ok(None) => errs.push(format!("{p}.source"), "must be env:NAME or file:/path"),
+            Err(m) => errs.push(format!("{p}.source"), m),
+        }
+    }
+    out
+}
+
+fn validate_upstream(
+    name: &str,
+    u: &RawUpstream,
+    p: &str,
+    master_keys: &HashMap<String, MasterKey>,
+    opts: LoadOptions,
+    errs: &mut Errors,
+    warnings: &mut Vec<String>,
+) -> Option<Upstream> {
+    let before = errs.0.len();
+    if !valid_id(name) {
+        errs.push(p, format!("\"{name}\" is not a valid upstream name"));
+    }
+    let kind = UpstreamKind::parse(&u.kind);
+    if kind.is_none() {
+        errs.push(
+            format!("{p}.kind"),
+            format!("unknown kind \"{}\" (expected {KIND_NAMES})", u.kind),
+        );
+    }
+    let uri: Option<http::Uri> = u.url.parse().ok();
+    let parsed = uri.as_ref().and_then(|uri| {
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return None,
+        };
+        let host = uri
+            .host()?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        if uri.query().is_some() {
+            return None;
+        }
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Some((tls, host, port, base_path))
+    });
+    if parsed.is_none() {
+        errs.push(
+            format!("{p}.url"),
+            format!("\"{}\" is not an http(s)://host[:port][/path] URL", u.url),
+        );
+    }
+    if let Some((false, host, _, _)) = &parsed {
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback {
+            warnings.push(format!(
+                "{p}.url: plain http to a non-loopback host sends the provider key in clear text"
+            ));
+        }
+    }
+    let mut credentials = Vec::new();
+    let mut ids = HashSet::new();
+    if u.credentials.is_empty() {
+        errs.push(
+            format!("{p}.credentials"),
+            "at least one credential is required",
+        );
+    }
+    for (i, c) in u.credentials.iter().enumerate() {
+        let cp = format!("{p}.credentials[{i}]");
+        if !valid_id(&c.id) {
+            errs.push(
+                format!("{cp}.id"),
+                format!("\"{}\" is not a valid id", c.id),
+            );
+        }
+        if !ids.insert(c.id.clone()) {
+            errs.push(
+                format!("{cp}.id"),
+                format!("duplicate credential id \"{}\"", c.id),
+            );
+        }
+        let place = format!("upstreams/{name}/credentials/{}", c.id);
+        match secret::resolve(&c.secret, &place, master_keys, opts.demo) {
+            Ok(secret) => {
+                if secrecy::ExposeSecret::expose_secret(&secret)
+                    .bytes()
+                    .any(|b| b.is_ascii_control() || b == b' ')
+                {
+                    errs.push(
+                        format!("{cp}.secret"),
+                        "contains spaces or control characters",
+                    );
+                }
+                credentials.push(Credential {
+                    id: c.id.clone(),
+                    secret,
+                });
+            }
+            Err(m) => errs.push(format!("{cp}.secret"), m),
+        }
+    }
+    if let Some(pins) = &u.pins {
+        if !pins.is_empty() {
+            errs.push(
+                format!("{p}.pins"),
+                "public-key pinning is not available in this build; remove pins (see README)",
+            );
+        }
+    } else if matches!(parsed, Some((true, ..))) {
+        warnings.push(format!(
+            "{p}: no pins; any certificate trusted by the system store is accepted"
+        ));
+    }
+    if let Some(ca) = &u.ca {
+        errs.push(
+            format!("{p}.ca"),
+            format!("custom CA files are not available in this build (\"{ca}\")"),
+        );
+    }
+    let connect_ms = u.connect_timeout_ms.unwrap_or(3000);
+    if connect_ms == 0 || connect_ms > 60_000 {
+        errs.push(
+            format!("{p}.connect_timeout_ms"),
+            "must be between 1 and 60000",
+        );
+    }
+    let read_ms = u.read_timeout_ms.unwrap_or(120_000);
+    if read_ms == 0 || read_ms > 3_600_000 {
+        errs.push(
+            format!("{p}.read_timeout_ms"),
+            "must be between 1 and 3600000",
+        );
+    }
+    if let Some(cb) = &u.circuit_breaker {
+        if cb.failures == 0 {
+            errs.push(
+                format!("{p}.circuit_breaker.failures"),
+                "must be at least 1",
+            );
+        }
+        if cb.open_s == 0 {
+            errs.push(format!("{p}.circuit_breaker.open_s"), "must be at least 1");
+        }
+        if cb.half_open_successes == 0 {
+            errs.push(
+                format!("{p}.circuit_breaker.half_open_successes"),
+                "must be at least 1",
+            );
+        }
+    }
+    let max_resp = u.max_response_bytes.unwrap_or(8 * 1024 * 1024);
+    if max_resp == 0 {
+        errs.push(format!("{p}.max_response_bytes"), "must be at least 1");
+    }
+    if errs.0.len() != before {
+        return None;
+    }
+    let (tls, host, port, base_path) = parsed?;
+    let default_port = if tls { 443 } else { 80 };
+    let host_for_header = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.clone()
+    };
+    let authority = if port == default_port {
+        host_for_header
+    } else {
+        format!("{host_for_header}:{port}")
+    };
+    Some(Upstream {
+        name: name.to_string(),
+        kind: kind?,
+        tls,
+        host,
+        port,
+        base_path,
+        credentials,
+        next_credential: AtomicUsize::new(0),
+        connect_timeout: Duration::from_millis(connect_ms),
+        read_timeout: Duration::from_millis(read_ms),
+        max_response_bytes: max_resp as usize,
+        authority,
+    })
+}
+
+/// Every secret string of a runtime (client secrets and provider credentials), for
+/// leak checks in tests and egress scanning.
+pub fn all_secret_strings(rt: &Runtime) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    let mut out = BTreeSet::new();
+    for u in &rt.upstreams {
+        for c in &u.credentials {
+            out.insert(c.secret.expose_secret().to_string());
+        }
+    }
+    for k in rt.keys.values() {
+        match &k.auth {
+            KeyAuth::Hmac(s) | KeyAuth::LegacySiteTimestamp(s) => {
+                out.insert(s.expose_secret().to_string());
+            }
+            KeyAuth::Bearer(_) => {}
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,176 @@
+//! The YAML file as written: serde structs that mirror SPEC §2 one to one.
+//! Nothing here is trusted; `config::validate` turns it into a `Runtime`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub server: RawServer,
+    #[serde(default)]
+    pub master_keys: Vec<RawMasterKey>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    #[serde(default)]
+    pub tiers: BTreeMap<String, RawTier>,
+    #[serde(default)]
+    pub sites: Vec<RawSite>,
+    #[serde(default)]
+    pub log: Option<RawLog>,
+    #[serde(default)]
+    pub tokens: Option<RawTokens>,
+    #[serde(default)]
+    pub fleet: Option<RawFleet>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub listen: Vec<RawListen>,
+    pub hostnames: Option<Vec<String>>,
+    pub threads: Option<usize>,
+    pub admin_listen: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub clock_skew_s: Option<u64>,
+    pub auth_failure_limit: Option<RawAuthFailureLimit>,
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Extra header components a client may sign besides the five required ones.
+    pub signed_headers: Option<Vec<String>>,
+    /// Capacity of the replay (nonce) store, in entries.
+    pub nonce_store_capacity: Option<usize>,
+    /// Time allowed to receive a request body.
+    pub body_timeout_ms: Option<u64>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub grace_period_s: Option<u64>,
+    pub graceful_shutdown_timeout_s: Option<u64>,
+    pub upstream_keepalive_pool_size: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub addr: String,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthFailureLimit {
+    pub per_minute: u64,
+    pub cooldown_s: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMasterKey {
+    pub id: String,
+    pub source: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub kind: String,
+    pub url: String,
+    #[serde(default)]
+    pub credentials: Vec<RawCredential>,
+    pub pins: Option<Vec<String>>,
+    pub ca: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+    pub circuit_breaker: Option<RawCircuitBreaker>,
+    pub max_response_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCredential {
+    pub id: String,
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCircuitBreaker {
+    pub failures: u32,
+    pub open_s: u64,
+    pub half_open_successes: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub prefix: String,
+    pub upstream: String,
+    pub models: Option<Vec<String>>,
+    pub max_tokens: Option<u64>,
+    pub pii: Option<RawPii>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPii {
+    pub mode: String,
+    #[serde(default)]
+    pub kinds: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTier {
+    pub requests_per_minute: Option<u64>,
+    pub requests_per_hour: Option<u64>,
+    pub requests_per_day: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub concurrent: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSite {
+    pub id: String,
+    pub tier: String,
+    pub routes: Option<Vec<String>>,
+    pub cors_origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub keys: Vec<RawKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    pub id: String,
+    pub auth: Option<String>,
+    pub secret: Option<String>,
+    pub hash: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub audit_path: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTokens {
+    pub max_ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    pub redis: Option<serde_yaml::Value>,
+    pub on_redis_down: Option<serde_yaml::Value>,
+}

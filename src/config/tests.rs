@@ -1,0 +1,260 @@
+use super::*;
+
+const GOOD: &str = r#"
+server:
+  listen:
+    - addr: "127.0.0.1:8080"
+  hostnames: ["localhost:8080"]
+upstreams:
+  openai:
+    kind: openai
+    url: "http://127.0.0.1:9999"
+    credentials:
+      - { id: prod-1, secret: "sk-literal-for-tests-000000000000" }
+routes:
+  - prefix: "/openai/"
+    upstream: openai
+    models: ["gpt-4o"]
+tiers:
+  free: { requests_per_minute: 10 }
+sites:
+  - id: demo
+    tier: free
+    keys:
+      - { id: demo.k1, auth: hmac, secret: "kgs_literal_for_tests_0000000000" }
+"#;
+
+fn demo() -> LoadOptions {
+    LoadOptions { demo: true }
+}
+
+/// Load GOOD with one textual replacement and return the error lines.
+fn errors_after(from: &str, to: &str) -> Vec<String> {
+    assert!(GOOD.contains(from), "test fixture lacks {from:?}");
+    let text = GOOD.replacen(from, to, 1);
+    match load_str(&text, demo()) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+fn assert_error(from: &str, to: &str, expected: &str) {
+    let errs = errors_after(from, to);
+    assert!(
+        errs.iter().any(|e| e.contains(expected)),
+        "expected {expected:?} in {errs:?}"
+    );
+}
+
+#[test]
+fn good_config_loads() {
+    let rt = load_str(GOOD, demo()).unwrap();
+    assert_eq!(rt.routes.len(), 1);
+    assert_eq!(rt.upstreams[0].authority, "127.0.0.1:9999");
+    assert!(rt.route_for("/openai/v1/models").is_some());
+    assert!(rt.route_for("/other").is_none());
+}
+
+#[test]
+fn dangling_upstream_is_named() {
+    assert_error(
+        "upstream: openai",
+        "upstream: missing",
+        r#"routes[0].upstream: unknown upstream "missing""#,
+    );
+}
+
+#[test]
+fn unknown_tier_is_named() {
+    assert_error(
+        "tier: free",
+        "tier: gold",
+        r#"sites[0].tier: unknown tier "gold""#,
+    );
+}
+
+#[test]
+fn unknown_key_is_named_with_path() {
+    assert_error(
+        "    tier: free",
+        "    tier: free\n    colour: blue",
+        "sites[0]: unknown field `colour`",
+    );
+}
+
+#[test]
+fn wrong_type_is_named_with_path() {
+    assert_error(
+        "requests_per_minute: 10",
+        "requests_per_minute: lots",
+        "tiers.free.requests_per_minute",
+    );
+}
+
+#[test]
+fn bad_listen_address_is_named() {
+    assert_error(
+        "127.0.0.1:8080\"",
+        "not-an-address\"",
+        "server.listen[0].addr",
+    );
+}
+
+#[test]
+fn unknown_kind_is_named() {
+    assert_error(
+        "kind: openai",
+        "kind: openia",
+        r#"upstreams.openai.kind: unknown kind "openia""#,
+    );
+}
+
+#[test]
+fn bad_url_is_named() {
+    assert_error("http://127.0.0.1:9999", "ftp://x", "upstreams.openai.url");
+}
+
+#[test]
+fn unknown_master_key_is_named() {
+    assert_error(
+        "secret: \"kgs_literal_for_tests_0000000000\"",
+        "secret: \"enc:v1:k2025:AAAA\"",
+        r#"sites[0].keys[0].secret: unknown master key "k2025""#,
+    );
+}
+
+#[test]
+fn literal_secret_refused_outside_demo() {
+    let e = load_str(GOOD, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("upstreams.openai.credentials[0].secret: plain-text secrets are refused"),
+        "{e}"
+    );
+    assert!(
+        e.contains("sites[0].keys[0].secret: plain-text secrets are refused"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("kgs_literal_for_tests"),
+        "secret leaked into error: {e}"
+    );
+}
+
+#[test]
+fn missing_env_secret_is_named() {
+    assert_error(
+        "secret: \"kgs_literal_for_tests_0000000000\"",
+        "secret: \"env:KEYGATE_TEST_SURELY_UNSET\"",
+        "sites[0].keys[0].secret: environment variable KEYGATE_TEST_SURELY_UNSET is not set",
+    );
+}
+
+#[test]
+fn duplicate_key_id_is_named() {
+    assert_error(
+        "      - { id: demo.k1, auth: hmac, secret: \"kgs_literal_for_tests_0000000000\" }",
+        "      - { id: demo.k1, auth: hmac, secret: \"kgs_literal_for_tests_0000000000\" }\n      - { id: demo.k1, auth: hmac, secret: \"kgs_literal_for_tests_0000000001\" }",
+        r#"sites[0].keys[1].id: duplicate key id "demo.k1""#,
+    );
+}
+
+#[test]
+fn bad_bearer_hash_is_named() {
+    assert_error(
+        "{ id: demo.k1, auth: hmac, secret: \"kgs_literal_for_tests_0000000000\" }",
+        "{ id: demo.k1, auth: bearer, hash: \"md5:abc\" }",
+        "sites[0].keys[0].hash",
+    );
+}
+
+#[test]
+fn unknown_auth_is_named() {
+    assert_error(
+        "auth: hmac",
+        "auth: password",
+        r#"sites[0].keys[0].auth: unknown auth "password""#,
+    );
+}
+
+#[test]
+fn site_route_must_exist() {
+    assert_error(
+        "    tier: free",
+        "    tier: free\n    routes: [\"/nope/\"]",
+        r#"sites[0].routes[0]: unknown route prefix "/nope/""#,
+    );
+}
+
+#[test]
+fn bad_prefix_is_named() {
+    assert_error(
+        "prefix: \"/openai/\"",
+        "prefix: \"/openai/../x/\"",
+        "routes[0].prefix",
+    );
+    assert_error(
+        "prefix: \"/openai/\"",
+        "prefix: \"openai\"",
+        "routes[0].prefix: must start with",
+    );
+}
+
+#[test]
+fn zero_limit_is_named() {
+    assert_error(
+        "requests_per_minute: 10",
+        "requests_per_minute: 0",
+        "tiers.free.requests_per_minute: must be at least 1",
+    );
+}
+
+#[test]
+fn wildcard_cors_is_refused() {
+    assert_error(
+        "    tier: free",
+        "    tier: free\n    cors_origins: [\"*\"]",
+        "sites[0].cors_origins[0]: wildcard",
+    );
+}
+
+#[test]
+fn missing_tls_file_is_named() {
+    assert_error(
+        "    - addr: \"127.0.0.1:8080\"",
+        "    - addr: \"127.0.0.1:8080\"\n      tls: { cert: /nonexistent/server.crt, key: /nonexistent/server.key }",
+        "server.listen[0].tls.cert: file not found",
+    );
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let text = GOOD
+        .replacen("upstream: openai", "upstream: missing", 1)
+        .replacen("tier: free", "tier: gold", 1);
+    let e = load_str(&text, demo()).unwrap_err();
+    assert!(e.0.len() >= 2, "{e}");
+}
+
+#[test]
+fn debug_output_redacts_secrets() {
+    let rt = load_str(GOOD, demo()).unwrap();
+    let dbg = format!("{rt:?}");
+    assert!(!dbg.contains("sk-literal-for-tests"), "{dbg}");
+    assert!(!dbg.contains("kgs_literal_for_tests"), "{dbg}");
+}
+
+#[test]
+fn longest_prefix_wins_at_segment_boundaries() {
+    let text = GOOD.replacen(
+        "routes:\n",
+        "routes:\n  - prefix: \"/openai/v2/\"\n    upstream: openai\n  - prefix: \"/open\"\n    upstream: openai\n",
+        1,
+    );
+    let rt = load_str(&text, demo()).unwrap();
+    assert_eq!(rt.route_for("/openai/v2/x").unwrap().prefix, "/openai/v2/");
+    assert_eq!(rt.route_for("/openai/v1/x").unwrap().prefix, "/openai/");
+    assert_eq!(rt.route_for("/open/x").unwrap().prefix, "/open");
+    assert!(rt.route_for("/openx").is_none());
+}

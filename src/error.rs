@@ -1,0 +1,155 @@
+//! The one error type of the request path: every refusal keygate makes maps to a
+//! SPEC §4 status, code and JSON body here, and nowhere else.
+
+use std::time::Duration;
+
+/// The error codes of SPEC §4. Each has exactly one HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthenticated,
+    StaleRequest,
+    Replayed,
+    Forbidden,
+    NoRoute,
+    BodyTooLarge,
+    PiiDetected,
+    RateLimited,
+    UpstreamError,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    Internal,
+}
+
+impl ErrorCode {
+    /// HTTP status for this code.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthenticated | ErrorCode::StaleRequest | ErrorCode::Replayed => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NoRoute => 404,
+            ErrorCode::BodyTooLarge => 413,
+            ErrorCode::PiiDetected => 422,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::UpstreamError => 502,
+            ErrorCode::UpstreamUnavailable => 503,
+            ErrorCode::UpstreamTimeout => 504,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The machine-readable code in the JSON body.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::StaleRequest => "stale_request",
+            ErrorCode::Replayed => "replayed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::PiiDetected => "pii_detected",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::Internal => "internal_error",
+        }
+    }
+}
+
+/// A refusal or failure on the request path.
+///
+/// `message` is shown to the client: it is one sentence and never contains a secret,
+/// a signature or body bytes. `detail` goes to the server log only (still no secrets).
+#[derive(Clone, Debug)]
+pub struct GatewayError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub detail: Option<String>,
+    pub retry_after: Option<Duration>,
+    /// Close the client connection after the response (framing errors, unread bodies).
+    pub close: bool,
+}
+
+impl GatewayError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        GatewayError {
+            code,
+            message: message.into(),
+            detail: None,
+            retry_after: None,
+            close: false,
+        }
+    }
+
+    /// Attach a log-only detail (never sent to the client).
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn retry_after(mut self, d: Duration) -> Self {
+        self.retry_after = Some(d);
+        self
+    }
+
+    pub fn close(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, msg).close()
+    }
+
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Forbidden, msg)
+    }
+
+    pub fn upstream(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::UpstreamError, msg)
+    }
+
+    /// The JSON body of SPEC §4.
+    pub fn body(&self, request_id: &str) -> Vec<u8> {
+        let v = serde_json::json!({
+            "error": {
+                "code": self.code.as_str(),
+                "message": self.message,
+                "request_id": request_id,
+            }
+        });
+        // Serialising a json! value of strings cannot fail.
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code.as_str())?;
+        if let Some(d) = &self.detail {
+            write!(f, ": {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_spec_shape() {
+        let e = GatewayError::new(ErrorCode::Replayed, "nonce already used").detail("keyid x");
+        let v: serde_json::Value = serde_json::from_slice(&e.body("req-1")).unwrap();
+        assert_eq!(v["error"]["code"], "replayed");
+        assert_eq!(v["error"]["request_id"], "req-1");
+        assert_eq!(v["error"]["message"], "nonce already used");
+        assert!(!String::from_utf8(e.body("r")).unwrap().contains("keyid x"));
+        assert_eq!(e.code.status(), 401);
+    }
+}

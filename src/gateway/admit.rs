@@ -1,0 +1,271 @@
+//! `request_filter`'s work: everything that decides whether a request may go
+//! upstream, in order. Nothing here contacts an upstream.
+
+use super::ctx::{BodyPlan, Ctx};
+use super::Gateway;
+use crate::auth::{self, signature::normalize_authority, AuthInput, AuthedClient};
+use crate::config::Route;
+use crate::config::UpstreamKind;
+use crate::error::{ErrorCode, GatewayError};
+use crate::request::{body, hygiene};
+use crate::upstream::headers::strip_key_param;
+use bytes::BytesMut;
+use pingora::proxy::Session;
+use std::time::SystemTime;
+
+/// Largest body read and verified before anything is sent upstream (Pingora's retry
+/// buffer). Larger bodies must declare their length and are held back instead.
+pub const PREREAD_LIMIT: usize = 64 * 1024;
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The upstream path: route prefix stripped, upstream base path prepended, query kept.
+fn upstream_path(route: &Route, path: &str, query: Option<&str>) -> String {
+    let rest = &path[route.prefix.len()..];
+    let rest = rest.trim_start_matches('/');
+    let mut out = format!("{}/{}", route.upstream.base_path, rest);
+    if let Some(q) = query {
+        let q = if route.upstream.kind == UpstreamKind::Gemini {
+            strip_key_param(q)
+        } else {
+            q.to_string()
+        };
+        if !q.is_empty() {
+            out.push('?');
+            out.push_str(&q);
+        }
+    }
+    out
+}
+
+/// The request's authority: the absolute-form target's, else the single Host header.
+fn authority(session: &Session) -> Result<String, GatewayError> {
+    let req = session.req_header();
+    let hosts: Vec<_> = req.headers.get_all(http::header::HOST).iter().collect();
+    if hosts.len() > 1 {
+        return Err(GatewayError::bad_request(
+            "The request has more than one Host header.",
+        ));
+    }
+    let host = hosts
+        .first()
+        .map(|h| {
+            h.to_str()
+                .map_err(|_| GatewayError::bad_request("The Host header is not ASCII."))
+        })
+        .transpose()?;
+    match (req.uri.authority().map(|a| a.as_str()), host) {
+        (Some(a), Some(h)) if !session.is_http2() && !a.eq_ignore_ascii_case(h) => {
+            Err(GatewayError::bad_request(
+                "The request target names another host than the Host header.",
+            ))
+        }
+        (Some(a), _) => Ok(a.to_string()),
+        (None, Some(h)) => Ok(h.to_string()),
+        (None, None) => Err(GatewayError::bad_request("The request has no Host header.")),
+    }
+}
+
+impl Gateway {
+    /// Decide whether the request may go upstream. On `Ok`, `ctx` holds the route,
+    /// the client and the body plan; for small bodies the body has been read and verified.
+    pub(super) async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<(), GatewayError> {
+        let rt = ctx.rt.clone();
+        if let Some(h1) = session.as_downstream().as_http1() {
+            if hygiene::has_cl_and_te(&h1.get_headers_raw_bytes()) {
+                return Err(GatewayError::bad_request(
+                    "Content-Length and Transfer-Encoding together are refused.",
+                ));
+            }
+        }
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().map(str::to_string);
+        let method = req.method.as_str().to_string();
+        hygiene::check_path(&path)
+            .map_err(|d| GatewayError::bad_request("The request path is not allowed.").detail(d))?;
+
+        let route_idx = rt
+            .route_index(&path)
+            .ok_or_else(|| GatewayError::new(ErrorCode::NoRoute, "No route matches this path."))?;
+        ctx.route = Some(route_idx);
+        let route = &rt.routes[route_idx];
+        ctx.upstream_path = upstream_path(route, &path, query.as_deref());
+
+        let authority = normalize_authority(&authority(session)?, ctx.tls);
+        let client = auth::authenticate(
+            &rt,
+            &self.nonces,
+            &AuthInput {
+                headers: &session.req_header().headers,
+                method: &method,
+                authority: &authority,
+                path: &path,
+                query: query.as_deref(),
+                now: unix_now(),
+            },
+        )
+        .map_err(|f| f.to_error())?;
+        let site = &rt.sites[client.site];
+        ctx.client = Some(client.clone());
+        if site
+            .routes
+            .as_ref()
+            .is_some_and(|r| !r.contains(&route.prefix))
+        {
+            return Err(GatewayError::forbidden(
+                "This key is not allowed on this route.",
+            ));
+        }
+        self.plan_body(session, ctx, &client, &method).await
+    }
+
+    /// Read and verify small bodies now; plan hold-back for large ones.
+    async fn plan_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        client: &AuthedClient,
+        method: &str,
+    ) -> Result<(), GatewayError> {
+        let rt = ctx.rt.clone();
+        let max = rt.server.max_body_bytes;
+        let req = session.req_header();
+        let content_length = match req.headers.get(http::header::CONTENT_LENGTH) {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .ok_or_else(|| GatewayError::bad_request("Content-Length is not a number."))?,
+            ),
+            None => None,
+        };
+        let too_large = || {
+            GatewayError::new(
+                ErrorCode::BodyTooLarge,
+                format!("The request body is larger than {max} bytes."),
+            )
+            .close()
+        };
+        if content_length.is_some_and(|n| n > max) {
+            return Err(too_large());
+        }
+        let expects_continue = req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+
+        if let Some(n) = content_length.filter(|n| *n > PREREAD_LIMIT) {
+            if expects_continue {
+                session
+                    .write_continue_response()
+                    .await
+                    .map_err(|_| GatewayError::bad_request("Client connection failed."))?;
+            }
+            ctx.body = BodyPlan::HoldBack {
+                buf: BytesMut::with_capacity(n),
+                limit: n,
+            };
+            return Ok(());
+        }
+
+        // Unknown length is allowed up to the pre-read limit only: beyond it the body
+        // could no longer be verified before the upstream sees it.
+        let limit = content_length.unwrap_or(max.min(PREREAD_LIMIT));
+        let mut buf = BytesMut::new();
+        if !session.as_downstream_mut().is_body_empty() {
+            session.as_downstream_mut().enable_retry_buffering();
+            if expects_continue {
+                session
+                    .write_continue_response()
+                    .await
+                    .map_err(|_| GatewayError::bad_request("Client connection failed."))?;
+            }
+            let read = async {
+                while let Some(chunk) = session
+                    .read_request_body()
+                    .await
+                    .map_err(|_| GatewayError::bad_request("The request body could not be read."))?
+                {
+                    if buf.len() + chunk.len() > limit {
+                        return Err(if content_length.is_none() && limit < max {
+                            GatewayError::new(
+                                ErrorCode::BodyTooLarge,
+                                format!("Bodies without Content-Length are limited to {PREREAD_LIMIT} bytes."),
+                            )
+                            .close()
+                        } else {
+                            too_large()
+                        });
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                Ok(())
+            };
+            tokio::time::timeout(rt.server.body_timeout, read)
+                .await
+                .map_err(|_| {
+                    GatewayError::bad_request("The request body was not received in time.")
+                })??;
+        }
+        let outcome = self.verify_body(ctx, client, method, session.req_header(), &buf)?;
+        ctx.body = BodyPlan::Buffered {
+            len: buf.len(),
+            rewritten: outcome,
+        };
+        Ok(())
+    }
+
+    /// Digest and JSON checks on a complete body. Returns a replacement body, if any.
+    pub(super) fn verify_body(
+        &self,
+        ctx: &mut Ctx,
+        client: &AuthedClient,
+        method: &str,
+        req: &pingora::http::RequestHeader,
+        body: &[u8],
+    ) -> Result<Option<bytes::Bytes>, GatewayError> {
+        auth::check_body_digest(client, body).map_err(|f| f.to_error())?;
+        let rt = ctx.rt.clone();
+        let route = ctx
+            .route
+            .and_then(|i| rt.routes.get(i))
+            .ok_or_else(|| GatewayError::new(ErrorCode::Internal, "No route."))?;
+        let content_type = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let outcome = body::check(route, method, &ctx.upstream_path, content_type, body)?;
+        ctx.model = outcome.model;
+        Ok(outcome.rewritten)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_paths() {
+        let rt = crate::demo::runtime(18081).unwrap();
+        let route = rt.route_for("/openai/v1/models").unwrap();
+        assert_eq!(
+            upstream_path(route, "/openai/v1/models", Some("limit=5")),
+            "/v1/models?limit=5"
+        );
+        assert_eq!(
+            upstream_path(route, "/openai/v1/chat/completions", None),
+            "/v1/chat/completions"
+        );
+    }
+}

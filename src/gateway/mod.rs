@@ -1,0 +1,270 @@
+//! The Pingora `ProxyHttp` implementation. Each hook is a few lines that call into a
+//! named module, so a request's path through keygate reads top to bottom:
+//!
+//! 1. `early_request_filter`: request id, TLS flag.
+//! 2. `request_filter`: [`admit`] — framing, path, route, authentication, nonce,
+//!    site-on-route, body read + digest + JSON validation (small bodies).
+//! 3. `upstream_peer`: resolve the upstream, build a peer with SNI and timeouts.
+//! 4. `upstream_request_filter`: strip client credentials, inject the provider's.
+//! 5. `request_body_filter`: replace or hold back and verify the body.
+//! 6. `response_filter`: drop cookies and server headers, add standard headers.
+//! 7. `fail_to_proxy`: every failure rendered as SPEC §4 JSON.
+//! 8. `logging`: the audit line.
+
+mod admit;
+pub mod ctx;
+pub mod respond;
+
+use crate::auth::nonce::NonceStore;
+use crate::config::Runtime;
+use crate::error::{ErrorCode, GatewayError};
+use crate::telemetry::audit::AuditLog;
+use crate::upstream::{self, dns::Resolver, headers};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::{BodyPlan, Ctx};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+
+/// The gateway service: the current config plus state that outlives reloads.
+pub struct Gateway {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub nonces: Arc<NonceStore>,
+    pub resolver: Resolver,
+    pub audit: Arc<AuditLog>,
+}
+
+impl Gateway {
+    pub fn new(
+        runtime: Arc<ArcSwap<Runtime>>,
+        nonces: Arc<NonceStore>,
+        audit: Arc<AuditLog>,
+    ) -> Self {
+        Gateway {
+            runtime,
+            nonces,
+            resolver: Resolver::default(),
+            audit,
+        }
+    }
+
+    /// Remember `err` for `fail_to_proxy` and return the Pingora error that aborts the request.
+    fn abort(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
+        let msg = err.message.clone();
+        ctx.error = Some(err);
+        Error::explain(ErrorType::InternalError, msg)
+    }
+}
+
+/// A request id from the client is kept when it is 1-128 chars of `[A-Za-z0-9._-]`.
+fn request_id(session: &Session) -> String {
+    if let Some(v) = session.req_header().headers.get("x-request-id") {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= 128
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c))
+        {
+            if let Ok(s) = v.to_str() {
+                return s.to_string();
+            }
+        }
+    }
+    let mut id = [0u8; 12];
+    rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut id);
+    hex::encode(id)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new(self.runtime.load_full())
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.request_id = request_id(session);
+        ctx.tls = session
+            .as_downstream()
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(err) => {
+                log::debug!("request {} refused: {err}", ctx.request_id);
+                ctx.error = Some(err.clone());
+                respond::send_error(session, ctx, &err).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+            return Err(Self::abort(
+                ctx,
+                GatewayError::new(ErrorCode::Internal, "No route."),
+            ));
+        };
+        match self.resolver.resolve(&up.host, up.port).await {
+            Ok(addr) => {
+                ctx.upstream_started = Some(std::time::Instant::now());
+                Ok(Box::new(upstream::peer(&up, addr)))
+            }
+            Err(detail) => Err(Self::abort(
+                ctx,
+                GatewayError::upstream("The provider could not be reached.").detail(detail),
+            )),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+            return Err(Self::abort(
+                ctx,
+                GatewayError::new(ErrorCode::Internal, "No route."),
+            ));
+        };
+        let Some(credential) = up.pick_credential() else {
+            return Err(Self::abort(
+                ctx,
+                GatewayError::upstream("No provider credential is configured."),
+            ));
+        };
+        ctx.credential_id = Some(credential.id.clone());
+        headers::prepare_upstream_request(req, &up, credential, &ctx.upstream_path)?;
+        // Framing upstream is keygate's: the exact verified length, or chunked when the
+        // body is held back (so a rewritten body may change length).
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        req.remove_header(&http::header::CONTENT_LENGTH);
+        match &ctx.body {
+            BodyPlan::Buffered { len, rewritten } => {
+                let n = rewritten.as_ref().map_or(*len, |b| b.len());
+                if n > 0 || req.method != http::Method::GET {
+                    req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
+                }
+            }
+            BodyPlan::HoldBack { .. } => {
+                req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            }
+            BodyPlan::Undecided => {
+                return Err(Self::abort(
+                    ctx,
+                    GatewayError::new(ErrorCode::Internal, "Body not planned."),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        match &mut ctx.body {
+            BodyPlan::Buffered { rewritten, .. } => {
+                // Pingora replays the verified body from its retry buffer as one chunk.
+                if let Some(r) = rewritten.take() {
+                    *body = Some(r);
+                }
+                Ok(())
+            }
+            BodyPlan::HoldBack { buf, limit } => {
+                if let Some(chunk) = body.take() {
+                    if buf.len() + chunk.len() > *limit {
+                        let e = GatewayError::new(
+                            ErrorCode::BodyTooLarge,
+                            "The request body is longer than its Content-Length.",
+                        )
+                        .close();
+                        return Err(Self::abort(ctx, e));
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+                if !end_of_stream {
+                    *body = Some(Bytes::new());
+                    return Ok(());
+                }
+                let full = std::mem::take(buf).freeze();
+                let Some(client) = ctx.client.clone() else {
+                    return Err(Self::abort(
+                        ctx,
+                        GatewayError::new(ErrorCode::Internal, "No client."),
+                    ));
+                };
+                let method = session.req_header().method.as_str().to_string();
+                match self.verify_body(ctx, &client, &method, session.req_header(), &full) {
+                    Ok(rewritten) => {
+                        *body = Some(rewritten.unwrap_or(full));
+                        Ok(())
+                    }
+                    Err(e) => Err(Self::abort(ctx, e)),
+                }
+            }
+            BodyPlan::Undecided => Err(Self::abort(
+                ctx,
+                GatewayError::new(ErrorCode::Internal, "Body not planned."),
+            )),
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        headers::clean_response(resp);
+        respond::add_standard_headers(resp, ctx)?;
+        ctx.status = resp.status.as_u16();
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
+    where
+        Ctx: Send + Sync,
+    {
+        let err = ctx.error.clone().or_else(|| respond::from_pingora(e));
+        let mut code = 0;
+        if let Some(err) = err {
+            if ctx.error.is_none() {
+                ctx.error = Some(err.clone());
+            }
+            code = err.code.status();
+            if session.response_written().is_none() {
+                if let Err(we) = respond::send_error(session, ctx, &err).await {
+                    log::debug!(
+                        "request {}: cannot write error response: {we}",
+                        ctx.request_id
+                    );
+                }
+            }
+        }
+        ctx.status = code;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        self.audit.record(session, ctx);
+    }
+}

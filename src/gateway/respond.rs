@@ -1,0 +1,88 @@
+//! Writing keygate's own responses and the headers every response carries.
+
+use super::ctx::Ctx;
+use crate::error::{ErrorCode, GatewayError};
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+use std::time::SystemTime;
+
+/// Headers on every response (SPEC §4).
+pub fn add_standard_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
+    if !ctx.request_id.is_empty() {
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    }
+    resp.insert_header("x-content-type-options", "nosniff")?;
+    resp.insert_header("cache-control", "no-store")?;
+    resp.insert_header("date", httpdate::fmt_http_date(SystemTime::now()))?;
+    if ctx.tls {
+        resp.insert_header(
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains",
+        )?;
+    }
+    Ok(())
+}
+
+/// Write `err` as the SPEC §4 JSON error response.
+pub async fn send_error(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    err: &GatewayError,
+) -> pingora::Result<()> {
+    let status = err.code.status();
+    ctx.status = status;
+    let body = err.body(&ctx.request_id);
+    let mut resp = ResponseHeader::build(status, Some(8))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body.len().to_string())?;
+    if let Some(ra) = err.retry_after {
+        resp.insert_header("retry-after", ra.as_secs().max(1).to_string())?;
+    }
+    add_standard_headers(&mut resp, ctx)?;
+    if err.close {
+        session.set_keepalive(None);
+        resp.insert_header("connection", "close")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    Ok(())
+}
+
+/// Map a Pingora error that keygate did not raise itself to a gateway error.
+/// `None` means the client is gone and nothing should be written.
+pub fn from_pingora(e: &Error) -> Option<GatewayError> {
+    use ErrorType::*;
+    let etype = e.etype();
+    if matches!(e.esource(), pingora::ErrorSource::Downstream) {
+        return match etype {
+            ReadError | WriteError | ConnectionClosed => None,
+            ReadTimedout => Some(GatewayError::bad_request(
+                "The request was not received in time.",
+            )),
+            _ => Some(GatewayError::bad_request("The request is malformed.")),
+        };
+    }
+    Some(match etype {
+        ReadTimedout | WriteTimedout => GatewayError::new(
+            ErrorCode::UpstreamTimeout,
+            "The provider did not answer in time.",
+        ),
+        ConnectTimedout => GatewayError::upstream("The provider could not be reached in time."),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | SocketError => GatewayError::upstream("The provider could not be reached."),
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | TLSWantX509Lookup => {
+            GatewayError::upstream("The provider's TLS connection could not be verified.")
+        }
+        _ if matches!(e.esource(), pingora::ErrorSource::Upstream) => {
+            GatewayError::upstream("The provider's response was invalid.")
+        }
+        _ => GatewayError::new(
+            ErrorCode::Internal,
+            "The gateway failed to handle this request.",
+        ),
+    })
+}

@@ -1,0 +1,21 @@
+//! keygate: an edge gateway, built on Pingora, that keeps AI provider API keys off
+//! the machines of the sites and apps that use them.
+//!
+//! The request's path is the architecture; each stage is a module:
+//! [`gateway`] (the Pingora hooks) → [`request`] (hygiene, body checks) →
+//! [`auth`] (signatures, nonces, bearer and legacy keys) → [`upstream`] (peer,
+//! credential) → response. [`config`] turns YAML into the validated [`config::Runtime`]
+//! every request runs on; [`reload`] swaps it on SIGHUP.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod gateway;
+pub mod mock_provider;
+pub mod reload;
+pub mod request;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;

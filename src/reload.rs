@@ -1,0 +1,78 @@
+//! Background maintenance: SIGHUP reloads the config (parse, validate, decrypt,
+//! build, then swap atomically; a bad file changes nothing), and expired nonces are
+//! swept once a second so the store's capacity goes to live entries.
+
+use crate::auth::nonce::NonceStore;
+use crate::config::{self, LoadOptions, Runtime};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The maintenance service.
+pub struct Reloader {
+    /// Config file to re-read on SIGHUP; `None` in demo mode (SIGHUP is then ignored).
+    pub path: Option<PathBuf>,
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub nonces: Arc<NonceStore>,
+}
+
+impl Reloader {
+    /// Re-read and swap. Returns the error text on failure (old config stays).
+    pub fn reload(&self) -> Result<(), String> {
+        let Some(path) = &self.path else {
+            return Err("demo mode has no config file to reload".into());
+        };
+        let new = config::load_file(path, LoadOptions::default()).map_err(|e| e.to_string())?;
+        let old = self.runtime.load();
+        if new.process.listeners.iter().map(|l| l.addr).ne(old
+            .process
+            .listeners
+            .iter()
+            .map(|l| l.addr))
+            || new.process.threads != old.process.threads
+        {
+            log::warn!("config reload: listener addresses and thread counts apply only after a restart or binary upgrade (serve -u)");
+        }
+        for w in &new.warnings {
+            log::warn!("{w}");
+        }
+        self.runtime.store(Arc::new(new));
+        Ok(())
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot install the SIGHUP handler: {e}");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = hup.recv() => match self.reload() {
+                    Ok(()) => log::info!("config reloaded"),
+                    Err(e) => log::error!("config reload failed, keeping the running config:\n{e}"),
+                },
+                _ = tick.tick() => self.nonces.sweep(unix_now()),
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

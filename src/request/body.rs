@@ -1,0 +1,273 @@
+//! JSON request bodies: parse strictly (no duplicate keys, bounded depth), check the
+//! route's model allow-list, and cap the output-token field of the upstream's kind.
+
+use crate::config::{Route, UpstreamKind};
+use crate::error::GatewayError;
+use bytes::Bytes;
+use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// A JSON value whose objects had no duplicate keys.
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(k) = map.next_key::<String>()? {
+            if out.contains_key(&k) {
+                return Err(de::Error::custom("duplicate key in JSON object"));
+            }
+            let Strict(v) = map.next_value()?;
+            out.insert(k, v);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// Parse JSON refusing duplicate keys at any depth (serde_json bounds nesting at 128).
+pub fn parse_strict(body: &[u8]) -> Result<Value, String> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let Strict(v) = Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(v)
+}
+
+/// What validation decided about a body.
+#[derive(Debug, Default)]
+pub struct BodyOutcome {
+    /// The model the request names (body `model`, or the Gemini path).
+    pub model: Option<String>,
+    /// A rewritten body to send instead of the original.
+    pub rewritten: Option<Bytes>,
+    /// `"stream": true` (or a Gemini streaming method).
+    pub stream: bool,
+}
+
+fn is_json_content_type(ct: &str) -> bool {
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    mime.eq_ignore_ascii_case("application/json")
+        || (mime.len() > 5
+            && mime
+                .get(..12)
+                .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+            && mime.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// The Gemini model in `/v1beta/models/<model>:<method>`.
+fn gemini_model(path: &str) -> Option<&str> {
+    let after = path.split("/models/").nth(1)?;
+    let model = after.split(':').next()?;
+    (!model.is_empty()).then_some(model)
+}
+
+/// Validate a request body for `route`. `upstream_path` is the path sent upstream.
+pub fn check(
+    route: &Route,
+    method: &str,
+    upstream_path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<BodyOutcome, GatewayError> {
+    let kind = route.upstream.kind;
+    let mut out = BodyOutcome::default();
+    let path_only = upstream_path.split('?').next().unwrap_or(upstream_path);
+    if kind == UpstreamKind::Gemini {
+        out.model = gemini_model(path_only).map(str::to_string);
+        out.stream = path_only.ends_with(":streamGenerateContent");
+    }
+    let mut json = None;
+    if !body.is_empty() {
+        if !content_type.is_some_and(is_json_content_type) {
+            return Err(GatewayError::bad_request(
+                "Request bodies must be application/json.",
+            ));
+        }
+        let v = parse_strict(body).map_err(|e| {
+            GatewayError::bad_request(
+                "The request body is not valid JSON (duplicate keys are refused).",
+            )
+            .detail(e)
+        })?;
+        let Value::Object(obj) = v else {
+            return Err(GatewayError::bad_request(
+                "The request body must be a JSON object.",
+            ));
+        };
+        if kind != UpstreamKind::Gemini {
+            match obj.get("model") {
+                Some(Value::String(m)) => out.model = Some(m.clone()),
+                Some(_) => {
+                    return Err(GatewayError::bad_request(
+                        "The body's \"model\" must be a string.",
+                    ))
+                }
+                None => {}
+            }
+            out.stream = obj.get("stream") == Some(&Value::Bool(true));
+        }
+        json = Some(obj);
+    } else if method == "POST" && route.max_tokens.is_some() && needs_output_cap(kind, path_only) {
+        return Err(GatewayError::bad_request(
+            "This endpoint needs a JSON body.",
+        ));
+    }
+
+    if let Some(models) = &route.models {
+        let allowed = out.model.as_ref().is_some_and(|m| models.contains(m));
+        let names_model = out.model.is_some() || json.is_some();
+        if names_model && !allowed {
+            let msg = match &out.model {
+                Some(m) => format!(
+                    "Model \"{}\" is not allowed on this route.",
+                    m.chars().take(100).collect::<String>()
+                ),
+                None => "The request names no model; this route allows only listed models.".into(),
+            };
+            return Err(GatewayError::forbidden(msg));
+        }
+    }
+
+    if let (Some(cap), Some(mut obj)) = (route.max_tokens, json) {
+        if needs_output_cap(kind, path_only) && cap_output_tokens(kind, path_only, &mut obj, cap)? {
+            let bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| {
+                GatewayError::bad_request("The request body cannot be re-encoded.")
+                    .detail(e.to_string())
+            })?;
+            out.rewritten = Some(Bytes::from(bytes));
+        }
+    }
+    Ok(out)
+}
+
+/// Endpoints that generate output and so take an output-token limit.
+fn needs_output_cap(kind: UpstreamKind, path: &str) -> bool {
+    match kind {
+        UpstreamKind::Gemini => {
+            path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent")
+        }
+        UpstreamKind::Anthropic => path.ends_with("/messages"),
+        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => {
+            path.ends_with("/chat/completions")
+                || path.ends_with("/completions")
+                || path.ends_with("/responses")
+        }
+    }
+}
+
+fn clamp_field(
+    obj: &mut Map<String, Value>,
+    field: &str,
+    cap: u64,
+) -> Result<Option<bool>, GatewayError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => {
+            let n = v.as_u64().ok_or_else(|| {
+                GatewayError::bad_request(format!("\"{field}\" must be a non-negative integer."))
+            })?;
+            if n > cap {
+                obj.insert(field.to_string(), Value::from(cap));
+                Ok(Some(true))
+            } else {
+                Ok(Some(false))
+            }
+        }
+    }
+}
+
+/// Clamp the output-token fields to `cap`, inserting one when the request has none.
+/// Returns whether the body changed.
+fn cap_output_tokens(
+    kind: UpstreamKind,
+    path: &str,
+    obj: &mut Map<String, Value>,
+    cap: u64,
+) -> Result<bool, GatewayError> {
+    if kind == UpstreamKind::Gemini {
+        let gc = obj
+            .entry("generationConfig")
+            .or_insert_with(|| Value::Object(Map::new()));
+        let Value::Object(gc) = gc else {
+            return Err(GatewayError::bad_request(
+                "\"generationConfig\" must be an object.",
+            ));
+        };
+        return Ok(match clamp_field(gc, "maxOutputTokens", cap)? {
+            Some(changed) => changed,
+            None => {
+                gc.insert("maxOutputTokens".into(), Value::from(cap));
+                true
+            }
+        });
+    }
+    let fields: &[&str] = match kind {
+        UpstreamKind::Anthropic => &["max_tokens"],
+        _ => &["max_tokens", "max_completion_tokens", "max_output_tokens"],
+    };
+    let mut changed = false;
+    let mut present = false;
+    for f in fields {
+        if let Some(c) = clamp_field(obj, f, cap)? {
+            present = true;
+            changed |= c;
+        }
+    }
+    if !present {
+        let field = if path.ends_with("/responses") {
+            "max_output_tokens"
+        } else if kind == UpstreamKind::OpenAi && path.ends_with("/chat/completions") {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        obj.insert(field.into(), Value::from(cap));
+        changed = true;
+    }
+    Ok(changed)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,136 @@
+//! Framing and path hygiene: refuse what a proxy and a provider could read differently.
+
+/// Longest path (bytes) keygate routes.
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// Refuse paths with dot-segments, empty segments, backslashes, control bytes,
+/// encoded `.` `/` `\` NUL or non-ASCII bytes, or broken percent-encoding. keygate
+/// routes on the exact bytes that were signed, so anything that another component
+/// could normalise differently is refused instead of guessed at.
+pub fn check_path(path: &str) -> Result<(), &'static str> {
+    let b = path.as_bytes();
+    if b.first() != Some(&b'/') {
+        return Err("path must start with /");
+    }
+    if b.len() > MAX_PATH_LEN {
+        return Err("path too long");
+    }
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hi = b.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+                let lo = b.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (hi, lo) else {
+                    return Err("broken percent-encoding");
+                };
+                let byte = (hi * 16 + lo) as u8;
+                if matches!(byte, b'.' | b'/' | b'\\') || byte < 0x20 || byte >= 0x7f {
+                    return Err("encoded dot, slash, backslash, control or non-ASCII byte in path");
+                }
+                i += 3;
+                continue;
+            }
+            b'\\' => return Err("backslash in path"),
+            c if c < 0x21 || c >= 0x7f => return Err("control, space or non-ASCII byte in path"),
+            _ => {}
+        }
+        i += 1;
+    }
+    for seg in path[1..].split('/') {
+        if seg == "." || seg == ".." {
+            return Err("dot-segment in path");
+        }
+    }
+    if path.len() > 1 && path[1..].split('/').rev().skip(1).any(|s| s.is_empty()) {
+        return Err("empty path segment");
+    }
+    Ok(())
+}
+
+/// True when the raw request header carries both `Content-Length` and
+/// `Transfer-Encoding` (Pingora drops `Content-Length` in that case before any
+/// filter sees the request, so the raw bytes are the only witness).
+pub fn has_cl_and_te(raw_header: &[u8]) -> bool {
+    let mut cl = false;
+    let mut te = false;
+    for line in raw_header.split(|&c| c == b'\n').skip(1) {
+        let Some(colon) = line.iter().position(|&c| c == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+        }
+    }
+    cl && te
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn plain_paths_pass() {
+        for p in [
+            "/",
+            "/openai/v1/chat/completions",
+            "/gemini/v1beta/models/gemini-1.5-flash:generateContent",
+            "/openai/",
+            "/a%20b",
+        ] {
+            assert_eq!(check_path(p), Ok(()), "{p}");
+        }
+    }
+
+    #[test]
+    fn traversal_and_encodings_are_refused() {
+        for p in [
+            "/openai/../admin",
+            "/openai/./v1",
+            "/openai/%2e%2e/admin",
+            "/openai/%2E%2e/x",
+            "/openai%2fv1",
+            "/openai/%5cadmin",
+            "/openai//v1",
+            "/openai/%00",
+            "/openai/%c0%ae%c0%ae/",
+            "/a\\b",
+            "/a%zz",
+            "/a%2",
+            "/..",
+            "relative",
+            "/a b",
+        ] {
+            assert!(check_path(p).is_err(), "{p} accepted");
+        }
+        assert!(check_path(&format!("/{}", "a".repeat(MAX_PATH_LEN))).is_err());
+    }
+
+    #[test]
+    fn cl_te_detection() {
+        assert!(has_cl_and_te(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(has_cl_and_te(
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length : 5\r\n\r\n"
+        ));
+        assert!(!has_cl_and_te(
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"
+        ));
+        assert!(!has_cl_and_te(
+            b"POST / HTTP/1.1\r\nX-Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_paths_have_no_dot_segments(p in "/[a-z./%0-9]{0,30}") {
+            if check_path(&p).is_ok() {
+                prop_assert!(!p.split('/').any(|s| s == ".." || s == "."));
+                prop_assert!(!p.to_ascii_lowercase().contains("%2e"));
+            }
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The audit log: one JSON object per request (SPEC §6), written by a background
+//! thread so a slow disk or pipe never blocks a request. When the writer falls
+//! behind, lines are dropped and counted rather than queued without bound.
+
+use crate::gateway::ctx::Ctx;
+use pingora::proxy::Session;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::OnceLock;
+
+/// Lines queued for the writer before new ones are dropped.
+pub const QUEUE_BOUND: usize = 16_384;
+
+/// Where audit lines go.
+pub struct AuditLog {
+    path: Option<String>,
+    tx: OnceLock<SyncSender<String>>,
+    dropped: AtomicU64,
+}
+
+impl AuditLog {
+    /// `path: None` writes to stdout.
+    pub fn new(path: Option<String>) -> Self {
+        AuditLog {
+            path,
+            tx: OnceLock::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Lines dropped because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    // The writer thread starts on first use, after Pingora may have daemonised.
+    fn sender(&self) -> &SyncSender<String> {
+        self.tx.get_or_init(|| {
+            let (tx, rx) = sync_channel::<String>(QUEUE_BOUND);
+            let path = self.path.clone();
+            std::thread::Builder::new()
+                .name("keygate-audit".into())
+                .spawn(move || {
+                    let mut out: Box<dyn Write + Send> = match &path {
+                        Some(p) => match std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(p)
+                        {
+                            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+                            Err(e) => {
+                                log::error!("cannot open audit log {p}: {e}; writing to stdout");
+                                Box::new(std::io::stdout())
+                            }
+                        },
+                        None => Box::new(std::io::stdout()),
+                    };
+                    while let Ok(line) = rx.recv() {
+                        let _ = out.write_all(line.as_bytes());
+                        let _ = out.write_all(b"\n");
+                        // Flush when the queue is drained, so lines show up promptly.
+                        let mut more = rx.try_iter().take(1024).peekable();
+                        while let Some(l) = more.next() {
+                            let _ = out.write_all(l.as_bytes());
+                            let _ = out.write_all(b"\n");
+                        }
+                        let _ = out.flush();
+                    }
+                })
+                .ok();
+            tx
+        })
+    }
+
+    fn push(&self, line: String) {
+        match self.sender().try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Record one finished request. Never a secret, a signature or a body.
+    pub fn record(&self, session: &Session, ctx: &Ctx) {
+        let rt = &ctx.rt;
+        let client = ctx.client.as_ref();
+        let site = client
+            .and_then(|c| rt.sites.get(c.site))
+            .map(|s| s.id.0.as_str());
+        let route = ctx.route().map(|r| r.prefix.as_str());
+        let upstream = ctx.route().map(|r| r.upstream.name.as_str());
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let line = serde_json::json!({
+            "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "request_id": ctx.request_id,
+            "site": site,
+            "key_id": client.map(|c| c.key_id.0.as_str()),
+            "route": route,
+            "upstream": upstream,
+            "model": ctx.model,
+            "status": ctx.status,
+            "error_code": ctx.error.as_ref().map(|e| e.code.as_str()),
+            "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
+            "upstream_ms": ctx.upstream_started.map(|t| t.elapsed().as_secs_f64() * 1000.0),
+            "tokens_in": serde_json::Value::Null,
+            "tokens_out": serde_json::Value::Null,
+            "client_ip": client_ip,
+            "auth": client.map(|c| c.mode.as_str()),
+            "credential": ctx.credential_id,
+        });
+        self.push(line.to_string());
+    }
+}

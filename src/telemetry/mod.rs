@@ -1,0 +1,3 @@
+//! What keygate tells operators: the audit log (SPEC §6).
+
+pub mod audit;
