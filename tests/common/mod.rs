@@ -1,0 +1,386 @@
+//! Test harness: the real `keygate` binary and the real mock provider, over loopback.
+#![allow(dead_code)]
+
+use keygate::auth::signature::{self, SignRequest};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `keygate mock-provider` on a free port.
+pub struct Mock {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Mock {
+    pub fn start() -> Mock {
+        let mut child = Command::new(BIN)
+            .args(["mock-provider", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mock provider");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .parse()
+            .expect("mock address");
+        Mock { child, addr }
+    }
+
+    pub fn requests(&self) -> Value {
+        let url = format!("http://{}/__mock/requests", self.addr);
+        blocking_get_json(&url)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.requests()["count"].as_u64().unwrap()
+    }
+
+    /// Stop the mock (the gateway then sees connection refused).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn last(&self) -> Value {
+        self.requests()["requests"]
+            .as_array()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("mock received a request")
+    }
+}
+
+impl Drop for Mock {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn blocking_get_json(url: &str) -> Value {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = TcpStream::connect(host).unwrap();
+    write!(
+        s,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    serde_json::from_str(body).unwrap()
+}
+
+/// Secrets of the test world, random per gateway.
+pub struct Secrets {
+    pub alpha: String,
+    pub beta: String,
+    pub legacy: String,
+    pub bearer: String,
+    pub provider: String,
+    pub anthropic: String,
+}
+
+fn random_secret(prefix: &str) -> String {
+    format!("{prefix}{}", signature::random_nonce())
+}
+
+/// A running `keygate serve` with a config made for tests.
+pub struct Gateway {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub secrets: Secrets,
+    pub mock: Mock,
+}
+
+pub struct Options {
+    pub max_body_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Gateway {
+        let mock = Mock::start();
+        let dir = tempfile::tempdir().unwrap();
+        let secrets = Secrets {
+            alpha: random_secret("kgs_alpha_"),
+            beta: random_secret("kgs_beta_"),
+            legacy: random_secret("kgs_legacy_"),
+            bearer: random_secret("kgk_"),
+            provider: random_secret("sk-provider-"),
+            anthropic: random_secret("sk-ant-provider-"),
+        };
+        let d = dir.path().display().to_string();
+        for (name, v) in [
+            ("alpha.secret", &secrets.alpha),
+            ("beta.secret", &secrets.beta),
+            ("legacy.secret", &secrets.legacy),
+            ("provider.key", &secrets.provider),
+            ("anthropic.key", &secrets.anthropic),
+        ] {
+            std::fs::write(dir.path().join(name), format!("{v}\n")).unwrap();
+        }
+        let port = free_port();
+        let bearer_hash = hex::encode(keygate::auth::bearer_hash(&secrets.bearer));
+        let config = format!(
+            r#"
+server:
+  listen:
+    - addr: "127.0.0.1:{port}"
+  hostnames: ["127.0.0.1:{port}", "localhost:{port}"]
+  threads: 2
+  max_body_bytes: {max_body}
+  pid_file: {d}/keygate.pid
+  upgrade_sock: {d}/upgrade.sock
+upstreams:
+  openai:
+    kind: openai
+    url: "http://{mock}"
+    credentials:
+      - {{ id: prod-1, secret: "file:{d}/provider.key" }}
+    read_timeout_ms: 5000
+  anthropic:
+    kind: anthropic
+    url: "http://{mock}"
+    credentials:
+      - {{ id: ant-1, secret: "file:{d}/anthropic.key" }}
+routes:
+  - prefix: "/openai/"
+    upstream: openai
+    models: ["gpt-4o", "gpt-4o-mini"]
+    max_tokens: 4096
+  - prefix: "/anthropic/"
+    upstream: anthropic
+tiers:
+  free: {{ requests_per_minute: 100000 }}
+sites:
+  - id: alpha
+    tier: free
+    keys:
+      - {{ id: alpha.k1, auth: hmac, secret: "file:{d}/alpha.secret" }}
+      - {{ id: alpha.sdk, auth: bearer, hash: "sha256:{bearer_hash}" }}
+      - {{ id: alpha.legacy, auth: legacy-site-timestamp, secret: "file:{d}/legacy.secret" }}
+  - id: beta
+    tier: free
+    routes: ["/anthropic/"]
+    keys:
+      - {{ id: beta.k1, auth: hmac, secret: "file:{d}/beta.secret" }}
+"#,
+            max_body = opts.max_body_bytes,
+            mock = mock.addr,
+        );
+        let cfg = dir.path().join("keygate.yaml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("keygate.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .env("RUST_LOG", "debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start keygate");
+        let gw = Gateway {
+            child: Some(child),
+            port,
+            dir,
+            secrets,
+            mock,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("keygate did not start:\n{}", self.logs());
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("keygate.yaml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("keygate.log")).unwrap_or_default()
+    }
+
+    pub fn all_secrets(&self) -> Vec<&str> {
+        let s = &self.secrets;
+        vec![
+            &s.alpha,
+            &s.beta,
+            &s.legacy,
+            &s.bearer,
+            &s.provider,
+            &s.anthropic,
+        ]
+    }
+
+    /// Fail if any secret appears in the gateway's logs.
+    pub fn assert_no_secret_in_logs(&self) {
+        let logs = self.logs();
+        for s in self.all_secrets() {
+            assert!(!logs.contains(s), "a secret appeared in the logs");
+        }
+    }
+
+    /// Signed request headers for `alpha.k1` (or another key).
+    pub fn sign(
+        &self,
+        key_id: &str,
+        secret: &str,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Vec<(String, String)> {
+        let url = self.url(path);
+        let nonce = signature::random_nonce();
+        let h = signature::sign(
+            secret.as_bytes(),
+            &SignRequest {
+                method,
+                url: &url,
+                body,
+                key_id,
+                created: now(),
+                nonce: &nonce,
+            },
+        )
+        .unwrap();
+        vec![
+            ("content-digest".into(), h.content_digest),
+            ("signature-input".into(), h.signature_input),
+            ("signature".into(), h.signature),
+        ]
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+pub async fn send(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    headers: &[(String, String)],
+    body: Option<Vec<u8>>,
+) -> Resp {
+    let mut rb = client.request(method.parse().unwrap(), url);
+    for (k, v) in headers {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    if let Some(b) = body {
+        rb = rb.header("content-type", "application/json").body(b);
+    }
+    let r = rb.send().await.expect("request");
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.unwrap_or_default();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Send raw bytes and read the whole answer (the connection is closed by us or by keygate).
+pub fn raw(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
