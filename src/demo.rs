@@ -95,7 +95,7 @@ pub fn start_mock() -> std::io::Result<u16> {
 /// The banner with ready-to-run commands.
 pub fn banner(exe: &str) -> String {
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
-    let url = format!("http://localhost:8080/openai/v1/chat/completions");
+    let url = "http://localhost:8080/openai/v1/chat/completions";
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -104,7 +104,7 @@ pub fn banner(exe: &str) -> String {
         DEMO_SECRET.as_bytes(),
         DEMO_KEY_ID,
         "POST",
-        &url,
+        url,
         body.as_bytes(),
         now,
     )

@@ -311,6 +311,7 @@ async fn parallel_identical_requests_yield_exactly_one_success() {
 async fn oversized_body_is_refused_and_not_forwarded() {
     let gw = Gateway::start_with(Options {
         max_body_bytes: 2048,
+        ..Options::default()
     });
     let big = format!(
         r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
@@ -582,4 +583,19 @@ async fn unreachable_upstream_is_a_json_502() {
         r.body
     );
     assert_eq!(r.headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn slow_upstream_is_a_504() {
+    let gw = Gateway::start();
+    let mut h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, BODY.as_bytes());
+    h.push(("x-mock-mode".into(), "slow".into()));
+    h.push(("x-mock-delay-ms".into(), "4000".into()));
+    let r = send(&client(), "POST", &gw.url(CHAT), &h, Some(BODY.into())).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (504, "upstream_timeout"),
+        "{}",
+        r.body
+    );
 }

@@ -421,7 +421,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
     if raw.routes.is_empty() {
         errs.push("routes", "at least one route is required");
     }
-    routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
 
     // Tiers.
     let mut tiers = HashMap::new();

@@ -25,14 +25,14 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
                     return Err("broken percent-encoding");
                 };
                 let byte = (hi * 16 + lo) as u8;
-                if matches!(byte, b'.' | b'/' | b'\\') || byte < 0x20 || byte >= 0x7f {
+                if matches!(byte, b'.' | b'/' | b'\\') || !(0x20..0x7f).contains(&byte) {
                     return Err("encoded dot, slash, backslash, control or non-ASCII byte in path");
                 }
                 i += 3;
                 continue;
             }
             b'\\' => return Err("backslash in path"),
-            c if c < 0x21 || c >= 0x7f => return Err("control, space or non-ASCII byte in path"),
+            c if !(0x21..0x7f).contains(&c) => return Err("control, space or non-ASCII byte in path"),
             _ => {}
         }
         i += 1;

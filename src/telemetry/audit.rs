@@ -60,8 +60,7 @@ impl AuditLog {
                         let _ = out.write_all(line.as_bytes());
                         let _ = out.write_all(b"\n");
                         // Flush when the queue is drained, so lines show up promptly.
-                        let mut more = rx.try_iter().take(1024).peekable();
-                        while let Some(l) = more.next() {
+                        for l in rx.try_iter().take(1024) {
                             let _ = out.write_all(l.as_bytes());
                             let _ = out.write_all(b"\n");
                         }

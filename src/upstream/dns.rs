@@ -15,10 +15,13 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Cache bound (entries); upstream hosts come from config, so this is never reached in practice.
 const MAX_ENTRIES: usize = 1024;
 
+/// Addresses of one name and when they were looked up.
+type Resolved = (Vec<SocketAddr>, Instant);
+
 /// A resolver with a per-(host, port) cache.
 #[derive(Default)]
 pub struct Resolver {
-    cache: Mutex<HashMap<(String, u16), (Vec<SocketAddr>, Instant)>>,
+    cache: Mutex<HashMap<(String, u16), Resolved>>,
     rr: AtomicUsize,
 }
 

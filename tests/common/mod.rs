@@ -119,6 +119,7 @@ fn random_secret(prefix: &str) -> String {
 pub struct Gateway {
     child: Option<Child>,
     pub port: u16,
+    pub tls_port: u16,
     pub dir: tempfile::TempDir,
     pub secrets: Secrets,
     pub mock: Mock,
@@ -126,14 +127,29 @@ pub struct Gateway {
 
 pub struct Options {
     pub max_body_bytes: usize,
+    /// Also listen with TLS (certificates from certs/gen-test-certs.sh) on `tls_port`.
+    pub tls: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             max_body_bytes: 1024 * 1024,
+            tls: false,
         }
     }
+}
+
+/// Run the project's certificate script into `dir`.
+pub fn gen_certs(dir: &std::path::Path) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/gen-test-certs.sh");
+    let st = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "certificate generation failed");
 }
 
 impl Gateway {
@@ -163,13 +179,20 @@ impl Gateway {
             std::fs::write(dir.path().join(name), format!("{v}\n")).unwrap();
         }
         let port = free_port();
+        let tls_port = free_port();
+        let tls_listener = if opts.tls {
+            gen_certs(&dir.path().join("certs"));
+            format!("    - addr: \"127.0.0.1:{tls_port}\"\n      tls: {{ cert: {d}/certs/server.crt, key: {d}/certs/server.key }}\n")
+        } else {
+            String::new()
+        };
         let bearer_hash = hex::encode(keygate::auth::bearer_hash(&secrets.bearer));
         let config = format!(
             r#"
 server:
   listen:
     - addr: "127.0.0.1:{port}"
-  hostnames: ["127.0.0.1:{port}", "localhost:{port}"]
+{tls_listener}  hostnames: ["127.0.0.1:{port}", "localhost:{port}", "localhost:{tls_port}"]
   threads: 2
   max_body_bytes: {max_body}
   pid_file: {d}/keygate.pid
@@ -180,7 +203,7 @@ upstreams:
     url: "http://{mock}"
     credentials:
       - {{ id: prod-1, secret: "file:{d}/provider.key" }}
-    read_timeout_ms: 5000
+    read_timeout_ms: 2000
   anthropic:
     kind: anthropic
     url: "http://{mock}"
@@ -225,6 +248,7 @@ sites:
         let gw = Gateway {
             child: Some(child),
             port,
+            tls_port,
             dir,
             secrets,
             mock,
@@ -312,6 +336,10 @@ impl Drop for Gateway {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Every test doubles as a leak check: no secret may reach the logs.
+        if !std::thread::panicking() {
+            self.assert_no_secret_in_logs();
         }
     }
 }

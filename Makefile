@@ -1,0 +1,54 @@
+# keygate: the two commands a fresh machine needs are `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_UPDATED := target/.apt-updated
+
+.PHONY: run test deps build lint fmt certs clean
+
+# Build and start the demo: an embedded config and an in-process mock provider.
+run: deps
+	$(CARGO) build --bin keygate
+	./target/debug/keygate serve --demo
+
+# Install what the tests need, then run the whole suite.
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+build: deps
+	$(CARGO) build --release --bin keygate
+
+certs:
+	certs/gen-test-certs.sh certs/out
+
+# System packages: cmake (Pingora's zlib-ng build), openssl (test certificates),
+# python3, node and php (the README's client examples are tested).
+deps:
+	@need=""; \
+	command -v cmake >/dev/null 2>&1 || need="$$need cmake"; \
+	command -v openssl >/dev/null 2>&1 || need="$$need openssl"; \
+	command -v python3 >/dev/null 2>&1 || need="$$need python3"; \
+	command -v node >/dev/null 2>&1 || need="$$need nodejs"; \
+	php -r 'exit(function_exists("curl_init") ? 0 : 1);' >/dev/null 2>&1 || need="$$need php-cli php-curl"; \
+	if [ -n "$$need" ]; then \
+		echo "installing:$$need"; \
+		mkdir -p target; \
+		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && touch $(APT_UPDATED); }; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+clean:
+	$(CARGO) clean

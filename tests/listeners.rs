@@ -1,0 +1,95 @@
+//! Client-facing listeners: plain HTTP/1.1, and TLS with HTTP/2 via ALPN.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn tls_listener_speaks_h2_and_sets_hsts() {
+    let gw = Gateway::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let ca = std::fs::read(gw.dir.path().join("certs/ca.crt")).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/openai/v1/models", gw.tls_port);
+    let nonce = keygate::auth::signature::random_nonce();
+    let h = keygate::auth::signature::sign(
+        gw.secrets.alpha.as_bytes(),
+        &keygate::auth::signature::SignRequest {
+            method: "GET",
+            url: &url,
+            body: b"",
+            key_id: "alpha.k1",
+            created: now(),
+            nonce: &nonce,
+        },
+    )
+    .unwrap();
+    let r = client
+        .get(&url)
+        .header("content-digest", h.content_digest)
+        .header("signature-input", h.signature_input)
+        .header("signature", h.signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["strict-transport-security"]
+        .to_str()
+        .unwrap()
+        .contains("max-age="));
+    assert_eq!(gw.mock.last()["path"], "/v1/models");
+
+    // HTTP/1.1 over TLS works as well, and plain HTTP carries no HSTS.
+    let h1 = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .http1_only()
+        .build()
+        .unwrap();
+    let r = h1
+        .get(format!("https://localhost:{}/nowhere", gw.tls_port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_11, 404)
+    );
+    let r = client.get(gw.url("/nowhere")).send().await.unwrap();
+    assert!(!r.headers().contains_key("strict-transport-security"));
+}
+
+#[test]
+fn tls_listener_refuses_tls_1_1() {
+    let gw = Gateway::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", gw.tls_port),
+            "-tls1_1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "TLS 1.1 handshake succeeded");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", gw.tls_port),
+            "-tls1_2",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "TLS 1.2 handshake failed");
+}
