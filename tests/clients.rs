@@ -11,7 +11,10 @@ fn run_client(gw: &Gateway, cmd: &str, script: &str, path: &str, body: Option<&s
     if let Some(b) = body {
         c.arg(b);
     }
-    let out = c.env("KEYGATE_SECRET", &gw.secrets.alpha).output().unwrap_or_else(|e| panic!("{cmd} not runnable: {e}"));
+    let out = c
+        .env("KEYGATE_SECRET", &gw.secrets.alpha)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} not runnable: {e}"));
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 

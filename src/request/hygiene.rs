@@ -32,7 +32,9 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
                 continue;
             }
             b'\\' => return Err("backslash in path"),
-            c if !(0x21..0x7f).contains(&c) => return Err("control, space or non-ASCII byte in path"),
+            c if !(0x21..0x7f).contains(&c) => {
+                return Err("control, space or non-ASCII byte in path")
+            }
             _ => {}
         }
         i += 1;
