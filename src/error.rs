@@ -71,6 +71,17 @@ pub struct GatewayError {
     pub retry_after: Option<Duration>,
     /// Close the client connection after the response (framing errors, unread bodies).
     pub close: bool,
+    /// Rarely used parts, boxed to keep the error small on the happy path.
+    pub extras: Option<Box<Extras>>,
+}
+
+/// Extra response headers and JSON members of an error.
+#[derive(Clone, Debug, Default)]
+pub struct Extras {
+    /// Extra response headers (rate-limit headers on a 429).
+    pub headers: Vec<(&'static str, String)>,
+    /// Extra members of the JSON `error` object (e.g. a token budget).
+    pub members: serde_json::Map<String, serde_json::Value>,
 }
 
 impl GatewayError {
@@ -81,7 +92,26 @@ impl GatewayError {
             detail: None,
             retry_after: None,
             close: false,
+            extras: None,
         }
+    }
+
+    /// Add a response header.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.extras
+            .get_or_insert_with(Default::default)
+            .headers
+            .push((name, value.into()));
+        self
+    }
+
+    /// Add a member to the JSON `error` object.
+    pub fn extra(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extras
+            .get_or_insert_with(Default::default)
+            .members
+            .insert(key.to_string(), value);
+        self
     }
 
     /// Attach a log-only detail (never sent to the client).
@@ -114,13 +144,16 @@ impl GatewayError {
 
     /// The JSON body of SPEC §4.
     pub fn body(&self, request_id: &str) -> Vec<u8> {
-        let v = serde_json::json!({
-            "error": {
-                "code": self.code.as_str(),
-                "message": self.message,
-                "request_id": request_id,
+        let mut err = serde_json::Map::new();
+        err.insert("code".into(), self.code.as_str().into());
+        err.insert("message".into(), self.message.clone().into());
+        err.insert("request_id".into(), request_id.into());
+        if let Some(extras) = &self.extras {
+            for (k, v) in &extras.members {
+                err.insert(k.clone(), v.clone());
             }
-        });
+        }
+        let v = serde_json::json!({ "error": err });
         // Serialising a json! value of strings cannot fail.
         serde_json::to_vec(&v).unwrap_or_default()
     }

@@ -2,9 +2,9 @@
 //! build, then swap atomically; a bad file changes nothing), and expired nonces are
 //! swept once a second so the store's capacity goes to live entries.
 
-use crate::auth::nonce::NonceStore;
-use crate::config::{self, LoadOptions, Runtime};
-use arc_swap::ArcSwap;
+use crate::config::{self, LoadOptions};
+use crate::state::State;
+use crate::telemetry::metrics::METRICS;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -16,8 +16,7 @@ use std::time::Duration;
 pub struct Reloader {
     /// Config file to re-read on SIGHUP; `None` in demo mode (SIGHUP is then ignored).
     pub path: Option<PathBuf>,
-    pub runtime: Arc<ArcSwap<Runtime>>,
-    pub nonces: Arc<NonceStore>,
+    pub state: Arc<State>,
 }
 
 impl Reloader {
@@ -27,7 +26,7 @@ impl Reloader {
             return Err("demo mode has no config file to reload".into());
         };
         let new = config::load_file(path, LoadOptions::default()).map_err(|e| e.to_string())?;
-        let old = self.runtime.load();
+        let old = self.state.runtime.load();
         if new.process.listeners.iter().map(|l| l.addr).ne(old
             .process
             .listeners
@@ -40,7 +39,7 @@ impl Reloader {
         for w in &new.warnings {
             log::warn!("{w}");
         }
-        self.runtime.store(Arc::new(new));
+        self.state.install(new);
         Ok(())
     }
 }
@@ -67,10 +66,16 @@ impl BackgroundService for Reloader {
         loop {
             tokio::select! {
                 _ = hup.recv() => match self.reload() {
-                    Ok(()) => log::info!("config reloaded"),
-                    Err(e) => log::error!("config reload failed, keeping the running config:\n{e}"),
+                    Ok(()) => {
+                        METRICS.config_reloads.with_label_values(&["ok"]).inc();
+                        log::info!("config reloaded (generation {})", self.state.runtime.load().generation);
+                    }
+                    Err(e) => {
+                        METRICS.config_reloads.with_label_values(&["error"]).inc();
+                        log::error!("config reload failed, keeping the running config:\n{e}");
+                    }
                 },
-                _ = tick.tick() => self.nonces.sweep(unix_now()),
+                _ = tick.tick() => self.state.nonces.sweep(unix_now()),
                 _ = shutdown.changed() => return,
             }
         }

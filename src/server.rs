@@ -1,17 +1,16 @@
 //! `keygate serve`: build the Pingora server from a validated runtime and run it.
 
-use crate::auth::nonce::NonceStore;
 use crate::config::{self, LoadOptions, Runtime};
 use crate::gateway::Gateway;
 use crate::reload::Reloader;
-use crate::telemetry::audit::AuditLog;
-use arc_swap::ArcSwap;
+use crate::state::State;
+use crate::telemetry::admin::AdminApp;
+use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 /// How `serve` was invoked.
 pub struct ServeOptions {
@@ -58,10 +57,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         log::warn!("{w}");
     }
     let listeners = rt.process.listeners.clone();
+    let admin_listen = rt.process.admin_listen;
     let conf = pingora_conf(&rt, opts.daemon);
-    let nonces = Arc::new(NonceStore::new(rt.process.nonce_store_capacity));
-    let audit = Arc::new(AuditLog::new(rt.process.audit_path.clone()));
-    let runtime = Arc::new(ArcSwap::from_pointee(rt));
+    let state = State::new(rt);
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -71,7 +69,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(runtime.clone(), nonces.clone(), audit);
+    let gateway = Gateway::new(state.clone());
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "keygate");
     for l in &listeners {
@@ -88,10 +86,19 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         }
     }
     server.add_service(proxy);
+    if let Some(addr) = admin_listen {
+        let mut admin = pingora::services::listening::Service::new(
+            "keygate admin".into(),
+            HttpServer::new_app(AdminApp {
+                state: state.clone(),
+            }),
+        );
+        admin.add_tcp(&addr.to_string());
+        server.add_service(admin);
+    }
     let reloader = Reloader {
         path: (!opts.demo).then_some(opts.config.clone()),
-        runtime,
-        nonces,
+        state,
     };
     server.add_service(background_service("keygate maintenance", reloader));
     server.run_forever()

@@ -93,21 +93,9 @@ async fn signed_get_with_query_keeps_query() {
 async fn anthropic_upstream_gets_x_api_key() {
     let gw = Gateway::start();
     let body = r#"{"model":"claude-3-5-sonnet","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#;
-    let h = gw.sign(
-        "beta.k1",
-        &gw.secrets.beta,
-        "POST",
-        "/anthropic/v1/messages",
-        body.as_bytes(),
-    );
-    let r = send(
-        &client(),
-        "POST",
-        &gw.url("/anthropic/v1/messages"),
-        &h,
-        Some(body.into()),
-    )
-    .await;
+    let r = gw
+        .call("beta.k1", "POST", "/anthropic/v1/messages", body)
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let got = gw.mock.last();
     assert_eq!(got["headers"]["x-api-key"], gw.secrets.anthropic.as_str());

@@ -149,12 +149,73 @@ pub struct Tier {
     pub requests_per_day: Option<u64>,
     pub tokens_per_day: Option<u64>,
     pub concurrent: Option<u64>,
+    /// `RateLimit-Policy` header value, built once at load.
+    pub policy: Option<String>,
+}
+
+/// The key a site's counters are stored under: stable across reloads and processes.
+pub fn site_limit_key(site_id: &str) -> u64 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(site_id.as_bytes());
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// An address block (`10.0.0.0/8`, `::1/128`, or a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Parse `a.b.c.d`, `a.b.c.d/n`, or the IPv6 equivalents.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, len) = parse_cidr(s)?;
+        Some(Cidr { addr, len })
+    }
+
+    /// Whether `ip` lies in this block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*ip),
+            v4 => *v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len)
+                };
+                (u32::from(net) & mask) == (u32::from(a) & mask)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len)
+                };
+                (u128::from(net) & mask) == (u128::from(a) & mask)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// `server.auth_failure_limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFailureLimit {
+    pub per_minute: u64,
+    pub cooldown: Duration,
 }
 
 /// A validated site.
 #[derive(Debug)]
 pub struct Site {
     pub id: SiteId,
+    /// [`site_limit_key`] of the id.
+    pub limit_key: u64,
     pub tier: String,
     /// Route prefixes this site may call; `None` means all routes.
     pub routes: Option<HashSet<String>>,
@@ -214,6 +275,9 @@ pub struct ServerSettings {
     /// Header names (lower-case) a client may sign in addition to the required components.
     pub signed_headers: HashSet<String>,
     pub body_timeout: Duration,
+    /// Peers allowed to set `X-Forwarded-For`.
+    pub trusted_proxies: Vec<Cidr>,
+    pub auth_failure_limit: Option<AuthFailureLimit>,
 }
 
 /// Process-level settings that only apply at start (listeners, threads, Pingora's own conf).
@@ -235,6 +299,8 @@ pub struct ProcessSettings {
 /// The validated configuration a request runs on. One `Arc<Runtime>` per request.
 #[derive(Debug)]
 pub struct Runtime {
+    /// 0 for the config loaded at start, +1 for each good reload.
+    pub generation: u64,
     pub server: ServerSettings,
     pub process: ProcessSettings,
     pub upstreams: Vec<Arc<Upstream>>,
@@ -450,8 +516,13 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
                 requests_per_day: t.requests_per_day,
                 tokens_per_day: t.tokens_per_day,
                 concurrent: t.concurrent,
+                policy: None,
             },
         );
+    }
+
+    for t in tiers.values_mut() {
+        t.policy = crate::limits::policy_header(t);
     }
 
     // Sites and keys.
@@ -589,6 +660,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         }
         sites.push(Site {
             id: SiteId(s.id.clone()),
+            limit_key: site_limit_key(&s.id),
             tier: s.tier.clone(),
             routes: s.routes.as_ref().map(|r| r.iter().cloned().collect()),
             cors_origins: cors,
@@ -618,6 +690,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         return Err(ConfigErrors(errs.0));
     }
     Ok(Runtime {
+        generation: 0,
         server,
         process,
         upstreams,
@@ -762,13 +835,25 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
         if afl.per_minute == 0 {
             errs.push("server.auth_failure_limit.per_minute", "must be at least 1");
         }
-    }
-    for (i, cidr) in s.trusted_proxies.iter().flatten().enumerate() {
-        if parse_cidr(cidr).is_none() {
+        if afl.cooldown_s == 0 || afl.cooldown_s > 86_400 {
             errs.push(
+                "server.auth_failure_limit.cooldown_s",
+                "must be between 1 and 86400",
+            );
+        }
+    }
+    let auth_failure_limit = s.auth_failure_limit.as_ref().map(|a| AuthFailureLimit {
+        per_minute: a.per_minute,
+        cooldown: Duration::from_secs(a.cooldown_s),
+    });
+    let mut trusted_proxies = Vec::new();
+    for (i, cidr) in s.trusted_proxies.iter().flatten().enumerate() {
+        match Cidr::parse(cidr) {
+            Some(c) => trusted_proxies.push(c),
+            None => errs.push(
                 format!("server.trusted_proxies[{i}]"),
                 format!("\"{cidr}\" is not an address or CIDR block"),
-            );
+            ),
         }
     }
     let nonce_cap = s.nonce_store_capacity.unwrap_or(NONCE_DEFAULT_CAPACITY);
@@ -789,6 +874,8 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
             clock_skew: Duration::from_secs(skew),
             signed_headers,
             body_timeout: Duration::from_millis(body_timeout),
+            trusted_proxies,
+            auth_failure_limit,
         },
         ProcessSettings {
             listeners,

@@ -3,26 +3,22 @@
 
 use super::ctx::{BodyPlan, Ctx};
 use super::Gateway;
-use crate::auth::{self, signature::normalize_authority, AuthInput, AuthedClient};
+use crate::auth::{self, signature::normalize_authority, AuthInput, AuthMode, AuthedClient};
 use crate::config::Route;
 use crate::config::UpstreamKind;
+use crate::config::{Runtime, Tier};
 use crate::error::{ErrorCode, GatewayError};
+use crate::limits;
 use crate::request::{body, hygiene};
+use crate::telemetry::metrics::METRICS;
 use crate::upstream::headers::strip_key_param;
 use bytes::BytesMut;
 use pingora::proxy::Session;
-use std::time::SystemTime;
+use std::net::IpAddr;
 
 /// Largest body read and verified before anything is sent upstream (Pingora's retry
 /// buffer). Larger bodies must declare their length and are held back instead.
 pub const PREREAD_LIMIT: usize = 64 * 1024;
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
 
 /// The upstream path: route prefix stripped, upstream base path prepended, query kept.
 fn upstream_path(route: &Route, path: &str, query: Option<&str>) -> String {
@@ -71,6 +67,50 @@ fn authority(session: &Session) -> Result<String, GatewayError> {
     }
 }
 
+/// The client's address (the peer, or the forwarded address behind a trusted proxy).
+fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    if rt.server.trusted_proxies.is_empty() {
+        return peer;
+    }
+    let xff: Vec<&str> = session
+        .req_header()
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    limits::ip::client_ip(peer, &xff, &rt.server.trusted_proxies)
+}
+
+/// The 429 for a limit refusal, with SPEC §4's headers.
+fn rate_limited(tier: &Tier, r: limits::Refusal) -> GatewayError {
+    METRICS.rate_limited.with_label_values(&[r.limit]).inc();
+    let mut e = GatewayError::new(
+        ErrorCode::RateLimited,
+        format!("Rate limit exceeded ({}).", r.limit),
+    )
+    .retry_after(r.retry_after)
+    .extra("limit", r.limit.into());
+    if let Some(p) = &tier.policy {
+        e = e.header("ratelimit-policy", p.clone());
+    }
+    if let Some(h) = r.ratelimit {
+        e = e.header("ratelimit", h);
+    }
+    if let Some((used, budget)) = r.tokens {
+        e = e.extra(
+            "budget",
+            serde_json::json!({"tokens_per_day": budget, "used": used}),
+        );
+    }
+    e
+}
+
 impl Gateway {
     /// Decide whether the request may go upstream. On `Ok`, `ctx` holds the route,
     /// the client and the body plan; for small bodies the body has been read and verified.
@@ -102,21 +142,51 @@ impl Gateway {
         ctx.upstream_path = upstream_path(route, &path, query.as_deref());
 
         let authority = normalize_authority(&authority(session)?, ctx.tls);
-        let client = auth::authenticate(
+        let ip = client_ip(session, &rt);
+        ctx.client_ip = Some(ip);
+        let now_ms = limits::now_ms();
+        if rt.server.auth_failure_limit.is_some() {
+            if let Some(left) = self.state.auth_failures.blocked(&ip, now_ms) {
+                METRICS
+                    .rate_limited
+                    .with_label_values(&["auth_failures"])
+                    .inc();
+                return Err(GatewayError::new(
+                    ErrorCode::RateLimited,
+                    "Too many failed authentications from this address.",
+                )
+                .retry_after(left));
+            }
+        }
+        let authed = auth::authenticate(
             &rt,
-            &self.nonces,
+            &self.state.nonces,
             &AuthInput {
                 headers: &session.req_header().headers,
                 method: &method,
                 authority: &authority,
                 path: &path,
                 query: query.as_deref(),
-                now: unix_now(),
+                now: (now_ms / 1000) as i64,
             },
-        )
-        .map_err(|f| f.to_error())?;
+        );
+        let client = match authed {
+            Ok(c) => c,
+            Err(f) => return Err(self.auth_failed(&rt, &ip, &f)),
+        };
         let site = &rt.sites[client.site];
         ctx.client = Some(client.clone());
+        if client.mode == AuthMode::Legacy {
+            METRICS
+                .legacy_auth
+                .with_label_values(&[site.id.0.as_str()])
+                .inc();
+            log::warn!(
+                "request {}: site {} used the deprecated legacy-site-timestamp scheme (no body or replay protection)",
+                ctx.request_id,
+                site.id.0
+            );
+        }
         if site
             .routes
             .as_ref()
@@ -126,7 +196,39 @@ impl Gateway {
                 "This key is not allowed on this route.",
             ));
         }
+        let tier = rt.tiers.get(&site.tier);
+        if let Some(tier) = tier {
+            match self
+                .state
+                .limiter
+                .load()
+                .admit(site.limit_key, tier, now_ms)
+            {
+                Ok(a) => ctx.admission = Some(a),
+                Err(refusal) => return Err(rate_limited(tier, refusal)),
+            }
+        }
         self.plan_body(session, ctx, &client, &method).await
+    }
+
+    /// Count a failed authentication (metric, per-IP limit) and return its error.
+    fn auth_failed(&self, rt: &Runtime, ip: &IpAddr, f: &auth::AuthFailure) -> GatewayError {
+        METRICS.auth_failures.with_label_values(&[f.reason]).inc();
+        if let (Some(afl), 401) = (rt.server.auth_failure_limit, f.code.status()) {
+            if self.state.auth_failures.record_failure(
+                ip,
+                afl.per_minute,
+                afl.cooldown,
+                limits::now_ms(),
+            ) {
+                log::warn!(
+                    "client {ip}: more than {} failed authentications a minute; refused for {}s",
+                    afl.per_minute,
+                    afl.cooldown.as_secs()
+                );
+            }
+        }
+        f.to_error()
     }
 
     /// Read and verify small bodies now; plan hold-back for large ones.
@@ -219,6 +321,7 @@ impl Gateway {
                 })??;
         }
         let outcome = self.verify_body(ctx, client, method, session.req_header(), &buf)?;
+        ctx.request_bytes = outcome.as_ref().map_or(buf.len(), |b| b.len());
         ctx.body = BodyPlan::Buffered {
             len: buf.len(),
             rewritten: outcome,
@@ -235,7 +338,11 @@ impl Gateway {
         req: &pingora::http::RequestHeader,
         body: &[u8],
     ) -> Result<Option<bytes::Bytes>, GatewayError> {
-        auth::check_body_digest(client, body).map_err(|f| f.to_error())?;
+        if let Err(f) = auth::check_body_digest(client, body) {
+            let rt = ctx.rt.clone();
+            let ip = ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+            return Err(self.auth_failed(&rt, &ip, &f));
+        }
         let rt = ctx.rt.clone();
         let route = ctx
             .route

@@ -1,9 +1,13 @@
 //! Per-request state, created in `new_ctx` and dropped after `logging`.
 
 use crate::auth::AuthedClient;
-use crate::config::{Route, Runtime};
+use crate::config::{Route, Runtime, Site};
 use crate::error::GatewayError;
+use crate::limits::Admission;
+use crate::response::sse::SseFramer;
+use crate::response::usage::Usage;
 use bytes::{Bytes, BytesMut};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +28,22 @@ pub enum BodyPlan {
     HoldBack { buf: BytesMut, limit: usize },
 }
 
+/// How the response body is watched.
+#[derive(Debug, Default)]
+pub enum ResponseWatch {
+    /// Nothing to look at (no response yet, or not JSON/SSE).
+    #[default]
+    None,
+    /// A JSON body, copied (up to a bound) to read its usage at the end.
+    Json {
+        buf: Vec<u8>,
+        limit: usize,
+        overflow: bool,
+    },
+    /// An event stream, framed event by event.
+    Sse(SseFramer),
+}
+
 /// Everything one request carries through the hooks.
 pub struct Ctx {
     /// The one config snapshot this request runs on, start to end.
@@ -31,19 +51,27 @@ pub struct Ctx {
     pub request_id: String,
     pub started: Instant,
     pub tls: bool,
+    pub client_ip: Option<IpAddr>,
     /// Index into `rt.routes`.
     pub route: Option<usize>,
     pub client: Option<AuthedClient>,
     /// Path and query sent upstream.
     pub upstream_path: String,
     pub body: BodyPlan,
+    /// Bytes of request body forwarded (for usage estimates).
+    pub request_bytes: usize,
     pub model: Option<String>,
+    /// Limits passed: holds the concurrency slot and the `RateLimit` header.
+    pub admission: Option<Admission>,
     /// The refusal to render in `fail_to_proxy`, when a hook failed on purpose.
     pub error: Option<GatewayError>,
     /// Status sent to the client (for the audit log).
     pub status: u16,
     pub upstream_started: Option<Instant>,
     pub credential_id: Option<String>,
+    pub response: ResponseWatch,
+    pub response_bytes: usize,
+    pub usage: Option<Usage>,
 }
 
 impl Ctx {
@@ -53,20 +81,31 @@ impl Ctx {
             request_id: String::new(),
             started: Instant::now(),
             tls: false,
+            client_ip: None,
             route: None,
             client: None,
             upstream_path: String::new(),
             body: BodyPlan::Undecided,
+            request_bytes: 0,
             model: None,
+            admission: None,
             error: None,
             status: 0,
             upstream_started: None,
             credential_id: None,
+            response: ResponseWatch::None,
+            response_bytes: 0,
+            usage: None,
         }
     }
 
     /// The matched route (set by `request_filter`).
     pub fn route(&self) -> Option<&Route> {
         self.route.and_then(|i| self.rt.routes.get(i))
+    }
+
+    /// The authenticated client's site.
+    pub fn site(&self) -> Option<&Site> {
+        self.client.as_ref().and_then(|c| self.rt.sites.get(c.site))
     }
 }

@@ -11,16 +11,15 @@
 //! 7. `fail_to_proxy`: every failure rendered as SPEC §4 JSON.
 //! 8. `logging`: the audit line.
 
+mod account;
 mod admit;
 pub mod ctx;
+mod observe;
 pub mod respond;
 
-use crate::auth::nonce::NonceStore;
-use crate::config::Runtime;
 use crate::error::{ErrorCode, GatewayError};
-use crate::telemetry::audit::AuditLog;
+use crate::state::State;
 use crate::upstream::{self, dns::Resolver, headers};
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::{BodyPlan, Ctx};
@@ -30,25 +29,17 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
 
-/// The gateway service: the current config plus state that outlives reloads.
+/// The gateway service: shared state plus the resolver cache.
 pub struct Gateway {
-    pub runtime: Arc<ArcSwap<Runtime>>,
-    pub nonces: Arc<NonceStore>,
+    pub state: Arc<State>,
     pub resolver: Resolver,
-    pub audit: Arc<AuditLog>,
 }
 
 impl Gateway {
-    pub fn new(
-        runtime: Arc<ArcSwap<Runtime>>,
-        nonces: Arc<NonceStore>,
-        audit: Arc<AuditLog>,
-    ) -> Self {
+    pub fn new(state: Arc<State>) -> Self {
         Gateway {
-            runtime,
-            nonces,
+            state,
             resolver: Resolver::default(),
-            audit,
         }
     }
 
@@ -84,7 +75,7 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new(self.runtime.load_full())
+        Ctx::new(self.state.runtime.load_full())
     }
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
@@ -212,7 +203,9 @@ impl ProxyHttp for Gateway {
                 let method = session.req_header().method.as_str().to_string();
                 match self.verify_body(ctx, &client, &method, session.req_header(), &full) {
                     Ok(rewritten) => {
-                        *body = Some(rewritten.unwrap_or(full));
+                        let out = rewritten.unwrap_or(full);
+                        ctx.request_bytes = out.len();
+                        *body = Some(out);
                         Ok(())
                     }
                     Err(e) => Err(Self::abort(ctx, e)),
@@ -233,8 +226,21 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         headers::clean_response(resp);
         respond::add_standard_headers(resp, ctx)?;
+        respond::add_ratelimit_headers(resp, ctx)?;
         ctx.status = resp.status.as_u16();
+        observe::start(resp, ctx);
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        observe::chunk(body, end_of_stream, ctx);
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
@@ -265,6 +271,6 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        self.audit.record(session, ctx);
+        account::finish(&self.state, session, ctx);
     }
 }

@@ -25,6 +25,21 @@ pub fn add_standard_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Re
     Ok(())
 }
 
+/// `RateLimit-Policy` and `RateLimit` on proxied responses of limited tiers.
+pub fn add_ratelimit_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
+    let policy = ctx
+        .site()
+        .and_then(|s| ctx.rt.tiers.get(&s.tier))
+        .and_then(|t| t.policy.as_deref());
+    if let Some(p) = policy {
+        resp.insert_header("ratelimit-policy", p)?;
+    }
+    if let Some(r) = ctx.admission.as_ref().and_then(|a| a.ratelimit.as_deref()) {
+        resp.insert_header("ratelimit", r)?;
+    }
+    Ok(())
+}
+
 /// Write `err` as the SPEC §4 JSON error response.
 pub async fn send_error(
     session: &mut Session,
@@ -38,7 +53,10 @@ pub async fn send_error(
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     if let Some(ra) = err.retry_after {
-        resp.insert_header("retry-after", ra.as_secs().max(1).to_string())?;
+        resp.insert_header("retry-after", crate::limits::ceil_secs(ra).to_string())?;
+    }
+    for (name, value) in err.extras.iter().flat_map(|x| x.headers.iter()) {
+        resp.insert_header(*name, value.as_str())?;
     }
     add_standard_headers(&mut resp, ctx)?;
     if err.close {

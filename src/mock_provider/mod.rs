@@ -103,7 +103,7 @@ fn openai_chat(model: &str, text: &str) -> Value {
     })
 }
 
-fn openai_stream(model: &str, text: &str) -> Vec<String> {
+fn openai_stream(model: &str, text: &str, include_usage: bool) -> Vec<String> {
     let mut ev = Vec::new();
     for (i, word) in text.split(' ').enumerate() {
         let content = if i == 0 {
@@ -115,9 +115,12 @@ fn openai_stream(model: &str, text: &str) -> Vec<String> {
             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
         ev.push(format!("data: {chunk}\n\n"));
     }
-    let usage = json!({"id": "chatcmpl-mock123", "object": "chat.completion.chunk", "created": 1767225600, "model": model,
-        "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}});
-    ev.push(format!("data: {usage}\n\n"));
+    // Like OpenAI: a usage chunk only when the request asked for it.
+    if include_usage {
+        let usage = json!({"id": "chatcmpl-mock123", "object": "chat.completion.chunk", "created": 1767225600, "model": model,
+            "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}});
+        ev.push(format!("data: {usage}\n\n"));
+    }
     ev.push("data: [DONE]\n\n".into());
     ev
 }
@@ -273,7 +276,9 @@ async fn handle(
 
     let mut resp = if path.ends_with("/chat/completions") && parts.method == http::Method::POST {
         if stream {
-            sse(openai_stream(&model, &text), event_delay)
+            let include_usage =
+                req_json.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
+            sse(openai_stream(&model, &text, include_usage), event_delay)
         } else {
             json_response(StatusCode::OK, &openai_chat(&model, &text))
         }

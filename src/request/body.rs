@@ -170,8 +170,17 @@ pub fn check(
         }
     }
 
-    if let (Some(cap), Some(mut obj)) = (route.max_tokens, json) {
-        if needs_output_cap(kind, path_only) && cap_output_tokens(kind, path_only, &mut obj, cap)? {
+    if let Some(mut obj) = json {
+        let mut changed = false;
+        if let Some(cap) = route.max_tokens {
+            if needs_output_cap(kind, path_only) {
+                changed |= cap_output_tokens(kind, path_only, &mut obj, cap)?;
+            }
+        }
+        if out.stream && kind == UpstreamKind::OpenAi {
+            changed |= request_stream_usage(&mut obj)?;
+        }
+        if changed {
             let bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| {
                 GatewayError::bad_request("The request body cannot be re-encoded.")
                     .detail(e.to_string())
@@ -180,6 +189,24 @@ pub fn check(
         }
     }
     Ok(out)
+}
+
+/// Ask OpenAI to end a stream with a usage chunk (`stream_options.include_usage`), so
+/// streamed requests are charged what they cost. Returns whether the body changed.
+fn request_stream_usage(obj: &mut Map<String, Value>) -> Result<bool, GatewayError> {
+    let opts = obj
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(opts) = opts else {
+        return Err(GatewayError::bad_request(
+            "\"stream_options\" must be an object.",
+        ));
+    };
+    if opts.get("include_usage") == Some(&Value::Bool(true)) {
+        return Ok(false);
+    }
+    opts.insert("include_usage".into(), Value::Bool(true));
+    Ok(true)
 }
 
 /// Endpoints that generate output and so take an output-token limit.

@@ -77,6 +77,7 @@ impl AuditLog {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
+                super::metrics::METRICS.audit_dropped.inc();
             }
         }
     }
@@ -106,8 +107,9 @@ impl AuditLog {
             "error_code": ctx.error.as_ref().map(|e| e.code.as_str()),
             "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
             "upstream_ms": ctx.upstream_started.map(|t| t.elapsed().as_secs_f64() * 1000.0),
-            "tokens_in": serde_json::Value::Null,
-            "tokens_out": serde_json::Value::Null,
+            "tokens_in": ctx.usage.map(|u| u.input),
+            "tokens_out": ctx.usage.map(|u| u.output),
+            "tokens_estimated": ctx.usage.map(|u| u.estimated),
             "client_ip": client_ip,
             "auth": client.map(|c| c.mode.as_str()),
             "credential": ctx.credential_id,

@@ -129,6 +129,10 @@ pub struct Options {
     pub max_body_bytes: usize,
     /// Also listen with TLS (certificates from certs/gen-test-certs.sh) on `tls_port`.
     pub tls: bool,
+    /// The `free` tier (site alpha's), as a YAML flow mapping.
+    pub tier: String,
+    /// Extra lines under `server:` (indented two spaces).
+    pub server_extra: String,
 }
 
 impl Default for Options {
@@ -136,6 +140,8 @@ impl Default for Options {
         Options {
             max_body_bytes: 1024 * 1024,
             tls: false,
+            tier: "{ requests_per_minute: 100000 }".into(),
+            server_extra: String::new(),
         }
     }
 }
@@ -197,6 +203,7 @@ server:
   max_body_bytes: {max_body}
   pid_file: {d}/keygate.pid
   upgrade_sock: {d}/upgrade.sock
+{server_extra}
 upstreams:
   openai:
     kind: openai
@@ -217,7 +224,8 @@ routes:
   - prefix: "/anthropic/"
     upstream: anthropic
 tiers:
-  free: {{ requests_per_minute: 100000 }}
+  free: {tier}
+  other: {{ requests_per_minute: 100000 }}
 sites:
   - id: alpha
     tier: free
@@ -226,12 +234,14 @@ sites:
       - {{ id: alpha.sdk, auth: bearer, hash: "sha256:{bearer_hash}" }}
       - {{ id: alpha.legacy, auth: legacy-site-timestamp, secret: "file:{d}/legacy.secret" }}
   - id: beta
-    tier: free
+    tier: other
     routes: ["/anthropic/"]
     keys:
       - {{ id: beta.k1, auth: hmac, secret: "file:{d}/beta.secret" }}
 "#,
             max_body = opts.max_body_bytes,
+            tier = opts.tier,
+            server_extra = opts.server_extra,
             mock = mock.addr,
         );
         let cfg = dir.path().join("keygate.yaml");
@@ -298,6 +308,17 @@ sites:
         for s in self.all_secrets() {
             assert!(!logs.contains(s), "a secret appeared in the logs");
         }
+    }
+
+    /// Sign with `key_id` (alpha.k1 or beta.k1) and send; `body` is sent as JSON when non-empty.
+    pub async fn call(&self, key_id: &str, method: &str, path: &str, body: &str) -> Resp {
+        let secret = match key_id {
+            "beta.k1" => &self.secrets.beta,
+            _ => &self.secrets.alpha,
+        };
+        let h = self.sign(key_id, secret, method, path, body.as_bytes());
+        let body = (!body.is_empty()).then(|| body.as_bytes().to_vec());
+        send(&client(), method, &self.url(path), &h, body).await
     }
 
     /// Signed request headers for `alpha.k1` (or another key).

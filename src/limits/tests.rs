@@ -1,0 +1,129 @@
+use super::*;
+
+fn tier(rpm: Option<u64>, rph: Option<u64>, tokens: Option<u64>, concurrent: Option<u64>) -> Tier {
+    Tier {
+        name: "t".into(),
+        requests_per_minute: rpm,
+        requests_per_hour: rph,
+        requests_per_day: None,
+        tokens_per_day: tokens,
+        concurrent,
+        policy: None,
+    }
+}
+
+const T0: u64 = 1_767_225_600_000; // a minute boundary
+
+#[test]
+fn exactly_the_limit_passes() {
+    let l = Limiter::local(10);
+    let t = tier(Some(10), Some(100), None, None);
+    let results: Vec<_> = (0..12).map(|i| l.admit(1, &t, T0 + 20_000 + i)).collect();
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
+    let refusal = results[10].as_ref().err().unwrap();
+    assert_eq!(refusal.limit, "requests_per_minute");
+    // Refused 20 s into the minute: nothing to decay, so the wait is the rest of this
+    // window plus the part of the next one until 10 × (1 − g) ≤ 9 (g = 0.1, 6 s).
+    assert_eq!(ceil_secs(refusal.retry_after), 46);
+    assert_eq!(refusal.ratelimit.as_deref(), Some("\"minute\";r=0;t=46"));
+    // Another site is unaffected.
+    assert!(l.admit(2, &t, T0 + 20_100).is_ok());
+    // Refusals are not counted: after the computed wait the site gets in again.
+    assert!(l.admit(1, &t, T0 + 20_011 + 46_000).is_ok());
+}
+
+#[test]
+fn retry_after_is_never_too_short() {
+    let l = Limiter::local(10);
+    let t = tier(Some(5), None, None, None);
+    let mut now = T0 + 7_000;
+    for _ in 0..5 {
+        l.admit(9, &t, now).unwrap();
+    }
+    for _ in 0..20 {
+        let r = l.admit(9, &t, now).err().unwrap();
+        let wait = r.retry_after.as_millis() as u64;
+        // Just before the wait ends: still refused. At its end: admitted.
+        assert!(
+            l.admit(9, &t, now + wait.saturating_sub(5)).is_err(),
+            "wait {wait} too long?"
+        );
+        assert!(l.admit(9, &t, now + wait + 1).is_ok());
+        now += wait + 1;
+    }
+}
+
+#[test]
+fn ratelimit_header_names_the_tightest_window() {
+    let l = Limiter::local(10);
+    let t = tier(Some(10), Some(12), None, None);
+    let a = l.admit(3, &t, T0 + 30_000).unwrap();
+    // minute: 9 of 10 left; hour: 11 of 12 left → hour is tighter relative to its quota? 0.9 vs 0.9166
+    assert_eq!(a.ratelimit.as_deref(), Some("\"minute\";r=9;t=30"));
+    assert_eq!(
+        policy_header(&t).as_deref(),
+        Some("\"minute\";q=10;w=60, \"hour\";q=12;w=3600")
+    );
+}
+
+#[test]
+fn concurrency_is_held_by_the_guard() {
+    let l = Limiter::local(10);
+    let t = tier(None, None, None, Some(2));
+    let a = l.admit(4, &t, T0).unwrap();
+    let b = l.admit(4, &t, T0).unwrap();
+    let r = l.admit(4, &t, T0).err().unwrap();
+    assert_eq!(r.limit, "concurrent");
+    drop(a);
+    let c = l.admit(4, &t, T0).unwrap();
+    drop((b, c));
+}
+
+#[test]
+fn token_budget_refuses_once_spent() {
+    let l = Limiter::local(10);
+    let t = tier(None, None, Some(1000), None);
+    assert!(l.admit(5, &t, T0).is_ok());
+    l.charge_tokens(5, 600, T0 + 1);
+    assert!(l.admit(5, &t, T0 + 2).is_ok());
+    l.charge_tokens(5, 500, T0 + 3);
+    let r = l.admit(5, &t, T0 + 4).err().unwrap();
+    assert_eq!(r.limit, "tokens_per_day");
+    assert_eq!(r.tokens, Some((1100, 1000)));
+    assert!(r.retry_after > Duration::from_secs(3600));
+}
+
+#[test]
+fn three_thousand_sites_under_their_limits_are_never_refused() {
+    let sites = 3_000u64;
+    let l = Limiter::local(sites as usize);
+    let t = tier(Some(10), Some(100), None, Some(4));
+    let mut refused = 0;
+    // Every site sends 5 requests under a limit of 10: the sketch's noise would have
+    // to exceed 5 in all four rows for a false refusal.
+    for round in 0..5 {
+        for site in 0..sites {
+            let key = crate::config::site_limit_key(&format!("site-{site}"));
+            if l.admit(key, &t, T0 + 1_000 + round).is_err() {
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(
+        refused,
+        0,
+        "sites under their limit were refused (slots: {})",
+        l.slots()
+    );
+}
+
+#[test]
+fn sizing_rule() {
+    assert_eq!(slots_for(1), 1024);
+    assert_eq!(slots_for(3000), 65_536);
+    assert_eq!(slots_for(10_000), 262_144);
+    assert_eq!(
+        LocalStore::new(slots_for(10_000)).memory_bytes(),
+        64 * 1024 * 1024
+    );
+}

@@ -1,0 +1,283 @@
+//! Clock-aligned sliding windows on pingora-limits' count-min sketch.
+//!
+//! `pingora_limits::Rate` rolls its two windows lazily, on the first call after
+//! expiry, so its windows drift from the clock and the wait until a refused client
+//! may retry cannot be computed exactly; its rollover also races (PINGORA.md). This
+//! type keeps the same two-estimator design but aligns windows to multiples of the
+//! interval since the Unix epoch and rolls under a write lock, so:
+//!
+//! - counts only ever overestimate (count-min), never undercount, rollover included;
+//! - `fraction` is exact, so `Retry-After` is the real wait.
+
+use parking_lot::RwLock;
+use pingora_limits::estimator::Estimator;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Rows of each sketch. With `slots ≥ 10 × keys`, a key's estimate is exact unless it
+/// collides with another key in every row.
+pub const HASHES: usize = 4;
+
+/// A key's counts in the current and previous window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counts {
+    pub prev: i64,
+    pub curr: i64,
+    /// How far into the current window `now` is, in `[0, 1)`.
+    pub fraction: f64,
+    pub interval: Duration,
+}
+
+impl Counts {
+    /// The sliding-window estimate: `prev × (1 − fraction) + curr`.
+    pub fn estimate(&self) -> f64 {
+        self.prev.max(0) as f64 * (1.0 - self.fraction) + self.curr.max(0) as f64
+    }
+
+    /// Time until the current window ends.
+    pub fn window_ends_in(&self) -> Duration {
+        self.interval.mul_f64(1.0 - self.fraction)
+    }
+
+    /// The shortest wait after which `estimate() + need ≤ limit` holds again, assuming
+    /// no further events. Never shorter than the real wait.
+    pub fn wait_for_room(&self, limit: f64, need: f64) -> Duration {
+        let (p, c, f) = (
+            self.prev.max(0) as f64,
+            self.curr.max(0) as f64,
+            self.fraction,
+        );
+        let i = self.interval;
+        if c + need <= limit {
+            if p <= 0.0 {
+                return Duration::ZERO;
+            }
+            // p × (1 − f') ≤ limit − need − c
+            let f2 = 1.0 - (limit - need - c) / p;
+            if f2 <= f {
+                Duration::ZERO
+            } else {
+                i.mul_f64(f2 - f)
+            }
+        } else {
+            // Only the next window helps: then prev = c and it decays.
+            let g = if c <= 0.0 {
+                0.0
+            } else {
+                (1.0 - (limit - need) / c).clamp(0.0, 1.0)
+            };
+            i.mul_f64(1.0 - f) + i.mul_f64(g)
+        }
+    }
+}
+
+/// Counters per key over aligned windows of `interval`, bounded memory:
+/// `2 × HASHES × slots × 8` bytes.
+pub struct SlidingWindow {
+    interval_ms: u64,
+    sketches: [Estimator; 2],
+    /// The index (`now_ms / interval_ms`) of the current window; its counts are in
+    /// `sketches[epoch % 2]`, the previous window's in the other.
+    epoch: AtomicU64,
+    /// Counting takes it shared; rolling to a new window takes it exclusive.
+    roll: RwLock<()>,
+    slots: usize,
+}
+
+impl SlidingWindow {
+    pub fn new(interval: Duration, slots: usize) -> Self {
+        SlidingWindow {
+            interval_ms: interval.as_millis().max(1) as u64,
+            sketches: [Estimator::new(HASHES, slots), Estimator::new(HASHES, slots)],
+            epoch: AtomicU64::new(0),
+            roll: RwLock::new(()),
+            slots,
+        }
+    }
+
+    /// Bytes held by the sketches.
+    pub fn memory_bytes(&self) -> usize {
+        2 * HASHES * self.slots * std::mem::size_of::<isize>()
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    fn roll_to(&self, epoch: u64) {
+        if self.epoch.load(Ordering::Acquire) >= epoch {
+            return;
+        }
+        let _w = self.roll.write();
+        let cur = self.epoch.load(Ordering::Acquire);
+        if cur >= epoch {
+            return;
+        }
+        if epoch == cur + 1 {
+            // The old current becomes previous; the slot for the new window held the
+            // window before the previous one.
+            self.sketches[(epoch % 2) as usize].reset();
+        } else {
+            self.sketches[0].reset();
+            self.sketches[1].reset();
+        }
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    fn read(&self, key: u64, now_ms: u64) -> (i64, i64, f64) {
+        let cur = self.epoch.load(Ordering::Acquire);
+        let fraction = (now_ms % self.interval_ms) as f64 / self.interval_ms as f64;
+        let curr = self.sketches[(cur % 2) as usize].get(key) as i64;
+        let prev = self.sketches[((cur + 1) % 2) as usize].get(key) as i64;
+        (prev, curr, fraction)
+    }
+
+    fn counts(&self, prev: i64, curr: i64, fraction: f64) -> Counts {
+        Counts {
+            prev,
+            curr,
+            fraction,
+            interval: Duration::from_millis(self.interval_ms),
+        }
+    }
+
+    /// Add `n` (negative refunds) to `key` at time `now_ms`; return the counts after.
+    pub fn add(&self, key: u64, n: i64, now_ms: u64) -> Counts {
+        let epoch = now_ms / self.interval_ms;
+        self.roll_to(epoch);
+        let _r = self.roll.read();
+        // A caller whose clock reading predates the last roll is counted in the current
+        // window: an overestimate, never a lost event.
+        let cur = self.epoch.load(Ordering::Acquire);
+        // `incr` returns the key's estimate after the add: no second read needed.
+        let curr = self.sketches[(cur % 2) as usize].incr(key, n as isize) as i64;
+        let prev = self.sketches[((cur + 1) % 2) as usize].get(key) as i64;
+        let fraction = (now_ms % self.interval_ms) as f64 / self.interval_ms as f64;
+        self.counts(prev, curr, fraction)
+    }
+
+    /// The counts of `key` at time `now_ms`, without adding.
+    pub fn get(&self, key: u64, now_ms: u64) -> Counts {
+        let epoch = now_ms / self.interval_ms;
+        self.roll_to(epoch);
+        let _r = self.roll.read();
+        let (p, c, f) = self.read(key, now_ms);
+        self.counts(p, c, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Barrier};
+
+    #[test]
+    fn counts_roll_over_aligned_windows() {
+        let w = SlidingWindow::new(Duration::from_secs(60), 1024);
+        let t0 = 1_000 * 60_000; // start of a window
+        for _ in 0..5 {
+            w.add(7, 1, t0 + 1000);
+        }
+        let c = w.get(7, t0 + 30_000);
+        assert_eq!((c.prev, c.curr), (0, 5));
+        assert!((c.fraction - 0.5).abs() < 1e-9);
+        let c = w.get(7, t0 + 60_000 + 15_000);
+        assert_eq!((c.prev, c.curr), (5, 0));
+        assert!((c.estimate() - 3.75).abs() < 1e-9);
+        let c = w.get(7, t0 + 180_000);
+        assert_eq!(
+            (c.prev, c.curr),
+            (0, 0),
+            "two idle windows forget everything"
+        );
+    }
+
+    #[test]
+    fn wait_for_room_is_exact() {
+        let i = Duration::from_secs(60);
+        // Full in the current window, nothing before: wait to the window's end.
+        let c = Counts {
+            prev: 0,
+            curr: 10,
+            fraction: 0.25,
+            interval: i,
+        };
+        assert_eq!(
+            c.wait_for_room(10.0, 1.0),
+            Duration::from_secs(45) + i.mul_f64(0.1)
+        );
+        // Room in the current window, previous decaying: 10 × (1 − f') ≤ 10 − 1 − 0 → f' ≥ 0.1.
+        let c = Counts {
+            prev: 10,
+            curr: 0,
+            fraction: 0.0,
+            interval: i,
+        };
+        assert_eq!(c.wait_for_room(10.0, 1.0), Duration::from_secs(6));
+        let c = Counts {
+            prev: 0,
+            curr: 3,
+            fraction: 0.5,
+            interval: i,
+        };
+        assert_eq!(c.wait_for_room(10.0, 1.0), Duration::ZERO);
+    }
+
+    /// Phases of a barrier-synchronised run: every thread adds in window k, then all
+    /// move to window k+1 together, so rollovers race with adds.
+    #[test]
+    fn concurrent_rollover_loses_nothing() {
+        let w = Arc::new(SlidingWindow::new(Duration::from_millis(10), 1024));
+        let threads = 8;
+        let per_phase = 500;
+        let phases = 40u64;
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let w = w.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    for phase in 0..phases {
+                        barrier.wait();
+                        for i in 0..per_phase {
+                            // Spread times over the window; some threads straddle into it late.
+                            let now = phase * 10 + ((i + t) % 10) as u64;
+                            w.add(42, 1, now);
+                        }
+                        barrier.wait();
+                        let c = w.get(42, phase * 10 + 9);
+                        assert_eq!(c.curr, (threads * per_phase) as i64, "phase {phase}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    }
+
+    proptest! {
+        /// The sketch never undercounts a key, in the current or the previous window.
+        #[test]
+        fn never_undercounts(events in proptest::collection::vec((0u64..200, 1i64..5, 0u64..3), 1..400)) {
+            let w = SlidingWindow::new(Duration::from_millis(1000), 64);
+            let mut truth: HashMap<(u64, u64), i64> = HashMap::new();
+            let mut t = 0u64;
+            for (key, n, step) in &events {
+                t += step * 300;
+                w.add(*key, *n, t);
+                *truth.entry((*key, t / 1000)).or_default() += n;
+            }
+            let epoch = t / 1000;
+            for key in 0..200u64 {
+                let c = w.get(key, t);
+                prop_assert!(c.curr >= *truth.get(&(key, epoch)).unwrap_or(&0));
+                if epoch > 0 {
+                    prop_assert!(c.prev >= *truth.get(&(key, epoch - 1)).unwrap_or(&0));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! What comes back from providers: SSE framing and token usage extraction.
+
+pub mod sse;
+pub mod usage;

@@ -1,0 +1,55 @@
+//! What outlives a config reload: the current config, the nonce store, the limiters
+//! and the audit log. Shared by the gateway, the reloader and the admin endpoints.
+
+use crate::auth::nonce::NonceStore;
+use crate::config::Runtime;
+use crate::limits::{ip::AuthFailureLimiter, slots_for, Limiter};
+use crate::telemetry::audit::AuditLog;
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+/// Process-wide state.
+pub struct State {
+    pub runtime: ArcSwap<Runtime>,
+    pub nonces: NonceStore,
+    pub limiter: ArcSwap<Limiter>,
+    pub auth_failures: AuthFailureLimiter,
+    pub audit: AuditLog,
+}
+
+impl State {
+    pub fn new(rt: Runtime) -> Arc<State> {
+        crate::telemetry::metrics::METRICS.init_for(&rt);
+        let limiter = Limiter::local(rt.sites.len());
+        let nonces = NonceStore::new(rt.process.nonce_store_capacity);
+        let audit = AuditLog::new(rt.process.audit_path.clone());
+        Arc::new(State {
+            runtime: ArcSwap::from_pointee(rt),
+            nonces,
+            limiter: ArcSwap::from_pointee(limiter),
+            auth_failures: AuthFailureLimiter::default(),
+            audit,
+        })
+    }
+
+    /// Install a new config. Limiter state carries over unless the site count outgrew
+    /// the sketches' sizing, in which case they are rebuilt (and counts restart).
+    pub fn install(&self, mut rt: Runtime) {
+        let old = self.runtime.load();
+        rt.generation = old.generation + 1;
+        let needed = slots_for(rt.sites.len());
+        if needed > self.limiter.load().slots() {
+            log::warn!(
+                "config reload: {} sites need larger rate-limit sketches ({} slots); rate-limit counters restart",
+                rt.sites.len(),
+                needed
+            );
+            self.limiter.store(Arc::new(Limiter::local(rt.sites.len())));
+        }
+        crate::telemetry::metrics::METRICS.init_for(&rt);
+        crate::telemetry::metrics::METRICS
+            .config_generation
+            .set(rt.generation as i64);
+        self.runtime.store(Arc::new(rt));
+    }
+}

@@ -1,0 +1,215 @@
+//! Prometheus metrics (SPEC §5), in one registry, served only on `server.admin_listen`.
+//!
+//! No label takes a per-site or per-key value except `keygate_legacy_auth_total{site}`
+//! (bounded by the number of legacy sites). Families are pre-initialised at load so
+//! every name is present from the first scrape.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// Buckets spanning sub-millisecond gateway overhead to multi-second LLM calls.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Every metric keygate exports.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub tokens_total: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub circuit_state: IntGaugeVec,
+    pub response_rejected: IntCounterVec,
+    pub legacy_auth: IntCounterVec,
+    pub config_reloads: IntCounterVec,
+    pub config_generation: IntGauge,
+    pub audit_dropped: IntCounter,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    h
+}
+
+impl Metrics {
+    fn new() -> Self {
+        // Metric definitions are constants: a failure here is a programming error.
+        let r = Registry::new();
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "keygate_circuit_state",
+                "Circuit state per upstream: 0 closed, 1 open, 2 half-open",
+            ),
+            &["upstream"],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(circuit_state.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config_generation = IntGauge::new(
+            "keygate_config_generation",
+            "Generation of the running config",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(config_generation.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let audit_dropped = IntCounter::new(
+            "keygate_audit_dropped_total",
+            "Audit lines dropped because the writer fell behind",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        r.register(Box::new(audit_dropped.clone()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Metrics {
+            requests_total: counter(
+                &r,
+                "keygate_requests_total",
+                "Requests by route and status",
+                &["route", "status"],
+            ),
+            request_duration: histogram(
+                &r,
+                "keygate_request_duration_seconds",
+                "Time from request to last byte",
+                &["route"],
+            ),
+            upstream_duration: histogram(
+                &r,
+                "keygate_upstream_duration_seconds",
+                "Time spent on the upstream",
+                &["upstream"],
+            ),
+            auth_failures: counter(
+                &r,
+                "keygate_auth_failures_total",
+                "Failed authentications by reason",
+                &["reason"],
+            ),
+            rate_limited: counter(
+                &r,
+                "keygate_rate_limited_total",
+                "Requests refused by a limit",
+                &["limit"],
+            ),
+            tokens_total: counter(
+                &r,
+                "keygate_tokens_total",
+                "Tokens by upstream and direction",
+                &["upstream", "direction"],
+            ),
+            upstream_errors: counter(
+                &r,
+                "keygate_upstream_errors_total",
+                "Upstream failures by kind",
+                &["upstream", "kind"],
+            ),
+            circuit_state,
+            response_rejected: counter(
+                &r,
+                "keygate_response_rejected_total",
+                "Upstream responses refused",
+                &["upstream", "reason"],
+            ),
+            legacy_auth: counter(
+                &r,
+                "keygate_legacy_auth_total",
+                "Deprecated legacy-site-timestamp uses",
+                &["site"],
+            ),
+            config_reloads: counter(
+                &r,
+                "keygate_config_reloads_total",
+                "Config reloads by result",
+                &["result"],
+            ),
+            config_generation,
+            audit_dropped,
+            registry: r,
+        }
+    }
+
+    /// Create the series a config implies, so every family shows up at zero.
+    pub fn init_for(&self, rt: &crate::config::Runtime) {
+        for r in &rt.routes {
+            self.requests_total
+                .with_label_values(&[r.prefix.as_str(), "200"]);
+            self.request_duration
+                .with_label_values(&[r.prefix.as_str()]);
+        }
+        for u in &rt.upstreams {
+            let n = u.name.as_str();
+            self.upstream_duration.with_label_values(&[n]);
+            self.circuit_state.with_label_values(&[n]);
+            for d in ["in", "out"] {
+                self.tokens_total.with_label_values(&[n, d]);
+            }
+            for k in ["connect", "timeout", "tls", "status_5xx"] {
+                self.upstream_errors.with_label_values(&[n, k]);
+            }
+            self.response_rejected
+                .with_label_values(&[n, "invalid_json"]);
+        }
+        for reason in [
+            "missing",
+            "malformed",
+            "bad_signature",
+            "bad_authority",
+            "stale",
+            "replayed",
+            "digest_mismatch",
+        ] {
+            self.auth_failures.with_label_values(&[reason]);
+        }
+        for limit in [
+            "requests_per_minute",
+            "requests_per_hour",
+            "requests_per_day",
+            "tokens_per_day",
+            "concurrent",
+            "auth_failures",
+        ] {
+            self.rate_limited.with_label_values(&[limit]);
+        }
+        for k in rt.keys.values() {
+            if matches!(k.auth, crate::config::KeyAuth::LegacySiteTimestamp(_)) {
+                if let Some(site) = rt.sites.get(k.site) {
+                    self.legacy_auth.with_label_values(&[site.id.0.as_str()]);
+                }
+            }
+        }
+        for result in ["ok", "error"] {
+            self.config_reloads.with_label_values(&[result]);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
