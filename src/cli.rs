@@ -74,8 +74,21 @@ enum Cmd {
     MockProvider {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: std::net::SocketAddr,
+        /// Serve HTTPS (with --cert and --key, default certs/out/server.{crt,key}).
         #[arg(long)]
         tls: bool,
+        #[arg(long, default_value = "certs/out/server.crt")]
+        cert: PathBuf,
+        #[arg(long, default_value = "certs/out/server.key")]
+        key: PathBuf,
+    },
+    /// Print the SPKI pins of a certificate chain, leaf first.
+    Pin {
+        /// A PEM file with one or more certificates.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Or a live server to connect to.
+        target: Option<String>,
     },
 }
 
@@ -325,13 +338,25 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
                     key_id,
                 },
         } => site_new(&id, &tier, config, key_id),
-        Cmd::MockProvider { listen, tls } => {
-            if tls {
-                return Err("mock-provider --tls is not available in this build".into());
-            }
-            crate::mock_provider::run(listen).map_err(|e| format!("mock-provider: {e}"))?;
+        Cmd::MockProvider {
+            listen,
+            tls,
+            cert,
+            key,
+        } => {
+            let acceptor = if tls {
+                Some(
+                    crate::mock_provider::tls_acceptor(&cert, &key)
+                        .map_err(|e| format!("mock-provider --tls: {e}"))?,
+                )
+            } else {
+                None
+            };
+            crate::mock_provider::run(listen, acceptor)
+                .map_err(|e| format!("mock-provider: {e}"))?;
             Ok(0)
         }
+        Cmd::Pin { cert, target } => pin(cert, target),
     }
 }
 
@@ -394,4 +419,53 @@ fn site_new(
     println!("    keys:");
     println!("      - {{ id: {kid}, auth: hmac, secret: \"{value}\" }}");
     Ok(0)
+}
+
+fn pin(cert: Option<PathBuf>, target: Option<String>) -> Result<i32, String> {
+    use crate::upstream::pinning;
+    let chain = match (cert, target) {
+        (Some(path), None) => pinning::load_pem_chain(&path)?,
+        (None, Some(target)) => fetch_chain(&target)?,
+        _ => return Err("give either --cert FILE or HOST:PORT".into()),
+    };
+    for line in pinning::describe_chain(&chain) {
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+/// Connect to `host:port` and return the chain the server sends. It is printed for an
+/// operator to review, not trusted: keygate checks pins against the verified chain.
+fn fetch_chain(target: &str) -> Result<Vec<pingora::tls::x509::X509>, String> {
+    use pingora::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let (host, _) = target
+        .rsplit_once(':')
+        .ok_or_else(|| format!("\"{target}\" is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut b = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
+    b.set_verify(SslVerifyMode::NONE);
+    let connector = b.build();
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(target)
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target} has no address"))?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .map_err(|e| format!("cannot connect to {target}: {e}"))?;
+    let _ = tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let stream = connector
+        .configure()
+        .map_err(|e| e.to_string())?
+        .verify_hostname(false)
+        .connect(host, tcp)
+        .map_err(|e| format!("TLS handshake with {target} failed: {e}"))?;
+    let chain: Vec<_> = stream
+        .ssl()
+        .peer_cert_chain()
+        .map(|c| c.iter().map(|x| x.to_owned()).collect())
+        .unwrap_or_default();
+    if chain.is_empty() {
+        return Err(format!("{target} sent no certificate"));
+    }
+    eprintln!("note: the chain as {target} sent it (unverified); check it before pinning");
+    Ok(chain)
 }

@@ -80,7 +80,7 @@ pub fn start_mock() -> std::io::Result<u16> {
                 {
                     Ok((l, addr)) => {
                         let _ = tx.send(Ok(addr.port()));
-                        let _ = crate::mock_provider::serve(l).await;
+                        let _ = crate::mock_provider::serve(l, None).await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));

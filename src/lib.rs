@@ -21,4 +21,5 @@ pub mod response;
 pub mod server;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

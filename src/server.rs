@@ -5,6 +5,7 @@ use crate::gateway::Gateway;
 use crate::reload::Reloader;
 use crate::state::State;
 use crate::telemetry::admin::AdminApp;
+use crate::tls::ReloadableCert;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -76,10 +77,11 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         let addr = l.addr.to_string();
         match &l.tls {
             None => proxy.add_tcp(&addr),
-            Some((cert, key)) => {
-                let mut tls =
-                    TlsSettings::intermediate(&cert.to_string_lossy(), &key.to_string_lossy())
-                        .map_err(|e| format!("listener {addr}: {e}"))?;
+            Some(_) => {
+                // The certificate is picked per handshake from the running config.
+                let callbacks = ReloadableCert::callbacks(l.addr, state.clone());
+                let mut tls = TlsSettings::with_callbacks(callbacks)
+                    .map_err(|e| format!("listener {addr}: {e}"))?;
                 tls.enable_h2();
                 proxy.add_tls_with_settings(&addr, None, tls);
             }

@@ -93,3 +93,52 @@ fn tls_listener_refuses_tls_1_1() {
         .unwrap();
     assert!(ok.status.success(), "TLS 1.2 handshake failed");
 }
+
+fn served_leaf_pin(port: u16) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(["pin", &format!("localhost:{port}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().next().unwrap_or("").to_string()
+}
+
+#[test]
+fn client_certificate_reloads_without_restart() {
+    let gw = Gateway::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let certs = gw.dir.path().join("certs");
+    assert!(served_leaf_pin(gw.tls_port).contains(&pin_of(&certs, "server")));
+    gw.reload_with(|t| {
+        t.replace("/server.crt", "/other.crt")
+            .replace("/server.key", "/other.key")
+    });
+    assert!(served_leaf_pin(gw.tls_port).contains(&pin_of(&certs, "other")));
+    // A mismatched key is refused at reload and the old certificate keeps serving.
+    gw.reload_with(|t| t.replace("/other.key", "/server.key"));
+    assert!(gw.logs().contains("does not match the certificate"));
+    assert!(served_leaf_pin(gw.tls_port).contains(&pin_of(&certs, "other")));
+}
+
+#[test]
+fn tls_listener_refuses_tls_1_0() {
+    let gw = Gateway::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let out = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{}", gw.tls_port),
+            "-tls1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "TLS 1.0 handshake succeeded");
+}

@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use secret::MasterKey;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,6 +118,12 @@ pub struct Upstream {
     pub max_response_bytes: usize,
     /// `Host` header value sent upstream (default port omitted).
     pub authority: String,
+    /// SPKI pins; empty means not pinned.
+    pub pins: Vec<crate::upstream::pinning::SpkiPin>,
+    /// Trust anchors replacing the system store.
+    pub ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
+    /// Pingora pool isolation key derived from the pins and CA.
+    pub group_key: u64,
 }
 
 impl Upstream {
@@ -262,7 +268,7 @@ pub struct ClientKey {
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub addr: SocketAddr,
-    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tls: Option<Arc<crate::tls::CertKey>>,
 }
 
 /// Request-path settings from `server:`.
@@ -752,13 +758,15 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
                 if !seen.insert(addr) {
                     errs.push(format!("{p}.addr"), format!("duplicate listener {addr}"));
                 }
-                let tls = l.tls.as_ref().map(|t| {
-                    for (field, f) in [("cert", &t.cert), ("key", &t.key)] {
-                        if !Path::new(f).is_file() {
-                            errs.push(format!("{p}.tls.{field}"), format!("file not found: {f}"));
+                let tls = l.tls.as_ref().and_then(|t| {
+                    match crate::tls::CertKey::load(Path::new(&t.cert), Path::new(&t.key)) {
+                        Ok(ck) => Some(Arc::new(ck)),
+                        Err((is_cert, m)) => {
+                            let field = if is_cert { "cert" } else { "key" };
+                            errs.push(format!("{p}.tls.{field}"), m);
+                            None
                         }
                     }
-                    (PathBuf::from(&t.cert), PathBuf::from(&t.key))
                 });
                 listeners.push(Listener { addr, tls });
             }
@@ -1039,24 +1047,41 @@ fn validate_upstream(
             Err(m) => errs.push(format!("{cp}.secret"), m),
         }
     }
-    if let Some(pins) = &u.pins {
-        if !pins.is_empty() {
-            errs.push(
-                format!("{p}.pins"),
-                "public-key pinning is not available in this build; remove pins (see README)",
-            );
+    let is_tls = matches!(parsed, Some((true, ..)));
+    let mut pins = Vec::new();
+    for (i, pin) in u.pins.iter().flatten().enumerate() {
+        match crate::upstream::pinning::SpkiPin::parse(pin) {
+            Ok(p) => pins.push(p),
+            Err(m) => errs.push(format!("{p}.pins[{i}]"), m),
         }
-    } else if matches!(parsed, Some((true, ..))) {
+    }
+    if !pins.is_empty() && !is_tls {
+        errs.push(format!("{p}.pins"), "pins need an https:// url");
+    }
+    if pins.is_empty() && is_tls {
         warnings.push(format!(
-            "{p}: no pins; any certificate trusted by the system store is accepted"
+            "{p}: no pins; any certificate trusted by the {} is accepted",
+            if u.ca.is_some() {
+                "configured ca"
+            } else {
+                "system store"
+            }
         ));
     }
-    if let Some(ca) = &u.ca {
-        errs.push(
-            format!("{p}.ca"),
-            format!("custom CA files are not available in this build (\"{ca}\")"),
-        );
-    }
+    let ca = match &u.ca {
+        None => None,
+        Some(_) if !is_tls => {
+            errs.push(format!("{p}.ca"), "a ca needs an https:// url");
+            None
+        }
+        Some(path) => match crate::upstream::pinning::load_pem_chain(Path::new(path)) {
+            Ok(certs) => Some(Arc::new(certs.into_boxed_slice())),
+            Err(m) => {
+                errs.push(format!("{p}.ca"), m);
+                None
+            }
+        },
+    };
     let connect_ms = u.connect_timeout_ms.unwrap_or(3000);
     if connect_ms == 0 || connect_ms > 60_000 {
         errs.push(
@@ -1107,8 +1132,25 @@ fn validate_upstream(
     } else {
         format!("{host_for_header}:{port}")
     };
+    // Connections made under other pins or another CA are never reused.
+    let group_key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut sorted = pins.clone();
+        sorted.sort();
+        sorted.hash(&mut h);
+        if let Some(ca) = &ca {
+            for c in ca.iter() {
+                c.to_der().unwrap_or_default().hash(&mut h);
+            }
+        }
+        h.finish()
+    };
     Some(Upstream {
         name: name.to_string(),
+        pins,
+        ca,
+        group_key,
         kind: kind?,
         tls,
         host,

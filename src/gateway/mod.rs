@@ -118,6 +118,22 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+            return Ok(());
+        };
+        upstream::enforce_pins(&up, digest).map_err(|e| Self::abort(ctx, e))
+    }
+
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,

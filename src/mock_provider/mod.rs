@@ -16,6 +16,8 @@ use hyper::body::{Frame, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
+use pingora::tls::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
+use pingora::tls::tokio_ssl::SslStream;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
@@ -345,19 +347,51 @@ async fn handle(
     Ok(resp)
 }
 
-/// Serve on an already bound listener until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
+/// Serve on an already bound listener until the process ends; with `tls`, every
+/// connection is a TLS server handshake first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<SslAcceptor>>,
+) -> std::io::Result<()> {
     let state = Arc::new(MockState::default());
     loop {
         let (stream, _) = listener.accept().await?;
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                None => {
+                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                }
+                Some(acceptor) => {
+                    let Ok(ssl) = Ssl::new(acceptor.context()) else {
+                        return;
+                    };
+                    let Ok(mut s) = SslStream::new(ssl, stream) else {
+                        return;
+                    };
+                    if std::pin::Pin::new(&mut s).accept().await.is_err() {
+                        return;
+                    }
+                    let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                }
+            }
         });
     }
+}
+
+/// A TLS acceptor for `--tls` (HTTP/1.1 only, to keep the mock simple).
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> std::io::Result<Arc<SslAcceptor>> {
+    let err = |e: pingora::tls::error::ErrorStack| std::io::Error::other(e.to_string());
+    let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(err)?;
+    b.set_certificate_chain_file(cert).map_err(err)?;
+    b.set_private_key_file(key, SslFiletype::PEM).map_err(err)?;
+    Ok(Arc::new(b.build()))
 }
 
 /// Bind `addr` and report the bound address (useful with port 0).
@@ -368,16 +402,17 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<(tokio::net::TcpListener,
 }
 
 /// `keygate mock-provider`: run in the foreground on its own runtime.
-pub fn run(addr: SocketAddr) -> std::io::Result<()> {
+pub fn run(addr: SocketAddr, tls: Option<Arc<SslAcceptor>>) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async {
         let (l, bound) = bind(addr).await?;
-        println!("mock-provider listening on http://{bound}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("mock-provider listening on {scheme}://{bound}");
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        serve(l).await
+        serve(l, tls).await
     })
 }

@@ -3,9 +3,11 @@
 
 pub mod dns;
 pub mod headers;
+pub mod pinning;
 
 use crate::config::Upstream;
 use pingora::upstreams::peer::HttpPeer;
+use pinning::PinError;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -22,5 +24,50 @@ pub fn peer(up: &Upstream, addr: SocketAddr) -> HttpPeer {
     o.idle_timeout = Some(Duration::from_secs(60));
     o.verify_cert = true;
     o.verify_hostname = true;
+    if up.tls {
+        o.ca = up.ca.clone();
+        o.upstream_tls_handshake_complete_hook = Some(pinning::HANDSHAKE_HOOK.clone());
+    }
+    p.group_key = up.group_key;
     p
+}
+
+/// Enforce `up`'s pins on a connection (new or reused) before any request byte is
+/// written. Returns the error to show the client; logs the presented pins so an
+/// operator can update the config.
+pub fn enforce_pins(
+    up: &Upstream,
+    digest: Option<&pingora::protocols::Digest>,
+) -> Result<(), crate::error::GatewayError> {
+    if up.pins.is_empty() {
+        return Ok(());
+    }
+    let presented = digest
+        .and_then(|d| d.ssl_digest.as_ref())
+        .and_then(|s| s.extension.get::<pinning::PresentedKeys>());
+    match pinning::check(&up.pins, presented) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            crate::telemetry::metrics::METRICS
+                .upstream_errors
+                .with_label_values(&[up.name.as_str(), "pin_mismatch"])
+                .inc();
+            let seen = match &e {
+                PinError::Missing => "none (no TLS key hashes on the connection)".to_string(),
+                PinError::Mismatch(keys) => keys
+                    .iter()
+                    .map(|k| k.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+            log::error!(
+                "upstream {}: public-key pin mismatch; the server presented: {seen}; configured pins: {}",
+                up.name,
+                up.pins.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+            );
+            Err(crate::error::GatewayError::upstream(
+                "The provider's TLS key is not pinned.",
+            ))
+        }
+    }
 }

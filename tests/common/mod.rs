@@ -30,12 +30,31 @@ pub fn free_port() -> u16 {
 pub struct Mock {
     child: Child,
     pub addr: SocketAddr,
+    tls: bool,
 }
 
 impl Mock {
     pub fn start() -> Mock {
+        Self::start_args(&[])
+    }
+
+    /// A TLS mock serving `certs/<name>.crt` from `dir`.
+    pub fn start_tls(dir: &std::path::Path, name: &str) -> Mock {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        Self::start_args(&[
+            "--tls",
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ])
+    }
+
+    fn start_args(extra: &[&str]) -> Mock {
         let mut child = Command::new(BIN)
             .args(["mock-provider", "--listen", "127.0.0.1:0"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -46,17 +65,20 @@ impl Mock {
             .unwrap();
         let addr = line
             .trim()
-            .rsplit("http://")
+            .rsplit("://")
             .next()
             .unwrap()
             .parse()
             .expect("mock address");
-        Mock { child, addr }
+        Mock {
+            child,
+            addr,
+            tls: extra.contains(&"--tls"),
+        }
     }
 
     pub fn requests(&self) -> Value {
-        let url = format!("http://{}/__mock/requests", self.addr);
-        blocking_get_json(&url)
+        blocking_get_json(self.addr, self.tls, "/__mock/requests")
     }
 
     pub fn count(&self) -> u64 {
@@ -86,19 +108,28 @@ impl Drop for Mock {
     }
 }
 
-fn blocking_get_json(url: &str) -> Value {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = TcpStream::connect(host).unwrap();
-    write!(
-        s,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+fn blocking_get_json(addr: SocketAddr, tls: bool, path: &str) -> Value {
+    let tcp = TcpStream::connect(addr).unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
+    if tls {
+        use keygate_test_tls::*;
+        let mut b = SslConnector::builder(SslMethod::tls()).unwrap();
+        b.set_verify(SslVerifyMode::NONE);
+        let mut s = b.build().connect("localhost", tcp).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let _ = s.read_to_string(&mut out);
+    } else {
+        let mut s = tcp;
+        s.write_all(req.as_bytes()).unwrap();
+        s.read_to_string(&mut out).unwrap();
+    }
     let body = out.split_once("\r\n\r\n").unwrap().1;
     serde_json::from_str(body).unwrap()
+}
+
+mod keygate_test_tls {
+    pub use pingora::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
 }
 
 /// Secrets of the test world, random per gateway.
@@ -133,6 +164,14 @@ pub struct Options {
     pub tier: String,
     /// Extra lines under `server:` (indented two spaces).
     pub server_extra: String,
+    /// Serve the mock over TLS with this certificate (`server`, `other`, `rogue`).
+    pub mock_tls: Option<&'static str>,
+    /// Extra lines for the `openai` upstream (indented four spaces).
+    pub upstream_extra: String,
+    /// Trust the generated test CA for the `openai` upstream (`ca:`).
+    pub upstream_ca: bool,
+    /// Pin the keys of these generated certificates (`server`, `other`, `ca`, …).
+    pub pins: Vec<&'static str>,
 }
 
 impl Default for Options {
@@ -142,8 +181,21 @@ impl Default for Options {
             tls: false,
             tier: "{ requests_per_minute: 100000 }".into(),
             server_extra: String::new(),
+            mock_tls: None,
+            upstream_extra: String::new(),
+            upstream_ca: false,
+            pins: Vec::new(),
         }
     }
+}
+
+/// The SPKI pin of a generated certificate (`dir/<name>.crt`).
+pub fn pin_of(dir: &std::path::Path, name: &str) -> String {
+    let chain =
+        keygate::upstream::pinning::load_pem_chain(&dir.join(format!("{name}.crt"))).unwrap();
+    keygate::upstream::pinning::SpkiPin::of_cert(&chain[0])
+        .unwrap()
+        .to_string()
 }
 
 /// Run the project's certificate script into `dir`.
@@ -164,8 +216,31 @@ impl Gateway {
     }
 
     pub fn start_with(opts: Options) -> Gateway {
-        let mock = Mock::start();
         let dir = tempfile::tempdir().unwrap();
+        if opts.tls || opts.mock_tls.is_some() {
+            gen_certs(&dir.path().join("certs"));
+        }
+        let mock = match opts.mock_tls {
+            Some(name) => Mock::start_tls(&dir.path().join("certs"), name),
+            None => Mock::start(),
+        };
+        let certs = dir.path().join("certs");
+        let mut upstream_extra = opts.upstream_extra.clone();
+        if opts.upstream_ca {
+            upstream_extra.push_str(&format!("    ca: {}/ca.crt\n", certs.display()));
+        }
+        if !opts.pins.is_empty() {
+            let pins: Vec<String> = opts
+                .pins
+                .iter()
+                .map(|n| format!("\"{}\"", pin_of(&certs, n)))
+                .collect();
+            upstream_extra.push_str(&format!("    pins: [{}]\n", pins.join(", ")));
+        }
+        let openai_url = match opts.mock_tls {
+            Some(_) => format!("https://localhost:{}", mock.addr.port()),
+            None => format!("http://{}", mock.addr),
+        };
         let secrets = Secrets {
             alpha: random_secret("kgs_alpha_"),
             beta: random_secret("kgs_beta_"),
@@ -187,7 +262,6 @@ impl Gateway {
         let port = free_port();
         let tls_port = free_port();
         let tls_listener = if opts.tls {
-            gen_certs(&dir.path().join("certs"));
             format!("    - addr: \"127.0.0.1:{tls_port}\"\n      tls: {{ cert: {d}/certs/server.crt, key: {d}/certs/server.key }}\n")
         } else {
             String::new()
@@ -207,7 +281,8 @@ server:
 upstreams:
   openai:
     kind: openai
-    url: "http://{mock}"
+    url: "{openai_url}"
+{upstream_extra}
     credentials:
       - {{ id: prod-1, secret: "file:{d}/provider.key" }}
     read_timeout_ms: 2000
@@ -241,6 +316,7 @@ sites:
 "#,
             max_body = opts.max_body_bytes,
             tier = opts.tier,
+            upstream_extra = upstream_extra,
             server_extra = opts.server_extra,
             mock = mock.addr,
         );
@@ -276,6 +352,37 @@ sites:
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("keygate did not start:\n{}", self.logs());
+    }
+
+    /// Rewrite the config file and send SIGHUP; waits until the reload was logged.
+    pub fn reload_with(&self, edit: impl Fn(String) -> String) {
+        let path = self.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(text)).unwrap();
+        self.sighup();
+    }
+
+    /// Send SIGHUP and wait for the reload's log line.
+    pub fn sighup(&self) {
+        let before = self.logs().matches("config reload").count();
+        let st = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.logs().matches("config reload").count() == before {
+            assert!(
+                Instant::now() < deadline,
+                "no reload logged:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
     }
 
     pub fn config_path(&self) -> PathBuf {
