@@ -32,8 +32,8 @@ impl State {
         })
     }
 
-    /// Install a new config. Limiter state carries over unless the site count outgrew
-    /// the sketches' sizing, in which case they are rebuilt (and counts restart).
+    /// Install a new config. Limiter and circuit state carry over; the limiter's
+    /// sketches are rebuilt (and counts restart) only when the site count outgrew them.
     pub fn install(&self, mut rt: Runtime) {
         let old = self.runtime.load();
         rt.generation = old.generation + 1;
@@ -45,6 +45,12 @@ impl State {
                 needed
             );
             self.limiter.store(Arc::new(Limiter::local(rt.sites.len())));
+        }
+        // Circuit breakers keep their state across reloads.
+        for up in &rt.upstreams {
+            if let Some(prev) = old.upstreams.iter().find(|u| u.name == up.name) {
+                up.circuit.inherit(&prev.circuit);
+            }
         }
         crate::telemetry::metrics::METRICS.init_for(&rt);
         crate::telemetry::metrics::METRICS

@@ -93,6 +93,16 @@ impl UpstreamKind {
 pub struct Credential {
     pub id: String,
     pub secret: SecretString,
+    /// Unix ms until which the provider asked us to leave this credential alone.
+    pub cooldown_until_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Credential {
+    /// Rest this credential for `d` (a provider 401 or 429).
+    pub fn cool_down(&self, d: Duration, now_ms: u64) {
+        self.cooldown_until_ms
+            .fetch_max(now_ms + d.as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -124,16 +134,27 @@ pub struct Upstream {
     pub ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
     /// Pingora pool isolation key derived from the pins and CA.
     pub group_key: u64,
+    pub circuit: crate::upstream::circuit::CircuitBreaker,
 }
 
 impl Upstream {
     /// Pick the credential for one request, spreading requests over all of them.
-    pub fn pick_credential(&self) -> Option<&Credential> {
-        if self.credentials.is_empty() {
+    /// Round-robin over the credentials not cooling down; when all are, the one
+    /// whose cool-down ends first.
+    pub fn pick_credential(&self, now_ms: u64) -> Option<&Credential> {
+        let n = self.credentials.len();
+        if n == 0 {
             return None;
         }
-        let i = self.next_credential.fetch_add(1, Ordering::Relaxed) % self.credentials.len();
-        self.credentials.get(i)
+        let start = self.next_credential.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| &self.credentials[(start + k) % n])
+            .find(|c| c.cooldown_until_ms.load(Ordering::Relaxed) <= now_ms)
+            .or_else(|| {
+                self.credentials
+                    .iter()
+                    .min_by_key(|c| c.cooldown_until_ms.load(Ordering::Relaxed))
+            })
     }
 }
 
@@ -144,6 +165,8 @@ pub struct Route {
     pub upstream: Arc<Upstream>,
     pub models: Option<HashSet<String>>,
     pub max_tokens: Option<u64>,
+    /// Output patterns refused (`routes[].block_patterns`).
+    pub block_patterns: Option<regex::bytes::RegexSet>,
 }
 
 /// A tier's limits (enforced by the limits module).
@@ -319,6 +342,8 @@ pub struct Runtime {
     pub bearer_keys: HashMap<[u8; 32], KeyId>,
     /// Non-fatal findings (`keygate check` prints them; `serve` logs them).
     pub warnings: Vec<String>,
+    /// Finds any configured secret in response bytes.
+    pub scanner: crate::response::validate::SecretScanner,
 }
 
 impl Runtime {
@@ -481,12 +506,27 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
                 ),
             }
         }
+        let mut block_patterns = None;
+        if let Some(pats) = &r.block_patterns {
+            for (j, pat) in pats.iter().enumerate() {
+                if let Err(e) = regex::bytes::Regex::new(pat) {
+                    errs.push(
+                        format!("{p}.block_patterns[{j}]"),
+                        format!("not a regex: {e}"),
+                    );
+                }
+            }
+            block_patterns = regex::bytes::RegexSet::new(pats)
+                .ok()
+                .filter(|s| !s.is_empty());
+        }
         if let Some(upstream) = upstream {
             routes.push(Route {
                 prefix: r.prefix.clone(),
                 upstream,
                 models: r.models.as_ref().map(|m| m.iter().cloned().collect()),
                 max_tokens: r.max_tokens,
+                block_patterns,
             });
         }
     }
@@ -695,7 +735,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
     }
-    Ok(Runtime {
+    let mut rt = Runtime {
         generation: 0,
         server,
         process,
@@ -706,7 +746,10 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         keys,
         bearer_keys,
         warnings,
-    })
+        scanner: crate::response::validate::SecretScanner::new(&[]),
+    };
+    rt.scanner = crate::response::validate::SecretScanner::new(&all_secret_strings(&rt));
+    Ok(rt)
 }
 
 fn valid_id(s: &str) -> bool {
@@ -1042,6 +1085,7 @@ fn validate_upstream(
                 credentials.push(Credential {
                     id: c.id.clone(),
                     secret,
+                    cooldown_until_ms: Default::default(),
                 });
             }
             Err(m) => errs.push(format!("{cp}.secret"), m),
@@ -1113,6 +1157,15 @@ fn validate_upstream(
             );
         }
     }
+    let circuit = u
+        .circuit_breaker
+        .as_ref()
+        .map(|cb| crate::upstream::circuit::CircuitConfig {
+            failures: cb.failures,
+            open: Duration::from_secs(cb.open_s),
+            half_open_successes: cb.half_open_successes,
+        })
+        .unwrap_or_default();
     let max_resp = u.max_response_bytes.unwrap_or(8 * 1024 * 1024);
     if max_resp == 0 {
         errs.push(format!("{p}.max_response_bytes"), "must be at least 1");
@@ -1151,6 +1204,7 @@ fn validate_upstream(
         pins,
         ca,
         group_key,
+        circuit: crate::upstream::circuit::CircuitBreaker::new(circuit),
         kind: kind?,
         tls,
         host,

@@ -116,6 +116,8 @@ pub struct RawRoute {
     pub models: Option<Vec<String>>,
     pub max_tokens: Option<u64>,
     pub pii: Option<RawPii>,
+    /// Regexes refused in model output (off by default; see README).
+    pub block_patterns: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

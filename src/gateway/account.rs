@@ -5,6 +5,7 @@ use crate::limits;
 use crate::response::usage::Usage;
 use crate::state::State;
 use crate::telemetry::metrics::METRICS;
+use crate::upstream::circuit::Outcome;
 use pingora::proxy::Session;
 
 /// Settle one finished request.
@@ -51,6 +52,21 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
                     .charge_tokens(site.limit_key, usage.total(), limits::now_ms());
             }
         }
+    }
+    if let (Some(permit), Some(route)) = (ctx.circuit, ctx.route()) {
+        let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
+            Outcome::Failure
+        } else if ctx.upstream_status.is_some() {
+            Outcome::Success
+        } else {
+            Outcome::NotTried
+        };
+        let breaker = &route.upstream.circuit;
+        breaker.record(permit, outcome, std::time::Instant::now());
+        METRICS
+            .circuit_state
+            .with_label_values(&[route.upstream.name.as_str()])
+            .set(breaker.state_code());
     }
     state.audit.record(session, ctx);
 }

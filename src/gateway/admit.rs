@@ -196,6 +196,21 @@ impl Gateway {
                 "This key is not allowed on this route.",
             ));
         }
+        let breaker = &route.upstream.circuit;
+        match breaker.admit(std::time::Instant::now()) {
+            Ok(p) => ctx.circuit = Some(p),
+            Err(wait) => {
+                return Err(GatewayError::new(
+                    ErrorCode::UpstreamUnavailable,
+                    "The provider is unavailable; try again later.",
+                )
+                .retry_after(wait))
+            }
+        }
+        METRICS
+            .circuit_state
+            .with_label_values(&[route.upstream.name.as_str()])
+            .set(breaker.state_code());
         let tier = rt.tiers.get(&site.tier);
         if let Some(tier) = tier {
             match self

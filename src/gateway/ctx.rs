@@ -6,6 +6,8 @@ use crate::error::GatewayError;
 use crate::limits::Admission;
 use crate::response::sse::SseFramer;
 use crate::response::usage::Usage;
+use crate::response::validate::Tail;
+use crate::upstream::circuit::Permit;
 use bytes::{Bytes, BytesMut};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,17 +33,18 @@ pub enum BodyPlan {
 /// How the response body is watched.
 #[derive(Debug, Default)]
 pub enum ResponseWatch {
-    /// Nothing to look at (no response yet, or not JSON/SSE).
+    /// Nothing to look at (no response yet, or an empty body).
     #[default]
     None,
-    /// A JSON body, copied (up to a bound) to read its usage at the end.
-    Json {
-        buf: Vec<u8>,
-        limit: usize,
-        overflow: bool,
+    /// A JSON body, held back whole (up to `limit`) and checked at its end.
+    Json { buf: Vec<u8>, limit: usize },
+    /// An event stream, checked event by event; `text` holds the tail of the model's
+    /// text for secrets split over events; `stopped` after a bad event.
+    Sse {
+        framer: SseFramer,
+        text: Tail,
+        stopped: bool,
     },
-    /// An event stream, framed event by event.
-    Sse(SseFramer),
 }
 
 /// Everything one request carries through the hooks.
@@ -72,6 +75,12 @@ pub struct Ctx {
     pub response: ResponseWatch,
     pub response_bytes: usize,
     pub usage: Option<Usage>,
+    /// The status the upstream answered with.
+    pub upstream_status: Option<u16>,
+    /// The upstream failed (connect, timeout, TLS, pin): counts against its circuit.
+    pub upstream_failed: bool,
+    /// The circuit breaker's permit for this request.
+    pub circuit: Option<Permit>,
 }
 
 impl Ctx {
@@ -96,6 +105,9 @@ impl Ctx {
             response: ResponseWatch::None,
             response_bytes: 0,
             usage: None,
+            upstream_status: None,
+            upstream_failed: false,
+            circuit: None,
         }
     }
 

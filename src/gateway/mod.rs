@@ -131,7 +131,10 @@ impl ProxyHttp for Gateway {
         let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
             return Ok(());
         };
-        upstream::enforce_pins(&up, digest).map_err(|e| Self::abort(ctx, e))
+        upstream::enforce_pins(&up, digest).map_err(|e| {
+            ctx.upstream_failed = true;
+            Self::abort(ctx, e)
+        })
     }
 
     async fn upstream_request_filter(
@@ -146,7 +149,7 @@ impl ProxyHttp for Gateway {
                 GatewayError::new(ErrorCode::Internal, "No route."),
             ));
         };
-        let Some(credential) = up.pick_credential() else {
+        let Some(credential) = up.pick_credential(crate::limits::now_ms()) else {
             return Err(Self::abort(
                 ctx,
                 GatewayError::upstream("No provider credential is configured."),
@@ -240,11 +243,12 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        upstream::note_credential_answer(resp, ctx);
+        observe::start(resp, ctx).map_err(|e| Self::abort(ctx, e))?;
         headers::clean_response(resp);
         respond::add_standard_headers(resp, ctx)?;
         respond::add_ratelimit_headers(resp, ctx)?;
         ctx.status = resp.status.as_u16();
-        observe::start(resp, ctx);
         Ok(())
     }
 
@@ -255,7 +259,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
-        observe::chunk(body, end_of_stream, ctx);
+        observe::chunk(body, end_of_stream, ctx).map_err(|e| Self::abort(ctx, e))?;
         Ok(None)
     }
 
@@ -263,6 +267,12 @@ impl ProxyHttp for Gateway {
     where
         Ctx: Send + Sync,
     {
+        if ctx.error.is_none() && upstream::is_upstream_failure(e) {
+            ctx.upstream_failed = true;
+            if let Some(up) = ctx.route() {
+                upstream::count_failure(&up.upstream.name, e);
+            }
+        }
         let err = ctx.error.clone().or_else(|| respond::from_pingora(e));
         let mut code = 0;
         if let Some(err) = err {

@@ -1,74 +1,232 @@
-//! Watching the response body as it passes: usage from JSON bodies and stream events.
+//! The response on its way to the client: checked (content type, size, shape, secret
+//! egress, block patterns) and read for usage.
+//!
+//! Pingora sends the response header before the body is seen. Header-level refusals
+//! (redirects, content types, declared size, secrets in headers) are clean 502s. A
+//! JSON body is held back whole and checked at its end: when the provider's answer
+//! arrived in one piece with its header (the common case for small bodies), the
+//! header has not been written yet and the client gets a clean 502; otherwise the
+//! response is aborted, so the client sees a failed transfer and never the bad body.
+//! Streams are checked event by event; a bad event ends the stream with an SSE
+//! `error` event and nothing after it is forwarded.
 
 use super::ctx::{Ctx, ResponseWatch};
+use crate::error::GatewayError;
 use crate::response::sse::{SseFramer, DEFAULT_MAX_EVENT};
 use crate::response::usage;
+use crate::response::validate::{self, Endpoint, Rejection, Tail};
+use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
-/// Decide how to watch the body, from the response header.
-pub fn start(resp: &ResponseHeader, ctx: &mut Ctx) {
+/// Bytes of streamed model text kept to match phrases split over events.
+const TEXT_WINDOW: usize = 1024;
+
+fn reject(ctx: &Ctx, r: Rejection) -> GatewayError {
+    let up = ctx.route().map_or("none", |r| r.upstream.name.as_str());
+    METRICS
+        .response_rejected
+        .with_label_values(&[up, r.reason()])
+        .inc();
+    log::warn!(
+        "request {}: upstream {up} response refused: {}",
+        ctx.request_id,
+        r.reason()
+    );
+    let msg = match r {
+        Rejection::SecretEgress => {
+            "The provider's response was withheld because it contained a secret."
+        }
+        Rejection::BlockedPattern => "The provider's response was withheld by a content rule.",
+        Rejection::TooLarge => "The provider's response is too large.",
+        _ => "The provider's response was invalid.",
+    };
+    GatewayError::upstream(msg).detail(r.reason())
+}
+
+/// Check the response header; decide how to watch the body.
+pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    let status = resp.status.as_u16();
+    ctx.upstream_status = Some(status);
+    if resp.status.is_redirection() {
+        return Err(reject(ctx, Rejection::Redirect));
+    }
+    for (_, v) in resp.headers.iter() {
+        if ctx.rt.scanner.contains(v.as_bytes()) {
+            return Err(reject(ctx, Rejection::SecretEgress));
+        }
+    }
+    let limit = ctx
+        .route()
+        .map_or(8 * 1024 * 1024, |r| r.upstream.max_response_bytes);
+    let declared = resp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(reject(ctx, Rejection::TooLarge));
+    }
     let ct = resp
         .headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let limit = ctx
-        .route()
-        .map_or(8 * 1024 * 1024, |r| r.upstream.max_response_bytes);
+    let empty = declared == Some(0) || status == 204 || status == 304;
+    if !empty && !validate::content_type_allowed(&ct) {
+        return Err(reject(ctx, Rejection::ContentType));
+    }
     ctx.response = if ct.starts_with("text/event-stream") {
-        ResponseWatch::Sse(SseFramer::new(DEFAULT_MAX_EVENT))
-    } else if ct.starts_with("application/json") {
+        // keygate may end the stream with its own error event: length is not fixed.
+        resp.remove_header(&http::header::CONTENT_LENGTH);
+        ResponseWatch::Sse {
+            framer: SseFramer::new(DEFAULT_MAX_EVENT),
+            text: Tail::default(),
+            stopped: false,
+        }
+    } else if empty {
+        ResponseWatch::None
+    } else {
         ResponseWatch::Json {
             buf: Vec::new(),
             limit,
-            overflow: false,
         }
-    } else {
-        ResponseWatch::None
     };
+    Ok(())
 }
 
-/// See one chunk of the body.
-pub fn chunk(body: &Option<Bytes>, end_of_stream: bool, ctx: &mut Ctx) {
-    let data = body.as_deref().unwrap_or(&[]);
+fn endpoint(ctx: &Ctx) -> Endpoint {
+    ctx.route().map_or(Endpoint::Other, |r| {
+        Endpoint::of(r.upstream.kind, &ctx.upstream_path)
+    })
+}
+
+fn patterns_match(ctx: &Ctx, bytes: &[u8]) -> bool {
+    ctx.route()
+        .and_then(|r| r.block_patterns.as_ref())
+        .is_some_and(|p| p.is_match(bytes))
+}
+
+/// See one chunk of the body; may replace it. `Err` aborts the response.
+pub fn chunk(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut Ctx,
+) -> Result<(), GatewayError> {
+    let data = body.take().unwrap_or_default();
     ctx.response_bytes += data.len();
-    match &mut ctx.response {
-        ResponseWatch::None => {}
-        ResponseWatch::Json {
-            buf,
-            limit,
-            overflow,
-        } => {
-            if !*overflow {
-                if buf.len() + data.len() > *limit {
-                    *overflow = true;
-                    buf.clear();
+    let mut watch = std::mem::take(&mut ctx.response);
+    let result = match &mut watch {
+        ResponseWatch::None => {
+            *body = Some(data);
+            Ok(())
+        }
+        ResponseWatch::Json { buf, limit } => {
+            if buf.len() + data.len() > *limit {
+                Err(reject(ctx, Rejection::TooLarge))
+            } else {
+                buf.extend_from_slice(&data);
+                if end_of_stream {
+                    finish_json(std::mem::take(buf), body, ctx)
                 } else {
-                    buf.extend_from_slice(data);
-                }
-            }
-            if end_of_stream && !*overflow {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(buf) {
-                    ctx.usage = usage::find(&v);
+                    Ok(())
                 }
             }
         }
-        ResponseWatch::Sse(framer) => {
-            let Ok(events) = framer.push(data) else {
-                ctx.response = ResponseWatch::None;
-                return;
-            };
-            for ev in events {
-                if ev.data.starts_with('{') {
-                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&ev.data) {
-                        if let Some(u) = usage::find(&v) {
-                            usage::merge(&mut ctx.usage, u);
-                        }
-                    }
+        ResponseWatch::Sse {
+            framer,
+            text,
+            stopped,
+        } => {
+            if *stopped {
+                Ok(())
+            } else {
+                let out = sse_chunk(&data, framer, text, stopped, ctx);
+                *body = Some(out);
+                Ok(())
+            }
+        }
+    };
+    ctx.response = watch;
+    result
+}
+
+fn finish_json(buf: Vec<u8>, body: &mut Option<Bytes>, ctx: &mut Ctx) -> Result<(), GatewayError> {
+    let status = ctx.upstream_status.unwrap_or(200);
+    let v = validate::check_json_body(endpoint(ctx), status, &buf).map_err(|r| reject(ctx, r))?;
+    if ctx.rt.scanner.contains(&buf) {
+        return Err(reject(ctx, Rejection::SecretEgress));
+    }
+    if patterns_match(ctx, &buf) {
+        return Err(reject(ctx, Rejection::BlockedPattern));
+    }
+    ctx.usage = usage::find(&v);
+    *body = Some(Bytes::from(buf));
+    Ok(())
+}
+
+/// Forward the complete events of `data`, checked; stop at the first bad one.
+fn sse_chunk(
+    data: &[u8],
+    framer: &mut SseFramer,
+    text: &mut Tail,
+    stopped: &mut bool,
+    ctx: &mut Ctx,
+) -> Bytes {
+    let events = match framer.push(data) {
+        Ok(ev) => ev,
+        Err(_) => {
+            *stopped = true;
+            let _ = reject(ctx, Rejection::InvalidEvent);
+            return Bytes::from(validate::error_event(&ctx.request_id));
+        }
+    };
+    let mut out = Vec::with_capacity(data.len());
+    let keep = ctx.rt.scanner.overlap();
+    for ev in events {
+        let verdict = (|| {
+            if ctx.rt.scanner.contains(&ev.raw) {
+                return Err(Rejection::SecretEgress);
+            }
+            if patterns_match(ctx, &ev.raw) {
+                return Err(Rejection::BlockedPattern);
+            }
+            if ev.data.is_empty() {
+                return Ok(());
+            }
+            if let Some(v) = validate::check_event_data(&ev.data)? {
+                if let Some(u) = usage::find(&v) {
+                    usage::merge(&mut ctx.usage, u);
                 }
+                let mut t = String::new();
+                validate::event_text(&v, &mut t);
+                // The model's text across events: catches a secret or a blocked phrase
+                // emitted token by token.
+                let mut hit = None;
+                text.scan(t.as_bytes(), keep.max(TEXT_WINDOW), |b| {
+                    if ctx.rt.scanner.contains(b) {
+                        hit = Some(Rejection::SecretEgress);
+                    } else if patterns_match(ctx, b) {
+                        hit = Some(Rejection::BlockedPattern);
+                    }
+                    hit.is_some()
+                });
+                if let Some(r) = hit {
+                    return Err(r);
+                }
+            }
+            Ok(())
+        })();
+        match verdict {
+            Ok(()) => out.extend_from_slice(&ev.raw),
+            Err(r) => {
+                *stopped = true;
+                let _ = reject(ctx, r);
+                out.extend_from_slice(validate::error_event(&ctx.request_id).as_bytes());
+                break;
             }
         }
     }
+    Bytes::from(out)
 }

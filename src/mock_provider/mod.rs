@@ -5,8 +5,10 @@
 //! Failure modes, per request header `x-mock-mode`:
 //! `invalid_json`, `error_500`, `error_429`, `slow` (waits `x-mock-delay-ms`, default
 //! 2000, before answering), `huge` (a 12 MiB JSON body), `echo_credential` (puts the
-//! credential it received into the answer), `set_cookie` (adds `Set-Cookie` and
-//! `Server`). Streams wait `x-mock-event-delay-ms` between events.
+//! credential it received into the answer text and a header), `echo_credential_body`
+//! (the text only), `set_cookie` (adds `Set-Cookie` and `Server`), `redirect`, `html`.
+//! Streams wait `x-mock-event-delay-ms` between events. `x-mock-429-key: K` answers
+//! 429 (Retry-After 30) when the credential received is `K`.
 //!
 //! Control endpoints (not recorded): `GET /__mock/requests`, `POST /__mock/reset`.
 
@@ -255,6 +257,21 @@ async fn handle(
                 .insert("retry-after", http::HeaderValue::from_static("2"));
             return Ok(r);
         }
+        "redirect" => {
+            let mut r = full(StatusCode::FOUND, "text/html", "moved");
+            r.headers_mut().insert(
+                "location",
+                http::HeaderValue::from_static("https://elsewhere.example/"),
+            );
+            return Ok(r);
+        }
+        "html" => {
+            return Ok(full(
+                StatusCode::OK,
+                "text/html",
+                "<html>gateway error page</html>",
+            ))
+        }
         "huge" => {
             let filler = "x".repeat(12 * 1024 * 1024);
             return Ok(json_response(
@@ -272,8 +289,24 @@ async fn handle(
         .to_string();
     let stream = req_json.get("stream") == Some(&Value::Bool(true));
     let mut text = "Hello from the keygate mock provider.".to_string();
-    if mode == "echo_credential" {
+    if mode == "echo_credential" || mode == "echo_credential_body" {
         text = format!("I received the key {}", received_credential(&parts));
+    }
+    // A provider that rate-limits one key: 429 when the received credential is this one.
+    if let Some(limited) = parts
+        .headers
+        .get("x-mock-429-key")
+        .and_then(|v| v.to_str().ok())
+    {
+        if received_credential(&parts) == limited {
+            let mut r = json_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                &json!({"error": {"message": "rate limited", "type": "rate_limit_error"}}),
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("30"));
+            return Ok(r);
+        }
     }
 
     let mut resp = if path.ends_with("/chat/completions") && parts.method == http::Method::POST {

@@ -2,3 +2,4 @@
 
 pub mod sse;
 pub mod usage;
+pub mod validate;

@@ -9,7 +9,7 @@ pub struct Event {
     pub event: Option<String>,
     pub data: String,
     /// The event's raw bytes including the terminating blank line.
-    pub raw_len: usize,
+    pub raw: Vec<u8>,
 }
 
 /// Why a stream was refused.
@@ -53,7 +53,9 @@ impl SseFramer {
         let mut i = search_from;
         while let Some(end) = find_blank_line(&self.buf, i.max(start)) {
             let (body_end, next) = end;
-            out.push(parse_event(&self.buf[start..body_end], next - start)?);
+            let mut ev = parse_event(&self.buf[start..body_end])?;
+            ev.raw = self.buf[start..next].to_vec();
+            out.push(ev);
             start = next;
             i = next;
         }
@@ -99,12 +101,9 @@ fn find_blank_line(b: &[u8], from: usize) -> Option<(usize, usize)> {
     None
 }
 
-fn parse_event(bytes: &[u8], raw_len: usize) -> Result<Event, SseError> {
+fn parse_event(bytes: &[u8]) -> Result<Event, SseError> {
     let text = std::str::from_utf8(bytes).map_err(|_| SseError::NotUtf8)?;
-    let mut ev = Event {
-        raw_len,
-        ..Event::default()
-    };
+    let mut ev = Event::default();
     let mut data: Vec<&str> = Vec::new();
     for line in text.split(['\n', '\r']).filter(|l| !l.is_empty()) {
         if line.starts_with(':') {

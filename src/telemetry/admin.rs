@@ -32,7 +32,8 @@ impl ServeHttp for AdminApp {
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
                 let rt = self.state.runtime.load();
-                if !rt.upstreams.is_empty() {
+                let now = std::time::Instant::now();
+                if rt.upstreams.iter().any(|u| !u.circuit.is_open(now)) {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {
                     reply(503, "text/plain", b"no upstream available\n".to_vec())

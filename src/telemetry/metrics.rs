@@ -164,11 +164,15 @@ impl Metrics {
             for d in ["in", "out"] {
                 self.tokens_total.with_label_values(&[n, d]);
             }
-            for k in ["connect", "timeout", "tls", "status_5xx"] {
+            for k in ["connect", "timeout", "tls", "protocol", "pin_mismatch"] {
                 self.upstream_errors.with_label_values(&[n, k]);
             }
-            self.response_rejected
-                .with_label_values(&[n, "invalid_json"]);
+            for r in crate::response::validate::Rejection::ALL {
+                self.response_rejected.with_label_values(&[n, r.reason()]);
+            }
+            self.circuit_state
+                .with_label_values(&[n])
+                .set(u.circuit.state_code());
         }
         for reason in [
             "missing",

@@ -1,6 +1,7 @@
 //! Reaching the provider: address resolution, the Pingora peer, and the request
 //! headers that go upstream (client credentials out, provider credential in).
 
+pub mod circuit;
 pub mod dns;
 pub mod headers;
 pub mod pinning;
@@ -70,4 +71,67 @@ pub fn enforce_pins(
             ))
         }
     }
+}
+
+/// Did Pingora fail talking to the upstream (connect, TLS, timeout, broken response)?
+pub fn is_upstream_failure(e: &pingora::Error) -> bool {
+    use pingora::ErrorType::*;
+    matches!(e.esource(), pingora::ErrorSource::Upstream)
+        || matches!(
+            e.etype(),
+            ConnectTimedout
+                | ConnectRefused
+                | ConnectNoRoute
+                | ConnectError
+                | TLSHandshakeFailure
+                | TLSHandshakeTimedout
+                | InvalidCert
+        )
+}
+
+/// Count an upstream failure by kind (`keygate_upstream_errors_total`).
+pub fn count_failure(upstream: &str, e: &pingora::Error) {
+    use pingora::ErrorType::*;
+    let kind = match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => "timeout",
+        TLSHandshakeFailure | InvalidCert => "tls",
+        ConnectRefused | ConnectNoRoute | ConnectError => "connect",
+        _ => "protocol",
+    };
+    crate::telemetry::metrics::METRICS
+        .upstream_errors
+        .with_label_values(&[upstream, kind])
+        .inc();
+}
+
+/// A provider 401 or 429 rests the credential that got it (honouring `Retry-After`),
+/// so the others carry the traffic.
+pub fn note_credential_answer(
+    resp: &pingora::http::ResponseHeader,
+    ctx: &crate::gateway::ctx::Ctx,
+) {
+    let status = resp.status.as_u16();
+    if status != 401 && status != 429 {
+        return;
+    }
+    let (Some(route), Some(id)) = (ctx.route(), ctx.credential_id.as_deref()) else {
+        return;
+    };
+    let Some(cred) = route.upstream.credentials.iter().find(|c| c.id == id) else {
+        return;
+    };
+    let default = if status == 401 { 300 } else { 30 };
+    let secs = resp
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(default)
+        .min(3600);
+    cred.cool_down(Duration::from_secs(secs), crate::limits::now_ms());
+    log::warn!(
+        "upstream {}: credential {} answered {status}; resting it for {secs}s",
+        route.upstream.name,
+        id
+    );
 }

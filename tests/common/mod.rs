@@ -139,6 +139,7 @@ pub struct Secrets {
     pub legacy: String,
     pub bearer: String,
     pub provider: String,
+    pub provider2: String,
     pub anthropic: String,
 }
 
@@ -172,6 +173,8 @@ pub struct Options {
     pub upstream_ca: bool,
     /// Pin the keys of these generated certificates (`server`, `other`, `ca`, …).
     pub pins: Vec<&'static str>,
+    /// Give the `openai` upstream a second credential (`prod-2`, `secrets.provider2`).
+    pub second_credential: bool,
 }
 
 impl Default for Options {
@@ -185,6 +188,7 @@ impl Default for Options {
             upstream_extra: String::new(),
             upstream_ca: false,
             pins: Vec::new(),
+            second_credential: false,
         }
     }
 }
@@ -247,6 +251,7 @@ impl Gateway {
             legacy: random_secret("kgs_legacy_"),
             bearer: random_secret("kgk_"),
             provider: random_secret("sk-provider-"),
+            provider2: random_secret("sk-provider2-"),
             anthropic: random_secret("sk-ant-provider-"),
         };
         let d = dir.path().display().to_string();
@@ -255,6 +260,7 @@ impl Gateway {
             ("beta.secret", &secrets.beta),
             ("legacy.secret", &secrets.legacy),
             ("provider.key", &secrets.provider),
+            ("provider2.key", &secrets.provider2),
             ("anthropic.key", &secrets.anthropic),
         ] {
             std::fs::write(dir.path().join(name), format!("{v}\n")).unwrap();
@@ -285,6 +291,7 @@ upstreams:
 {upstream_extra}
     credentials:
       - {{ id: prod-1, secret: "file:{d}/provider.key" }}
+{second_credential}
     read_timeout_ms: 2000
   anthropic:
     kind: anthropic
@@ -317,6 +324,11 @@ sites:
             max_body = opts.max_body_bytes,
             tier = opts.tier,
             upstream_extra = upstream_extra,
+            second_credential = if opts.second_credential {
+                format!("      - {{ id: prod-2, secret: \"file:{d}/provider2.key\" }}")
+            } else {
+                String::new()
+            },
             server_extra = opts.server_extra,
             mock = mock.addr,
         );
@@ -405,6 +417,7 @@ sites:
             &s.legacy,
             &s.bearer,
             &s.provider,
+            &s.provider2,
             &s.anthropic,
         ]
     }

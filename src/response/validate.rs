@@ -1,0 +1,314 @@
+//! Provider responses are untrusted input. This module decides, from bytes alone:
+//! is the content type allowed, does a JSON body have the shape of its endpoint, does
+//! a stream event carry JSON (or `[DONE]`), and does anything contain a secret.
+
+use crate::config::UpstreamKind;
+use aho_corasick::AhoCorasick;
+use serde_json::Value;
+
+/// Why a response was refused (the `reason` label of `keygate_response_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    ContentType,
+    TooLarge,
+    InvalidJson,
+    Shape,
+    SecretEgress,
+    BlockedPattern,
+    Redirect,
+    InvalidEvent,
+}
+
+impl Rejection {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::ContentType => "content_type",
+            Rejection::TooLarge => "too_large",
+            Rejection::InvalidJson => "invalid_json",
+            Rejection::Shape => "shape",
+            Rejection::SecretEgress => "secret_egress",
+            Rejection::BlockedPattern => "blocked_pattern",
+            Rejection::Redirect => "redirect",
+            Rejection::InvalidEvent => "invalid_event",
+        }
+    }
+
+    /// All reasons (for pre-initialising metrics).
+    pub const ALL: [Rejection; 8] = [
+        Rejection::ContentType,
+        Rejection::TooLarge,
+        Rejection::InvalidJson,
+        Rejection::Shape,
+        Rejection::SecretEgress,
+        Rejection::BlockedPattern,
+        Rejection::Redirect,
+        Rejection::InvalidEvent,
+    ];
+}
+
+/// Allowed response content types.
+pub fn content_type_allowed(ct: &str) -> bool {
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(mime.as_str(), "application/json" | "text/event-stream") || mime.ends_with("+json")
+}
+
+/// The endpoint a response belongs to, from the path sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    Responses,
+    Embeddings,
+    Models,
+    AnthropicMessages,
+    GeminiGenerate,
+    /// Anything else: must be a JSON object, no further shape.
+    Other,
+}
+
+impl Endpoint {
+    pub fn of(kind: UpstreamKind, path: &str) -> Endpoint {
+        let p = path.split('?').next().unwrap_or(path);
+        match kind {
+            UpstreamKind::Gemini
+                if p.ends_with(":generateContent") || p.ends_with(":streamGenerateContent") =>
+            {
+                Endpoint::GeminiGenerate
+            }
+            UpstreamKind::Anthropic if p.ends_with("/messages") => Endpoint::AnthropicMessages,
+            _ if p.ends_with("/chat/completions") => Endpoint::ChatCompletions,
+            _ if p.ends_with("/completions") => Endpoint::Completions,
+            _ if p.ends_with("/responses") => Endpoint::Responses,
+            _ if p.ends_with("/embeddings") => Endpoint::Embeddings,
+            _ if p.ends_with("/models") => Endpoint::Models,
+            _ => Endpoint::Other,
+        }
+    }
+}
+
+fn has_array(v: &Value, k: &str) -> bool {
+    v.get(k).is_some_and(Value::is_array)
+}
+
+/// Does a successful (2xx) JSON body have its endpoint's shape?
+pub fn shape_ok(endpoint: Endpoint, v: &Value) -> bool {
+    if !v.is_object() {
+        return false;
+    }
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Completions => has_array(v, "choices"),
+        Endpoint::Responses => {
+            has_array(v, "output") || v.get("object").is_some_and(|o| o == "response")
+        }
+        Endpoint::Embeddings | Endpoint::Models => has_array(v, "data"),
+        Endpoint::AnthropicMessages => {
+            has_array(v, "content") && v.get("type").is_some_and(|t| t == "message")
+        }
+        Endpoint::GeminiGenerate => has_array(v, "candidates") || v.get("promptFeedback").is_some(),
+        Endpoint::Other => true,
+    }
+}
+
+/// Check a complete JSON body. Provider error bodies (status ≥ 400) only need to be JSON.
+pub fn check_json_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Value, Rejection> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| Rejection::InvalidJson)?;
+    if status >= 400 {
+        return Ok(v);
+    }
+    if shape_ok(endpoint, &v) {
+        Ok(v)
+    } else {
+        Err(Rejection::Shape)
+    }
+}
+
+/// Check one stream event's data: JSON or `[DONE]`.
+pub fn check_event_data(data: &str) -> Result<Option<Value>, Rejection> {
+    let d = data.trim();
+    if d == "[DONE]" {
+        return Ok(None);
+    }
+    serde_json::from_str::<Value>(d)
+        .map(Some)
+        .map_err(|_| Rejection::InvalidEvent)
+}
+
+/// Text a model produced, from one stream event (to catch secrets split over events).
+pub fn event_text(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("content" | "text", Value::String(s)) => out.push_str(s),
+                    _ => event_text(x, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|x| event_text(x, out)),
+        _ => {}
+    }
+}
+
+/// Finds any configured secret in response bytes, also across chunk boundaries.
+pub struct SecretScanner {
+    ac: Option<AhoCorasick>,
+    /// Longest secret, in bytes.
+    max_len: usize,
+}
+
+impl std::fmt::Debug for SecretScanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretScanner([REDACTED])")
+    }
+}
+
+/// Secrets shorter than this are not scanned for (they would match ordinary text).
+pub const MIN_SCANNED_SECRET: usize = 8;
+
+impl SecretScanner {
+    pub fn new(secrets: &[String]) -> SecretScanner {
+        let pats: Vec<&str> = secrets
+            .iter()
+            .map(String::as_str)
+            .filter(|s| s.len() >= MIN_SCANNED_SECRET)
+            .collect();
+        let max_len = pats.iter().map(|s| s.len()).max().unwrap_or(0);
+        let ac = if pats.is_empty() {
+            None
+        } else {
+            AhoCorasick::new(&pats).ok()
+        };
+        SecretScanner { ac, max_len }
+    }
+
+    /// Does `bytes` contain a secret?
+    pub fn contains(&self, bytes: &[u8]) -> bool {
+        self.ac.as_ref().is_some_and(|ac| ac.is_match(bytes))
+    }
+
+    /// Bytes to keep from the end of one chunk so a secret split across chunks is found.
+    pub fn overlap(&self) -> usize {
+        self.max_len.saturating_sub(1)
+    }
+}
+
+/// A rolling window over a stream, so matches straddling chunks are seen.
+#[derive(Debug, Default)]
+pub struct Tail {
+    buf: Vec<u8>,
+}
+
+impl Tail {
+    /// Append `chunk`, test `f` on (tail + chunk), keep the last `keep` bytes.
+    pub fn scan(&mut self, chunk: &[u8], keep: usize, mut f: impl FnMut(&[u8]) -> bool) -> bool {
+        self.buf.extend_from_slice(chunk);
+        let hit = f(&self.buf);
+        if self.buf.len() > keep {
+            let cut = self.buf.len() - keep;
+            self.buf.drain(..cut);
+        }
+        hit
+    }
+}
+
+/// The SSE event keygate sends when it stops a stream.
+pub fn error_event(request_id: &str) -> String {
+    let v = serde_json::json!({"error": {
+        "code": "upstream_error",
+        "message": "The provider's stream was invalid and has been stopped.",
+        "request_id": request_id,
+    }});
+    format!("event: error\ndata: {v}\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn shapes() {
+        let chat = Endpoint::of(UpstreamKind::OpenAi, "/v1/chat/completions");
+        assert!(check_json_body(chat, 200, br#"{"choices":[]}"#).is_ok());
+        assert_eq!(
+            check_json_body(chat, 200, br#"{"id":"x"}"#).unwrap_err(),
+            Rejection::Shape
+        );
+        assert_eq!(
+            check_json_body(chat, 200, br#"{"choices":["#).unwrap_err(),
+            Rejection::InvalidJson
+        );
+        assert!(
+            check_json_body(chat, 429, br#"{"error":{"message":"slow down"}}"#).is_ok(),
+            "errors pass with any shape"
+        );
+        let msg = Endpoint::of(UpstreamKind::Anthropic, "/v1/messages");
+        assert!(check_json_body(msg, 200, br#"{"type":"message","content":[]}"#).is_ok());
+        let gem = Endpoint::of(UpstreamKind::Gemini, "/v1beta/models/g:generateContent");
+        assert!(check_json_body(gem, 200, br#"{"candidates":[]}"#).is_ok());
+        assert_eq!(
+            Endpoint::of(UpstreamKind::OpenAi, "/v1/models?limit=2"),
+            Endpoint::Models
+        );
+        assert!(check_json_body(Endpoint::Embeddings, 200, br#"{"data":[]}"#).is_ok());
+        assert!(check_json_body(Endpoint::Other, 200, br#"[1]"#).is_err());
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(content_type_allowed("application/json; charset=utf-8"));
+        assert!(content_type_allowed("text/event-stream"));
+        assert!(content_type_allowed("application/problem+json"));
+        assert!(!content_type_allowed("text/html"));
+        assert!(!content_type_allowed(""));
+    }
+
+    #[test]
+    fn events() {
+        assert_eq!(check_event_data("[DONE]"), Ok(None));
+        assert!(check_event_data("{\"a\":1}").unwrap().is_some());
+        assert_eq!(check_event_data("<html>"), Err(Rejection::InvalidEvent));
+        let mut t = String::new();
+        event_text(&json!({"choices":[{"delta":{"content":"sk-"}}]}), &mut t);
+        event_text(&json!({"delta":{"type":"text_delta","text":"abc"}}), &mut t);
+        assert_eq!(t, "sk-abc");
+    }
+
+    #[test]
+    fn secrets_are_found_across_chunks() {
+        let s = SecretScanner::new(&["sk-supersecret-123".to_string(), "short".to_string()]);
+        assert!(s.contains(b"xx sk-supersecret-123 yy"));
+        assert!(!s.contains(b"short"), "short secrets are not scanned");
+        let mut tail = Tail::default();
+        assert!(!tail.scan(b"...sk-super", s.overlap(), |b| s.contains(b)));
+        assert!(tail.scan(b"secret-123...", s.overlap(), |b| s.contains(b)));
+        assert!(format!("{s:?}").contains("REDACTED"));
+    }
+
+    proptest! {
+        /// A secret is found however the stream is cut.
+        #[test]
+        fn secret_found_at_any_split(prefix in "[a-z ]{0,40}", suffix in "[a-z ]{0,40}", cut in 0usize..200) {
+            let secret = "sk-live-0123456789abcdef".to_string();
+            let s = SecretScanner::new(std::slice::from_ref(&secret));
+            let text = format!("{prefix}{secret}{suffix}");
+            let cut = cut % (text.len() + 1);
+            let mut tail = Tail::default();
+            let a = tail.scan(&text.as_bytes()[..cut], s.overlap(), |b| s.contains(b));
+            let b = tail.scan(&text.as_bytes()[cut..], s.overlap(), |b| s.contains(b));
+            prop_assert!(a || b);
+        }
+
+        #[test]
+        fn validators_never_panic(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = check_json_body(Endpoint::ChatCompletions, 200, &body);
+            let _ = check_event_data(&String::from_utf8_lossy(&body));
+        }
+    }
+}

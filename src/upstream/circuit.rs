@@ -1,0 +1,211 @@
+//! A circuit breaker per upstream: after `failures` consecutive failures (connect
+//! errors, timeouts, TLS/pin failures, 5xx) the circuit opens and requests are refused
+//! (503) without contacting the upstream for `open_s`; then one probe at a time is let
+//! through, and `half_open_successes` good probes close it again.
+
+use parking_lot::Mutex;
+use std::time::{Duration, Instant};
+
+/// `upstreams.<name>.circuit_breaker`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CircuitConfig {
+    pub failures: u32,
+    pub open: Duration,
+    pub half_open_successes: u32,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig {
+            failures: 5,
+            open: Duration::from_secs(30),
+            half_open_successes: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum St {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen { successes: u32, probing: bool },
+}
+
+/// What `admit` granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    Normal,
+    /// The one request allowed through a half-open circuit.
+    Probe,
+}
+
+/// How a request that held a permit ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Failure,
+    /// Refused before reaching the upstream: counts neither way.
+    NotTried,
+}
+
+/// One upstream's breaker.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    cfg: CircuitConfig,
+    st: Mutex<St>,
+}
+
+impl CircuitBreaker {
+    pub fn new(cfg: CircuitConfig) -> Self {
+        CircuitBreaker {
+            cfg,
+            st: Mutex::new(St::Closed { failures: 0 }),
+        }
+    }
+
+    /// Take over the state of the breaker this one replaces (config reload).
+    pub fn inherit(&self, old: &CircuitBreaker) {
+        *self.st.lock() = *old.st.lock();
+    }
+
+    /// 0 closed, 1 open, 2 half-open (`keygate_circuit_state`).
+    pub fn state_code(&self) -> i64 {
+        match *self.st.lock() {
+            St::Closed { .. } => 0,
+            St::Open { .. } => 1,
+            St::HalfOpen { .. } => 2,
+        }
+    }
+
+    /// Whether requests would be refused now.
+    pub fn is_open(&self, now: Instant) -> bool {
+        matches!(*self.st.lock(), St::Open { until } if now < until)
+    }
+
+    /// May a request go to the upstream? `Err` carries the time until it might.
+    pub fn admit(&self, now: Instant) -> Result<Permit, Duration> {
+        let mut st = self.st.lock();
+        match *st {
+            St::Closed { .. } => Ok(Permit::Normal),
+            St::Open { until } if now < until => Err(until - now),
+            St::Open { .. } => {
+                *st = St::HalfOpen {
+                    successes: 0,
+                    probing: true,
+                };
+                Ok(Permit::Probe)
+            }
+            St::HalfOpen { probing: true, .. } => Err(Duration::from_secs(1)),
+            St::HalfOpen {
+                successes,
+                probing: false,
+            } => {
+                *st = St::HalfOpen {
+                    successes,
+                    probing: true,
+                };
+                Ok(Permit::Probe)
+            }
+        }
+    }
+
+    /// Record how a permitted request ended.
+    pub fn record(&self, permit: Permit, outcome: Outcome, now: Instant) {
+        let mut st = self.st.lock();
+        *st = match (*st, permit, outcome) {
+            (s, _, Outcome::NotTried) => match s {
+                St::HalfOpen { successes, .. } if permit == Permit::Probe => St::HalfOpen {
+                    successes,
+                    probing: false,
+                },
+                s => s,
+            },
+            (St::Closed { .. }, _, Outcome::Success) => St::Closed { failures: 0 },
+            (St::Closed { failures }, _, Outcome::Failure) => {
+                if failures + 1 >= self.cfg.failures {
+                    St::Open {
+                        until: now + self.cfg.open,
+                    }
+                } else {
+                    St::Closed {
+                        failures: failures + 1,
+                    }
+                }
+            }
+            (St::HalfOpen { successes, .. }, Permit::Probe, Outcome::Success) => {
+                if successes + 1 >= self.cfg.half_open_successes {
+                    St::Closed { failures: 0 }
+                } else {
+                    St::HalfOpen {
+                        successes: successes + 1,
+                        probing: false,
+                    }
+                }
+            }
+            (St::HalfOpen { .. }, Permit::Probe, Outcome::Failure) => St::Open {
+                until: now + self.cfg.open,
+            },
+            // Requests admitted before the circuit changed state do not move it.
+            (s, _, _) => s,
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cb() -> CircuitBreaker {
+        CircuitBreaker::new(CircuitConfig {
+            failures: 3,
+            open: Duration::from_secs(10),
+            half_open_successes: 2,
+        })
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_closes_after_good_probes() {
+        let c = cb();
+        let t = Instant::now();
+        for _ in 0..2 {
+            let p = c.admit(t).unwrap();
+            c.record(p, Outcome::Failure, t);
+        }
+        let p = c.admit(t).unwrap();
+        c.record(p, Outcome::Success, t);
+        assert_eq!(c.state_code(), 0, "a success resets the count");
+        for _ in 0..3 {
+            let p = c.admit(t).unwrap();
+            c.record(p, Outcome::Failure, t);
+        }
+        assert_eq!(c.state_code(), 1);
+        assert_eq!(
+            c.admit(t + Duration::from_secs(4)),
+            Err(Duration::from_secs(6))
+        );
+        let later = t + Duration::from_secs(10);
+        let p = c.admit(later).unwrap();
+        assert_eq!(p, Permit::Probe);
+        assert!(c.admit(later).is_err(), "one probe at a time");
+        c.record(p, Outcome::Success, later);
+        let p = c.admit(later).unwrap();
+        c.record(p, Outcome::Success, later);
+        assert_eq!(c.state_code(), 0);
+    }
+
+    #[test]
+    fn failed_probe_reopens_and_untried_probe_frees_the_slot() {
+        let c = cb();
+        let t = Instant::now();
+        for _ in 0..3 {
+            c.record(Permit::Normal, Outcome::Failure, t);
+        }
+        let later = t + Duration::from_secs(10);
+        let p = c.admit(later).unwrap();
+        c.record(p, Outcome::NotTried, later);
+        let p = c.admit(later).unwrap();
+        c.record(p, Outcome::Failure, later);
+        assert_eq!(c.state_code(), 1);
+        assert!(c.admit(later + Duration::from_secs(1)).is_err());
+    }
+}

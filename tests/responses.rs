@@ -1,0 +1,271 @@
+//! Provider responses as untrusted input: validation, secret egress, streaming,
+//! circuit breaking and credential rotation, against the mock provider's failure modes.
+
+mod common;
+
+use common::*;
+use futures::StreamExt;
+use std::time::{Duration, Instant};
+
+const CHAT: &str = "/openai/v1/chat/completions";
+const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+const STREAM: &str =
+    r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// Send with mock headers; returns the status and body, or the transfer error.
+async fn send_mode(gw: &Gateway, body: &str, extra: &[(&str, &str)]) -> Result<Resp, String> {
+    let mut h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, body.as_bytes());
+    for (k, v) in extra {
+        h.push((k.to_string(), v.to_string()));
+    }
+    let mut rb = client()
+        .post(gw.url(CHAT))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in &h {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    let r = rb.send().await.map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let body = r.text().await.map_err(|e| format!("body: {e}"))?;
+    Ok(Resp {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A refused body either becomes a clean 502 (when the whole answer arrived with its
+/// header) or an aborted transfer; never the provider's bytes.
+fn assert_withheld(r: &Result<Resp, String>, forbidden: &str) {
+    match r {
+        Ok(r) => {
+            assert_eq!(
+                (r.status, r.code().as_str()),
+                (502, "upstream_error"),
+                "{}",
+                r.body
+            );
+            assert!(!r.body.contains(forbidden));
+        }
+        Err(e) => assert!(!e.contains(forbidden), "{e}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_json_is_withheld() {
+    let gw = Gateway::start();
+    for _ in 0..5 {
+        let r = send_mode(&gw, BODY, &[("x-mock-mode", "invalid_json")]).await;
+        assert_withheld(&r, "chatcmpl-broken");
+    }
+    assert!(gw.logs().contains("response refused: invalid_json"));
+}
+
+#[tokio::test]
+async fn oversized_body_is_502() {
+    let gw = Gateway::start();
+    let r = send_mode(&gw, BODY, &[("x-mock-mode", "huge")])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code().as_str()), (502, "upstream_error"));
+    assert!(r.body.len() < 1000);
+}
+
+#[tokio::test]
+async fn redirects_and_html_are_refused() {
+    let gw = Gateway::start();
+    for mode in ["redirect", "html"] {
+        let r = send_mode(&gw, BODY, &[("x-mock-mode", mode)])
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (502, "upstream_error"),
+            "{mode}"
+        );
+        assert!(!r.headers.contains_key("location"));
+    }
+}
+
+#[tokio::test]
+async fn provider_errors_pass_through_with_their_status() {
+    let gw = Gateway::start();
+    let r = send_mode(&gw, BODY, &[("x-mock-mode", "error_429")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["type"], "rate_limit_error");
+}
+
+#[tokio::test]
+async fn echoed_credential_never_reaches_the_client() {
+    let gw = Gateway::start();
+    let key = gw.secrets.provider.clone();
+    // In a header and the body: refused at the header, cleanly.
+    let r = send_mode(&gw, BODY, &[("x-mock-mode", "echo_credential")])
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.code().as_str()), (502, "upstream_error"));
+    assert!(!r.body.contains(&key) && !format!("{:?}", r.headers).contains(&key));
+    // In the body only.
+    for _ in 0..3 {
+        let r = send_mode(&gw, BODY, &[("x-mock-mode", "echo_credential_body")]).await;
+        assert_withheld(&r, &key);
+    }
+    // In a stream: the stream is cut with an error event before the secret.
+    let r = send_mode(&gw, STREAM, &[("x-mock-mode", "echo_credential_body")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains(&key), "{}", r.body);
+    assert!(r.body.contains("event: error"), "{}", r.body);
+    assert!(
+        r.body.contains("data: {\"id\""),
+        "events before the secret were forwarded"
+    );
+    assert!(gw.logs().contains("response refused: secret_egress"));
+}
+
+#[tokio::test]
+async fn stream_passes_event_by_event_and_is_charged() {
+    let gw = Gateway::start();
+    let h = gw.sign(
+        "alpha.k1",
+        &gw.secrets.alpha,
+        "POST",
+        CHAT,
+        STREAM.as_bytes(),
+    );
+    let mut rb = client()
+        .post(gw.url(CHAT))
+        .header("content-type", "application/json")
+        .body(STREAM);
+    for (k, v) in &h {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    rb = rb.header("x-mock-event-delay-ms", "150");
+    let started = Instant::now();
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut stream = r.bytes_stream();
+    let mut first_at = None;
+    let mut all = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        if first_at.is_none() && !chunk.is_empty() {
+            first_at = Some(started.elapsed());
+        }
+        all.extend_from_slice(&chunk);
+    }
+    let total = started.elapsed();
+    let first = first_at.unwrap();
+    // 8 events 150 ms apart: the first must arrive long before the last was sent.
+    assert!(total >= Duration::from_millis(1000), "{total:?}");
+    assert!(
+        first + Duration::from_millis(700) < total,
+        "first {first:?}, total {total:?}"
+    );
+    let text = String::from_utf8(all).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let audit: Vec<serde_json::Value> = gw
+        .logs()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(audit[0]["tokens_out"], 9);
+    assert_eq!(audit[0]["tokens_estimated"], false);
+}
+
+#[tokio::test]
+async fn circuit_opens_after_failures_and_a_probe_closes_it() {
+    let gw = Gateway::start_with(Options {
+        upstream_extra: "    circuit_breaker: { failures: 3, open_s: 1, half_open_successes: 1 }\n"
+            .into(),
+        ..Options::default()
+    });
+    for _ in 0..3 {
+        let r = send_mode(&gw, BODY, &[("x-mock-mode", "error_500")])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 500, "provider errors pass through");
+    }
+    let r = send_mode(&gw, BODY, &[]).await.unwrap();
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (503, "upstream_unavailable"),
+        "{}",
+        r.body
+    );
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(
+        gw.mock.count(),
+        3,
+        "an open circuit does not contact the provider"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        send_mode(&gw, BODY, &[]).await.unwrap().status,
+        200,
+        "the probe"
+    );
+    assert_eq!(
+        send_mode(&gw, BODY, &[]).await.unwrap().status,
+        200,
+        "closed again"
+    );
+    assert_eq!(gw.mock.count(), 5);
+}
+
+#[tokio::test]
+async fn a_rate_limited_credential_rests_while_the_other_serves() {
+    let gw = Gateway::start_with(Options {
+        second_credential: true,
+        ..Options::default()
+    });
+    let limited = gw.secrets.provider.clone();
+    let mut statuses = Vec::new();
+    for _ in 0..8 {
+        let r = send_mode(&gw, BODY, &[("x-mock-429-key", &limited)])
+            .await
+            .unwrap();
+        statuses.push(r.status);
+    }
+    // prod-1 answers 429 once, then rests for the Retry-After (30 s); prod-2 serves.
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() <= 1,
+        "{statuses:?}"
+    );
+    assert!(statuses[2..].iter().all(|s| *s == 200), "{statuses:?}");
+    let reqs = gw.mock.requests();
+    let last = reqs["requests"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["headers"]["authorization"],
+        format!("Bearer {}", gw.secrets.provider2)
+    );
+    assert!(gw.logs().contains("credential prod-1 answered 429"));
+}
+
+#[tokio::test]
+async fn block_patterns_are_opt_in() {
+    let gw = Gateway::start();
+    // The mock says "Hello from the keygate mock provider." — not blocked by default.
+    assert_eq!(send_mode(&gw, BODY, &[]).await.unwrap().status, 200);
+    gw.reload_with(|t| {
+        t.replace(
+            "    max_tokens: 4096",
+            "    max_tokens: 4096\n    block_patterns: [\"(?i)mock provider\"]",
+        )
+    });
+    let r = send_mode(&gw, BODY, &[]).await;
+    assert_withheld(&r, "Hello from");
+    let r = send_mode(&gw, STREAM, &[]).await.unwrap();
+    assert!(
+        r.body.contains("event: error") && !r.body.contains("mock provider"),
+        "{}",
+        r.body
+    );
+}
