@@ -122,12 +122,7 @@ async fn token_budget_is_enforced_from_streamed_usage() {
         "{}",
         r.body
     );
-    let audit: Vec<serde_json::Value> = gw
-        .logs()
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let audit = gw.audit_lines();
     let streamed = audit.iter().find(|a| a["status"] == 200).unwrap();
     assert_eq!(
         (

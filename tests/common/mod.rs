@@ -422,6 +422,15 @@ sites:
         ]
     }
 
+    /// The audit log lines (JSON objects on stdout), parsed.
+    pub fn audit_lines(&self) -> Vec<Value> {
+        self.logs()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
     /// Fail if any secret appears in the gateway's logs.
     pub fn assert_no_secret_in_logs(&self) {
         let logs = self.logs();
