@@ -65,16 +65,21 @@ impl BackgroundService for Reloader {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = hup.recv() => match self.reload() {
-                    Ok(()) => {
-                        METRICS.config_reloads.with_label_values(&["ok"]).inc();
-                        log::info!("config reloaded (generation {})", self.state.runtime.load().generation);
+                _ = hup.recv() => {
+                    match self.reload() {
+                        Ok(()) => {
+                            METRICS.config_reloads.with_label_values(&["ok"]).inc();
+                            log::info!("config reloaded (generation {})", self.state.runtime.load().generation);
+                        }
+                        Err(e) => {
+                            METRICS.config_reloads.with_label_values(&["error"]).inc();
+                            log::error!("config reload failed, keeping the running config:\n{e}");
+                        }
                     }
-                    Err(e) => {
-                        METRICS.config_reloads.with_label_values(&["error"]).inc();
-                        log::error!("config reload failed, keeping the running config:\n{e}");
-                    }
-                },
+                    // logrotate sends SIGHUP too: reopen the audit log whatever the config did.
+                    let path = self.state.runtime.load().process.audit_path.clone();
+                    self.state.audit.reopen(path);
+                }
                 _ = tick.tick() => self.state.nonces.sweep(unix_now()),
                 _ = shutdown.changed() => return,
             }

@@ -3,10 +3,12 @@
 //! behind, lines are dropped and counted rather than queued without bound.
 
 use crate::gateway::ctx::Ctx;
+use parking_lot::Mutex;
 use pingora::proxy::Session;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::sync::OnceLock;
 
 /// Lines queued for the writer before new ones are dropped.
@@ -14,16 +16,37 @@ pub const QUEUE_BOUND: usize = 16_384;
 
 /// Where audit lines go.
 pub struct AuditLog {
-    path: Option<String>,
+    /// Where lines go (`None`: stdout); read by the writer when it (re)opens.
+    path: Arc<Mutex<Option<String>>>,
+    /// Set on SIGHUP: the writer reopens `path` before its next line (logrotate).
+    reopen: Arc<AtomicBool>,
     tx: OnceLock<SyncSender<String>>,
     dropped: AtomicU64,
+}
+
+fn open(path: &Option<String>) -> Box<dyn Write + Send> {
+    match path {
+        Some(p) => match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => {
+                log::error!("cannot open audit log {p}: {e}; writing to stdout");
+                Box::new(std::io::stdout())
+            }
+        },
+        None => Box::new(std::io::stdout()),
+    }
 }
 
 impl AuditLog {
     /// `path: None` writes to stdout.
     pub fn new(path: Option<String>) -> Self {
         AuditLog {
-            path,
+            path: Arc::new(Mutex::new(path)),
+            reopen: Arc::new(AtomicBool::new(false)),
             tx: OnceLock::new(),
             dropped: AtomicU64::new(0),
         }
@@ -34,29 +57,27 @@ impl AuditLog {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Reopen the log (after logrotate moved it), possibly at a new path.
+    pub fn reopen(&self, path: Option<String>) {
+        *self.path.lock() = path;
+        self.reopen.store(true, Ordering::Release);
+    }
+
     // The writer thread starts on first use, after Pingora may have daemonised.
     fn sender(&self) -> &SyncSender<String> {
         self.tx.get_or_init(|| {
             let (tx, rx) = sync_channel::<String>(QUEUE_BOUND);
             let path = self.path.clone();
+            let reopen = self.reopen.clone();
             std::thread::Builder::new()
                 .name("keygate-audit".into())
                 .spawn(move || {
-                    let mut out: Box<dyn Write + Send> = match &path {
-                        Some(p) => match std::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(p)
-                        {
-                            Ok(f) => Box::new(std::io::BufWriter::new(f)),
-                            Err(e) => {
-                                log::error!("cannot open audit log {p}: {e}; writing to stdout");
-                                Box::new(std::io::stdout())
-                            }
-                        },
-                        None => Box::new(std::io::stdout()),
-                    };
+                    let mut out = open(&path.lock().clone());
                     while let Ok(line) = rx.recv() {
+                        if reopen.swap(false, Ordering::AcqRel) {
+                            let _ = out.flush();
+                            out = open(&path.lock().clone());
+                        }
                         let _ = out.write_all(line.as_bytes());
                         let _ = out.write_all(b"\n");
                         // Flush when the queue is drained, so lines show up promptly.

@@ -152,6 +152,7 @@ pub struct Gateway {
     child: Option<Child>,
     pub port: u16,
     pub tls_port: u16,
+    pub admin_port: u16,
     pub dir: tempfile::TempDir,
     pub secrets: Secrets,
     pub mock: Mock,
@@ -267,6 +268,7 @@ impl Gateway {
         }
         let port = free_port();
         let tls_port = free_port();
+        let admin_port = free_port();
         let tls_listener = if opts.tls {
             format!("    - addr: \"127.0.0.1:{tls_port}\"\n      tls: {{ cert: {d}/certs/server.crt, key: {d}/certs/server.key }}\n")
         } else {
@@ -280,9 +282,12 @@ server:
     - addr: "127.0.0.1:{port}"
 {tls_listener}  hostnames: ["127.0.0.1:{port}", "localhost:{port}", "localhost:{tls_port}"]
   threads: 2
+  admin_listen: "127.0.0.1:{admin_port}"
   max_body_bytes: {max_body}
   pid_file: {d}/keygate.pid
   upgrade_sock: {d}/upgrade.sock
+  grace_period_s: 1
+  graceful_shutdown_timeout_s: 3
 {server_extra}
 upstreams:
   openai:
@@ -347,6 +352,7 @@ sites:
             child: Some(child),
             port,
             tls_port,
+            admin_port,
             dir,
             secrets,
             mock,
@@ -391,6 +397,68 @@ sites:
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// GET a path on the admin listener (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// A metric's value on the admin listener (`name{labels}` exactly as exported).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Start a second `keygate serve -u` on the same config (binary upgrade); it takes
+    /// over the listeners when this one gets SIGQUIT.
+    pub fn spawn_upgrade(&self) -> Child {
+        let log = std::fs::File::create(self.dir.path().join("keygate-new.log")).unwrap();
+        Command::new(BIN)
+            .args(["serve", "-u", "-c"])
+            .arg(self.config_path())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start the new keygate")
+    }
+
+    /// Send a signal to the running keygate.
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Wait for the keygate process to exit (after SIGQUIT/SIGTERM).
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,342 @@
+//! Operations against the real binary: SIGHUP reload, metrics and health on the admin
+//! port, the audit log, and the zero-downtime binary upgrade.
+
+mod common;
+
+use common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MODELS: &str = "/openai/v1/models";
+
+#[tokio::test]
+async fn a_site_added_by_reload_works_in_the_same_process() {
+    let gw = Gateway::start();
+    let secret = "kgs_gamma_site_secret_0123456789abcdef";
+    std::fs::write(gw.dir.path().join("gamma.secret"), secret).unwrap();
+    let sign = || gw.sign("gamma.k1", secret, "GET", MODELS, b"");
+    let r = send(&client(), "GET", &gw.url(MODELS), &sign(), None).await;
+    assert_eq!(r.status, 401);
+    let path = gw.dir.path().join("gamma.secret");
+    gw.reload_with(|t| {
+        format!(
+            "{t}  - id: gamma\n    tier: free\n    keys:\n      - {{ id: gamma.k1, auth: hmac, secret: \"file:{}\" }}\n",
+            path.display()
+        )
+    });
+    let r = send(&client(), "GET", &gw.url(MODELS), &sign(), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(gw.metric("keygate_config_generation"), Some(1.0));
+    assert_eq!(
+        gw.metric("keygate_config_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_broken_file_changes_nothing() {
+    let gw = Gateway::start();
+    gw.reload_with(|t| t.replace("upstream: openai", "upstream: nowhere"));
+    let logs = gw.logs();
+    assert!(logs.contains("config reload failed"), "{logs}");
+    assert!(
+        logs.contains("routes[0].upstream: unknown upstream \"nowhere\""),
+        "{logs}"
+    );
+    let r = gw.call("alpha.k1", "GET", MODELS, "").await;
+    assert_eq!(r.status, 200, "the old config keeps serving");
+    assert_eq!(
+        gw.metric("keygate_config_reloads_total{result=\"error\"}"),
+        Some(1.0)
+    );
+    assert_eq!(gw.metric("keygate_config_generation"), Some(0.0));
+    // Not YAML at all.
+    gw.reload_with(|_| "server: [".into());
+    assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
+    assert_eq!(
+        gw.metric("keygate_config_reloads_total{result=\"error\"}"),
+        Some(2.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_load_drop_nothing() {
+    let gw = Arc::new(Gateway::start());
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (gw, stop, ok, failed) = (gw.clone(), stop.clone(), ok.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = client();
+            while !stop.load(Ordering::Relaxed) {
+                let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+                let h = gw.sign(
+                    "alpha.k1",
+                    &gw.secrets.alpha,
+                    "POST",
+                    "/openai/v1/chat/completions",
+                    body.as_bytes(),
+                );
+                let r = send(
+                    &c,
+                    "POST",
+                    &gw.url("/openai/v1/chat/completions"),
+                    &h,
+                    Some(body.into()),
+                )
+                .await;
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed: {} {}", r.status, r.body);
+                }
+            }
+        }));
+    }
+    for i in 0..8 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let gw2 = gw.clone();
+        // Alternate a real change (a new tier value) with a no-op reload.
+        tokio::task::spawn_blocking(move || {
+            gw2.reload_with(|t| {
+                t.replace(
+                    "other: { requests_per_minute: 100000",
+                    &format!("other: {{ requests_per_minute: {}", 100000 + i),
+                )
+            })
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(ok > 50, "only {ok} requests");
+    assert_eq!(gw.metric("keygate_config_generation"), Some(8.0));
+}
+
+const SPEC_METRICS: [&str; 12] = [
+    "keygate_requests_total",
+    "keygate_request_duration_seconds",
+    "keygate_upstream_duration_seconds",
+    "keygate_auth_failures_total",
+    "keygate_rate_limited_total",
+    "keygate_tokens_total",
+    "keygate_upstream_errors_total",
+    "keygate_circuit_state",
+    "keygate_response_rejected_total",
+    "keygate_legacy_auth_total",
+    "keygate_config_reloads_total",
+    "keygate_config_generation",
+];
+
+#[tokio::test]
+async fn metrics_and_health_are_on_the_admin_port_only() {
+    let gw = Gateway::start();
+    assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
+    let (status, body) = gw.admin_get("/metrics");
+    assert_eq!(status, 200);
+    for name in SPEC_METRICS {
+        assert!(body.contains(&format!("# TYPE {name} ")), "{name} missing");
+    }
+    assert!(body.contains("keygate_requests_total{route=\"/openai/\",status=\"200\"} 1"));
+    assert!(
+        body.contains("keygate_request_duration_seconds_bucket{route=\"/openai/\",le=\"0.0005\"}")
+    );
+    for s in gw.all_secrets() {
+        assert!(!body.contains(s));
+    }
+    let per_site: Vec<&str> = body
+        .lines()
+        .filter(|l| l.contains("alpha") && !l.starts_with("keygate_legacy_auth_total"))
+        .collect();
+    assert!(
+        per_site.is_empty(),
+        "per-site labels outside legacy auth: {per_site:?}"
+    );
+    assert_eq!(gw.admin_get("/healthz").0, 200);
+    assert_eq!(gw.admin_get("/readyz").0, 200);
+    // The public port has no metrics.
+    let r = send(&client(), "GET", &gw.url("/metrics"), &[], None).await;
+    assert_eq!(r.status, 404);
+    assert!(!r.body.contains("keygate_requests_total"));
+}
+
+#[tokio::test]
+async fn audit_lines_carry_the_spec_fields_and_no_secret() {
+    let gw = Gateway::start();
+    assert_eq!(
+        gw.call(
+            "alpha.k1",
+            "POST",
+            "/openai/v1/chat/completions",
+            r#"{"model":"gpt-4o","messages":[]}"#
+        )
+        .await
+        .status,
+        200
+    );
+    let _ = send(
+        &client(),
+        "GET",
+        &gw.url(MODELS),
+        &[("authorization".into(), "Bearer kgk_wrong".into())],
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let lines = gw.audit_lines();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        for f in [
+            "ts",
+            "request_id",
+            "site",
+            "key_id",
+            "route",
+            "upstream",
+            "model",
+            "status",
+            "error_code",
+            "duration_ms",
+            "upstream_ms",
+            "tokens_in",
+            "tokens_out",
+            "client_ip",
+            "auth",
+        ] {
+            assert!(l.get(f).is_some(), "audit line lacks {f}: {l}");
+        }
+    }
+    assert_eq!(lines[0]["site"], "alpha");
+    assert_eq!(lines[0]["tokens_in"], 12);
+    assert_eq!(lines[1]["error_code"], "unauthenticated");
+    let logs = gw.logs();
+    for s in gw.all_secrets() {
+        assert!(!logs.contains(s));
+    }
+}
+
+#[tokio::test]
+async fn audit_log_file_is_reopened_on_sighup() {
+    let gw = Gateway::start();
+    let path = gw.dir.path().join("audit.jsonl");
+    gw.reload_with(|t| format!("{t}log: {{ audit_path: {} }}\n", path.display()));
+    assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    // logrotate: move the file away, then SIGHUP.
+    let rotated = gw.dir.path().join("audit.jsonl.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    gw.sighup();
+    assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().lines().count(),
+        1,
+        "new file after rotation"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rotated).unwrap().lines().count(),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_upgrade_drops_nothing() {
+    let mut gw = Gateway::start();
+    let url = gw.url(MODELS);
+    let bearer = format!("Bearer {}", gw.secrets.bearer);
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (url, bearer, stop, ok, failed) = (
+            url.clone(),
+            bearer.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // A fresh connection each time, as a load balancer's health of new clients.
+                let c = reqwest::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                match c.get(&url).header("authorization", &bearer).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("failed: {other:?}");
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut new = gw.spawn_upgrade();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gw.signal("-QUIT");
+    assert!(
+        gw.wait_exit(Duration::from_secs(20)),
+        "the old process did not exit"
+    );
+    let served_before = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let _ = new.kill();
+    let _ = new.wait();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "{failed} failed of {}", ok + failed);
+    assert!(
+        ok > served_before,
+        "the new process served after the old one left"
+    );
+}
+
+#[test]
+fn systemd_unit_verifies_when_systemd_is_present() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/keygate.service");
+    let text = std::fs::read_to_string(unit).unwrap();
+    for line in [
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "LoadCredential=",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=",
+    ] {
+        assert!(text.contains(line), "unit lacks {line}");
+    }
+    match std::process::Command::new("systemd-analyze")
+        .args(["verify", unit])
+        .output()
+    {
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            // The binary path does not exist on a build machine; everything else must pass.
+            let problems: Vec<&str> = err
+                .lines()
+                .filter(|l| !l.contains("/usr/local/bin/keygate") && !l.trim().is_empty())
+                .collect();
+            assert!(problems.is_empty(), "{problems:?}");
+        }
+        Err(_) => eprintln!("systemd-analyze not installed: static checks only"),
+    }
+}
