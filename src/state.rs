@@ -14,6 +14,7 @@ pub struct State {
     pub nonces: NonceStore,
     pub limiter: ArcSwap<Limiter>,
     pub auth_failures: AuthFailureLimiter,
+    pub token_uses: crate::limits::TokenUses,
     pub audit: AuditLog,
 }
 
@@ -28,6 +29,7 @@ impl State {
             nonces,
             limiter: ArcSwap::from_pointee(limiter),
             auth_failures: AuthFailureLimiter::default(),
+            token_uses: Default::default(),
             audit,
         })
     }

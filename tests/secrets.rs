@@ -33,20 +33,11 @@ fn keygate(args: &[&str], stdin: &str) -> (i32, String, String) {
     )
 }
 
-/// Add master keys k1 and k2 (files, mode 600) to the gateway's config.
+/// The harness lists master keys k1 and k2 (files, mode 600); put a comment on top so
+/// rotation can show it keeps the layout.
 fn add_master_keys(gw: &Gateway) {
-    for id in ["k1", "k2"] {
-        let (_, key, _) = keygate(&["secret", "keygen"], "");
-        let p = gw.dir.path().join(format!("{id}.key"));
-        std::fs::write(&p, key.trim()).unwrap();
-        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    }
-    let d = gw.dir.path().display().to_string();
     let text = std::fs::read_to_string(gw.config_path()).unwrap();
-    let text = format!(
-        "# keep this comment\nmaster_keys:\n  - {{ id: k1, source: \"file:{d}/k1.key\" }}\n  - {{ id: k2, source: \"file:{d}/k2.key\" }}\n{text}"
-    );
-    std::fs::write(gw.config_path(), text).unwrap();
+    std::fs::write(gw.config_path(), format!("# keep this comment\n{text}")).unwrap();
 }
 
 fn python() -> String {
@@ -62,7 +53,7 @@ fn python() -> String {
 async fn enc_v1_from_an_independent_implementation_decrypts() {
     let gw = Gateway::start();
     add_master_keys(&gw);
-    let key_b64 = std::fs::read_to_string(gw.dir.path().join("k1.key")).unwrap();
+    let key_b64 = std::fs::read_to_string(gw.dir.path().join("k1.master")).unwrap();
     // SPEC §2 in a few lines of Python `cryptography`.
     let script = r#"
 import base64, os, sys
@@ -168,7 +159,7 @@ async fn rotation_reencrypts_everything_and_serves_with_only_the_new_key() {
             .join("\n")
             + "\n"
     });
-    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("k1.key"));
+    assert!(!std::fs::read_to_string(&cfg).unwrap().contains("k1.master"));
     assert_eq!(gw.metric("keygate_config_generation"), Some(2.0));
     assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
     assert_eq!(

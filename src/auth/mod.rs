@@ -7,6 +7,7 @@
 pub mod nonce;
 pub mod sfv;
 pub mod signature;
+pub mod token;
 
 use crate::config::{KeyAuth, KeyId, Runtime};
 use crate::error::{ErrorCode, GatewayError};
@@ -24,6 +25,8 @@ pub enum AuthMode {
     Hmac,
     Bearer,
     Legacy,
+    /// A browser token minted by a site's backend.
+    Token,
 }
 
 impl AuthMode {
@@ -32,6 +35,7 @@ impl AuthMode {
             AuthMode::Hmac => "hmac",
             AuthMode::Bearer => "bearer",
             AuthMode::Legacy => "legacy-site-timestamp",
+            AuthMode::Token => "token",
         }
     }
 }
@@ -45,6 +49,8 @@ pub struct AuthedClient {
     pub mode: AuthMode,
     /// For `keygate-v1`: the SHA-256 the body must hash to.
     pub body_digest: Option<[u8; 32]>,
+    /// For browser tokens: what the token allows.
+    pub token: Option<std::sync::Arc<token::Claims>>,
 }
 
 /// A refusal, with the reason label for `keygate_auth_failures_total{reason}`.
@@ -131,6 +137,9 @@ pub fn authenticate(
         return authenticate_hmac(rt, nonces, req);
     }
     if let Some(token) = bearer_token(h)? {
+        if token.starts_with("kgt_") {
+            return authenticate_token(rt, token, req.now);
+        }
         return authenticate_bearer(rt, token);
     }
     if h.contains_key("x-site-identifier") {
@@ -267,6 +276,7 @@ fn authenticate_hmac(
         site: key.site,
         mode: AuthMode::Hmac,
         body_digest: Some(body_digest),
+        token: None,
     })
 }
 
@@ -288,9 +298,38 @@ fn authenticate_bearer(rt: &Runtime, token: &str) -> Result<AuthedClient, AuthFa
             site: key.site,
             mode: AuthMode::Bearer,
             body_digest: None,
+            token: None,
         }),
         _ => Err(AuthFailure::unauth("bad_signature", "unknown bearer key")),
     }
+}
+
+fn authenticate_token(rt: &Runtime, token: &str, now: i64) -> Result<AuthedClient, AuthFailure> {
+    let claims = rt.tokens.verify(token, now).map_err(|d| {
+        if d == "token expired" {
+            AuthFailure {
+                code: ErrorCode::StaleRequest,
+                reason: "stale",
+                detail: d,
+            }
+        } else {
+            AuthFailure::unauth("bad_signature", d)
+        }
+    })?;
+    // The issuing key must still exist and belong to the site: removing a key revokes
+    // its tokens at the next reload.
+    let key = rt
+        .keys
+        .get(&KeyId(claims.key.clone()))
+        .filter(|k| rt.sites.get(k.site).is_some_and(|s| s.id.0 == claims.site))
+        .ok_or_else(|| AuthFailure::unauth("bad_signature", "token issuer no longer configured"))?;
+    Ok(AuthedClient {
+        key_id: key.id.clone(),
+        site: key.site,
+        mode: AuthMode::Token,
+        body_digest: None,
+        token: Some(std::sync::Arc::new(claims)),
+    })
 }
 
 /// The legacy plugin MAC: `hex(HMAC-SHA256(secret, site_identifier + "|" + timestamp))`.
@@ -331,6 +370,7 @@ fn authenticate_legacy(rt: &Runtime, req: &AuthInput<'_>) -> Result<AuthedClient
             site: k.site,
             mode: AuthMode::Legacy,
             body_digest: None,
+            token: None,
         }),
         _ => Err(AuthFailure::unauth(
             "bad_signature",

@@ -344,6 +344,11 @@ pub struct Runtime {
     pub warnings: Vec<String>,
     /// Finds any configured secret in response bytes.
     pub scanner: crate::response::validate::SecretScanner,
+    /// Browser-token keys (one per master key) and limits.
+    pub tokens: crate::auth::token::TokenKeys,
+    pub token_max_ttl: Duration,
+    /// Every site's CORS origins (preflights are answered from this set).
+    pub cors_origins: HashSet<String>,
 }
 
 impl Runtime {
@@ -722,11 +727,34 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
             }
         }
     }
-    if let Some(t) = &raw.tokens {
-        if t.max_ttl_s == Some(0) {
-            errs.push("tokens.max_ttl_s", "must be at least 1");
+    let mut tokens = crate::auth::token::TokenKeys::default();
+    for mk in &raw.master_keys {
+        if let Some(k) = master_keys.get(&mk.id) {
+            tokens.insert(&mk.id, k.bytes());
         }
     }
+    tokens.current = raw.master_keys.first().map(|m| m.id.clone());
+    let mut token_max_ttl = Duration::from_secs(300);
+    if let Some(t) = &raw.tokens {
+        match t.max_ttl_s {
+            Some(0) | Some(86_401..) => {
+                errs.push("tokens.max_ttl_s", "must be between 1 and 86400")
+            }
+            Some(s) => token_max_ttl = Duration::from_secs(s),
+            None => {}
+        }
+        if let Some(k) = &t.key {
+            if master_keys.contains_key(k) {
+                tokens.current = Some(k.clone());
+            } else {
+                errs.push("tokens.key", format!("unknown master key \"{k}\""));
+            }
+        }
+    }
+    let cors_origins: HashSet<String> = sites
+        .iter()
+        .flat_map(|s| s.cors_origins.iter().cloned())
+        .collect();
     if raw.fleet.is_some() {
         errs.push(
             "fleet",
@@ -749,6 +777,9 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         bearer_keys,
         warnings,
         scanner: crate::response::validate::SecretScanner::new(&[]),
+        tokens,
+        token_max_ttl,
+        cors_origins,
     };
     rt.scanner = crate::response::validate::SecretScanner::new(&all_secret_strings(&rt));
     Ok(rt)

@@ -168,6 +168,8 @@ pub struct RawLog {
 #[serde(deny_unknown_fields)]
 pub struct RawTokens {
     pub max_ttl_s: Option<u64>,
+    /// Master key id new browser tokens are minted under (default: the first).
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -47,6 +47,11 @@ impl MasterKey {
         Zeroizing::new(STANDARD.encode(key.as_ref()))
     }
 
+    /// The key bytes (for deriving sub-keys such as the browser-token key).
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new(self.0.expose_secret().into())
     }

@@ -1,6 +1,7 @@
 //! `request_filter`'s work: everything that decides whether a request may go
 //! upstream, in order. Nothing here contacts an upstream.
 
+use super::cors;
 use super::ctx::{BodyPlan, Ctx};
 use super::Gateway;
 use crate::auth::{self, signature::normalize_authority, AuthInput, AuthMode, AuthedClient};
@@ -67,6 +68,66 @@ fn authority(session: &Session) -> Result<String, GatewayError> {
     }
 }
 
+/// Read a whole request body of at most `limit` bytes within `timeout` (answering
+/// `Expect: 100-continue` first); `too_big` is the error past the limit.
+pub(super) async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    timeout: std::time::Duration,
+    expects_continue: bool,
+    too_big: GatewayError,
+) -> Result<BytesMut, GatewayError> {
+    let mut buf = BytesMut::new();
+    if session.as_downstream_mut().is_body_empty() {
+        return Ok(buf);
+    }
+    if expects_continue {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| GatewayError::bad_request("Client connection failed."))?;
+    }
+    let read = async {
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|_| GatewayError::bad_request("The request body could not be read."))?
+        {
+            if buf.len() + chunk.len() > limit {
+                return Err(too_big);
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| GatewayError::bad_request("The request body was not received in time."))??;
+    Ok(buf)
+}
+
+/// Framing and path checks every request passes first; returns (path, query, method).
+pub(super) fn precheck(
+    session: &Session,
+) -> Result<(String, Option<String>, String), GatewayError> {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        if hygiene::has_cl_and_te(&h1.get_headers_raw_bytes()) {
+            return Err(GatewayError::bad_request(
+                "Content-Length and Transfer-Encoding together are refused.",
+            ));
+        }
+    }
+    let req = session.req_header();
+    let path = req.uri.path().to_string();
+    hygiene::check_path(&path)
+        .map_err(|d| GatewayError::bad_request("The request path is not allowed.").detail(d))?;
+    Ok((
+        path,
+        req.uri.query().map(str::to_string),
+        req.method.as_str().to_string(),
+    ))
+}
+
 /// The client's address (the peer, or the forwarded address behind a trusted proxy).
 fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
     let peer = session
@@ -120,20 +181,7 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<(), GatewayError> {
         let rt = ctx.rt.clone();
-        if let Some(h1) = session.as_downstream().as_http1() {
-            if hygiene::has_cl_and_te(&h1.get_headers_raw_bytes()) {
-                return Err(GatewayError::bad_request(
-                    "Content-Length and Transfer-Encoding together are refused.",
-                ));
-            }
-        }
-        let req = session.req_header();
-        let path = req.uri.path().to_string();
-        let query = req.uri.query().map(str::to_string);
-        let method = req.method.as_str().to_string();
-        hygiene::check_path(&path)
-            .map_err(|d| GatewayError::bad_request("The request path is not allowed.").detail(d))?;
-
+        let (path, query, method) = precheck(session)?;
         let route_idx = rt
             .route_index(&path)
             .ok_or_else(|| GatewayError::new(ErrorCode::NoRoute, "No route matches this path."))?;
@@ -141,6 +189,78 @@ impl Gateway {
         let route = &rt.routes[route_idx];
         ctx.upstream_path = upstream_path(route, &path, query.as_deref());
 
+        let client = self.authenticate_client(session, ctx, &path, query.as_deref(), &method)?;
+        let site = &rt.sites[client.site];
+        if site
+            .routes
+            .as_ref()
+            .is_some_and(|r| !r.contains(&route.prefix))
+        {
+            return Err(GatewayError::forbidden(
+                "This key is not allowed on this route.",
+            ));
+        }
+        if let Some(claims) = &client.token {
+            if !claims.routes.is_empty() && !claims.routes.contains(&route.prefix) {
+                return Err(GatewayError::forbidden(
+                    "This token is not valid for this route.",
+                ));
+            }
+        }
+        let breaker = &route.upstream.circuit;
+        match breaker.admit(std::time::Instant::now()) {
+            Ok(p) => ctx.circuit = Some(p),
+            Err(wait) => {
+                return Err(GatewayError::new(
+                    ErrorCode::UpstreamUnavailable,
+                    "The provider is unavailable; try again later.",
+                )
+                .retry_after(wait))
+            }
+        }
+        METRICS
+            .circuit_state
+            .with_label_values(&[route.upstream.name.as_str()])
+            .set(breaker.state_code());
+        let now_ms = limits::now_ms();
+        if let Some(tier) = rt.tiers.get(&site.tier) {
+            match self
+                .state
+                .limiter
+                .load()
+                .admit(site.limit_key, tier, now_ms)
+            {
+                Ok(a) => ctx.admission = Some(a),
+                Err(refusal) => return Err(rate_limited(tier, refusal)),
+            }
+        }
+        if let Some(claims) = &client.token {
+            if claims.max > 0 && !self.state.token_uses.admit(&claims.jti, claims.max, now_ms) {
+                METRICS
+                    .rate_limited
+                    .with_label_values(&["token_max_requests"])
+                    .inc();
+                return Err(GatewayError::new(
+                    ErrorCode::RateLimited,
+                    "This token has been used for all its requests.",
+                )
+                .extra("limit", "token_max_requests".into()));
+            }
+        }
+        self.plan_body(session, ctx, &client, &method).await
+    }
+
+    /// Who is calling: per-IP cool-down, then the credentials (counted when they fail),
+    /// then the browser origin. Sets `ctx.client` and `ctx.cors_origin`.
+    pub(super) fn authenticate_client(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        path: &str,
+        query: Option<&str>,
+        method: &str,
+    ) -> Result<AuthedClient, GatewayError> {
+        let rt = ctx.rt.clone();
         let authority = normalize_authority(&authority(session)?, ctx.tls);
         let ip = client_ip(session, &rt);
         ctx.client_ip = Some(ip);
@@ -163,10 +283,10 @@ impl Gateway {
             &self.state.nonces,
             &AuthInput {
                 headers: &session.req_header().headers,
-                method: &method,
+                method,
                 authority: &authority,
-                path: &path,
-                query: query.as_deref(),
+                path,
+                query,
                 now: (now_ms / 1000) as i64,
             },
         );
@@ -187,43 +307,8 @@ impl Gateway {
                 site.id.0
             );
         }
-        if site
-            .routes
-            .as_ref()
-            .is_some_and(|r| !r.contains(&route.prefix))
-        {
-            return Err(GatewayError::forbidden(
-                "This key is not allowed on this route.",
-            ));
-        }
-        let breaker = &route.upstream.circuit;
-        match breaker.admit(std::time::Instant::now()) {
-            Ok(p) => ctx.circuit = Some(p),
-            Err(wait) => {
-                return Err(GatewayError::new(
-                    ErrorCode::UpstreamUnavailable,
-                    "The provider is unavailable; try again later.",
-                )
-                .retry_after(wait))
-            }
-        }
-        METRICS
-            .circuit_state
-            .with_label_values(&[route.upstream.name.as_str()])
-            .set(breaker.state_code());
-        let tier = rt.tiers.get(&site.tier);
-        if let Some(tier) = tier {
-            match self
-                .state
-                .limiter
-                .load()
-                .admit(site.limit_key, tier, now_ms)
-            {
-                Ok(a) => ctx.admission = Some(a),
-                Err(refusal) => return Err(rate_limited(tier, refusal)),
-            }
-        }
-        self.plan_body(session, ctx, &client, &method).await
+        ctx.cors_origin = cors::origin_for(session, site)?;
+        Ok(client)
     }
 
     /// Count a failed authentication (metric, per-IP limit) and return its error.
@@ -299,42 +384,24 @@ impl Gateway {
         // Unknown length is allowed up to the pre-read limit only: beyond it the body
         // could no longer be verified before the upstream sees it.
         let limit = content_length.unwrap_or(max.min(PREREAD_LIMIT));
-        let mut buf = BytesMut::new();
-        if !session.as_downstream_mut().is_body_empty() {
-            session.as_downstream_mut().enable_retry_buffering();
-            if expects_continue {
-                session
-                    .write_continue_response()
-                    .await
-                    .map_err(|_| GatewayError::bad_request("Client connection failed."))?;
-            }
-            let read = async {
-                while let Some(chunk) = session
-                    .read_request_body()
-                    .await
-                    .map_err(|_| GatewayError::bad_request("The request body could not be read."))?
-                {
-                    if buf.len() + chunk.len() > limit {
-                        return Err(if content_length.is_none() && limit < max {
-                            GatewayError::new(
-                                ErrorCode::BodyTooLarge,
-                                format!("Bodies without Content-Length are limited to {PREREAD_LIMIT} bytes."),
-                            )
-                            .close()
-                        } else {
-                            too_large()
-                        });
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                Ok(())
-            };
-            tokio::time::timeout(rt.server.body_timeout, read)
-                .await
-                .map_err(|_| {
-                    GatewayError::bad_request("The request body was not received in time.")
-                })??;
-        }
+        let too_big = if content_length.is_none() && limit < max {
+            GatewayError::new(
+                ErrorCode::BodyTooLarge,
+                format!("Bodies without Content-Length are limited to {PREREAD_LIMIT} bytes."),
+            )
+            .close()
+        } else {
+            too_large()
+        };
+        session.as_downstream_mut().enable_retry_buffering();
+        let buf = read_body(
+            session,
+            limit,
+            rt.server.body_timeout,
+            expects_continue,
+            too_big,
+        )
+        .await?;
         let outcome = self.verify_body(ctx, client, method, session.req_header(), &buf)?;
         ctx.request_bytes = outcome.as_ref().map_or(buf.len(), |b| b.len());
         ctx.body = BodyPlan::Buffered {
@@ -368,6 +435,13 @@ impl Gateway {
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         let outcome = body::check(route, method, &ctx.upstream_path, content_type, body)?;
+        if let (Some(claims), Some(model)) = (&client.token, &outcome.model) {
+            if !claims.models.is_empty() && !claims.models.contains(model) {
+                return Err(GatewayError::forbidden(
+                    "This token is not valid for this model.",
+                ));
+            }
+        }
         ctx.model = outcome.model;
         Ok(outcome.rewritten)
     }

@@ -81,6 +81,8 @@ pub struct Ctx {
     pub upstream_failed: bool,
     /// The circuit breaker's permit for this request.
     pub circuit: Option<Permit>,
+    /// The browser origin allowed for this request (CORS response headers).
+    pub cors_origin: Option<String>,
 }
 
 impl Ctx {
@@ -108,6 +110,7 @@ impl Ctx {
             upstream_status: None,
             upstream_failed: false,
             circuit: None,
+            cors_origin: None,
         }
     }
 

@@ -13,9 +13,11 @@
 
 mod account;
 mod admit;
+mod cors;
 pub mod ctx;
 mod observe;
 pub mod respond;
+mod tokens;
 
 use crate::error::{ErrorCode, GatewayError};
 use crate::state::State;
@@ -88,8 +90,23 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
+        if cors::is_preflight(session) {
+            let resp = cors::preflight(session, &ctx.rt)?;
+            ctx.status = 204;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        let outcome = if session.req_header().uri.path() == tokens::TOKENS_PATH {
+            self.mint_token(session, ctx).await.map(Some)
+        } else {
+            self.admit(session, ctx).await.map(|()| None)
+        };
+        match outcome {
+            Ok(None) => Ok(false),
+            Ok(Some(json)) => {
+                respond::send_json(session, ctx, 200, json).await?;
+                Ok(true)
+            }
             Err(err) => {
                 log::debug!("request {} refused: {err}", ctx.request_id);
                 ctx.error = Some(err.clone());

@@ -22,7 +22,7 @@ pub fn add_standard_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Re
             "max-age=31536000; includeSubDomains",
         )?;
     }
-    Ok(())
+    super::cors::add_headers(resp, ctx.cors_origin.as_deref())
 }
 
 /// `RateLimit-Policy` and `RateLimit` on proxied responses of limited tiers.
@@ -40,28 +40,49 @@ pub fn add_ratelimit_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::R
     Ok(())
 }
 
+/// Write keygate's own JSON response.
+pub async fn send_json(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Vec<u8>,
+) -> pingora::Result<()> {
+    send(session, ctx, status, body, None).await
+}
+
 /// Write `err` as the SPEC §4 JSON error response.
 pub async fn send_error(
     session: &mut Session,
     ctx: &mut Ctx,
     err: &GatewayError,
 ) -> pingora::Result<()> {
-    let status = err.code.status();
-    ctx.status = status;
     let body = err.body(&ctx.request_id);
+    send(session, ctx, err.code.status(), body, Some(err)).await
+}
+
+async fn send(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    status: u16,
+    body: Vec<u8>,
+    err: Option<&GatewayError>,
+) -> pingora::Result<()> {
+    ctx.status = status;
     let mut resp = ResponseHeader::build(status, Some(8))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
-    if let Some(ra) = err.retry_after {
-        resp.insert_header("retry-after", crate::limits::ceil_secs(ra).to_string())?;
-    }
-    for (name, value) in err.extras.iter().flat_map(|x| x.headers.iter()) {
-        resp.insert_header(*name, value.as_str())?;
-    }
     add_standard_headers(&mut resp, ctx)?;
-    if err.close {
-        session.set_keepalive(None);
-        resp.insert_header("connection", "close")?;
+    if let Some(err) = err {
+        if let Some(ra) = err.retry_after {
+            resp.insert_header("retry-after", crate::limits::ceil_secs(ra).to_string())?;
+        }
+        for (name, value) in err.extras.iter().flat_map(|x| x.headers.iter()) {
+            resp.insert_header(*name, value.as_str())?;
+        }
+        if err.close {
+            session.set_keepalive(None);
+            resp.insert_header("connection", "close")?;
+        }
     }
     session.write_response_header(Box::new(resp), false).await?;
     session

@@ -252,6 +252,37 @@ impl Limiter {
     }
 }
 
+/// Uses of browser tokens with `max_requests`, counted by token id in a sketch (bounded;
+/// it can only overcount, so a token never gets more than its uses). Tokens live at most a
+/// day, so the previous and current day windows together hold all of a token's uses.
+pub struct TokenUses {
+    window: SlidingWindow,
+    hasher: ahash::RandomState,
+}
+
+impl Default for TokenUses {
+    fn default() -> Self {
+        TokenUses {
+            window: SlidingWindow::new(DAY, 1 << 16),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+}
+
+impl TokenUses {
+    /// Count one use of token `jti`; false (and not counted) when it has no uses left.
+    pub fn admit(&self, jti: &str, max: u64, now_ms: u64) -> bool {
+        let key = self.hasher.hash_one(jti);
+        let c = self.window.add(key, 1, now_ms);
+        if (c.prev.max(0) + c.curr.max(0)) as u64 > max {
+            self.window.add(key, -1, now_ms);
+            false
+        } else {
+            true
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

@@ -266,6 +266,10 @@ impl Gateway {
         ] {
             std::fs::write(dir.path().join(name), format!("{v}\n")).unwrap();
         }
+        for id in ["k1", "k2"] {
+            let key = keygate::config::secret::MasterKey::generate_base64();
+            std::fs::write(dir.path().join(format!("{id}.master")), key.as_str()).unwrap();
+        }
         let port = free_port();
         let tls_port = free_port();
         let admin_port = free_port();
@@ -289,6 +293,9 @@ server:
   grace_period_s: 1
   graceful_shutdown_timeout_s: 3
 {server_extra}
+master_keys:
+  - {{ id: k1, source: "file:{d}/k1.master" }}
+  - {{ id: k2, source: "file:{d}/k2.master" }}
 upstreams:
   openai:
     kind: openai
@@ -316,6 +323,7 @@ tiers:
 sites:
   - id: alpha
     tier: free
+    cors_origins: ["https://shop.example"]
     keys:
       - {{ id: alpha.k1, auth: hmac, secret: "file:{d}/alpha.secret" }}
       - {{ id: alpha.sdk, auth: bearer, hash: "sha256:{bearer_hash}" }}
@@ -323,6 +331,7 @@ sites:
   - id: beta
     tier: other
     routes: ["/anthropic/"]
+    cors_origins: ["https://other.example"]
     keys:
       - {{ id: beta.k1, auth: hmac, secret: "file:{d}/beta.secret" }}
 "#,

@@ -1,0 +1,66 @@
+//! CORS for browser clients: preflights are answered by keygate from the sites'
+//! `cors_origins`; actual requests carry `Access-Control-Allow-Origin` only for an origin
+//! of the authenticated site, never with credentials, always with `Vary: Origin`.
+
+use crate::config::{Runtime, Site};
+use crate::error::GatewayError;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
+const ALLOW_HEADERS: &str =
+    "authorization, content-type, x-request-id, x-api-key, x-goog-api-key, anthropic-version";
+const EXPOSE_HEADERS: &str = "x-request-id, retry-after, ratelimit, ratelimit-policy";
+
+fn origin(session: &Session) -> Option<String> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(|o| o.trim().to_ascii_lowercase())
+}
+
+/// Is this a CORS preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`)?
+pub fn is_preflight(session: &Session) -> bool {
+    let req = session.req_header();
+    req.method == http::Method::OPTIONS
+        && req.headers.contains_key(http::header::ORIGIN)
+        && req
+            .headers
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The preflight answer: 204, with CORS headers only for an origin some site allows.
+pub fn preflight(session: &Session, rt: &Runtime) -> pingora::Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(204, Some(8))?;
+    resp.insert_header("vary", "Origin")?;
+    if let Some(o) = origin(session).filter(|o| rt.cors_origins.contains(o)) {
+        resp.insert_header("access-control-allow-origin", o)?;
+        resp.insert_header("access-control-allow-methods", ALLOW_METHODS)?;
+        resp.insert_header("access-control-allow-headers", ALLOW_HEADERS)?;
+        resp.insert_header("access-control-max-age", "600")?;
+    }
+    Ok(resp)
+}
+
+/// For a request with an `Origin`: the origin when `site` allows it, else 403.
+pub fn origin_for(session: &Session, site: &Site) -> Result<Option<String>, GatewayError> {
+    match origin(session) {
+        None => Ok(None),
+        Some(o) if site.cors_origins.contains(&o) => Ok(Some(o)),
+        Some(_) => Err(GatewayError::forbidden(
+            "This origin is not allowed for this site.",
+        )),
+    }
+}
+
+/// Response headers for an allowed origin.
+pub fn add_headers(resp: &mut ResponseHeader, origin: Option<&str>) -> pingora::Result<()> {
+    if let Some(o) = origin {
+        resp.insert_header("access-control-allow-origin", o)?;
+        resp.insert_header("access-control-expose-headers", EXPOSE_HEADERS)?;
+        resp.append_header("vary", "Origin")?;
+    }
+    Ok(())
+}

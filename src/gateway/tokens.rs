@@ -1,0 +1,107 @@
+//! `POST /keygate/v1/tokens`: a site's backend, signing with `keygate-v1`, mints a
+//! short-lived browser token scoped to routes, models and a number of requests.
+
+use super::admit::{precheck, read_body};
+use super::ctx::Ctx;
+use super::Gateway;
+use crate::auth::token::Claims;
+use crate::auth::{self, AuthMode};
+use crate::error::{ErrorCode, GatewayError};
+use crate::request::body::parse_strict;
+use pingora::proxy::Session;
+use serde::Deserialize;
+
+/// The minting endpoint's path.
+pub const TOKENS_PATH: &str = "/keygate/v1/tokens";
+const MAX_MINT_BODY: usize = 16 * 1024;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    ttl_s: Option<u64>,
+    routes: Option<Vec<String>>,
+    models: Option<Vec<String>>,
+    max_requests: Option<u64>,
+}
+
+impl Gateway {
+    /// Mint a token; returns the JSON answer.
+    pub(super) async fn mint_token(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<Vec<u8>, GatewayError> {
+        let rt = ctx.rt.clone();
+        let (path, query, method) = precheck(session)?;
+        if method != "POST" {
+            return Err(GatewayError::bad_request("Tokens are minted with POST."));
+        }
+        let client = self.authenticate_client(session, ctx, &path, query.as_deref(), &method)?;
+        if client.mode != AuthMode::Hmac {
+            return Err(GatewayError::forbidden(
+                "Tokens are minted only with a keygate-v1 signature; a token cannot mint tokens.",
+            ));
+        }
+        let too_big =
+            GatewayError::new(ErrorCode::BodyTooLarge, "The token request is too large.").close();
+        let body = read_body(
+            session,
+            MAX_MINT_BODY,
+            rt.server.body_timeout,
+            false,
+            too_big,
+        )
+        .await?;
+        if let Err(f) = auth::check_body_digest(&client, &body) {
+            return Err(f.to_error());
+        }
+        let req: MintRequest = if body.is_empty() {
+            MintRequest::default()
+        } else {
+            let v = parse_strict(&body)
+                .map_err(|_| GatewayError::bad_request("The token request is not valid JSON."))?;
+            serde_json::from_value(v).map_err(|e| {
+                GatewayError::bad_request("The token request has unknown or mistyped fields.")
+                    .detail(e.to_string())
+            })?
+        };
+        let site = &rt.sites[client.site];
+        let routes = req.routes.unwrap_or_default();
+        for r in &routes {
+            let known = rt.routes.iter().any(|x| &x.prefix == r);
+            let allowed = site.routes.as_ref().is_none_or(|s| s.contains(r));
+            if !known || !allowed {
+                return Err(GatewayError::forbidden(format!(
+                    "Route \"{}\" is not available to this site.",
+                    r.chars().take(100).collect::<String>()
+                )));
+            }
+        }
+        if rt.tokens.current.is_none() {
+            return Err(GatewayError::forbidden(
+                "Browser tokens need master_keys in the gateway's config.",
+            ));
+        }
+        let max_ttl = rt.token_max_ttl.as_secs();
+        let ttl = req.ttl_s.unwrap_or(max_ttl).clamp(1, max_ttl);
+        let exp = (crate::limits::now_ms() / 1000) as i64 + ttl as i64;
+        let claims = Claims {
+            kid: String::new(),
+            site: site.id.0.clone(),
+            key: client.key_id.0.clone(),
+            exp,
+            routes,
+            models: req.models.unwrap_or_default(),
+            max: req.max_requests.unwrap_or(0),
+            jti: crate::auth::signature::random_nonce(),
+        };
+        let token = rt.tokens.mint(claims).ok_or_else(|| {
+            GatewayError::new(ErrorCode::Internal, "The token could not be minted.")
+        })?;
+        ctx.status = 200;
+        Ok(
+            serde_json::to_vec(&serde_json::json!({"token": token, "expires_at": exp}))
+                .unwrap_or_default(),
+        )
+    }
+}

@@ -1,0 +1,260 @@
+//! Browser clients: short-lived tokens minted by a site's backend, and CORS.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+const CHAT: &str = "/openai/v1/chat/completions";
+const TOKENS: &str = "/keygate/v1/tokens";
+
+async fn mint(gw: &Gateway, body: &str) -> String {
+    let r = gw.call("alpha.k1", "POST", TOKENS, body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let j = r.json();
+    assert!(j["expires_at"].as_i64().unwrap() > now());
+    j["token"].as_str().unwrap().to_string()
+}
+
+async fn with_token(
+    gw: &Gateway,
+    token: &str,
+    path: &str,
+    body: Option<&str>,
+    origin: Option<&str>,
+) -> Resp {
+    let mut h = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    if let Some(o) = origin {
+        h.push(("origin".into(), o.into()));
+    }
+    let method = if body.is_some() { "POST" } else { "GET" };
+    send(
+        &client(),
+        method,
+        &gw.url(path),
+        &h,
+        body.map(|b| b.as_bytes().to_vec()),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_token_works_in_scope_and_expires() {
+    let gw = Gateway::start();
+    let token = mint(
+        &gw,
+        r#"{"ttl_s": 2, "routes": ["/openai/"], "models": ["gpt-4o-mini"]}"#,
+    )
+    .await;
+    assert!(token.starts_with("kgt_"));
+    let ok = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+    let r = with_token(&gw, &token, CHAT, Some(ok), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Another model (allowed by the route, not by the token): 403.
+    let other_model = r#"{"model":"gpt-4o","messages":[]}"#;
+    let r = with_token(&gw, &token, CHAT, Some(other_model), None).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    // Another route: 403.
+    let r = with_token(&gw, &token, "/anthropic/v1/models", None, None).await;
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    // The token is the site's, not the provider's: the provider sees its own key.
+    assert_eq!(
+        gw.mock.last()["headers"]["authorization"],
+        format!("Bearer {}", gw.secrets.provider)
+    );
+    assert!(!gw.mock.last()["headers"].to_string().contains(&token));
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = with_token(&gw, &token, CHAT, Some(ok), None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (401, "stale_request"),
+        "{}",
+        r.body
+    );
+    assert_eq!(gw.mock.count(), 1);
+}
+
+#[tokio::test]
+async fn tampered_tokens_and_tokens_minting_tokens_fail() {
+    let gw = Gateway::start();
+    let token = mint(&gw, r#"{"ttl_s": 60, "max_requests": 100}"#).await;
+    // Raise max_requests by editing the claims: the MAC no longer matches.
+    let (payload, mac) = token.trim_start_matches("kgt_").split_once('.').unwrap();
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims = String::from_utf8(b64.decode(payload).unwrap())
+        .unwrap()
+        .replace("\"max\":100", "\"max\":100000");
+    let forged = format!("kgt_{}.{mac}", b64.encode(claims));
+    let r = with_token(&gw, &forged, "/openai/v1/models", None, None).await;
+    assert_eq!((r.status, r.code().as_str()), (401, "unauthenticated"));
+    // A token cannot mint tokens.
+    let r = with_token(&gw, &token, TOKENS, Some("{}"), None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.body
+    );
+    // Neither can a bearer key.
+    let h = vec![(
+        "authorization".to_string(),
+        format!("Bearer {}", gw.secrets.bearer),
+    )];
+    let r = send(&client(), "POST", &gw.url(TOKENS), &h, Some(b"{}".to_vec())).await;
+    assert_eq!(r.status, 403);
+    // The TTL is capped by tokens.max_ttl_s (300 by default).
+    let r = gw
+        .call("alpha.k1", "POST", TOKENS, r#"{"ttl_s": 86400}"#)
+        .await;
+    assert!(r.json()["expires_at"].as_i64().unwrap() <= now() + 301);
+    // Unknown fields are refused.
+    assert_eq!(
+        gw.call("alpha.k1", "POST", TOKENS, r#"{"ttl": 5}"#)
+            .await
+            .status,
+        400
+    );
+}
+
+#[tokio::test]
+async fn max_requests_holds() {
+    let gw = Gateway::start();
+    let token = mint(&gw, r#"{"max_requests": 2}"#).await;
+    let statuses: Vec<u16> = futures::future::join_all(
+        (0..4).map(|_| with_token(&gw, &token, "/openai/v1/models", None, None)),
+    )
+    .await
+    .iter()
+    .map(|r| r.status)
+    .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(gw.mock.count(), 2);
+}
+
+#[tokio::test]
+async fn cors_preflight_and_origins() {
+    let gw = Gateway::start();
+    let preflight = |origin: &'static str| {
+        let url = gw.url(CHAT);
+        async move {
+            client()
+                .request(reqwest::Method::OPTIONS, url)
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization, content-type",
+                )
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = preflight("https://shop.example").await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert!(r.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .contains("authorization"));
+    assert!(r
+        .headers()
+        .get("access-control-allow-credentials")
+        .is_none());
+    assert_eq!(r.headers()["vary"], "Origin");
+    let r = preflight("https://evil.example").await;
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(gw.mock.count(), 0, "preflights never reach the provider");
+
+    let token = mint(&gw, "{}").await;
+    let r = with_token(
+        &gw,
+        &token,
+        "/openai/v1/models",
+        None,
+        Some("https://shop.example"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert!(r
+        .headers
+        .get_all("vary")
+        .iter()
+        .any(|v| v.to_str().unwrap().contains("Origin")));
+    // beta's origin is not alpha's: refused.
+    let r = with_token(
+        &gw,
+        &token,
+        "/openai/v1/models",
+        None,
+        Some("https://other.example"),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    let r = with_token(
+        &gw,
+        &token,
+        "/openai/v1/models",
+        None,
+        Some("https://evil.example"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(gw.mock.count(), 1);
+}
+
+#[tokio::test]
+async fn tokens_minted_under_the_previous_key_stay_valid() {
+    let gw = Gateway::start();
+    let old = mint(&gw, r#"{"ttl_s": 120}"#).await;
+    // Mint new tokens under k2; k1 stays listed until old tokens expire.
+    gw.reload_with(|t| t + "tokens: { max_ttl_s: 120, key: k2 }\n");
+    let new = mint(&gw, "{}").await;
+    for t in [&old, &new] {
+        assert_eq!(
+            with_token(&gw, t, "/openai/v1/models", None, None)
+                .await
+                .status,
+            200
+        );
+    }
+    // Once k1 is removed, its tokens die.
+    gw.reload_with(|t| {
+        t.lines()
+            .filter(|l| !l.contains("id: k1,"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    });
+    assert_eq!(
+        with_token(&gw, &old, "/openai/v1/models", None, None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        with_token(&gw, &new, "/openai/v1/models", None, None)
+            .await
+            .status,
+        200
+    );
+}
