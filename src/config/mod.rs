@@ -306,6 +306,9 @@ pub struct ServerSettings {
     pub body_timeout: Duration,
     /// Peers allowed to set `X-Forwarded-For`.
     pub trusted_proxies: Vec<Cidr>,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+    pub keepalive_timeout: Duration,
     pub auth_failure_limit: Option<AuthFailureLimit>,
 }
 
@@ -321,6 +324,8 @@ pub struct ProcessSettings {
     pub graceful_shutdown_timeout_s: u64,
     pub nonce_store_capacity: usize,
     pub upstream_keepalive_pool_size: usize,
+    /// Requests per client connection (`None`: unlimited).
+    pub keepalive_requests: Option<u32>,
     /// `log.audit_path`; `None` writes audit lines to stdout.
     pub audit_path: Option<String>,
 }
@@ -956,6 +961,23 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
             "must be between 1024 and 100000000",
         );
     }
+    if s.max_header_bytes
+        .is_some_and(|n| !(1024..=1_048_575).contains(&n))
+    {
+        errs.push(
+            "server.max_header_bytes",
+            "must be between 1024 and 1048575",
+        );
+    }
+    if s.max_headers.is_some_and(|n| !(8..=256).contains(&n)) {
+        errs.push("server.max_headers", "must be between 8 and 256");
+    }
+    if s.keepalive_timeout_s.is_some_and(|n| n == 0 || n > 3600) {
+        errs.push("server.keepalive_timeout_s", "must be between 1 and 3600");
+    }
+    if s.keepalive_requests == Some(0) {
+        errs.push("server.keepalive_requests", "must be at least 1");
+    }
     let body_timeout = s.body_timeout_ms.unwrap_or(30_000);
     if body_timeout == 0 {
         errs.push("server.body_timeout_ms", "must be at least 1");
@@ -969,6 +991,9 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
             body_timeout: Duration::from_millis(body_timeout),
             trusted_proxies,
             auth_failure_limit,
+            max_header_bytes: s.max_header_bytes.unwrap_or(32 * 1024),
+            max_headers: s.max_headers.unwrap_or(100),
+            keepalive_timeout: Duration::from_secs(s.keepalive_timeout_s.unwrap_or(60)),
         },
         ProcessSettings {
             listeners,
@@ -987,6 +1012,7 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
             nonce_store_capacity: nonce_cap,
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(256),
             audit_path: None,
+            keepalive_requests: s.keepalive_requests,
         },
     )
 }

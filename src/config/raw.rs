@@ -43,6 +43,13 @@ pub struct RawServer {
     pub nonce_store_capacity: Option<usize>,
     /// Time allowed to receive a request body.
     pub body_timeout_ms: Option<u64>,
+    /// Largest request header block (bytes) and most header fields accepted.
+    pub max_header_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    /// Idle time allowed between requests on a kept-alive client connection.
+    pub keepalive_timeout_s: Option<u64>,
+    /// Requests served on one client connection before it is closed.
+    pub keepalive_requests: Option<u32>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub grace_period_s: Option<u64>,

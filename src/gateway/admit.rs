@@ -109,15 +109,35 @@ pub(super) async fn read_body(
 /// Framing and path checks every request passes first; returns (path, query, method).
 pub(super) fn precheck(
     session: &Session,
+    rt: &Runtime,
 ) -> Result<(String, Option<String>, String), GatewayError> {
     if let Some(h1) = session.as_downstream().as_http1() {
-        if hygiene::has_cl_and_te(&h1.get_headers_raw_bytes()) {
+        let raw = h1.get_headers_raw_bytes();
+        if raw.len() > rt.server.max_header_bytes {
+            return Err(GatewayError::bad_request(
+                "The request headers are too large.",
+            ));
+        }
+        if hygiene::has_cl_and_te(&raw) {
             return Err(GatewayError::bad_request(
                 "Content-Length and Transfer-Encoding together are refused.",
             ));
         }
     }
     let req = session.req_header();
+    if req.headers.len() > rt.server.max_headers {
+        return Err(GatewayError::bad_request(
+            "The request has too many header fields.",
+        ));
+    }
+    // Only plain `chunked`: anything else is framing another hop could read differently.
+    for te in req.headers.get_all(http::header::TRANSFER_ENCODING) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err(GatewayError::bad_request(
+                "Only \"Transfer-Encoding: chunked\" is accepted.",
+            ));
+        }
+    }
     let path = req.uri.path().to_string();
     hygiene::check_path(&path)
         .map_err(|d| GatewayError::bad_request("The request path is not allowed.").detail(d))?;
@@ -181,7 +201,7 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<(), GatewayError> {
         let rt = ctx.rt.clone();
-        let (path, query, method) = precheck(session)?;
+        let (path, query, method) = precheck(session, &rt)?;
         let route_idx = rt
             .route_index(&path)
             .ok_or_else(|| GatewayError::new(ErrorCode::NoRoute, "No route matches this path."))?;

@@ -44,6 +44,8 @@ pub enum ResponseWatch {
         framer: SseFramer,
         text: Tail,
         stopped: bool,
+        /// Upstream chunks dropped since the stream was stopped.
+        dropped_after_stop: u32,
     },
 }
 

@@ -82,6 +82,8 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.request_id = request_id(session);
+        // Idle time allowed before the next request on this connection.
+        session.set_keepalive(Some(ctx.rt.server.keepalive_timeout.as_secs()));
         ctx.tls = session
             .as_downstream()
             .digest()

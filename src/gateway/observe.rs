@@ -84,6 +84,7 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
             framer: SseFramer::new(DEFAULT_MAX_EVENT),
             text: Tail::default(),
             stopped: false,
+            dropped_after_stop: 0,
         }
     } else if empty {
         ResponseWatch::None
@@ -138,8 +139,27 @@ pub fn chunk(
             framer,
             text,
             stopped,
+            dropped_after_stop,
         } => {
+            let limit = ctx
+                .route()
+                .map_or(usize::MAX, |r| r.upstream.max_response_bytes);
             if *stopped {
+                // The client has its error event; further upstream data is dropped, and an
+                // upstream that keeps sending is cut off. Pingora writes response chunks in
+                // batches of at most 4 and drops a batch whose filter fails, so abort only
+                // well after the batch that carried the error event.
+                *dropped_after_stop += 1;
+                if *dropped_after_stop > 16 {
+                    Err(GatewayError::upstream("The provider's stream was stopped."))
+                } else {
+                    Ok(())
+                }
+            } else if ctx.response_bytes > limit {
+                // An endless stream is bounded like any body: end it with an error event.
+                *stopped = true;
+                let _ = reject(ctx, Rejection::TooLarge);
+                *body = Some(Bytes::from(validate::error_event(&ctx.request_id)));
                 Ok(())
             } else {
                 let out = sse_chunk(&data, framer, text, stopped, ctx);

@@ -32,7 +32,7 @@ impl Gateway {
         ctx: &mut Ctx,
     ) -> Result<Vec<u8>, GatewayError> {
         let rt = ctx.rt.clone();
-        let (path, query, method) = precheck(session)?;
+        let (path, query, method) = precheck(session, &rt)?;
         if method != "POST" {
             return Err(GatewayError::bad_request("Tokens are minted with POST."));
         }

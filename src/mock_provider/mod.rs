@@ -272,6 +272,25 @@ async fn handle(
                 "<html>gateway error page</html>",
             ))
         }
+        "endless_stream" => {
+            // Events forever (until the client or keygate stops reading).
+            let chunk = format!("data: {}\n\n", openai_chat("m", &"x".repeat(1000)));
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+            tokio::spawn(async move {
+                while tx
+                    .send(Ok(Frame::data(Bytes::from(chunk.clone()))))
+                    .await
+                    .is_ok()
+                {}
+            });
+            return Ok(Response::builder()
+                .status(200)
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                )))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())));
+        }
         "huge" => {
             let filler = "x".repeat(12 * 1024 * 1024);
             return Ok(json_response(

@@ -1,0 +1,214 @@
+//! The adversarial battery: hostile framing, paths, headers and bodies against the real
+//! binary. Each case states its exact outcome, and the mock provider must receive
+//! nothing from any of them.
+
+mod common;
+
+use common::*;
+
+const CHAT: &str = "/openai/v1/chat/completions";
+const BODY: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+
+/// How a hostile request must end.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Status(u16),
+    /// The connection closed without a response (or with a bare 400 from the HTTP parser).
+    ClosedOr400,
+}
+
+fn outcome_of(resp: &str) -> (Option<u16>, String) {
+    let status = resp
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok());
+    (status, resp.chars().take(300).collect())
+}
+
+/// Signed headers (as lines) for `body` on `path`.
+fn signed_lines(gw: &Gateway, method: &str, path: &str, body: &[u8]) -> String {
+    gw.sign("alpha.k1", &gw.secrets.alpha, method, path, body)
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect()
+}
+
+fn check(gw: &Gateway, name: &str, req: &[u8], expected: Outcome) {
+    let resp = raw(gw.port, req);
+    let (status, head) = outcome_of(&resp);
+    match expected {
+        Outcome::Status(s) => assert_eq!(status, Some(s), "{name}: {head}"),
+        Outcome::ClosedOr400 => assert!(status.is_none() || status == Some(400), "{name}: {head}"),
+    }
+}
+
+#[test]
+fn hostile_framing_is_refused() {
+    let gw = Gateway::start_with(Options {
+        server_extra: "  body_timeout_ms: 1000".into(),
+        ..Options::default()
+    });
+    let host = format!("Host: 127.0.0.1:{}\r\n", gw.port);
+    let len = BODY.len();
+    let chunked = format!("{len:x}\r\n{BODY}\r\n0\r\n\r\n");
+    let cases: Vec<(&str, String, Outcome)> = vec![
+        ("CL then TE", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Content-Length: {len}\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}"), Outcome::Status(400)),
+        ("TE then CL", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Transfer-Encoding: chunked\r\nContent-Length: {len}\r\n\r\n{chunked}"), Outcome::Status(400)),
+        ("duplicate differing CL", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Content-Length: {len}\r\nContent-Length: {}\r\n\r\n{BODY}", len + 1), Outcome::ClosedOr400),
+        ("CL with plus sign", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Content-Length: +{len}\r\n\r\n{BODY}"), Outcome::ClosedOr400),
+        ("TE with trailing space", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Transfer-Encoding: chunked \r\n\r\n{chunked}"), Outcome::Status(400)),
+        ("TE xchunked", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Transfer-Encoding: xchunked\r\n\r\n{chunked}"), Outcome::ClosedOr400),
+        ("TE chunked, identity", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Transfer-Encoding: chunked, identity\r\n\r\n{chunked}"), Outcome::ClosedOr400),
+        ("TE identity, chunked", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Transfer-Encoding: identity, chunked\r\n\r\n{chunked}"), Outcome::Status(400)),
+        ("chunk-size overflow", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n{BODY}\r\n0\r\n\r\n"), Outcome::ClosedOr400),
+        ("obs-fold", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}X-Folded: a\r\n b\r\nContent-Length: {len}\r\n\r\n{BODY}"), Outcome::ClosedOr400),
+        ("CR in a header value", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}X-Bad: a\rb\r\nContent-Length: {len}\r\n\r\n{BODY}"), Outcome::ClosedOr400),
+        ("NUL in a header value", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}X-Bad: a\0b\r\nContent-Length: {len}\r\n\r\n{BODY}"), Outcome::ClosedOr400),
+        ("two Host headers", format!("POST {CHAT} HTTP/1.1\r\n{host}Host: evil.example\r\n{{sig}}Content-Length: {len}\r\n\r\n{BODY}"), Outcome::Status(400)),
+        ("absolute-form with another host", format!("POST http://evil.example{CHAT} HTTP/1.1\r\n{host}{{sig}}Content-Length: {len}\r\n\r\n{BODY}"), Outcome::Status(400)),
+        ("1,000 headers", format!("POST {CHAT} HTTP/1.1\r\n{host}{}{{sig}}Content-Length: {len}\r\n\r\n{BODY}", (0..1000).map(|i| format!("X-H{i}: v\r\n")).collect::<String>()), Outcome::ClosedOr400),
+        ("a 64 KiB header", format!("POST {CHAT} HTTP/1.1\r\n{host}X-Big: {}\r\n{{sig}}Content-Length: {len}\r\n\r\n{BODY}", "a".repeat(64 * 1024)), Outcome::Status(400)),
+        ("truncated body", format!("POST {CHAT} HTTP/1.1\r\n{host}{{sig}}Content-Length: {}\r\n\r\n{}", len, &BODY[..len / 2]), Outcome::ClosedOr400),
+    ];
+    for (name, req, expected) in cases {
+        // A fresh signature (nonce) for each case, so none is refused as a replay.
+        let req = req.replace("{sig}", &signed_lines(&gw, "POST", CHAT, BODY.as_bytes()));
+        check(&gw, name, req.as_bytes(), expected);
+    }
+    assert_eq!(gw.mock.count(), 0);
+    // Bare LF line endings (RFC 9112 §2.2 allows them) parse as the same request.
+    let sig = signed_lines(&gw, "POST", CHAT, BODY.as_bytes()).replace("\r\n", "\n");
+    let req = format!("POST {CHAT} HTTP/1.1\n{}{sig}Content-Length: {len}\nContent-Type: application/json\nConnection: close\n\n{BODY}", host.replace("\r\n", "\n"));
+    check(&gw, "bare LF", req.as_bytes(), Outcome::Status(200));
+    assert_eq!(gw.mock.count(), 1);
+}
+
+#[test]
+fn a_request_hidden_in_a_body_is_never_executed() {
+    let gw = Gateway::start();
+    let host = format!("Host: 127.0.0.1:{}\r\n", gw.port);
+    let hidden = format!(
+        "GET /openai/v1/models HTTP/1.1\r\n{host}Authorization: Bearer {}\r\n\r\n",
+        gw.secrets.bearer
+    );
+    // Refused before its body is read (no signature): the body must not be parsed as the
+    // next request on the connection.
+    let req = format!("POST {CHAT} HTTP/1.1\r\n{host}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{hidden}", hidden.len());
+    let resp = raw(gw.port, req.as_bytes());
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert_eq!(
+        resp.matches("HTTP/1.1 ").count(),
+        1,
+        "a second response: {resp}"
+    );
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[test]
+fn hostile_paths_are_refused() {
+    let gw = Gateway::start();
+    let host = format!("Host: 127.0.0.1:{}\r\n", gw.port);
+    for path in [
+        "/openai/../admin",
+        "/openai/%2e%2e/admin",
+        "/openai%2fv1/models",
+        "/openai/%5cv1/models",
+        "/openai//v1/models",
+        "/openai/v1/models%00",
+        "/openai/%c0%ae%c0%ae/admin",
+    ] {
+        let req = format!(
+            "GET {path} HTTP/1.1\r\n{host}Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            gw.secrets.bearer
+        );
+        check(&gw, path, req.as_bytes(), Outcome::Status(400));
+    }
+    let long = format!("/openai/{}", "a".repeat(10_000));
+    let req = format!("GET {long} HTTP/1.1\r\n{host}Connection: close\r\n\r\n");
+    check(&gw, "very long path", req.as_bytes(), Outcome::Status(400));
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn hostile_signatures_and_bodies_are_refused() {
+    let gw = Gateway::start();
+    // A 1,000-component Signature-Input and a 16-digit created.
+    let comps: String = (0..1000).map(|i| format!("\"x-h{i}\" ")).collect();
+    let mut h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, BODY.as_bytes());
+    h[1].1 = format!("sig1=({comps});created=1;keyid=\"alpha.k1\";alg=\"hmac-sha256\";nonce=\"abcdefghijklmnop\";tag=\"keygate-v1\"");
+    let r = send(&client(), "POST", &gw.url(CHAT), &h, Some(BODY.into())).await;
+    assert_eq!((r.status, r.code().as_str()), (401, "unauthenticated"));
+    let mut h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, BODY.as_bytes());
+    h[1].1 = h[1]
+        .1
+        .replace(&format!("created={}", now()), "created=1767225600000000");
+    let r = send(&client(), "POST", &gw.url(CHAT), &h, Some(BODY.into())).await;
+    assert_eq!(r.status, 401);
+    // Bodies: invalid UTF-8, duplicate keys, 10,000-deep nesting, huge numbers.
+    let deep = format!(
+        "{{\"model\":\"gpt-4o\",\"x\":{}{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    for (name, body) in [
+        (
+            "invalid UTF-8",
+            b"{\"model\":\"gpt-4o\",\"m\":\"\xff\xfe\"}".to_vec(),
+        ),
+        (
+            "duplicate keys",
+            br#"{"model":"gpt-4o","model":"gpt-5-ultra"}"#.to_vec(),
+        ),
+        ("deep nesting", deep.into_bytes()),
+        (
+            "huge number",
+            br#"{"model":"gpt-4o","max_tokens":1e999}"#.to_vec(),
+        ),
+    ] {
+        let h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, &body);
+        let r = send(&client(), "POST", &gw.url(CHAT), &h, Some(body)).await;
+        assert_eq!(
+            (r.status, r.code().as_str()),
+            (400, "bad_request"),
+            "{name}: {}",
+            r.body
+        );
+    }
+    assert_eq!(gw.mock.count(), 0);
+}
+
+#[tokio::test]
+async fn an_endless_stream_is_bounded() {
+    let gw = Gateway::start_with(Options {
+        upstream_extra: "    max_response_bytes: 200000\n".into(),
+        ..Options::default()
+    });
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    let mut h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, body.as_bytes());
+    h.push(("x-mock-mode".into(), "endless_stream".into()));
+    let mut rb = client()
+        .post(gw.url(CHAT))
+        .header("content-type", "application/json")
+        .body(body);
+    for (k, v) in &h {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    let read = async {
+        use futures::StreamExt;
+        let r = rb.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let mut got = Vec::new();
+        let mut stream = r.bytes_stream();
+        // Ends cleanly or with a transfer error: either way it ends.
+        while let Some(Ok(chunk)) = stream.next().await {
+            got.extend_from_slice(&chunk);
+        }
+        got
+    };
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+        .await
+        .expect("the stream ended");
+    let text = String::from_utf8_lossy(&got);
+    assert!(got.len() < 300_000, "{} bytes", got.len());
+    assert!(text.contains("event: error"), "the client was told why");
+}
