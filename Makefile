@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := target/.apt-updated
 
-.PHONY: run test deps build lint fmt certs clean fuzz venv
+.PHONY: run test deps build lint fmt certs clean fuzz venv load
 
 # Build and start the demo: an embedded config and an in-process mock provider.
 run: deps
@@ -20,6 +20,8 @@ test: deps venv
 	else \
 		$(CARGO) test --no-fail-fast; \
 	fi
+	$(CARGO) build --bin keygate
+	load-tests/run.sh --binary target/debug/keygate smoke
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -49,6 +51,12 @@ deps:
 		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && touch $(APT_UPDATED); }; \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$need >/dev/null; \
 	fi
+
+# k6 against a release build: smoke and steady (LOAD_SCENARIOS to choose others:
+# smoke steady ramp stream abuse reload). Exits non-zero when a threshold fails.
+LOAD_SCENARIOS ?= smoke steady
+load: deps venv build
+	load-tests/run.sh --binary target/release/keygate $(LOAD_SCENARIOS)
 
 # Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; stable toolchain via RUSTC_BOOTSTRAP).
 FUZZ_SECONDS ?= 60
