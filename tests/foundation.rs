@@ -154,24 +154,14 @@ async fn forged_or_stale_requests_are_refused_and_nothing_is_forwarded() {
 
     // Stale and future `created`.
     for created in [now() - 1000, now() + 120] {
-        let nonce = keygate::auth::signature::random_nonce();
-        let s = keygate::auth::signature::sign(
-            gw.secrets.alpha.as_bytes(),
-            &keygate::auth::signature::SignRequest {
-                method: "POST",
-                url: &url,
-                body: BODY.as_bytes(),
-                key_id: "alpha.k1",
-                created,
-                nonce: &nonce,
-            },
-        )
-        .unwrap();
-        let h = vec![
-            ("content-digest".into(), s.content_digest),
-            ("signature-input".into(), s.signature_input),
-            ("signature".into(), s.signature),
-        ];
+        let h = sign_at(
+            &gw.secrets.alpha,
+            "alpha.k1",
+            "POST",
+            &url,
+            BODY.as_bytes(),
+            created,
+        );
         let r = send(&c, "POST", &url, &h, Some(BODY.into())).await;
         assert_eq!(
             (r.status, r.code().as_str()),
@@ -208,25 +198,15 @@ async fn forged_or_stale_requests_are_refused_and_nothing_is_forwarded() {
 
     // Foreign @authority: signed for and sent with another Host.
     let foreign_url = CHAT.to_string();
-    let nonce = keygate::auth::signature::random_nonce();
-    let s = keygate::auth::signature::sign(
-        gw.secrets.alpha.as_bytes(),
-        &keygate::auth::signature::SignRequest {
-            method: "POST",
-            url: &format!("http://evil.example.com{foreign_url}"),
-            body: BODY.as_bytes(),
-            key_id: "alpha.k1",
-            created: now(),
-            nonce: &nonce,
-        },
-    )
-    .unwrap();
-    let h = vec![
-        ("content-digest".into(), s.content_digest),
-        ("signature-input".into(), s.signature_input),
-        ("signature".into(), s.signature),
-        ("host".into(), "evil.example.com".into()),
-    ];
+    let mut h = sign_at(
+        &gw.secrets.alpha,
+        "alpha.k1",
+        "POST",
+        &format!("http://evil.example.com{foreign_url}"),
+        BODY.as_bytes(),
+        now(),
+    );
+    h.push(("host".into(), "evil.example.com".into()));
     let r = send(&c, "POST", &url, &h, Some(BODY.into())).await;
     assert_eq!(
         (r.status, r.code().as_str()),

@@ -16,24 +16,12 @@ async fn tls_listener_speaks_h2_and_sets_hsts() {
         .build()
         .unwrap();
     let url = format!("https://localhost:{}/openai/v1/models", gw.tls_port);
-    let nonce = keygate::auth::signature::random_nonce();
-    let h = keygate::auth::signature::sign(
-        gw.secrets.alpha.as_bytes(),
-        &keygate::auth::signature::SignRequest {
-            method: "GET",
-            url: &url,
-            body: b"",
-            key_id: "alpha.k1",
-            created: now(),
-            nonce: &nonce,
-        },
-    )
-    .unwrap();
+    let h = sign_at(&gw.secrets.alpha, "alpha.k1", "GET", &url, b"", now());
     let r = client
         .get(&url)
-        .header("content-digest", h.content_digest)
-        .header("signature-input", h.signature_input)
-        .header("signature", h.signature)
+        .header("content-digest", &h[0].1)
+        .header("signature-input", &h[1].1)
+        .header("signature", &h[2].1)
         .send()
         .await
         .unwrap();
@@ -70,28 +58,14 @@ fn tls_listener_refuses_tls_1_1() {
         tls: true,
         ..Options::default()
     });
-    let out = std::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{}", gw.tls_port),
-            "-tls1_1",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "TLS 1.1 handshake succeeded");
-    let ok = std::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{}", gw.tls_port),
-            "-tls1_2",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(ok.status.success(), "TLS 1.2 handshake failed");
+    assert!(
+        !tls_handshake_ok(gw.tls_port, "-tls1_1"),
+        "TLS 1.1 handshake succeeded"
+    );
+    assert!(
+        tls_handshake_ok(gw.tls_port, "-tls1_2"),
+        "TLS 1.2 handshake failed"
+    );
 }
 
 fn served_leaf_pin(port: u16) -> String {
@@ -128,17 +102,8 @@ fn tls_listener_refuses_tls_1_0() {
         tls: true,
         ..Options::default()
     });
-    let out = std::process::Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{}", gw.tls_port),
-            "-tls1",
-            "-cipher",
-            "DEFAULT@SECLEVEL=0",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "TLS 1.0 handshake succeeded");
+    assert!(
+        !tls_handshake_ok(gw.tls_port, "-tls1"),
+        "TLS 1.0 handshake succeeded"
+    );
 }

@@ -527,7 +527,7 @@ sites:
         send(&client(), method, &self.url(path), &h, body).await
     }
 
-    /// Signed request headers for `alpha.k1` (or another key).
+    /// Signed request headers for `key_id` on `path` of this gateway, created now.
     pub fn sign(
         &self,
         key_id: &str,
@@ -536,25 +536,7 @@ sites:
         path: &str,
         body: &[u8],
     ) -> Vec<(String, String)> {
-        let url = self.url(path);
-        let nonce = signature::random_nonce();
-        let h = signature::sign(
-            secret.as_bytes(),
-            &SignRequest {
-                method,
-                url: &url,
-                body,
-                key_id,
-                created: now(),
-                nonce: &nonce,
-            },
-        )
-        .unwrap();
-        vec![
-            ("content-digest".into(), h.content_digest),
-            ("signature-input".into(), h.signature_input),
-            ("signature".into(), h.signature),
-        ]
+        sign_at(secret, key_id, method, &self.url(path), body, now())
     }
 }
 
@@ -569,6 +551,53 @@ impl Drop for Gateway {
             self.assert_no_secret_in_logs();
         }
     }
+}
+
+/// The three keygate-v1 headers for a request to `url`, with a fresh nonce.
+pub fn sign_at(
+    secret: &str,
+    key_id: &str,
+    method: &str,
+    url: &str,
+    body: &[u8],
+    created: i64,
+) -> Vec<(String, String)> {
+    let nonce = signature::random_nonce();
+    let h = signature::sign(
+        secret.as_bytes(),
+        &SignRequest {
+            method,
+            url,
+            body,
+            key_id,
+            created,
+            nonce: &nonce,
+        },
+    )
+    .unwrap();
+    vec![
+        ("content-digest".into(), h.content_digest),
+        ("signature-input".into(), h.signature_input),
+        ("signature".into(), h.signature),
+    ]
+}
+
+/// Does an `openssl s_client` handshake with TLS `version` (`-tls1`, `-tls1_1`, `-tls1_2`)
+/// succeed? The client is allowed every version (SECLEVEL=0), so only the server refuses.
+pub fn tls_handshake_ok(port: u16, version: &str) -> bool {
+    Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            version,
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// A response as the tests look at it.
