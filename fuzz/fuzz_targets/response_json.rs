@@ -4,6 +4,11 @@ use keygate::response::{usage, validate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
+        let _ = usage::find(&v);
+        let mut t = String::new();
+        validate::event_text(&v, &mut t);
+    }
     for ep in [
         validate::Endpoint::ChatCompletions,
         validate::Endpoint::AnthropicMessages,
@@ -11,10 +16,8 @@ fuzz_target!(|data: &[u8]| {
         validate::Endpoint::Embeddings,
         validate::Endpoint::Other,
     ] {
-        if let Ok(v) = validate::check_json_body(ep, 200, data) {
-            let _ = usage::find(&v);
-            let mut t = String::new();
-            validate::event_text(&v, &mut t);
+        if let Ok(p) = validate::check_json_body(ep, 200, data) {
+            let _ = p.usage();
         }
     }
 });

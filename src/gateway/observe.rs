@@ -174,14 +174,15 @@ pub fn chunk(
 
 fn finish_json(buf: Vec<u8>, body: &mut Option<Bytes>, ctx: &mut Ctx) -> Result<(), GatewayError> {
     let status = ctx.upstream_status.unwrap_or(200);
-    let v = validate::check_json_body(endpoint(ctx), status, &buf).map_err(|r| reject(ctx, r))?;
+    let probe =
+        validate::check_json_body(endpoint(ctx), status, &buf).map_err(|r| reject(ctx, r))?;
     if ctx.rt.scanner.contains(&buf) {
         return Err(reject(ctx, Rejection::SecretEgress));
     }
     if patterns_match(ctx, &buf) {
         return Err(reject(ctx, Rejection::BlockedPattern));
     }
-    ctx.usage = usage::find(&v);
+    ctx.usage = probe.usage();
     *body = Some(Bytes::from(buf));
     Ok(())
 }

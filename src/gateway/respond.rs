@@ -8,6 +8,26 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use std::time::SystemTime;
 
+thread_local! {
+    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+/// The `Date` header value, formatted once per second per thread.
+fn http_date() -> String {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        c.1.clone()
+    })
+}
+
 /// Headers on every response (SPEC §4).
 pub fn add_standard_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
     if !ctx.request_id.is_empty() {
@@ -15,7 +35,7 @@ pub fn add_standard_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Re
     }
     resp.insert_header("x-content-type-options", "nosniff")?;
     resp.insert_header("cache-control", "no-store")?;
-    resp.insert_header("date", httpdate::fmt_http_date(SystemTime::now()))?;
+    resp.insert_header("date", http_date())?;
     if ctx.tls {
         resp.insert_header(
             "strict-transport-security",

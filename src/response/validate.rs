@@ -3,6 +3,7 @@
 //! a stream event carry JSON (or `[DONE]`), and does anything contain a secret.
 
 use crate::config::UpstreamKind;
+use crate::response::probe::{Kind, Probe};
 use aho_corasick::AhoCorasick;
 use serde_json::Value;
 
@@ -91,37 +92,27 @@ impl Endpoint {
     }
 }
 
-fn has_array(v: &Value, k: &str) -> bool {
-    v.get(k).is_some_and(Value::is_array)
-}
-
 /// Does a successful (2xx) JSON body have its endpoint's shape?
-pub fn shape_ok(endpoint: Endpoint, v: &Value) -> bool {
-    if !v.is_object() {
-        return false;
-    }
+pub fn shape_ok(endpoint: Endpoint, p: &Probe) -> bool {
+    let is = |t: &crate::response::probe::Text, v: &str| t.0.as_deref() == Some(v);
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Completions => has_array(v, "choices"),
-        Endpoint::Responses => {
-            has_array(v, "output") || v.get("object").is_some_and(|o| o == "response")
+        Endpoint::ChatCompletions | Endpoint::Completions => p.choices == Kind::Array,
+        Endpoint::Responses => p.output == Kind::Array || is(&p.object, "response"),
+        Endpoint::Embeddings | Endpoint::Models => p.data == Kind::Array,
+        Endpoint::AnthropicMessages => p.content == Kind::Array && is(&p.type_, "message"),
+        Endpoint::GeminiGenerate => {
+            p.candidates == Kind::Array || p.prompt_feedback != Kind::Absent
         }
-        Endpoint::Embeddings | Endpoint::Models => has_array(v, "data"),
-        Endpoint::AnthropicMessages => {
-            has_array(v, "content") && v.get("type").is_some_and(|t| t == "message")
-        }
-        Endpoint::GeminiGenerate => has_array(v, "candidates") || v.get("promptFeedback").is_some(),
         Endpoint::Other => true,
     }
 }
 
-/// Check a complete JSON body. Provider error bodies (status ≥ 400) only need to be JSON.
-pub fn check_json_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Value, Rejection> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| Rejection::InvalidJson)?;
-    if status >= 400 {
-        return Ok(v);
-    }
-    if shape_ok(endpoint, &v) {
-        Ok(v)
+/// Check a complete JSON body (an object). Provider error bodies (status ≥ 400) only
+/// need to be a JSON object; success bodies need their endpoint's shape.
+pub fn check_json_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Probe, Rejection> {
+    let p = Probe::parse(body).ok_or(Rejection::InvalidJson)?;
+    if status >= 400 || shape_ok(endpoint, &p) {
+        Ok(p)
     } else {
         Err(Rejection::Shape)
     }
@@ -258,6 +249,10 @@ mod tests {
         );
         assert!(check_json_body(Endpoint::Embeddings, 200, br#"{"data":[]}"#).is_ok());
         assert!(check_json_body(Endpoint::Other, 200, br#"[1]"#).is_err());
+        assert_eq!(
+            check_json_body(chat, 200, br#"{"choices":{"a":1}}"#).unwrap_err(),
+            Rejection::Shape
+        );
     }
 
     #[test]

@@ -105,36 +105,61 @@ impl AuditLog {
 
     /// Record one finished request. Never a secret, a signature or a body.
     pub fn record(&self, session: &Session, ctx: &Ctx) {
-        let rt = &ctx.rt;
         let client = ctx.client.as_ref();
-        let site = client
-            .and_then(|c| rt.sites.get(c.site))
-            .map(|s| s.id.0.as_str());
-        let route = ctx.route().map(|r| r.prefix.as_str());
-        let upstream = ctx.route().map(|r| r.upstream.name.as_str());
-        let client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
-        let line = serde_json::json!({
-            "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "request_id": ctx.request_id,
-            "site": site,
-            "key_id": client.map(|c| c.key_id.0.as_str()),
-            "route": route,
-            "upstream": upstream,
-            "model": ctx.model,
-            "status": ctx.status,
-            "error_code": ctx.error.as_ref().map(|e| e.code.as_str()),
-            "duration_ms": ctx.started.elapsed().as_secs_f64() * 1000.0,
-            "upstream_ms": ctx.upstream_started.map(|t| t.elapsed().as_secs_f64() * 1000.0),
-            "tokens_in": ctx.usage.map(|u| u.input),
-            "tokens_out": ctx.usage.map(|u| u.output),
-            "tokens_estimated": ctx.usage.map(|u| u.estimated),
-            "client_ip": client_ip,
-            "auth": client.map(|c| c.mode.as_str()),
-            "credential": ctx.credential_id,
-        });
-        self.push(line.to_string());
+        let line = Line {
+            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+            request_id: &ctx.request_id,
+            site: ctx.site().map(|s| s.id.0.as_str()),
+            key_id: client.map(|c| c.key_id.0.as_str()),
+            route: ctx.route().map(|r| r.prefix.as_str()),
+            upstream: ctx.route().map(|r| r.upstream.name.as_str()),
+            model: ctx.model.as_deref(),
+            status: ctx.status,
+            error_code: ctx.error.as_ref().map(|e| e.code.as_str()),
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms: ctx
+                .upstream_started
+                .map(|t| t.elapsed().as_secs_f64() * 1000.0),
+            tokens_in: ctx.usage.map(|u| u.input),
+            tokens_out: ctx.usage.map(|u| u.output),
+            tokens_estimated: ctx.usage.map(|u| u.estimated),
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            auth: client.map(|c| c.mode.as_str()),
+            credential: ctx.credential_id.as_deref(),
+        };
+        // A struct of borrowed fields serialises straight to text (no JSON tree built).
+        if let Ok(text) = serde_json::to_string(&line) {
+            self.push(text);
+        }
     }
+}
+
+/// One audit line (SPEC §6 fields, then keygate's additions).
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    #[serde(serialize_with = "display")]
+    ts: humantime::Rfc3339Timestamp,
+    request_id: &'a str,
+    site: Option<&'a str>,
+    key_id: Option<&'a str>,
+    route: Option<&'a str>,
+    upstream: Option<&'a str>,
+    model: Option<&'a str>,
+    status: u16,
+    error_code: Option<&'static str>,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    tokens_in: Option<u64>,
+    tokens_out: Option<u64>,
+    tokens_estimated: Option<bool>,
+    client_ip: Option<std::net::IpAddr>,
+    auth: Option<&'static str>,
+    credential: Option<&'a str>,
+}
+
+fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
 }

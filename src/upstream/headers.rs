@@ -56,6 +56,19 @@ pub const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
     "x-envoy-upstream-service-time",
 ];
 
+/// Remove the present headers that are on `list` (Pingora's removal is linear in the
+/// header count, so only names that are there are removed).
+fn remove_listed(
+    present: &mut Vec<http::HeaderName>,
+    list: &[&str],
+    mut remove: impl FnMut(&http::HeaderName),
+) {
+    present.dedup();
+    for name in present.iter().filter(|n| list.contains(&n.as_str())) {
+        remove(name);
+    }
+}
+
 /// Rewrite the request for `up`: path, Host, stripped headers, injected credential.
 pub fn prepare_upstream_request(
     req: &mut RequestHeader,
@@ -63,9 +76,13 @@ pub fn prepare_upstream_request(
     credential: &Credential,
     path_and_query: &str,
 ) -> pingora::Result<()> {
-    for h in STRIPPED_REQUEST_HEADERS {
-        req.remove_header(*h);
-    }
+    remove_listed(
+        &mut req.headers.keys().cloned().collect::<Vec<_>>(),
+        STRIPPED_REQUEST_HEADERS,
+        |n| {
+            req.remove_header(n);
+        },
+    );
     let uri: http::Uri = path_and_query.parse().map_err(|_| {
         pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad upstream path")
     })?;
@@ -105,9 +122,13 @@ pub fn strip_key_param(query: &str) -> String {
 
 /// Remove response headers clients must not see.
 pub fn clean_response(resp: &mut ResponseHeader) {
-    for h in STRIPPED_RESPONSE_HEADERS {
-        resp.remove_header(*h);
-    }
+    remove_listed(
+        &mut resp.headers.keys().cloned().collect::<Vec<_>>(),
+        STRIPPED_RESPONSE_HEADERS,
+        |n| {
+            resp.remove_header(n);
+        },
+    );
 }
 
 #[cfg(test)]
