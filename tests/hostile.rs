@@ -212,3 +212,51 @@ async fn an_endless_stream_is_bounded() {
     assert!(got.len() < 300_000, "{} bytes", got.len());
     assert!(text.contains("event: error"), "the client was told why");
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn slowloris_keeps_memory_bounded_and_others_served() {
+    use std::io::Write;
+    let gw = Gateway::start();
+    // Warm up, then measure.
+    assert_eq!(
+        gw.call("alpha.k1", "GET", "/openai/v1/models", "")
+            .await
+            .status,
+        200
+    );
+    let before = rss_kb(gw.pid());
+    // 1,000 connections, each stuck half-way through its request header.
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        write!(s, "POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-{i}: ").unwrap();
+        held.push(s);
+    }
+    for round in 0..3 {
+        for s in held.iter_mut() {
+            let _ = s.write_all(b"a");
+        }
+        // Other clients are served meanwhile.
+        let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+        assert_eq!(r.status, 200, "round {round}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let during = rss_kb(gw.pid());
+    eprintln!("RSS {before} kB before, {during} kB with 1,000 slow connections");
+    assert!(
+        during < before + 200 * 1024,
+        "RSS grew by {} kB",
+        during - before
+    );
+    drop(held);
+    assert_eq!(gw.mock.count(), 4);
+}
