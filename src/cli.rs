@@ -163,11 +163,7 @@ pub fn curl_command(
     if !body.is_empty() {
         cmd.push_str(" -H 'Content-Type: application/json'");
     }
-    for (n, v) in [
-        ("Content-Digest", &h.content_digest),
-        ("Signature-Input", &h.signature_input),
-        ("Signature", &h.signature),
-    ] {
+    for (n, v) in h.pairs() {
         cmd.push_str(&format!(" -H {}", shell_quote(&format!("{n}: {v}"))));
     }
     if !body.is_empty() {
@@ -303,9 +299,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
                     nonce: &nonce,
                 },
             )?;
-            println!("Content-Digest: {}", h.content_digest);
-            println!("Signature-Input: {}", h.signature_input);
-            println!("Signature: {}", h.signature);
+            for (name, value) in h.pairs() {
+                println!("{name}: {value}");
+            }
             Ok(0)
         }
         Cmd::Secret {

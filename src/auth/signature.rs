@@ -306,6 +306,17 @@ pub struct SignedHeaders {
     pub signature: String,
 }
 
+impl SignedHeaders {
+    /// The three headers as (name, value), in the order a client sends them.
+    pub fn pairs(&self) -> [(&'static str, &str); 3] {
+        [
+            ("Content-Digest", &self.content_digest),
+            ("Signature-Input", &self.signature_input),
+            ("Signature", &self.signature),
+        ]
+    }
+}
+
 /// What to sign: a client-side description of one request.
 pub struct SignRequest<'a> {
     pub method: &'a str,

@@ -100,11 +100,18 @@ pub struct RawUpstream {
     pub max_response_bytes: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCredential {
     pub id: String,
     pub secret: String,
+}
+
+// The secret may be a plain literal (`--demo`): `Debug` never shows it.
+impl std::fmt::Debug for RawCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawCredential({}, [REDACTED])", self.id)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,13 +163,19 @@ pub struct RawSite {
     pub keys: Vec<RawKey>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawKey {
     pub id: String,
     pub auth: Option<String>,
     pub secret: Option<String>,
     pub hash: Option<String>,
+}
+
+impl std::fmt::Debug for RawKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawKey({}, {:?}, [REDACTED])", self.id, self.auth)
+    }
 }
 
 #[derive(Debug, Deserialize)]

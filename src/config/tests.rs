@@ -239,6 +239,9 @@ fn all_errors_are_reported_at_once() {
 
 #[test]
 fn debug_output_redacts_secrets() {
+    let raw = format!("{:?}", parse(GOOD).unwrap());
+    assert!(!raw.contains("sk-literal-for-tests"), "{raw}");
+    assert!(!raw.contains("kgs_literal_for_tests"), "{raw}");
     let rt = load_str(GOOD, demo()).unwrap();
     let dbg = format!("{rt:?}");
     assert!(!dbg.contains("sk-literal-for-tests"), "{dbg}");

@@ -6,7 +6,7 @@ use crate::gateway::ctx::Ctx;
 use parking_lot::Mutex;
 use pingora::proxy::Session;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -21,7 +21,6 @@ pub struct AuditLog {
     /// Set on SIGHUP: the writer reopens `path` before its next line (logrotate).
     reopen: Arc<AtomicBool>,
     tx: OnceLock<SyncSender<String>>,
-    dropped: AtomicU64,
 }
 
 fn open(path: &Option<String>) -> Box<dyn Write + Send> {
@@ -48,13 +47,7 @@ impl AuditLog {
             path: Arc::new(Mutex::new(path)),
             reopen: Arc::new(AtomicBool::new(false)),
             tx: OnceLock::new(),
-            dropped: AtomicU64::new(0),
         }
-    }
-
-    /// Lines dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Reopen the log (after logrotate moved it), possibly at a new path.
@@ -97,7 +90,7 @@ impl AuditLog {
         match self.sender().try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                // Counted in `keygate_audit_dropped_total`.
                 super::metrics::METRICS.audit_dropped.inc();
             }
         }

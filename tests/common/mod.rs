@@ -575,11 +575,10 @@ pub fn sign_at(
         },
     )
     .unwrap();
-    vec![
-        ("content-digest".into(), h.content_digest),
-        ("signature-input".into(), h.signature_input),
-        ("signature".into(), h.signature),
-    ]
+    h.pairs()
+        .iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v.to_string()))
+        .collect()
 }
 
 /// Does an `openssl s_client` handshake with TLS `version` (`-tls1`, `-tls1_1`, `-tls1_2`)
