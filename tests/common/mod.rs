@@ -158,6 +158,7 @@ pub struct Gateway {
     pub mock: Mock,
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub max_body_bytes: usize,
     /// Also listen with TLS (certificates from certs/gen-test-certs.sh) on `tls_port`.
@@ -221,6 +222,19 @@ impl Gateway {
     }
 
     pub fn start_with(opts: Options) -> Gateway {
+        // Ports are picked free but may be taken by a parallel test before keygate binds
+        // them; keygate then exits at once, and a fresh set of ports is tried.
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_start(opts.clone()) {
+                Ok(gw) => return gw,
+                Err(logs) => last = logs,
+            }
+        }
+        panic!("keygate did not start:\n{last}");
+    }
+
+    fn try_start(opts: Options) -> Result<Gateway, String> {
         let dir = tempfile::tempdir().unwrap();
         if opts.tls || opts.mock_tls.is_some() {
             gen_certs(&dir.path().join("certs"));
@@ -357,7 +371,7 @@ sites:
             .stderr(log)
             .spawn()
             .expect("start keygate");
-        let gw = Gateway {
+        let mut gw = Gateway {
             child: Some(child),
             port,
             tls_port,
@@ -366,19 +380,23 @@ sites:
             secrets,
             mock,
         };
-        gw.wait_ready();
-        gw
+        gw.wait_ready()?;
+        Ok(gw)
     }
 
-    fn wait_ready(&self) {
+    /// Wait until keygate listens; `Err(logs)` if it exits or never listens.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+                return Ok(());
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                return Err(self.logs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("keygate did not start:\n{}", self.logs());
+        Err(self.logs())
     }
 
     /// Rewrite the config file and send SIGHUP; waits until the reload was logged.
