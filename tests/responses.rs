@@ -169,8 +169,7 @@ async fn stream_passes_event_by_event_and_is_charged() {
     );
     let text = String::from_utf8(all).unwrap();
     assert!(text.ends_with("data: [DONE]\n\n"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let audit = gw.audit_lines();
+    let audit = gw.audit_lines_at_least(1);
     assert_eq!(audit[0]["tokens_out"], 9);
     assert_eq!(audit[0]["tokens_estimated"], false);
 }

@@ -23,36 +23,13 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
         .request_duration
         .with_label_values(&[route.as_str()])
         .observe(ctx.started.elapsed().as_secs_f64());
-    if let (Some(up), Some(t)) = (
-        ctx.route().map(|r| r.upstream.clone()),
-        ctx.upstream_started,
-    ) {
+    if let (Some(route), Some(t)) = (ctx.route(), ctx.upstream_started) {
         METRICS
             .upstream_duration
-            .with_label_values(&[up.name.as_str()])
+            .with_label_values(&[route.upstream.name.as_str()])
             .observe(t.elapsed().as_secs_f64());
-        // Tokens are charged for every answer the provider produced.
-        if ctx.status > 0 && ctx.status < 500 {
-            let usage = ctx
-                .usage
-                .unwrap_or_else(|| Usage::estimate(ctx.request_bytes, ctx.response_bytes));
-            ctx.usage = Some(usage);
-            METRICS
-                .tokens_total
-                .with_label_values(&[up.name.as_str(), "in"])
-                .inc_by(usage.input);
-            METRICS
-                .tokens_total
-                .with_label_values(&[up.name.as_str(), "out"])
-                .inc_by(usage.output);
-            if let Some(site) = ctx.site() {
-                state
-                    .limiter
-                    .load()
-                    .charge_tokens(site.limit_key, usage.total(), limits::now_ms());
-            }
-        }
     }
+    charge_tokens(state, ctx);
     if let (Some(permit), Some(route)) = (ctx.circuit, ctx.route()) {
         let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
             Outcome::Failure
@@ -69,4 +46,35 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
             .set(breaker.state_code());
     }
     state.audit.record(session, ctx);
+}
+
+/// Charge the site's token budget, once per request, for every answer the provider produced:
+/// from the response's body filter as the body ends (before the client has the last byte, so
+/// the site's next request already meets the new total), or from `finish` for answers that
+/// ended any other way. Missing usage is estimated from the bytes.
+pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
+    if ctx.charged || ctx.upstream_started.is_none() || !(1..500).contains(&ctx.status) {
+        return;
+    }
+    let Some(route) = ctx.route() else { return };
+    let upstream = route.upstream.name.clone();
+    ctx.charged = true;
+    let usage = ctx
+        .usage
+        .unwrap_or_else(|| Usage::estimate(ctx.request_bytes, ctx.response_bytes));
+    ctx.usage = Some(usage);
+    METRICS
+        .tokens_total
+        .with_label_values(&[upstream.as_str(), "in"])
+        .inc_by(usage.input);
+    METRICS
+        .tokens_total
+        .with_label_values(&[upstream.as_str(), "out"])
+        .inc_by(usage.output);
+    if let Some(site) = ctx.site() {
+        state
+            .limiter
+            .load()
+            .charge_tokens(site.limit_key, usage.total(), limits::now_ms());
+    }
 }

@@ -77,6 +77,8 @@ pub struct Ctx {
     pub response: ResponseWatch,
     pub response_bytes: usize,
     pub usage: Option<Usage>,
+    /// The site's token budget has been charged for this request.
+    pub charged: bool,
     /// The status the upstream answered with.
     pub upstream_status: Option<u16>,
     /// The upstream failed (connect, timeout, TLS, pin): counts against its circuit.
@@ -109,6 +111,7 @@ impl Ctx {
             response: ResponseWatch::None,
             response_bytes: 0,
             usage: None,
+            charged: false,
             upstream_status: None,
             upstream_failed: false,
             circuit: None,

@@ -279,6 +279,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<Option<std::time::Duration>> {
         observe::chunk(body, end_of_stream, ctx).map_err(|e| Self::abort(ctx, e))?;
+        if end_of_stream {
+            account::charge_tokens(&self.state, ctx);
+        }
         Ok(None)
     }
 

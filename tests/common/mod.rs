@@ -18,6 +18,19 @@ pub fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// Poll `probe` until it yields, for up to 5 s. Metrics and audit lines are written by the
+/// `logging` hook, which runs after the client already has its answer.
+pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -518,6 +531,14 @@ sites:
     }
 
     /// The audit log lines (JSON objects on stdout), parsed.
+    /// The audit lines, once there are at least `n`.
+    pub fn audit_lines_at_least(&self, n: usize) -> Vec<Value> {
+        eventually(&format!("{n} audit lines"), || {
+            let lines = self.audit_lines();
+            (lines.len() >= n).then_some(lines)
+        })
+    }
+
     pub fn audit_lines(&self) -> Vec<Value> {
         self.logs()
             .lines()
