@@ -67,13 +67,16 @@ bench: deps venv
 	$(CARGO) build --release --bin keygate --example bare_proxy
 	bench/run.sh
 
-# Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; stable toolchain via RUSTC_BOOTSTRAP).
+# Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; stable toolchain via RUSTC_BOOTSTRAP),
+# seeded with fuzz/regressions/<target>/. A crash lands in fuzz/artifacts/<target>/: fix it and
+# move the input to fuzz/regressions/<target>/, where `cargo test` replays it.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := sse_framer response_json signature_headers request_body request_path
+FUZZ_TARGETS := sse_framer response_json signature_headers request_body request_path config_yaml
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \
 		echo "== fuzz $$t ($(FUZZ_SECONDS)s)"; \
+		mkdir -p fuzz/corpus/$$t; cp -n fuzz/regressions/$$t/* fuzz/corpus/$$t/ 2>/dev/null; \
 		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
 	done
 

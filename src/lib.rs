@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub mod mock_provider;

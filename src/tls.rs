@@ -31,12 +31,15 @@ impl CertKey {
     /// Load and check a PEM chain and key (they must match).
     pub fn load(cert: &std::path::Path, key: &std::path::Path) -> Result<CertKey, (bool, String)> {
         let chain = crate::upstream::pinning::load_pem_chain(cert).map_err(|e| (true, e))?;
-        let pem = zeroize::Zeroizing::new(std::fs::read(key).map_err(|e| {
-            (
-                false,
-                format!("cannot read {}: {}", key.display(), e.kind()),
-            )
-        })?);
+        let pem = zeroize::Zeroizing::new(
+            crate::config::read_file_bounded(key, crate::config::MAX_REFERENCED_FILE_BYTES)
+                .map_err(|e| {
+                    (
+                        false,
+                        format!("cannot read {}: {}", key.display(), e.kind()),
+                    )
+                })?,
+        );
         let key_parsed = PKey::private_key_from_pem(&pem)
             .map_err(|_| (false, format!("{} is not a PEM private key", key.display())))?;
         let matches = chain[0]

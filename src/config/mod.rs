@@ -378,14 +378,41 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
 }
 
+/// Largest config file accepted.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+/// Largest certificate, key or secret file a config may name.
+pub const MAX_REFERENCED_FILE_BYTES: u64 = 1 << 20;
+
+/// Read a whole file, refusing one larger than `limit` bytes (a config naming
+/// `/dev/zero` or a huge file must fail, not exhaust memory).
+pub fn read_file_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
 /// Load and validate a config file.
 pub fn load_file(path: &Path, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            path: String::new(),
-            message: format!("cannot read {}: {e}", path.display()),
-        }])
-    })?;
+    let text = read_file_bounded(path, MAX_CONFIG_BYTES)
+        .and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
+        })
+        .map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
     load_str(&text, opts)
 }
 

@@ -137,9 +137,15 @@ pub fn read_source(value: &str) -> Result<Option<Zeroizing<String>>, String> {
         };
     }
     if let Some(path) = value.strip_prefix("file:") {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {path}: {}", e.kind()))?;
-        let text = Zeroizing::new(text);
+        let bytes = Zeroizing::new(
+            super::read_file_bounded(path.as_ref(), super::MAX_REFERENCED_FILE_BYTES)
+                .map_err(|e| format!("cannot read {path}: {}", e.kind()))?,
+        );
+        let text = Zeroizing::new(
+            std::str::from_utf8(&bytes)
+                .map_err(|_| format!("{path} is not UTF-8 text"))?
+                .to_string(),
+        );
         let trimmed = text.trim_end_matches(['\n', '\r']);
         if trimmed.is_empty() {
             return Err(format!("{path} is empty"));

@@ -261,3 +261,18 @@ fn longest_prefix_wins_at_segment_boundaries() {
     assert_eq!(rt.route_for("/open/x").unwrap().prefix, "/open");
     assert!(rt.route_for("/openx").is_none());
 }
+
+#[test]
+fn endless_secret_file_is_refused_not_read_forever() {
+    assert_error(
+        "secret: \"kgs_literal_for_tests_0000000000\"",
+        "secret: \"file:/dev/zero\"",
+        "sites[0].keys[0].secret: cannot read /dev/zero: file too large",
+    );
+}
+
+#[test]
+fn oversized_config_file_is_refused() {
+    let err = load_file(Path::new("/dev/zero"), demo()).err().unwrap();
+    assert!(err.to_string().contains("larger than"), "{err}");
+}
