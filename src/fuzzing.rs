@@ -8,8 +8,11 @@ use crate::request::hygiene;
 use crate::response::sse::SseFramer;
 use crate::response::{usage, validate};
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as listed in `fuzz/Cargo.toml` and the Makefile.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("sse_framer", sse_framer),
     ("response_json", response_json),
     ("signature_headers", signature_headers),
