@@ -1,6 +1,7 @@
 //! `keygate serve`: build the Pingora server from a validated runtime and run it.
 
 use crate::config::{self, LoadOptions, Runtime};
+use crate::edge::EdgeApp;
 use crate::gateway::Gateway;
 use crate::reload::Reloader;
 use crate::state::State;
@@ -8,6 +9,7 @@ use crate::telemetry::admin::AdminApp;
 use crate::tls::ReloadableCert;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
+use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -36,6 +38,23 @@ pub fn pingora_conf(rt: &Runtime, daemon: bool) -> ServerConf {
     }
 }
 
+/// HTTP/2 limits for client connections: Pingora's bounded defaults, keygate's stream
+/// and header caps, and a tight budget for streams reset before they were served (the
+/// "rapid reset" attack, CVE-2023-44487): past it the connection gets GOAWAY.
+fn h2_options(&(max_streams, max_header_bytes): &(u32, usize)) -> H2Options {
+    let mut o = default_h2_options();
+    o.max_concurrent_streams(max_streams)
+        .max_header_list_size(max_header_bytes as u32)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS));
+    o
+}
+
+/// Streams a client may reset before keygate accepted them, at one time.
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams keygate may reset for a client's protocol errors before closing the connection.
+const H2_MAX_LOCAL_RESETS: usize = 256;
+
 /// Load the config (or the demo), start everything, never return on success.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let rt = if opts.demo {
@@ -60,6 +79,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let listeners = rt.process.listeners.clone();
     let admin_listen = rt.process.admin_listen;
     let keepalive_requests = rt.process.keepalive_requests;
+    let h2 = (
+        rt.process.h2_max_concurrent_streams,
+        rt.server.max_header_bytes,
+    );
     let conf = pingora_conf(&rt, opts.daemon);
     let state = State::new(rt);
 
@@ -72,15 +95,17 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     server.bootstrap();
 
     let gateway = Gateway::new(state.clone());
-    let mut proxy =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, gateway, "keygate");
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     if let Some(n) = keepalive_requests {
         let mut opts = pingora::apps::HttpServerOptions::default();
         opts.keepalive_request_limit = Some(n);
-        if let Some(app) = proxy.app_logic_mut() {
-            app.server_options = Some(opts);
-        }
+        proxy.server_options = Some(opts);
     }
+    proxy.h2_options = Some(h2_options(&h2));
+    let mut proxy = pingora::services::listening::Service::new(
+        "keygate".into(),
+        EdgeApp::new(proxy, state.clone()),
+    );
     for l in &listeners {
         let addr = l.addr.to_string();
         match &l.tls {

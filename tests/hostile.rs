@@ -225,7 +225,12 @@ fn rss_kb(pid: u32) -> u64 {
 #[tokio::test]
 async fn slowloris_keeps_memory_bounded_and_others_served() {
     use std::io::Write;
-    let gw = Gateway::start();
+    // One address may hold 1,000 connections here (the default cap is 256); the header
+    // deadline is what must clear them.
+    let gw = Gateway::start_with(Options {
+        server_extra: "  max_connections_per_ip: 2000\n  header_timeout_ms: 3000".into(),
+        ..Options::default()
+    });
     // Warm up, then measure.
     assert_eq!(
         gw.call("alpha.k1", "GET", "/openai/v1/models", "")
@@ -257,6 +262,251 @@ async fn slowloris_keeps_memory_bounded_and_others_served() {
         "RSS grew by {} kB",
         during - before
     );
-    drop(held);
+    // At the header deadline every stuck connection is closed by keygate.
+    let open = eventually("stuck connections closed", || {
+        let open = gw.metric("keygate_connections_open")?;
+        (open < 10.0).then_some(open)
+    });
+    eprintln!("{open} connections open after the header deadline");
+    for s in held.iter_mut().take(10) {
+        let _ = s.write_all(b"a");
+        assert!(closed_within(s, std::time::Duration::from_secs(1)).is_some());
+    }
     assert_eq!(gw.mock.count(), 4);
+}
+
+/// Read until the peer closes; `None` if it is still open after `limit`.
+fn closed_within(s: &mut std::net::TcpStream, limit: std::time::Duration) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    s.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while start.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some(out),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_header_sent_one_byte_at_a_time_is_cut_at_the_header_deadline() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let gw = Gateway::start_with(Options {
+        server_extra: "  header_timeout_ms: 1000".into(),
+        ..Options::default()
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let start = Instant::now();
+    let header = format!(
+        "GET /openai/v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(100)
+    );
+    // One byte every 50 ms: each read is quick (Pingora's per-read timeout never fires),
+    // the whole header would take 8 s.
+    let mut closed = None;
+    for b in header.as_bytes() {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        if let Some(out) = closed_within(&mut s, Duration::from_millis(50)) {
+            closed = Some(out);
+            break;
+        }
+    }
+    let out = closed.or_else(|| closed_within(&mut s, Duration::from_secs(3)));
+    let took = start.elapsed();
+    assert!(out.is_some(), "connection still open after {took:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    assert_eq!(gw.mock.count(), 0);
+
+    // The deadline is per request: a kept-alive connection may idle past it between
+    // requests (the keep-alive timeout governs that), then send a prompt header.
+    let mut k = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let req = "GET /nowhere HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    k.write_all(req.as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    k.write_all(req.as_bytes()).unwrap();
+    k.shutdown(std::net::Shutdown::Write).unwrap();
+    let out = closed_within(&mut k, Duration::from_secs(5)).unwrap();
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 404").count(), 2, "{text}");
+}
+
+#[tokio::test]
+async fn connection_caps_close_extra_connections_and_free_slots_on_close() {
+    use std::time::Duration;
+    let gw = Gateway::start_with(Options {
+        server_extra: "  max_connections: 5\n  max_connections_per_ip: 3".into(),
+        ..Options::default()
+    });
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], gw.port).into();
+    // std cannot pick the source address; tokio's socket can.
+    async fn open(ip: [u8; 4], to: std::net::SocketAddr) -> std::net::TcpStream {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind((ip, 0).into()).unwrap();
+        let s = sock.connect(to).await.unwrap().into_std().unwrap();
+        s.set_nonblocking(false).unwrap();
+        s
+    }
+    // Give each connection time to be accepted and counted, in order.
+    async fn open_counted(ip: [u8; 4], to: std::net::SocketAddr) -> std::net::TcpStream {
+        let s = open(ip, to).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s
+    }
+    let still_open =
+        |s: &mut std::net::TcpStream| closed_within(s, Duration::from_millis(300)).is_none();
+
+    let mut local: Vec<_> = Vec::new();
+    for _ in 0..3 {
+        local.push(open_counted([127, 0, 0, 1], addr).await);
+    }
+    let mut fourth = open_counted([127, 0, 0, 1], addr).await;
+    assert!(
+        !still_open(&mut fourth),
+        "a 4th connection from one address must be closed"
+    );
+    let mut other = vec![
+        open_counted([127, 0, 0, 2], addr).await,
+        open_counted([127, 0, 0, 2], addr).await,
+    ];
+    let mut sixth = open_counted([127, 0, 0, 3], addr).await;
+    assert!(
+        !still_open(&mut sixth),
+        "a 6th connection in all must be closed"
+    );
+    for s in local.iter_mut().chain(other.iter_mut()) {
+        assert!(still_open(s), "connections under the caps stay open");
+    }
+    assert_eq!(
+        gw.metric("keygate_connections_refused_total{cap=\"per_ip\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        gw.metric("keygate_connections_refused_total{cap=\"global\"}"),
+        Some(1.0)
+    );
+    assert_eq!(gw.metric("keygate_connections_open"), Some(5.0));
+
+    // Closing connections frees their slots: a signed request goes through again.
+    drop(local);
+    eventually("slots freed", || {
+        (gw.metric("keygate_connections_open") == Some(2.0)).then_some(())
+    });
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(r.status, 200);
+    drop(other);
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_closes_the_attacker_and_spares_other_clients() {
+    use openssl::ssl::{SslConnector, SslMethod};
+    let gw = Gateway::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let ca = gw.dir.path().join("certs/ca.crt");
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_ca_file(&ca).unwrap();
+    b.set_alpn_protos(b"\x02h2").unwrap();
+    let ssl = b
+        .build()
+        .configure()
+        .unwrap()
+        .into_ssl("localhost")
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.tls_port))
+        .await
+        .unwrap();
+    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
+    std::pin::Pin::new(&mut tls).connect().await.unwrap();
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    let (mut h2, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+
+    // Open streams and reset each at once, as fast as the client allows.
+    let url = format!(
+        "https://localhost:{}/openai/v1/chat/completions",
+        gw.tls_port
+    );
+    let mut sent = 0;
+    for _ in 0..5000 {
+        let Ok(ready) = h2.clone().ready().await else {
+            break;
+        };
+        h2 = ready;
+        let req = http::Request::post(&url).body(()).unwrap();
+        match h2.send_request(req, false) {
+            Ok((_resp, mut body)) => {
+                body.send_reset(h2::Reason::CANCEL);
+                sent += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // The attacker's connection ends (GOAWAY / closed) well before 5,000 resets…
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    eprintln!("rapid reset: {sent} streams opened and reset; connection ended: {ended:?}");
+    // (The client queues all its frames before the server reacts; what matters is that
+    // the server ends the connection instead of serving resets forever.)
+    assert!(
+        matches!(ended, Ok(Ok(Err(_)))),
+        "the attacking connection was not closed by keygate: {ended:?}"
+    );
+    // …and other clients are served.
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.mock.count(), 1);
+}
+
+#[tokio::test]
+async fn a_body_sent_one_byte_at_a_time_is_cut_at_the_body_deadline() {
+    use std::io::Write;
+    use std::time::{Duration, Instant};
+    let gw = Gateway::start_with(Options {
+        server_extra: "  body_timeout_ms: 1000".into(),
+        ..Options::default()
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}Content-Length: {}\r\n\r\n",
+        gw.port,
+        signed_lines(&gw, "POST", CHAT, BODY.as_bytes()),
+        BODY.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let start = Instant::now();
+    let mut out = None;
+    for b in BODY.as_bytes() {
+        if s.write_all(&[*b]).is_err() {
+            break;
+        }
+        if let Some(o) = closed_within(&mut s, Duration::from_millis(100)) {
+            out = Some(o);
+            break;
+        }
+    }
+    let took = start.elapsed();
+    let out = out.expect("connection still open after the whole slow body");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("not received in time"), "{text}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}"
+    );
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(gw.mock.count(), 1);
 }

@@ -310,6 +310,13 @@ pub struct ServerSettings {
     pub max_headers: usize,
     pub keepalive_timeout: Duration,
     pub auth_failure_limit: Option<AuthFailureLimit>,
+    /// Deadline for a whole HTTP/1 request header block, from the connection's start
+    /// (first request) or the request's first byte (later ones).
+    pub header_timeout: Duration,
+    /// Open client connections allowed in total, and per socket peer address
+    /// (peers in `trusted_proxies` are exempt from the per-address cap).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 /// Process-level settings that only apply at start (listeners, threads, Pingora's own conf).
@@ -326,6 +333,8 @@ pub struct ProcessSettings {
     pub upstream_keepalive_pool_size: usize,
     /// Requests per client connection (`None`: unlimited).
     pub keepalive_requests: Option<u32>,
+    /// Concurrent streams per HTTP/2 client connection.
+    pub h2_max_concurrent_streams: u32,
     /// `log.audit_path`; `None` writes audit lines to stdout.
     pub audit_path: Option<String>,
 }
@@ -1009,6 +1018,28 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
     if body_timeout == 0 {
         errs.push("server.body_timeout_ms", "must be at least 1");
     }
+    let header_timeout = s.header_timeout_ms.unwrap_or(10_000);
+    if !(100..=300_000).contains(&header_timeout) {
+        errs.push("server.header_timeout_ms", "must be between 100 and 300000");
+    }
+    let max_connections = s.max_connections.unwrap_or(10_000);
+    if !(1..=1_000_000).contains(&max_connections) {
+        errs.push("server.max_connections", "must be between 1 and 1000000");
+    }
+    let max_per_ip = s.max_connections_per_ip.unwrap_or(256);
+    if max_per_ip == 0 || max_per_ip > max_connections {
+        errs.push(
+            "server.max_connections_per_ip",
+            format!("must be between 1 and server.max_connections ({max_connections})"),
+        );
+    }
+    let h2_streams = s.h2_max_concurrent_streams.unwrap_or(100);
+    if !(1..=1000).contains(&h2_streams) {
+        errs.push(
+            "server.h2_max_concurrent_streams",
+            "must be between 1 and 1000",
+        );
+    }
     (
         ServerSettings {
             hostnames,
@@ -1021,6 +1052,9 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
             max_header_bytes: s.max_header_bytes.unwrap_or(32 * 1024),
             max_headers: s.max_headers.unwrap_or(100),
             keepalive_timeout: Duration::from_secs(s.keepalive_timeout_s.unwrap_or(60)),
+            header_timeout: Duration::from_millis(header_timeout),
+            max_connections,
+            max_connections_per_ip: max_per_ip,
         },
         ProcessSettings {
             listeners,
@@ -1040,6 +1074,7 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
             upstream_keepalive_pool_size: s.upstream_keepalive_pool_size.unwrap_or(256),
             audit_path: None,
             keepalive_requests: s.keepalive_requests,
+            h2_max_concurrent_streams: h2_streams,
         },
     )
 }

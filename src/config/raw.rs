@@ -50,6 +50,13 @@ pub struct RawServer {
     pub keepalive_timeout_s: Option<u64>,
     /// Requests served on one client connection before it is closed.
     pub keepalive_requests: Option<u32>,
+    /// Time allowed to send a whole request header block (HTTP/1).
+    pub header_timeout_ms: Option<u64>,
+    /// Open client connections allowed, in total and per client address.
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    /// Concurrent streams per HTTP/2 connection.
+    pub h2_max_concurrent_streams: Option<u32>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
     pub grace_period_s: Option<u64>,

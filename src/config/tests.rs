@@ -276,3 +276,20 @@ fn oversized_config_file_is_refused() {
     let err = load_file(Path::new("/dev/zero"), demo()).err().unwrap();
     assert!(err.to_string().contains("larger than"), "{err}");
 }
+
+#[test]
+fn connection_limits_are_checked_and_named() {
+    let with = |line: &str| GOOD.replacen("  hostnames:", &format!("  {line}\n  hostnames:"), 1);
+    let errs = |line: &str| match load_str(&with(line), demo()) {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    };
+    assert!(errs("header_timeout_ms: 0").contains("server.header_timeout_ms: must be between"));
+    assert!(errs("max_connections: 0").contains("server.max_connections: must be between"));
+    assert!(errs("max_connections_per_ip: 0").contains("server.max_connections_per_ip"));
+    assert!(errs("h2_max_concurrent_streams: 0").contains("server.h2_max_concurrent_streams"));
+    let rt = load_str(&with("max_connections_per_ip: 3"), demo()).unwrap();
+    assert_eq!(rt.server.max_connections_per_ip, 3);
+    assert_eq!(rt.server.max_connections, 10_000);
+    assert_eq!(rt.server.header_timeout, Duration::from_secs(10));
+}

@@ -32,6 +32,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub audit_dropped: IntCounter,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -40,6 +42,13 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     r.register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -67,13 +76,11 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("{e}"));
         r.register(Box::new(circuit_state.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
-        let config_generation = IntGauge::new(
+        let config_generation = gauge(
+            &r,
             "keygate_config_generation",
             "Generation of the running config",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(config_generation.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        );
         let audit_dropped = IntCounter::new(
             "keygate_audit_dropped_total",
             "Audit lines dropped because the writer fell behind",
@@ -82,6 +89,17 @@ impl Metrics {
         r.register(Box::new(audit_dropped.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
         Metrics {
+            connections_open: gauge(
+                &r,
+                "keygate_connections_open",
+                "Open client connections on the proxy listeners",
+            ),
+            connections_refused: counter(
+                &r,
+                "keygate_connections_refused_total",
+                "Client connections closed at accept by a connection cap",
+                &["cap"],
+            ),
             requests_total: counter(
                 &r,
                 "keygate_requests_total",
@@ -151,6 +169,9 @@ impl Metrics {
 
     /// Create the series a config implies, so every family shows up at zero.
     pub fn init_for(&self, rt: &crate::config::Runtime) {
+        for cap in ["global", "per_ip"] {
+            self.connections_refused.with_label_values(&[cap]);
+        }
         for r in &rt.routes {
             self.requests_total
                 .with_label_values(&[r.prefix.as_str(), "200"]);
