@@ -263,3 +263,26 @@ async fn block_patterns_are_opt_in() {
         r.body
     );
 }
+
+#[tokio::test]
+async fn an_upstream_reset_mid_body_never_passes_as_complete() {
+    let gw = Gateway::start();
+    // A JSON answer cut in half: withheld (502, or the transfer aborts), never half a body.
+    let r = send_mode(&gw, BODY, &[("x-mock-mode", "reset_mid_body")]).await;
+    assert_withheld(&r, "xxxxxxxx");
+    // A stream cut after some events: the events that arrived pass, then the client sees
+    // an `error` event or an aborted transfer (chunked without its last chunk), never a
+    // clean end. (Before the fix, keygate sent SSE close-delimited: a cut looked complete.)
+    let r = send_mode(&gw, STREAM, &[("x-mock-mode", "reset_mid_stream")]).await;
+    match r {
+        Ok(r) => {
+            assert!(r.body.contains("event: error"), "{}", r.body);
+            assert!(!r.body.contains("[DONE]"), "{}", r.body);
+        }
+        Err(e) => assert!(e.contains("body"), "{e}"),
+    }
+    assert_eq!(gw.mock.count(), 2);
+    // keygate is unharmed.
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(r.status, 200);
+}

@@ -79,7 +79,11 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
     }
     ctx.response = if ct.starts_with("text/event-stream") {
         // keygate may end the stream with its own error event: length is not fixed.
+        // Chunked, never close-delimited: a stream cut by the upstream must look cut
+        // to the client (no last chunk), not end cleanly. (Pingora drops the header on h2.)
         resp.remove_header(&http::header::CONTENT_LENGTH);
+        // (A static, valid header value: inserting it cannot fail.)
+        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
         ResponseWatch::Sse {
             framer: SseFramer::new(DEFAULT_MAX_EVENT),
             text: Tail::default(),

@@ -6,7 +6,8 @@
 //! `invalid_json`, `error_500`, `error_429`, `slow` (waits `x-mock-delay-ms`, default
 //! 2000, before answering), `huge` (a 12 MiB JSON body), `echo_credential` (puts the
 //! credential it received into the answer text and a header), `echo_credential_body`
-//! (the text only), `set_cookie` (adds `Set-Cookie` and `Server`), `redirect`, `html`.
+//! (the text only), `set_cookie` (adds `Set-Cookie` and `Server`), `redirect`, `html`,
+//! `reset_mid_body` / `reset_mid_stream` (the connection drops part-way through the body).
 //! Streams wait `x-mock-event-delay-ms` between events. `x-mock-429-key: K` answers
 //! 429 (Retry-After 30) when the credential received is `K`.
 //!
@@ -271,6 +272,32 @@ async fn handle(
                 "text/html",
                 "<html>gateway error page</html>",
             ))
+        }
+        "reset_mid_body" | "reset_mid_stream" => {
+            // Promise a longer body than is sent: hyper aborts the connection part-way,
+            // as a provider that crashes or a middlebox that resets would.
+            let (ctype, body) = if mode == "reset_mid_body" {
+                let v = json!({"id": "chatcmpl-cut", "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": "x".repeat(4000)}}]});
+                ("application/json", v.to_string())
+            } else {
+                let e = format!("data: {}\n\n", openai_chat("m", "partial"));
+                ("text/event-stream", e.repeat(3))
+            };
+            let sent = if mode == "reset_mid_body" {
+                body.len() / 2
+            } else {
+                body.len()
+            };
+            // The pause lets hyper flush what was sent before it aborts.
+            let parts = vec![body[..sent].to_string(), String::new()];
+            let stream = async_stream(parts, Duration::from_millis(200));
+            return Ok(Response::builder()
+                .status(200)
+                .header("content-type", ctype)
+                .header("content-length", body.len() + 4096)
+                .body(BodyExt::boxed(StreamBody::new(stream)))
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed())));
         }
         "endless_stream" => {
             // Events forever (until the client or keygate stops reading).
