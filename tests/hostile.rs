@@ -177,15 +177,14 @@ async fn hostile_signatures_and_bodies_are_refused() {
     assert_eq!(gw.mock.count(), 0);
 }
 
-#[tokio::test]
-async fn an_endless_stream_is_bounded() {
-    let gw = Gateway::start_with(Options {
-        upstream_extra: "    max_response_bytes: 200000\n".into(),
-        ..Options::default()
-    });
+/// Read an endless mock stream through keygate until it ends (at most 10 s).
+async fn read_endless_stream(gw: &Gateway, extra: &[(&str, &str)]) -> Vec<u8> {
     let body = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
     let mut h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, body.as_bytes());
     h.push(("x-mock-mode".into(), "endless_stream".into()));
+    for (k, v) in extra {
+        h.push((k.to_string(), v.to_string()));
+    }
     let mut rb = client()
         .post(gw.url(CHAT))
         .header("content-type", "application/json")
@@ -205,12 +204,46 @@ async fn an_endless_stream_is_bounded() {
         }
         got
     };
-    let got = tokio::time::timeout(std::time::Duration::from_secs(10), read)
+    tokio::time::timeout(std::time::Duration::from_secs(10), read)
         .await
-        .expect("the stream ended");
+        .expect("the stream ended")
+}
+
+#[tokio::test]
+async fn an_endless_stream_is_bounded() {
+    let gw = Gateway::start_with(Options {
+        upstream_extra: "    max_response_bytes: 200000\n".into(),
+        ..Options::default()
+    });
+    let got = read_endless_stream(&gw, &[]).await;
     let text = String::from_utf8_lossy(&got);
     assert!(got.len() < 300_000, "{} bytes", got.len());
     assert!(text.contains("event: error"), "the client was told why");
+}
+
+#[tokio::test]
+async fn a_slow_endless_stream_is_ended_at_the_total_deadline() {
+    let gw = Gateway::start_with(Options {
+        upstream_extra: "    total_timeout_ms: 1500\n".into(),
+        ..Options::default()
+    });
+    // An event every 100 ms: never a gap long enough for the read timeout, never too big.
+    let start = std::time::Instant::now();
+    let got = read_endless_stream(&gw, &[("x-mock-event-delay-ms", "100")]).await;
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("event: error"), "the client was told why");
+    assert!(
+        took >= std::time::Duration::from_millis(1400) && took < std::time::Duration::from_secs(5),
+        "ended after {took:?}"
+    );
+    let series = "keygate_response_rejected_total{reason=\"deadline\",upstream=\"openai\"}";
+    assert_eq!(
+        gw.metric(series),
+        Some(1.0),
+        "{}",
+        gw.admin_get("/metrics").1
+    );
 }
 
 fn rss_kb(pid: u32) -> u64 {

@@ -125,6 +125,9 @@ pub struct Upstream {
     next_credential: AtomicUsize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// From the request's arrival to the answer's last byte (a stream past it is ended
+    /// with an `error` event; a stall between reads is caught by `read_timeout`).
+    pub total_timeout: Duration,
     pub max_response_bytes: usize,
     /// `Host` header value sent upstream (default port omitted).
     pub authority: String,
@@ -1298,6 +1301,13 @@ fn validate_upstream(
             half_open_successes: cb.half_open_successes,
         })
         .unwrap_or_default();
+    let total_ms = u.total_timeout_ms.unwrap_or(600_000);
+    if !(1000..=86_400_000).contains(&total_ms) {
+        errs.push(
+            format!("{p}.total_timeout_ms"),
+            "must be between 1000 and 86400000",
+        );
+    }
     let max_resp = u.max_response_bytes.unwrap_or(8 * 1024 * 1024);
     if max_resp == 0 {
         errs.push(format!("{p}.max_response_bytes"), "must be at least 1");
@@ -1346,6 +1356,7 @@ fn validate_upstream(
         next_credential: AtomicUsize::new(0),
         connect_timeout: Duration::from_millis(connect_ms),
         read_timeout: Duration::from_millis(read_ms),
+        total_timeout: Duration::from_millis(total_ms),
         max_response_bytes: max_resp as usize,
         authority,
     })

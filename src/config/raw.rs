@@ -103,6 +103,7 @@ pub struct RawUpstream {
     pub ca: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub read_timeout_ms: Option<u64>,
+    pub total_timeout_ms: Option<u64>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub max_response_bytes: Option<u64>,
 }

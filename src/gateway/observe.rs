@@ -33,6 +33,13 @@ fn reject(ctx: &Ctx, r: Rejection) -> GatewayError {
         ctx.request_id,
         r.reason()
     );
+    if r == Rejection::Deadline {
+        return GatewayError::new(
+            crate::error::ErrorCode::UpstreamTimeout,
+            "The provider did not answer within the total time allowed.",
+        )
+        .detail(r.reason());
+    }
     let msg = match r {
         Rejection::SecretEgress => {
             "The provider's response was withheld because it contained a secret."
@@ -128,7 +135,12 @@ pub fn chunk(
             Ok(())
         }
         ResponseWatch::Json { buf, limit } => {
-            if buf.len() + data.len() > *limit {
+            if ctx
+                .route()
+                .is_some_and(|r| ctx.started.elapsed() > r.upstream.total_timeout)
+            {
+                Err(reject(ctx, Rejection::Deadline))
+            } else if buf.len() + data.len() > *limit {
                 Err(reject(ctx, Rejection::TooLarge))
             } else {
                 buf.extend_from_slice(&data);
@@ -148,6 +160,7 @@ pub fn chunk(
             let limit = ctx
                 .route()
                 .map_or(usize::MAX, |r| r.upstream.max_response_bytes);
+            let deadline = ctx.route().map(|r| r.upstream.total_timeout);
             if *stopped {
                 // The client has its error event; further upstream data is dropped, and an
                 // upstream that keeps sending is cut off. Pingora writes response chunks in
@@ -159,10 +172,18 @@ pub fn chunk(
                 } else {
                     Ok(())
                 }
-            } else if ctx.response_bytes > limit {
-                // An endless stream is bounded like any body: end it with an error event.
+            } else if ctx.response_bytes > limit
+                || deadline.is_some_and(|d| ctx.started.elapsed() > d)
+            {
+                // An endless stream is bounded like any body, in size and in time: end it
+                // with an error event.
                 *stopped = true;
-                let _ = reject(ctx, Rejection::TooLarge);
+                let why = if ctx.response_bytes > limit {
+                    Rejection::TooLarge
+                } else {
+                    Rejection::Deadline
+                };
+                let _ = reject(ctx, why);
                 *body = Some(Bytes::from(validate::error_event(&ctx.request_id)));
                 Ok(())
             } else {

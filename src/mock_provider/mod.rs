@@ -8,7 +8,7 @@
 //! credential it received into the answer text and a header), `echo_credential_body`
 //! (the text only), `set_cookie` (adds `Set-Cookie` and `Server`), `redirect`, `html`,
 //! `reset_mid_body` / `reset_mid_stream` (the connection drops part-way through the body).
-//! Streams wait `x-mock-event-delay-ms` between events. `x-mock-429-key: K` answers
+//! Streams (endless ones too) wait `x-mock-event-delay-ms` between events. `x-mock-429-key: K` answers
 //! 429 (Retry-After 30) when the credential received is `K`.
 //!
 //! Control endpoints (not recorded): `GET /__mock/requests`, `POST /__mock/reset`.
@@ -308,7 +308,11 @@ async fn handle(
                     .send(Ok(Frame::data(Bytes::from(chunk.clone()))))
                     .await
                     .is_ok()
-                {}
+                {
+                    if !event_delay.is_zero() {
+                        tokio::time::sleep(event_delay).await;
+                    }
+                }
             });
             return Ok(Response::builder()
                 .status(200)

@@ -18,6 +18,8 @@ pub enum Rejection {
     BlockedPattern,
     Redirect,
     InvalidEvent,
+    /// The upstream's `total_timeout_ms` passed mid-answer.
+    Deadline,
 }
 
 impl Rejection {
@@ -31,6 +33,7 @@ impl Rejection {
             Rejection::BlockedPattern => "blocked_pattern",
             Rejection::Redirect => "redirect",
             Rejection::InvalidEvent => "invalid_event",
+            Rejection::Deadline => "deadline",
         }
     }
 
