@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := target/.apt-updated
 
-.PHONY: run test deps build lint fmt certs clean fuzz venv load bench
+.PHONY: run test deps build lint fmt certs clean fuzz venv load bench audit
 
 # Build and start the demo: an embedded config and an in-process mock provider.
 run: deps
@@ -12,7 +12,7 @@ run: deps
 	./target/debug/keygate serve --demo
 
 # Install what the tests need, then run the whole suite.
-test: deps venv
+test: deps venv audit
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -22,6 +22,19 @@ test: deps venv
 	fi
 	$(CARGO) build --bin keygate
 	load-tests/run.sh --binary target/debug/keygate smoke
+
+# Supply chain (deny.toml): licences, bans and sources always; RustSec advisories when the
+# advisory database (a GitHub repository) can be fetched. cargo-deny is built into target/tools.
+DENY := target/tools/bin/cargo-deny
+DENY_VERSION := 0.20.2
+audit:
+	@[ -x $(DENY) ] || $(CARGO) install cargo-deny --locked --version $(DENY_VERSION) --root target/tools
+	$(DENY) check bans licenses sources
+	@if timeout 60 $(DENY) fetch db >/dev/null 2>&1; then \
+		$(DENY) check advisories; \
+	else \
+		echo "audit: RustSec advisory database unreachable (github.com); advisories not checked"; \
+	fi
 
 lint:
 	$(CARGO) fmt --all -- --check
