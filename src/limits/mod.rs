@@ -11,12 +11,16 @@
 //! 4 MiB for 1,000 sites, 64 MiB for 10,000 sites.
 //!
 //! Error: a count-min sketch only overestimates. A counter in one row also holds the
-//! counts of the other keys hashed to it: on average `N / slots` where `N` is all events
-//! in the window, i.e. at most `sites × limit / slots ≤ limit / 16`. A site is refused
-//! early only if that noise exceeds its headroom in all four rows at once. With every
-//! site at half its limit that is (Poisson tail)^4 < 10⁻²⁰ per window at limit 10; with
-//! every site at 90% of its limit it is ≈ 2·10⁻⁵ per site and window (the unit tests
-//! check the first; the second is the documented worst case).
+//! counts of the other sites hashed to the same slot. Sites are few and each may be busy,
+//! so the noise comes in lumps, a whole site's count at a time: a site at fraction `ρ` of
+//! its limit is refused early only if, in every one of the `HASHES` rows, sites whose
+//! counts add up to its headroom `(1 − ρ) × limit` share its slot. With `S` sites and `w`
+//! slots a given other site shares a row's slot with probability `1/w`, so with every site
+//! at half its limit (one colliding site is enough) the chance is about `(S/w)^HASHES`
+//! per site and window: `(1/26)^4 ≈ 2·10⁻⁶` at 10,000 sites (w = 262,144), i.e. about a 2 %
+//! chance per window that *some* site among 10,000 is refused early; at 30 % load it takes
+//! three colliding sites per row and the chance is negligible (< 10⁻¹⁵). Exact per-site
+//! counters (sites are known at load) would remove the error entirely; see issue #3's note.
 
 pub mod ip;
 pub mod window;
