@@ -209,7 +209,9 @@ impl Gateway {
         let route = &rt.routes[route_idx];
         ctx.upstream_path = upstream_path(route, &path, query.as_deref());
 
-        let client = self.authenticate_client(session, ctx, &path, query.as_deref(), &method)?;
+        let client = self
+            .authenticate_client(session, ctx, &path, query.as_deref(), &method)
+            .await?;
         let site = &rt.sites[client.site];
         if site
             .routes
@@ -272,9 +274,9 @@ impl Gateway {
 
     /// Who is calling: per-IP cool-down, then the credentials (counted when they fail),
     /// then the browser origin. Sets `ctx.client` and `ctx.cors_origin`.
-    pub(super) fn authenticate_client(
+    pub(super) async fn authenticate_client(
         &self,
-        session: &Session,
+        session: &mut Session,
         ctx: &mut Ctx,
         path: &str,
         query: Option<&str>,
@@ -298,9 +300,8 @@ impl Gateway {
                 .retry_after(left));
             }
         }
-        let authed = auth::authenticate(
+        let authed = auth::verify(
             &rt,
-            &self.state.nonces,
             &AuthInput {
                 headers: &session.req_header().headers,
                 method,
@@ -310,10 +311,22 @@ impl Gateway {
                 now: (now_ms / 1000) as i64,
             },
         );
-        let client = match authed {
+        let (client, claim) = match authed {
             Ok(c) => c,
             Err(f) => return Err(self.auth_failed(&rt, &ip, &f)),
         };
+        // After the MAC verified: record the nonce (fleet-wide in fleet mode).
+        if let Some(claim) = claim {
+            let now = (now_ms / 1000) as i64;
+            crate::fleet::record_nonce(
+                self.state.fleet.as_deref(),
+                &self.state.nonces,
+                &claim,
+                now,
+            )
+            .await
+            .map_err(|f| self.auth_failed(&rt, &ip, &f))?;
+        }
         let site = &rt.sites[client.site];
         ctx.client = Some(client.clone());
         if client.mode == AuthMode::Legacy {

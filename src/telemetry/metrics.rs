@@ -32,6 +32,9 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub audit_dropped: IntCounter,
+    pub redis_errors: IntCounterVec,
+    pub redis_seconds: HistogramVec,
+    pub redis_up: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -40,6 +43,13 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     r.register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
 }
 
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -67,13 +77,11 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("{e}"));
         r.register(Box::new(circuit_state.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
-        let config_generation = IntGauge::new(
+        let config_generation = gauge(
+            &r,
             "keygate_config_generation",
             "Generation of the running config",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(config_generation.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        );
         let audit_dropped = IntCounter::new(
             "keygate_audit_dropped_total",
             "Audit lines dropped because the writer fell behind",
@@ -81,7 +89,25 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("{e}"));
         r.register(Box::new(audit_dropped.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let redis_up = gauge(
+            &r,
+            "keygate_redis_up",
+            "Fleet mode: 1 while Redis answers, 0 while the fallback policy applies",
+        );
         Metrics {
+            redis_errors: counter(
+                &r,
+                "keygate_redis_errors_total",
+                "Fleet mode: failed or timed-out Redis calls by operation",
+                &["op"],
+            ),
+            redis_seconds: histogram(
+                &r,
+                "keygate_redis_seconds",
+                "Fleet mode: Redis round trips by operation",
+                &["op"],
+            ),
+            redis_up,
             requests_total: counter(
                 &r,
                 "keygate_requests_total",
@@ -200,6 +226,12 @@ impl Metrics {
                 if let Some(site) = rt.sites.get(k.site) {
                     self.legacy_auth.with_label_values(&[site.id.0.as_str()]);
                 }
+            }
+        }
+        if rt.fleet.is_some() {
+            for op in ["nonce", "sync", "ping"] {
+                self.redis_errors.with_label_values(&[op]);
+                self.redis_seconds.with_label_values(&[op]);
             }
         }
         for result in ["ok", "error"] {

@@ -1,0 +1,247 @@
+//! Fleet mode: nodes behind one load balancer share replay protection and limits
+//! through Redis (`fleet.redis`). Without it everything stays process-local.
+//!
+//! - Nonces: one `SET <prefix>n:{<keyid>}:<sha256(nonce)> 1 NX EXAT <window end>` per
+//!   signed request, after the MAC verified ([`Fleet::claim_nonce`]).
+//! - Limits and token budgets: each node counts in its local sketch and syncs deltas
+//!   to Redis in one pipeline every `sync_interval` ([`counters`], [`sync`]).
+//! - Failure: every call is bounded by `timeout_ms`. The first failure marks Redis down;
+//!   the request path then skips Redis (no added latency) and falls back (nonces:
+//!   `fail_closed` or `local`; limits: `1/nodes` of each quota) until the sync task's
+//!   next probe succeeds.
+
+pub mod counters;
+pub mod sync;
+
+use crate::auth::{self, AuthFailure, NonceClaim};
+use crate::config::{FleetSettings, NonceFallback};
+use crate::telemetry::metrics::METRICS;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Nonces accepted locally while Redis was down, written to Redis on recovery (so a
+/// replay to another node after recovery is still refused). Beyond this many, the
+/// oldest are not remembered fleet-wide.
+const PENDING_NONCES_MAX: usize = 100_000;
+
+/// Redis was unreachable, timed out or answered with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisDown;
+
+/// One request to Redis.
+pub enum Req<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+/// The shared handle: settings, the lazily created connection, health, and the
+/// fleet view of the counters.
+pub struct Fleet {
+    pub settings: FleetSettings,
+    conn: OnceLock<ConnectionManager>,
+    up: AtomicBool,
+    pending_nonces: Mutex<Vec<(String, i64)>>,
+    pub counters: counters::FleetCounters,
+}
+
+impl Fleet {
+    pub fn new(settings: FleetSettings) -> Arc<Fleet> {
+        let counters = counters::FleetCounters::new(&settings.key_prefix);
+        Arc::new(Fleet {
+            settings,
+            conn: OnceLock::new(),
+            up: AtomicBool::new(false),
+            pending_nonces: Mutex::new(Vec::new()),
+            counters,
+        })
+    }
+
+    /// Create the connection manager (no connection yet). Must run inside the tokio
+    /// runtime that will drive the connection: the sync service's.
+    pub fn connect_lazily(&self) -> Result<(), String> {
+        let client = redis::Client::open(self.settings.url.expose_secret())
+            .map_err(|_| format!("bad Redis URL {}", self.settings.redacted_url))?;
+        let t = self.settings.timeout;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(t))
+            .set_response_timeout(Some(t))
+            .set_number_of_retries(2)
+            .set_max_delay(std::time::Duration::from_millis(500));
+        let cm = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("Redis {}: {:?}", self.settings.redacted_url, e.kind()))?;
+        let _ = self.conn.set(cm);
+        Ok(())
+    }
+
+    /// Redis answered the last call.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                log::info!(
+                    "fleet: Redis {} reachable; fleet-wide enforcement on",
+                    self.settings.redacted_url
+                );
+            } else {
+                log::warn!(
+                    "fleet: Redis {} unreachable; falling back (nonces: {:?}, limits: 1/{} of each quota)",
+                    self.settings.redacted_url,
+                    self.settings.nonces_when_down,
+                    self.settings.nodes
+                );
+            }
+        }
+        METRICS.redis_up.set(i64::from(up));
+    }
+
+    /// Run one Redis command or pipeline with the configured timeout, timing it under
+    /// `op`. Any error marks Redis down.
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        req: Req<'_>,
+    ) -> Result<T, RedisDown> {
+        let Some(conn) = self.conn.get() else {
+            return Err(RedisDown);
+        };
+        let mut conn = conn.clone();
+        let started = Instant::now();
+        let result = match req {
+            Req::Cmd(c) => {
+                tokio::time::timeout(self.settings.timeout, c.query_async(&mut conn)).await
+            }
+            Req::Pipe(p) => {
+                tokio::time::timeout(self.settings.timeout, p.query_async(&mut conn)).await
+            }
+        };
+        METRICS
+            .redis_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => format!("{:?}", e.kind()),
+            Err(_) => "timeout".to_string(),
+        };
+        log::debug!("fleet: Redis {op} failed: {failure}");
+        METRICS.redis_errors.with_label_values(&[op]).inc();
+        self.set_up(false);
+        Err(RedisDown)
+    }
+
+    /// The Redis key of a nonce: the key id as hash tag, the nonce hashed.
+    pub fn nonce_key(&self, key_id: &str, nonce: &str) -> String {
+        let d = Sha256::digest(nonce.as_bytes());
+        format!(
+            "{}n:{{{}}}:{}",
+            self.settings.key_prefix,
+            key_id,
+            hex::encode(&d[..16])
+        )
+    }
+
+    /// Claim a nonce fleet-wide: `Ok(true)` if it was fresh, `Ok(false)` if any node
+    /// has seen it. One round trip; skipped (`Err`) while Redis is down.
+    pub async fn claim_nonce(&self, claim: &NonceClaim, now: i64) -> Result<bool, RedisDown> {
+        if !self.is_up() {
+            return Err(RedisDown);
+        }
+        let key = self.nonce_key(&claim.key_id, &claim.nonce);
+        // EXAT in the past would drop the key at once: keep it at least a second.
+        let exat = claim.expires_at.max(now + 1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(1).arg("NX").arg("EXAT").arg(exat);
+        let set: Option<String> = self.call("nonce", Req::Cmd(&cmd)).await?;
+        Ok(set.is_some())
+    }
+
+    /// Remember a nonce accepted locally while Redis was down.
+    fn defer_nonce(&self, claim: &NonceClaim) {
+        let mut p = self.pending_nonces.lock();
+        if p.len() < PENDING_NONCES_MAX {
+            p.push((
+                self.nonce_key(&claim.key_id, &claim.nonce),
+                claim.expires_at,
+            ));
+        }
+    }
+
+    /// Probe Redis (PING); marks it up on success.
+    pub async fn probe(&self) -> bool {
+        let ok = self
+            .call::<String>("ping", Req::Cmd(&redis::cmd("PING")))
+            .await
+            .is_ok();
+        if ok {
+            self.set_up(true);
+        }
+        ok
+    }
+
+    /// Write the nonces accepted locally during an outage (NX: a key already there wins).
+    async fn flush_pending_nonces(&self, now: i64) {
+        let pending: Vec<(String, i64)> = std::mem::take(&mut *self.pending_nonces.lock());
+        let live: Vec<_> = pending.into_iter().filter(|(_, e)| *e > now).collect();
+        if live.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (k, exat) in &live {
+            pipe.cmd("SET")
+                .arg(k)
+                .arg(1)
+                .arg("NX")
+                .arg("EXAT")
+                .arg(*exat)
+                .ignore();
+        }
+        let res = self.call::<()>("nonce", Req::Pipe(&pipe)).await;
+        if res.is_err() {
+            // Keep them for the next recovery.
+            let mut p = self.pending_nonces.lock();
+            for e in live {
+                if p.len() < PENDING_NONCES_MAX {
+                    p.push(e);
+                }
+            }
+        }
+    }
+}
+
+/// Record a verified request's nonce: fleet-wide when a fleet is configured and Redis
+/// answers, else by the configured fallback; process-local without a fleet.
+pub async fn record_nonce(
+    fleet: Option<&Fleet>,
+    local: &auth::nonce::NonceStore,
+    claim: &NonceClaim,
+    now: i64,
+) -> Result<(), AuthFailure> {
+    let Some(fleet) = fleet else {
+        return auth::record_local(local, claim, now);
+    };
+    match fleet.claim_nonce(claim, now).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(auth::replayed()),
+        Err(RedisDown) => match fleet.settings.nonces_when_down {
+            NonceFallback::FailClosed => Err(auth::nonce_store_unavailable("redis_down")),
+            NonceFallback::Local { window } => {
+                if claim.created < now - window.as_secs() as i64 {
+                    return Err(auth::stale(
+                        "older than the shortened window while Redis is down",
+                    ));
+                }
+                auth::record_local(local, claim, now)?;
+                fleet.defer_nonce(claim);
+                Ok(())
+            }
+        },
+    }
+}
