@@ -46,6 +46,11 @@ struct Inner {
     /// Deltas in a flush whose totals are not installed yet (kept after a failed flush).
     flushing: HashMap<DeltaKey, i64>,
     views: HashMap<(Counter, u64), View>,
+    /// Everything this node counted in the current and previous windows: sent again
+    /// when Redis comes back without its data.
+    own: HashMap<DeltaKey, i64>,
+    /// The Redis data generation this node's counts went into.
+    generation: Option<String>,
 }
 
 /// This node's side of the fleet counts.
@@ -82,6 +87,7 @@ impl FleetCounters {
         let epoch = epoch_of(counter, now_ms);
         let mut g = self.inner.lock();
         *g.unsynced.entry((counter, site, epoch)).or_default() += n;
+        *g.own.entry((counter, site, epoch)).or_default() += n;
         g.views.entry((counter, site)).or_default().touched_ms = now_ms;
     }
 
@@ -107,6 +113,38 @@ impl FleetCounters {
         (prev, curr)
     }
 
+    /// After an outage: if Redis lost its data (a restart without persistence), the
+    /// deltas alone would undercount, so send this node's whole counts of the live windows
+    /// instead. Detected by a random generation marker each node remembers.
+    pub async fn check_generation(&self, fleet: &Fleet) -> bool {
+        let key = format!("{}generation", self.prefix);
+        let mut fresh = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut fresh);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(hex::encode(fresh))
+            .arg("NX")
+            .ignore();
+        pipe.cmd("GET").arg(&key);
+        let Ok((current,)) = fleet
+            .call::<(Option<String>,)>("sync", Req::Pipe(&pipe))
+            .await
+        else {
+            return false;
+        };
+        let mut g = self.inner.lock();
+        if g.generation.is_some() && g.generation != current {
+            log::warn!(
+                "fleet: Redis lost its data; sending this node's counts of the live windows again"
+            );
+            g.unsynced = g.own.clone();
+            g.flushing.clear();
+        }
+        g.generation = current;
+        true
+    }
+
     /// One sync: flush the deltas and read back the totals of recently served sites,
     /// in one pipeline. On failure the deltas stay for the next attempt.
     pub async fn sync(&self, fleet: &Fleet, now_ms: u64) -> bool {
@@ -118,6 +156,8 @@ impl FleetCounters {
             }
             // Windows older than the previous one no longer count anywhere.
             g.flushing
+                .retain(|(c, _, e), n| *n != 0 && e + 1 >= epoch_of(*c, now_ms));
+            g.own
                 .retain(|(c, _, e), n| *n != 0 && e + 1 >= epoch_of(*c, now_ms));
             g.views
                 .retain(|_, v| v.touched_ms + REFRESH_HORIZON_MS >= now_ms);

@@ -174,16 +174,18 @@ impl Fleet {
         }
     }
 
-    /// Probe Redis (PING); marks it up on success.
-    pub async fn probe(&self) -> bool {
-        let ok = self
-            .call::<String>("ping", Req::Cmd(&redis::cmd("PING")))
-            .await
-            .is_ok();
-        if ok {
-            self.set_up(true);
+    /// While down: probe Redis (PING), re-send counts if it lost its data, then mark it
+    /// up and write back the nonces accepted locally meanwhile. False while still down.
+    pub async fn recover(&self, now_ms: u64) -> bool {
+        let ping = redis::cmd("PING");
+        if self.call::<String>("ping", Req::Cmd(&ping)).await.is_err()
+            || !self.counters.check_generation(self).await
+        {
+            return false;
         }
-        ok
+        self.set_up(true);
+        self.flush_pending_nonces(now_ms as i64 / 1000).await;
+        true
     }
 
     /// Write the nonces accepted locally during an outage (NX: a key already there wins).

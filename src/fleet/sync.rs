@@ -26,11 +26,8 @@ impl BackgroundService for FleetSync {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if !fleet.is_up() {
-                        if !fleet.probe().await {
-                            continue;
-                        }
-                        fleet.flush_pending_nonces(crate::limits::now_ms() as i64 / 1000).await;
+                    if !fleet.is_up() && !fleet.recover(crate::limits::now_ms()).await {
+                        continue;
                     }
                     fleet.counters.sync(fleet, crate::limits::now_ms()).await;
                 }
