@@ -199,6 +199,23 @@ async fn request_accepted_by_one_node_is_refused_as_replayed_by_the_others() {
     // Only the first node's provider ever saw it.
     let seen: Vec<u64> = nodes.iter().map(|n| n.mock.count()).collect();
     assert_eq!(seen, vec![1, 0, 0]);
+    // One signed request fired at every node at once, three times each: one success.
+    let h = sign_fleet(&nodes[0], "GET", MODELS, b"", now());
+    let racing = (0..3 * NODES).map(|i| send_signed(&nodes[i % NODES], &h, "GET", MODELS, ""));
+    let statuses: Vec<u16> = futures::future::join_all(racing)
+        .await
+        .iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        3 * NODES - 1
+    );
     // Every node timed its Redis round trips.
     for n in &nodes {
         assert!(

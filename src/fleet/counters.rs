@@ -53,6 +53,19 @@ struct Inner {
     generation: Option<String>,
 }
 
+impl Inner {
+    /// Drop what can no longer count: windows older than the previous one, and views
+    /// of sites not served for [`REFRESH_HORIZON_MS`].
+    fn prune(&mut self, now_ms: u64) {
+        let live = |(c, _, e): &DeltaKey, n: &mut i64| *n != 0 && e + 1 >= epoch_of(*c, now_ms);
+        self.unsynced.retain(live);
+        self.flushing.retain(live);
+        self.own.retain(live);
+        self.views
+            .retain(|_, v| v.touched_ms + REFRESH_HORIZON_MS >= now_ms);
+    }
+}
+
 /// This node's side of the fleet counts.
 pub struct FleetCounters {
     prefix: String,
@@ -113,6 +126,11 @@ impl FleetCounters {
         (prev, curr)
     }
 
+    /// Bound memory while Redis is down (nothing is flushed then).
+    pub fn prune(&self, now_ms: u64) {
+        self.inner.lock().prune(now_ms);
+    }
+
     /// After an outage: if Redis lost its data (a restart without persistence), the
     /// deltas alone would undercount, so send this node's whole counts of the live windows
     /// instead. Detected by a random generation marker each node remembers.
@@ -154,13 +172,7 @@ impl FleetCounters {
             for (k, n) in unsynced {
                 *g.flushing.entry(k).or_default() += n;
             }
-            // Windows older than the previous one no longer count anywhere.
-            g.flushing
-                .retain(|(c, _, e), n| *n != 0 && e + 1 >= epoch_of(*c, now_ms));
-            g.own
-                .retain(|(c, _, e), n| *n != 0 && e + 1 >= epoch_of(*c, now_ms));
-            g.views
-                .retain(|_, v| v.touched_ms + REFRESH_HORIZON_MS >= now_ms);
+            g.prune(now_ms);
             let flush: Vec<(DeltaKey, i64)> = g.flushing.iter().map(|(k, n)| (*k, *n)).collect();
             let refresh: Vec<(Counter, u64)> = g.views.keys().copied().collect();
             (flush, refresh)

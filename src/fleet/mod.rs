@@ -247,3 +247,79 @@ pub async fn record_nonce(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::nonce::NonceStore;
+    use crate::error::ErrorCode;
+    use std::time::Duration;
+
+    fn fleet(policy: NonceFallback) -> Arc<Fleet> {
+        Fleet::new(FleetSettings {
+            url: "redis://127.0.0.1:1".to_string().into(),
+            redacted_url: "redis://127.0.0.1:1".into(),
+            timeout: Duration::from_millis(50),
+            key_prefix: "kg:".into(),
+            nodes: 3,
+            sync_interval: Duration::from_millis(100),
+            nonces_when_down: policy,
+        })
+    }
+
+    fn claim(nonce: &str, created: i64) -> NonceClaim {
+        NonceClaim {
+            key_id: "site.k1".into(),
+            nonce: nonce.into(),
+            created,
+            expires_at: created + 300,
+        }
+    }
+
+    #[tokio::test]
+    async fn fail_closed_refuses_while_redis_is_down() {
+        let f = fleet(NonceFallback::FailClosed);
+        let local = NonceStore::new(1024);
+        let e = record_nonce(
+            Some(&f),
+            &local,
+            &claim("nonce-aaaaaaaaaaaaaaaa", 1000),
+            1000,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::UpstreamUnavailable);
+        assert!(local.is_empty(), "nothing recorded locally");
+    }
+
+    #[tokio::test]
+    async fn local_fallback_uses_the_shortened_window_and_remembers_for_recovery() {
+        let f = fleet(NonceFallback::Local {
+            window: Duration::from_secs(10),
+        });
+        let local = NonceStore::new(1024);
+        let c = claim("nonce-bbbbbbbbbbbbbbbb", 995);
+        assert!(record_nonce(Some(&f), &local, &c, 1000).await.is_ok());
+        let again = record_nonce(Some(&f), &local, &c, 1001).await.unwrap_err();
+        assert_eq!(again.code, ErrorCode::Replayed);
+        let old = record_nonce(
+            Some(&f),
+            &local,
+            &claim("nonce-cccccccccccccccc", 985),
+            1000,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(old.code, ErrorCode::StaleRequest);
+        assert_eq!(f.pending_nonces.lock().len(), 1, "kept for write-back");
+    }
+
+    #[test]
+    fn nonce_keys_hash_the_nonce_and_tag_the_key_id() {
+        let f = fleet(NonceFallback::FailClosed);
+        let k = f.nonce_key("site.k1", "raw-nonce-value-123");
+        assert!(k.starts_with("kg:n:{site.k1}:"), "{k}");
+        assert!(!k.contains("raw-nonce-value-123"));
+        assert_eq!(k.len(), "kg:n:{site.k1}:".len() + 32);
+    }
+}

@@ -26,10 +26,12 @@ impl BackgroundService for FleetSync {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    if !fleet.is_up() && !fleet.recover(crate::limits::now_ms()).await {
+                    let now_ms = crate::limits::now_ms();
+                    if !fleet.is_up() && !fleet.recover(now_ms).await {
+                        fleet.counters.prune(now_ms);
                         continue;
                     }
-                    fleet.counters.sync(fleet, crate::limits::now_ms()).await;
+                    fleet.counters.sync(fleet, now_ms).await;
                 }
                 _ = shutdown.changed() => return,
             }
