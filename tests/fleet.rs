@@ -202,20 +202,8 @@ async fn request_accepted_by_one_node_is_refused_as_replayed_by_the_others() {
     // One signed request fired at every node at once, three times each: one success.
     let h = sign_fleet(&nodes[0], "GET", MODELS, b"", now());
     let racing = (0..3 * NODES).map(|i| send_signed(&nodes[i % NODES], &h, "GET", MODELS, ""));
-    let statuses: Vec<u16> = futures::future::join_all(racing)
-        .await
-        .iter()
-        .map(|r| r.status)
-        .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        1,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 401).count(),
-        3 * NODES - 1
-    );
+    let counts = tally(racing).await;
+    assert_eq!(counts, [(200, 1), (401, 3 * NODES - 1)].into());
     // Every node timed its Redis round trips.
     for n in &nodes {
         assert!(

@@ -655,6 +655,17 @@ pub fn tls_handshake_ok(port: u16, version: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Await requests sent together; how many answers had each status.
+pub async fn tally(
+    requests: impl IntoIterator<Item = impl std::future::Future<Output = Resp>>,
+) -> std::collections::BTreeMap<u16, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in futures::future::join_all(requests).await {
+        *counts.entry(r.status).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// A response as the tests look at it.
 #[derive(Debug)]
 pub struct Resp {
