@@ -374,5 +374,7 @@ async fn fail_closed_refuses_signed_requests_while_redis_is_down_and_bearer_keys
     }
     assert_eq!(ok, 10, "ceil(30 / 3) while Redis is down");
     assert_eq!(gw.metric("keygate_redis_up"), Some(0.0));
+    // Ready once Redis was tried: an outage is the policy's business, not the balancer's.
+    assert_eq!(gw.admin_get("/readyz").0, 200);
     assert!(!gw.logs().contains("hunter2"));
 }

@@ -45,6 +45,8 @@ pub struct Fleet {
     pub settings: FleetSettings,
     conn: OnceLock<ConnectionManager>,
     up: AtomicBool,
+    /// The sync service has tried to reach Redis at least once.
+    tried: AtomicBool,
     pending_nonces: Mutex<Vec<(String, i64)>>,
     pub counters: counters::FleetCounters,
 }
@@ -56,6 +58,7 @@ impl Fleet {
             settings,
             conn: OnceLock::new(),
             up: AtomicBool::new(false),
+            tried: AtomicBool::new(false),
             pending_nonces: Mutex::new(Vec::new()),
             counters,
         })
@@ -64,6 +67,15 @@ impl Fleet {
     /// Create the connection manager (no connection yet). Must run inside the tokio
     /// runtime that will drive the connection: the sync service's.
     pub fn connect_lazily(&self) -> Result<(), String> {
+        let result = self.new_manager();
+        if result.is_err() {
+            // Never coming up: readiness must not wait for it.
+            self.tried.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn new_manager(&self) -> Result<(), String> {
         let client = redis::Client::open(self.settings.url.expose_secret())
             .map_err(|_| format!("bad Redis URL {}", self.settings.redacted_url))?;
         let t = self.settings.timeout;
@@ -76,6 +88,11 @@ impl Fleet {
             .map_err(|e| format!("Redis {}: {:?}", self.settings.redacted_url, e.kind()))?;
         let _ = self.conn.set(cm);
         Ok(())
+    }
+
+    /// The first attempt to reach Redis has finished (successful or not).
+    pub fn has_tried(&self) -> bool {
+        self.tried.load(Ordering::Acquire)
     }
 
     /// Redis answered the last call.
@@ -178,14 +195,16 @@ impl Fleet {
     /// up and write back the nonces accepted locally meanwhile. False while still down.
     pub async fn recover(&self, now_ms: u64) -> bool {
         let ping = redis::cmd("PING");
-        if self.call::<String>("ping", Req::Cmd(&ping)).await.is_err()
-            || !self.counters.check_generation(self).await
-        {
-            return false;
+        let ok = self.call::<String>("ping", Req::Cmd(&ping)).await.is_ok()
+            && self.counters.check_generation(self).await;
+        if ok {
+            self.set_up(true);
         }
-        self.set_up(true);
-        self.flush_pending_nonces(now_ms as i64 / 1000).await;
-        true
+        self.tried.store(true, Ordering::Release);
+        if ok {
+            self.flush_pending_nonces(now_ms as i64 / 1000).await;
+        }
+        ok
     }
 
     /// Write the nonces accepted locally during an outage (NX: a key already there wins).
