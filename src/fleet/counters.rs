@@ -95,20 +95,16 @@ impl FleetCounters {
         }
     }
 
-    /// Record a local add (negative: a refund).
-    pub fn record(&self, counter: Counter, site: u64, n: i64, now_ms: u64) {
+    /// Record a local add of `n` (negative: a refund; 0: a read) and return the fleet-wide
+    /// (prev, curr) counts: totals at the last sync plus this node's deltas not yet in them.
+    /// One lock, so the request path pays for one.
+    pub fn update(&self, counter: Counter, site: u64, n: i64, now_ms: u64) -> (i64, i64) {
         let epoch = epoch_of(counter, now_ms);
         let mut g = self.inner.lock();
-        *g.unsynced.entry((counter, site, epoch)).or_default() += n;
-        *g.own.entry((counter, site, epoch)).or_default() += n;
-        g.views.entry((counter, site)).or_default().touched_ms = now_ms;
-    }
-
-    /// The fleet-wide (prev, curr) counts: totals at the last sync plus this node's
-    /// deltas not yet in them.
-    pub fn fleet_counts(&self, counter: Counter, site: u64, now_ms: u64) -> (i64, i64) {
-        let epoch = epoch_of(counter, now_ms);
-        let mut g = self.inner.lock();
+        if n != 0 {
+            *g.unsynced.entry((counter, site, epoch)).or_default() += n;
+            *g.own.entry((counter, site, epoch)).or_default() += n;
+        }
         let v = g.views.entry((counter, site)).or_default();
         v.touched_ms = now_ms;
         let (mut prev, mut curr) = match v.epoch {
@@ -230,11 +226,13 @@ impl FleetStore {
         }
     }
 
-    fn merge(&self, counter: Counter, key: u64, local: Counts, now_ms: u64) -> Counts {
+    /// Record `n` in the fleet deltas (also while Redis is down: flushed on recovery) and
+    /// judge on the larger of the local and the fleet-wide counts while Redis is up.
+    fn merge(&self, counter: Counter, key: u64, n: i64, local: Counts, now_ms: u64) -> Counts {
+        let (prev, curr) = self.fleet.counters.update(counter, key, n, now_ms);
         if !self.fleet.is_up() {
             return local;
         }
-        let (prev, curr) = self.fleet.counters.fleet_counts(counter, key, now_ms);
         Counts {
             prev: local.prev.max(prev),
             curr: local.curr.max(curr),
@@ -246,14 +244,12 @@ impl FleetStore {
 impl CounterStore for FleetStore {
     fn add(&self, counter: Counter, key: u64, n: i64, now_ms: u64) -> Counts {
         let local = self.local.add(counter, key, n, now_ms);
-        // Counted while Redis is down too: flushed on recovery.
-        self.fleet.counters.record(counter, key, n, now_ms);
-        self.merge(counter, key, local, now_ms)
+        self.merge(counter, key, n, local, now_ms)
     }
 
     fn get(&self, counter: Counter, key: u64, now_ms: u64) -> Counts {
         let local = self.local.get(counter, key, now_ms);
-        self.merge(counter, key, local, now_ms)
+        self.merge(counter, key, 0, local, now_ms)
     }
 
     fn slots(&self) -> usize {
@@ -278,15 +274,12 @@ mod tests {
     #[test]
     fn unsynced_deltas_count_until_totals_arrive() {
         let c = FleetCounters::new("kg:");
-        c.record(Counter::RequestsMinute, 7, 1, T0 + 10);
-        c.record(Counter::RequestsMinute, 7, 1, T0 + 20);
-        assert_eq!(c.fleet_counts(Counter::RequestsMinute, 7, T0 + 30), (0, 2));
-        assert_eq!(c.fleet_counts(Counter::RequestsMinute, 8, T0 + 30), (0, 0));
+        c.update(Counter::RequestsMinute, 7, 1, T0 + 10);
+        assert_eq!(c.update(Counter::RequestsMinute, 7, 1, T0 + 20), (0, 2));
+        assert_eq!(c.update(Counter::RequestsMinute, 7, 0, T0 + 30), (0, 2));
+        assert_eq!(c.update(Counter::RequestsMinute, 8, 0, T0 + 30), (0, 0));
         // A delta from the previous minute counts as `prev` in the next.
-        assert_eq!(
-            c.fleet_counts(Counter::RequestsMinute, 7, T0 + 60_000),
-            (2, 0)
-        );
+        assert_eq!(c.update(Counter::RequestsMinute, 7, 0, T0 + 60_000), (2, 0));
     }
 
     #[test]

@@ -239,6 +239,9 @@ impl Fleet {
 
 /// Record a verified request's nonce: fleet-wide when a fleet is configured and Redis
 /// answers, else by the configured fallback; process-local without a fleet.
+///
+/// In fleet mode the nonce is recorded locally too (a fraction of a microsecond): a replay
+/// to the same node is refused without a round trip, and even after Redis lost its data.
 pub async fn record_nonce(
     fleet: Option<&Fleet>,
     local: &auth::nonce::NonceStore,
@@ -248,22 +251,39 @@ pub async fn record_nonce(
     let Some(fleet) = fleet else {
         return auth::record_local(local, claim, now);
     };
+    if !fleet.is_up() {
+        return fallback(fleet, local, claim, now, false);
+    }
+    auth::record_local(local, claim, now)?;
     match fleet.claim_nonce(claim, now).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(auth::replayed()),
-        Err(RedisDown) => match fleet.settings.nonces_when_down {
-            NonceFallback::FailClosed => Err(auth::nonce_store_unavailable("redis_down")),
-            NonceFallback::Local { window } => {
-                if claim.created < now - window.as_secs() as i64 {
-                    return Err(auth::stale(
-                        "older than the shortened window while Redis is down",
-                    ));
-                }
-                auth::record_local(local, claim, now)?;
-                fleet.defer_nonce(claim);
-                Ok(())
+        Err(RedisDown) => fallback(fleet, local, claim, now, true),
+    }
+}
+
+/// `fleet.on_redis_down.nonces` for one claim.
+fn fallback(
+    fleet: &Fleet,
+    local: &auth::nonce::NonceStore,
+    claim: &NonceClaim,
+    now: i64,
+    recorded_locally: bool,
+) -> Result<(), AuthFailure> {
+    match fleet.settings.nonces_when_down {
+        NonceFallback::FailClosed => Err(auth::nonce_store_unavailable("redis_down")),
+        NonceFallback::Local { window } => {
+            if claim.created < now - window.as_secs() as i64 {
+                return Err(auth::stale(
+                    "older than the shortened window while Redis is down",
+                ));
             }
-        },
+            if !recorded_locally {
+                auth::record_local(local, claim, now)?;
+            }
+            fleet.defer_nonce(claim);
+            Ok(())
+        }
     }
 }
 
