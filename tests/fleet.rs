@@ -68,6 +68,20 @@ impl Redis {
         eventually("redis-server answering PING", || self.ping().then_some(()));
     }
 
+    /// Send one inline command; the first line of the answer.
+    fn command(&self, cmd: &str) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    }
+
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
@@ -102,14 +116,19 @@ fn fleet_yaml(url: &str, nonces: &str) -> String {
     )
 }
 
-/// Three nodes on one config (same secrets, same Redis), each with its own mock provider.
-fn start_fleet(redis: &Redis, tier: &str) -> Vec<Gateway> {
-    let opts = Options {
+/// A node's options: `tier` for site alpha, the fleet on `redis`, nonces falling back to local.
+fn node_options(redis: &Redis, tier: &str) -> Options {
+    Options {
         tier: tier.into(),
         config_extra: fleet_yaml(&redis.url(), "{ nonces: local, local_window_s: 10 }"),
         extra_hostnames: vec![HOST.into()],
         ..Options::default()
-    };
+    }
+}
+
+/// Three nodes on one config (same secrets, same Redis), each with its own mock provider.
+fn start_fleet(redis: &Redis, tier: &str) -> Vec<Gateway> {
+    let opts = node_options(redis, tier);
     let first = Gateway::start_with(opts.clone());
     let mut nodes = vec![];
     let shared = Options {
@@ -377,4 +396,32 @@ async fn fail_closed_refuses_signed_requests_while_redis_is_down_and_bearer_keys
     // Ready once Redis was tried: an outage is the policy's business, not the balancer's.
     assert_eq!(gw.admin_get("/readyz").0, 200);
     assert!(!gw.logs().contains("hunter2"));
+}
+
+#[tokio::test]
+async fn a_stalled_redis_costs_at_most_the_timeout_then_recovers() {
+    let Some(redis) = Redis::start() else { return };
+    let gw = Gateway::start_with(node_options(&redis, "{ requests_per_minute: 100000 }"));
+    wait_redis_up(std::slice::from_ref(&gw), 1.0);
+    assert_eq!(models(&gw).await.status, 200);
+    // Every client of this Redis now waits 1.5 s for any answer.
+    assert_eq!(redis.command("CLIENT PAUSE 1500 ALL"), "+OK");
+    let started = std::time::Instant::now();
+    let r = models(&gw).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "the local fallback answered: {}", r.body);
+    assert!(
+        took < Duration::from_millis(750),
+        "took {took:?}: not cut off by timeout_ms"
+    );
+    assert!(
+        gw.metric("keygate_redis_errors_total{op=\"nonce\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert_eq!(gw.metric("keygate_redis_up"), Some(0.0));
+    // Back once the pause ends, without a restart.
+    wait_redis_up(std::slice::from_ref(&gw), 1.0);
+    let h = sign_fleet(&gw, "GET", MODELS, b"", now());
+    assert_eq!(send_signed(&gw, &h, "GET", MODELS, "").await.status, 200);
 }
