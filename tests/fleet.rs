@@ -133,6 +133,7 @@ fn start_fleet(redis: &Redis, tier: &str) -> Vec<Gateway> {
     let mut nodes = vec![];
     let shared = Options {
         secrets: Some(first.secrets.clone()),
+        master_keys_from: Some(first.dir.path().to_path_buf()),
         ..opts
     };
     nodes.push(first);
@@ -424,4 +425,31 @@ async fn a_stalled_redis_costs_at_most_the_timeout_then_recovers() {
     wait_redis_up(std::slice::from_ref(&gw), 1.0);
     let h = sign_fleet(&gw, "GET", MODELS, b"", now());
     assert_eq!(send_signed(&gw, &h, "GET", MODELS, "").await.status, 200);
+}
+
+#[tokio::test]
+async fn browser_token_max_requests_holds_across_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = start_fleet(&redis, "{ requests_per_minute: 100000 }");
+    let r = nodes[0]
+        .call(
+            "alpha.k1",
+            "POST",
+            "/keygate/v1/tokens",
+            r#"{"max_requests": 2}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let auth = vec![("authorization".to_string(), format!("Bearer {token}"))];
+    let mut statuses = vec![];
+    for i in 0..4 {
+        let r = send(&client(), "GET", &nodes[i % NODES].url(MODELS), &auth, None).await;
+        statuses.push(r.status);
+    }
+    assert_eq!(
+        statuses,
+        vec![200, 200, 429, 429],
+        "two uses in the whole fleet"
+    );
 }

@@ -262,6 +262,36 @@ pub async fn record_nonce(
     }
 }
 
+/// Count one use of a browser token with `max_requests`: fleet-wide while Redis answers
+/// (`INCR` + `EXPIREAT` on `<prefix>u:{<token id>}`, one round trip), else on this node
+/// alone with `ceil(max / N)`; without a fleet, on this node with `max`.
+pub async fn admit_token_use(
+    fleet: Option<&Fleet>,
+    local: &crate::limits::TokenUses,
+    claims: &crate::auth::token::Claims,
+    now_ms: u64,
+) -> bool {
+    let Some(fleet) = fleet else {
+        return local.admit(&claims.jti, claims.max, now_ms);
+    };
+    let share = claims.max.div_ceil(fleet.settings.nodes);
+    if !fleet.is_up() {
+        return local.admit(&claims.jti, share, now_ms);
+    }
+    let key = format!("{}u:{{{}}}", fleet.settings.key_prefix, claims.jti);
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCR").arg(&key);
+    pipe.cmd("EXPIREAT").arg(&key).arg(claims.exp + 60).ignore();
+    match fleet.call::<(u64,)>("token", Req::Pipe(&pipe)).await {
+        Ok((uses,)) => {
+            // Keep this node's count in step for the fallback.
+            local.admit(&claims.jti, u64::MAX, now_ms);
+            uses <= claims.max
+        }
+        Err(RedisDown) => local.admit(&claims.jti, share, now_ms),
+    }
+}
+
 /// `fleet.on_redis_down.nonces` for one claim.
 fn fallback(
     fleet: &Fleet,

@@ -257,7 +257,11 @@ impl Gateway {
             }
         }
         if let Some(claims) = &client.token {
-            if claims.max > 0 && !self.state.token_uses.admit(&claims.jti, claims.max, now_ms) {
+            let fleet = self.state.fleet.as_deref();
+            if claims.max > 0
+                && !crate::fleet::admit_token_use(fleet, &self.state.token_uses, claims, now_ms)
+                    .await
+            {
                 METRICS
                     .rate_limited
                     .with_label_values(&["token_max_requests"])

@@ -229,7 +229,7 @@ impl Metrics {
             }
         }
         if rt.fleet.is_some() {
-            for op in ["nonce", "sync", "ping"] {
+            for op in ["nonce", "token", "sync", "ping"] {
                 self.redis_errors.with_label_values(&[op]);
                 self.redis_seconds.with_label_values(&[op]);
             }

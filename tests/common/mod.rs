@@ -197,6 +197,9 @@ pub struct Options {
     pub extra_hostnames: Vec<String>,
     /// Use these secrets instead of fresh ones (nodes of one fleet share them).
     pub secrets: Option<Secrets>,
+    /// Copy the master keys (`k1.master`, `k2.master`) from this directory instead of
+    /// generating them (nodes of one fleet verify each other's browser tokens).
+    pub master_keys_from: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -214,6 +217,7 @@ impl Default for Options {
             config_extra: String::new(),
             extra_hostnames: Vec::new(),
             secrets: None,
+            master_keys_from: None,
         }
     }
 }
@@ -309,8 +313,16 @@ impl Gateway {
             std::fs::write(dir.path().join(name), format!("{v}\n")).unwrap();
         }
         for id in ["k1", "k2"] {
-            let key = keygate::config::secret::MasterKey::generate_base64();
-            std::fs::write(dir.path().join(format!("{id}.master")), key.as_str()).unwrap();
+            let file = format!("{id}.master");
+            match &opts.master_keys_from {
+                Some(from) => {
+                    std::fs::copy(from.join(&file), dir.path().join(&file)).unwrap();
+                }
+                None => {
+                    let key = keygate::config::secret::MasterKey::generate_base64();
+                    std::fs::write(dir.path().join(&file), key.as_str()).unwrap();
+                }
+            }
         }
         let port = free_port();
         let tls_port = free_port();
