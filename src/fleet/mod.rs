@@ -5,6 +5,7 @@
 //!   signed request, after the MAC verified ([`Fleet::claim_nonce`]).
 //! - Limits and token budgets: each node counts in its local sketch and syncs deltas
 //!   to Redis in one pipeline every `sync_interval` ([`counters`], [`sync`]).
+//! - Browser tokens' `max_requests`: one `INCR` per use ([`admit_token_use`]).
 //! - Failure: every call is bounded by `timeout_ms`. The first failure marks Redis down;
 //!   the request path then skips Redis (no added latency) and falls back (nonces:
 //!   `fail_closed` or `local`; limits: `1/nodes` of each quota) until the sync task's
@@ -25,8 +26,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// Nonces accepted locally while Redis was down, written to Redis on recovery (so a
-/// replay to another node after recovery is still refused). Beyond this many, the
-/// oldest are not remembered fleet-wide.
+/// replay to another node after recovery is still refused). Beyond this many, further
+/// ones are remembered by the accepting node only.
 const PENDING_NONCES_MAX: usize = 100_000;
 
 /// Redis was unreachable, timed out or answered with an error.
