@@ -16,9 +16,9 @@ test: deps venv audit
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
+		KEYGATE_REQUIRE_REDIS=1 $(CARGO) nextest run --no-fail-fast; \
 	else \
-		$(CARGO) test --no-fail-fast; \
+		KEYGATE_REQUIRE_REDIS=1 $(CARGO) test --no-fail-fast; \
 	fi
 	$(CARGO) build --bin keygate
 	load-tests/run.sh --binary target/debug/keygate smoke
@@ -50,7 +50,8 @@ certs:
 	certs/gen-test-certs.sh certs/out
 
 # System packages: cmake (Pingora's zlib-ng build), openssl (test certificates),
-# python3, node and php (the README's client examples are tested).
+# python3, node and php (the README's client examples are tested), redis-server (fleet
+# tests start their own on a free loopback port; the Debian service is not used).
 deps:
 	@need=""; \
 	command -v cmake >/dev/null 2>&1 || need="$$need cmake"; \
@@ -58,6 +59,7 @@ deps:
 	command -v python3 >/dev/null 2>&1 || need="$$need python3"; \
 	command -v node >/dev/null 2>&1 || need="$$need nodejs"; \
 	php -r 'exit(function_exists("curl_init") ? 0 : 1);' >/dev/null 2>&1 || need="$$need php-cli php-curl"; \
+	command -v redis-server >/dev/null 2>&1 || need="$$need redis-server"; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
 		mkdir -p target; \

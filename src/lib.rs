@@ -5,7 +5,8 @@
 //! [`gateway`] (the Pingora hooks) → [`request`] (hygiene, body checks) →
 //! [`auth`] (signatures, nonces, bearer and legacy keys) → [`upstream`] (peer,
 //! credential) → response. [`config`] turns YAML into the validated [`config::Runtime`]
-//! every request runs on; [`reload`] swaps it on SIGHUP.
+//! every request runs on; [`reload`] swaps it on SIGHUP. [`fleet`] shares nonces and
+//! limits between nodes through Redis when `fleet.redis` is set.
 
 pub mod auth;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod edge;
 pub mod error;
+pub mod fleet;
 pub mod fuzzing;
 pub mod gateway;
 pub mod limits;

@@ -131,6 +131,18 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+    if let Some(fleet) = &state.fleet {
+        log::info!(
+            "fleet mode: Redis {} ({} nodes, sync every {:?})",
+            fleet.settings.redacted_url,
+            fleet.settings.nodes,
+            fleet.settings.sync_interval
+        );
+        let sync = crate::fleet::sync::FleetSync {
+            fleet: fleet.clone(),
+        };
+        server.add_service(background_service("keygate fleet sync", sync));
+    }
     let reloader = Reloader {
         path: (!opts.demo).then_some(opts.config.clone()),
         state,

@@ -3,6 +3,7 @@
 
 use crate::auth::nonce::NonceStore;
 use crate::config::Runtime;
+use crate::fleet::{counters::FleetStore, Fleet};
 use crate::limits::{ip::AuthFailureLimiter, slots_for, Limiter};
 use crate::telemetry::audit::AuditLog;
 use arc_swap::ArcSwap;
@@ -16,12 +17,23 @@ pub struct State {
     pub auth_failures: AuthFailureLimiter,
     pub token_uses: crate::limits::TokenUses,
     pub audit: AuditLog,
+    /// Fleet mode (set at start from `fleet.redis`; reloads do not change it).
+    pub fleet: Option<Arc<Fleet>>,
+}
+
+/// A limiter sized for `sites`: fleet-wide when a fleet is configured.
+fn limiter_for(sites: usize, fleet: Option<&Arc<Fleet>>) -> Limiter {
+    match fleet {
+        Some(f) => Limiter::with_store(Box::new(FleetStore::new(slots_for(sites), f.clone()))),
+        None => Limiter::local(sites),
+    }
 }
 
 impl State {
     pub fn new(rt: Runtime) -> Arc<State> {
         crate::telemetry::metrics::METRICS.init_for(&rt);
-        let limiter = Limiter::local(rt.sites.len());
+        let fleet = rt.fleet.clone().map(Fleet::new);
+        let limiter = limiter_for(rt.sites.len(), fleet.as_ref());
         let nonces = NonceStore::new(rt.process.nonce_store_capacity);
         let audit = AuditLog::new(rt.process.audit_path.clone());
         Arc::new(State {
@@ -31,6 +43,7 @@ impl State {
             auth_failures: AuthFailureLimiter::default(),
             token_uses: Default::default(),
             audit,
+            fleet,
         })
     }
 
@@ -38,6 +51,9 @@ impl State {
     /// sketches are rebuilt (and counts restart) only when the site count outgrew them.
     pub fn install(&self, mut rt: Runtime) {
         let old = self.runtime.load();
+        if format!("{:?}", rt.fleet) != format!("{:?}", old.fleet) {
+            log::warn!("config reload: fleet settings apply only after a restart");
+        }
         rt.generation = old.generation + 1;
         let needed = slots_for(rt.sites.len());
         if needed > self.limiter.load().slots() {
@@ -46,7 +62,8 @@ impl State {
                 rt.sites.len(),
                 needed
             );
-            self.limiter.store(Arc::new(Limiter::local(rt.sites.len())));
+            self.limiter
+                .store(Arc::new(limiter_for(rt.sites.len(), self.fleet.as_ref())));
         }
         // Circuit breakers keep their state across reloads.
         for up in &rt.upstreams {

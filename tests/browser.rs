@@ -121,23 +121,9 @@ async fn tampered_tokens_and_tokens_minting_tokens_fail() {
 async fn max_requests_holds() {
     let gw = Gateway::start();
     let token = mint(&gw, r#"{"max_requests": 2}"#).await;
-    let statuses: Vec<u16> = futures::future::join_all(
-        (0..4).map(|_| with_token(&gw, &token, "/openai/v1/models", None, None)),
-    )
-    .await
-    .iter()
-    .map(|r| r.status)
-    .collect();
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        2,
-        "{statuses:?}"
-    );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 429).count(),
-        2,
-        "{statuses:?}"
-    );
+    let counts =
+        tally((0..4).map(|_| with_token(&gw, &token, "/openai/v1/models", None, None))).await;
+    assert_eq!(counts, [(200, 2), (429, 2)].into());
     assert_eq!(gw.mock.count(), 2);
 }
 

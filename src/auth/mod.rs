@@ -126,24 +126,85 @@ fn single<'a>(h: &'a http::HeaderMap, name: &str) -> Result<Option<&'a str>, Aut
     }
 }
 
-/// Authenticate one request. On success for `keygate-v1`, the nonce has been recorded.
+/// A verified `keygate-v1` request's nonce, still to be recorded (locally or fleet-wide).
+#[derive(Debug, Clone)]
+pub struct NonceClaim {
+    pub key_id: String,
+    pub nonce: String,
+    /// The signature's `created` (unix seconds).
+    pub created: i64,
+    /// Unix second until which the signature could be fresh.
+    pub expires_at: i64,
+}
+
+/// The failure for a nonce seen before.
+pub fn replayed() -> AuthFailure {
+    AuthFailure {
+        code: ErrorCode::Replayed,
+        reason: "replayed",
+        detail: "nonce reused",
+    }
+}
+
+/// The failure when no nonce can be recorded (store full, or shared store down).
+pub fn nonce_store_unavailable(reason: &'static str) -> AuthFailure {
+    AuthFailure {
+        code: ErrorCode::UpstreamUnavailable,
+        reason,
+        detail: "nonce store unavailable",
+    }
+}
+
+/// The failure for a signature older than a (shortened) window.
+pub fn stale(detail: &'static str) -> AuthFailure {
+    AuthFailure {
+        code: ErrorCode::StaleRequest,
+        reason: "stale",
+        detail,
+    }
+}
+
+/// Record a claim in the process-local store.
+pub fn record_local(nonces: &NonceStore, claim: &NonceClaim, now: i64) -> Result<(), AuthFailure> {
+    match nonces.check_and_insert(&claim.key_id, &claim.nonce, claim.expires_at, now) {
+        Ok(()) => Ok(()),
+        Err(NonceError::Replayed) => Err(replayed()),
+        Err(NonceError::Full) => Err(nonce_store_unavailable("nonce_store_full")),
+    }
+}
+
+/// Authenticate one request. On success for `keygate-v1`, the nonce has been recorded
+/// in `nonces`.
 pub fn authenticate(
     rt: &Runtime,
     nonces: &NonceStore,
     req: &AuthInput<'_>,
 ) -> Result<AuthedClient, AuthFailure> {
+    let (client, claim) = verify(rt, req)?;
+    if let Some(claim) = claim {
+        record_local(nonces, &claim, req.now)?;
+    }
+    Ok(client)
+}
+
+/// Check the credentials without recording anything: for `keygate-v1` the nonce is
+/// returned, to be recorded by the caller before the request is admitted.
+pub fn verify(
+    rt: &Runtime,
+    req: &AuthInput<'_>,
+) -> Result<(AuthedClient, Option<NonceClaim>), AuthFailure> {
     let h = req.headers;
     if h.contains_key("signature-input") || h.contains_key("signature") {
-        return authenticate_hmac(rt, nonces, req);
+        return authenticate_hmac(rt, req).map(|(c, n)| (c, Some(n)));
     }
     if let Some(token) = bearer_token(h)? {
         if token.starts_with("kgt_") {
-            return authenticate_token(rt, token, req.now);
+            return authenticate_token(rt, token, req.now).map(|c| (c, None));
         }
-        return authenticate_bearer(rt, token);
+        return authenticate_bearer(rt, token).map(|c| (c, None));
     }
     if h.contains_key("x-site-identifier") {
-        return authenticate_legacy(rt, req);
+        return authenticate_legacy(rt, req).map(|c| (c, None));
     }
     Err(AuthFailure::unauth("missing", "no credentials"))
 }
@@ -197,9 +258,8 @@ const DUMMY_KEY: &[u8] = b"kgs_unknown_key_dummy_0000000000000000000";
 
 fn authenticate_hmac(
     rt: &Runtime,
-    nonces: &NonceStore,
     req: &AuthInput<'_>,
-) -> Result<AuthedClient, AuthFailure> {
+) -> Result<(AuthedClient, NonceClaim), AuthFailure> {
     let h = req.headers;
     let parsed = signature::parse(
         &header_values(h, "signature-input")?,
@@ -249,35 +309,20 @@ fn authenticate_hmac(
             ))
         }
     };
-    match nonces.check_and_insert(
-        &parsed.params.keyid,
-        &parsed.params.nonce,
-        window_end,
-        req.now,
-    ) {
-        Ok(()) => {}
-        Err(NonceError::Replayed) => {
-            return Err(AuthFailure {
-                code: ErrorCode::Replayed,
-                reason: "replayed",
-                detail: "nonce reused",
-            })
-        }
-        Err(NonceError::Full) => {
-            return Err(AuthFailure {
-                code: ErrorCode::UpstreamUnavailable,
-                reason: "nonce_store_full",
-                detail: "nonce store full",
-            })
-        }
-    }
-    Ok(AuthedClient {
+    let claim = NonceClaim {
+        key_id: parsed.params.keyid.clone(),
+        nonce: parsed.params.nonce.clone(),
+        created: parsed.params.created,
+        expires_at: window_end,
+    };
+    let client = AuthedClient {
         key_id: key.id.clone(),
         site: key.site,
         mode: AuthMode::Hmac,
         body_digest: Some(body_digest),
         token: None,
-    })
+    };
+    Ok((client, claim))
 }
 
 /// SHA-256 of a bearer virtual key, as stored in config (`sha256:<hex>`).

@@ -366,6 +366,148 @@ pub struct Runtime {
     pub token_max_ttl: Duration,
     /// Every site's CORS origins (preflights are answered from this set).
     pub cors_origins: HashSet<String>,
+    /// `fleet:` with Redis set; `None` keeps all state process-local. Read at start only.
+    pub fleet: Option<FleetSettings>,
+}
+
+/// What replay protection does while Redis is unreachable (`fleet.on_redis_down.nonces`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceFallback {
+    /// Refuse signed requests (503) until Redis answers again.
+    FailClosed,
+    /// Use the process-local store, accepting only signatures created within `window`
+    /// (a replay to another node is possible within that window; see README).
+    Local { window: Duration },
+}
+
+/// Validated `fleet:` settings (present only when `fleet.redis` is set).
+#[derive(Clone)]
+pub struct FleetSettings {
+    /// The Redis URL, possibly with a password: never logged; see [`FleetSettings::redacted_url`].
+    pub url: SecretString,
+    /// The URL with any password replaced by `***`.
+    pub redacted_url: String,
+    /// Bound on every Redis call.
+    pub timeout: Duration,
+    pub key_prefix: String,
+    /// Nodes in the fleet (the `1/N` fallback share).
+    pub nodes: u64,
+    pub sync_interval: Duration,
+    pub nonces_when_down: NonceFallback,
+}
+
+impl std::fmt::Debug for FleetSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSettings")
+            .field("url", &self.redacted_url)
+            .field("timeout", &self.timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("nodes", &self.nodes)
+            .field("sync_interval", &self.sync_interval)
+            .field("nonces_when_down", &self.nonces_when_down)
+            .finish()
+    }
+}
+
+/// A URL with the password of its userinfo (`scheme://user:PASSWORD@host`) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[unparsable URL]".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            // Without a colon the lone userinfo may be a password too: hide it all.
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+                None => format!("{scheme}://***{}", &rest[at..]),
+            }
+        }
+        None => url.to_string(),
+    }
+}
+
+/// `fleet:` → [`FleetSettings`]; `None` when no Redis is configured.
+fn validate_fleet(f: &RawFleet, errs: &mut Errors) -> Option<FleetSettings> {
+    let nodes = f.nodes.unwrap_or(1);
+    if nodes == 0 || nodes > 10_000 {
+        errs.push("fleet.nodes", "must be between 1 and 10000");
+    }
+    let sync_ms = f.sync_interval_ms.unwrap_or(100);
+    if !(10..=10_000).contains(&sync_ms) {
+        errs.push("fleet.sync_interval_ms", "must be between 10 and 10000");
+    }
+    let mut nonces_when_down = NonceFallback::FailClosed;
+    if let Some(d) = &f.on_redis_down {
+        let window = d.local_window_s.unwrap_or(10);
+        if !(1..=300).contains(&window) {
+            errs.push(
+                "fleet.on_redis_down.local_window_s",
+                "must be between 1 and 300",
+            );
+        }
+        match d.nonces.as_deref() {
+            None | Some("fail_closed") => {
+                if d.local_window_s.is_some() {
+                    errs.push(
+                        "fleet.on_redis_down.local_window_s",
+                        "applies only with nonces: local",
+                    );
+                }
+            }
+            Some("local") => {
+                nonces_when_down = NonceFallback::Local {
+                    window: Duration::from_secs(window),
+                }
+            }
+            Some(other) => errs.push(
+                "fleet.on_redis_down.nonces",
+                format!("unknown policy \"{other}\" (expected fail_closed or local)"),
+            ),
+        }
+    }
+    let redis = f.redis.as_ref()?;
+    let redacted_url = redact_url(&redis.url);
+    if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+        errs.push(
+            "fleet.redis.url",
+            format!("\"{redacted_url}\" must start with redis:// or rediss://"),
+        );
+    } else if redis::Client::open(redis.url.as_str()).is_err() {
+        // The client's own message may echo the URL: name the redacted form only.
+        errs.push(
+            "fleet.redis.url",
+            format!("\"{redacted_url}\" is not a usable Redis URL (rediss:// needs a TLS build)"),
+        );
+    }
+    let timeout_ms = redis.timeout_ms.unwrap_or(50);
+    if !(1..=10_000).contains(&timeout_ms) {
+        errs.push("fleet.redis.timeout_ms", "must be between 1 and 10000");
+    }
+    let key_prefix = redis
+        .key_prefix
+        .clone()
+        .unwrap_or_else(|| "keygate:".into());
+    if key_prefix.len() > 64
+        || key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        errs.push(
+            "fleet.redis.key_prefix",
+            "must be at most 64 characters without spaces",
+        );
+    }
+    Some(FleetSettings {
+        url: SecretString::from(redis.url.clone()),
+        redacted_url,
+        timeout: Duration::from_millis(timeout_ms),
+        key_prefix,
+        nodes: nodes.max(1),
+        sync_interval: Duration::from_millis(sync_ms),
+        nonces_when_down,
+    })
 }
 
 impl Runtime {
@@ -799,11 +941,12 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         .iter()
         .flat_map(|s| s.cors_origins.iter().cloned())
         .collect();
-    if raw.fleet.is_some() {
-        errs.push(
-            "fleet",
-            "fleet mode (Redis) is not available in this build; remove the section",
-        );
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| validate_fleet(f, &mut errs));
+    if fleet.is_none() && raw.fleet.is_some() {
+        warnings.push("fleet: no fleet.redis set; limits and nonces stay process-local".into());
     }
 
     if !errs.0.is_empty() {
@@ -824,6 +967,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         tokens,
         token_max_ttl,
         cors_origins,
+        fleet,
     };
     rt.scanner = crate::response::validate::SecretScanner::new(&all_secret_strings(&rt));
     Ok(rt)

@@ -203,6 +203,40 @@ pub struct RawTokens {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFleet {
-    pub redis: Option<serde_yaml::Value>,
-    pub on_redis_down: Option<serde_yaml::Value>,
+    pub redis: Option<RawRedis>,
+    /// Nodes in the fleet: while Redis is down each enforces `1/nodes` of a quota.
+    pub nodes: Option<u64>,
+    /// How often local counts are pushed to and fleet totals read from Redis.
+    pub sync_interval_ms: Option<u64>,
+    pub on_redis_down: Option<RawOnRedisDown>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    pub url: String,
+    pub timeout_ms: Option<u64>,
+    pub key_prefix: Option<String>,
+}
+
+// The URL may carry a password: `Debug` shows it redacted.
+impl std::fmt::Debug for RawRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RawRedis({}, {:?}, {:?})",
+            super::redact_url(&self.url),
+            self.timeout_ms,
+            self.key_prefix
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOnRedisDown {
+    /// `fail_closed` (default) or `local`.
+    pub nonces: Option<String>,
+    /// With `nonces: local`, the shortened `created` window, in seconds.
+    pub local_window_s: Option<u64>,
 }

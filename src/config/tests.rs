@@ -262,6 +262,109 @@ fn longest_prefix_wins_at_segment_boundaries() {
     assert!(rt.route_for("/openx").is_none());
 }
 
+fn with_fleet(fleet: &str) -> String {
+    format!("{GOOD}fleet:\n{fleet}")
+}
+
+fn fleet_errors(fleet: &str) -> Vec<String> {
+    match load_str(&with_fleet(fleet), demo()) {
+        Ok(_) => vec![],
+        Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+#[test]
+fn fleet_defaults_apply() {
+    let rt = load_str(
+        &with_fleet("  redis: { url: \"redis://127.0.0.1:6379\" }\n"),
+        demo(),
+    )
+    .unwrap();
+    let f = rt.fleet.unwrap();
+    assert_eq!(f.timeout, Duration::from_millis(50));
+    assert_eq!(f.key_prefix, "keygate:");
+    assert_eq!(f.nodes, 1);
+    assert_eq!(f.sync_interval, Duration::from_millis(100));
+    assert_eq!(f.nonces_when_down, NonceFallback::FailClosed);
+}
+
+#[test]
+fn fleet_without_redis_stays_local_with_a_warning() {
+    let rt = load_str(&with_fleet("  nodes: 3\n"), demo()).unwrap();
+    assert!(rt.fleet.is_none());
+    assert!(rt.warnings.iter().any(|w| w.contains("process-local")));
+}
+
+#[test]
+fn fleet_local_nonce_fallback_parses() {
+    let rt = load_str(
+        &with_fleet("  redis: { url: \"redis://h:1\" }\n  nodes: 3\n  on_redis_down: { nonces: local, local_window_s: 5 }\n"),
+        demo(),
+    )
+    .unwrap();
+    assert_eq!(
+        rt.fleet.unwrap().nonces_when_down,
+        NonceFallback::Local {
+            window: Duration::from_secs(5)
+        }
+    );
+}
+
+#[test]
+fn fleet_mistakes_are_named_with_paths() {
+    let cases = [
+        ("  redis: { url: \"http://h:1\" }\n", "fleet.redis.url: "),
+        (
+            "  redis: { url: \"redis://h:1\", timeout_ms: 0 }\n",
+            "fleet.redis.timeout_ms: ",
+        ),
+        (
+            "  redis: { url: \"redis://h:1\" }\n  nodes: 0\n",
+            "fleet.nodes: ",
+        ),
+        (
+            "  redis: { url: \"redis://h:1\" }\n  sync_interval_ms: 1\n",
+            "fleet.sync_interval_ms: ",
+        ),
+        (
+            "  redis: { url: \"redis://h:1\" }\n  on_redis_down: { nonces: maybe }\n",
+            "fleet.on_redis_down.nonces: unknown policy",
+        ),
+        (
+            "  redis: { url: \"redis://h:1\" }\n  on_redis_down: { local_window_s: 5 }\n",
+            "fleet.on_redis_down.local_window_s: applies only",
+        ),
+        (
+            "  redis: { url: \"redis://h:1\", db: 2 }\n",
+            "fleet.redis: unknown field `db`",
+        ),
+    ];
+    for (fleet, expected) in cases {
+        let errs = fleet_errors(fleet);
+        assert!(
+            errs.iter().any(|e| e.contains(expected)),
+            "expected {expected:?} in {errs:?}"
+        );
+    }
+}
+
+#[test]
+fn redis_password_never_shows() {
+    let fleet = "  redis: { url: \"redis://app:hunter2secret@h:6379/0\" }\n";
+    let raw = format!("{:?}", parse(&with_fleet(fleet)).unwrap());
+    assert!(!raw.contains("hunter2secret"), "{raw}");
+    let rt = load_str(&with_fleet(fleet), demo()).unwrap();
+    let f = rt.fleet.as_ref().unwrap();
+    assert_eq!(f.redacted_url, "redis://app:***@h:6379/0");
+    assert!(!format!("{rt:?}").contains("hunter2secret"));
+    let bad = "  redis: { url: \"http://app:hunter2secret@h:6379\" }\n";
+    let errs = fleet_errors(bad).join("\n");
+    assert!(
+        errs.contains("fleet.redis.url") && !errs.contains("hunter2secret"),
+        "{errs}"
+    );
+}
+
 #[test]
 fn endless_secret_file_is_refused_not_read_forever() {
     assert_error(

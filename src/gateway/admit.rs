@@ -209,7 +209,9 @@ impl Gateway {
         let route = &rt.routes[route_idx];
         ctx.upstream_path = upstream_path(route, &path, query.as_deref());
 
-        let client = self.authenticate_client(session, ctx, &path, query.as_deref(), &method)?;
+        let client = self
+            .authenticate_client(session, ctx, &path, query.as_deref(), &method)
+            .await?;
         let site = &rt.sites[client.site];
         if site
             .routes
@@ -255,7 +257,11 @@ impl Gateway {
             }
         }
         if let Some(claims) = &client.token {
-            if claims.max > 0 && !self.state.token_uses.admit(&claims.jti, claims.max, now_ms) {
+            let fleet = self.state.fleet.as_deref();
+            if claims.max > 0
+                && !crate::fleet::admit_token_use(fleet, &self.state.token_uses, claims, now_ms)
+                    .await
+            {
                 METRICS
                     .rate_limited
                     .with_label_values(&["token_max_requests"])
@@ -272,9 +278,9 @@ impl Gateway {
 
     /// Who is calling: per-IP cool-down, then the credentials (counted when they fail),
     /// then the browser origin. Sets `ctx.client` and `ctx.cors_origin`.
-    pub(super) fn authenticate_client(
+    pub(super) async fn authenticate_client(
         &self,
-        session: &Session,
+        session: &mut Session,
         ctx: &mut Ctx,
         path: &str,
         query: Option<&str>,
@@ -298,9 +304,8 @@ impl Gateway {
                 .retry_after(left));
             }
         }
-        let authed = auth::authenticate(
+        let authed = auth::verify(
             &rt,
-            &self.state.nonces,
             &AuthInput {
                 headers: &session.req_header().headers,
                 method,
@@ -310,10 +315,22 @@ impl Gateway {
                 now: (now_ms / 1000) as i64,
             },
         );
-        let client = match authed {
+        let (client, claim) = match authed {
             Ok(c) => c,
             Err(f) => return Err(self.auth_failed(&rt, &ip, &f)),
         };
+        // After the MAC verified: record the nonce (fleet-wide in fleet mode).
+        if let Some(claim) = claim {
+            let now = (now_ms / 1000) as i64;
+            crate::fleet::record_nonce(
+                self.state.fleet.as_deref(),
+                &self.state.nonces,
+                &claim,
+                now,
+            )
+            .await
+            .map_err(|f| self.auth_failed(&rt, &ip, &f))?;
+        }
         let site = &rt.sites[client.site];
         ctx.client = Some(client.clone());
         if client.mode == AuthMode::Legacy {

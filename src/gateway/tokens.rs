@@ -36,7 +36,9 @@ impl Gateway {
         if method != "POST" {
             return Err(GatewayError::bad_request("Tokens are minted with POST."));
         }
-        let client = self.authenticate_client(session, ctx, &path, query.as_deref(), &method)?;
+        let client = self
+            .authenticate_client(session, ctx, &path, query.as_deref(), &method)
+            .await?;
         if client.mode != AuthMode::Hmac {
             return Err(GatewayError::forbidden(
                 "Tokens are minted only with a keygate-v1 signature; a token cannot mint tokens.",

@@ -31,12 +31,31 @@ use std::time::Duration;
 use window::{Counts, SlidingWindow};
 
 /// The counters a site has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Counter {
     RequestsMinute,
     RequestsHour,
     RequestsDay,
     TokensDay,
+}
+
+impl Counter {
+    /// All counters, in storage order.
+    pub const ALL: [Counter; 4] = [
+        Counter::RequestsMinute,
+        Counter::RequestsHour,
+        Counter::RequestsDay,
+        Counter::TokensDay,
+    ];
+
+    /// The window the counter is kept over (windows are aligned to the Unix epoch).
+    pub fn interval(self) -> Duration {
+        match self {
+            Counter::RequestsMinute => MINUTE,
+            Counter::RequestsHour => HOUR,
+            Counter::RequestsDay | Counter::TokensDay => DAY,
+        }
+    }
 }
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -52,6 +71,11 @@ pub trait CounterStore: Send + Sync {
     fn get(&self, counter: Counter, key: u64, now_ms: u64) -> Counts;
     /// Counter slots per window (for sizing checks on reload).
     fn slots(&self) -> usize;
+    /// Quotas are divided by this (rounded up): 1, or the fleet size while a shared
+    /// store is unreachable and each node enforces its share alone.
+    fn quota_divisor(&self) -> u64 {
+        1
+    }
 }
 
 /// Process-local sketches.
@@ -173,6 +197,14 @@ impl Limiter {
         }
     }
 
+    /// A limiter over another store (the fleet's).
+    pub fn with_store(store: Box<dyn CounterStore>) -> Self {
+        Limiter {
+            store,
+            inflight: Inflight::new(),
+        }
+    }
+
     pub fn slots(&self) -> usize {
         self.store.slots()
     }
@@ -195,7 +227,8 @@ impl Limiter {
             }
             None => None,
         };
-        if let Some(budget) = tier.tokens_per_day {
+        let share = self.store.quota_divisor().max(1);
+        if let Some(budget) = tier.tokens_per_day.map(|b| b.div_ceil(share)) {
             let c = self.store.get(Counter::TokensDay, key, now_ms);
             if c.estimate() >= budget as f64 {
                 return Err(Refusal {
@@ -209,7 +242,9 @@ impl Limiter {
         let mut added: Vec<Counter> = Vec::with_capacity(3);
         let mut tightest: Option<(f64, String)> = None;
         for (counter, name, limit_name, q) in request_windows(tier) {
-            let Some(q) = q else { continue };
+            let Some(q) = q.map(|q| q.div_ceil(share)) else {
+                continue;
+            };
             let c = self.store.add(counter, key, 1, now_ms);
             added.push(counter);
             let est = c.estimate();

@@ -34,6 +34,9 @@ pub struct Metrics {
     pub audit_dropped: IntCounter,
     pub connections_open: IntGauge,
     pub connections_refused: IntCounterVec,
+    pub redis_errors: IntCounterVec,
+    pub redis_seconds: HistogramVec,
+    pub redis_up: IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -88,6 +91,11 @@ impl Metrics {
         .unwrap_or_else(|e| panic!("{e}"));
         r.register(Box::new(audit_dropped.clone()))
             .unwrap_or_else(|e| panic!("{e}"));
+        let redis_up = gauge(
+            &r,
+            "keygate_redis_up",
+            "Fleet mode: 1 while Redis answers, 0 while the fallback policy applies",
+        );
         Metrics {
             connections_open: gauge(
                 &r,
@@ -100,6 +108,19 @@ impl Metrics {
                 "Client connections closed at accept by a connection cap",
                 &["cap"],
             ),
+            redis_errors: counter(
+                &r,
+                "keygate_redis_errors_total",
+                "Fleet mode: failed or timed-out Redis calls by operation",
+                &["op"],
+            ),
+            redis_seconds: histogram(
+                &r,
+                "keygate_redis_seconds",
+                "Fleet mode: Redis round trips by operation",
+                &["op"],
+            ),
+            redis_up,
             requests_total: counter(
                 &r,
                 "keygate_requests_total",
@@ -221,6 +242,12 @@ impl Metrics {
                 if let Some(site) = rt.sites.get(k.site) {
                     self.legacy_auth.with_label_values(&[site.id.0.as_str()]);
                 }
+            }
+        }
+        if rt.fleet.is_some() {
+            for op in ["nonce", "token", "sync", "ping"] {
+                self.redis_errors.with_label_values(&[op]);
+                self.redis_seconds.with_label_values(&[op]);
             }
         }
         for result in ["ok", "error"] {

@@ -145,7 +145,8 @@ mod keygate_test_tls {
     pub use pingora::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
 }
 
-/// Secrets of the test world, random per gateway.
+/// Secrets of the test world, random per gateway (or shared by a fleet's nodes).
+#[derive(Clone)]
 pub struct Secrets {
     pub alpha: String,
     pub beta: String,
@@ -190,6 +191,15 @@ pub struct Options {
     pub pins: Vec<&'static str>,
     /// Give the `openai` upstream a second credential (`prod-2`, `secrets.provider2`).
     pub second_credential: bool,
+    /// Top-level YAML appended to the config (e.g. a `fleet:` section).
+    pub config_extra: String,
+    /// More accepted authorities (`server.hostnames`), e.g. a fleet's shared name.
+    pub extra_hostnames: Vec<String>,
+    /// Use these secrets instead of fresh ones (nodes of one fleet share them).
+    pub secrets: Option<Secrets>,
+    /// Copy the master keys (`k1.master`, `k2.master`) from this directory instead of
+    /// generating them (nodes of one fleet verify each other's browser tokens).
+    pub master_keys_from: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -204,6 +214,10 @@ impl Default for Options {
             upstream_ca: false,
             pins: Vec::new(),
             second_credential: false,
+            config_extra: String::new(),
+            extra_hostnames: Vec::new(),
+            secrets: None,
+            master_keys_from: None,
         }
     }
 }
@@ -273,7 +287,7 @@ impl Gateway {
             Some(_) => format!("https://localhost:{}", mock.addr.port()),
             None => format!("http://{}", mock.addr),
         };
-        let secrets = Secrets {
+        let secrets = opts.secrets.clone().unwrap_or_else(|| Secrets {
             alpha: random_secret("kgs_alpha_"),
             beta: random_secret("kgs_beta_"),
             legacy: random_secret("kgs_legacy_"),
@@ -281,7 +295,12 @@ impl Gateway {
             provider: random_secret("sk-provider-"),
             provider2: random_secret("sk-provider2-"),
             anthropic: random_secret("sk-ant-provider-"),
-        };
+        });
+        let extra_hostnames: String = opts
+            .extra_hostnames
+            .iter()
+            .map(|h| format!(", \"{h}\""))
+            .collect();
         let d = dir.path().display().to_string();
         for (name, v) in [
             ("alpha.secret", &secrets.alpha),
@@ -294,8 +313,16 @@ impl Gateway {
             std::fs::write(dir.path().join(name), format!("{v}\n")).unwrap();
         }
         for id in ["k1", "k2"] {
-            let key = keygate::config::secret::MasterKey::generate_base64();
-            std::fs::write(dir.path().join(format!("{id}.master")), key.as_str()).unwrap();
+            let file = format!("{id}.master");
+            match &opts.master_keys_from {
+                Some(from) => {
+                    std::fs::copy(from.join(&file), dir.path().join(&file)).unwrap();
+                }
+                None => {
+                    let key = keygate::config::secret::MasterKey::generate_base64();
+                    std::fs::write(dir.path().join(&file), key.as_str()).unwrap();
+                }
+            }
         }
         let port = free_port();
         let tls_port = free_port();
@@ -311,7 +338,7 @@ impl Gateway {
 server:
   listen:
     - addr: "127.0.0.1:{port}"
-{tls_listener}  hostnames: ["127.0.0.1:{port}", "localhost:{port}", "localhost:{tls_port}"]
+{tls_listener}  hostnames: ["127.0.0.1:{port}", "localhost:{port}", "localhost:{tls_port}"{extra_hostnames}]
   threads: 2
   admin_listen: "127.0.0.1:{admin_port}"
   max_body_bytes: {max_body}
@@ -361,6 +388,7 @@ sites:
     cors_origins: ["https://other.example"]
     keys:
       - {{ id: beta.k1, auth: hmac, secret: "file:{d}/beta.secret" }}
+{config_extra}
 "#,
             max_body = opts.max_body_bytes,
             tier = opts.tier,
@@ -372,6 +400,7 @@ sites:
             },
             server_extra = opts.server_extra,
             mock = mock.addr,
+            config_extra = opts.config_extra,
         );
         let cfg = dir.path().join("keygate.yaml");
         std::fs::write(&cfg, config).unwrap();
@@ -638,6 +667,17 @@ pub fn tls_handshake_ok(port: u16, version: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// Await requests sent together; how many answers had each status.
+pub async fn tally(
+    requests: impl IntoIterator<Item = impl std::future::Future<Output = Resp>>,
+) -> std::collections::BTreeMap<u16, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for r in futures::future::join_all(requests).await {
+        *counts.entry(r.status).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// A response as the tests look at it.
 #[derive(Debug)]
 pub struct Resp {
@@ -650,6 +690,17 @@ impl Resp {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
+    /// Assert an error answer: status and SPEC §4 code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code().as_str()),
+            (status, code),
+            "{}",
+            self.body
+        );
+    }
+
     pub fn code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()

@@ -1,0 +1,297 @@
+//! Fleet-wide counts for tier limits and token budgets.
+//!
+//! Each node keeps counting in its local sketch (the first line) and records every
+//! add as a delta. The sync task ([`super::sync`]) flushes the deltas with `INCRBY` on
+//! `<prefix>r:{<site key>}:<m|h|d>:<window>` / `<prefix>t:{<site key>}:<day>` and reads
+//! back the fleet totals of the sites this node served recently, in one pipeline.
+//! A request is then judged on `max(local count, fleet total at the last sync + this
+//! node's deltas not yet in that total)`.
+//!
+//! Worst-case overshoot (README "Fleet mode"): a node's view misses other nodes'
+//! admissions of at most the last `L = 2 × (sync_interval + RTT)` (one interval until
+//! they flush, one until this node reads). So a limit `q` admits at most
+//! `q + (N − 1) × r × L` in a window, for `N` nodes each admitting a site at rate `r`.
+//! A node that has not served a site for [`REFRESH_HORIZON_MS`] starts from a stale
+//! view and may add up to its own `r × (sync_interval + RTT)` once more.
+
+use super::{Fleet, Req};
+use crate::limits::window::Counts;
+use crate::limits::{Counter, CounterStore, LocalStore};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Sites served by this node within this time are read back at every sync.
+pub const REFRESH_HORIZON_MS: u64 = 5 * 60 * 1000;
+
+/// (counter, site key, window index)
+type DeltaKey = (Counter, u64, u64);
+
+/// The fleet totals of one (counter, site) as last read.
+#[derive(Debug, Clone, Copy, Default)]
+struct View {
+    /// Window index the totals were read in.
+    epoch: u64,
+    curr: i64,
+    prev: i64,
+    /// Last local use (ms); views unused for [`REFRESH_HORIZON_MS`] are dropped.
+    touched_ms: u64,
+    read: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// Deltas since the last flush started.
+    unsynced: HashMap<DeltaKey, i64>,
+    /// Deltas in a flush whose totals are not installed yet (kept after a failed flush).
+    flushing: HashMap<DeltaKey, i64>,
+    views: HashMap<(Counter, u64), View>,
+    /// Everything this node counted in the current and previous windows: sent again
+    /// when Redis comes back without its data.
+    own: HashMap<DeltaKey, i64>,
+    /// The Redis data generation this node's counts went into.
+    generation: Option<String>,
+}
+
+impl Inner {
+    /// Drop what can no longer count: windows older than the previous one, and views
+    /// of sites not served for [`REFRESH_HORIZON_MS`].
+    fn prune(&mut self, now_ms: u64) {
+        let live = |(c, _, e): &DeltaKey, n: &mut i64| *n != 0 && e + 1 >= epoch_of(*c, now_ms);
+        self.unsynced.retain(live);
+        self.flushing.retain(live);
+        self.own.retain(live);
+        self.views
+            .retain(|_, v| v.touched_ms + REFRESH_HORIZON_MS >= now_ms);
+    }
+}
+
+/// This node's side of the fleet counts.
+pub struct FleetCounters {
+    prefix: String,
+    inner: Mutex<Inner>,
+}
+
+fn epoch_of(counter: Counter, now_ms: u64) -> u64 {
+    now_ms / counter.interval().as_millis().max(1) as u64
+}
+
+impl FleetCounters {
+    pub fn new(prefix: &str) -> Self {
+        FleetCounters {
+            prefix: prefix.to_string(),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The Redis key of a counter window.
+    pub fn key(&self, counter: Counter, site: u64, epoch: u64) -> String {
+        let p = &self.prefix;
+        match counter {
+            Counter::RequestsMinute => format!("{p}r:{{{site:016x}}}:m:{epoch}"),
+            Counter::RequestsHour => format!("{p}r:{{{site:016x}}}:h:{epoch}"),
+            Counter::RequestsDay => format!("{p}r:{{{site:016x}}}:d:{epoch}"),
+            Counter::TokensDay => format!("{p}t:{{{site:016x}}}:{epoch}"),
+        }
+    }
+
+    /// Record a local add of `n` (negative: a refund; 0: a read) and return the fleet-wide
+    /// (prev, curr) counts: totals at the last sync plus this node's deltas not yet in them.
+    /// One lock, so the request path pays for one.
+    pub fn update(&self, counter: Counter, site: u64, n: i64, now_ms: u64) -> (i64, i64) {
+        let epoch = epoch_of(counter, now_ms);
+        let mut g = self.inner.lock();
+        if n != 0 {
+            *g.unsynced.entry((counter, site, epoch)).or_default() += n;
+            *g.own.entry((counter, site, epoch)).or_default() += n;
+        }
+        let v = g.views.entry((counter, site)).or_default();
+        v.touched_ms = now_ms;
+        let (mut prev, mut curr) = match v.epoch {
+            _ if !v.read => (0, 0),
+            e if e == epoch => (v.prev, v.curr),
+            e if e + 1 == epoch => (v.curr, 0),
+            _ => (0, 0),
+        };
+        for m in [&g.unsynced, &g.flushing] {
+            curr += m.get(&(counter, site, epoch)).copied().unwrap_or(0);
+            if let Some(e) = epoch.checked_sub(1) {
+                prev += m.get(&(counter, site, e)).copied().unwrap_or(0);
+            }
+        }
+        (prev, curr)
+    }
+
+    /// Bound memory while Redis is down (nothing is flushed then).
+    pub fn prune(&self, now_ms: u64) {
+        self.inner.lock().prune(now_ms);
+    }
+
+    /// After an outage: if Redis lost its data (a restart without persistence), the
+    /// deltas alone would undercount, so send this node's whole counts of the live windows
+    /// instead. Detected by a random generation marker each node remembers.
+    pub async fn check_generation(&self, fleet: &Fleet) -> bool {
+        let key = format!("{}generation", self.prefix);
+        let mut fresh = [0u8; 8];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut fresh);
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(&key)
+            .arg(hex::encode(fresh))
+            .arg("NX")
+            .ignore();
+        pipe.cmd("GET").arg(&key);
+        let Ok((current,)) = fleet
+            .call::<(Option<String>,)>("sync", Req::Pipe(&pipe))
+            .await
+        else {
+            return false;
+        };
+        let mut g = self.inner.lock();
+        if g.generation.is_some() && g.generation != current {
+            log::warn!(
+                "fleet: Redis lost its data; sending this node's counts of the live windows again"
+            );
+            g.unsynced = g.own.clone();
+            g.flushing.clear();
+        }
+        g.generation = current;
+        true
+    }
+
+    /// One sync: flush the deltas and read back the totals of recently served sites,
+    /// in one pipeline. On failure the deltas stay for the next attempt.
+    pub async fn sync(&self, fleet: &Fleet, now_ms: u64) -> bool {
+        let (flush, refresh) = {
+            let mut g = self.inner.lock();
+            let unsynced = std::mem::take(&mut g.unsynced);
+            for (k, n) in unsynced {
+                *g.flushing.entry(k).or_default() += n;
+            }
+            g.prune(now_ms);
+            let flush: Vec<(DeltaKey, i64)> = g.flushing.iter().map(|(k, n)| (*k, *n)).collect();
+            let refresh: Vec<(Counter, u64)> = g.views.keys().copied().collect();
+            (flush, refresh)
+        };
+        if flush.is_empty() && refresh.is_empty() {
+            return true;
+        }
+        let mut pipe = redis::pipe();
+        for ((c, site, epoch), n) in &flush {
+            let key = self.key(*c, *site, *epoch);
+            // Kept for the window, the next (as `prev`), and a minute of clock skew.
+            let ttl = 2 * c.interval().as_secs() + 60;
+            pipe.cmd("INCRBY").arg(&key).arg(*n).ignore();
+            pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+        }
+        let epochs: Vec<u64> = refresh.iter().map(|(c, _)| epoch_of(*c, now_ms)).collect();
+        for ((c, site), epoch) in refresh.iter().zip(&epochs) {
+            pipe.cmd("GET").arg(self.key(*c, *site, *epoch));
+            pipe.cmd("GET")
+                .arg(self.key(*c, *site, epoch.saturating_sub(1)));
+        }
+        let Ok(totals) = fleet
+            .call::<Vec<Option<i64>>>("sync", Req::Pipe(&pipe))
+            .await
+        else {
+            return false;
+        };
+        let mut g = self.inner.lock();
+        g.flushing.clear();
+        for (i, ((c, site), epoch)) in refresh.iter().zip(&epochs).enumerate() {
+            let curr = totals.get(2 * i).copied().flatten().unwrap_or(0);
+            let prev = totals.get(2 * i + 1).copied().flatten().unwrap_or(0);
+            if let Some(v) = g.views.get_mut(&(*c, *site)) {
+                v.epoch = *epoch;
+                v.curr = curr;
+                v.prev = prev;
+                v.read = true;
+            }
+        }
+        true
+    }
+}
+
+/// A [`CounterStore`] over the local sketch and the fleet view.
+pub struct FleetStore {
+    local: LocalStore,
+    fleet: Arc<Fleet>,
+}
+
+impl FleetStore {
+    pub fn new(slots: usize, fleet: Arc<Fleet>) -> Self {
+        FleetStore {
+            local: LocalStore::new(slots),
+            fleet,
+        }
+    }
+
+    /// Record `n` in the fleet deltas (also while Redis is down: flushed on recovery) and
+    /// judge on the larger of the local and the fleet-wide counts while Redis is up.
+    fn merge(&self, counter: Counter, key: u64, n: i64, local: Counts, now_ms: u64) -> Counts {
+        let (prev, curr) = self.fleet.counters.update(counter, key, n, now_ms);
+        if !self.fleet.is_up() {
+            return local;
+        }
+        Counts {
+            prev: local.prev.max(prev),
+            curr: local.curr.max(curr),
+            ..local
+        }
+    }
+}
+
+impl CounterStore for FleetStore {
+    fn add(&self, counter: Counter, key: u64, n: i64, now_ms: u64) -> Counts {
+        let local = self.local.add(counter, key, n, now_ms);
+        self.merge(counter, key, n, local, now_ms)
+    }
+
+    fn get(&self, counter: Counter, key: u64, now_ms: u64) -> Counts {
+        let local = self.local.get(counter, key, now_ms);
+        self.merge(counter, key, 0, local, now_ms)
+    }
+
+    fn slots(&self) -> usize {
+        self.local.slots()
+    }
+
+    fn quota_divisor(&self) -> u64 {
+        if self.fleet.is_up() {
+            1
+        } else {
+            self.fleet.settings.nodes
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_000 * 86_400_000; // start of a day (and of every shorter window)
+
+    #[test]
+    fn unsynced_deltas_count_until_totals_arrive() {
+        let c = FleetCounters::new("kg:");
+        c.update(Counter::RequestsMinute, 7, 1, T0 + 10);
+        assert_eq!(c.update(Counter::RequestsMinute, 7, 1, T0 + 20), (0, 2));
+        assert_eq!(c.update(Counter::RequestsMinute, 7, 0, T0 + 30), (0, 2));
+        assert_eq!(c.update(Counter::RequestsMinute, 8, 0, T0 + 30), (0, 0));
+        // A delta from the previous minute counts as `prev` in the next.
+        assert_eq!(c.update(Counter::RequestsMinute, 7, 0, T0 + 60_000), (2, 0));
+    }
+
+    #[test]
+    fn keys_carry_the_site_as_hash_tag() {
+        let c = FleetCounters::new("kg:");
+        assert_eq!(
+            c.key(Counter::RequestsMinute, 0xab, 5),
+            "kg:r:{00000000000000ab}:m:5"
+        );
+        assert_eq!(
+            c.key(Counter::TokensDay, 0xab, 5),
+            "kg:t:{00000000000000ab}:5"
+        );
+    }
+}

@@ -1,0 +1,395 @@
+//! Fleet mode: nodes behind one load balancer share replay protection and limits
+//! through Redis (`fleet.redis`). Without it everything stays process-local.
+//!
+//! - Nonces: one `SET <prefix>n:{<keyid>}:<sha256(nonce)> 1 NX EXAT <window end>` per
+//!   signed request, after the MAC verified ([`Fleet::claim_nonce`]).
+//! - Limits and token budgets: each node counts in its local sketch and syncs deltas
+//!   to Redis in one pipeline every `sync_interval` ([`counters`], [`sync`]).
+//! - Browser tokens' `max_requests`: one `INCR` per use ([`admit_token_use`]).
+//! - Failure: every call is bounded by `timeout_ms`. The first failure marks Redis down;
+//!   the request path then skips Redis (no added latency) and falls back (nonces:
+//!   `fail_closed` or `local`; limits: `1/nodes` of each quota) until the sync task's
+//!   next probe succeeds.
+
+pub mod counters;
+pub mod sync;
+
+use crate::auth::{self, AuthFailure, NonceClaim};
+use crate::config::{FleetSettings, NonceFallback};
+use crate::telemetry::metrics::METRICS;
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+/// Nonces accepted locally while Redis was down, written to Redis on recovery (so a
+/// replay to another node after recovery is still refused). Beyond this many, further
+/// ones are remembered by the accepting node only.
+const PENDING_NONCES_MAX: usize = 100_000;
+
+/// Redis was unreachable, timed out or answered with an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RedisDown;
+
+/// One request to Redis.
+pub enum Req<'a> {
+    Cmd(&'a redis::Cmd),
+    Pipe(&'a redis::Pipeline),
+}
+
+/// The shared handle: settings, the lazily created connection, health, and the
+/// fleet view of the counters.
+pub struct Fleet {
+    pub settings: FleetSettings,
+    conn: OnceLock<ConnectionManager>,
+    up: AtomicBool,
+    /// The sync service has tried to reach Redis at least once.
+    tried: AtomicBool,
+    pending_nonces: Mutex<Vec<(String, i64)>>,
+    pub counters: counters::FleetCounters,
+}
+
+impl Fleet {
+    pub fn new(settings: FleetSettings) -> Arc<Fleet> {
+        let counters = counters::FleetCounters::new(&settings.key_prefix);
+        Arc::new(Fleet {
+            settings,
+            conn: OnceLock::new(),
+            up: AtomicBool::new(false),
+            tried: AtomicBool::new(false),
+            pending_nonces: Mutex::new(Vec::new()),
+            counters,
+        })
+    }
+
+    /// Create the connection manager (no connection yet). Must run inside the tokio
+    /// runtime that will drive the connection: the sync service's.
+    pub fn connect_lazily(&self) -> Result<(), String> {
+        let result = self.new_manager();
+        if result.is_err() {
+            // Never coming up: readiness must not wait for it.
+            self.tried.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    fn new_manager(&self) -> Result<(), String> {
+        let client = redis::Client::open(self.settings.url.expose_secret())
+            .map_err(|_| format!("bad Redis URL {}", self.settings.redacted_url))?;
+        let t = self.settings.timeout;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(t))
+            .set_response_timeout(Some(t))
+            .set_number_of_retries(2)
+            .set_max_delay(std::time::Duration::from_millis(500));
+        let cm = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("Redis {}: {:?}", self.settings.redacted_url, e.kind()))?;
+        let _ = self.conn.set(cm);
+        Ok(())
+    }
+
+    /// The first attempt to reach Redis has finished (successful or not).
+    pub fn has_tried(&self) -> bool {
+        self.tried.load(Ordering::Acquire)
+    }
+
+    /// Redis answered the last call.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.up.swap(up, Ordering::AcqRel) != up {
+            if up {
+                log::info!(
+                    "fleet: Redis {} reachable; fleet-wide enforcement on",
+                    self.settings.redacted_url
+                );
+            } else {
+                log::warn!(
+                    "fleet: Redis {} unreachable; falling back (nonces: {:?}, limits: 1/{} of each quota)",
+                    self.settings.redacted_url,
+                    self.settings.nonces_when_down,
+                    self.settings.nodes
+                );
+            }
+        }
+        METRICS.redis_up.set(i64::from(up));
+    }
+
+    /// Run one Redis command or pipeline with the configured timeout, timing it under
+    /// `op`. Any error marks Redis down.
+    pub async fn call<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        req: Req<'_>,
+    ) -> Result<T, RedisDown> {
+        let Some(conn) = self.conn.get() else {
+            return Err(RedisDown);
+        };
+        let mut conn = conn.clone();
+        let started = Instant::now();
+        let result = match req {
+            Req::Cmd(c) => {
+                tokio::time::timeout(self.settings.timeout, c.query_async(&mut conn)).await
+            }
+            Req::Pipe(p) => {
+                tokio::time::timeout(self.settings.timeout, p.query_async(&mut conn)).await
+            }
+        };
+        METRICS
+            .redis_seconds
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        let failure = match result {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => format!("{:?}", e.kind()),
+            Err(_) => "timeout".to_string(),
+        };
+        log::debug!("fleet: Redis {op} failed: {failure}");
+        METRICS.redis_errors.with_label_values(&[op]).inc();
+        self.set_up(false);
+        Err(RedisDown)
+    }
+
+    /// The Redis key of a nonce: the key id as hash tag, the nonce hashed.
+    pub fn nonce_key(&self, key_id: &str, nonce: &str) -> String {
+        let d = Sha256::digest(nonce.as_bytes());
+        format!(
+            "{}n:{{{}}}:{}",
+            self.settings.key_prefix,
+            key_id,
+            hex::encode(&d[..16])
+        )
+    }
+
+    /// Claim a nonce fleet-wide: `Ok(true)` if it was fresh, `Ok(false)` if any node
+    /// has seen it. One round trip; skipped (`Err`) while Redis is down.
+    pub async fn claim_nonce(&self, claim: &NonceClaim, now: i64) -> Result<bool, RedisDown> {
+        if !self.is_up() {
+            return Err(RedisDown);
+        }
+        let key = self.nonce_key(&claim.key_id, &claim.nonce);
+        // EXAT in the past would drop the key at once: keep it at least a second.
+        let exat = claim.expires_at.max(now + 1);
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&key).arg(1).arg("NX").arg("EXAT").arg(exat);
+        let set: Option<String> = self.call("nonce", Req::Cmd(&cmd)).await?;
+        Ok(set.is_some())
+    }
+
+    /// Remember a nonce accepted locally while Redis was down.
+    fn defer_nonce(&self, claim: &NonceClaim) {
+        let mut p = self.pending_nonces.lock();
+        if p.len() < PENDING_NONCES_MAX {
+            p.push((
+                self.nonce_key(&claim.key_id, &claim.nonce),
+                claim.expires_at,
+            ));
+        }
+    }
+
+    /// While down: probe Redis (PING), re-send counts if it lost its data, then mark it
+    /// up and write back the nonces accepted locally meanwhile. False while still down.
+    pub async fn recover(&self, now_ms: u64) -> bool {
+        let ping = redis::cmd("PING");
+        let ok = self.call::<String>("ping", Req::Cmd(&ping)).await.is_ok()
+            && self.counters.check_generation(self).await;
+        if ok {
+            self.set_up(true);
+        }
+        self.tried.store(true, Ordering::Release);
+        if ok {
+            self.flush_pending_nonces(now_ms as i64 / 1000).await;
+        }
+        ok
+    }
+
+    /// Write the nonces accepted locally during an outage (NX: a key already there wins).
+    async fn flush_pending_nonces(&self, now: i64) {
+        let pending: Vec<(String, i64)> = std::mem::take(&mut *self.pending_nonces.lock());
+        let live: Vec<_> = pending.into_iter().filter(|(_, e)| *e > now).collect();
+        if live.is_empty() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        for (k, exat) in &live {
+            pipe.cmd("SET")
+                .arg(k)
+                .arg(1)
+                .arg("NX")
+                .arg("EXAT")
+                .arg(*exat)
+                .ignore();
+        }
+        let res = self.call::<()>("nonce", Req::Pipe(&pipe)).await;
+        if res.is_err() {
+            // Keep them for the next recovery.
+            let mut p = self.pending_nonces.lock();
+            for e in live {
+                if p.len() < PENDING_NONCES_MAX {
+                    p.push(e);
+                }
+            }
+        }
+    }
+}
+
+/// Record a verified request's nonce: fleet-wide when a fleet is configured and Redis
+/// answers, else by the configured fallback; process-local without a fleet.
+///
+/// In fleet mode the nonce is recorded locally too (a fraction of a microsecond): a replay
+/// to the same node is refused without a round trip, and even after Redis lost its data.
+pub async fn record_nonce(
+    fleet: Option<&Fleet>,
+    local: &auth::nonce::NonceStore,
+    claim: &NonceClaim,
+    now: i64,
+) -> Result<(), AuthFailure> {
+    let Some(fleet) = fleet else {
+        return auth::record_local(local, claim, now);
+    };
+    if !fleet.is_up() {
+        return fallback(fleet, local, claim, now, false);
+    }
+    auth::record_local(local, claim, now)?;
+    match fleet.claim_nonce(claim, now).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(auth::replayed()),
+        Err(RedisDown) => fallback(fleet, local, claim, now, true),
+    }
+}
+
+/// Count one use of a browser token with `max_requests`: fleet-wide while Redis answers
+/// (`INCR` + `EXPIREAT` on `<prefix>u:{<token id>}`, one round trip), else on this node
+/// alone with `ceil(max / N)`; without a fleet, on this node with `max`.
+pub async fn admit_token_use(
+    fleet: Option<&Fleet>,
+    local: &crate::limits::TokenUses,
+    claims: &crate::auth::token::Claims,
+    now_ms: u64,
+) -> bool {
+    let Some(fleet) = fleet else {
+        return local.admit(&claims.jti, claims.max, now_ms);
+    };
+    let share = claims.max.div_ceil(fleet.settings.nodes);
+    if !fleet.is_up() {
+        return local.admit(&claims.jti, share, now_ms);
+    }
+    let key = format!("{}u:{{{}}}", fleet.settings.key_prefix, claims.jti);
+    let mut pipe = redis::pipe();
+    pipe.cmd("INCR").arg(&key);
+    pipe.cmd("EXPIREAT").arg(&key).arg(claims.exp + 60).ignore();
+    match fleet.call::<(u64,)>("token", Req::Pipe(&pipe)).await {
+        Ok((uses,)) => {
+            // Keep this node's count in step for the fallback.
+            local.admit(&claims.jti, u64::MAX, now_ms);
+            uses <= claims.max
+        }
+        Err(RedisDown) => local.admit(&claims.jti, share, now_ms),
+    }
+}
+
+/// `fleet.on_redis_down.nonces` for one claim.
+fn fallback(
+    fleet: &Fleet,
+    local: &auth::nonce::NonceStore,
+    claim: &NonceClaim,
+    now: i64,
+    recorded_locally: bool,
+) -> Result<(), AuthFailure> {
+    match fleet.settings.nonces_when_down {
+        NonceFallback::FailClosed => Err(auth::nonce_store_unavailable("redis_down")),
+        NonceFallback::Local { window } => {
+            if claim.created < now - window.as_secs() as i64 {
+                return Err(auth::stale(
+                    "older than the shortened window while Redis is down",
+                ));
+            }
+            if !recorded_locally {
+                auth::record_local(local, claim, now)?;
+            }
+            fleet.defer_nonce(claim);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::nonce::NonceStore;
+    use crate::error::ErrorCode;
+    use std::time::Duration;
+
+    fn fleet(policy: NonceFallback) -> Arc<Fleet> {
+        Fleet::new(FleetSettings {
+            url: "redis://127.0.0.1:1".to_string().into(),
+            redacted_url: "redis://127.0.0.1:1".into(),
+            timeout: Duration::from_millis(50),
+            key_prefix: "kg:".into(),
+            nodes: 3,
+            sync_interval: Duration::from_millis(100),
+            nonces_when_down: policy,
+        })
+    }
+
+    fn claim(nonce: &str, created: i64) -> NonceClaim {
+        NonceClaim {
+            key_id: "site.k1".into(),
+            nonce: nonce.into(),
+            created,
+            expires_at: created + 300,
+        }
+    }
+
+    #[tokio::test]
+    async fn fail_closed_refuses_while_redis_is_down() {
+        let f = fleet(NonceFallback::FailClosed);
+        let local = NonceStore::new(1024);
+        let e = record_nonce(
+            Some(&f),
+            &local,
+            &claim("nonce-aaaaaaaaaaaaaaaa", 1000),
+            1000,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::UpstreamUnavailable);
+        assert!(local.is_empty(), "nothing recorded locally");
+    }
+
+    #[tokio::test]
+    async fn local_fallback_uses_the_shortened_window_and_remembers_for_recovery() {
+        let f = fleet(NonceFallback::Local {
+            window: Duration::from_secs(10),
+        });
+        let local = NonceStore::new(1024);
+        let c = claim("nonce-bbbbbbbbbbbbbbbb", 995);
+        assert!(record_nonce(Some(&f), &local, &c, 1000).await.is_ok());
+        let again = record_nonce(Some(&f), &local, &c, 1001).await.unwrap_err();
+        assert_eq!(again.code, ErrorCode::Replayed);
+        let old = record_nonce(
+            Some(&f),
+            &local,
+            &claim("nonce-cccccccccccccccc", 985),
+            1000,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(old.code, ErrorCode::StaleRequest);
+        assert_eq!(f.pending_nonces.lock().len(), 1, "kept for write-back");
+    }
+
+    #[test]
+    fn nonce_keys_hash_the_nonce_and_tag_the_key_id() {
+        let f = fleet(NonceFallback::FailClosed);
+        let k = f.nonce_key("site.k1", "raw-nonce-value-123");
+        assert!(k.starts_with("kg:n:{site.k1}:"), "{k}");
+        assert!(!k.contains("raw-nonce-value-123"));
+        assert_eq!(k.len(), "kg:n:{site.k1}:".len() + 32);
+    }
+}

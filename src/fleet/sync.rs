@@ -1,0 +1,40 @@
+//! The fleet's background service: creates the Redis connection inside its own runtime,
+//! then every `sync_interval` probes Redis while it is down, writes back nonces accepted
+//! locally during an outage, and syncs the counters.
+
+use super::Fleet;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+
+/// The sync service.
+pub struct FleetSync {
+    pub fleet: Arc<Fleet>,
+}
+
+#[async_trait]
+impl BackgroundService for FleetSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let fleet = &self.fleet;
+        if let Err(e) = fleet.connect_lazily() {
+            log::error!("fleet: {e}; running on the fallback policy");
+            return;
+        }
+        let mut tick = tokio::time::interval(fleet.settings.sync_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now_ms = crate::limits::now_ms();
+                    if !fleet.is_up() && !fleet.recover(now_ms).await {
+                        fleet.counters.prune(now_ms);
+                        continue;
+                    }
+                    fleet.counters.sync(fleet, now_ms).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
