@@ -15,6 +15,7 @@ pub mod error;
 pub mod gateway;
 pub mod limits;
 pub mod mock_provider;
+pub mod pii;
 pub mod reload;
 pub mod request;
 pub mod response;

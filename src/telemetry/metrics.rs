@@ -32,6 +32,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub audit_dropped: IntCounter,
+    /// Values replaced by placeholders, per kind (never the values).
+    pub pii_replaced: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -143,6 +145,12 @@ impl Metrics {
                 "Config reloads by result",
                 &["result"],
             ),
+            pii_replaced: counter(
+                &r,
+                "keygate_pii_replaced_total",
+                "Personal data values replaced by placeholders, by kind",
+                &["kind"],
+            ),
             config_generation,
             audit_dropped,
             registry: r,
@@ -204,6 +212,16 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);
+        }
+        let policies = rt
+            .routes
+            .iter()
+            .filter_map(|r| r.pii.as_ref())
+            .chain(rt.sites.iter().filter_map(|s| s.pii.as_ref()?.as_ref()));
+        for p in policies {
+            for k in p.detector.kinds() {
+                self.pii_replaced.with_label_values(&[&*k.name]);
+            }
         }
     }
 
