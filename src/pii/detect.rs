@@ -65,7 +65,7 @@ const IPV6: &str = r"(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9]{1,3}(?:\.[0-9]{1,3}){3}|
 const IPV4: &str = r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}";
 // International (E.164 with optional separators), North American with separators, and
 // trunk-prefix national forms (`020 7946 0958`, `06 12 34 56 78`).
-const PHONE: &str = r"\+[1-9](?:[ .\-]?\(?[0-9]{1,4}\)?){2,7}|(?:\([0-9]{3}\)[ .\-]?|[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}|0[0-9]{1,4}[ .\-/][0-9]{2,4}(?:[ .\-]?[0-9]{2,4}){1,3}";
+const PHONE: &str = r"\+[1-9](?:[ .\-]?(?:\([0-9]{1,4}\)|[0-9]{1,4})){2,7}|(?:\([0-9]{3}\)[ .\-]?|[0-9]{3}[ .\-])[0-9]{3}[ .\-][0-9]{4}|0[0-9]{1,4}[ .\-/][0-9]{2,4}(?:[ .\-]?[0-9]{2,4}){1,3}";
 
 impl Detector {
     /// Build a detector for the built-in `kinds` (config names) and operator `patterns`.

@@ -190,6 +190,8 @@ pub struct Options {
     pub pins: Vec<&'static str>,
     /// Give the `openai` upstream a second credential (`prod-2`, `secrets.provider2`).
     pub second_credential: bool,
+    /// Extra lines for both routes (indented four spaces, each ending in a newline).
+    pub route_extra: String,
 }
 
 impl Default for Options {
@@ -204,6 +206,7 @@ impl Default for Options {
             upstream_ca: false,
             pins: Vec::new(),
             second_credential: false,
+            route_extra: String::new(),
         }
     }
 }
@@ -342,9 +345,9 @@ routes:
     upstream: openai
     models: ["gpt-4o", "gpt-4o-mini"]
     max_tokens: 4096
-  - prefix: "/anthropic/"
+{route_extra}  - prefix: "/anthropic/"
     upstream: anthropic
-tiers:
+{route_extra}tiers:
   free: {tier}
   other: {{ requests_per_minute: 100000 }}
 sites:
@@ -371,6 +374,7 @@ sites:
                 String::new()
             },
             server_extra = opts.server_extra,
+            route_extra = opts.route_extra,
             mock = mock.addr,
         );
         let cfg = dir.path().join("keygate.yaml");
@@ -564,6 +568,26 @@ sites:
         let h = self.sign(key_id, secret, method, path, body.as_bytes());
         let body = (!body.is_empty()).then(|| body.as_bytes().to_vec());
         send(&client(), method, &self.url(path), &h, body).await
+    }
+
+    /// POST `body` as JSON signed by `alpha.k1`, with `extra` headers (e.g. `x-mock-mode`).
+    pub async fn post_signed(&self, path: &str, body: &str, extra: &[(&str, &str)]) -> Resp {
+        let mut h = self.sign(
+            "alpha.k1",
+            &self.secrets.alpha,
+            "POST",
+            path,
+            body.as_bytes(),
+        );
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        send(
+            &client(),
+            "POST",
+            &self.url(path),
+            &h,
+            Some(body.as_bytes().to_vec()),
+        )
+        .await
     }
 
     /// Signed request headers for `key_id` on `path` of this gateway, created now.
