@@ -6,23 +6,25 @@
 //! card (Luhn-valid, 13-19 digits) or part of an IBAN, never a phone number, so order
 //! numbers, ids and amounts are left alone. See README "Private prompts (PII)".
 
-use regex::Regex;
+use regex::{Regex, RegexSet};
 use std::sync::Arc;
 
 /// The built-in kinds, in config spelling.
 pub const BUILTIN_KINDS: [&str; 5] = ["email", "phone", "card", "iban", "ip"];
 
-/// How a candidate found by the regex is confirmed.
+/// How a candidate found by the regex is confirmed. Declared in priority order (for
+/// findings that start at the same place).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 enum Check {
-    Email,
-    Phone,
-    Card,
-    Iban,
-    Ipv4,
-    Ipv6,
     /// Operator regex: the match is taken as is.
     Custom,
+    Email,
+    Iban,
+    Card,
+    Ipv6,
+    Ipv4,
+    Phone,
 }
 
 /// One kind of personal data the detector looks for.
@@ -42,11 +44,14 @@ pub struct CustomPattern {
 }
 
 /// A compiled detector for a set of kinds. Built once per route at config load.
+///
+/// One regex per check, in priority order, and a `RegexSet` of all of them: text
+/// without any candidate costs one pass of the set.
 #[derive(Debug)]
 pub struct Detector {
-    re: Regex,
-    /// Alternatives of `re`: capture group index, check, and index into `kinds`.
-    alts: Vec<(usize, Check, usize)>,
+    set: RegexSet,
+    /// Per check: its regex, how a candidate is confirmed, index into `kinds`.
+    checks: Vec<(Regex, Check, usize)>,
     kinds: Vec<Kind>,
 }
 
@@ -89,25 +94,16 @@ impl Detector {
                 parts.push((re.to_string(), *check, kind(k)));
             }
         }
-        // Alternation order decides ties at one position: email before the number
-        // kinds, IBAN and card before phone, IPv6 before IPv4.
-        parts.sort_by_key(|(_, c, _)| match c {
-            Check::Custom => 0,
-            Check::Email => 1,
-            Check::Iban => 2,
-            Check::Card => 3,
-            Check::Ipv6 => 4,
-            Check::Ipv4 => 5,
-            Check::Phone => 6,
-        });
+        // Findings starting at the same place: email before the number kinds, IBAN
+        // and card before phone, IPv6 before IPv4.
+        parts.sort_by_key(|(_, c, _)| *c as u8);
+        if parts.is_empty() {
+            return Err("no kinds to detect".into());
+        }
+        let set = RegexSet::new(parts.iter().map(|(re, _, _)| re)).map_err(|e| e.to_string())?;
         let mut kinds_out: Vec<Kind> = Vec::new();
-        let mut alts = Vec::new();
-        let mut pattern = String::new();
-        for (i, (re, check, k)) in parts.into_iter().enumerate() {
-            if i > 0 {
-                pattern.push('|');
-            }
-            pattern.push_str(&format!("(?P<kgpii{i}>{re})"));
+        let mut checks = Vec::new();
+        for (re, check, k) in parts {
             let ki = match kinds_out.iter().position(|x| x.name == k.name) {
                 Some(ki) => ki,
                 None => {
@@ -115,26 +111,11 @@ impl Detector {
                     kinds_out.len() - 1
                 }
             };
-            alts.push((i, check, ki));
+            checks.push((Regex::new(&re).map_err(|e| e.to_string())?, check, ki));
         }
-        if pattern.is_empty() {
-            return Err("no kinds to detect".into());
-        }
-        let re = Regex::new(&pattern).map_err(|e| e.to_string())?;
-        let alts = alts
-            .into_iter()
-            .map(|(i, check, ki)| {
-                let name = format!("kgpii{i}");
-                let idx = re
-                    .capture_names()
-                    .position(|n| n == Some(name.as_str()))
-                    .unwrap_or(0);
-                (idx, check, ki)
-            })
-            .collect();
         Ok(Detector {
-            re,
-            alts,
+            set,
+            checks,
             kinds: kinds_out,
         })
     }
@@ -144,40 +125,57 @@ impl Detector {
         &self.kinds
     }
 
-    /// Every confirmed finding in `text`, left to right, not overlapping.
+    /// Every confirmed finding in `text`, left to right, not overlapping. Where two
+    /// start at the same place, the check first in priority wins.
     pub fn find(&self, text: &str) -> Vec<Finding> {
+        let active: Vec<usize> = self.set.matches(text).into_iter().collect();
         let mut out = Vec::new();
+        if active.is_empty() {
+            return out;
+        }
+        let mut next: Vec<Option<Finding>> = active
+            .iter()
+            .map(|&i| self.next_confirmed(i, text, 0))
+            .collect();
         let mut pos = 0;
-        while pos <= text.len() {
-            let Some(caps) = self.re.captures_at(text, pos) else {
-                break;
-            };
-            let Some(whole) = caps.get(0) else { break };
-            let hit = self.alts.iter().find_map(|&(idx, check, kind)| {
-                let m = caps.get(idx)?;
-                confirm(check, text, m.start(), m.end()).map(|end| Finding {
-                    kind,
-                    start: m.start(),
-                    end,
-                })
-            });
-            match hit {
-                Some(f) if f.end > f.start => {
-                    pos = f.end;
-                    out.push(f);
-                }
-                // Not confirmed: look again one character further, so a real finding
-                // that starts inside the rejected candidate is not skipped.
-                _ => {
-                    pos = whole.start()
-                        + text[whole.start()..]
-                            .chars()
-                            .next()
-                            .map_or(1, char::len_utf8);
+        loop {
+            for (slot, &i) in next.iter_mut().zip(&active) {
+                if slot.is_some_and(|f| f.start < pos) {
+                    *slot = self.next_confirmed(i, text, pos);
                 }
             }
+            let best = next
+                .iter()
+                .enumerate()
+                .filter_map(|(j, f)| f.map(|f| (f.start, j)))
+                .min();
+            let Some(f) = best.and_then(|(_, j)| next[j]) else {
+                return out;
+            };
+            pos = f.end;
+            out.push(f);
         }
-        out
+    }
+
+    /// The first confirmed finding of check `i` at or after `from`. A rejected
+    /// candidate is retried one character further, so a real finding starting inside
+    /// it is not skipped.
+    fn next_confirmed(&self, i: usize, text: &str, mut from: usize) -> Option<Finding> {
+        let (re, check, kind) = &self.checks[i];
+        while from <= text.len() {
+            let m = re.find_at(text, from)?;
+            if let Some(end) = confirm(*check, text, m.start(), m.end()) {
+                if end > m.start() {
+                    return Some(Finding {
+                        kind: *kind,
+                        start: m.start(),
+                        end,
+                    });
+                }
+            }
+            from = m.start() + text[m.start()..].chars().next().map_or(1, char::len_utf8);
+        }
+        None
     }
 }
 

@@ -88,10 +88,16 @@ impl Pseudonyms {
     /// (the whole body, so placeholder-shaped text anywhere in it is respected).
     pub fn for_request(request: &str) -> Pseudonyms {
         let mut p = Pseudonyms::default();
-        for (start, end) in placeholder_spans(request) {
-            p.reserved.insert(request[start..end].to_string());
-        }
+        p.reserve(request);
         p
+    }
+
+    /// Never issue a placeholder that appears in `text` (e.g. a decoded text part whose
+    /// JSON spelled it with escapes).
+    pub fn reserve(&mut self, text: &str) {
+        for (start, end) in placeholder_spans(text) {
+            self.reserved.insert(text[start..end].to_string());
+        }
     }
 
     /// Replace every finding of `det` in `text`; `None` when there was none.

@@ -70,6 +70,7 @@ pub fn apply(
         }
         PiiMode::Pseudonymize => {
             let mut map = Pseudonyms::for_request(&String::from_utf8_lossy(raw));
+            body::for_each_text(kind, obj, &mut |s| map.reserve(s));
             body::for_each_text(kind, obj, &mut |s| {
                 if let Some(new) = map.pseudonymize(det, s) {
                     *s = new;
@@ -124,6 +125,24 @@ mod tests {
         assert_eq!(obj["messages"][0]["content"], "mail [EMAIL_1]");
         assert_eq!(obj["model"], "a@b.io");
         assert_eq!(map.restore("[EMAIL_1]"), "a@b.io");
+    }
+
+    #[test]
+    fn escaped_placeholders_in_the_body_are_reserved() {
+        let raw = br#"{"messages":[{"role":"user","content":"\u005bEMAIL_1] a@b.io"}]}"#;
+        let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(raw) else {
+            panic!()
+        };
+        let Some(Outcome::Replaced(map)) = apply(
+            &policy(PiiMode::Pseudonymize),
+            UpstreamKind::OpenAi,
+            &mut obj,
+            raw,
+        ) else {
+            panic!("expected replacement")
+        };
+        assert_eq!(obj["messages"][0]["content"], "[EMAIL_1] [EMAIL_2]");
+        assert_eq!(map.restore("[EMAIL_1] [EMAIL_2]"), "[EMAIL_1] a@b.io");
     }
 
     #[test]
