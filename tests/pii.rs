@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 
 const CHAT: &str = "/openai/v1/chat/completions";
 const MESSAGES: &str = "/anthropic/v1/messages";
+const GEMINI: &str = "/gemini/v1beta/models/gemini-2.0-flash:generateContent";
+const GEMINI_STREAM: &str = "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse";
 
 /// Personal data of every built-in kind (email twice), and look-alikes that must pass.
 const PROMPT: &str = "Hi, I am Jane (jane.doe@example.com, +1 415 555 2671). \
@@ -43,6 +45,12 @@ fn openai_body(stream: bool) -> String {
 fn anthropic_body(stream: bool) -> String {
     json!({"model": "claude-x", "max_tokens": 100, "stream": stream,
         "messages": [{"role": "user", "content": PROMPT}]})
+    .to_string()
+}
+
+fn gemini_body() -> String {
+    json!({"systemInstruction": {"parts": [{"text": "Repeat the user."}]},
+        "contents": [{"role": "user", "parts": [{"text": PROMPT}]}]})
     .to_string()
 }
 
@@ -83,7 +91,11 @@ fn stream_text(sse: &str) -> (String, usize) {
         let Ok(v) = serde_json::from_str::<Value>(data) else {
             continue;
         };
-        for p in ["/choices/0/delta/content", "/delta/text"] {
+        for p in [
+            "/choices/0/delta/content",
+            "/delta/text",
+            "/candidates/0/content/parts/0/text",
+        ] {
             if let Some(s) = v.pointer(p).and_then(Value::as_str) {
                 text.push_str(s);
             }
@@ -167,6 +179,22 @@ async fn anthropic_json_and_stream_are_restored() {
 }
 
 #[tokio::test]
+async fn gemini_json_and_stream_are_restored() {
+    let gw = pseudonymizing();
+    let r = echo(&gw, GEMINI, &gemini_body()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json()["candidates"][0]["content"]["parts"][0]["text"],
+        PROMPT
+    );
+    assert_provider_saw_placeholders(&gw);
+
+    let r = echo(&gw, GEMINI_STREAM, &gemini_body()).await;
+    assert_restored_stream(&r);
+    assert_kept_private(&gw, 2);
+}
+
+#[tokio::test]
 async fn block_mode_refuses_with_the_kinds_found() {
     let gw = Gateway::start_with(Options {
         route_extra: "    pii: { mode: block, kinds: [email, card, iban] }\n".into(),
@@ -201,4 +229,16 @@ async fn block_mode_refuses_with_the_kinds_found() {
     assert_eq!(refused["error_code"], "pii_detected");
     assert_eq!(refused["pii"], json!({"email": 2, "card": 1, "iban": 1}));
     assert_no_value_in_logs(&gw);
+}
+
+#[tokio::test]
+async fn pii_is_off_by_default() {
+    let gw = Gateway::start();
+    let r = echo(&gw, CHAT, &openai_body(false)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(gw.mock.last()["body"]
+        .as_str()
+        .unwrap()
+        .contains("jane.doe@example.com"));
+    assert_eq!(gw.audit_lines_at_least(1)[0]["pii"], Value::Null);
 }

@@ -340,6 +340,11 @@ upstreams:
     url: "http://{mock}"
     credentials:
       - {{ id: ant-1, secret: "file:{d}/anthropic.key" }}
+  gemini:
+    kind: gemini
+    url: "http://{mock}"
+    credentials:
+      - {{ id: gem-1, secret: "file:{d}/anthropic.key" }}
 routes:
   - prefix: "/openai/"
     upstream: openai
@@ -347,6 +352,8 @@ routes:
     max_tokens: 4096
 {route_extra}  - prefix: "/anthropic/"
     upstream: anthropic
+{route_extra}  - prefix: "/gemini/"
+    upstream: gemini
 {route_extra}tiers:
   free: {tier}
   other: {{ requests_per_minute: 100000 }}
