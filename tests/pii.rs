@@ -158,7 +158,16 @@ async fn provider_never_sees_pii_and_json_answer_is_restored() {
 #[tokio::test]
 async fn streamed_answer_is_restored_across_split_events() {
     let gw = pseudonymizing();
-    let r = echo(&gw, CHAT, &openai_body(true)).await;
+    // Each event arrives in two writes 2 ms apart: placeholders are split across events
+    // (3-character deltas) and events across chunks.
+    let body = openai_body(true);
+    let r = gw
+        .post_signed(
+            CHAT,
+            &body,
+            &[("x-mock-mode", "echo"), ("x-mock-event-delay-ms", "2")],
+        )
+        .await;
     assert_restored_stream(&r);
     assert!(r.body.ends_with("data: [DONE]\n\n"));
     assert_kept_private(&gw, 1);

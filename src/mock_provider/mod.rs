@@ -8,7 +8,8 @@
 //! credential it received into the answer text and a header), `echo_credential_body`
 //! (the text only), `set_cookie` (adds `Set-Cookie` and `Server`), `redirect`, `html`,
 //! `echo` (answers with the last user message's text; streams send it in deltas of
-//! three characters, so anything longer is split across events).
+//! three characters, so anything longer is split across events, and write every event
+//! in two halves, so events are split across chunks too).
 //! Streams wait `x-mock-event-delay-ms` between events. `x-mock-429-key: K` answers
 //! 429 (Retry-After 30) when the credential received is `K`.
 //!
@@ -71,6 +72,21 @@ fn header_ms(req: &http::request::Parts, name: &str, default: u64) -> u64 {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Every event cut in two writes (at a character boundary near its middle).
+fn halves(events: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(events.len() * 2);
+    for e in events {
+        let mut mid = e.len() / 2;
+        while !e.is_char_boundary(mid) {
+            mid += 1;
+        }
+        let (a, b) = e.split_at(mid);
+        out.push(a.to_string());
+        out.push(b.to_string());
+    }
+    out
 }
 
 fn sse(events: Vec<String>, delay: Duration) -> Response<Body> {
@@ -359,6 +375,7 @@ async fn handle(
     if echo {
         text = last_user_text(&req_json);
     }
+    let sse = |events: Vec<String>, delay| sse(if echo { halves(events) } else { events }, delay);
     // A provider that rate-limits one key: 429 when the received credential is this one.
     if let Some(limited) = parts
         .headers

@@ -112,9 +112,13 @@ impl Pseudonyms {
             out.push_str(&text[last..f.start]);
             let kind = &det.kinds()[f.kind];
             self.counts.add(&kind.name);
-            let key = (f.kind, text[f.start..f.end].to_string());
+            let mut key = (f.kind, text[f.start..f.end].to_string());
             let placeholder = match self.by_value.get(&key) {
-                Some(p) => p.clone(),
+                Some(p) => {
+                    let p = p.clone();
+                    key.1.zeroize();
+                    p
+                }
                 None => {
                     let p = self.issue(&kind.label);
                     self.by_placeholder.insert(p.clone(), key.1.clone());
