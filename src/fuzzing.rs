@@ -19,6 +19,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("request_body", request_body),
     ("request_path", request_path),
     ("config_yaml", config_yaml),
+    ("pii", pii),
 ];
 
 /// SSE framing over arbitrary chunking; the first byte picks the chunk size.
@@ -95,4 +96,50 @@ pub fn config_yaml(data: &[u8]) {
             let _ = errs.to_string();
         }
     }
+}
+
+/// PII detection and restoration on arbitrary text: pseudonymize then restore is the
+/// identity, and the stream restorer gives the same text however the pseudonymized text
+/// is cut into deltas (the first byte picks the delta size).
+pub fn pii(data: &[u8]) {
+    use crate::pii::detect::{Detector, BUILTIN_KINDS};
+    use crate::pii::stream::StreamRestorer;
+    use crate::pii::Pseudonyms;
+    use std::sync::OnceLock;
+    static DETECTOR: OnceLock<Option<Detector>> = OnceLock::new();
+
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let Some(det) = DETECTOR
+        .get_or_init(|| Detector::new(&BUILTIN_KINDS, &[]).ok())
+        .as_ref()
+    else {
+        panic!("the built-in detector must build");
+    };
+    let mut map = Pseudonyms::for_request(text);
+    let sent = map
+        .pseudonymize(det, text)
+        .unwrap_or_else(|| text.to_string());
+    assert_eq!(map.restore(&sent), text);
+
+    let mut r = StreamRestorer::default();
+    let mut got = String::new();
+    let step = usize::from(cut % 16) + 1;
+    let chars: Vec<char> = sent.chars().collect();
+    for piece in chars.chunks(step) {
+        let mut v = serde_json::json!({"delta": {"text": piece.iter().collect::<String>()}});
+        let (before, _) = r.event(None, &mut v, &map);
+        assert!(before.is_empty(), "text events never flush");
+        got.push_str(v["delta"]["text"].as_str().unwrap_or(""));
+    }
+    let tail = String::from_utf8(r.flush(&map)).unwrap_or_default();
+    if let Some(data) = tail.strip_prefix("data: ") {
+        let v: serde_json::Value = serde_json::from_str(data.trim_end()).unwrap_or_default();
+        got.push_str(v["delta"]["text"].as_str().unwrap_or(""));
+    }
+    assert_eq!(got, text);
 }

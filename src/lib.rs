@@ -19,6 +19,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod limits;
 pub mod mock_provider;
+pub mod pii;
 pub mod reload;
 pub mod request;
 pub mod response;

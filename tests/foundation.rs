@@ -12,15 +12,7 @@ const CHAT: &str = "/openai/v1/chat/completions";
 const BODY: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
 
 async fn signed_post(gw: &Gateway, path: &str, body: &str) -> Resp {
-    let h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", path, body.as_bytes());
-    send(
-        &client(),
-        "POST",
-        &gw.url(path),
-        &h,
-        Some(body.as_bytes().to_vec()),
-    )
-    .await
+    gw.post_signed(path, body, &[]).await
 }
 
 fn with(mut h: Vec<(String, String)>, name: &str, value: &str) -> Vec<(String, String)> {

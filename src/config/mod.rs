@@ -170,6 +170,8 @@ pub struct Route {
     pub max_tokens: Option<u64>,
     /// Output patterns refused (`routes[].block_patterns`).
     pub block_patterns: Option<regex::bytes::RegexSet>,
+    /// Personal data in prompts (`routes[].pii`); `None` is `off`.
+    pub pii: Option<Arc<crate::pii::PiiPolicy>>,
 }
 
 /// A tier's limits (enforced by the limits module).
@@ -252,6 +254,8 @@ pub struct Site {
     /// Route prefixes this site may call; `None` means all routes.
     pub routes: Option<HashSet<String>>,
     pub cors_origins: Vec<String>,
+    /// `sites[].pii`, replacing the route's setting: `Some(None)` is `off`.
+    pub pii: Option<Option<Arc<crate::pii::PiiPolicy>>>,
 }
 
 /// How a client key authenticates.
@@ -681,22 +685,10 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         if r.max_tokens == Some(0) {
             errs.push(format!("{p}.max_tokens"), "must be at least 1");
         }
-        if let Some(pii) = &r.pii {
-            match pii.mode.as_str() {
-                "off" => {}
-                "pseudonymize" | "block" => errs.push(
-                    format!("{p}.pii.mode"),
-                    format!(
-                        "PII mode \"{}\" is not available in this build (only \"off\")",
-                        pii.mode
-                    ),
-                ),
-                other => errs.push(
-                    format!("{p}.pii.mode"),
-                    format!("unknown mode \"{other}\" (expected off, pseudonymize or block)"),
-                ),
-            }
-        }
+        let pii = r
+            .pii
+            .as_ref()
+            .and_then(|x| validate_pii(x, &format!("{p}.pii"), &mut errs));
         let mut block_patterns = None;
         if let Some(pats) = &r.block_patterns {
             for (j, pat) in pats.iter().enumerate() {
@@ -718,6 +710,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
                 models: r.models.as_ref().map(|m| m.iter().cloned().collect()),
                 max_tokens: r.max_tokens,
                 block_patterns,
+                pii,
             });
         }
     }
@@ -903,6 +896,10 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
             tier: s.tier.clone(),
             routes: s.routes.as_ref().map(|r| r.iter().cloned().collect()),
             cors_origins: cors,
+            pii: s
+                .pii
+                .as_ref()
+                .map(|x| validate_pii(x, &format!("{p}.pii"), &mut errs)),
         });
     }
 
@@ -1224,6 +1221,91 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
             h2_max_concurrent_streams: h2_streams,
         },
     )
+}
+
+/// `pii: { mode, kinds, patterns }` at YAML path `p`; `None` for `off` or on error.
+fn validate_pii(raw: &RawPii, p: &str, errs: &mut Errors) -> Option<Arc<crate::pii::PiiPolicy>> {
+    use crate::pii::{detect, PiiMode, PiiPolicy};
+    let before = errs.0.len();
+    let mode = match raw.mode.as_str() {
+        "off" => None,
+        "pseudonymize" => Some(PiiMode::Pseudonymize),
+        "block" => Some(PiiMode::Block),
+        other => {
+            errs.push(
+                format!("{p}.mode"),
+                format!("unknown mode \"{other}\" (expected off, pseudonymize or block)"),
+            );
+            None
+        }
+    };
+    let mut patterns = Vec::new();
+    for (i, pat) in raw.patterns.iter().enumerate() {
+        let pp = format!("{p}.patterns[{i}]");
+        let name_ok = pat.name.starts_with(|c: char| c.is_ascii_lowercase())
+            && pat.name.len() <= 32
+            && pat
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !name_ok {
+            errs.push(
+                format!("{pp}.name"),
+                format!(
+                    "\"{}\" is not a valid name (a-z, 0-9, _; starting with a letter)",
+                    pat.name
+                ),
+            );
+        } else if detect::BUILTIN_KINDS.contains(&pat.name.as_str())
+            || raw.patterns[..i].iter().any(|q| q.name == pat.name)
+        {
+            errs.push(
+                format!("{pp}.name"),
+                format!("duplicate kind \"{}\"", pat.name),
+            );
+        }
+        match regex::Regex::new(&pat.regex) {
+            Err(e) => errs.push(format!("{pp}.regex"), format!("not a regex: {e}")),
+            Ok(re) if re.is_match("") => {
+                errs.push(format!("{pp}.regex"), "matches the empty string")
+            }
+            Ok(_) => {}
+        }
+        patterns.push(detect::CustomPattern {
+            name: pat.name.clone(),
+            regex: pat.regex.clone(),
+        });
+    }
+    let mut builtin: Vec<&str> = Vec::new();
+    for (i, k) in raw.kinds.iter().enumerate() {
+        if detect::BUILTIN_KINDS.contains(&k.as_str()) {
+            builtin.push(k);
+        } else if !raw.patterns.iter().any(|q| &q.name == k) {
+            errs.push(
+                format!("{p}.kinds[{i}]"),
+                format!(
+                    "unknown kind \"{k}\" (expected {} or a pattern name)",
+                    detect::BUILTIN_KINDS.join(", ")
+                ),
+            );
+        }
+    }
+    if raw.kinds.is_empty() {
+        builtin = detect::BUILTIN_KINDS.to_vec();
+    } else {
+        patterns.retain(|q| raw.kinds.contains(&q.name));
+    }
+    if errs.0.len() != before {
+        return None;
+    }
+    let mode = mode?;
+    match detect::Detector::new(&builtin, &patterns) {
+        Ok(detector) => Some(Arc::new(PiiPolicy { mode, detector })),
+        Err(e) => {
+            errs.push(p, format!("cannot build the detector: {e}"));
+            None
+        }
+    }
 }
 
 /// Parse `a.b.c.d`, `a.b.c.d/n`, or the IPv6 equivalents.

@@ -146,8 +146,19 @@ pub struct RawRoute {
 #[serde(deny_unknown_fields)]
 pub struct RawPii {
     pub mode: String,
+    /// Built-in kinds and pattern names to detect; empty means all.
     #[serde(default)]
     pub kinds: Vec<String>,
+    /// Operator-supplied regexes, each a kind of its own.
+    #[serde(default)]
+    pub patterns: Vec<RawPiiPattern>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPiiPattern {
+    pub name: String,
+    pub regex: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -167,6 +178,8 @@ pub struct RawSite {
     pub tier: String,
     pub routes: Option<Vec<String>>,
     pub cors_origins: Option<Vec<String>>,
+    /// Replaces the route's `pii` setting for this site's requests.
+    pub pii: Option<RawPii>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
 }

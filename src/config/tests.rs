@@ -396,3 +396,61 @@ fn connection_limits_are_checked_and_named() {
     assert_eq!(rt.server.max_connections, 10_000);
     assert_eq!(rt.server.header_timeout, Duration::from_secs(10));
 }
+
+#[test]
+fn pii_settings_load_per_route_and_site() {
+    let text = GOOD
+        .replacen(
+            "    models: [\"gpt-4o\"]",
+            "    models: [\"gpt-4o\"]\n    pii: { mode: pseudonymize, kinds: [email, ticket], patterns: [{ name: ticket, regex: \"TCK-[0-9]{6}\" }] }",
+            1,
+        )
+        .replacen("    tier: free\n", "    tier: free\n    pii: { mode: off }\n", 1);
+    let rt = load_str(&text, demo()).unwrap();
+    let route = &rt.routes[0];
+    let policy = route.pii.as_ref().unwrap();
+    assert_eq!(policy.mode, crate::pii::PiiMode::Pseudonymize);
+    let kinds: Vec<&str> = policy.detector.kinds().iter().map(|k| &*k.name).collect();
+    assert_eq!(kinds, ["ticket", "email"]);
+    assert!(
+        crate::pii::policy_for(route, rt.sites.first()).is_none(),
+        "the site's off wins"
+    );
+    assert!(crate::pii::policy_for(route, None).is_some());
+}
+
+#[test]
+fn pii_mistakes_are_named() {
+    let at = "    models: [\"gpt-4o\"]";
+    let with = |pii: &str| format!("{at}\n    pii: {pii}");
+    assert_error(
+        at,
+        &with("{ mode: anonymize }"),
+        "routes[0].pii.mode: unknown mode \"anonymize\"",
+    );
+    assert_error(
+        at,
+        &with("{ mode: block, kinds: [email, passport] }"),
+        "routes[0].pii.kinds[1]: unknown kind \"passport\"",
+    );
+    assert_error(
+        at,
+        &with("{ mode: block, patterns: [{ name: x, regex: \"(\" }] }"),
+        "routes[0].pii.patterns[0].regex: not a regex",
+    );
+    assert_error(
+        at,
+        &with("{ mode: block, patterns: [{ name: x, regex: \"a*\" }] }"),
+        "routes[0].pii.patterns[0].regex: matches the empty string",
+    );
+    assert_error(
+        at,
+        &with("{ mode: block, patterns: [{ name: email, regex: \"a\" }] }"),
+        "routes[0].pii.patterns[0].name: duplicate kind \"email\"",
+    );
+    assert_error(
+        at,
+        &with("{ mode: block, colour: red }"),
+        "unknown field `colour`",
+    );
+}

@@ -30,6 +30,14 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
             .observe(t.elapsed().as_secs_f64());
     }
     charge_tokens(state, ctx);
+    if let (Some(_), Some(counts)) = (&ctx.pii, &ctx.pii_counts) {
+        for (kind, n) in &counts.0 {
+            METRICS
+                .pii_replaced
+                .with_label_values(&[&**kind])
+                .inc_by(*n);
+        }
+    }
     if let (Some(permit), Some(route)) = (ctx.circuit, ctx.route()) {
         let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
             Outcome::Failure

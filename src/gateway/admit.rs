@@ -471,7 +471,8 @@ impl Gateway {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let outcome = body::check(route, method, &ctx.upstream_path, content_type, body)?;
+        let pii = crate::pii::policy_for(route, rt.sites.get(client.site));
+        let outcome = body::check_with(route, pii, method, &ctx.upstream_path, content_type, body)?;
         if let (Some(claims), Some(model)) = (&client.token, &outcome.model) {
             if !claims.models.is_empty() && !claims.models.contains(model) {
                 return Err(GatewayError::forbidden(
@@ -480,6 +481,18 @@ impl Gateway {
             }
         }
         ctx.model = outcome.model;
+        match outcome.pii {
+            Some(crate::pii::Outcome::Found(found)) => {
+                let e = crate::pii::refusal(&found);
+                ctx.pii_counts = Some(found);
+                return Err(e);
+            }
+            Some(crate::pii::Outcome::Replaced(map)) => {
+                ctx.pii_counts = Some(map.counts().clone());
+                ctx.pii = Some(map);
+            }
+            None => {}
+        }
         Ok(outcome.rewritten)
     }
 }

@@ -46,6 +46,8 @@ pub enum ResponseWatch {
         stopped: bool,
         /// Upstream chunks dropped since the stream was stopped.
         dropped_after_stop: u32,
+        /// Restores placeholders when the request was pseudonymized.
+        restorer: Option<crate::pii::stream::StreamRestorer>,
     },
 }
 
@@ -87,6 +89,11 @@ pub struct Ctx {
     pub circuit: Option<Permit>,
     /// The browser origin allowed for this request (CORS response headers).
     pub cors_origin: Option<String>,
+    /// This request's placeholders (pseudonymize mode, something replaced); zeroized
+    /// when the ctx is dropped after `logging`.
+    pub pii: Option<crate::pii::Pseudonyms>,
+    /// Personal data found per kind (audit log and metrics; never values).
+    pub pii_counts: Option<crate::pii::Counts>,
 }
 
 impl Ctx {
@@ -116,6 +123,8 @@ impl Ctx {
             upstream_failed: false,
             circuit: None,
             cors_origin: None,
+            pii: None,
+            pii_counts: None,
         }
     }
 

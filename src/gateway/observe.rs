@@ -12,6 +12,9 @@
 
 use super::ctx::{Ctx, ResponseWatch};
 use crate::error::GatewayError;
+use crate::pii::stream::{event_bytes, StreamRestorer};
+use crate::pii::Pseudonyms;
+use crate::response::sse::Event;
 use crate::response::sse::{SseFramer, DEFAULT_MAX_EVENT};
 use crate::response::usage;
 use crate::response::validate::{self, Endpoint, Rejection, Tail};
@@ -84,6 +87,7 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
     if !empty && !validate::content_type_allowed(&ct) {
         return Err(reject(ctx, Rejection::ContentType));
     }
+    let restoring = ctx.pii.is_some();
     ctx.response = if ct.starts_with("text/event-stream") {
         // keygate may end the stream with its own error event: length is not fixed.
         // Chunked, never close-delimited: a stream cut by the upstream must look cut
@@ -96,10 +100,17 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
             text: Tail::default(),
             stopped: false,
             dropped_after_stop: 0,
+            restorer: restoring.then(Default::default),
         }
     } else if empty {
         ResponseWatch::None
     } else {
+        if restoring {
+            // Restored values change the body's length.
+            resp.remove_header(&http::header::CONTENT_LENGTH);
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                .map_err(|_| GatewayError::upstream("The provider's response was invalid."))?;
+        }
         ResponseWatch::Json {
             buf: Vec::new(),
             limit,
@@ -156,6 +167,7 @@ pub fn chunk(
             text,
             stopped,
             dropped_after_stop,
+            restorer,
         } => {
             let limit = ctx
                 .route()
@@ -187,7 +199,15 @@ pub fn chunk(
                 *body = Some(Bytes::from(validate::error_event(&ctx.request_id)));
                 Ok(())
             } else {
-                let out = sse_chunk(&data, framer, text, stopped, ctx);
+                let mut out = sse_chunk(&data, framer, text, stopped, restorer, ctx);
+                if end_of_stream && !*stopped {
+                    // Text held back for a split placeholder that never completed.
+                    if let (Some(r), Some(map)) = (restorer.as_mut(), ctx.pii.as_ref()) {
+                        let mut v = out.to_vec();
+                        v.extend_from_slice(&r.flush(map));
+                        out = Bytes::from(v);
+                    }
+                }
                 *body = Some(out);
                 Ok(())
             }
@@ -208,6 +228,12 @@ fn finish_json(buf: Vec<u8>, body: &mut Option<Bytes>, ctx: &mut Ctx) -> Result<
         return Err(reject(ctx, Rejection::BlockedPattern));
     }
     ctx.usage = probe.usage();
+    // Placeholders back to the client's values (after the checks, which judge what
+    // the provider sent).
+    let buf = match ctx.pii.as_ref().and_then(|m| m.restore_json(&buf)) {
+        Some(restored) => restored,
+        None => buf,
+    };
     *body = Some(Bytes::from(buf));
     Ok(())
 }
@@ -218,6 +244,7 @@ fn sse_chunk(
     framer: &mut SseFramer,
     text: &mut Tail,
     stopped: &mut bool,
+    restorer: &mut Option<StreamRestorer>,
     ctx: &mut Ctx,
 ) -> Bytes {
     let events = match framer.push(data) {
@@ -239,14 +266,15 @@ fn sse_chunk(
                 return Err(Rejection::BlockedPattern);
             }
             if ev.data.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
-            if let Some(v) = validate::check_event_data(&ev.data)? {
-                if let Some(u) = usage::find(&v) {
+            let parsed = validate::check_event_data(&ev.data)?;
+            if let Some(v) = &parsed {
+                if let Some(u) = usage::find(v) {
                     usage::merge(&mut ctx.usage, u);
                 }
                 let mut t = String::new();
-                validate::event_text(&v, &mut t);
+                validate::event_text(v, &mut t);
                 // The model's text across events: catches a secret or a blocked phrase
                 // emitted token by token.
                 let mut hit = None;
@@ -262,10 +290,13 @@ fn sse_chunk(
                     return Err(r);
                 }
             }
-            Ok(())
+            Ok(parsed)
         })();
         match verdict {
-            Ok(()) => out.extend_from_slice(&ev.raw),
+            Ok(parsed) => match (restorer.as_mut(), ctx.pii.as_ref()) {
+                (Some(r), Some(map)) => restore_event(r, map, &ev, parsed, &mut out),
+                _ => out.extend_from_slice(&ev.raw),
+            },
             Err(r) => {
                 *stopped = true;
                 let _ = reject(ctx, r);
@@ -275,4 +306,30 @@ fn sse_chunk(
         }
     }
     Bytes::from(out)
+}
+
+/// Forward one checked event with placeholders restored: held text first, then the
+/// event as received when nothing changed, else rebuilt from its restored JSON.
+fn restore_event(
+    r: &mut StreamRestorer,
+    map: &Pseudonyms,
+    ev: &Event,
+    parsed: Option<serde_json::Value>,
+    out: &mut Vec<u8>,
+) {
+    let Some(mut v) = parsed else {
+        // `[DONE]`: anything held goes out before it (not before a keep-alive comment).
+        if !ev.data.is_empty() {
+            out.extend_from_slice(&r.flush(map));
+        }
+        out.extend_from_slice(&ev.raw);
+        return;
+    };
+    let (before, changed) = r.event(ev.event.as_deref(), &mut v, map);
+    out.extend_from_slice(&before);
+    if changed {
+        out.extend_from_slice(&event_bytes(ev.event.as_deref(), &v.to_string()));
+    } else {
+        out.extend_from_slice(&ev.raw);
+    }
 }

@@ -7,7 +7,10 @@
 //! 2000, before answering), `huge` (a 12 MiB JSON body), `echo_credential` (puts the
 //! credential it received into the answer text and a header), `echo_credential_body`
 //! (the text only), `set_cookie` (adds `Set-Cookie` and `Server`), `redirect`, `html`,
-//! `reset_mid_body` / `reset_mid_stream` (the connection drops part-way through the body).
+//! `reset_mid_body` / `reset_mid_stream` (the connection drops part-way through the body),
+//! `echo` (answers with the last user message's text; streams send it in deltas of
+//! three characters, so anything longer is split across events, and write every event
+//! in two halves, so events are split across chunks too).
 //! Streams (endless ones too) wait `x-mock-event-delay-ms` between events. `x-mock-429-key: K` answers
 //! 429 (Retry-After 30) when the credential received is `K`.
 //!
@@ -72,6 +75,21 @@ fn header_ms(req: &http::request::Parts, name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Every event cut in two writes (at a character boundary near its middle).
+fn halves(events: Vec<String>) -> Vec<String> {
+    let mut out = Vec::with_capacity(events.len() * 2);
+    for e in events {
+        let mut mid = e.len() / 2;
+        while !e.is_char_boundary(mid) {
+            mid += 1;
+        }
+        let (a, b) = e.split_at(mid);
+        out.push(a.to_string());
+        out.push(b.to_string());
+    }
+    out
+}
+
 fn sse(events: Vec<String>, delay: Duration) -> Response<Body> {
     let stream = async_stream(events, delay);
     Response::builder()
@@ -108,14 +126,56 @@ fn openai_chat(model: &str, text: &str) -> Value {
     })
 }
 
-fn openai_stream(model: &str, text: &str, include_usage: bool) -> Vec<String> {
+/// The text of the last user message (OpenAI, Anthropic or Gemini request shape).
+fn last_user_text(req: &Value) -> String {
+    let mut out = String::new();
+    let parts_text = |v: &Value, out: &mut String| match v {
+        Value::String(s) => out.push_str(s),
+        Value::Array(parts) => {
+            for p in parts {
+                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    out.push_str(t);
+                }
+            }
+        }
+        _ => {}
+    };
+    let is_user = |m: &&Value| m.get("role").is_none_or(|r| r == "user");
+    if let Some(m) = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().rev().find(is_user))
+    {
+        parts_text(m.get("content").unwrap_or(&Value::Null), &mut out);
+    } else if let Some(c) = req
+        .get("contents")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().rev().find(is_user))
+    {
+        parts_text(c.get("parts").unwrap_or(&Value::Null), &mut out);
+    }
+    out
+}
+
+/// Stream pieces: words (with a space before or after), or 3-character deltas for `echo`.
+fn pieces(text: &str, echo: bool, space_after: bool) -> Vec<String> {
+    if echo {
+        let chars: Vec<char> = text.chars().collect();
+        return chars.chunks(3).map(|c| c.iter().collect()).collect();
+    }
+    text.split(' ')
+        .enumerate()
+        .map(|(i, w)| match (space_after, i) {
+            (true, _) => format!("{w} "),
+            (false, 0) => w.to_string(),
+            (false, _) => format!(" {w}"),
+        })
+        .collect()
+}
+
+fn openai_stream(model: &str, pieces: &[String], include_usage: bool) -> Vec<String> {
     let mut ev = Vec::new();
-    for (i, word) in text.split(' ').enumerate() {
-        let content = if i == 0 {
-            word.to_string()
-        } else {
-            format!(" {word}")
-        };
+    for content in pieces {
         let chunk = json!({"id": "chatcmpl-mock123", "object": "chat.completion.chunk", "created": 1767225600, "model": model,
             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": null}]});
         ev.push(format!("data: {chunk}\n\n"));
@@ -136,15 +196,15 @@ fn anthropic_message(model: &str, text: &str) -> Value {
         "usage": {"input_tokens": 12, "output_tokens": 9}})
 }
 
-fn anthropic_stream(model: &str, text: &str) -> Vec<String> {
+fn anthropic_stream(model: &str, pieces: &[String]) -> Vec<String> {
     let ev = |name: &str, v: Value| format!("event: {name}\ndata: {v}\n\n");
     let mut out = vec![ev(
         "message_start",
         json!({"type": "message_start", "message": {"id": "msg_mock123", "type": "message", "role": "assistant", "model": model, "content": [], "usage": {"input_tokens": 12, "output_tokens": 1}}}),
     )];
     out.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
-    for word in text.split(' ') {
-        out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": format!("{word} ")}})));
+    for piece in pieces {
+        out.push(ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
     }
     out.push(ev(
         "content_block_stop",
@@ -342,6 +402,11 @@ async fn handle(
     if mode == "echo_credential" || mode == "echo_credential_body" {
         text = format!("I received the key {}", received_credential(&parts));
     }
+    let echo = mode == "echo";
+    if echo {
+        text = last_user_text(&req_json);
+    }
+    let sse = |events: Vec<String>, delay| sse(if echo { halves(events) } else { events }, delay);
     // A provider that rate-limits one key: 429 when the received credential is this one.
     if let Some(limited) = parts
         .headers
@@ -363,7 +428,10 @@ async fn handle(
         if stream {
             let include_usage =
                 req_json.pointer("/stream_options/include_usage") == Some(&Value::Bool(true));
-            sse(openai_stream(&model, &text, include_usage), event_delay)
+            sse(
+                openai_stream(&model, &pieces(&text, echo, false), include_usage),
+                event_delay,
+            )
         } else {
             json_response(StatusCode::OK, &openai_chat(&model, &text))
         }
@@ -383,14 +451,17 @@ async fn handle(
         )
     } else if path.ends_with("/messages") && parts.method == http::Method::POST {
         if stream {
-            sse(anthropic_stream(&model, &text), event_delay)
+            sse(
+                anthropic_stream(&model, &pieces(&text, echo, true)),
+                event_delay,
+            )
         } else {
             json_response(StatusCode::OK, &anthropic_message(&model, &text))
         }
     } else if path.ends_with(":streamGenerateContent") {
-        let words: Vec<String> = text
-            .split(' ')
-            .map(|w| format!("data: {}\n\n", gemini_response(&format!("{w} "))))
+        let words: Vec<String> = pieces(&text, echo, true)
+            .iter()
+            .map(|w| format!("data: {}\n\n", gemini_response(w)))
             .collect();
         sse(words, event_delay)
     } else if path.ends_with(":generateContent") {

@@ -84,6 +84,8 @@ pub struct BodyOutcome {
     pub rewritten: Option<Bytes>,
     /// `"stream": true` (or a Gemini streaming method).
     pub stream: bool,
+    /// What the PII policy found or replaced (`None`: no policy, or nothing found).
+    pub pii: Option<crate::pii::Outcome>,
 }
 
 fn is_json_content_type(ct: &str) -> bool {
@@ -103,9 +105,31 @@ fn gemini_model(path: &str) -> Option<&str> {
     (!model.is_empty()).then_some(model)
 }
 
-/// Validate a request body for `route`. `upstream_path` is the path sent upstream.
+/// Validate a request body for `route` under the route's own PII setting.
+/// `upstream_path` is the path sent upstream.
 pub fn check(
     route: &Route,
+    method: &str,
+    upstream_path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<BodyOutcome, GatewayError> {
+    check_with(
+        route,
+        route.pii.as_deref(),
+        method,
+        upstream_path,
+        content_type,
+        body,
+    )
+}
+
+/// [`check`] under the PII policy `pii` (the site's may replace the route's). Personal
+/// data is looked for last, after the model and size checks; in `block` mode findings
+/// are returned in [`BodyOutcome::pii`] for the caller to refuse.
+pub fn check_with(
+    route: &Route,
+    pii: Option<&crate::pii::PiiPolicy>,
     method: &str,
     upstream_path: &str,
     content_type: Option<&str>,
@@ -179,6 +203,10 @@ pub fn check(
         }
         if out.stream && kind == UpstreamKind::OpenAi {
             changed |= request_stream_usage(&mut obj)?;
+        }
+        if let Some(policy) = pii {
+            out.pii = crate::pii::apply(policy, kind, &mut obj, body);
+            changed |= matches!(out.pii, Some(crate::pii::Outcome::Replaced(_)));
         }
         if changed {
             let bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| {

@@ -122,6 +122,7 @@ impl AuditLog {
                 .map(|a| a.ip()),
             auth: client.map(|c| c.mode.as_str()),
             credential: ctx.credential_id.as_deref(),
+            pii: ctx.pii_counts.as_ref(),
         };
         // A struct of borrowed fields serialises straight to text (no JSON tree built).
         if let Ok(text) = serde_json::to_string(&line) {
@@ -151,6 +152,8 @@ struct Line<'a> {
     client_ip: Option<std::net::IpAddr>,
     auth: Option<&'static str>,
     credential: Option<&'a str>,
+    /// Personal data found per kind (replaced, or refused in `block` mode); no values.
+    pii: Option<&'a crate::pii::Counts>,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {

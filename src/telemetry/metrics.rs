@@ -37,6 +37,8 @@ pub struct Metrics {
     pub redis_errors: IntCounterVec,
     pub redis_seconds: HistogramVec,
     pub redis_up: IntGauge,
+    /// Values replaced by placeholders, per kind (never the values).
+    pub pii_replaced: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,6 +184,12 @@ impl Metrics {
                 "Config reloads by result",
                 &["result"],
             ),
+            pii_replaced: counter(
+                &r,
+                "keygate_pii_replaced_total",
+                "Personal data values replaced by placeholders, by kind",
+                &["kind"],
+            ),
             config_generation,
             audit_dropped,
             registry: r,
@@ -252,6 +260,16 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.config_reloads.with_label_values(&[result]);
+        }
+        let policies = rt
+            .routes
+            .iter()
+            .filter_map(|r| r.pii.as_ref())
+            .chain(rt.sites.iter().filter_map(|s| s.pii.as_ref()?.as_ref()));
+        for p in policies {
+            for k in p.detector.kinds() {
+                self.pii_replaced.with_label_values(&[&*k.name]);
+            }
         }
     }
 

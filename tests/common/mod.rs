@@ -200,6 +200,8 @@ pub struct Options {
     /// Copy the master keys (`k1.master`, `k2.master`) from this directory instead of
     /// generating them (nodes of one fleet verify each other's browser tokens).
     pub master_keys_from: Option<PathBuf>,
+    /// Extra lines for both routes (indented four spaces, each ending in a newline).
+    pub route_extra: String,
 }
 
 impl Default for Options {
@@ -218,6 +220,7 @@ impl Default for Options {
             extra_hostnames: Vec::new(),
             secrets: None,
             master_keys_from: None,
+            route_extra: String::new(),
         }
     }
 }
@@ -364,14 +367,21 @@ upstreams:
     url: "http://{mock}"
     credentials:
       - {{ id: ant-1, secret: "file:{d}/anthropic.key" }}
+  gemini:
+    kind: gemini
+    url: "http://{mock}"
+    credentials:
+      - {{ id: gem-1, secret: "file:{d}/anthropic.key" }}
 routes:
   - prefix: "/openai/"
     upstream: openai
     models: ["gpt-4o", "gpt-4o-mini"]
     max_tokens: 4096
-  - prefix: "/anthropic/"
+{route_extra}  - prefix: "/anthropic/"
     upstream: anthropic
-tiers:
+{route_extra}  - prefix: "/gemini/"
+    upstream: gemini
+{route_extra}tiers:
   free: {tier}
   other: {{ requests_per_minute: 100000 }}
 sites:
@@ -399,6 +409,7 @@ sites:
                 String::new()
             },
             server_extra = opts.server_extra,
+            route_extra = opts.route_extra,
             mock = mock.addr,
             config_extra = opts.config_extra,
         );
@@ -593,6 +604,26 @@ sites:
         let h = self.sign(key_id, secret, method, path, body.as_bytes());
         let body = (!body.is_empty()).then(|| body.as_bytes().to_vec());
         send(&client(), method, &self.url(path), &h, body).await
+    }
+
+    /// POST `body` as JSON signed by `alpha.k1`, with `extra` headers (e.g. `x-mock-mode`).
+    pub async fn post_signed(&self, path: &str, body: &str, extra: &[(&str, &str)]) -> Resp {
+        let mut h = self.sign(
+            "alpha.k1",
+            &self.secrets.alpha,
+            "POST",
+            path,
+            body.as_bytes(),
+        );
+        h.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        send(
+            &client(),
+            "POST",
+            &self.url(path),
+            &h,
+            Some(body.as_bytes().to_vec()),
+        )
+        .await
     }
 
     /// Signed request headers for `key_id` on `path` of this gateway, created now.

@@ -1,0 +1,317 @@
+//! Restoring placeholders in a streamed answer, event by event.
+//!
+//! The SSE framer already hands over whole events, so a placeholder split across TCP
+//! chunks is never seen in halves. A model's text deltas may split one, though
+//! (`[EMA` + `IL_1]` in two events). Per text field (its JSON path, e.g.
+//! `choices/0/delta/content`), a trailing piece that could start an issued placeholder
+//! is held back and put in front of that field's next delta, so the added delay is at
+//! most one placeholder. Held text is sent before the next event that carries no text
+//! at all (a finish or usage chunk, `content_block_stop`, `[DONE]`), or at the end of
+//! the stream, in a copy of the last event that carried it.
+
+use super::mapping::Pseudonyms;
+use serde_json::Value;
+
+/// One text field with held-back text.
+struct Held {
+    path: Vec<PathPart>,
+    text: String,
+    /// The last event that carried this field (name, JSON), to send held text in.
+    template: (Option<String>, Value),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+enum PathPart {
+    Key(String),
+    Index(usize),
+}
+
+/// Per-stream restoration state. `Debug` shows only how much is held.
+#[derive(Default)]
+pub struct StreamRestorer {
+    held: Vec<Held>,
+}
+
+impl std::fmt::Debug for StreamRestorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StreamRestorer({} fields held)", self.held.len())
+    }
+}
+
+/// Fields holding model text in provider stream events.
+fn is_text_key(k: &str) -> bool {
+    matches!(k, "content" | "text")
+}
+
+impl StreamRestorer {
+    /// Restore one event's JSON in place. Returns events to send *before* this one
+    /// (held text flushed), and whether `v` changed.
+    pub fn event(
+        &mut self,
+        name: Option<&str>,
+        v: &mut Value,
+        map: &Pseudonyms,
+    ) -> (Vec<u8>, bool) {
+        let mut before = Vec::new();
+        let mut has_text = false;
+        let mut changed = false;
+        let mut path = Vec::new();
+        self.walk(v, &mut path, map, &mut has_text, &mut changed);
+        if !has_text {
+            before = self.flush(map);
+        } else {
+            // Remember where held text goes, with this event as its envelope.
+            for h in self.held.iter_mut().filter(|h| h.template.1.is_null()) {
+                h.template = (name.map(str::to_string), v.clone());
+            }
+        }
+        (before, changed)
+    }
+
+    fn walk(
+        &mut self,
+        v: &mut Value,
+        path: &mut Vec<PathPart>,
+        map: &Pseudonyms,
+        has_text: &mut bool,
+        changed: &mut bool,
+    ) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m.iter_mut() {
+                    path.push(PathPart::Key(k.clone()));
+                    match x {
+                        Value::String(s) if is_text_key(k) => {
+                            *has_text = true;
+                            if let Some(new) = self.delta(path, s, map) {
+                                *s = new;
+                                *changed = true;
+                            }
+                        }
+                        Value::String(s) => {
+                            if let std::borrow::Cow::Owned(new) = map.restore(s) {
+                                *s = new;
+                                *changed = true;
+                            }
+                        }
+                        _ => self.walk(x, path, map, has_text, changed),
+                    }
+                    path.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter_mut().enumerate() {
+                    path.push(PathPart::Index(i));
+                    self.walk(x, path, map, has_text, changed);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// New text for one delta of the field at `path`, or `None` if unchanged.
+    fn delta(&mut self, path: &[PathPart], s: &str, map: &Pseudonyms) -> Option<String> {
+        let slot = self.held.iter().position(|h| h.path == path);
+        let prior = slot.map(|i| self.held.remove(i).text).unwrap_or_default();
+        let joined = if prior.is_empty() {
+            std::borrow::Cow::Borrowed(s)
+        } else {
+            std::borrow::Cow::Owned(format!("{prior}{s}"))
+        };
+        // Hold back a trailing `[…` that could still become an issued placeholder.
+        let cut = joined
+            .rfind('[')
+            .filter(|&i| map.is_issued_prefix(&joined[i..]))
+            .unwrap_or(joined.len());
+        let (send, hold) = joined.split_at(cut);
+        if !hold.is_empty() {
+            self.held.push(Held {
+                path: path.to_vec(),
+                text: hold.to_string(),
+                template: (None, Value::Null),
+            });
+        }
+        let restored = map.restore(send);
+        if prior.is_empty() && hold.is_empty() && matches!(restored, std::borrow::Cow::Borrowed(_))
+        {
+            None
+        } else {
+            Some(restored.into_owned())
+        }
+    }
+
+    /// Events carrying all held text (at the end of the stream, or before an event
+    /// without text). Held text is not a complete placeholder: it is sent as is.
+    pub fn flush(&mut self, map: &Pseudonyms) -> Vec<u8> {
+        let mut out = Vec::new();
+        for h in std::mem::take(&mut self.held) {
+            let (name, mut v) = h.template;
+            if v.is_null() {
+                continue;
+            }
+            strip_for_flush(&mut v);
+            blank_text(&mut v);
+            set_path(
+                &mut v,
+                &h.path,
+                Value::String(map.restore(&h.text).into_owned()),
+            );
+            out.extend_from_slice(&event_bytes(name.as_deref(), &v.to_string()));
+        }
+        out
+    }
+}
+
+/// A flushed copy must not repeat the template's usage or finish reason.
+fn strip_for_flush(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|k, _| {
+                !matches!(
+                    k.as_str(),
+                    "usage" | "usageMetadata" | "finishReason" | "finish_reason"
+                )
+            });
+            m.values_mut().for_each(strip_for_flush);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_for_flush),
+        _ => {}
+    }
+}
+
+/// Empty every text field of a copied event (only the held text is sent in it).
+fn blank_text(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x {
+                    Value::String(s) if is_text_key(k) => s.clear(),
+                    _ => blank_text(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(blank_text),
+        _ => {}
+    }
+}
+
+fn set_path(v: &mut Value, path: &[PathPart], new: Value) {
+    let mut cur = v;
+    for p in path {
+        let next = match (p, cur) {
+            (PathPart::Key(k), Value::Object(m)) => m.get_mut(k),
+            (PathPart::Index(i), Value::Array(a)) => a.get_mut(*i),
+            _ => None,
+        };
+        match next {
+            Some(n) => cur = n,
+            None => return,
+        }
+    }
+    *cur = new;
+}
+
+/// One SSE event with `data` on a single line (JSON from serde has no newlines).
+pub fn event_bytes(name: Option<&str>, data: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 32);
+    if let Some(n) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(n.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::detect::{Detector, BUILTIN_KINDS};
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn map_for(text: &str) -> (Pseudonyms, String) {
+        let d = Detector::new(&BUILTIN_KINDS, &[]).unwrap();
+        let mut p = Pseudonyms::for_request(text);
+        let out = p.pseudonymize(&d, text).unwrap_or_else(|| text.to_string());
+        (p, out)
+    }
+
+    /// Run OpenAI-shaped deltas through the restorer; return the client's text.
+    fn run_openai(map: &Pseudonyms, deltas: &[String]) -> String {
+        let mut r = StreamRestorer::default();
+        let mut events = Vec::new();
+        for d in deltas {
+            let mut v = json!({"choices":[{"index":0,"delta":{"content": d}}]});
+            let (before, _) = r.event(None, &mut v, map);
+            events.extend_from_slice(&before);
+            events.extend_from_slice(&event_bytes(None, &v.to_string()));
+        }
+        let mut usage = json!({"choices":[],"usage":{"total_tokens":3}});
+        let (before, _) = r.event(None, &mut usage, map);
+        events.extend_from_slice(&before);
+        events.extend_from_slice(&r.flush(map));
+        let mut framer = crate::response::sse::SseFramer::new(1 << 20);
+        let mut text = String::new();
+        for ev in framer.push(&events).unwrap() {
+            let v: Value = serde_json::from_str(&ev.data).unwrap();
+            if let Some(s) = v
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+            {
+                text.push_str(s);
+            }
+            assert!(v.get("usage").is_none(), "flush copies carry no usage");
+        }
+        text
+    }
+
+    #[test]
+    fn placeholder_split_across_deltas_is_restored() {
+        let (map, sent) = map_for("write to jane@example.com now");
+        assert_eq!(sent, "write to [EMAIL_1] now");
+        let deltas: Vec<String> = ["write to [EM", "AIL", "_1] now"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(run_openai(&map, &deltas), "write to jane@example.com now");
+    }
+
+    #[test]
+    fn held_text_is_flushed_before_a_textless_event() {
+        let (map, _) = map_for("jane@example.com");
+        let deltas = vec!["ends with [EMAIL_".to_string()];
+        assert_eq!(run_openai(&map, &deltas), "ends with [EMAIL_");
+    }
+
+    #[test]
+    fn unrelated_brackets_are_not_held() {
+        let (map, _) = map_for("jane@example.com");
+        let mut r = StreamRestorer::default();
+        let mut v = json!({"delta":{"text":"a [link"}});
+        let (_, changed) = r.event(Some("content_block_delta"), &mut v, &map);
+        assert!(!changed);
+        assert!(r.held.is_empty());
+    }
+
+    proptest! {
+        /// However the model's text is cut into deltas, the client gets the original.
+        #[test]
+        fn any_delta_split_restores(cuts in proptest::collection::vec(0usize..80, 0..12)) {
+            let original = "Mail jane@example.com or +1 415 555 2671, card 4111 1111 1111 1111 [x] [EMAIL_9]";
+            let (map, sent) = map_for(original);
+            let mut points: Vec<usize> = cuts.into_iter().map(|c| c % (sent.len() + 1)).collect();
+            points.sort();
+            let mut deltas = Vec::new();
+            let mut last = 0;
+            for p in points.into_iter().chain([sent.len()]) {
+                deltas.push(sent[last..p].to_string());
+                last = p;
+            }
+            prop_assert_eq!(run_openai(&map, &deltas), original);
+        }
+    }
+}
