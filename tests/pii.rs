@@ -251,3 +251,24 @@ async fn pii_is_off_by_default() {
         .contains("jane.doe@example.com"));
     assert_eq!(gw.audit_lines_at_least(1)[0]["pii"], Value::Null);
 }
+
+#[tokio::test]
+async fn large_held_back_body_is_pseudonymized_after_verification() {
+    let gw = pseudonymizing();
+    // Over the 64 KiB pre-read limit: held back, verified at its end, then rewritten.
+    let text = format!("{PROMPT} {}", "lorem ipsum ".repeat(6000));
+    let body =
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}).to_string();
+    assert!(body.len() > 64 * 1024);
+    let r = echo(&gw, CHAT, &body).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], text);
+    let last = gw.mock.last();
+    let seen = last["body"].as_str().unwrap();
+    assert!(seen.contains("[EMAIL_2]") && seen.contains("[IBAN_1]"));
+    for v in VALUES {
+        assert!(!seen.contains(v), "the provider received {v}");
+    }
+    gw.audit_lines_at_least(1);
+    assert_no_value_in_logs(&gw);
+}

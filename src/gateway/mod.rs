@@ -3,7 +3,8 @@
 //!
 //! 1. `early_request_filter`: request id, TLS flag.
 //! 2. `request_filter`: [`admit`] — framing, path, route, authentication, nonce,
-//!    site-on-route, body read + digest + JSON validation (small bodies).
+//!    site-on-route, body read + digest + JSON validation (small bodies), then personal
+//!    data pseudonymized or refused ([`crate::pii`]).
 //! 3. `upstream_peer`: resolve the upstream, build a peer with SNI and timeouts.
 //! 4. `upstream_request_filter`: strip client credentials, inject the provider's.
 //! 5. `request_body_filter`: replace or hold back and verify the body.

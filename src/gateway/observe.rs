@@ -9,6 +9,10 @@
 //! response is aborted, so the client sees a failed transfer and never the bad body.
 //! Streams are checked event by event; a bad event ends the stream with an SSE
 //! `error` event and nothing after it is forwarded.
+//!
+//! When the request was pseudonymized, placeholders are restored after the checks: in
+//! the whole JSON body (sent chunked, its length changes) or event by event
+//! ([`crate::pii::stream`]).
 
 use super::ctx::{Ctx, ResponseWatch};
 use crate::error::GatewayError;
