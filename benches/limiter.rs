@@ -19,10 +19,10 @@ fn tier() -> Tier {
 
 fn bench(c: &mut Criterion) {
     let sites = 10_000;
-    let limiter = Limiter::local(sites);
     let keys: Vec<u64> = (0..sites)
         .map(|i| site_limit_key(&format!("site-{i}")))
         .collect();
+    let limiter = Limiter::local(&keys);
     let t = tier();
     let now = keygate::limits::now_ms();
     let mut i = 0usize;
@@ -33,7 +33,7 @@ fn bench(c: &mut Criterion) {
             black_box(a.is_ok())
         })
     });
-    let small = Limiter::local(16);
+    let small = Limiter::local(&keys[..16]);
     c.bench_function("admit: full tier, 16 sites (cache-resident)", |b| {
         b.iter(|| {
             i = (i + 1) % 16;

@@ -8,6 +8,7 @@
 //! every request runs on; [`reload`] swaps it on SIGHUP. [`fleet`] shares nonces and
 //! limits between nodes through Redis when `fleet.redis` is set.
 
+pub mod alloc;
 pub mod auth;
 pub mod cli;
 pub mod config;

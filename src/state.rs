@@ -4,7 +4,7 @@
 use crate::auth::nonce::NonceStore;
 use crate::config::Runtime;
 use crate::fleet::{counters::FleetStore, Fleet};
-use crate::limits::{ip::AuthFailureLimiter, slots_for, Limiter};
+use crate::limits::{ip::AuthFailureLimiter, CounterStore, Limiter, LocalStore};
 use crate::telemetry::audit::AuditLog;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
@@ -21,19 +21,24 @@ pub struct State {
     pub fleet: Option<Arc<Fleet>>,
 }
 
-/// A limiter sized for `sites`: fleet-wide when a fleet is configured.
-fn limiter_for(sites: usize, fleet: Option<&Arc<Fleet>>) -> Limiter {
+/// The counter store for these site keys: fleet-wide when a fleet is configured.
+fn store_for(sites: &[u64], fleet: Option<&Arc<Fleet>>) -> Box<dyn CounterStore> {
+    let local = LocalStore::new(sites);
     match fleet {
-        Some(f) => Limiter::with_store(Box::new(FleetStore::new(slots_for(sites), f.clone()))),
-        None => Limiter::local(sites),
+        Some(f) => Box::new(FleetStore::new(local, f.clone())),
+        None => Box::new(local),
     }
+}
+
+fn site_keys(rt: &Runtime) -> Vec<u64> {
+    rt.sites.iter().map(|s| s.limit_key).collect()
 }
 
 impl State {
     pub fn new(rt: Runtime) -> Arc<State> {
         crate::telemetry::metrics::METRICS.init_for(&rt);
         let fleet = rt.fleet.clone().map(Fleet::new);
-        let limiter = limiter_for(rt.sites.len(), fleet.as_ref());
+        let limiter = Limiter::with_store(store_for(&site_keys(&rt), fleet.as_ref()));
         let nonces = NonceStore::new(rt.process.nonce_store_capacity);
         let audit = AuditLog::new(rt.process.audit_path.clone());
         Arc::new(State {
@@ -47,23 +52,29 @@ impl State {
         })
     }
 
-    /// Install a new config. Limiter and circuit state carry over; the limiter's
-    /// sketches are rebuilt (and counts restart) only when the site count outgrew them.
+    /// Install a new config. Limiter and circuit state carry over (the limiter's sketches
+    /// are rebuilt, counts copied, when sites were added).
     pub fn install(&self, mut rt: Runtime) {
         let old = self.runtime.load();
         if format!("{:?}", rt.fleet) != format!("{:?}", old.fleet) {
             log::warn!("config reload: fleet settings apply only after a restart");
         }
         rt.generation = old.generation + 1;
-        let needed = slots_for(rt.sites.len());
-        if needed > self.limiter.load().slots() {
-            log::warn!(
-                "config reload: {} sites need larger rate-limit sketches ({} slots); rate-limit counters restart",
-                rt.sites.len(),
-                needed
-            );
+        let sites = site_keys(&rt);
+        let old_limiter = self.limiter.load_full();
+        if !old_limiter.local_store().covers(&sites) {
+            // New sites need counters of their own: new sketches, surviving sites' counts
+            // copied over, once before the swap and once after it for the requests the
+            // old limiter counted meanwhile.
+            let next = old_limiter.successor(store_for(&sites, self.fleet.as_ref()));
+            let copied = next
+                .local_store()
+                .copy_from(old_limiter.local_store(), None);
+            self.limiter.store(Arc::new(next));
             self.limiter
-                .store(Arc::new(limiter_for(rt.sites.len(), self.fleet.as_ref())));
+                .load()
+                .local_store()
+                .copy_from(old_limiter.local_store(), Some(&copied));
         }
         // Circuit breakers keep their state across reloads.
         for up in &rt.upstreams {

@@ -181,3 +181,29 @@ async fn repeated_bad_signatures_from_one_ip_turn_into_429() {
     assert!((55..=60).contains(&retry), "{retry}");
     assert_eq!(gw.mock.count(), 0);
 }
+
+/// A reload that adds a site rebuilds the sketches (new sites need counters of their
+/// own); the sites that stay keep their counts, so a spent minute stays spent.
+#[tokio::test]
+async fn counts_survive_a_reload_that_adds_sites() {
+    let gw = Gateway::start_with(tier("{ requests_per_minute: 5 }"));
+    for _ in 0..5 {
+        assert_eq!(models(&gw).await.status, 200);
+    }
+    let secret = format!("kgs_{}", keygate::auth::signature::random_nonce());
+    let path = gw.dir.path().join("gamma.secret");
+    std::fs::write(&path, &secret).unwrap();
+    gw.reload_with(|t| {
+        format!(
+            "{t}  - id: gamma\n    tier: free\n    keys:\n      - {{ id: gamma.k1, auth: hmac, secret: \"file:{}\" }}\n",
+            path.display()
+        )
+    });
+    assert!(gw.logs().contains("config reloaded"), "{}", gw.logs());
+    let r = models(&gw).await;
+    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+    // The new site has counters of its own.
+    let h = gw.sign("gamma.k1", &secret, "GET", "/openai/v1/models", b"");
+    let r = send(&client(), "GET", &gw.url("/openai/v1/models"), &h, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}

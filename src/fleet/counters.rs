@@ -16,7 +16,7 @@
 
 use super::{Fleet, Req};
 use crate::limits::window::Counts;
-use crate::limits::{Counter, CounterStore, LocalStore};
+use crate::limits::{Counter, CounterStore, LocalStore, SiteKey};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -219,17 +219,14 @@ pub struct FleetStore {
 }
 
 impl FleetStore {
-    pub fn new(slots: usize, fleet: Arc<Fleet>) -> Self {
-        FleetStore {
-            local: LocalStore::new(slots),
-            fleet,
-        }
+    pub fn new(local: LocalStore, fleet: Arc<Fleet>) -> Self {
+        FleetStore { local, fleet }
     }
 
     /// Record `n` in the fleet deltas (also while Redis is down: flushed on recovery) and
     /// judge on the larger of the local and the fleet-wide counts while Redis is up.
-    fn merge(&self, counter: Counter, key: u64, n: i64, local: Counts, now_ms: u64) -> Counts {
-        let (prev, curr) = self.fleet.counters.update(counter, key, n, now_ms);
+    fn merge(&self, counter: Counter, key: SiteKey, n: i64, local: Counts, now_ms: u64) -> Counts {
+        let (prev, curr) = self.fleet.counters.update(counter, key.site, n, now_ms);
         if !self.fleet.is_up() {
             return local;
         }
@@ -242,18 +239,18 @@ impl FleetStore {
 }
 
 impl CounterStore for FleetStore {
-    fn add(&self, counter: Counter, key: u64, n: i64, now_ms: u64) -> Counts {
+    fn add(&self, counter: Counter, key: SiteKey, n: i64, now_ms: u64) -> Counts {
         let local = self.local.add(counter, key, n, now_ms);
         self.merge(counter, key, n, local, now_ms)
     }
 
-    fn get(&self, counter: Counter, key: u64, now_ms: u64) -> Counts {
+    fn get(&self, counter: Counter, key: SiteKey, now_ms: u64) -> Counts {
         let local = self.local.get(counter, key, now_ms);
         self.merge(counter, key, 0, local, now_ms)
     }
 
-    fn slots(&self) -> usize {
-        self.local.slots()
+    fn local(&self) -> &LocalStore {
+        &self.local
     }
 
     fn quota_divisor(&self) -> u64 {

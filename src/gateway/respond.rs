@@ -54,8 +54,8 @@ pub fn add_ratelimit_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::R
     if let Some(p) = policy {
         resp.insert_header("ratelimit-policy", p)?;
     }
-    if let Some(r) = ctx.admission.as_ref().and_then(|a| a.ratelimit.as_deref()) {
-        resp.insert_header("ratelimit", r)?;
+    if let Some(r) = ctx.admission.as_ref().and_then(|a| a.ratelimit) {
+        resp.insert_header("ratelimit", r.to_string())?;
     }
     Ok(())
 }

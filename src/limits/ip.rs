@@ -79,7 +79,7 @@ pub struct AuthFailureLimiter {
 impl Default for AuthFailureLimiter {
     fn default() -> Self {
         AuthFailureLimiter {
-            failures: SlidingWindow::new(Duration::from_secs(60), IP_SLOTS),
+            failures: SlidingWindow::new(Duration::from_secs(60), super::window::HASHES, IP_SLOTS),
             cooldown: CooldownSketch::new(),
             hasher: ahash::RandomState::new(),
         }

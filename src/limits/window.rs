@@ -4,19 +4,31 @@
 //! expiry, so its windows drift from the clock and the wait until a refused client
 //! may retry cannot be computed exactly; its rollover also races (PINGORA.md). This
 //! type keeps the same two-estimator design but aligns windows to multiples of the
-//! interval since the Unix epoch and rolls under a write lock, so:
+//! interval since the Unix epoch and rolls under a lock that counting does not take:
+//! a counter checks a sequence number around its update instead (a seqlock) and counts
+//! again when a roll ran meanwhile, so:
 //!
 //! - counts only ever overestimate (count-min), never undercount, rollover included;
 //! - `fraction` is exact, so `Retry-After` is the real wait.
 
-use parking_lot::RwLock;
+use parking_lot::Mutex;
 use pingora_limits::estimator::Estimator;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Rows of each sketch. With `slots ≥ 10 × keys`, a key's estimate is exact unless it
-/// collides with another key in every row.
+/// Rows of a sketch over keys not known in advance (browser-token uses). With
+/// `slots ≥ 10 × keys`, a key's estimate is exact unless it collides with another key in
+/// every row. Site sketches use one row with collision-free keys instead
+/// ([`super::LocalStore`]).
 pub const HASHES: usize = 4;
+
+/// A key's position in one window, as read for copying into another limiter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub epoch: u64,
+    pub prev: i64,
+    pub curr: i64,
+}
 
 /// A key's counts in the current and previous window.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,32 +84,115 @@ impl Counts {
 }
 
 /// Counters per key over aligned windows of `interval`, bounded memory:
-/// `2 × HASHES × slots × 8` bytes.
+/// `2 × hashes × slots × 8` bytes.
 pub struct SlidingWindow {
     interval_ms: u64,
+    hashes: usize,
     sketches: [Estimator; 2],
     /// The index (`now_ms / interval_ms`) of the current window; its counts are in
     /// `sketches[epoch % 2]`, the previous window's in the other.
     epoch: AtomicU64,
-    /// Counting takes it shared; rolling to a new window takes it exclusive.
-    roll: RwLock<()>,
+    /// Held to roll, clear, refund or copy; counting does not take it.
+    roll: Mutex<()>,
+    /// Odd while a roll resets a sketch; bumped twice per roll.
+    seq: AtomicU64,
     slots: usize,
 }
 
 impl SlidingWindow {
-    pub fn new(interval: Duration, slots: usize) -> Self {
+    pub fn new(interval: Duration, hashes: usize, slots: usize) -> Self {
         SlidingWindow {
             interval_ms: interval.as_millis().max(1) as u64,
-            sketches: [Estimator::new(HASHES, slots), Estimator::new(HASHES, slots)],
+            hashes,
+            sketches: [Estimator::new(hashes, slots), Estimator::new(hashes, slots)],
             epoch: AtomicU64::new(0),
-            roll: RwLock::new(()),
+            roll: Mutex::new(()),
+            seq: AtomicU64::new(0),
             slots,
         }
     }
 
     /// Bytes held by the sketches.
     pub fn memory_bytes(&self) -> usize {
-        2 * HASHES * self.slots * std::mem::size_of::<isize>()
+        2 * self.hashes * self.slots * std::mem::size_of::<isize>()
+    }
+
+    /// Both sketches (for placing keys before first use).
+    pub fn sketches(&self) -> &[Estimator; 2] {
+        &self.sketches
+    }
+
+    /// Read `key`'s counters and drop the values (a prefetch).
+    pub fn touch(&self, key: u64) {
+        for s in &self.sketches {
+            std::hint::black_box(s.get(key));
+        }
+    }
+
+    /// Zero both sketches.
+    pub fn clear(&self) {
+        let _w = self.roll.lock();
+        self.resetting(|| self.sketches.iter().for_each(Estimator::reset));
+    }
+
+    /// Run `f` (which resets sketches) with the sequence number odd, so counters that
+    /// overlap it count again. Call with `roll` held.
+    fn resetting(&self, f: impl FnOnce()) {
+        self.seq.fetch_add(1, Ordering::Relaxed);
+        fence(Ordering::Release);
+        f();
+        self.seq.fetch_add(1, Ordering::Release);
+    }
+
+    /// Run `f` on the current epoch until no roll overlapped it. `f` may run more than
+    /// once: it must only read, or add a positive amount (counted twice at worst, an
+    /// overestimate).
+    fn stable<T>(&self, f: impl Fn(u64) -> T) -> T {
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 % 2 == 1 {
+                std::thread::yield_now();
+                continue;
+            }
+            let r = f(self.epoch.load(Ordering::Acquire));
+            fence(Ordering::Acquire);
+            if self.seq.load(Ordering::Relaxed) == s1 {
+                return r;
+            }
+        }
+    }
+
+    /// The counts of `key` in the windows as they stand (no roll).
+    pub fn snapshot(&self, key: u64) -> Snapshot {
+        let _r = self.roll.lock();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        Snapshot {
+            epoch,
+            curr: self.sketches[(epoch % 2) as usize].get(key) as i64,
+            prev: self.sketches[((epoch + 1) % 2) as usize].get(key) as i64,
+        }
+    }
+
+    /// Add counts read from another window of the same interval (`base`, when given, was
+    /// added before: only what came since is added now). A snapshot older than the
+    /// previous window adds nothing.
+    pub fn add_snapshot(&self, key: u64, snap: Snapshot, base: Option<Snapshot>) {
+        let base = base.filter(|b| b.epoch == snap.epoch).unwrap_or(Snapshot {
+            epoch: snap.epoch,
+            ..Default::default()
+        });
+        let (dprev, dcurr) = (snap.prev - base.prev, snap.curr - base.curr);
+        self.roll_to(snap.epoch);
+        let _r = self.roll.lock();
+        let cur = self.epoch.load(Ordering::Acquire);
+        let curr = &self.sketches[(cur % 2) as usize];
+        let prev = &self.sketches[((cur + 1) % 2) as usize];
+        if cur == snap.epoch {
+            curr.incr(key, dcurr as isize);
+            prev.incr(key, dprev as isize);
+        } else if cur == snap.epoch + 1 {
+            prev.incr(key, dcurr as isize);
+        }
     }
 
     pub fn slots(&self) -> usize {
@@ -108,61 +203,66 @@ impl SlidingWindow {
         if self.epoch.load(Ordering::Acquire) >= epoch {
             return;
         }
-        let _w = self.roll.write();
+        let _w = self.roll.lock();
         let cur = self.epoch.load(Ordering::Acquire);
         if cur >= epoch {
             return;
         }
-        if epoch == cur + 1 {
-            // The old current becomes previous; the slot for the new window held the
-            // window before the previous one.
-            self.sketches[(epoch % 2) as usize].reset();
-        } else {
-            self.sketches[0].reset();
-            self.sketches[1].reset();
-        }
-        self.epoch.store(epoch, Ordering::Release);
+        self.resetting(|| {
+            if epoch == cur + 1 {
+                // The old current becomes previous; the slot for the new window held the
+                // window before the previous one.
+                self.sketches[(epoch % 2) as usize].reset();
+            } else {
+                self.sketches[0].reset();
+                self.sketches[1].reset();
+            }
+            self.epoch.store(epoch, Ordering::Release);
+        });
     }
 
-    fn read(&self, key: u64, now_ms: u64) -> (i64, i64, f64) {
-        let cur = self.epoch.load(Ordering::Acquire);
-        let fraction = (now_ms % self.interval_ms) as f64 / self.interval_ms as f64;
-        let curr = self.sketches[(cur % 2) as usize].get(key) as i64;
-        let prev = self.sketches[((cur + 1) % 2) as usize].get(key) as i64;
-        (prev, curr, fraction)
-    }
-
-    fn counts(&self, prev: i64, curr: i64, fraction: f64) -> Counts {
+    fn counts(&self, prev: i64, curr: i64, now_ms: u64) -> Counts {
         Counts {
             prev,
             curr,
-            fraction,
+            fraction: (now_ms % self.interval_ms) as f64 / self.interval_ms as f64,
             interval: Duration::from_millis(self.interval_ms),
         }
     }
 
     /// Add `n` (negative refunds) to `key` at time `now_ms`; return the counts after.
     pub fn add(&self, key: u64, n: i64, now_ms: u64) -> Counts {
-        let epoch = now_ms / self.interval_ms;
-        self.roll_to(epoch);
-        let _r = self.roll.read();
+        self.roll_to(now_ms / self.interval_ms);
         // A caller whose clock reading predates the last roll is counted in the current
-        // window: an overestimate, never a lost event.
-        let cur = self.epoch.load(Ordering::Acquire);
-        // `incr` returns the key's estimate after the add: no second read needed.
-        let curr = self.sketches[(cur % 2) as usize].incr(key, n as isize) as i64;
-        let prev = self.sketches[((cur + 1) % 2) as usize].get(key) as i64;
-        let fraction = (now_ms % self.interval_ms) as f64 / self.interval_ms as f64;
-        self.counts(prev, curr, fraction)
+        // window: an overestimate, never a lost event. `incr` returns the key's estimate
+        // after the add: no second read needed.
+        let add = |cur: u64| {
+            let curr = self.sketches[(cur % 2) as usize].incr(key, n as isize) as i64;
+            (
+                self.sketches[((cur + 1) % 2) as usize].get(key) as i64,
+                curr,
+            )
+        };
+        let (prev, curr) = if n >= 0 {
+            self.stable(add)
+        } else {
+            // A refund must not run twice: take the lock rolls take.
+            let _r = self.roll.lock();
+            add(self.epoch.load(Ordering::Acquire))
+        };
+        self.counts(prev, curr, now_ms)
     }
 
     /// The counts of `key` at time `now_ms`, without adding.
     pub fn get(&self, key: u64, now_ms: u64) -> Counts {
-        let epoch = now_ms / self.interval_ms;
-        self.roll_to(epoch);
-        let _r = self.roll.read();
-        let (p, c, f) = self.read(key, now_ms);
-        self.counts(p, c, f)
+        self.roll_to(now_ms / self.interval_ms);
+        let (prev, curr) = self.stable(|cur| {
+            (
+                self.sketches[((cur + 1) % 2) as usize].get(key) as i64,
+                self.sketches[(cur % 2) as usize].get(key) as i64,
+            )
+        });
+        self.counts(prev, curr, now_ms)
     }
 }
 
@@ -175,7 +275,7 @@ mod tests {
 
     #[test]
     fn counts_roll_over_aligned_windows() {
-        let w = SlidingWindow::new(Duration::from_secs(60), 1024);
+        let w = SlidingWindow::new(Duration::from_secs(60), HASHES, 1024);
         let t0 = 1_000 * 60_000; // start of a window
         for _ in 0..5 {
             w.add(7, 1, t0 + 1000);
@@ -229,7 +329,7 @@ mod tests {
     /// move to window k+1 together, so rollovers race with adds.
     #[test]
     fn concurrent_rollover_loses_nothing() {
-        let w = Arc::new(SlidingWindow::new(Duration::from_millis(10), 1024));
+        let w = Arc::new(SlidingWindow::new(Duration::from_millis(10), HASHES, 1024));
         let threads = 8;
         let per_phase = 500;
         let phases = 40u64;
@@ -262,7 +362,7 @@ mod tests {
         /// The sketch never undercounts a key, in the current or the previous window.
         #[test]
         fn never_undercounts(events in proptest::collection::vec((0u64..200, 1i64..5, 0u64..3), 1..400)) {
-            let w = SlidingWindow::new(Duration::from_millis(1000), 64);
+            let w = SlidingWindow::new(Duration::from_millis(1000), HASHES, 64);
             let mut truth: HashMap<(u64, u64), i64> = HashMap::new();
             let mut t = 0u64;
             for (key, n, step) in &events {
