@@ -145,8 +145,12 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     }
     let reloader = Reloader {
         path: (!opts.demo).then_some(opts.config.clone()),
-        state,
+        state: state.clone(),
     };
     server.add_service(background_service("keygate maintenance", reloader));
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Shut down (after the grace period, or handed over to a new binary): write out the
+    // audit lines still buffered.
+    state.audit.flush();
+    std::process::exit(0)
 }

@@ -232,24 +232,39 @@ async fn audit_log_file_is_reopened_on_sighup() {
     let gw = Gateway::start();
     let path = gw.dir.path().join("audit.jsonl");
     gw.reload_with(|t| format!("{t}log: {{ audit_path: {} }}\n", path.display()));
+    let lines = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
     assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    eventually("the line in the file", || (lines(&path) == 1).then_some(()));
     // logrotate: move the file away, then SIGHUP.
     let rotated = gw.dir.path().join("audit.jsonl.1");
     std::fs::rename(&path, &rotated).unwrap();
     gw.sighup();
     assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap().lines().count(),
-        1,
-        "new file after rotation"
+    eventually("a line in the new file after rotation", || {
+        (lines(&path) == 1).then_some(())
+    });
+    assert_eq!(lines(&rotated), 1);
+}
+
+/// Audit lines are buffered for up to 50 ms; stopping (here the fast way, SIGINT) writes
+/// out what is buffered, so no request goes unaudited.
+#[tokio::test]
+async fn buffered_audit_lines_are_written_at_shutdown() {
+    let mut gw = Gateway::start();
+    for _ in 0..20 {
+        assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
+    }
+    gw.signal("-INT");
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)),
+        "keygate did not exit"
     );
-    assert_eq!(
-        std::fs::read_to_string(&rotated).unwrap().lines().count(),
-        1
-    );
+    let lines = gw.audit_lines();
+    assert_eq!(lines.len(), 20, "{}", gw.logs());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,26 +1,39 @@
-//! The audit log: one JSON object per request (SPEC §6), written by a background
-//! thread so a slow disk or pipe never blocks a request. When the writer falls
-//! behind, lines are dropped and counted rather than queued without bound.
+//! The audit log: one JSON object per request (SPEC §6). Requests append their line to
+//! a bounded buffer in memory; a background thread writes the buffer out every
+//! [`FLUSH_INTERVAL`] in one `write`, so a request neither waits on the disk nor wakes
+//! another thread (a wake-up per line cost a context switch per request). When the
+//! writer falls behind and the buffer is full, lines are dropped and counted rather
+//! than queued without bound. Shutdown writes what is buffered ([`AuditLog::flush`]).
 
 use crate::gateway::ctx::Ctx;
 use parking_lot::Mutex;
 use pingora::proxy::Session;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
-use std::sync::OnceLock;
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
-/// Lines queued for the writer before new ones are dropped.
-pub const QUEUE_BOUND: usize = 16_384;
+/// Bytes of lines buffered for the writer before new ones are dropped.
+pub const BUFFER_BOUND: usize = 8 << 20;
+
+/// How often the writer writes the buffered lines out.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
+
+struct Inner {
+    /// Lines not yet written, each ending in a newline.
+    pending: Mutex<Vec<u8>>,
+    /// Where lines go (`None`: stdout); read when the output is (re)opened.
+    path: Mutex<Option<String>>,
+    /// Set on SIGHUP: the output is reopened before the next write (logrotate).
+    reopen: AtomicBool,
+    /// The open output; held while writing, so writes never interleave.
+    out: Mutex<Option<Box<dyn Write + Send>>>,
+}
 
 /// Where audit lines go.
 pub struct AuditLog {
-    /// Where lines go (`None`: stdout); read by the writer when it (re)opens.
-    path: Arc<Mutex<Option<String>>>,
-    /// Set on SIGHUP: the writer reopens `path` before its next line (logrotate).
-    reopen: Arc<AtomicBool>,
-    tx: OnceLock<SyncSender<String>>,
+    inner: Arc<Inner>,
+    writer: Once,
 }
 
 fn open(path: &Option<String>) -> Box<dyn Write + Send> {
@@ -30,7 +43,7 @@ fn open(path: &Option<String>) -> Box<dyn Write + Send> {
             .append(true)
             .open(p)
         {
-            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Ok(f) => Box::new(f),
             Err(e) => {
                 log::error!("cannot open audit log {p}: {e}; writing to stdout");
                 Box::new(std::io::stdout())
@@ -40,59 +53,78 @@ fn open(path: &Option<String>) -> Box<dyn Write + Send> {
     }
 }
 
+impl Inner {
+    /// Write out what is buffered (one `write` for the whole batch).
+    fn drain(&self) {
+        let batch = std::mem::take(&mut *self.pending.lock());
+        let mut out = self.out.lock();
+        if out.is_none() || self.reopen.swap(false, Ordering::AcqRel) {
+            *out = Some(open(&self.path.lock().clone()));
+        }
+        if let Some(out) = out.as_mut() {
+            if !batch.is_empty() {
+                let _ = out.write_all(&batch);
+                let _ = out.flush();
+            }
+        }
+    }
+}
+
 impl AuditLog {
     /// `path: None` writes to stdout.
     pub fn new(path: Option<String>) -> Self {
         AuditLog {
-            path: Arc::new(Mutex::new(path)),
-            reopen: Arc::new(AtomicBool::new(false)),
-            tx: OnceLock::new(),
+            inner: Arc::new(Inner {
+                pending: Mutex::new(Vec::new()),
+                path: Mutex::new(path),
+                reopen: AtomicBool::new(false),
+                out: Mutex::new(None),
+            }),
+            writer: Once::new(),
         }
     }
 
     /// Reopen the log (after logrotate moved it), possibly at a new path.
     pub fn reopen(&self, path: Option<String>) {
-        *self.path.lock() = path;
-        self.reopen.store(true, Ordering::Release);
+        *self.inner.path.lock() = path;
+        self.inner.reopen.store(true, Ordering::Release);
+    }
+
+    /// Write out every buffered line now (at shutdown).
+    pub fn flush(&self) {
+        self.inner.drain();
     }
 
     // The writer thread starts on first use, after Pingora may have daemonised.
-    fn sender(&self) -> &SyncSender<String> {
-        self.tx.get_or_init(|| {
-            let (tx, rx) = sync_channel::<String>(QUEUE_BOUND);
-            let path = self.path.clone();
-            let reopen = self.reopen.clone();
-            std::thread::Builder::new()
+    fn start_writer(&self) {
+        self.writer.call_once(|| {
+            let inner = self.inner.clone();
+            let spawned = std::thread::Builder::new()
                 .name("keygate-audit".into())
-                .spawn(move || {
-                    let mut out = open(&path.lock().clone());
-                    while let Ok(line) = rx.recv() {
-                        if reopen.swap(false, Ordering::AcqRel) {
-                            let _ = out.flush();
-                            out = open(&path.lock().clone());
-                        }
-                        let _ = out.write_all(line.as_bytes());
-                        let _ = out.write_all(b"\n");
-                        // Flush when the queue is drained, so lines show up promptly.
-                        for l in rx.try_iter().take(1024) {
-                            let _ = out.write_all(l.as_bytes());
-                            let _ = out.write_all(b"\n");
-                        }
-                        let _ = out.flush();
-                    }
-                })
-                .ok();
-            tx
-        })
+                .spawn(move || loop {
+                    std::thread::sleep(FLUSH_INTERVAL);
+                    inner.drain();
+                });
+            if let Err(e) = spawned {
+                log::error!("cannot start the audit log writer: {e}");
+            }
+        });
     }
 
-    fn push(&self, line: String) {
-        match self.sender().try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                // Counted in `keygate_audit_dropped_total`.
-                super::metrics::METRICS.audit_dropped.inc();
-            }
+    /// Append one line (serialised straight into the buffer), or count it dropped.
+    fn push(&self, line: &impl serde::Serialize) {
+        self.start_writer();
+        let mut pending = self.inner.pending.lock();
+        if pending.len() >= BUFFER_BOUND {
+            // Counted in `keygate_audit_dropped_total`.
+            super::metrics::METRICS.audit_dropped.inc();
+            return;
+        }
+        let start = pending.len();
+        if serde_json::to_writer(&mut *pending, line).is_ok() {
+            pending.push(b'\n');
+        } else {
+            pending.truncate(start);
         }
     }
 
@@ -125,9 +157,7 @@ impl AuditLog {
             pii: ctx.pii_counts.as_ref(),
         };
         // A struct of borrowed fields serialises straight to text (no JSON tree built).
-        if let Ok(text) = serde_json::to_string(&line) {
-            self.push(text);
-        }
+        self.push(&line);
     }
 }
 
