@@ -94,11 +94,7 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
     let restoring = ctx.pii.is_some();
     ctx.response = if ct.starts_with("text/event-stream") {
         // keygate may end the stream with its own error event: length is not fixed.
-        // Chunked, never close-delimited: a stream cut by the upstream must look cut
-        // to the client (no last chunk), not end cleanly. (Pingora drops the header on h2.)
-        resp.remove_header(&http::header::CONTENT_LENGTH);
-        // (A static, valid header value: inserting it cannot fail.)
-        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+        send_chunked(resp)?;
         ResponseWatch::Sse {
             framer: SseFramer::new(DEFAULT_MAX_EVENT),
             text: Tail::default(),
@@ -111,15 +107,23 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
     } else {
         if restoring {
             // Restored values change the body's length.
-            resp.remove_header(&http::header::CONTENT_LENGTH);
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                .map_err(|_| GatewayError::upstream("The provider's response was invalid."))?;
+            send_chunked(resp)?;
         }
         ResponseWatch::Json {
             buf: Vec::new(),
             limit,
         }
     };
+    Ok(())
+}
+
+/// Send the body with a length keygate does not know up front: chunked, never
+/// close-delimited, so a body the upstream cut looks cut to the client (no last chunk)
+/// instead of ending cleanly. (Pingora drops the header on h2.)
+fn send_chunked(resp: &mut ResponseHeader) -> Result<(), GatewayError> {
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+        .map_err(|_| GatewayError::upstream("The provider's response was invalid."))?;
     Ok(())
 }
 
