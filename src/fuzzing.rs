@@ -72,9 +72,16 @@ pub fn signature_headers(data: &[u8]) {
     let _ = signature::parse(&[input], &[sig], &Default::default());
 }
 
-/// Client request bodies (strict JSON: duplicate keys, depth, numbers).
+/// Client request bodies (strict JSON: duplicate keys, depth, numbers): the tree-free
+/// scan accepts exactly what the tree parser accepts.
 pub fn request_body(data: &[u8]) {
-    let _ = crate::request::body::parse_strict(data);
+    use crate::request::body::{parse_strict, scan};
+    let tree = parse_strict(data);
+    let top = scan::top(data);
+    assert_eq!(tree.is_ok(), top.is_ok());
+    if let (Ok(tree), Ok(top)) = (tree, top) {
+        assert_eq!(tree.is_object(), top.is_some());
+    }
 }
 
 /// Request paths and raw header blocks.

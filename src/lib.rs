@@ -18,6 +18,7 @@ pub mod error;
 pub mod fleet;
 pub mod fuzzing;
 pub mod gateway;
+pub mod json;
 pub mod limits;
 pub mod mock_provider;
 pub mod pii;

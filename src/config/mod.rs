@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// One mistake in the config file, with the YAML path that holds it.
@@ -138,9 +138,16 @@ pub struct Upstream {
     /// Pingora pool isolation key derived from the pins and CA.
     pub group_key: u64,
     pub circuit: crate::upstream::circuit::CircuitBreaker,
+    series: OnceLock<crate::telemetry::metrics::UpstreamSeries>,
 }
 
 impl Upstream {
+    /// This upstream's metric series.
+    pub fn series(&self) -> &crate::telemetry::metrics::UpstreamSeries {
+        self.series
+            .get_or_init(|| crate::telemetry::metrics::UpstreamSeries::new(&self.name))
+    }
+
     /// Pick the credential for one request, spreading requests over all of them.
     /// Round-robin over the credentials not cooling down; when all are, the one
     /// whose cool-down ends first.
@@ -172,6 +179,15 @@ pub struct Route {
     pub block_patterns: Option<regex::bytes::RegexSet>,
     /// Personal data in prompts (`routes[].pii`); `None` is `off`.
     pub pii: Option<Arc<crate::pii::PiiPolicy>>,
+    series: OnceLock<crate::telemetry::metrics::RouteSeries>,
+}
+
+impl Route {
+    /// This route's metric series.
+    pub fn series(&self) -> &crate::telemetry::metrics::RouteSeries {
+        self.series
+            .get_or_init(|| crate::telemetry::metrics::RouteSeries::new(&self.prefix))
+    }
 }
 
 /// A tier's limits (enforced by the limits module).
@@ -711,6 +727,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
                 max_tokens: r.max_tokens,
                 block_patterns,
                 pii,
+                series: OnceLock::new(),
             });
         }
     }
@@ -1573,6 +1590,7 @@ fn validate_upstream(
         ca,
         group_key,
         circuit: crate::upstream::circuit::CircuitBreaker::new(circuit),
+        series: OnceLock::new(),
         kind: kind?,
         tls,
         host,

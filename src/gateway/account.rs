@@ -4,30 +4,26 @@ use super::ctx::Ctx;
 use crate::limits;
 use crate::response::usage::Usage;
 use crate::state::State;
-use crate::telemetry::metrics::METRICS;
+use crate::telemetry::metrics::{self, METRICS};
 use crate::upstream::circuit::Outcome;
 use pingora::proxy::Session;
 
 /// Settle one finished request.
 pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
-    let route = ctx
-        .route()
-        .map_or("none", |r| r.prefix.as_str())
-        .to_string();
-    let status = ctx.status.to_string();
-    METRICS
-        .requests_total
-        .with_label_values(&[route.as_str(), status.as_str()])
-        .inc();
-    METRICS
-        .request_duration
-        .with_label_values(&[route.as_str()])
-        .observe(ctx.started.elapsed().as_secs_f64());
-    if let (Some(route), Some(t)) = (ctx.route(), ctx.upstream_started) {
-        METRICS
-            .upstream_duration
-            .with_label_values(&[route.upstream.name.as_str()])
-            .observe(t.elapsed().as_secs_f64());
+    match ctx.route() {
+        Some(route) => {
+            let series = route.series();
+            series.count(ctx.status);
+            series.duration.observe(ctx.started.elapsed().as_secs_f64());
+            if let Some(t) = ctx.upstream_started {
+                route
+                    .upstream
+                    .series()
+                    .duration
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        }
+        None => metrics::count_unrouted(ctx.status),
     }
     charge_tokens(state, ctx);
     if let (Some(_), Some(counts)) = (&ctx.pii, &ctx.pii_counts) {
@@ -48,9 +44,10 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
         };
         let breaker = &route.upstream.circuit;
         breaker.record(permit, outcome, std::time::Instant::now());
-        METRICS
+        route
+            .upstream
+            .series()
             .circuit_state
-            .with_label_values(&[route.upstream.name.as_str()])
             .set(breaker.state_code());
     }
     state.audit.record(session, ctx);
@@ -64,21 +61,18 @@ pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
     if ctx.charged || ctx.upstream_started.is_none() || !(1..500).contains(&ctx.status) {
         return;
     }
-    let Some(route) = ctx.route() else { return };
-    let upstream = route.upstream.name.clone();
+    if ctx.route().is_none() {
+        return;
+    }
     ctx.charged = true;
     let usage = ctx
         .usage
         .unwrap_or_else(|| Usage::estimate(ctx.request_bytes, ctx.response_bytes));
     ctx.usage = Some(usage);
-    METRICS
-        .tokens_total
-        .with_label_values(&[upstream.as_str(), "in"])
-        .inc_by(usage.input);
-    METRICS
-        .tokens_total
-        .with_label_values(&[upstream.as_str(), "out"])
-        .inc_by(usage.output);
+    let Some(route) = ctx.route() else { return };
+    let series = route.upstream.series();
+    series.tokens_in.inc_by(usage.input);
+    series.tokens_out.inc_by(usage.output);
     if let Some(site) = ctx.site() {
         state
             .limiter

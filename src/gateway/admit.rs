@@ -81,6 +81,8 @@ pub(super) async fn read_body(
     if session.as_downstream_mut().is_body_empty() {
         return Ok(buf);
     }
+    // One allocation for bodies of a declared length (`limit` is then that length).
+    buf.reserve(limit.min(8 * 1024));
     if expects_continue {
         session
             .write_continue_response()
@@ -240,9 +242,10 @@ impl Gateway {
                 .retry_after(wait))
             }
         }
-        METRICS
+        route
+            .upstream
+            .series()
             .circuit_state
-            .with_label_values(&[route.upstream.name.as_str()])
             .set(breaker.state_code());
         let now_ms = limits::now_ms();
         if let Some(tier) = rt.tiers.get(&site.tier) {

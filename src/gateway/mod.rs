@@ -81,6 +81,11 @@ impl ProxyHttp for Gateway {
         Ctx::new(self.state.runtime.load_full())
     }
 
+    /// No downstream modules. Pingora's default adds a disabled compression module, which
+    /// still costs allocations and four filter calls per request; keygate never
+    /// compresses (it strips `Accept-Encoding` upstream and validates plain bodies).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.request_id = request_id(session);
         // Idle time allowed before the next request on this connection.

@@ -3,17 +3,19 @@
 use super::ctx::Ctx;
 use crate::error::{ErrorCode, GatewayError};
 use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use std::time::SystemTime;
 
 thread_local! {
-    static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    static DATE: std::cell::RefCell<(u64, HeaderValue)> =
+        const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
 }
 
-/// The `Date` header value, formatted once per second per thread.
-fn http_date() -> String {
+/// The `Date` header value, formatted once per second per thread (a clone shares it).
+fn http_date() -> HeaderValue {
     let now = SystemTime::now();
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -21,8 +23,10 @@ fn http_date() -> String {
         .unwrap_or(0);
     DATE.with(|c| {
         let mut c = c.borrow_mut();
-        if c.0 != secs || c.1.is_empty() {
-            *c = (secs, httpdate::fmt_http_date(now));
+        if c.0 != secs {
+            if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                *c = (secs, v);
+            }
         }
         c.1.clone()
     })
@@ -33,13 +37,17 @@ pub fn add_standard_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Re
     if !ctx.request_id.is_empty() {
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
     }
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    resp.insert_header("cache-control", "no-store")?;
+    // Names as `&'static str` and constant values from_static: nothing is allocated.
+    resp.insert_header(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    )?;
+    resp.insert_header("cache-control", HeaderValue::from_static("no-store"))?;
     resp.insert_header("date", http_date())?;
     if ctx.tls {
         resp.insert_header(
             "strict-transport-security",
-            "max-age=31536000; includeSubDomains",
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         )?;
     }
     super::cors::add_headers(resp, ctx.cors_origin.as_deref())
@@ -55,7 +63,10 @@ pub fn add_ratelimit_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::R
         resp.insert_header("ratelimit-policy", p)?;
     }
     if let Some(r) = ctx.admission.as_ref().and_then(|a| a.ratelimit) {
-        resp.insert_header("ratelimit", r.to_string())?;
+        // Sized once: `to_string` would grow the buffer a piece at a time.
+        let mut v = String::with_capacity(48);
+        let _ = std::fmt::Write::write_fmt(&mut v, format_args!("{r}"));
+        resp.insert_header("ratelimit", v)?;
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::fmt;
 
+pub(crate) mod scan;
+
 /// A JSON value whose objects had no duplicate keys.
 struct Strict(Value);
 
@@ -135,6 +137,20 @@ pub fn check_with(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<BodyOutcome, GatewayError> {
+    check_inner(route, pii, method, upstream_path, content_type, body, false)
+}
+
+/// [`check_with`]; `force_tree` builds the JSON tree even for bodies the scan leaves
+/// untouched (tests compare both ways).
+fn check_inner(
+    route: &Route,
+    pii: Option<&crate::pii::PiiPolicy>,
+    method: &str,
+    upstream_path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    force_tree: bool,
+) -> Result<BodyOutcome, GatewayError> {
     let kind = route.upstream.kind;
     let mut out = BodyOutcome::default();
     let path_only = upstream_path.split('?').next().unwrap_or(upstream_path);
@@ -142,37 +158,29 @@ pub fn check_with(
         out.model = gemini_model(path_only).map(str::to_string);
         out.stream = path_only.ends_with(":streamGenerateContent");
     }
-    let mut json = None;
+    let mut top = None;
     if !body.is_empty() {
         if !content_type.is_some_and(is_json_content_type) {
             return Err(GatewayError::bad_request(
                 "Request bodies must be application/json.",
             ));
         }
-        let v = parse_strict(body).map_err(|e| {
-            GatewayError::bad_request(
-                "The request body is not valid JSON (duplicate keys are refused).",
-            )
-            .detail(e)
-        })?;
-        let Value::Object(obj) = v else {
-            return Err(GatewayError::bad_request(
-                "The request body must be a JSON object.",
-            ));
-        };
+        let t = scan::top(body)
+            .map_err(invalid_json)?
+            .ok_or_else(|| GatewayError::bad_request("The request body must be a JSON object."))?;
         if kind != UpstreamKind::Gemini {
-            match obj.get("model") {
-                Some(Value::String(m)) => out.model = Some(m.clone()),
-                Some(_) => {
+            match &t.model {
+                scan::Model::Str(m) => out.model = Some(m.as_str().to_string()),
+                scan::Model::Other => {
                     return Err(GatewayError::bad_request(
                         "The body's \"model\" must be a string.",
                     ))
                 }
-                None => {}
+                scan::Model::Absent => {}
             }
-            out.stream = obj.get("stream") == Some(&Value::Bool(true));
+            out.stream = t.stream;
         }
-        json = Some(obj);
+        top = Some(t);
     } else if method == "POST" && route.max_tokens.is_some() && needs_output_cap(kind, path_only) {
         return Err(GatewayError::bad_request(
             "This endpoint needs a JSON body.",
@@ -181,7 +189,7 @@ pub fn check_with(
 
     if let Some(models) = &route.models {
         let allowed = out.model.as_ref().is_some_and(|m| models.contains(m));
-        let names_model = out.model.is_some() || json.is_some();
+        let names_model = out.model.is_some() || top.is_some();
         if names_model && !allowed {
             let msg = match &out.model {
                 Some(m) => format!(
@@ -194,29 +202,56 @@ pub fn check_with(
         }
     }
 
-    if let Some(mut obj) = json {
-        let mut changed = false;
-        if let Some(cap) = route.max_tokens {
-            if needs_output_cap(kind, path_only) {
-                changed |= cap_output_tokens(kind, path_only, &mut obj, cap)?;
-            }
-        }
-        if out.stream && kind == UpstreamKind::OpenAi {
-            changed |= request_stream_usage(&mut obj)?;
-        }
-        if let Some(policy) = pii {
-            out.pii = crate::pii::apply(policy, kind, &mut obj, body);
-            changed |= matches!(out.pii, Some(crate::pii::Outcome::Replaced(_)));
-        }
-        if changed {
-            let bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| {
-                GatewayError::bad_request("The request body cannot be re-encoded.")
-                    .detail(e.to_string())
-            })?;
-            out.rewritten = Some(Bytes::from(bytes));
-        }
+    let Some(top) = top else { return Ok(out) };
+    let cap = route
+        .max_tokens
+        .filter(|_| needs_output_cap(kind, path_only));
+    let stream_usage = out.stream && kind == UpstreamKind::OpenAi;
+    let untouched = !force_tree
+        && pii.is_none()
+        && cap.is_none_or(|c| kind != UpstreamKind::Gemini && top.caps_within(cap_fields(kind), c))
+        && (!stream_usage || top.stream_usage);
+    if untouched {
+        return Ok(out);
+    }
+    // The body is rewritten (or may be): build the tree.
+    let Value::Object(mut obj) = parse_strict(body).map_err(invalid_json)? else {
+        return Err(GatewayError::bad_request(
+            "The request body must be a JSON object.",
+        ));
+    };
+    let mut changed = false;
+    if let Some(cap) = cap {
+        changed |= cap_output_tokens(kind, path_only, &mut obj, cap)?;
+    }
+    if stream_usage {
+        changed |= request_stream_usage(&mut obj)?;
+    }
+    if let Some(policy) = pii {
+        out.pii = crate::pii::apply(policy, kind, &mut obj, body);
+        changed |= matches!(out.pii, Some(crate::pii::Outcome::Replaced(_)));
+    }
+    if changed {
+        let bytes = serde_json::to_vec(&Value::Object(obj)).map_err(|e| {
+            GatewayError::bad_request("The request body cannot be re-encoded.")
+                .detail(e.to_string())
+        })?;
+        out.rewritten = Some(Bytes::from(bytes));
     }
     Ok(out)
+}
+
+fn invalid_json(detail: String) -> GatewayError {
+    GatewayError::bad_request("The request body is not valid JSON (duplicate keys are refused).")
+        .detail(detail)
+}
+
+/// The output-token fields `kind` clamps, as indexes into [`scan::CAP_FIELDS`].
+fn cap_fields(kind: UpstreamKind) -> &'static [usize] {
+    match kind {
+        UpstreamKind::Anthropic => &[0],
+        _ => &[0, 1, 2],
+    }
 }
 
 /// Ask OpenAI to end a stream with a usage chunk (`stream_options.include_usage`), so
@@ -298,14 +333,10 @@ fn cap_output_tokens(
             }
         });
     }
-    let fields: &[&str] = match kind {
-        UpstreamKind::Anthropic => &["max_tokens"],
-        _ => &["max_tokens", "max_completion_tokens", "max_output_tokens"],
-    };
     let mut changed = false;
     let mut present = false;
-    for f in fields {
-        if let Some(c) = clamp_field(obj, f, cap)? {
+    for &i in cap_fields(kind) {
+        if let Some(c) = clamp_field(obj, scan::CAP_FIELDS[i], cap)? {
             present = true;
             changed |= c;
         }

@@ -120,8 +120,8 @@ impl<'de> Visitor<'de> for TokensV {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Tokens, A::Error> {
         let mut t = Tokens::default();
-        while let Some(k) = a.next_key::<std::borrow::Cow<'de, str>>()? {
-            match k.as_ref() {
+        while let Some(k) = a.next_key::<crate::json::Key<'de>>()? {
+            match k.as_str() {
                 "prompt_tokens" | "input_tokens" | "promptTokenCount" => {
                     t.input = a.next_value::<Num>()?.0.or(t.input)
                 }

@@ -5,8 +5,8 @@
 //! every name is present from the first scrape.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -281,5 +281,102 @@ impl Metrics {
     }
 }
 
+/// The label text of a status code, without allocating for real ones.
+fn status_label(status: u16, f: impl FnOnce(&str)) {
+    match http::StatusCode::from_u16(status) {
+        Ok(s) => f(s.as_str()),
+        Err(_) => f(&status.to_string()),
+    }
+}
+
+/// Count a finished request that matched no route.
+pub fn count_unrouted(status: u16) {
+    status_label(status, |s| {
+        METRICS.requests_total.with_label_values(&["none", s]).inc()
+    });
+}
+
+/// One route's series, resolved on first use and kept with the route, so a request does
+/// not hash labels or take the family's lock.
+#[derive(Debug)]
+pub struct RouteSeries {
+    prefix: String,
+    pub duration: Histogram,
+    ok: IntCounter,
+}
+
+impl RouteSeries {
+    pub fn new(prefix: &str) -> Self {
+        RouteSeries {
+            prefix: prefix.to_string(),
+            duration: METRICS.request_duration.with_label_values(&[prefix]),
+            ok: METRICS.requests_total.with_label_values(&[prefix, "200"]),
+        }
+    }
+
+    /// Count a finished request with `status`.
+    pub fn count(&self, status: u16) {
+        if status == 200 {
+            return self.ok.inc();
+        }
+        status_label(status, |s| {
+            METRICS
+                .requests_total
+                .with_label_values(&[self.prefix.as_str(), s])
+                .inc()
+        });
+    }
+}
+
+/// One upstream's series (see [`RouteSeries`]).
+#[derive(Debug)]
+pub struct UpstreamSeries {
+    pub duration: Histogram,
+    pub tokens_in: IntCounter,
+    pub tokens_out: IntCounter,
+    pub circuit_state: IntGauge,
+}
+
+impl UpstreamSeries {
+    pub fn new(name: &str) -> Self {
+        UpstreamSeries {
+            duration: METRICS.upstream_duration.with_label_values(&[name]),
+            tokens_in: METRICS.tokens_total.with_label_values(&[name, "in"]),
+            tokens_out: METRICS.tokens_total.with_label_values(&[name, "out"]),
+            circuit_state: METRICS.circuit_state.with_label_values(&[name]),
+        }
+    }
+}
+
 /// The process's metrics.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_series_count_into_the_status_series() {
+        let s = RouteSeries::new("/series-test/");
+        let get = |st: &str| {
+            METRICS
+                .requests_total
+                .with_label_values(&["/series-test/", st])
+                .get()
+        };
+        s.count(200);
+        s.count(200);
+        s.count(429);
+        s.count(0);
+        assert_eq!((get("200"), get("429"), get("0")), (2, 1, 1));
+        let unrouted = || {
+            METRICS
+                .requests_total
+                .with_label_values(&["none", "421"])
+                .get()
+        };
+        let before = unrouted();
+        count_unrouted(421);
+        assert_eq!(unrouted(), before + 1);
+    }
+}

@@ -199,3 +199,124 @@ fn gemini_model_comes_from_path_and_cap_goes_in_generation_config() {
     )
     .is_err());
 }
+
+mod scan_agrees_with_tree {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON text (not a `Value`, so duplicate keys and escapes can be generated) built
+    /// from the members the scan reads, at any depth.
+    fn json_text() -> impl Strategy<Value = String> {
+        let key = prop::sample::select(vec![
+            "model",
+            "stream",
+            "max_tokens",
+            "max_completion_tokens",
+            "max_output_tokens",
+            "stream_options",
+            "include_usage",
+            "generationConfig",
+            "maxOutputTokens",
+            "messages",
+            "mo\\u0064el",
+        ]);
+        let leaf = prop_oneof![
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("false".to_string()),
+            (0u64..300).prop_map(|n| n.to_string()),
+            Just("-1".to_string()),
+            Just("2.5".to_string()),
+            Just("\"gpt-4o\"".to_string()),
+            Just("\"gpt-\\u0034o\"".to_string()),
+            Just("\"other\"".to_string()),
+            Just("{\"include_usage\":true}".to_string()),
+            Just("{}".to_string()),
+        ];
+        let object = |key: BoxedStrategy<&'static str>, value: BoxedStrategy<String>| {
+            prop::collection::vec((key, value), 0..6).prop_map(|kv| {
+                let members: Vec<String> = kv.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", members.join(","))
+            })
+        };
+        let key = key.boxed();
+        let k = key.clone();
+        let value = leaf.clone().prop_recursive(3, 30, 5, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                object(k.clone(), inner),
+            ]
+        });
+        // Mostly objects at the top (what the decisions are about), sometimes anything.
+        let member = prop_oneof![3 => leaf, 1 => value.clone()].boxed();
+        prop_oneof![4 => object(key, member), 1 => value]
+    }
+
+    type Seen = Result<(Option<String>, bool, Option<Vec<u8>>), (u16, String)>;
+
+    fn outcome(route: &Route, path: &str, body: &[u8], force_tree: bool) -> Seen {
+        check_inner(route, None, "POST", path, CT, body, force_tree)
+            .map(|o| (o.model, o.stream, o.rewritten.map(|b| b.to_vec())))
+            .map_err(|e| (e.code.status(), e.message))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+        /// The scan reads the members as the tree would, and refuses what it refuses.
+        #[test]
+        fn scan_reads_what_the_tree_holds(body in json_text()) {
+            let tree = parse_strict(body.as_bytes());
+            let top = scan::top(body.as_bytes());
+            prop_assert_eq!(tree.is_err(), top.is_err(), "{}", body);
+            let (Ok(tree), Ok(top)) = (tree, top) else { return Ok(()) };
+            let Value::Object(obj) = tree else {
+                prop_assert!(top.is_none());
+                return Ok(());
+            };
+            let top = top.expect("an object");
+            let model = match obj.get("model") {
+                Some(Value::String(s)) => scan::Model::Str(crate::json::Key(s.clone().into())),
+                Some(_) => scan::Model::Other,
+                None => scan::Model::Absent,
+            };
+            prop_assert_eq!(&top.model, &model);
+            prop_assert_eq!(top.stream, obj.get("stream") == Some(&Value::Bool(true)));
+            for (i, f) in scan::CAP_FIELDS.iter().enumerate() {
+                let want = match obj.get(*f) {
+                    None => scan::Int::Absent,
+                    Some(Value::Null) => scan::Int::Null,
+                    Some(v) => v.as_u64().map_or(scan::Int::Other, scan::Int::U64),
+                };
+                prop_assert_eq!(top.caps[i], want, "{}", f);
+            }
+            let usage = obj
+                .get("stream_options")
+                .and_then(Value::as_object)
+                .and_then(|o| o.get("include_usage"))
+                == Some(&Value::Bool(true));
+            prop_assert_eq!(top.stream_usage, usage);
+        }
+
+        /// The scan decides exactly as the tree does: same model, stream flag, rewritten
+        /// body and error, for every upstream kind, with and without an output cap.
+        #[test]
+        fn same_decision(body in json_text(), kind in 0usize..4, capped: bool, stream_path: bool, listed: bool) {
+            let kind = ["openai", "anthropic", "gemini", "openai-compatible"][kind];
+            let cap = if capped { "    max_tokens: 100\n" } else { "" };
+            let models = if listed { "    models: [\"gpt-4o\", \"other\"]\n" } else { "" };
+            let rt = rt(kind, models, cap);
+            let path = match (kind, stream_path) {
+                ("gemini", true) => "/v1beta/models/gpt-4o:streamGenerateContent",
+                ("gemini", false) => "/v1beta/models/gpt-4o:generateContent",
+                ("anthropic", _) => "/v1/messages",
+                _ => "/v1/chat/completions",
+            };
+            let route = &rt.routes[0];
+            let wrapped = format!("{{\"model\":\"gpt-4o\",\"x\":{body}}}");
+            for b in [body.as_str(), wrapped.as_str()] {
+                prop_assert_eq!(outcome(route, path, b.as_bytes(), false), outcome(route, path, b.as_bytes(), true), "{}", b);
+            }
+        }
+    }
+}
