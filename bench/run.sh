@@ -47,7 +47,8 @@ nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 wait_port "$UP"; wait_port "$NGX"
 target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 2 > "$work/bare.log" 2>&1 &
-pids+=($!)
+barepid=$!
+pids+=($barepid)
 wait_port "$BARE"
 
 # keygate config: 10,000 sites (bearer keys; only the first one's token is known).
@@ -203,11 +204,25 @@ declare -A URLS=(
 )
 ORDER=(direct nginx pingora keygate "${PEERS[@]}")
 to_ms() { python3 -c "import re,sys; v,u=re.match(r'([\d.]+)(us|ms|s)', sys.argv[1]).groups(); print(float(v)*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
-declare -A RPS P50 P99
+declare -A RPS P50 P99 CPU
+# CPU time (user + system, from /proc) each proxy process spends per request: steadier than
+# req/s on a shared machine, and what fleet sizing needs. Loopback TCP work is charged to the
+# sending process, so this includes the kernel's share of both hops.
+declare -A PROC=([pingora]="$barepid" [keygate]="$kgpid")
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
     bearer=""; [ "$name" = keygate ] && bearer="$BEARER"; [ "$name" = litellm ] && bearer="$LLM_KEY"
+    pid="${PROC[$name]:-}"; [ -n "$pid" ] && c0="$(cpu_ticks "$pid")"
     out="$(BEARER="$bearer" wrk -t1 -c32 -d"$DURATION" --latency -s bench/post.lua "${URLS[$name]}")"
+    cpu=""
+    if [ -n "$pid" ]; then
+      n="$(echo "$out" | awk '/requests in/ {print $1}')"
+      cpu="$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]), 1))" "$c0" "$(cpu_ticks "$pid")" "$(getconf CLK_TCK)" "$n")"
+      if [ -z "${CPU[$name]:-}" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1])<float(sys.argv[2]) else 1)" "$cpu" "${CPU[$name]}"; then
+        CPU[$name]=$cpu
+      fi
+    fi
     if echo "$out" | grep -q "Non-2xx"; then
       echo "$name: non-2xx responses" >&2; echo "$out" >&2
       [ "$name" = litellm ] && llm_log
@@ -220,7 +235,7 @@ for round in $(seq "$ROUNDS"); do
     rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
     p50="$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")"
     p99="$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")"
-    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms"
+    echo "round $round $name: $rps req/s, p50 ${p50} ms, p99 ${p99} ms${cpu:+, CPU ${cpu} µs/request}"
     # Keep the best round of each (the machine is shared and noisy).
     if [ -z "${RPS[$name]:-}" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1])>float(sys.argv[2]) else 1)" "$rps" "${RPS[$name]}"; then
       RPS[$name]=$rps; P50[$name]=$p50; P99[$name]=$p99
@@ -254,13 +269,16 @@ for k, r, a, b in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[
     rps[k], p50[k], p99[k] = float(r), float(a), float(b)
 lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}"}.items() if s}
 rss_mb = int(sys.argv[1]) / 1024
+cpu = {"pingora": float("${CPU[pingora]}"), "keygate": float("${CPU[keygate]}")}
 res = {
   "wrk": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps},
   "ratios": {"keygate/pingora": rps["keygate"] / rps["pingora"], "keygate/nginx": rps["keygate"] / rps["nginx"]},
   "k6_signed_${BENCH_RATE:-1000}rps": lat,
   "added_latency_ms": {"p50": lat["keygate"]["p50"] - lat["direct"]["p50"], "p99": lat["keygate"]["p99"] - lat["direct"]["p99"]},
   "keygate_rss_mb_10000_sites": rss_mb,
+  "cpu_us_per_request": cpu,
 }
+res["ratios"]["cpu pingora/keygate"] = cpu["pingora"] / cpu["keygate"]
 if "litellm" in rps:
   res["ratios"]["keygate/litellm"] = rps["keygate"] / rps["litellm"]
   res["ratios"]["litellm_p99/keygate_p99"] = p99["litellm"] / p99["keygate"]
@@ -274,6 +292,7 @@ for k in ["direct", "nginx", "pingora", "keygate"] + peers:
     print(f"| {k} | {rps[k]:.0f} | {p50[k]:.2f} | {p99[k]:.2f} |")
 print()
 print(f"keygate / bare Pingora: {res['ratios']['keygate/pingora']:.2f}   keygate / nginx proxy_pass: {res['ratios']['keygate/nginx']:.2f}")
+print(f"CPU per request (best round): bare Pingora {cpu['pingora']:.0f} µs, keygate {cpu['keygate']:.0f} µs; bare/keygate {res['ratios']['cpu pingora/keygate']:.2f}")
 if "litellm" in rps:
   print(f"keygate / LiteLLM proxy: {res['ratios']['keygate/litellm']:.0f}x throughput; LiteLLM p99 / keygate p99: {res['ratios']['litellm_p99/keygate_p99']:.0f}x")
 print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
