@@ -1,5 +1,6 @@
-// Fixed-rate latency: signed requests through keygate, or plain ones straight to the
-// upstream (TARGET=direct) for the baseline measured in the same run.
+// Fixed-rate latency: signed requests through keygate (or through the bare Pingora proxy, which
+// forwards the headers), or plain ones straight to the upstream (TARGET=direct) for the
+// baseline measured in the same run.
 import http from "k6/http";
 import { check } from "k6";
 import { signedHeaders, CHAT_BODY } from "../load-tests/lib.js";
