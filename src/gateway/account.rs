@@ -58,10 +58,11 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
 /// the site's next request already meets the new total), or from `finish` for answers that
 /// ended any other way. Missing usage is estimated from the bytes.
 pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
-    if ctx.charged || ctx.upstream_started.is_none() || !(1..500).contains(&ctx.status) {
-        return;
-    }
-    if ctx.route().is_none() {
+    if ctx.charged
+        || ctx.upstream_started.is_none()
+        || !(1..500).contains(&ctx.status)
+        || ctx.route().is_none()
+    {
         return;
     }
     ctx.charged = true;

@@ -107,28 +107,10 @@ fn gemini_model(path: &str) -> Option<&str> {
     (!model.is_empty()).then_some(model)
 }
 
-/// Validate a request body for `route` under the route's own PII setting.
-/// `upstream_path` is the path sent upstream.
-pub fn check(
-    route: &Route,
-    method: &str,
-    upstream_path: &str,
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Result<BodyOutcome, GatewayError> {
-    check_with(
-        route,
-        route.pii.as_deref(),
-        method,
-        upstream_path,
-        content_type,
-        body,
-    )
-}
-
-/// [`check`] under the PII policy `pii` (the site's may replace the route's). Personal
-/// data is looked for last, after the model and size checks; in `block` mode findings
-/// are returned in [`BodyOutcome::pii`] for the caller to refuse.
+/// Validate a request body for `route` under the PII policy `pii` (the site's may replace
+/// the route's); `upstream_path` is the path sent upstream. Personal data is looked for
+/// last, after the model and size checks; in `block` mode findings are returned in
+/// [`BodyOutcome::pii`] for the caller to refuse.
 pub fn check_with(
     route: &Route,
     pii: Option<&crate::pii::PiiPolicy>,

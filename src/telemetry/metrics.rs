@@ -201,28 +201,19 @@ impl Metrics {
         for cap in ["global", "per_ip"] {
             self.connections_refused.with_label_values(&[cap]);
         }
+        // The series requests use, resolved here at load rather than by the first request.
         for r in &rt.routes {
-            self.requests_total
-                .with_label_values(&[r.prefix.as_str(), "200"]);
-            self.request_duration
-                .with_label_values(&[r.prefix.as_str()]);
+            r.series();
         }
         for u in &rt.upstreams {
             let n = u.name.as_str();
-            self.upstream_duration.with_label_values(&[n]);
-            self.circuit_state.with_label_values(&[n]);
-            for d in ["in", "out"] {
-                self.tokens_total.with_label_values(&[n, d]);
-            }
             for k in ["connect", "timeout", "tls", "protocol", "pin_mismatch"] {
                 self.upstream_errors.with_label_values(&[n, k]);
             }
             for r in crate::response::validate::Rejection::ALL {
                 self.response_rejected.with_label_values(&[n, r.reason()]);
             }
-            self.circuit_state
-                .with_label_values(&[n])
-                .set(u.circuit.state_code());
+            u.series().circuit_state.set(u.circuit.state_code());
         }
         for reason in [
             "missing",

@@ -22,6 +22,18 @@ routes:
 
 const CT: Option<&str> = Some("application/json");
 
+/// [`check_with`] under the route's own PII setting.
+fn check(
+    route: &Route,
+    method: &str,
+    upstream_path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<BodyOutcome, GatewayError> {
+    let pii = route.pii.as_deref();
+    check_with(route, pii, method, upstream_path, content_type, body)
+}
+
 #[test]
 fn duplicate_keys_are_refused_at_any_depth() {
     assert!(parse_strict(br#"{"model":"a","model":"b"}"#).is_err());
