@@ -1,7 +1,7 @@
 //! The engine's ceiling for `make bench`: a minimal Pingora proxy with no auth, limits,
 //! validation or logging, built from the same release profile as keygate.
 //!
-//!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM THREADS
+//!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM THREADS [steal|nosteal]
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -32,8 +32,10 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| "127.0.0.1:8000".parse().unwrap());
     let threads: usize = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let work_stealing = args.get(4).is_none_or(|w| w != "nosteal");
     let conf = ServerConf {
         threads,
+        work_stealing,
         pid_file: "/tmp/bare_proxy.pid".into(),
         upgrade_sock: "/tmp/bare_proxy.sock".into(),
         ..ServerConf::default()

@@ -33,8 +33,9 @@ impl Reloader {
             .iter()
             .map(|l| l.addr))
             || new.process.threads != old.process.threads
+            || new.process.work_stealing != old.process.work_stealing
         {
-            log::warn!("config reload: listener addresses and thread counts apply only after a restart or binary upgrade (serve -u)");
+            log::warn!("config reload: listener addresses, thread counts and work stealing apply only after a restart or binary upgrade (serve -u)");
         }
         for w in &new.warnings {
             log::warn!("{w}");

@@ -29,6 +29,7 @@ pub fn pingora_conf(rt: &Runtime, daemon: bool) -> ServerConf {
     ServerConf {
         daemon,
         threads: p.threads,
+        work_stealing: p.work_stealing,
         pid_file: p.pid_file.clone(),
         upgrade_sock: p.upgrade_sock.clone(),
         grace_period_seconds: Some(p.grace_period_s),

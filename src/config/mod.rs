@@ -347,6 +347,9 @@ pub struct ServerSettings {
 pub struct ProcessSettings {
     pub listeners: Vec<Listener>,
     pub threads: usize,
+    /// Whether an idle worker thread may take over another's requests (Pingora's
+    /// `work_stealing`). Off: each connection stays on the thread it was given at accept.
+    pub work_stealing: bool,
     pub admin_listen: Option<SocketAddr>,
     pub pid_file: String,
     pub upgrade_sock: String,
@@ -1220,6 +1223,7 @@ fn validate_server(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Process
         ProcessSettings {
             listeners,
             threads,
+            work_stealing: s.work_stealing.unwrap_or(false),
             admin_listen,
             pid_file: s
                 .pid_file

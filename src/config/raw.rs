@@ -32,6 +32,7 @@ pub struct RawServer {
     pub listen: Vec<RawListen>,
     pub hostnames: Option<Vec<String>>,
     pub threads: Option<usize>,
+    pub work_stealing: Option<bool>,
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub clock_skew_s: Option<u64>,

@@ -92,6 +92,22 @@ fn wrong_type_is_named_with_path() {
 }
 
 #[test]
+fn work_stealing_is_off_unless_asked_for() {
+    let rt = load_str(GOOD, demo()).unwrap();
+    assert!(!rt.process.work_stealing);
+    assert!(!crate::server::pingora_conf(&rt, false).work_stealing);
+    let on = GOOD.replacen("  hostnames:", "  work_stealing: true\n  hostnames:", 1);
+    let rt = load_str(&on, demo()).unwrap();
+    assert!(rt.process.work_stealing);
+    assert!(crate::server::pingora_conf(&rt, false).work_stealing);
+    assert_error(
+        "  hostnames:",
+        "  work_stealing: sometimes\n  hostnames:",
+        "server.work_stealing",
+    );
+}
+
+#[test]
 fn bad_listen_address_is_named() {
     assert_error(
         "127.0.0.1:8080\"",
