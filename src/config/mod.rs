@@ -93,6 +93,10 @@ impl UpstreamKind {
 pub struct Credential {
     pub id: String,
     pub secret: SecretString,
+    /// What goes upstream: the header value for this upstream's kind (`Bearer <key>` or
+    /// the key), built once at load. Its bytes are wiped when the last clone is dropped
+    /// ([`crate::upstream::headers::credential_value`]); marked sensitive.
+    pub header: http::HeaderValue,
     /// Unix ms until which the provider asked us to leave this credential alone.
     pub cooldown_until_ms: std::sync::atomic::AtomicU64,
 }
@@ -1455,20 +1459,22 @@ fn validate_upstream(
             .and_then(|sec| strong_enough(sec, opts))
         {
             Ok(secret) => {
-                if secrecy::ExposeSecret::expose_secret(&secret)
-                    .bytes()
-                    .any(|b| b.is_ascii_control() || b == b' ')
-                {
-                    errs.push(
+                let header = crate::upstream::headers::credential_value(
+                    kind.unwrap_or(UpstreamKind::OpenAi),
+                    &secret,
+                );
+                match header {
+                    Some(header) => credentials.push(Credential {
+                        id: c.id.clone(),
+                        secret,
+                        header,
+                        cooldown_until_ms: Default::default(),
+                    }),
+                    None => errs.push(
                         format!("{cp}.secret"),
                         "contains spaces or control characters",
-                    );
+                    ),
                 }
-                credentials.push(Credential {
-                    id: c.id.clone(),
-                    secret,
-                    cooldown_until_ms: Default::default(),
-                });
             }
             Err(m) => errs.push(format!("{cp}.secret"), m),
         }

@@ -108,6 +108,15 @@ fn work_stealing_is_off_unless_asked_for() {
 }
 
 #[test]
+fn credential_that_cannot_be_a_header_is_named() {
+    assert_error(
+        "sk-literal-for-tests-000000000000",
+        "sk-literal for-tests-000000000000",
+        "upstreams.openai.credentials[0].secret: contains spaces or control characters",
+    );
+}
+
+#[test]
 fn bad_listen_address_is_named() {
     assert_error(
         "127.0.0.1:8080\"",

@@ -3,7 +3,7 @@
 use crate::config::{Credential, Upstream, UpstreamKind};
 use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Request headers never forwarded: client credentials and signatures, cookies,
 /// hop-by-hop headers, anything naming a provider credential or account, and client
@@ -88,27 +88,41 @@ pub fn prepare_upstream_request(
     })?;
     req.set_uri(uri);
     req.insert_header(http::header::HOST, up.authority.as_str())?;
-    let (name, value) = match up.kind {
-        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => (
-            "authorization",
-            format!("Bearer {}", credential.secret.expose_secret()),
-        ),
-        UpstreamKind::Anthropic => ("x-api-key", credential.secret.expose_secret().to_string()),
-        UpstreamKind::Gemini => (
-            "x-goog-api-key",
-            credential.secret.expose_secret().to_string(),
-        ),
-    };
-    let mut v = HeaderValue::from_str(&value).map_err(|_| {
-        // The message names the credential id only.
-        pingora::Error::explain(
-            pingora::ErrorType::InternalError,
-            format!("credential {} is not a valid header value", credential.id),
-        )
-    })?;
-    v.set_sensitive(true);
-    req.insert_header(name, v)?;
+    // A clone shares the value built at load: the key is not copied per request.
+    req.insert_header(credential_name(up.kind), credential.header.clone())?;
     Ok(())
+}
+
+/// The request header that carries the provider credential for `kind`.
+pub fn credential_name(kind: UpstreamKind) -> &'static str {
+    match kind {
+        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => "authorization",
+        UpstreamKind::Anthropic => "x-api-key",
+        UpstreamKind::Gemini => "x-goog-api-key",
+    }
+}
+
+/// The credential header value for `kind` (`Bearer <key>` for OpenAI and compatible
+/// upstreams, the key itself otherwise), or `None` when the key has spaces or control
+/// characters. Built once per credential at load into one buffer that every clone
+/// shares and that is zeroed when the last clone is dropped (after a reload, once the
+/// requests still using the old config finish); marked sensitive, so `Debug` and
+/// HPACK indexing leave it out.
+pub fn credential_value(kind: UpstreamKind, secret: &SecretString) -> Option<HeaderValue> {
+    let key = secret.expose_secret().as_bytes();
+    if key.iter().any(|b| b.is_ascii_control() || *b == b' ') {
+        return None;
+    }
+    let prefix: &[u8] = match kind {
+        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => b"Bearer ",
+        UpstreamKind::Anthropic | UpstreamKind::Gemini => b"",
+    };
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(prefix.len() + key.len()));
+    buf.extend_from_slice(prefix);
+    buf.extend_from_slice(key);
+    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf)).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 /// Drop the Gemini `key=` query parameter (a client credential) from a query string.
@@ -134,6 +148,35 @@ pub fn clean_response(resp: &mut ResponseHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_values_are_built_once_per_kind_and_sensitive() {
+        let key = SecretString::from("sk-test-0123456789");
+        let bearer = credential_value(UpstreamKind::OpenAi, &key).unwrap();
+        assert_eq!(bearer.as_bytes(), b"Bearer sk-test-0123456789");
+        assert!(bearer.is_sensitive());
+        assert!(!format!("{bearer:?}").contains("sk-test"));
+        // Clones share the one buffer: a request does not copy the key.
+        assert_eq!(
+            bearer.clone().as_bytes().as_ptr(),
+            bearer.as_bytes().as_ptr()
+        );
+        for kind in [UpstreamKind::Anthropic, UpstreamKind::Gemini] {
+            assert_eq!(
+                credential_value(kind, &key).unwrap().as_bytes(),
+                b"sk-test-0123456789"
+            );
+        }
+        assert_eq!(
+            credential_name(UpstreamKind::OpenAiCompatible),
+            "authorization"
+        );
+        assert_eq!(credential_name(UpstreamKind::Anthropic), "x-api-key");
+        assert_eq!(credential_name(UpstreamKind::Gemini), "x-goog-api-key");
+        for bad in ["sk test", "sk-\u{7f}", "sk-\n"] {
+            assert!(credential_value(UpstreamKind::OpenAi, &SecretString::from(bad)).is_none());
+        }
+    }
 
     #[test]
     fn gemini_key_param_is_removed() {
