@@ -180,10 +180,10 @@ fn rate_limited(tier: &Tier, r: limits::Refusal) -> GatewayError {
     .retry_after(r.retry_after)
     .extra("limit", r.limit.into());
     if let Some(p) = &tier.policy {
-        e = e.header("ratelimit-policy", p.clone());
+        e = e.header(super::respond::RATELIMIT_POLICY, p.clone());
     }
     if let Some(h) = r.ratelimit {
-        e = e.header("ratelimit", h);
+        e = e.header(super::respond::RATELIMIT, h);
     }
     if let Some((used, budget)) = r.tokens {
         e = e.extra(

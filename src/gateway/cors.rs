@@ -2,8 +2,10 @@
 //! `cors_origins`; actual requests carry `Access-Control-Allow-Origin` only for an origin
 //! of the authenticated site, never with credentials, always with `Vary: Origin`.
 
+use super::respond::{append, response_header, set, value, ROOM};
 use crate::config::{Runtime, Site};
 use crate::error::GatewayError;
+use http::header::{self, HeaderMap, HeaderValue};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -33,15 +35,19 @@ pub fn is_preflight(session: &Session) -> bool {
 
 /// The preflight answer: 204, with CORS headers only for an origin some site allows.
 pub fn preflight(session: &Session, rt: &Runtime) -> pingora::Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(204, Some(8))?;
-    resp.insert_header("vary", "Origin")?;
+    let mut h = HeaderMap::with_capacity(ROOM);
+    set(&mut h, header::VARY, HeaderValue::from_static("Origin"))?;
     if let Some(o) = origin(session).filter(|o| rt.cors_origins.contains(o)) {
-        resp.insert_header("access-control-allow-origin", o)?;
-        resp.insert_header("access-control-allow-methods", ALLOW_METHODS)?;
-        resp.insert_header("access-control-allow-headers", ALLOW_HEADERS)?;
-        resp.insert_header("access-control-max-age", "600")?;
+        set(&mut h, header::ACCESS_CONTROL_ALLOW_ORIGIN, value(&o)?)?;
+        for (name, v) in [
+            (header::ACCESS_CONTROL_ALLOW_METHODS, ALLOW_METHODS),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ] {
+            set(&mut h, name, HeaderValue::from_static(v))?;
+        }
     }
-    Ok(resp)
+    response_header(204, h)
 }
 
 /// For a request with an `Origin`: the origin when `site` allows it, else 403.
@@ -56,11 +62,12 @@ pub fn origin_for(session: &Session, site: &Site) -> Result<Option<String>, Gate
 }
 
 /// Response headers for an allowed origin.
-pub fn add_headers(resp: &mut ResponseHeader, origin: Option<&str>) -> pingora::Result<()> {
+pub fn add_headers(h: &mut HeaderMap, origin: Option<&str>) -> pingora::Result<()> {
     if let Some(o) = origin {
-        resp.insert_header("access-control-allow-origin", o)?;
-        resp.insert_header("access-control-expose-headers", EXPOSE_HEADERS)?;
-        resp.append_header("vary", "Origin")?;
+        set(h, header::ACCESS_CONTROL_ALLOW_ORIGIN, value(o)?)?;
+        let expose = HeaderValue::from_static(EXPOSE_HEADERS);
+        set(h, header::ACCESS_CONTROL_EXPOSE_HEADERS, expose)?;
+        append(h, header::VARY, HeaderValue::from_static("Origin"))?;
     }
     Ok(())
 }

@@ -268,13 +268,15 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        upstream::note_credential_answer(resp, ctx);
-        observe::start(resp, ctx).map_err(|e| Self::abort(ctx, e))?;
-        headers::clean_response(resp);
-        respond::add_standard_headers(resp, ctx)?;
-        respond::add_ratelimit_headers(resp, ctx)?;
-        ctx.status = resp.status.as_u16();
-        Ok(())
+        respond::edit(resp, |parts| {
+            upstream::note_credential_answer(parts, ctx);
+            observe::start(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
+            headers::clean_response(&mut parts.headers);
+            respond::add_standard_headers(&mut parts.headers, ctx)?;
+            respond::add_ratelimit_headers(&mut parts.headers, ctx)?;
+            ctx.status = parts.status.as_u16();
+            Ok(())
+        })
     }
 
     fn response_body_filter(

@@ -24,7 +24,7 @@ use crate::response::usage;
 use crate::response::validate::{self, Endpoint, Rejection, Tail};
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use http::response::Parts;
 
 /// Bytes of streamed model text kept to match phrases split over events.
 const TEXT_WINDOW: usize = 1024;
@@ -59,7 +59,7 @@ fn reject(ctx: &Ctx, r: Rejection) -> GatewayError {
 }
 
 /// Check the response header; decide how to watch the body.
-pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayError> {
+pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
     if resp.status.is_redirection() {
@@ -94,7 +94,7 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
     let restoring = ctx.pii.is_some();
     ctx.response = if ct.starts_with("text/event-stream") {
         // keygate may end the stream with its own error event: length is not fixed.
-        send_chunked(resp)?;
+        send_chunked(&mut resp.headers)?;
         ResponseWatch::Sse {
             framer: SseFramer::new(DEFAULT_MAX_EVENT),
             text: Tail::default(),
@@ -107,7 +107,7 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
     } else {
         if restoring {
             // Restored values change the body's length.
-            send_chunked(resp)?;
+            send_chunked(&mut resp.headers)?;
         }
         ResponseWatch::Json {
             buf: Vec::new(),
@@ -120,9 +120,11 @@ pub fn start(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<(), GatewayErro
 /// Send the body with a length keygate does not know up front: chunked, never
 /// close-delimited, so a body the upstream cut looks cut to the client (no last chunk)
 /// instead of ending cleanly. (Pingora drops the header on h2.)
-fn send_chunked(resp: &mut ResponseHeader) -> Result<(), GatewayError> {
-    resp.remove_header(&http::header::CONTENT_LENGTH);
-    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+fn send_chunked(headers: &mut http::HeaderMap) -> Result<(), GatewayError> {
+    headers.remove(http::header::CONTENT_LENGTH);
+    let chunked = http::HeaderValue::from_static("chunked");
+    headers
+        .try_insert(http::header::TRANSFER_ENCODING, chunked)
         .map_err(|_| GatewayError::upstream("The provider's response was invalid."))?;
     Ok(())
 }

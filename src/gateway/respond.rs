@@ -3,7 +3,9 @@
 use super::ctx::Ctx;
 use crate::error::{ErrorCode, GatewayError};
 use bytes::Bytes;
-use http::HeaderValue;
+use http::header::{self, HeaderMap, HeaderName};
+use http::response::Parts;
+use http::{HeaderValue, StatusCode};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
@@ -32,41 +34,116 @@ fn http_date() -> HeaderValue {
     })
 }
 
+/// Headers keygate may add to a response, at most: the room a response header is built
+/// with, so adding them never grows its map.
+pub const ROOM: usize = 12;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+fn too_many<E>(_: E) -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, "too many headers")
+}
+
+/// Set `name`, replacing any value. keygate writes headers into a plain `http::HeaderMap`
+/// (no header case kept: names go out lower-case, as Envoy and HTTP/2 send them), so a
+/// constant name costs no allocation. Pingora's `insert_header` allocates every name
+/// that is not a standard one, and twice when the header keeps case.
+pub fn set(h: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+    h.try_insert(name, value).map_err(too_many)?;
+    Ok(())
+}
+
+/// Add a value under `name`, keeping those already there.
+pub fn append(h: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
+    h.try_append(name, value).map_err(too_many)?;
+    Ok(())
+}
+
+/// A header value from text keygate holds (ids, origins, policies).
+pub fn value(text: &str) -> pingora::Result<HeaderValue> {
+    HeaderValue::from_str(text)
+        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
+}
+
+/// A response header (HTTP/1.1, no header case kept) from `status` and `headers`.
+pub fn response_header(status: u16, headers: HeaderMap) -> pingora::Result<ResponseHeader> {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = StatusCode::from_u16(status)
+        .map_err(|_| Error::explain(ErrorType::InternalError, "invalid status"))?;
+    parts.headers = headers;
+    Ok(ResponseHeader::from(parts))
+}
+
+/// Edit the upstream's response header as plain `http` parts, with room for [`ROOM`]
+/// more headers, then hand it back to Pingora without header case (and with the
+/// upstream's reason phrase).
+///
+/// Why: Pingora sizes the upstream's two header maps (values, and the original case of
+/// each name) exactly, so each header keygate added grew both, and each name it added
+/// was allocated twice. The header is put back even when `f` fails.
+pub fn edit(
+    resp: &mut ResponseHeader,
+    f: impl FnOnce(&mut Parts) -> pingora::Result<()>,
+) -> pingora::Result<()> {
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = Parts::from(std::mem::replace(resp, placeholder));
+    let result = parts
+        .headers
+        .try_reserve(ROOM)
+        .map_err(too_many)
+        .and_then(|()| f(&mut parts));
+    *resp = ResponseHeader::from(parts);
+    resp.set_reason_phrase(reason.as_deref())?;
+    result
+}
+
 /// Headers on every response (SPEC §4).
-pub fn add_standard_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
+pub fn add_standard_headers(h: &mut HeaderMap, ctx: &Ctx) -> pingora::Result<()> {
     if !ctx.request_id.is_empty() {
-        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        set(h, X_REQUEST_ID, value(&ctx.request_id)?)?;
     }
-    // Names as `&'static str` and constant values from_static: nothing is allocated.
-    resp.insert_header(
-        "x-content-type-options",
+    // Constant names and values: nothing is allocated.
+    set(
+        h,
+        header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     )?;
-    resp.insert_header("cache-control", HeaderValue::from_static("no-store"))?;
-    resp.insert_header("date", http_date())?;
+    set(
+        h,
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    )?;
+    set(h, header::DATE, http_date())?;
     if ctx.tls {
-        resp.insert_header(
-            "strict-transport-security",
+        set(
+            h,
+            header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         )?;
     }
-    super::cors::add_headers(resp, ctx.cors_origin.as_deref())
+    super::cors::add_headers(h, ctx.cors_origin.as_deref())
 }
 
 /// `RateLimit-Policy` and `RateLimit` on proxied responses of limited tiers.
-pub fn add_ratelimit_headers(resp: &mut ResponseHeader, ctx: &Ctx) -> pingora::Result<()> {
+pub fn add_ratelimit_headers(h: &mut HeaderMap, ctx: &Ctx) -> pingora::Result<()> {
     let policy = ctx
         .site()
         .and_then(|s| ctx.rt.tiers.get(&s.tier))
         .and_then(|t| t.policy.as_deref());
     if let Some(p) = policy {
-        resp.insert_header("ratelimit-policy", p)?;
+        set(h, RATELIMIT_POLICY, value(p)?)?;
     }
     if let Some(r) = ctx.admission.as_ref().and_then(|a| a.ratelimit) {
         // Sized once: `to_string` would grow the buffer a piece at a time.
         let mut v = String::with_capacity(48);
         let _ = std::fmt::Write::write_fmt(&mut v, format_args!("{r}"));
-        resp.insert_header("ratelimit", v)?;
+        set(h, RATELIMIT, HeaderValue::try_from(v).map_err(too_many)?)?;
     }
     Ok(())
 }
@@ -99,22 +176,33 @@ async fn send(
     err: Option<&GatewayError>,
 ) -> pingora::Result<()> {
     ctx.status = status;
-    let mut resp = ResponseHeader::build(status, Some(8))?;
-    resp.insert_header("content-type", "application/json")?;
-    resp.insert_header("content-length", body.len().to_string())?;
-    add_standard_headers(&mut resp, ctx)?;
+    let mut h = HeaderMap::with_capacity(ROOM);
+    let json = HeaderValue::from_static("application/json");
+    set(&mut h, header::CONTENT_TYPE, json)?;
+    set(
+        &mut h,
+        header::CONTENT_LENGTH,
+        HeaderValue::from(body.len()),
+    )?;
+    add_standard_headers(&mut h, ctx)?;
     if let Some(err) = err {
         if let Some(ra) = err.retry_after {
-            resp.insert_header("retry-after", crate::limits::ceil_secs(ra).to_string())?;
+            let secs = crate::limits::ceil_secs(ra);
+            set(&mut h, header::RETRY_AFTER, HeaderValue::from(secs))?;
         }
-        for (name, value) in err.extras.iter().flat_map(|x| x.headers.iter()) {
-            resp.insert_header(*name, value.as_str())?;
+        for (name, v) in err.extras.iter().flat_map(|x| x.headers.iter()) {
+            set(&mut h, name.clone(), value(v)?)?;
         }
         if err.close {
             session.set_keepalive(None);
-            resp.insert_header("connection", "close")?;
+            set(
+                &mut h,
+                header::CONNECTION,
+                HeaderValue::from_static("close"),
+            )?;
         }
     }
+    let resp = response_header(status, h)?;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from(body)), true)
@@ -155,4 +243,58 @@ pub fn from_pingora(e: &Error) -> Option<GatewayError> {
             "The gateway failed to handle this request.",
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire(resp: &ResponseHeader) -> String {
+        let mut buf = Vec::new();
+        resp.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn edit_keeps_values_and_reason_and_adds_without_growing() {
+        let mut resp = ResponseHeader::build(200, Some(5)).unwrap();
+        resp.set_reason_phrase(Some("Fine")).unwrap();
+        resp.append_header("Server", "nginx").unwrap();
+        resp.append_header("OpenAI-Processing-Ms", "12").unwrap();
+        resp.append_header("Set-Cookie", "a=1").unwrap();
+        resp.append_header("X-Multi", "one").unwrap();
+        resp.append_header("X-Multi", "two").unwrap();
+        edit(&mut resp, |parts| {
+            crate::upstream::headers::clean_response(&mut parts.headers);
+            let room = parts.headers.capacity();
+            for i in 0..ROOM {
+                let name = HeaderName::from_bytes(format!("x-added-{i}").as_bytes()).unwrap();
+                set(&mut parts.headers, name, HeaderValue::from(i))?;
+            }
+            // The room was made up front: adding keygate's headers does not grow the map.
+            assert_eq!(parts.headers.capacity(), room);
+            Ok(())
+        })
+        .unwrap();
+        assert!(!resp.has_case());
+        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert_eq!(resp.status, 200);
+        let text = wire(&resp);
+        assert!(!text.contains("nginx") && !text.contains("a=1"), "{text}");
+        assert!(text.contains("openai-processing-ms: 12\r\n"), "{text}");
+        assert!(text.contains("x-multi: one\r\nx-multi: two\r\n"), "{text}");
+        assert!(text.contains("x-added-11: 11\r\n"), "{text}");
+    }
+
+    #[test]
+    fn edit_puts_the_header_back_when_the_edit_fails() {
+        let mut resp = ResponseHeader::build(502, None).unwrap();
+        resp.append_header("X-Kept", "yes").unwrap();
+        let failed = edit(&mut resp, |_| {
+            Err(Error::explain(ErrorType::InternalError, "refused"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(resp.status, 502);
+        assert_eq!(resp.headers.get("x-kept").unwrap(), "yes");
+    }
 }

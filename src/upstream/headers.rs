@@ -2,7 +2,7 @@
 
 use crate::config::{Credential, Upstream, UpstreamKind};
 use http::HeaderValue;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Request headers never forwarded: client credentials and signatures, cookies,
@@ -135,14 +135,10 @@ pub fn strip_key_param(query: &str) -> String {
 }
 
 /// Remove response headers clients must not see.
-pub fn clean_response(resp: &mut ResponseHeader) {
-    remove_listed(
-        &mut resp.headers.keys().cloned().collect::<Vec<_>>(),
-        STRIPPED_RESPONSE_HEADERS,
-        |n| {
-            resp.remove_header(n);
-        },
-    );
+pub fn clean_response(headers: &mut http::HeaderMap) {
+    for name in STRIPPED_RESPONSE_HEADERS {
+        headers.remove(*name);
+    }
 }
 
 #[cfg(test)]

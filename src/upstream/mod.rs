@@ -106,10 +106,7 @@ pub fn count_failure(upstream: &str, e: &pingora::Error) {
 
 /// A provider 401 or 429 rests the credential that got it (honouring `Retry-After`),
 /// so the others carry the traffic.
-pub fn note_credential_answer(
-    resp: &pingora::http::ResponseHeader,
-    ctx: &crate::gateway::ctx::Ctx,
-) {
+pub fn note_credential_answer(resp: &http::response::Parts, ctx: &crate::gateway::ctx::Ctx) {
     let status = resp.status.as_u16();
     if status != 401 && status != 429 {
         return;
