@@ -85,6 +85,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         rt.server.max_header_bytes,
     );
     let conf = pingora_conf(&rt, opts.daemon);
+    crate::upstream::use_per_worker_pools(!conf.work_stealing);
     let state = State::new(rt);
 
     let opt = Opt {

@@ -10,7 +10,38 @@ use crate::config::Upstream;
 use pingora::upstreams::peer::HttpPeer;
 use pinning::PinError;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+/// Whether each worker thread keeps its own upstream connections (set at start when
+/// `server.work_stealing` is off).
+static PER_WORKER_POOLS: AtomicBool = AtomicBool::new(false);
+
+/// Give each worker thread its own upstream connection pool. Without work stealing
+/// every worker runs its own reactor, and a pooled connection opened by one worker
+/// and reused by another has its readiness events delivered by the first worker's
+/// reactor: each read then needs a wake-up across threads. Per-worker pools (as
+/// Envoy keeps them) avoid that, at the cost of more idle upstream connections.
+pub fn use_per_worker_pools(on: bool) {
+    PER_WORKER_POOLS.store(on, Ordering::Relaxed);
+}
+
+/// This thread's share of the pool key: 0 for one shared pool, else a value distinct
+/// per thread (never 0; mixed so that it is spread over all 64 bits).
+fn worker_pool_key(per_worker: bool) -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEY: u64 = {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
+        };
+    }
+    if per_worker {
+        KEY.with(|k| *k)
+    } else {
+        0
+    }
+}
 
 /// Build the peer for one request to `up` at the resolved `addr`.
 /// SNI is always the configured host name, so certificate verification is never
@@ -29,7 +60,7 @@ pub fn peer(up: &Upstream, addr: SocketAddr) -> HttpPeer {
         o.ca = up.ca.clone();
         o.upstream_tls_handshake_complete_hook = Some(pinning::HANDSHAKE_HOOK.clone());
     }
-    p.group_key = up.group_key;
+    p.group_key = up.group_key ^ worker_pool_key(PER_WORKER_POOLS.load(Ordering::Relaxed));
     p
 }
 
@@ -131,4 +162,26 @@ pub fn note_credential_answer(resp: &http::response::Parts, ctx: &crate::gateway
         route.upstream.name,
         id
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_pool_key;
+
+    #[test]
+    fn per_worker_pool_keys_differ_between_threads_only() {
+        assert_eq!(worker_pool_key(false), 0);
+        let here = worker_pool_key(true);
+        assert_ne!(here, 0);
+        assert_eq!(worker_pool_key(true), here, "stable on one thread");
+        let other = std::thread::spawn(|| worker_pool_key(true)).join().unwrap();
+        assert_ne!(other, 0);
+        assert_ne!(other, here, "another thread has its own pool");
+        assert_eq!(
+            std::thread::spawn(|| worker_pool_key(false))
+                .join()
+                .unwrap(),
+            0
+        );
+    }
 }
