@@ -85,9 +85,49 @@ unsafe impl GlobalAlloc for Allocator {
 #[global_allocator]
 static GLOBAL: Allocator = Allocator;
 
+/// Hand freed heap memory back to the kernel. glibc keeps freed blocks mapped for
+/// reuse, so the temporary structures of a config load (the YAML tree and the raw
+/// config of 10,000 sites: about 10 MB) stayed resident for the life of the process.
+/// Called after a config is loaded and installed; takes each arena's lock briefly.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own heap, under glibc's own locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resident_bytes() -> usize {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+        pages * 4096
+    }
+
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    fn freed_memory_goes_back_to_the_kernel() {
+        let start = resident_bytes();
+        // Many small blocks, as a config load leaves them, written so they are resident.
+        let blocks: Vec<Vec<u8>> = (0..200_000).map(|i| vec![i as u8; 100]).collect();
+        let before_free = resident_bytes();
+        drop(blocks);
+        let freed = resident_bytes();
+        release_free_memory();
+        let trimmed = resident_bytes();
+        // ~24 MB were allocated; glibc keeps most of it after `drop`, the trim returns it.
+        assert!(
+            before_free > start + (16 << 20),
+            "{start} before, {before_free} with blocks"
+        );
+        assert!(
+            freed.saturating_sub(trimmed) > 8 << 20,
+            "resident {freed} after free, {trimmed} after trim"
+        );
+    }
 
     #[test]
     fn large_blocks_are_huge_page_aligned_and_sized() {

@@ -41,6 +41,7 @@ impl Reloader {
             log::warn!("{w}");
         }
         self.state.install(new);
+        crate::alloc::release_free_memory();
         Ok(())
     }
 }

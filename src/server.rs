@@ -77,6 +77,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     for w in &rt.warnings {
         log::warn!("{w}");
     }
+    crate::alloc::release_free_memory();
     let listeners = rt.process.listeners.clone();
     let admin_listen = rt.process.admin_listen;
     let keepalive_requests = rt.process.keepalive_requests;
