@@ -79,7 +79,7 @@ pub struct GatewayError {
 #[derive(Clone, Debug, Default)]
 pub struct Extras {
     /// Extra response headers (rate-limit headers on a 429).
-    pub headers: Vec<(http::HeaderName, String)>,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Extra members of the JSON `error` object (e.g. a token budget).
     pub members: serde_json::Map<String, serde_json::Value>,
 }
@@ -97,11 +97,11 @@ impl GatewayError {
     }
 
     /// Add a response header.
-    pub fn header(mut self, name: http::HeaderName, value: impl Into<String>) -> Self {
+    pub fn header(mut self, name: http::HeaderName, value: http::HeaderValue) -> Self {
         self.extras
             .get_or_insert_with(Default::default)
             .headers
-            .push((name, value.into()));
+            .push((name, value));
         self
     }
 

@@ -203,8 +203,8 @@ pub struct Tier {
     pub requests_per_day: Option<u64>,
     pub tokens_per_day: Option<u64>,
     pub concurrent: Option<u64>,
-    /// `RateLimit-Policy` header value, built once at load.
-    pub policy: Option<String>,
+    /// `RateLimit-Policy` header value, built once at load (a clone shares it).
+    pub policy: Option<http::HeaderValue>,
 }
 
 /// The key a site's counters are stored under: stable across reloads and processes.
@@ -776,7 +776,8 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
     }
 
     for t in tiers.values_mut() {
-        t.policy = crate::limits::policy_header(t);
+        t.policy =
+            crate::limits::policy_header(t).and_then(|p| http::HeaderValue::try_from(p).ok());
     }
 
     // Sites and keys.

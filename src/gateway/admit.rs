@@ -182,7 +182,10 @@ fn rate_limited(tier: &Tier, r: limits::Refusal) -> GatewayError {
     if let Some(p) = &tier.policy {
         e = e.header(super::respond::RATELIMIT_POLICY, p.clone());
     }
-    if let Some(h) = r.ratelimit {
+    if let Some(h) = r
+        .ratelimit
+        .and_then(|h| http::HeaderValue::try_from(h).ok())
+    {
         e = e.header(super::respond::RATELIMIT, h);
     }
     if let Some((used, budget)) = r.tokens {

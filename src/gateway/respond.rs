@@ -135,9 +135,9 @@ pub fn add_ratelimit_headers(h: &mut HeaderMap, ctx: &Ctx) -> pingora::Result<()
     let policy = ctx
         .site()
         .and_then(|s| ctx.rt.tiers.get(&s.tier))
-        .and_then(|t| t.policy.as_deref());
+        .and_then(|t| t.policy.clone());
     if let Some(p) = policy {
-        set(h, RATELIMIT_POLICY, value(p)?)?;
+        set(h, RATELIMIT_POLICY, p)?;
     }
     if let Some(r) = ctx.admission.as_ref().and_then(|a| a.ratelimit) {
         // Sized once: `to_string` would grow the buffer a piece at a time.
@@ -191,7 +191,7 @@ async fn send(
             set(&mut h, header::RETRY_AFTER, HeaderValue::from(secs))?;
         }
         for (name, v) in err.extras.iter().flat_map(|x| x.headers.iter()) {
-            set(&mut h, name.clone(), value(v)?)?;
+            set(&mut h, name.clone(), v.clone())?;
         }
         if err.close {
             session.set_keepalive(None);

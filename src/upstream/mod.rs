@@ -26,9 +26,8 @@ pub fn use_per_worker_pools(on: bool) {
     PER_WORKER_POOLS.store(on, Ordering::Relaxed);
 }
 
-/// This thread's share of the pool key: 0 for one shared pool, else a value distinct
-/// per thread (never 0; mixed so that it is spread over all 64 bits).
-fn worker_pool_key(per_worker: bool) -> u64 {
+/// A value distinct per thread (never 0; mixed so that it is spread over all 64 bits).
+fn thread_key() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
         static KEY: u64 = {
@@ -36,11 +35,7 @@ fn worker_pool_key(per_worker: bool) -> u64 {
             n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1
         };
     }
-    if per_worker {
-        KEY.with(|k| *k)
-    } else {
-        0
-    }
+    KEY.with(|k| *k)
 }
 
 /// Build the peer for one request to `up` at the resolved `addr`.
@@ -60,7 +55,10 @@ pub fn peer(up: &Upstream, addr: SocketAddr) -> HttpPeer {
         o.ca = up.ca.clone();
         o.upstream_tls_handshake_complete_hook = Some(pinning::HANDSHAKE_HOOK.clone());
     }
-    p.group_key = up.group_key ^ worker_pool_key(PER_WORKER_POOLS.load(Ordering::Relaxed));
+    p.group_key = up.group_key;
+    if PER_WORKER_POOLS.load(Ordering::Relaxed) {
+        p.group_key ^= thread_key();
+    }
     p
 }
 
@@ -166,22 +164,41 @@ pub fn note_credential_answer(resp: &http::response::Parts, ctx: &crate::gateway
 
 #[cfg(test)]
 mod tests {
-    use super::worker_pool_key;
+    use super::*;
+    use std::sync::Arc;
 
     #[test]
-    fn per_worker_pool_keys_differ_between_threads_only() {
-        assert_eq!(worker_pool_key(false), 0);
-        let here = worker_pool_key(true);
-        assert_ne!(here, 0);
-        assert_eq!(worker_pool_key(true), here, "stable on one thread");
-        let other = std::thread::spawn(|| worker_pool_key(true)).join().unwrap();
-        assert_ne!(other, 0);
-        assert_ne!(other, here, "another thread has its own pool");
-        assert_eq!(
-            std::thread::spawn(|| worker_pool_key(false))
+    fn per_worker_pools_split_the_pool_by_thread_only_when_on() {
+        let rt = crate::config::load_str(
+            r#"
+server: { listen: [{ addr: "127.0.0.1:8080" }] }
+upstreams:
+  up: { kind: openai, url: "http://127.0.0.1:9", credentials: [{ id: c1, secret: "sk-literal-for-tests-000000000000" }] }
+routes: [{ prefix: "/v1/", upstream: up }]
+tiers: { t: { requests_per_minute: 10 } }
+sites: [{ id: s, tier: t, keys: [{ id: s.k1, auth: hmac, secret: "kgs_literal_for_tests_0000000000" }] }]
+"#,
+            crate::config::LoadOptions { demo: true },
+        )
+        .unwrap();
+        let up = rt.upstreams[0].clone();
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let key_on_other_thread = |up: Arc<Upstream>| {
+            std::thread::spawn(move || peer(&up, addr).group_key)
                 .join()
-                .unwrap(),
-            0
-        );
+                .unwrap()
+        };
+        // Off (Pingora's shared pool): the upstream's own key, on every thread.
+        assert_eq!(peer(&up, addr).group_key, up.group_key);
+        assert_eq!(key_on_other_thread(up.clone()), up.group_key);
+        use_per_worker_pools(true);
+        let here = peer(&up, addr).group_key;
+        let again = peer(&up, addr).group_key;
+        let other = key_on_other_thread(up.clone());
+        use_per_worker_pools(false);
+        assert_ne!(here, up.group_key);
+        assert_eq!(again, here, "stable on one thread");
+        assert_ne!(other, here, "another thread has its own pool");
+        assert_ne!(other, up.group_key);
     }
 }
