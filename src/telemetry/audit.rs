@@ -145,6 +145,10 @@ impl AuditLog {
             upstream_ms: ctx
                 .upstream_started
                 .map(|t| t.elapsed().as_secs_f64() * 1000.0),
+            upstream_header_ms: ctx
+                .upstream_started
+                .zip(ctx.upstream_answered)
+                .map(|(s, a)| a.saturating_duration_since(s).as_secs_f64() * 1000.0),
             tokens_in: ctx.usage.map(|u| u.input),
             tokens_out: ctx.usage.map(|u| u.output),
             tokens_estimated: ctx.usage.map(|u| u.estimated),
@@ -176,6 +180,10 @@ struct Line<'a> {
     error_code: Option<&'static str>,
     duration_ms: f64,
     upstream_ms: Option<f64>,
+    /// From choosing the upstream to its response header (nginx's `$upstream_header_time`):
+    /// the provider's time to first byte. For a JSON answer, `duration_ms` minus this is
+    /// the time keygate itself took.
+    upstream_header_ms: Option<f64>,
     tokens_in: Option<u64>,
     tokens_out: Option<u64>,
     tokens_estimated: Option<bool>,
