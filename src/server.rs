@@ -11,7 +11,7 @@ use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
 use pingora::server::configuration::{Opt, ServerConf};
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use std::path::PathBuf;
 
@@ -55,6 +55,48 @@ fn h2_options(&(max_streams, max_header_bytes): &(u32, usize)) -> H2Options {
 const H2_MAX_PENDING_RESETS: usize = 20;
 /// Streams keygate may reset for a client's protocol errors before closing the connection.
 const H2_MAX_LOCAL_RESETS: usize = 256;
+
+/// The stop signals: SIGQUIT hands the listeners to a new binary, SIGTERM drains, as in
+/// Pingora; SIGINT is keygate's own fast shutdown.
+///
+/// Pingora's fast shutdown drops the service runtimes without first telling their accept
+/// loops to stop. With one runtime per worker thread (work stealing off, the default), an
+/// accept loop whose listener was registered with a runtime already dropped gets an error
+/// at once, every time, and never yields: its thread spins at 100 % CPU logging "Accept()
+/// failed" and the process never exits (5 starts in 30 hung after SIGINT). So on SIGINT
+/// keygate writes out the buffered audit lines and exits, as nginx does on its fast
+/// shutdown; requests in flight are cut, as they are by Pingora's.
+struct Signals {
+    state: std::sync::Arc<State>,
+}
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        // A signal that cannot be watched (never expected) leaves its branch pending.
+        async fn on(kind: SignalKind) {
+            match signal(kind) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    log::error!("cannot watch signal {}: {e}", kind.as_raw_value());
+                    std::future::pending::<()>().await
+                }
+            }
+        }
+        tokio::select! {
+            _ = on(SignalKind::quit()) => ShutdownSignal::GracefulUpgrade,
+            _ = on(SignalKind::terminate()) => ShutdownSignal::GracefulTerminate,
+            _ = on(SignalKind::interrupt()) => {
+                log::info!("SIGINT received: fast shutdown");
+                self.state.audit.flush();
+                std::process::exit(0)
+            }
+        }
+    }
+}
 
 /// Load the config (or the demo), start everything, never return on success.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
@@ -151,7 +193,11 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         state: state.clone(),
     };
     server.add_service(background_service("keygate maintenance", reloader));
-    server.run(pingora::server::RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals {
+            state: state.clone(),
+        }),
+    });
     // Shut down (after the grace period, or handed over to a new binary): write out the
     // audit lines still buffered.
     state.audit.flush();

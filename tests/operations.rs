@@ -277,6 +277,24 @@ async fn buffered_audit_lines_are_written_at_shutdown() {
     assert_eq!(lines.len(), 20, "{}", gw.logs());
 }
 
+/// SIGINT stops keygate at once, every time. Pingora's own fast shutdown could hang with
+/// one runtime per worker thread (the default): about one start in six spun forever in an
+/// accept loop. So several starts, each with requests on both listeners, must all exit.
+#[tokio::test]
+async fn sigint_stops_keygate_every_time() {
+    for start in 0..8 {
+        let mut gw = Gateway::start();
+        assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
+        assert_eq!(gw.admin_get("/healthz").0, 200);
+        gw.signal("-INT");
+        assert!(
+            gw.wait_exit(Duration::from_secs(5)),
+            "start {start}: keygate did not exit after SIGINT"
+        );
+        assert!(!gw.logs().contains("Accept() failed"), "start {start}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_upgrade_drops_nothing() {
     let mut gw = Gateway::start();
