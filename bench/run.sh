@@ -254,7 +254,8 @@ declare -A LAT
 # The bare Pingora proxy gets the same signed requests (it forwards the headers; nginx ignores
 # them), so the client does the same work: what the proxy hop alone adds is measured too.
 # nginx proxy_pass gets them too: the same hop in the proxy that sets the pace for throughput.
-# keygate's own share comes from its audit log: duration_ms minus upstream_header_ms per line.
+# keygate's side of each request (checks before and after the provider, the write to the
+# client) comes from its audit log: duration_ms minus upstream_header_ms per line.
 for t in direct nginx pingora keygate "${FLEET_TARGETS[@]}"; do
   url="${URLS[$t]}"
   audit_from="$(stat -c %s "$work/audit.jsonl" 2>/dev/null || echo 0)"
@@ -298,7 +299,7 @@ res = {
   "added_latency_ms": {"p50": lat["keygate"]["p50"] - lat["direct"]["p50"], "p99": lat["keygate"]["p99"] - lat["direct"]["p99"]},
   "added_by_bare_pingora_ms": {"p50": lat["pingora"]["p50"] - lat["direct"]["p50"], "p99": lat["pingora"]["p99"] - lat["direct"]["p99"]},
   "added_by_nginx_proxy_pass_ms": {"p50": lat["nginx"]["p50"] - lat["direct"]["p50"], "p99": lat["nginx"]["p99"] - lat["direct"]["p99"]},
-  "keygate_own_ms": own,
+  "keygate_side_ms": own,
   "keygate_rss_mb_10000_sites": rss_mb,
   "cpu_us_per_request": cpu,
 }
@@ -321,7 +322,7 @@ if "litellm" in rps:
   print(f"keygate / LiteLLM proxy: {res['ratios']['keygate/litellm']:.0f}x throughput; LiteLLM p99 / keygate p99: {res['ratios']['litellm_p99/keygate_p99']:.0f}x")
 print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
 print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms; by the bare Pingora proxy (same signed requests): p50 {res['added_by_bare_pingora_ms']['p50']:.2f} ms, p99 {res['added_by_bare_pingora_ms']['p99']:.2f} ms; by nginx proxy_pass: p50 {res['added_by_nginx_proxy_pass_ms']['p50']:.2f} ms, p99 {res['added_by_nginx_proxy_pass_ms']['p99']:.2f} ms")
-print(f"keygate's own time per signed request (audit log, duration_ms - upstream_header_ms, {int(own['requests'])} requests): p50 {own['p50']:.3f} ms, p99 {own['p99']:.3f} ms, p99.9 {own['p999']:.3f} ms")
+print(f"keygate's side of each signed request (audit log: duration_ms - upstream_header_ms, i.e. its checks before and after the provider and the write to the client; {int(own['requests'])} requests): p50 {own['p50']:.3f} ms, p99 {own['p99']:.3f} ms, p99.9 {own['p999']:.3f} ms")
 print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
 if "keygate_fleet" in lat:
   f = lat["keygate_fleet"]

@@ -181,8 +181,8 @@ struct Line<'a> {
     duration_ms: f64,
     upstream_ms: Option<f64>,
     /// From choosing the upstream to its response header (nginx's `$upstream_header_time`):
-    /// the provider's time to first byte. For a JSON answer, `duration_ms` minus this is
-    /// the time keygate itself took.
+    /// the provider's time to first byte. For a JSON answer the rest of `duration_ms` is
+    /// keygate's side: its checks before and after, and writing the response to the client.
     upstream_header_ms: Option<f64>,
     tokens_in: Option<u64>,
     tokens_out: Option<u64>,
