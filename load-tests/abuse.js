@@ -1,19 +1,32 @@
 // Abuse: bad signatures, replays and over-limit traffic mixed with good traffic.
-// Good requests must keep succeeding; bad ones must all be refused.
+// Good requests must keep succeeding; bad ones must all be refused, and the over-limit site
+// is served up to its limit and refused past it.
 import http from "k6/http";
 import { check } from "k6";
+import { Counter, Rate } from "k6/metrics";
 import { BASE, CHAT_BODY, chat, signedHeaders } from "./lib.js";
+
+// The over-limit traffic comes from a second site whose tier allows 60 requests a minute.
+const FLOOD_KEY_ID = __ENV.KEYGATE_FLOOD_KEY_ID || "flood.k1";
+const FLOOD_SECRET = __ENV.KEYGATE_FLOOD_SECRET;
+const overLimitServed = new Counter("over_limit_served");
+const overLimitRefused = new Rate("over_limit_refused");
 
 export const options = {
   scenarios: {
     good: { executor: "constant-arrival-rate", rate: 100, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "good" },
     forged: { executor: "constant-arrival-rate", rate: 100, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "forged" },
     replay: { executor: "constant-arrival-rate", rate: 50, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "replay" },
+    over_limit: { executor: "constant-arrival-rate", rate: 100, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "overLimit" },
   },
   thresholds: {
     "checks{kind:good}": ["rate==1"],
     "checks{kind:forged}": ["rate==1"],
     "checks{kind:replay}": ["rate==1"],
+    "checks{kind:over_limit}": ["rate==1"],
+    // 60 a minute; a run that crosses into the next minute may be given that minute's too.
+    over_limit_served: ["count<=120"],
+    over_limit_refused: ["rate>0.5"],
   },
 };
 
@@ -35,4 +48,21 @@ export function replay() {
   const again = http.post(url, CHAT_BODY, { headers, tags: { kind: "replay" } });
   check(again, { "replay refused": (r) => r.status === 401 && r.json("error.code") === "replayed" }, { kind: "replay" });
   check(first, { "original served": (r) => r.status === 200 }, { kind: "good" });
+}
+
+export function overLimit() {
+  const url = `${BASE}/openai/v1/chat/completions`;
+  const headers = Object.assign({ "Content-Type": "application/json" }, signedHeaders("POST", url, CHAT_BODY, FLOOD_SECRET, FLOOD_KEY_ID));
+  const r = http.post(url, CHAT_BODY, { headers, tags: { kind: "over_limit" } });
+  const refused = r.status === 429;
+  if (r.status === 200) overLimitServed.add(1);
+  overLimitRefused.add(refused);
+  check(
+    r,
+    {
+      "over the limit: served within it, then 429 rate_limited with Retry-After": (r) =>
+        r.status === 200 || (refused && r.json("error.code") === "rate_limited" && r.headers["Retry-After"] !== undefined),
+    },
+    { kind: "over_limit" },
+  );
 }

@@ -25,6 +25,9 @@ mock="$(sed -n 's|.*http://||p' "$work/mock.out")"
 port="$(free_port)"
 secret="kgs_$(rand)"
 printf '%s' "$secret" > "$work/site.secret"
+# A second site on a tight tier, for the over-limit traffic of the abuse scenario.
+flood_secret="kgs_$(rand)"
+printf '%s' "$flood_secret" > "$work/flood.secret"
 printf 'sk-load-%s' "$(rand)" > "$work/provider.key"
 chmod 600 "$work"/*.secret "$work"/*.key
 cat > "$work/keygate.yaml" <<YAML
@@ -43,10 +46,14 @@ routes:
   - { prefix: "/openai/", upstream: mock }
 tiers:
   load: { requests_per_minute: 100000000, requests_per_hour: 1000000000 }
+  tight: { requests_per_minute: 60 }
 sites:
   - id: load
     tier: load
     keys: [{ id: load.k1, auth: hmac, secret: "file:$work/site.secret" }]
+  - id: flood
+    tier: tight
+    keys: [{ id: flood.k1, auth: hmac, secret: "file:$work/flood.secret" }]
 log: { audit_path: $work/audit.jsonl }
 YAML
 RUST_LOG=warn "$bin" serve -c "$work/keygate.yaml" > "$work/keygate.log" 2>&1 &
@@ -62,9 +69,10 @@ for scenario in "$@"; do
     pids+=($!)
   fi
   KEYGATE_URL="http://127.0.0.1:$port" KEYGATE_KEY_ID=load.k1 KEYGATE_SECRET="$secret" \
+    KEYGATE_FLOOD_KEY_ID=flood.k1 KEYGATE_FLOOD_SECRET="$flood_secret" \
     "$k6" run --quiet --no-usage-report "$here/$scenario.js" || status=1
 done
-if grep -q "$secret" "$work/keygate.log" "$work/audit.jsonl"; then
+if grep -q -e "$secret" -e "$flood_secret" "$work/keygate.log" "$work/audit.jsonl"; then
   echo "a secret appeared in keygate's logs" >&2; status=1
 fi
 exit $status
