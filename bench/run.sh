@@ -7,7 +7,8 @@
 # redis-server) is measured with k6 too: the Redis round trip each signed request adds (nonce).
 # With BENCH_PEERS=1 (`make bench-peers`), LiteLLM's proxy (target/venv-peers, one uvicorn
 # worker, master key only, no database) joins the wrk rounds against the same upstream, and the
-# keygate/LiteLLM throughput and p99 ratios are reported.
+# keygate/LiteLLM throughput and p99 ratios are reported. Streams: keygate's mock provider
+# (SSE) reached direct, through a second bare Pingora proxy and through keygate (k6, signed).
 # Prints a table and writes target/bench/results.json.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
