@@ -319,6 +319,8 @@ for k, r, a, b in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[
 lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "nginx": "${LAT[nginx]}", "pingora": "${LAT[pingora]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}"}.items() if s}
 own = dict(zip(["p50", "p99", "p999", "requests"], map(float, "${OWN}".split())))
 streams = {t: dict(zip(["p50", "p99", "ttfb_p50", "ttfb_p99", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${STREAMS[direct]}", "pingora": "${STREAMS[pingora]}", "keygate": "${STREAMS[keygate]}"}.items()}
+if any(v["failed"] for v in streams.values()):
+  sys.exit("some streams did not arrive whole: " + ", ".join(f"{t} {int(v['failed'])}" for t, v in streams.items()))
 rss_mb = int(sys.argv[1]) / 1024
 cpu = {"pingora": float("${CPU[pingora]}"), "keygate": float("${CPU[keygate]}")}
 res = {
@@ -357,8 +359,6 @@ print(f"keygate's side of each signed request (audit log: duration_ms - upstream
 st, sa = streams, res["stream_added_ms"]
 print(f"streams (k6, ${BENCH_STREAM_RATE:-200}/s signed, mock provider SSE): whole stream p50 / p99, first byte p50 / p99: direct {st['direct']['p50']:.2f} / {st['direct']['p99']:.2f}, {st['direct']['ttfb_p50']:.2f} / {st['direct']['ttfb_p99']:.2f} ms; bare Pingora {st['pingora']['p50']:.2f} / {st['pingora']['p99']:.2f}, {st['pingora']['ttfb_p50']:.2f} / {st['pingora']['ttfb_p99']:.2f} ms; keygate {st['keygate']['p50']:.2f} / {st['keygate']['p99']:.2f}, {st['keygate']['ttfb_p50']:.2f} / {st['keygate']['ttfb_p99']:.2f} ms; incomplete streams: {int(sum(v['failed'] for v in st.values()))}")
 print(f"added to a whole stream: by keygate p50 {sa['keygate']['p50']:.2f} ms, p99 {sa['keygate']['p99']:.2f} ms; by the bare Pingora proxy p50 {sa['pingora']['p50']:.2f} ms, p99 {sa['pingora']['p99']:.2f} ms")
-if any(v["failed"] for v in st.values()):
-  sys.exit("some streams did not arrive whole (see above)")
 print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
 if "keygate_fleet" in lat:
   f = lat["keygate_fleet"]

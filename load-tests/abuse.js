@@ -17,15 +17,17 @@ export const options = {
     good: { executor: "constant-arrival-rate", rate: 100, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "good" },
     forged: { executor: "constant-arrival-rate", rate: 100, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "forged" },
     replay: { executor: "constant-arrival-rate", rate: 50, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "replay" },
-    over_limit: { executor: "constant-arrival-rate", rate: 100, timeUnit: "1s", duration: __ENV.DURATION || "15s", preAllocatedVUs: 20, exec: "overLimit" },
+    // 15 s whatever DURATION says: the served bound below is for 15 s of traffic.
+    over_limit: { executor: "constant-arrival-rate", rate: 100, timeUnit: "1s", duration: "15s", preAllocatedVUs: 20, exec: "overLimit" },
   },
   thresholds: {
     "checks{kind:good}": ["rate==1"],
     "checks{kind:forged}": ["rate==1"],
     "checks{kind:replay}": ["rate==1"],
     "checks{kind:over_limit}": ["rate==1"],
-    // 60 a minute; a run that crosses into the next minute may be given that minute's too.
-    over_limit_served: ["count<=120"],
+    // Served up to its limit: 60 a minute, and in a run that crosses into the next minute
+    // the sliding window lets about one more through a second; not refused outright.
+    over_limit_served: ["count>=50", "count<=120"],
     over_limit_refused: ["rate>0.5"],
   },
 };
@@ -55,7 +57,7 @@ export function overLimit() {
   const headers = Object.assign({ "Content-Type": "application/json" }, signedHeaders("POST", url, CHAT_BODY, FLOOD_SECRET, FLOOD_KEY_ID));
   const r = http.post(url, CHAT_BODY, { headers, tags: { kind: "over_limit" } });
   const refused = r.status === 429;
-  if (r.status === 200) overLimitServed.add(1);
+  overLimitServed.add(r.status === 200 ? 1 : 0);
   overLimitRefused.add(refused);
   check(
     r,

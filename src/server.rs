@@ -57,7 +57,7 @@ const H2_MAX_PENDING_RESETS: usize = 20;
 const H2_MAX_LOCAL_RESETS: usize = 256;
 
 /// The stop signals: SIGQUIT hands the listeners to a new binary, SIGTERM drains, as in
-/// Pingora; SIGINT is keygate's own fast shutdown.
+/// Pingora; SIGINT is keygate's own fast shutdown, also during a drain or a hand-over.
 ///
 /// Pingora's fast shutdown drops the service runtimes without first telling their accept
 /// loops to stop. With one runtime per worker thread (work stealing off, the default), an
@@ -86,14 +86,18 @@ impl ShutdownSignalWatch for Signals {
                 }
             }
         }
+        // Watched on Pingora's server runtime, which keeps running through the grace
+        // period after this returns.
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            on(SignalKind::interrupt()).await;
+            log::info!("SIGINT received: fast shutdown");
+            state.audit.flush_at_exit();
+            std::process::exit(0)
+        });
         tokio::select! {
             _ = on(SignalKind::quit()) => ShutdownSignal::GracefulUpgrade,
             _ = on(SignalKind::terminate()) => ShutdownSignal::GracefulTerminate,
-            _ = on(SignalKind::interrupt()) => {
-                log::info!("SIGINT received: fast shutdown");
-                self.state.audit.flush();
-                std::process::exit(0)
-            }
         }
     }
 }
@@ -200,6 +204,6 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     });
     // Shut down (after the grace period, or handed over to a new binary): write out the
     // audit lines still buffered.
-    state.audit.flush();
+    state.audit.flush_at_exit();
     std::process::exit(0)
 }

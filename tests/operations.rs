@@ -295,6 +295,29 @@ async fn sigint_stops_keygate_every_time() {
     }
 }
 
+/// SIGINT is the fast stop during a drain too: after SIGTERM, keygate would wait out its
+/// grace period (here 30 s); SIGINT then ends it at once, with the audit lines written.
+#[tokio::test]
+async fn sigint_cuts_a_drain_short() {
+    let mut gw = Gateway::start_with(Options {
+        grace_period_s: 30,
+        ..Options::default()
+    });
+    assert_eq!(gw.call("alpha.k1", "GET", MODELS, "").await.status, 200);
+    gw.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !gw.wait_exit(Duration::from_millis(200)),
+        "draining, not gone"
+    );
+    gw.signal("-INT");
+    assert!(
+        gw.wait_exit(Duration::from_secs(5)),
+        "keygate did not exit on SIGINT during the drain"
+    );
+    assert_eq!(gw.audit_lines().len(), 1, "{}", gw.logs());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_upgrade_drops_nothing() {
     let mut gw = Gateway::start();

@@ -27,7 +27,7 @@ struct Inner {
     /// Set on SIGHUP: the output is reopened before the next write (logrotate).
     reopen: AtomicBool,
     /// The open output; held while writing, so writes never interleave.
-    out: Mutex<Option<Box<dyn Write + Send>>>,
+    out: Mutex<Output>,
 }
 
 /// Where audit lines go.
@@ -53,17 +53,24 @@ fn open(path: &Option<String>) -> Box<dyn Write + Send> {
     }
 }
 
+type Output = Option<Box<dyn Write + Send>>;
+
 impl Inner {
-    /// Write out what is buffered (one `write` for the whole batch).
+    /// Write out what is buffered (one `write` for the whole batch). The output is locked
+    /// before the batch is taken, so a batch taken is written before anyone else writes.
     fn drain(&self) {
-        let batch = std::mem::take(&mut *self.pending.lock());
         let mut out = self.out.lock();
+        let batch = std::mem::take(&mut *self.pending.lock());
+        self.write(&mut out, &batch);
+    }
+
+    fn write(&self, out: &mut Output, batch: &[u8]) {
         if out.is_none() || self.reopen.swap(false, Ordering::AcqRel) {
             *out = Some(open(&self.path.lock().clone()));
         }
         if let Some(out) = out.as_mut() {
             if !batch.is_empty() {
-                let _ = out.write_all(&batch);
+                let _ = out.write_all(batch);
                 let _ = out.flush();
             }
         }
@@ -90,9 +97,15 @@ impl AuditLog {
         self.inner.reopen.store(true, Ordering::Release);
     }
 
-    /// Write out every buffered line now (at shutdown).
-    pub fn flush(&self) {
-        self.inner.drain();
+    /// At exit: write out every buffered line, then keep the log locked until the process
+    /// ends, so that a request still finishing waits rather than appending a line that
+    /// would never be written. Call it only right before the process exits.
+    pub fn flush_at_exit(&self) {
+        let mut out = self.inner.out.lock();
+        let pending = self.inner.pending.lock();
+        self.inner.write(&mut out, &pending);
+        std::mem::forget(pending);
+        std::mem::forget(out);
     }
 
     // The writer thread starts on first use, after Pingora may have daemonised.
@@ -180,9 +193,11 @@ struct Line<'a> {
     error_code: Option<&'static str>,
     duration_ms: f64,
     upstream_ms: Option<f64>,
-    /// From choosing the upstream to its response header (nginx's `$upstream_header_time`):
-    /// the provider's time to first byte. For a JSON answer the rest of `duration_ms` is
-    /// keygate's side: its checks before and after, and writing the response to the client.
+    /// From choosing the upstream until keygate has its response header (like nginx's
+    /// `$upstream_header_time`): connecting or taking a pooled connection, sending the
+    /// request, the provider's time to first byte. For a JSON answer the rest of
+    /// `duration_ms` is keygate's side: its checks before and after, and writing the
+    /// response to the client.
     upstream_header_ms: Option<f64>,
     tokens_in: Option<u64>,
     tokens_out: Option<u64>,
@@ -196,4 +211,33 @@ struct Line<'a> {
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn lines_buffered_at_exit_are_written_and_later_ones_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = Arc::new(AuditLog::new(Some(path.display().to_string())));
+        for n in 0..3 {
+            log.push(&serde_json::json!({ "n": n }));
+        }
+        log.flush_at_exit();
+        let lines = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().lines().count();
+        assert_eq!(lines(&path), 3);
+        // A request finishing after the last write waits for the exit; its line is not
+        // appended to a buffer nobody writes out any more.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let late = log.clone();
+        std::thread::spawn(move || {
+            late.push(&serde_json::json!({ "n": 3 }));
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(lines(&path), 3);
+    }
 }

@@ -202,6 +202,8 @@ pub struct Options {
     pub master_keys_from: Option<PathBuf>,
     /// Extra lines for both routes (indented four spaces, each ending in a newline).
     pub route_extra: String,
+    /// `server.grace_period_s` (how long SIGTERM drains).
+    pub grace_period_s: u64,
 }
 
 impl Default for Options {
@@ -221,6 +223,7 @@ impl Default for Options {
             secrets: None,
             master_keys_from: None,
             route_extra: String::new(),
+            grace_period_s: 1,
         }
     }
 }
@@ -347,7 +350,7 @@ server:
   max_body_bytes: {max_body}
   pid_file: {d}/keygate.pid
   upgrade_sock: {d}/upgrade.sock
-  grace_period_s: 1
+  grace_period_s: {grace}
   graceful_shutdown_timeout_s: 3
 {server_extra}
 master_keys:
@@ -401,6 +404,7 @@ sites:
 {config_extra}
 "#,
             max_body = opts.max_body_bytes,
+            grace = opts.grace_period_s,
             tier = opts.tier,
             upstream_extra = upstream_extra,
             second_credential = if opts.second_credential {
