@@ -20,6 +20,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("request_path", request_path),
     ("config_yaml", config_yaml),
     ("pii", pii),
+    ("egress", egress),
 ];
 
 /// SSE framing over arbitrary chunking; the first byte picks the chunk size.
@@ -45,8 +46,6 @@ pub fn sse_framer(data: &[u8]) {
 pub fn response_json(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = usage::find(&v);
-        let mut t = String::new();
-        validate::event_text(&v, &mut t);
     }
     for ep in [
         validate::Endpoint::ChatCompletions,
@@ -149,4 +148,44 @@ pub fn pii(data: &[u8]) {
         got.push_str(v["delta"]["text"].as_str().unwrap_or(""));
     }
     assert_eq!(got, text);
+}
+
+/// The egress scan over upstream bytes: a JSON body whose decoded strings hold the key
+/// is always refused; an SSE stream (cut into chunks of a size the first byte picks)
+/// never grows past the channel bound, and a stream whose event text holds the key
+/// is refused by some event.
+pub fn egress(data: &[u8]) {
+    use crate::response::egress::{check_json, Rules, StreamText, MAX_CHANNELS};
+    use crate::response::validate::SecretScanner;
+    use std::sync::OnceLock;
+    const KEY: &str = "sk-fuzz-0123456789";
+    static SCANNER: OnceLock<SecretScanner> = OnceLock::new();
+    let secrets = SCANNER.get_or_init(|| SecretScanner::new(&[KEY.to_string()]));
+    let rules = Rules {
+        secrets,
+        patterns: None,
+    };
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let verdict = check_json(&rules, rest);
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(rest) {
+        if v.to_string().contains(KEY) {
+            assert!(verdict.is_err(), "a key a parser yields passed");
+        }
+    }
+    let mut framer = SseFramer::new(4096);
+    let mut text = StreamText::default();
+    for chunk in rest.chunks(cut as usize % 64 + 1) {
+        let Ok(events) = framer.push(chunk) else {
+            return;
+        };
+        for e in events {
+            let parsed = validate::check_event_data(&e.data).ok().flatten();
+            if text.check(&rules, &e.raw, parsed.as_ref()).is_err() {
+                return;
+            }
+            assert!(text.channels() <= MAX_CHANNELS);
+        }
+    }
 }

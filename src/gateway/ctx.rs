@@ -4,9 +4,9 @@ use crate::auth::AuthedClient;
 use crate::config::{Route, Runtime, Site};
 use crate::error::GatewayError;
 use crate::limits::Admission;
+use crate::response::egress::StreamText;
 use crate::response::sse::SseFramer;
 use crate::response::usage::Usage;
-use crate::response::validate::Tail;
 use crate::upstream::circuit::Permit;
 use bytes::{Bytes, BytesMut};
 use std::net::IpAddr;
@@ -38,11 +38,11 @@ pub enum ResponseWatch {
     None,
     /// A JSON body, held back whole (up to `limit`) and checked at its end.
     Json { buf: Vec<u8>, limit: usize },
-    /// An event stream, checked event by event; `text` holds the tail of the model's
-    /// text for secrets split over events; `stopped` after a bad event.
+    /// An event stream, checked event by event; `text` holds the tail of each text
+    /// field for secrets split over events; `stopped` after a bad event.
     Sse {
         framer: SseFramer,
-        text: Tail,
+        text: StreamText,
         stopped: bool,
         /// Upstream chunks dropped since the stream was stopped.
         dropped_after_stop: u32,

@@ -15,19 +15,29 @@
 //! ([`crate::pii::stream`]).
 
 use super::ctx::{Ctx, ResponseWatch};
+use crate::config::Runtime;
 use crate::error::GatewayError;
 use crate::pii::stream::{event_bytes, StreamRestorer};
 use crate::pii::Pseudonyms;
+use crate::response::egress::{self, Rules, StreamText};
 use crate::response::sse::Event;
 use crate::response::sse::{SseFramer, DEFAULT_MAX_EVENT};
 use crate::response::usage;
-use crate::response::validate::{self, Endpoint, Rejection, Tail};
+use crate::response::validate::{self, Endpoint, Rejection};
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
 use http::response::Parts;
 
-/// Bytes of streamed model text kept to match phrases split over events.
-const TEXT_WINDOW: usize = 1024;
+/// What this request's answer is checked against: every configured secret, and the
+/// route's block patterns.
+fn rules<'a>(rt: &'a Runtime, route: Option<usize>) -> Rules<'a> {
+    Rules {
+        secrets: &rt.scanner,
+        patterns: route
+            .and_then(|i| rt.routes.get(i))
+            .and_then(|r| r.block_patterns.as_ref()),
+    }
+}
 
 fn reject(ctx: &Ctx, r: Rejection) -> GatewayError {
     let up = ctx.route().map_or("none", |r| r.upstream.name.as_str());
@@ -82,9 +92,13 @@ pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
     if declared.is_some_and(|n| n > limit) {
         return Err(reject(ctx, Rejection::TooLarge));
     }
-    let ct = resp
-        .headers
-        .get(http::header::CONTENT_TYPE)
+    // Two different types: a browser takes the last, keygate would judge the first.
+    let mut types = resp.headers.get_all(http::header::CONTENT_TYPE).iter();
+    let first = types.next();
+    if types.any(|v| Some(v) != first) {
+        return Err(reject(ctx, Rejection::ContentType));
+    }
+    let ct = first
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
@@ -98,7 +112,7 @@ pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
         send_chunked(&mut resp.headers)?;
         ResponseWatch::Sse {
             framer: SseFramer::new(DEFAULT_MAX_EVENT),
-            text: Tail::default(),
+            text: StreamText::default(),
             stopped: false,
             dropped_after_stop: 0,
             restorer: restoring.then(Default::default),
@@ -134,12 +148,6 @@ fn endpoint(ctx: &Ctx) -> Endpoint {
     ctx.route().map_or(Endpoint::Other, |r| {
         Endpoint::of(r.upstream.kind, &ctx.upstream_path)
     })
-}
-
-fn patterns_match(ctx: &Ctx, bytes: &[u8]) -> bool {
-    ctx.route()
-        .and_then(|r| r.block_patterns.as_ref())
-        .is_some_and(|p| p.is_match(bytes))
 }
 
 /// See one chunk of the body; may replace it. `Err` aborts the response.
@@ -232,12 +240,8 @@ fn finish_json(buf: Vec<u8>, body: &mut Option<Bytes>, ctx: &mut Ctx) -> Result<
     let status = ctx.upstream_status.unwrap_or(200);
     let probe =
         validate::check_json_body(endpoint(ctx), status, &buf).map_err(|r| reject(ctx, r))?;
-    if ctx.rt.scanner.contains(&buf) {
-        return Err(reject(ctx, Rejection::SecretEgress));
-    }
-    if patterns_match(ctx, &buf) {
-        return Err(reject(ctx, Rejection::BlockedPattern));
-    }
+    let rt = ctx.rt.clone();
+    egress::check_json(&rules(&rt, ctx.route), &buf).map_err(|r| reject(ctx, r))?;
     ctx.usage = probe.usage();
     // Placeholders back to the client's values (after the checks, which judge what
     // the provider sent).
@@ -253,7 +257,7 @@ fn finish_json(buf: Vec<u8>, body: &mut Option<Bytes>, ctx: &mut Ctx) -> Result<
 fn sse_chunk(
     data: &[u8],
     framer: &mut SseFramer,
-    text: &mut Tail,
+    text: &mut StreamText,
     stopped: &mut bool,
     restorer: &mut Option<StreamRestorer>,
     ctx: &mut Ctx,
@@ -267,39 +271,23 @@ fn sse_chunk(
         }
     };
     let mut out = Vec::with_capacity(data.len());
-    let keep = ctx.rt.scanner.overlap();
+    let rt = ctx.rt.clone();
+    let rules = rules(&rt, ctx.route);
     for ev in events {
         let verdict = (|| {
-            if ctx.rt.scanner.contains(&ev.raw) {
-                return Err(Rejection::SecretEgress);
-            }
-            if patterns_match(ctx, &ev.raw) {
-                return Err(Rejection::BlockedPattern);
-            }
             if ev.data.is_empty() {
-                return Ok(None);
+                return text.check(&rules, &ev.raw, None).map(|()| None);
             }
-            let parsed = validate::check_event_data(&ev.data)?;
-            if let Some(v) = &parsed {
-                if let Some(u) = usage::find(v) {
-                    usage::merge(&mut ctx.usage, u);
-                }
-                let mut t = String::new();
-                validate::event_text(v, &mut t);
-                // The model's text across events: catches a secret or a blocked phrase
-                // emitted token by token.
-                let mut hit = None;
-                text.scan(t.as_bytes(), keep.max(TEXT_WINDOW), |b| {
-                    if ctx.rt.scanner.contains(b) {
-                        hit = Some(Rejection::SecretEgress);
-                    } else if patterns_match(ctx, b) {
-                        hit = Some(Rejection::BlockedPattern);
-                    }
-                    hit.is_some()
-                });
-                if let Some(r) = hit {
-                    return Err(r);
-                }
+            let parsed = validate::check_event_data(&ev.data);
+            // Raw bytes first: a secret in an event that is not JSON is still a secret.
+            text.check(
+                &rules,
+                &ev.raw,
+                parsed.as_ref().ok().and_then(Option::as_ref),
+            )?;
+            let parsed = parsed?;
+            if let Some(u) = parsed.as_ref().and_then(usage::find) {
+                usage::merge(&mut ctx.usage, u);
             }
             Ok(parsed)
         })();

@@ -77,7 +77,8 @@ pub enum Endpoint {
 
 impl Endpoint {
     pub fn of(kind: UpstreamKind, path: &str) -> Endpoint {
-        let p = path.split('?').next().unwrap_or(path);
+        // A trailing slash does not make another endpoint (the provider serves the same).
+        let p = path.split('?').next().unwrap_or(path).trim_end_matches('/');
         match kind {
             UpstreamKind::Gemini
                 if p.ends_with(":generateContent") || p.ends_with(":streamGenerateContent") =>
@@ -132,22 +133,6 @@ pub fn check_event_data(data: &str) -> Result<Option<Value>, Rejection> {
         .map_err(|_| Rejection::InvalidEvent)
 }
 
-/// Text a model produced, from one stream event (to catch secrets split over events).
-pub fn event_text(v: &Value, out: &mut String) {
-    match v {
-        Value::Object(m) => {
-            for (k, x) in m {
-                match (k.as_str(), x) {
-                    ("content" | "text", Value::String(s)) => out.push_str(s),
-                    _ => event_text(x, out),
-                }
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|x| event_text(x, out)),
-        _ => {}
-    }
-}
-
 /// Finds any configured secret in response bytes, also across chunk boundaries.
 pub struct SecretScanner {
     ac: Option<AhoCorasick>,
@@ -192,7 +177,7 @@ impl SecretScanner {
 }
 
 /// A rolling window over a stream, so matches straddling chunks are seen.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Tail {
     buf: Vec<u8>,
 }
@@ -224,7 +209,6 @@ pub fn error_event(request_id: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use serde_json::json;
 
     #[test]
     fn shapes() {
@@ -250,6 +234,10 @@ mod tests {
             Endpoint::of(UpstreamKind::OpenAi, "/v1/models?limit=2"),
             Endpoint::Models
         );
+        assert_eq!(
+            Endpoint::of(UpstreamKind::OpenAi, "/v1/models/"),
+            Endpoint::Models
+        );
         assert!(check_json_body(Endpoint::Embeddings, 200, br#"{"data":[]}"#).is_ok());
         assert!(check_json_body(Endpoint::Other, 200, br#"[1]"#).is_err());
         assert_eq!(
@@ -272,10 +260,6 @@ mod tests {
         assert_eq!(check_event_data("[DONE]"), Ok(None));
         assert!(check_event_data("{\"a\":1}").unwrap().is_some());
         assert_eq!(check_event_data("<html>"), Err(Rejection::InvalidEvent));
-        let mut t = String::new();
-        event_text(&json!({"choices":[{"delta":{"content":"sk-"}}]}), &mut t);
-        event_text(&json!({"delta":{"type":"text_delta","text":"abc"}}), &mut t);
-        assert_eq!(t, "sk-abc");
     }
 
     #[test]
