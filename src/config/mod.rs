@@ -141,6 +141,10 @@ pub struct Upstream {
     pub ca: Option<Arc<Box<[pingora::tls::x509::X509]>>>,
     /// Pingora pool isolation key derived from the pins and CA.
     pub group_key: u64,
+    /// Client request headers forwarded besides the built-in list.
+    pub request_headers: crate::upstream::headers::HeaderAllow,
+    /// Provider response headers returned besides the built-in list.
+    pub response_headers: crate::upstream::headers::HeaderAllow,
     pub circuit: crate::upstream::circuit::CircuitBreaker,
     series: OnceLock<crate::telemetry::metrics::UpstreamSeries>,
 }
@@ -183,6 +187,8 @@ pub struct Route {
     pub block_patterns: Option<regex::bytes::RegexSet>,
     /// Personal data in prompts (`routes[].pii`); `None` is `off`.
     pub pii: Option<Arc<crate::pii::PiiPolicy>>,
+    /// Values of the provider's beta header allowed (`routes[].betas`); none by default.
+    pub betas: Vec<String>,
     series: OnceLock<crate::telemetry::metrics::RouteSeries>,
 }
 
@@ -708,6 +714,14 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         if r.max_tokens == Some(0) {
             errs.push(format!("{p}.max_tokens"), "must be at least 1");
         }
+        for (j, b) in r.betas.iter().enumerate() {
+            if b.is_empty() || b.contains(',') || b.bytes().any(|c| !c.is_ascii_graphic()) {
+                errs.push(
+                    format!("{p}.betas[{j}]"),
+                    "must be one beta value (visible ASCII, no comma)",
+                );
+            }
+        }
         let pii = r
             .pii
             .as_ref()
@@ -734,6 +748,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
                 max_tokens: r.max_tokens,
                 block_patterns,
                 pii,
+                betas: r.betas.clone(),
                 series: OnceLock::new(),
             });
         }
@@ -1566,6 +1581,25 @@ fn validate_upstream(
     if max_resp == 0 {
         errs.push(format!("{p}.max_response_bytes"), "must be at least 1");
     }
+    use crate::upstream::headers::{Direction, HeaderAllow};
+    let mut allow = |names: &[String], field: &str, dir| {
+        HeaderAllow::parse(names, dir).unwrap_or_else(|e| {
+            for (i, msg) in e {
+                errs.push(format!("{p}.{field}[{i}]"), msg);
+            }
+            HeaderAllow::default()
+        })
+    };
+    let request_headers = allow(
+        &u.forward_request_headers,
+        "forward_request_headers",
+        Direction::Request,
+    );
+    let response_headers = allow(
+        &u.forward_response_headers,
+        "forward_response_headers",
+        Direction::Response,
+    );
     if errs.0.len() != before {
         return None;
     }
@@ -1600,6 +1634,8 @@ fn validate_upstream(
         pins,
         ca,
         group_key,
+        request_headers,
+        response_headers,
         circuit: crate::upstream::circuit::CircuitBreaker::new(circuit),
         series: OnceLock::new(),
         kind: kind?,

@@ -107,6 +107,12 @@ pub struct RawUpstream {
     pub total_timeout_ms: Option<u64>,
     pub circuit_breaker: Option<RawCircuitBreaker>,
     pub max_response_bytes: Option<u64>,
+    /// Client request headers passed on besides the built-in allow-list.
+    #[serde(default)]
+    pub forward_request_headers: Vec<String>,
+    /// Provider response headers passed on besides the built-in allow-list.
+    #[serde(default)]
+    pub forward_response_headers: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +147,9 @@ pub struct RawRoute {
     pub pii: Option<RawPii>,
     /// Regexes refused in model output (off by default; see README).
     pub block_patterns: Option<Vec<String>>,
+    /// Values of the provider's beta header (`openai-beta`, `anthropic-beta`) allowed.
+    #[serde(default)]
+    pub betas: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -151,7 +151,7 @@ pub(super) fn precheck(
 }
 
 /// The client's address (the peer, or the forwarded address behind a trusted proxy).
-fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
+pub(super) fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
@@ -234,6 +234,16 @@ impl Gateway {
                 ));
             }
         }
+        if let Some(bad) = crate::upstream::headers::unlisted_betas(
+            route.upstream.kind,
+            &session.req_header().headers,
+            &route.betas,
+        ) {
+            return Err(GatewayError::forbidden(format!(
+                "The beta \"{}\" is not allowed on this route.",
+                bad.chars().take(100).collect::<String>()
+            )));
+        }
         let breaker = &route.upstream.circuit;
         match breaker.admit(std::time::Instant::now()) {
             Ok(p) => ctx.circuit = Some(p),
@@ -294,7 +304,10 @@ impl Gateway {
     ) -> Result<AuthedClient, GatewayError> {
         let rt = ctx.rt.clone();
         let authority = normalize_authority(&authority(session)?, ctx.tls);
-        let ip = client_ip(session, &rt);
+        let ip = match ctx.client_ip {
+            Some(ip) => ip,
+            None => client_ip(session, &rt),
+        };
         ctx.client_ip = Some(ip);
         let now_ms = limits::now_ms();
         if rt.server.auth_failure_limit.is_some() {

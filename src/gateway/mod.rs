@@ -98,6 +98,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.client_ip = Some(admit::client_ip(session, &ctx.rt));
         if cors::is_preflight(session) {
             let resp = cors::preflight(session, &ctx.rt)?;
             ctx.status = 204;
@@ -268,10 +269,13 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let up = ctx.route().map(|r| r.upstream.clone());
         respond::edit(resp, |parts| {
             upstream::note_credential_answer(parts, ctx);
             observe::start(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
-            headers::clean_response(&mut parts.headers);
+            let none = headers::HeaderAllow::default();
+            let extra = up.as_ref().map_or(&none, |u| &u.response_headers);
+            headers::clean_response(&mut parts.headers, extra);
             respond::add_standard_headers(&mut parts.headers, ctx)?;
             respond::add_ratelimit_headers(&mut parts.headers, ctx)?;
             ctx.status = parts.status.as_u16();

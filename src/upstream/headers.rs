@@ -5,10 +5,11 @@ use http::HeaderValue;
 use pingora::http::RequestHeader;
 use secrecy::{ExposeSecret, SecretString};
 
-/// Request headers never forwarded: client credentials and signatures, cookies,
-/// hop-by-hop headers, anything naming a provider credential or account, and client
-/// addresses (providers do not learn who the end user is from keygate).
-pub const STRIPPED_REQUEST_HEADERS: &[&str] = &[
+/// Request headers that never reach a provider, whatever the config says: client
+/// credentials and signatures, cookies, hop-by-hop and framing headers (keygate frames
+/// the request), client addresses, and headers that make some server or proxy change
+/// the method or the path it serves.
+pub const NEVER_FORWARDED: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "x-api-key",
@@ -17,6 +18,7 @@ pub const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "anthropic-api-key",
     "openai-organization",
     "openai-project",
+    "x-goog-user-project",
     "cookie",
     "signature",
     "signature-input",
@@ -24,6 +26,9 @@ pub const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "x-site-identifier",
     "x-timestamp",
     "x-signature",
+    "host",
+    "content-length",
+    "transfer-encoding",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -32,16 +37,46 @@ pub const STRIPPED_REQUEST_HEADERS: &[&str] = &[
     "upgrade",
     "expect",
     "accept-encoding",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
     "forwarded",
     "x-real-ip",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-original-method",
+    "x-rewrite-url",
+    "x-envoy-original-path",
 ];
 
-/// Response headers never returned to clients: cookies, server identification and
-/// provider account details.
-pub const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
+/// Name prefixes never forwarded (`x-forwarded-for`, `-host`, `-prefix`, …).
+pub const NEVER_FORWARDED_PREFIXES: &[&str] = &["x-forwarded-", "proxy-"];
+
+/// Request headers forwarded to every kind of provider: content negotiation only.
+const FORWARDED: &[&str] = &["accept", "content-type"];
+
+/// The request header that carries a provider's API version or betas, per kind (its
+/// values are checked against `routes[].betas` before anything goes upstream).
+pub fn beta_header(kind: UpstreamKind) -> Option<&'static str> {
+    match kind {
+        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => Some("openai-beta"),
+        UpstreamKind::Anthropic => Some("anthropic-beta"),
+        UpstreamKind::Gemini => None,
+    }
+}
+
+/// Further request headers forwarded per kind: the API version and betas.
+fn forwarded_for(kind: UpstreamKind) -> &'static [&'static str] {
+    match kind {
+        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => &["openai-beta"],
+        UpstreamKind::Anthropic => &["anthropic-version", "anthropic-beta"],
+        UpstreamKind::Gemini => &[],
+    }
+}
+
+/// Response headers that never reach a client, whatever the config says: cookies,
+/// server identification, provider account details, and headers that steer a browser
+/// (CORS, redirects, downloads, content and transport security policies).
+pub const NEVER_RETURNED: &[&str] = &[
     "set-cookie",
     "set-cookie2",
     "server",
@@ -54,20 +89,156 @@ pub const STRIPPED_RESPONSE_HEADERS: &[&str] = &[
     "anthropic-organization-id",
     "cf-ray",
     "x-envoy-upstream-service-time",
+    "refresh",
+    "location",
+    "content-location",
+    "link",
+    "content-disposition",
+    "strict-transport-security",
+    "clear-site-data",
+    "www-authenticate",
+    "proxy-authenticate",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "trailer",
+    "content-encoding",
+    "x-frame-options",
+    "timing-allow-origin",
 ];
 
-/// Remove the present headers that are on `list` (Pingora's removal is linear in the
-/// header count, so only names that are there are removed).
-fn remove_listed(
-    present: &mut Vec<http::HeaderName>,
-    list: &[&str],
-    mut remove: impl FnMut(&http::HeaderName),
-) {
-    present.dedup();
-    for name in present.iter().filter(|n| list.contains(&n.as_str())) {
-        remove(name);
+/// Name prefixes never returned.
+pub const NEVER_RETURNED_PREFIXES: &[&str] = &[
+    "access-control-",
+    "content-security-policy",
+    "cross-origin-",
+    "permissions-policy",
+];
+
+/// Response headers returned to clients: framing, request ids, the provider's rate-limit
+/// and retry hints (what the OpenAI, Anthropic and Gemini SDKs read).
+const RETURNED: &[&str] = &[
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "request-id",
+    "x-request-id",
+    "retry-after",
+    "retry-after-ms",
+    "x-should-retry",
+    "openai-processing-ms",
+    "openai-version",
+];
+
+/// Response header name prefixes returned (rate-limit state).
+const RETURNED_PREFIXES: &[&str] = &["x-ratelimit-", "anthropic-ratelimit-"];
+
+fn listed(name: &str, exact: &[&str], prefixes: &[&str]) -> bool {
+    exact.contains(&name) || prefixes.iter().any(|p| name.starts_with(p))
+}
+
+/// Header names an operator adds to an allow-list (`upstreams.<name>.forward_request_headers`,
+/// `forward_response_headers`): exact lower-case names, or prefixes written `name-*`.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderAllow {
+    exact: Vec<String>,
+    prefixes: Vec<String>,
+}
+
+/// Which way an allow-list applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+impl Direction {
+    fn never(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Direction::Request => (NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES),
+            Direction::Response => (NEVER_RETURNED, NEVER_RETURNED_PREFIXES),
+        }
     }
 }
+
+impl HeaderAllow {
+    /// Parse configured names. Errors are (index, message) for the config's path.
+    pub fn parse(names: &[String], dir: Direction) -> Result<HeaderAllow, Vec<(usize, String)>> {
+        let (never, never_prefixes) = dir.never();
+        let mut out = HeaderAllow::default();
+        let mut errs = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            let (stem, prefix) = match n.strip_suffix('*') {
+                Some(stem) => (stem, true),
+                None => (n.as_str(), false),
+            };
+            let valid = !stem.is_empty()
+                && stem
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !valid {
+                errs.push((
+                    i,
+                    format!("\"{n}\" is not a lower-case header name (or a prefix ending in *)"),
+                ));
+            } else if !prefix && listed(stem, never, never_prefixes) {
+                errs.push((i, format!("\"{n}\" is never passed on (credentials, cookies, framing, or a header that steers a client or server)")));
+            } else if prefix {
+                out.prefixes.push(stem.to_string());
+            } else {
+                out.exact.push(stem.to_string());
+            }
+        }
+        if errs.is_empty() {
+            Ok(out)
+        } else {
+            Err(errs)
+        }
+    }
+
+    fn allows(&self, name: &str) -> bool {
+        self.exact.iter().any(|e| e == name) || self.prefixes.iter().any(|p| name.starts_with(p))
+    }
+}
+
+/// May the request header `name` go to a provider of `kind`? Never-list first, then
+/// the built-in list, then the operator's.
+pub fn forwards(kind: UpstreamKind, extra: &HeaderAllow, name: &str) -> bool {
+    !listed(name, NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES)
+        && (FORWARDED.contains(&name) || forwarded_for(kind).contains(&name) || extra.allows(name))
+}
+
+/// May the provider's response header `name` reach the client?
+pub fn returns(extra: &HeaderAllow, name: &str) -> bool {
+    !listed(name, NEVER_RETURNED, NEVER_RETURNED_PREFIXES)
+        && (listed(name, RETURNED, RETURNED_PREFIXES) || extra.allows(name))
+}
+
+/// The values of `kind`'s beta header that `allowed` does not list (a comma-separated
+/// header may be sent several times).
+pub fn unlisted_betas<'a>(
+    kind: UpstreamKind,
+    headers: &'a http::HeaderMap,
+    allowed: &[String],
+) -> Option<&'a str> {
+    let name = beta_header(kind)?;
+    for v in headers.get_all(name) {
+        let Ok(text) = v.to_str() else {
+            return Some("(not text)");
+        };
+        if let Some(bad) = text
+            .split(',')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .find(|b| !allowed.iter().any(|a| a == b))
+        {
+            return Some(bad);
+        }
+    }
+    None
+}
+
+const USER_AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
 
 /// Rewrite the request for `up`: path, Host, stripped headers, injected credential.
 pub fn prepare_upstream_request(
@@ -76,18 +247,26 @@ pub fn prepare_upstream_request(
     credential: &Credential,
     path_and_query: &str,
 ) -> pingora::Result<()> {
-    remove_listed(
-        &mut req.headers.keys().cloned().collect::<Vec<_>>(),
-        STRIPPED_REQUEST_HEADERS,
-        |n| {
-            req.remove_header(n);
-        },
-    );
+    // By allow-list: what the client sent that is not known to be safe stays here.
+    let dropped: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| !forwards(up.kind, &up.request_headers, n.as_str()))
+        .cloned()
+        .collect();
+    for name in &dropped {
+        req.remove_header(name);
+    }
     let uri: http::Uri = path_and_query.parse().map_err(|_| {
         pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad upstream path")
     })?;
     req.set_uri(uri);
     req.insert_header(http::header::HOST, up.authority.as_str())?;
+    // The client's own user agent may identify the end user's browser: keygate's instead.
+    req.insert_header(
+        http::header::USER_AGENT,
+        HeaderValue::from_static(USER_AGENT),
+    )?;
     // A clone shares the value built at load: the key is not copied per request.
     req.insert_header(credential_name(up.kind), credential.header.clone())?;
     Ok(())
@@ -134,10 +313,15 @@ pub fn strip_key_param(query: &str) -> String {
         .join("&")
 }
 
-/// Remove response headers clients must not see.
-pub fn clean_response(headers: &mut http::HeaderMap) {
-    for name in STRIPPED_RESPONSE_HEADERS {
-        headers.remove(*name);
+/// Keep only the response headers clients may see ([`returns`]).
+pub fn clean_response(headers: &mut http::HeaderMap, extra: &HeaderAllow) {
+    let dropped: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| !returns(extra, n.as_str()))
+        .cloned()
+        .collect();
+    for name in dropped {
+        headers.remove(name);
     }
 }
 
@@ -172,6 +356,115 @@ mod tests {
         for bad in ["sk test", "sk-\u{7f}", "sk-\n"] {
             assert!(credential_value(UpstreamKind::OpenAi, &SecretString::from(bad)).is_none());
         }
+    }
+
+    #[test]
+    fn request_headers_pass_by_allow_list() {
+        let none = HeaderAllow::default();
+        for n in ["content-type", "accept"] {
+            assert!(forwards(UpstreamKind::OpenAi, &none, n), "{n}");
+        }
+        assert!(forwards(
+            UpstreamKind::Anthropic,
+            &none,
+            "anthropic-version"
+        ));
+        assert!(!forwards(UpstreamKind::OpenAi, &none, "anthropic-version"));
+        for n in [
+            "x-http-method-override",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-forwarded-prefix",
+            "user-agent",
+            "x-stainless-os",
+            "cookie",
+            "x-mock-mode",
+        ] {
+            assert!(!forwards(UpstreamKind::OpenAi, &none, n), "{n}");
+        }
+        let extra =
+            HeaderAllow::parse(&["x-mock-*".into(), "x-trace".into()], Direction::Request).unwrap();
+        assert!(forwards(UpstreamKind::OpenAi, &extra, "x-mock-mode"));
+        assert!(forwards(UpstreamKind::OpenAi, &extra, "x-trace"));
+        // The never-list wins over a configured prefix.
+        let wide = HeaderAllow::parse(&["x-*".into()], Direction::Request).unwrap();
+        assert!(!forwards(
+            UpstreamKind::OpenAi,
+            &wide,
+            "x-http-method-override"
+        ));
+        assert!(!forwards(UpstreamKind::OpenAi, &wide, "x-forwarded-for"));
+    }
+
+    #[test]
+    fn configured_names_are_checked() {
+        let errs = HeaderAllow::parse(
+            &["Cookie".into(), "cookie".into(), "x-ok".into(), "*".into()],
+            Direction::Request,
+        )
+        .unwrap_err();
+        assert_eq!(errs.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1, 3]);
+        assert!(HeaderAllow::parse(&["location".into()], Direction::Response).is_err());
+        assert!(HeaderAllow::parse(&["x-custom".into()], Direction::Response).is_ok());
+    }
+
+    #[test]
+    fn response_headers_pass_by_allow_list() {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in [
+            ("content-type", "application/json"),
+            ("x-ratelimit-remaining-requests", "9"),
+            ("anthropic-ratelimit-tokens-reset", "x"),
+            ("request-id", "req_1"),
+            ("retry-after", "2"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-origin", "*"),
+            ("refresh", "0; url=https://evil.example/"),
+            ("location", "https://evil.example/"),
+            ("link", "<https://evil.example/x.js>; rel=preload"),
+            ("content-disposition", "attachment"),
+            ("content-security-policy", "default-src *"),
+            ("strict-transport-security", "max-age=0"),
+            ("set-cookie", "a=1"),
+            ("x-custom", "1"),
+        ] {
+            h.append(
+                http::HeaderName::from_static(n),
+                HeaderValue::from_static(v),
+            );
+        }
+        clean_response(&mut h, &HeaderAllow::default());
+        let mut kept: Vec<_> = h.keys().map(|k| k.as_str().to_string()).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "anthropic-ratelimit-tokens-reset",
+                "content-type",
+                "request-id",
+                "retry-after",
+                "x-ratelimit-remaining-requests"
+            ]
+        );
+    }
+
+    #[test]
+    fn betas_must_be_listed() {
+        let mut h = http::HeaderMap::new();
+        h.append("openai-beta", HeaderValue::from_static("assistants=v2"));
+        let allowed = vec!["assistants=v2".to_string()];
+        assert_eq!(unlisted_betas(UpstreamKind::OpenAi, &h, &allowed), None);
+        assert_eq!(
+            unlisted_betas(UpstreamKind::OpenAi, &h, &[]),
+            Some("assistants=v2")
+        );
+        h.append("openai-beta", HeaderValue::from_static("assistants=v2, x"));
+        assert_eq!(
+            unlisted_betas(UpstreamKind::OpenAi, &h, &allowed),
+            Some("x")
+        );
+        // Another kind's header is not this kind's beta (it is not forwarded either).
+        assert_eq!(unlisted_betas(UpstreamKind::Anthropic, &h, &[]), None);
     }
 
     #[test]

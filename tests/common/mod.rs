@@ -360,6 +360,7 @@ upstreams:
   openai:
     kind: openai
     url: "{openai_url}"
+    forward_request_headers: ["x-mock-*"]
 {upstream_extra}
     credentials:
       - {{ id: prod-1, secret: "file:{d}/provider.key" }}
@@ -368,11 +369,13 @@ upstreams:
   anthropic:
     kind: anthropic
     url: "http://{mock}"
+    forward_request_headers: ["x-mock-*"]
     credentials:
       - {{ id: ant-1, secret: "file:{d}/anthropic.key" }}
   gemini:
     kind: gemini
     url: "http://{mock}"
+    forward_request_headers: ["x-mock-*"]
     credentials:
       - {{ id: gem-1, secret: "file:{d}/anthropic.key" }}
 routes:
