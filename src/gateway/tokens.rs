@@ -67,6 +67,19 @@ impl Gateway {
                     .detail(e.to_string())
             })?
         };
+        // An empty list or a zero would read as "no restriction" in the token: a scope
+        // is never wider than omitting it, so these are refused.
+        for (field, empty) in [
+            ("routes", req.routes.as_ref().is_some_and(Vec::is_empty)),
+            ("models", req.models.as_ref().is_some_and(Vec::is_empty)),
+            ("max_requests", req.max_requests == Some(0)),
+        ] {
+            if empty {
+                return Err(GatewayError::bad_request(format!(
+                    "\"{field}\" must not be empty or zero; omit it for no restriction."
+                )));
+            }
+        }
         let site = &rt.sites[client.site];
         let routes = req.routes.unwrap_or_default();
         for r in &routes {

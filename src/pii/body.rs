@@ -1,6 +1,20 @@
-//! The text parts of a request body, per upstream kind. Only text a person wrote is
-//! visited: message contents, system prompts and text parts. Keys, model names, tool
-//! schemas, tool-call arguments, images and every other member are left alone.
+//! The text parts of a request body, per upstream kind: what a person or a tool wrote
+//! and the model reads. Visited (the covered set, from the providers' request schemas):
+//!
+//! - OpenAI Chat: `messages[].content` (string, or `text` / `refusal` parts) and
+//!   `messages[].refusal`; `prediction.content` (string or `text` parts).
+//! - OpenAI Responses: `instructions`; `input` as a string or items: message items'
+//!   `content` (string, or `input_text` / `output_text` / `refusal` parts), and
+//!   `function_call_output` / `custom_tool_call_output` items' `output` (string or parts).
+//! - OpenAI legacy completions: `prompt` (string or strings).
+//! - Anthropic: `system`; `messages[].content` (string or blocks): `text` blocks,
+//!   `tool_result` contents, `document` blocks with a `text` source (`source.data`) or a
+//!   `content` source (`source.content`) and their `context` and `title`, and
+//!   `search_result` blocks' `content` and `title`.
+//! - Gemini: `systemInstruction` / `system_instruction` and `contents[]`: `parts[].text`.
+//!
+//! Left alone: keys, model names, tool schemas, tool-call arguments (JSON the model
+//! wrote), Gemini `functionResponse` objects, images, audio, files, and every other member.
 
 use crate::config::UpstreamKind;
 use serde_json::{Map, Value};
@@ -16,6 +30,12 @@ pub fn for_each_text(
             // Chat completions.
             for m in array(obj.get_mut("messages")) {
                 content(m.get_mut("content"), f);
+                if let Some(Value::String(s)) = m.get_mut("refusal") {
+                    f(s);
+                }
+            }
+            if let Some(p) = obj.get_mut("prediction") {
+                content(p.get_mut("content"), f);
             }
             // Responses API (`input`, `instructions`) and legacy completions (`prompt`).
             for key in ["input", "prompt"] {
@@ -23,11 +43,7 @@ pub fn for_each_text(
                     Some(Value::String(s)) => f(s),
                     Some(Value::Array(items)) => {
                         for it in items {
-                            match it {
-                                Value::String(s) => f(s),
-                                Value::Object(_) => content(it.get_mut("content"), f),
-                                _ => {}
-                            }
+                            input_item(it, f);
                         }
                     }
                     _ => {}
@@ -56,6 +72,22 @@ pub fn for_each_text(
     }
 }
 
+/// One item of a Responses `input` (or a legacy `prompt` string).
+fn input_item(it: &mut Value, f: &mut dyn FnMut(&mut String)) {
+    match it {
+        Value::String(s) => f(s),
+        Value::Object(m) => {
+            let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
+            if matches!(ty, "function_call_output" | "custom_tool_call_output") {
+                content(m.get_mut("output"), f);
+            } else {
+                content(m.get_mut("content"), f);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn array(v: Option<&mut Value>) -> std::slice::IterMut<'_, Value> {
     match v {
         Some(Value::Array(a)) => a.iter_mut(),
@@ -64,7 +96,8 @@ fn array(v: Option<&mut Value>) -> std::slice::IterMut<'_, Value> {
 }
 
 /// A message content: a string, or parts/blocks of which the text ones are visited
-/// (OpenAI `text`/`input_text`, Anthropic `text`, and `tool_result` contents).
+/// (OpenAI `text`/`input_text`/`output_text`/`refusal`, Anthropic `text`, `tool_result`,
+/// `document` and `search_result`).
 fn content(v: Option<&mut Value>, f: &mut dyn FnMut(&mut String)) {
     match v {
         Some(Value::String(s)) => f(s),
@@ -73,17 +106,35 @@ fn content(v: Option<&mut Value>, f: &mut dyn FnMut(&mut String)) {
                 let Value::Object(m) = p else { continue };
                 let ty = m.get("type").and_then(Value::as_str).unwrap_or("");
                 match ty {
-                    "text" | "input_text" | "output_text" => {
-                        if let Some(Value::String(s)) = m.get_mut("text") {
-                            f(s);
+                    "text" | "input_text" | "output_text" => string(m.get_mut("text"), f),
+                    "refusal" => string(m.get_mut("refusal"), f),
+                    "tool_result" => content(m.get_mut("content"), f),
+                    "search_result" => {
+                        string(m.get_mut("title"), f);
+                        content(m.get_mut("content"), f);
+                    }
+                    "document" => {
+                        string(m.get_mut("title"), f);
+                        string(m.get_mut("context"), f);
+                        if let Some(Value::Object(src)) = m.get_mut("source") {
+                            match src.get("type").and_then(Value::as_str) {
+                                Some("text") => string(src.get_mut("data"), f),
+                                Some("content") => content(src.get_mut("content"), f),
+                                _ => {}
+                            }
                         }
                     }
-                    "tool_result" => content(m.get_mut("content"), f),
                     _ => {}
                 }
             }
         }
         _ => {}
+    }
+}
+
+fn string(v: Option<&mut Value>, f: &mut dyn FnMut(&mut String)) {
+    if let Some(Value::String(s)) = v {
+        f(s);
     }
 }
 
@@ -118,6 +169,40 @@ mod tests {
         assert_eq!(texts(UpstreamKind::OpenAi, v), ["sys", "part"]);
         let v = json!({"input": [{"role": "user", "content": [{"type": "input_text", "text": "r"}]}], "instructions": "i"});
         assert_eq!(texts(UpstreamKind::OpenAi, v), ["r", "i"]);
+    }
+
+    #[test]
+    fn openai_tool_outputs_predictions_and_refusals() {
+        let v = json!({"input": [
+            {"type": "function_call", "call_id": "c", "arguments": "{\"a\":1}"},
+            {"type": "function_call_output", "call_id": "c", "output": "out"},
+            {"type": "function_call_output", "call_id": "d", "output": [{"type": "input_text", "text": "part"}]},
+            {"type": "custom_tool_call_output", "call_id": "e", "output": "custom"},
+            {"type": "message", "role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}
+        ]});
+        assert_eq!(
+            texts(UpstreamKind::OpenAi, v),
+            ["out", "part", "custom", "no"]
+        );
+        let v = json!({"messages": [{"role": "assistant", "content": null, "refusal": "r"}],
+            "prediction": {"type": "content", "content": [{"type": "text", "text": "p"}]}});
+        assert_eq!(texts(UpstreamKind::OpenAi, v), ["r", "p"]);
+        let v = json!({"prediction": {"type": "content", "content": "ps"}});
+        assert_eq!(texts(UpstreamKind::OpenAi, v), ["ps"]);
+    }
+
+    #[test]
+    fn anthropic_documents_and_search_results() {
+        let v = json!({"messages": [{"role": "user", "content": [
+            {"type": "document", "title": "t", "context": "ctx", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}},
+            {"type": "document", "source": {"type": "content", "content": [{"type": "text", "text": "inner"}]}},
+            {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBER"}},
+            {"type": "search_result", "source": "https://x", "title": "st", "content": [{"type": "text", "text": "found"}]}
+        ]}]});
+        assert_eq!(
+            texts(UpstreamKind::Anthropic, v),
+            ["t", "ctx", "doc", "inner", "st", "found"]
+        );
     }
 
     #[test]

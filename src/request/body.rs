@@ -135,7 +135,12 @@ fn check_inner(
 ) -> Result<BodyOutcome, GatewayError> {
     let kind = route.upstream.kind;
     let mut out = BodyOutcome::default();
-    let path_only = upstream_path.split('?').next().unwrap_or(upstream_path);
+    // The endpoint the provider serves: a trailing slash does not make another one.
+    let path_only = upstream_path
+        .split('?')
+        .next()
+        .unwrap_or(upstream_path)
+        .trim_end_matches('/');
     if kind == UpstreamKind::Gemini {
         out.model = gemini_model(path_only).map(str::to_string);
         out.stream = path_only.ends_with(":streamGenerateContent");
@@ -191,7 +196,9 @@ fn check_inner(
     let stream_usage = out.stream && kind == UpstreamKind::OpenAi;
     let untouched = !force_tree
         && pii.is_none()
-        && cap.is_none_or(|c| kind != UpstreamKind::Gemini && top.caps_within(cap_fields(kind), c))
+        && cap.is_none_or(|c| {
+            kind != UpstreamKind::Gemini && !top.choices && top.caps_within(cap_fields(kind), c)
+        })
         && (!stream_usage || top.stream_usage);
     if untouched {
         return Ok(out);
@@ -204,7 +211,15 @@ fn check_inner(
     };
     let mut changed = false;
     if let Some(cap) = cap {
-        changed |= cap_output_tokens(kind, path_only, &mut obj, cap)?;
+        // Each choice may use the output limit: the route's cap holds for all of them.
+        let n = choices(kind, &obj)?;
+        let per_choice = cap / n;
+        if per_choice == 0 {
+            return Err(GatewayError::bad_request(format!(
+                "{n} choices would exceed this route's output cap of {cap} tokens."
+            )));
+        }
+        changed |= cap_output_tokens(kind, path_only, &mut obj, per_choice)?;
     }
     if stream_usage {
         changed |= request_stream_usage(&mut obj)?;
@@ -252,6 +267,32 @@ fn request_stream_usage(obj: &mut Map<String, Value>) -> Result<bool, GatewayErr
     }
     opts.insert("include_usage".into(), Value::Bool(true));
     Ok(true)
+}
+
+/// How many outputs one request asks for: OpenAI `n` and `best_of` (legacy completions
+/// generate `best_of` and bill them all), Gemini `generationConfig.candidateCount`.
+fn choices(kind: UpstreamKind, obj: &Map<String, Value>) -> Result<u64, GatewayError> {
+    let (holder, fields): (Option<&Map<String, Value>>, &[&str]) = match kind {
+        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => (Some(obj), &["n", "best_of"]),
+        UpstreamKind::Gemini => (
+            obj.get("generationConfig").and_then(Value::as_object),
+            &["candidateCount"],
+        ),
+        UpstreamKind::Anthropic => (None, &[]),
+    };
+    let mut n = 1;
+    for field in fields {
+        match holder.and_then(|h| h.get(*field)) {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let k = v.as_u64().filter(|k| *k >= 1).ok_or_else(|| {
+                    GatewayError::bad_request(format!("\"{field}\" must be a positive integer."))
+                })?;
+                n = n.max(k);
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// Endpoints that generate output and so take an output-token limit.

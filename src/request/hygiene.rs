@@ -3,8 +3,9 @@
 /// Longest path (bytes) keygate routes.
 pub const MAX_PATH_LEN: usize = 4096;
 
-/// Refuse paths with dot-segments, empty segments, backslashes, control bytes,
-/// encoded `.` `/` `\` NUL or non-ASCII bytes, or broken percent-encoding. keygate
+/// Refuse paths with dot-segments, empty segments, backslashes, `;` path parameters,
+/// control bytes, encoded `.` `/` `\` `;` NUL, non-ASCII or unreserved bytes, or broken
+/// percent-encoding. keygate
 /// routes on the exact bytes that were signed, so anything that another component
 /// could normalise differently is refused instead of guessed at.
 pub fn check_path(path: &str) -> Result<(), &'static str> {
@@ -25,13 +26,22 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
                     return Err("broken percent-encoding");
                 };
                 let byte = (hi * 16 + lo) as u8;
-                if matches!(byte, b'.' | b'/' | b'\\') || !(0x20..0x7f).contains(&byte) {
-                    return Err("encoded dot, slash, backslash, control or non-ASCII byte in path");
+                if matches!(byte, b'.' | b'/' | b'\\' | b';') || !(0x20..0x7f).contains(&byte) {
+                    return Err(
+                        "encoded dot, slash, backslash, semicolon, control or non-ASCII byte in path",
+                    );
+                }
+                // A provider decodes these (RFC 3986 §6.2.2.2): keygate would judge
+                // `complet%69ons` as another endpoint than the one served.
+                if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'~') {
+                    return Err("percent-encoded unreserved character in path");
                 }
                 i += 3;
                 continue;
             }
             b'\\' => return Err("backslash in path"),
+            // `..;/` is a dot-segment to servers that strip path parameters.
+            b';' => return Err("semicolon (path parameter) in path"),
             c if !(0x21..0x7f).contains(&c) => {
                 return Err("control, space or non-ASCII byte in path")
             }
@@ -103,6 +113,11 @@ mod tests {
             "/a\\b",
             "/a%zz",
             "/a%2",
+            "/openai/..;/v1/models",
+            "/openai/v1/models;x=1",
+            "/openai/v1/chat/complet%69ons",
+            "/openai/v1/chat%2Dx",
+            "/openai/v1%3b/models",
             "/..",
             "relative",
             "/a b",

@@ -165,10 +165,14 @@ impl AuditLog {
             tokens_in: ctx.usage.map(|u| u.input),
             tokens_out: ctx.usage.map(|u| u.output),
             tokens_estimated: ctx.usage.map(|u| u.estimated),
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
+            // The address resolved through `server.trusted_proxies` (set while the
+            // request was admitted), else the socket peer.
+            client_ip: ctx.client_ip.or_else(|| {
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip())
+            }),
             auth: client.map(|c| c.mode.as_str()),
             credential: ctx.credential_id.as_deref(),
             pii: ctx.pii_counts.as_ref(),

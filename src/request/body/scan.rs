@@ -37,6 +37,8 @@ pub struct Top<'de> {
     pub caps: [Int; 3],
     /// `"stream_options": {"include_usage": true}`.
     pub stream_usage: bool,
+    /// `n` or `best_of` is present (several choices share the output cap).
+    pub choices: bool,
     /// This object's own `"include_usage": true`.
     include_usage: bool,
 }
@@ -129,6 +131,7 @@ impl<'de> Visitor<'de> for ScanV {
                 ("model", Seen::Str(s)) => top.model = Model::Str(s),
                 ("model", _) => top.model = Model::Other,
                 ("stream", v) => top.stream = matches!(v, Seen::True),
+                ("n" | "best_of", _) => top.choices = true,
                 ("include_usage", v) => top.include_usage = matches!(v, Seen::True),
                 ("stream_options", v) => {
                     top.stream_usage = matches!(v, Seen::Object(o) if o.include_usage)

@@ -184,6 +184,52 @@ fn max_tokens_is_clamped_or_inserted() {
 }
 
 #[test]
+fn several_choices_share_the_output_cap() {
+    let rt = rt("openai", "", "    max_tokens: 100\n");
+    let route = &rt.routes[0];
+    let forwarded = |path: &str, body: &[u8]| -> Value {
+        let out = check(route, "POST", path, CT, body).unwrap();
+        serde_json::from_slice(&out.rewritten.unwrap()).unwrap()
+    };
+    // Under the cap for one choice, over it for four: each gets a quarter.
+    let v = forwarded(
+        "/v1/chat/completions",
+        br#"{"model":"m","n":4,"max_tokens":50}"#,
+    );
+    assert_eq!(v["max_tokens"], 25);
+    let v = forwarded("/v1/chat/completions", br#"{"model":"m","n":3}"#);
+    assert_eq!(v["max_completion_tokens"], 33);
+    let v = forwarded("/v1/completions", br#"{"model":"m","best_of":5,"n":2}"#);
+    assert_eq!(v["max_tokens"], 20);
+    // A trailing slash is the same endpoint.
+    let v = forwarded("/v1/chat/completions/", br#"{"model":"m","n":2}"#);
+    assert_eq!(v["max_completion_tokens"], 50);
+    for bad in [
+        &br#"{"model":"m","n":101}"#[..],
+        br#"{"model":"m","n":0}"#,
+        br#"{"model":"m","n":"2"}"#,
+    ] {
+        let e = check(route, "POST", "/v1/chat/completions", CT, bad).unwrap_err();
+        assert_eq!(e.code.status(), 400);
+    }
+    let rt = rt_gemini_capped();
+    let out = check(
+        &rt.routes[0],
+        "POST",
+        "/v1beta/models/g:generateContent",
+        CT,
+        br#"{"contents":[],"generationConfig":{"candidateCount":4}}"#,
+    )
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out.rewritten.unwrap()).unwrap();
+    assert_eq!(v["generationConfig"]["maxOutputTokens"], 25);
+}
+
+fn rt_gemini_capped() -> Runtime {
+    rt("gemini", "", "    max_tokens: 100\n")
+}
+
+#[test]
 fn gemini_model_comes_from_path_and_cap_goes_in_generation_config() {
     let rt = rt(
         "gemini",
