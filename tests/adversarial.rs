@@ -298,8 +298,10 @@ async fn key_split_across_events_is_caught_in_every_text_field() {
     // The `openai` upstream's key; `anthropic` and `gemini` share the other one.
     let openai = gw.secrets.provider.as_str();
     let other = gw.secrets.anthropic.as_str();
-    let cases: [(&str, &str, &str, &str); 8] = [
+    let cases: [(&str, &str, &str, &str); 10] = [
         ("tool_arguments", CHAT, STREAM, openai),
+        ("choice_switch", CHAT, STREAM, openai),
+        ("bom", CHAT, STREAM, openai),
         ("tool_arguments_escaped", CHAT, STREAM, openai),
         ("refusal", CHAT, STREAM, openai),
         ("reasoning_content", CHAT, STREAM, openai),
@@ -324,6 +326,23 @@ async fn key_split_across_events_is_caught_in_every_text_field() {
         assert_ends_with_error_event(&r.body, field);
     }
     assert_eq!(gw.mock.count(), cases.len() as u64);
+}
+
+/// A body keygate's strict parser refuses (a lone surrogate) cannot carry a key past the
+/// scan: a lenient client parser would read the escaped key after it.
+#[tokio::test]
+async fn a_body_only_a_lenient_parser_reads_is_refused() {
+    let gw = Gateway::start();
+    let r = gw
+        .post_signed(CHAT, BODY, &[("x-mock-mode", "surrogate_key")])
+        .await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "upstream_error"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains(&gw.secrets.provider[6..]), "{}", r.body);
 }
 
 // Finding 4: provider response headers pass by an allow-list.

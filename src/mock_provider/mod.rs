@@ -18,14 +18,17 @@
 //! `escaped_key` (a 200 chat completion whose text is "I received the key " and the
 //! credential with its 5th character written as a JSON `\u00XX` escape: the raw bytes
 //! never hold the key, a JSON parser yields it), `escaped_key_error` (the same in a 401
-//! `{"error":{"message":"Incorrect API key provided: …"}}`), `split_key` (a 200 SSE
+//! `{"error":{"message":"Incorrect API key provided: …"}}`), `surrogate_key` (a lone
+//! `\ud800` escape before the escaped key), `split_key` (a 200 SSE
 //! stream with the credential cut in two halves over two events, each event its own
 //! write, `x-mock-event-delay-ms` apart, default 5, in the field named by `x-mock-field`:
 //! `tool_arguments` (`choices[0].delta.tool_calls[0].function.arguments`),
 //! `tool_arguments_escaped` (the same, but the arguments are JSON text with one key
 //! character written `\u00XX`, so the raw bytes hold `\\u00XX`), `refusal`
 //! (`choices[0].delta.refusal`), `reasoning_content`, `choice1` (the `content` of the
-//! choice with `index` 1, while choice 0 sends other text in between), `content`
+//! choice with `index` 1, while choice 0 sends other text in between), `choice_switch`
+//! (the first half under choice 0, the second under choice 1), `bom` (a byte-order mark,
+//! then the key whole in one event with one character escaped), `content`
 //! (choice 0's `content`, the default), `anthropic_input_json` (`input_json_delta` of
 //! content block 1), `anthropic_thinking` (`thinking_delta`), `gemini_code`
 //! (`candidates[0].content.parts[0].executableCode.code`); OpenAI shapes end with
@@ -612,6 +615,15 @@ fn key_egress_answer(
             );
             Some(full(StatusCode::OK, "application/json", body))
         }
+        // A lone surrogate (which a lenient parser lets through) before the escaped key.
+        "surrogate_key" => {
+            let body = format!(
+                r#"{{"id":"chatcmpl-mock123","object":"chat.completion","model":{model},"choices":[{{"index":0,"message":{{"role":"assistant","content":"\ud800"}},"finish_reason":"stop"}}],"x":"{key}"}}"#,
+                model = json_str(model),
+                key = json_inner_escaping(&key, 4),
+            );
+            Some(full(StatusCode::OK, "application/json", body))
+        }
         "escaped_key_error" => {
             let body = format!(
                 r#"{{"error":{{"message":"Incorrect API key provided: {key}","type":"invalid_request_error"}}}}"#,
@@ -735,6 +747,29 @@ fn split_key_events(field: &str, model: &str, key: &str) -> Vec<String> {
             delta(json!({"content": "Done."})),
             finish("stop"),
             usage(),
+            done(),
+        ],
+        // The halves under different choice indexes: a client that reads `choices[0]` of
+        // each chunk joins them.
+        "choice_switch" => vec![
+            data(chunk(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": format!("key {a}")}, "finish_reason": null}]),
+            )),
+            data(chunk(
+                json!([{"index": 1, "delta": {"content": b}, "finish_reason": null}]),
+            )),
+            finish("stop"),
+            usage(),
+            done(),
+        ],
+        // A byte-order mark first (EventSource strips it), then the key in one event
+        // with one character escaped.
+        "bom" => vec![
+            format!(
+                "\u{feff}data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+                json_inner_escaping(key, 4)
+            ),
+            finish("stop"),
             done(),
         ],
         "choice1" => vec![

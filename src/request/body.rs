@@ -133,7 +133,6 @@ fn check_inner(
     body: &[u8],
     force_tree: bool,
 ) -> Result<BodyOutcome, GatewayError> {
-    let kind = route.upstream.kind;
     let mut out = BodyOutcome::default();
     // The endpoint the provider serves: a trailing slash does not make another one.
     let path_only = upstream_path
@@ -141,6 +140,14 @@ fn check_inner(
         .next()
         .unwrap_or(upstream_path)
         .trim_end_matches('/');
+    // Bodies are read in the format of the endpoint, which is not always the upstream's
+    // own (Gemini and Anthropic also serve OpenAI's chat completions).
+    let kind = body_format(route.upstream.kind, path_only);
+    if is_batch(path_only) && (route.max_tokens.is_some() || pii.is_some()) {
+        return Err(GatewayError::bad_request(
+            "Batch endpoints are not available on routes with max_tokens or pii: their requests cannot be checked here.",
+        ));
+    }
     if kind == UpstreamKind::Gemini {
         out.model = gemini_model(path_only).map(str::to_string);
         out.stream = path_only.ends_with(":streamGenerateContent");
@@ -293,6 +300,33 @@ fn choices(kind: UpstreamKind, obj: &Map<String, Value>) -> Result<u64, GatewayE
         }
     }
     Ok(n)
+}
+
+/// The format of a body sent to `path` of an upstream of `kind`: OpenAI's for its
+/// endpoints on any provider (as `openai-compatible`: keygate adds no OpenAI-only
+/// member), else the upstream's own.
+pub fn body_format(kind: UpstreamKind, path: &str) -> UpstreamKind {
+    let openai = [
+        "/chat/completions",
+        "/completions",
+        "/responses",
+        "/embeddings",
+    ]
+    .iter()
+    .any(|e| path.ends_with(e));
+    match kind {
+        UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => kind,
+        _ if openai => UpstreamKind::OpenAiCompatible,
+        _ => kind,
+    }
+}
+
+/// Endpoints that carry many requests in one body (not checked request by request).
+fn is_batch(path: &str) -> bool {
+    path.ends_with("/messages/batches")
+        || path.ends_with(":batchGenerateContent")
+        || path.ends_with(":batchEmbedContents")
+        || path.ends_with(":asyncBatchEmbedContent")
 }
 
 /// Endpoints that generate output and so take an output-token limit.

@@ -4,7 +4,7 @@
 pub const MAX_PATH_LEN: usize = 4096;
 
 /// Refuse paths with dot-segments, empty segments, backslashes, `;` path parameters,
-/// control bytes, encoded `.` `/` `\` `;` NUL, non-ASCII or unreserved bytes, or broken
+/// control bytes, encoded `.` `/` `\` `;` `:` NUL, non-ASCII or unreserved bytes, or broken
 /// percent-encoding. keygate
 /// routes on the exact bytes that were signed, so anything that another component
 /// could normalise differently is refused instead of guessed at.
@@ -26,9 +26,11 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
                     return Err("broken percent-encoding");
                 };
                 let byte = (hi * 16 + lo) as u8;
-                if matches!(byte, b'.' | b'/' | b'\\' | b';') || !(0x20..0x7f).contains(&byte) {
+                if matches!(byte, b'.' | b'/' | b'\\' | b';' | b':')
+                    || !(0x20..0x7f).contains(&byte)
+                {
                     return Err(
-                        "encoded dot, slash, backslash, semicolon, control or non-ASCII byte in path",
+                        "encoded dot, slash, backslash, semicolon, colon, control or non-ASCII byte in path",
                     );
                 }
                 // A provider decodes these (RFC 3986 §6.2.2.2): keygate would judge
@@ -118,6 +120,7 @@ mod tests {
             "/openai/v1/chat/complet%69ons",
             "/openai/v1/chat%2Dx",
             "/openai/v1%3b/models",
+            "/gemini/v1beta/models/gemini-pro%3AgenerateContent",
             "/..",
             "relative",
             "/a b",

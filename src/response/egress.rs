@@ -3,15 +3,24 @@
 //!
 //! - the raw bytes (headers, bodies, events);
 //! - every JSON string decoded (`"sk-ac\u0063-…"` is the key `sk-acc-…` to a parser),
-//!   values concatenated in document order, so text split over blocks or parts is one text;
+//!   object keys included;
+//! - each text field joined the way a client joins it: in a body, across the items of
+//!   arrays (`content[].text`); in a stream, across events, once per choice / tool call /
+//!   content block / output item (any integer `index` or `*_index` member tells them
+//!   apart) and once across all of them (a client that reads `choices[0]` of each chunk
+//!   whatever its index);
 //! - that text with JSON escapes undone once more, because tool arguments and
-//!   `partial_json` are JSON text the client parses a second time;
-//! - in streams, each text-bearing field concatenated across events the way a client
-//!   concatenates deltas: one channel per field path, per choice / tool call / content
-//!   block / output item (any integer `index` or `*_index` member names the channel).
+//!   `partial_json` are JSON text the client parses a second time.
 //!
-//! Memory is bounded: a stream keeps at most [`MAX_CHANNELS`] channels, each the last
-//! few bytes of its text (the longest secret, or [`TEXT_WINDOW`] with block patterns).
+//! A body keygate cannot parse strictly (lone surrogates, bytes that are not UTF-8,
+//! nesting past serde_json's limit) is refused: a lenient client parser could read a
+//! secret from it that keygate never saw.
+//!
+//! Memory is bounded: a field is named by a 64-bit hash of its path (so a long key costs
+//! nothing to keep), at most [`MAX_CHANNELS`] fields per answer (more: refused), each
+//! keeping the last few bytes of its text (the longest secret, or [`TEXT_WINDOW`] with
+//! block patterns). Identifier fields (`id`, `type`, `model`, …) are checked one string
+//! at a time and open no channel.
 
 use crate::response::validate::{Rejection, SecretScanner, Tail};
 use regex::bytes::RegexSet;
@@ -71,9 +80,8 @@ impl Rules<'_> {
 }
 
 /// Check a complete JSON body: raw bytes, then every string decoded, each text field
-/// joined across the array items a client joins (`content[].text`,
-/// `candidates[].content.parts[].text`), and unescaped once more; object keys on their
-/// own. A body that is not JSON is judged on its raw bytes only (its validator refuses it).
+/// joined across the array items a client joins, and unescaped once more; object keys
+/// on their own. A body that is not strict JSON is refused ([`Rejection::InvalidJson`]).
 pub fn check_json(rules: &Rules, body: &[u8]) -> Result<(), Rejection> {
     if let Some(r) = rules.hit(body) {
         return Err(r);
@@ -81,31 +89,80 @@ pub fn check_json(rules: &Rules, body: &[u8]) -> Result<(), Rejection> {
     let mut walk = BodyWalk {
         rules,
         channels: Channels::default(),
-        path: String::new(),
+        path: ROOT,
+        key: None,
         hit: None,
     };
     let mut de = serde_json::Deserializer::from_slice(body);
-    // A parse error is the validator's to report; a hit stops the walk early.
-    let _ = de.deserialize_any(&mut walk);
-    walk.hit.map_or(Ok(()), Err)
+    match de.deserialize_any(&mut walk).and_then(|()| de.end()) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(walk.hit.unwrap_or(Rejection::InvalidJson)),
+    }
 }
 
-/// The walk over a body: the path (array items collapsed to `[]`) names the channel.
+/// The hash of the empty path.
+const ROOT: u64 = 0x243f_6a88_85a3_08d3;
+
+/// The path `parent` extended by one component (a key's hash, or a marker).
+fn extend_path(parent: u64, component: u64) -> u64 {
+    (parent.rotate_left(5) ^ component).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+/// A member name's hash, keyed per process (a provider cannot pick a name whose path
+/// collides with another field's and so break up its text).
+fn hash_str(s: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+        std::sync::LazyLock::new(Default::default);
+    KEYS.hash_one(s)
+}
+
+/// Array items share their field's path.
+const ITEMS: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Members whose value is an identifier or a label, never text a client joins: each
+/// value is checked alone and opens no channel.
+fn is_identifier(key: &str) -> bool {
+    matches!(
+        key,
+        "id" | "type"
+            | "object"
+            | "model"
+            | "role"
+            | "name"
+            | "status"
+            | "finish_reason"
+            | "stop_reason"
+            | "system_fingerprint"
+            | "call_id"
+            | "item_id"
+            | "tool_call_id"
+            | "tool_use_id"
+            | "response_id"
+            | "event_id"
+            | "obfuscation"
+            | "service_tier"
+    )
+}
+
+/// The walk over a body: the path (array items collapsed) names the channel.
 struct BodyWalk<'r, 'a> {
     rules: &'r Rules<'a>,
     channels: Channels,
-    path: String,
+    path: u64,
+    /// The member whose value is being read (for [`is_identifier`]).
+    key: Option<bool>,
     hit: Option<Rejection>,
 }
 
 impl BodyWalk<'_, '_> {
-    fn stop<E: serde::de::Error>(&mut self, r: Option<Rejection>) -> Result<(), E> {
+    fn stop<E: serde::de::Error>(&mut self, r: Result<(), Rejection>) -> Result<(), E> {
         match r {
-            Some(r) => {
+            Err(r) => {
                 self.hit = Some(r);
                 Err(E::custom("refused"))
             }
-            None => Ok(()),
+            Ok(()) => Ok(()),
         }
     }
 }
@@ -131,29 +188,30 @@ impl<'de> Visitor<'de> for &mut BodyWalk<'_, '_> {
         Ok(())
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
-        let r = self
-            .channels
-            .extend(self.rules, &self.path, v, Overflow::Merge)
-            .err();
+        let r = if self.key == Some(true) {
+            self.rules.text(v).map_or(Ok(()), Err)
+        } else {
+            self.channels.extend(self.rules, self.path, v)
+        };
         self.stop(r)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
-        let at = self.path.len();
-        self.path.push_str("[]");
+        let at = self.path;
+        self.path = extend_path(at, ITEMS);
         while a.next_element_seed(&mut *self)?.is_some() {}
-        self.path.truncate(at);
+        self.path = at;
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
-        let at = self.path.len();
+        let (at, key) = (self.path, self.key);
         while let Some(k) = a.next_key::<crate::json::Key<'de>>()? {
-            let r = self.rules.text(k.as_str());
+            let r = self.rules.text(k.as_str()).map_or(Ok(()), Err);
             self.stop(r)?;
-            self.path.push('.');
-            self.path.push_str(k.as_str());
+            self.path = extend_path(at, hash_str(k.as_str()));
+            self.key = Some(is_identifier(k.as_str()));
             a.next_value_seed(&mut *self)?;
-            self.path.truncate(at);
         }
+        (self.path, self.key) = (at, key);
         Ok(())
     }
 }
@@ -248,49 +306,24 @@ struct Channel {
     once: Option<Tail>,
 }
 
-/// What to do with a field past [`MAX_CHANNELS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Overflow {
-    /// Refuse (a stream with that many text fields is not a model's answer).
-    Refuse,
-    /// Join it to one shared channel (a whole body is also checked as raw bytes).
-    Merge,
-}
-
-/// Text fields by path, each the tail of its text so far.
+/// Text fields by path hash, each the tail of its text so far.
 #[derive(Debug, Default)]
 struct Channels {
-    map: HashMap<String, Channel>,
+    map: HashMap<u64, Channel>,
     scratch: String,
 }
 
 impl Channels {
     /// Extend the channel `path` by `s` and check it (and it unescaped once more).
-    fn extend(
-        &mut self,
-        rules: &Rules,
-        path: &str,
-        s: &str,
-        overflow: Overflow,
-    ) -> Result<(), Rejection> {
+    /// Past [`MAX_CHANNELS`] fields the answer is refused ([`Rejection::TooLarge`]).
+    fn extend(&mut self, rules: &Rules, path: u64, s: &str) -> Result<(), Rejection> {
         if s.is_empty() {
             return Ok(());
         }
-        let mut path = path;
-        if !self.map.contains_key(path) {
-            if self.map.len() >= MAX_CHANNELS {
-                if overflow == Overflow::Refuse {
-                    return Err(Rejection::InvalidEvent);
-                }
-                path = "*";
-            }
-            if !self.map.contains_key(path) {
-                self.map.insert(path.to_string(), Channel::default());
-            }
+        if !self.map.contains_key(&path) && self.map.len() >= MAX_CHANNELS {
+            return Err(Rejection::TooLarge);
         }
-        let Some(ch) = self.map.get_mut(path) else {
-            return Ok(());
-        };
+        let ch = self.map.entry(path).or_default();
         let keep = rules.keep();
         let mut hit = None;
         if ch.once.is_none() && s.contains('\\') {
@@ -316,13 +349,11 @@ impl Channels {
 #[derive(Debug, Default)]
 pub struct StreamText {
     channels: Channels,
-    /// The path being walked (reused between events).
-    path: String,
 }
 
 impl StreamText {
     /// Check one event: its raw bytes, then (when it is JSON) every string in it, each
-    /// extending its channel's text. `Err` at the first rule broken.
+    /// extending its channels' text. `Err` at the first rule broken.
     pub fn check(
         &mut self,
         rules: &Rules,
@@ -333,48 +364,52 @@ impl StreamText {
             return Err(r);
         }
         match parsed {
-            Some(v) => {
-                self.path.clear();
-                self.walk(rules, v)
-            }
+            Some(v) => self.walk(rules, v, ROOT, ROOT, false),
             None => Ok(()),
         }
     }
 
-    fn walk(&mut self, rules: &Rules, v: &Value) -> Result<(), Rejection> {
+    /// `indexed` tells choices, tool calls, blocks and items apart by their index;
+    /// `joined` does not (both are kept: clients read streams either way).
+    fn walk(
+        &mut self,
+        rules: &Rules,
+        v: &Value,
+        indexed: u64,
+        joined: u64,
+        identifier: bool,
+    ) -> Result<(), Rejection> {
         match v {
-            Value::String(s) => self.channels.extend(rules, &self.path, s, Overflow::Refuse),
-            Value::Array(items) => {
-                let at = self.path.len();
-                self.path.push_str("[]");
-                for x in items {
-                    self.walk(rules, x)?;
+            Value::String(s) if identifier => rules.text(s).map_or(Ok(()), Err),
+            Value::String(s) => {
+                self.channels.extend(rules, indexed, s)?;
+                if joined != indexed {
+                    self.channels.extend(rules, joined, s)?;
                 }
-                self.path.truncate(at);
                 Ok(())
             }
+            Value::Array(items) => {
+                let (i, j) = (extend_path(indexed, ITEMS), extend_path(joined, ITEMS));
+                items
+                    .iter()
+                    .try_for_each(|x| self.walk(rules, x, i, j, false))
+            }
             Value::Object(m) => {
-                let at = self.path.len();
                 // Members that say which choice, tool call, block or item this is.
+                let mut here = indexed;
                 for (k, x) in m {
                     if let (true, Some(n)) = (k == "index" || k.ends_with("_index"), x.as_u64()) {
-                        self.path.push('#');
-                        self.path.push_str(k);
-                        self.path.push('=');
-                        self.path.push_str(itoa(n, &mut [0; 20]));
+                        here = extend_path(extend_path(here, hash_str(k)), n);
                     }
                 }
-                let here = self.path.len();
                 for (k, x) in m {
                     if let Some(r) = rules.text(k) {
                         return Err(r);
                     }
-                    self.path.push('.');
-                    self.path.push_str(k);
-                    self.walk(rules, x)?;
-                    self.path.truncate(here);
+                    let c = hash_str(k);
+                    let (i, j) = (extend_path(here, c), extend_path(joined, c));
+                    self.walk(rules, x, i, j, is_identifier(k))?;
                 }
-                self.path.truncate(at);
                 Ok(())
             }
             _ => Ok(()),
@@ -385,20 +420,6 @@ impl StreamText {
     pub fn channels(&self) -> usize {
         self.channels.map.len()
     }
-}
-
-fn itoa(n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 #[cfg(test)]

@@ -26,7 +26,13 @@ pub enum SseError {
 pub struct SseFramer {
     buf: Vec<u8>,
     max_event: usize,
+    /// Past the stream's first bytes (where a byte-order mark may stand).
+    started: bool,
 }
+
+/// A UTF-8 byte-order mark: stripped at the start of a stream, as EventSource does, so
+/// the first event is read as a client reads it.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Default bound for one event.
 pub const DEFAULT_MAX_EVENT: usize = 1024 * 1024;
@@ -36,6 +42,7 @@ impl SseFramer {
         SseFramer {
             buf: Vec::new(),
             max_event,
+            started: false,
         }
     }
 
@@ -47,8 +54,18 @@ impl SseFramer {
     /// Feed a chunk; return the events it completes.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Event>, SseError> {
         let mut out = Vec::new();
-        let search_from = self.buf.len().saturating_sub(3);
+        let mut search_from = self.buf.len().saturating_sub(3);
         self.buf.extend_from_slice(chunk);
+        if !self.started {
+            if self.buf.len() < BOM.len() && BOM.starts_with(&self.buf) {
+                return Ok(out);
+            }
+            if self.buf.starts_with(BOM) {
+                self.buf.drain(..BOM.len());
+            }
+            self.started = true;
+            search_from = 0;
+        }
         let mut start = 0;
         let mut i = search_from;
         while let Some(end) = find_blank_line(&self.buf, i.max(start)) {
@@ -127,6 +144,23 @@ fn parse_event(bytes: &[u8]) -> Result<Event, SseError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_leading_byte_order_mark_is_stripped_even_when_cut() {
+        for cut in 0..=4 {
+            let stream = b"\xEF\xBB\xBFdata: {\"a\":1}\n\n";
+            let mut f = SseFramer::new(1024);
+            let mut evs = f.push(&stream[..cut]).unwrap();
+            evs.extend(f.push(&stream[cut..]).unwrap());
+            assert_eq!(evs.len(), 1, "cut at {cut}");
+            assert_eq!(evs[0].data, "{\"a\":1}", "cut at {cut}");
+        }
+        // Only at the start: later it is data like any other.
+        let mut f = SseFramer::new(1024);
+        f.push(b"data: x\n\n").unwrap();
+        let evs = f.push(b"\xEF\xBB\xBFdata: y\n\n").unwrap();
+        assert_ne!(evs[0].data, "y");
+    }
 
     #[test]
     fn frames_across_chunks_and_line_endings() {

@@ -105,6 +105,16 @@ pub const NEVER_RETURNED: &[&str] = &[
     "content-encoding",
     "x-frame-options",
     "timing-allow-origin",
+    "report-to",
+    "reporting-endpoints",
+    "nel",
+    "service-worker-allowed",
+    "origin-agent-cluster",
+    "x-xss-protection",
+    "x-dns-prefetch-control",
+    "sourcemap",
+    "x-sourcemap",
+    "x-permitted-cross-domain-policies",
 ];
 
 /// Name prefixes never returned.
@@ -181,7 +191,9 @@ impl HeaderAllow {
                     i,
                     format!("\"{n}\" is not a lower-case header name (or a prefix ending in *)"),
                 ));
-            } else if !prefix && listed(stem, never, never_prefixes) {
+            } else if listed(stem, never, never_prefixes)
+                || (prefix && never_prefixes.iter().any(|p| p.starts_with(stem)))
+            {
                 errs.push((i, format!("\"{n}\" is never passed on (credentials, cookies, framing, or a header that steers a client or server)")));
             } else if prefix {
                 out.prefixes.push(stem.to_string());
@@ -387,13 +399,13 @@ mod tests {
         assert!(forwards(UpstreamKind::OpenAi, &extra, "x-mock-mode"));
         assert!(forwards(UpstreamKind::OpenAi, &extra, "x-trace"));
         // The never-list wins over a configured prefix.
-        let wide = HeaderAllow::parse(&["x-*".into()], Direction::Request).unwrap();
+        let wide = HeaderAllow::parse(&["x-http-*".into()], Direction::Request).unwrap();
         assert!(!forwards(
             UpstreamKind::OpenAi,
             &wide,
             "x-http-method-override"
         ));
-        assert!(!forwards(UpstreamKind::OpenAi, &wide, "x-forwarded-for"));
+        assert!(forwards(UpstreamKind::OpenAi, &wide, "x-http-other"));
     }
 
     #[test]
@@ -405,6 +417,10 @@ mod tests {
         .unwrap_err();
         assert_eq!(errs.iter().map(|e| e.0).collect::<Vec<_>>(), [0, 1, 3]);
         assert!(HeaderAllow::parse(&["location".into()], Direction::Response).is_err());
+        // A prefix that is itself never passed on, or covers a never-passed prefix.
+        assert!(HeaderAllow::parse(&["x-forwarded-*".into()], Direction::Request).is_err());
+        assert!(HeaderAllow::parse(&["access-*".into()], Direction::Response).is_err());
+        assert!(HeaderAllow::parse(&["x-mock-*".into()], Direction::Request).is_ok());
         assert!(HeaderAllow::parse(&["x-custom".into()], Direction::Response).is_ok());
     }
 

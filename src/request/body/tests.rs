@@ -225,6 +225,46 @@ fn several_choices_share_the_output_cap() {
     assert_eq!(v["generationConfig"]["maxOutputTokens"], 25);
 }
 
+#[test]
+fn openai_endpoints_of_other_providers_are_read_as_openai_bodies() {
+    let rt = rt_gemini_capped();
+    let route = &rt.routes[0];
+    let out = check(
+        route,
+        "POST",
+        "/v1beta/openai/chat/completions",
+        CT,
+        br#"{"model":"gemini-2.0-flash","n":2,"max_tokens":65536}"#,
+    )
+    .unwrap();
+    assert_eq!(out.model.as_deref(), Some("gemini-2.0-flash"));
+    let v: Value = serde_json::from_slice(&out.rewritten.unwrap()).unwrap();
+    assert_eq!(v["max_tokens"], 50);
+    assert!(v.get("stream_options").is_none());
+    assert_eq!(
+        body_format(UpstreamKind::Anthropic, "/v1/chat/completions"),
+        UpstreamKind::OpenAiCompatible
+    );
+    assert_eq!(
+        body_format(UpstreamKind::Anthropic, "/v1/messages"),
+        UpstreamKind::Anthropic
+    );
+    assert_eq!(
+        body_format(UpstreamKind::OpenAi, "/v1/chat/completions"),
+        UpstreamKind::OpenAi
+    );
+    // Batches carry requests keygate does not check one by one: refused under a cap.
+    let e = check(
+        route,
+        "POST",
+        "/v1beta/models/g:batchGenerateContent",
+        CT,
+        br#"{"batch":{}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.code.status(), 400);
+}
+
 fn rt_gemini_capped() -> Runtime {
     rt("gemini", "", "    max_tokens: 100\n")
 }

@@ -4,8 +4,17 @@ use serde_json::json;
 
 const KEY: &str = "sk-acc-0123456789abcdefXYZ";
 
-fn scanner() -> SecretScanner {
-    SecretScanner::new(&[KEY.to_string()])
+fn scanner() -> &'static SecretScanner {
+    static S: std::sync::OnceLock<SecretScanner> = std::sync::OnceLock::new();
+    S.get_or_init(|| SecretScanner::new(&[KEY.to_string()]))
+}
+
+/// The rules of these tests: the one key, no block patterns.
+fn rules() -> Rules<'static> {
+    Rules {
+        secrets: scanner(),
+        patterns: None,
+    }
 }
 
 /// `s` with the characters at `mask` positions written as `\u00XX` (as JSON source text).
@@ -24,16 +33,15 @@ fn escaped(s: &str, mask: &[bool]) -> String {
 
 #[test]
 fn escaped_key_in_a_json_body_is_found() {
-    let s = scanner();
-    let rules = Rules {
-        secrets: &s,
-        patterns: None,
-    };
+    let rules = rules();
     let body = format!(
         r#"{{"choices":[{{"message":{{"content":"the key {}"}}}}]}}"#,
         escaped(KEY, &[false, false, false, false, true])
     );
-    assert!(!s.contains(body.as_bytes()), "the raw bytes hide the key");
+    assert!(
+        !scanner().contains(body.as_bytes()),
+        "the raw bytes hide the key"
+    );
     assert_eq!(
         check_json(&rules, body.as_bytes()),
         Err(Rejection::SecretEgress)
@@ -62,6 +70,84 @@ fn escaped_key_in_a_json_body_is_found() {
         ),
         Ok(())
     );
+}
+
+#[test]
+fn bodies_a_strict_parser_refuses_are_refused() {
+    let rules = rules();
+    let hidden = escaped(KEY, &[false, false, false, false, true]);
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for body in [
+        // A lone surrogate, then the key: a lenient client parser reads both.
+        format!(r#"{{"choices":[{{"message":{{"content":"\ud800"}}}}],"x":"{hidden}"}}"#)
+            .into_bytes(),
+        // A byte that is not UTF-8 inside a string.
+        [
+            &br#"{"a":""#[..],
+            &[0xff],
+            br#"","x":"#,
+            format!("\"{hidden}\"}}").as_bytes(),
+        ]
+        .concat(),
+        // Nesting past serde_json's limit before the key.
+        format!(r#"{{"d":{deep},"x":"{hidden}"}}"#).into_bytes(),
+    ] {
+        assert_eq!(check_json(&rules, &body), Err(Rejection::InvalidJson));
+    }
+}
+
+#[test]
+fn a_key_split_across_choices_is_found_both_ways() {
+    let rules = rules();
+    let (a, b) = KEY.split_at(10);
+    // A client that reads `choices[0]` of every chunk joins these whatever the index.
+    for (first, second) in [
+        (
+            json!({"choices":[{"index":0,"delta":{"content":a}}]}),
+            json!({"choices":[{"index":1,"delta":{"content":b}}]}),
+        ),
+        (
+            json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":a}}),
+            json!({"type":"content_block_delta","index":3,"delta":{"type":"text_delta","text":b}}),
+        ),
+        (
+            json!({"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":a}),
+            json!({"type":"response.output_text.delta","output_index":1,"content_index":0,"delta":b}),
+        ),
+    ] {
+        let mut st = StreamText::default();
+        assert_eq!(st.check(&rules, b"", Some(&first)), Ok(()));
+        assert_eq!(
+            st.check(&rules, b"", Some(&second)),
+            Err(Rejection::SecretEgress)
+        );
+    }
+}
+
+#[test]
+fn long_keys_and_many_fields_stay_bounded() {
+    let rules = rules();
+    // A 1 MiB key costs one hash per use, not a copy per field.
+    let long = "k".repeat(1 << 20);
+    let fields: Vec<String> = (0..100).map(|i| format!(r#""a{i}":"x""#)).collect();
+    let body = format!(r#"{{"{long}":{{{}}}}}"#, fields.join(","));
+    assert_eq!(check_json(&rules, body.as_bytes()), Ok(()));
+    // More text fields than channels: refused, not merged (a merge would lose joins).
+    let fields: Vec<String> = (0..=MAX_CHANNELS)
+        .map(|i| format!(r#""a{i}":"x""#))
+        .collect();
+    let body = format!("{{{}}}", fields.join(","));
+    assert_eq!(
+        check_json(&rules, body.as_bytes()),
+        Err(Rejection::TooLarge)
+    );
+    // Identifier fields open no channel, however many tool calls a stream has.
+    let mut st = StreamText::default();
+    for i in 0..200u64 {
+        let ev = json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":i,"id":format!("call_{i}"),"type":"function","function":{"name":"f","arguments":"{}"}}]}}]});
+        assert_eq!(st.check(&rules, b"", Some(&ev)), Ok(()));
+    }
+    assert!(st.channels() <= 202, "{}", st.channels());
 }
 
 #[test]
@@ -129,8 +215,7 @@ proptest! {
         mask in proptest::collection::vec(any::<bool>(), 40),
         twice in any::<bool>(),
     ) {
-        let s = scanner();
-        let rules = Rules { secrets: &s, patterns: None };
+        let rules = rules();
         // The text the client concatenates: the key, or (twice) the key's JSON escapes.
         let text = if twice { escaped(KEY, &mask) } else { KEY.to_string() };
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
@@ -172,8 +257,7 @@ proptest! {
         mask in proptest::collection::vec(any::<bool>(), 40),
         field in 0usize..10,
     ) {
-        let s = scanner();
-        let rules = Rules { secrets: &s, patterns: None };
+        let rules = rules();
         let evs = events_for(field, &[KEY.to_string()]);
         let body = evs[0].to_string().replace(KEY, &escaped(KEY, &mask));
         prop_assert_eq!(check_json(&rules, body.as_bytes()), Err(Rejection::SecretEgress));
@@ -185,8 +269,7 @@ proptest! {
         texts in proptest::collection::vec("[a-z\\\\ ]{0,30}", 1..40),
         field in 0usize..10,
     ) {
-        let s = scanner();
-        let rules = Rules { secrets: &s, patterns: None };
+        let rules = rules();
         let mut st = StreamText::default();
         for ev in events_for(field, &texts) {
             let wire = ev.to_string();
@@ -198,11 +281,7 @@ proptest! {
 
 #[test]
 fn a_stream_with_too_many_channels_is_stopped() {
-    let s = scanner();
-    let rules = Rules {
-        secrets: &s,
-        patterns: None,
-    };
+    let rules = rules();
     let mut st = StreamText::default();
     let mut refused = false;
     for i in 0..=MAX_CHANNELS as u64 {
