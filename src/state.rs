@@ -1,17 +1,59 @@
-//! What outlives a config reload: the current config, the nonce store, the limiters
-//! and the audit log. Shared by the gateway, the reloader and the admin endpoints.
+//! What outlives a config reload: the current config, the live state that goes with it,
+//! the nonce store, the limiters and the audit log. Shared by the gateway, the reloader
+//! and the admin endpoints.
+//!
+//! Config ([`Runtime`]) is plain data. What requests change lives in [`Live`], built
+//! for each config generation from the previous one by stable names, so a reload swaps
+//! data and keeps every piece of live state that still has an owner.
 
 use crate::auth::nonce::NonceStore;
 use crate::config::Runtime;
 use crate::fleet::{counters::FleetStore, Fleet};
 use crate::limits::{ip::AuthFailureLimiter, CounterStore, Limiter, LocalStore};
 use crate::telemetry::audit::AuditLog;
+use crate::telemetry::metrics::RouteSeries;
+use crate::upstream::live::UpstreamLive;
 use arc_swap::ArcSwap;
 use std::sync::Arc;
+
+/// Live state for one config generation, in the config's order: `upstreams[i]` is the
+/// state of `Runtime::upstreams[i]`, `routes[i]` the series of `Runtime::routes[i]`.
+#[derive(Debug)]
+pub struct Live {
+    /// The config generation this was built for.
+    pub generation: u64,
+    pub upstreams: Vec<UpstreamLive>,
+    pub routes: Vec<RouteSeries>,
+}
+
+impl Live {
+    /// Live state for `rt`, carrying over from `prev` (by upstream name) what it knew.
+    pub fn build(rt: &Runtime, prev: Option<&Live>) -> Live {
+        let upstreams = rt
+            .upstreams
+            .iter()
+            .map(|up| {
+                let before = prev.and_then(|p| p.upstreams.iter().find(|l| l.name == up.name));
+                UpstreamLive::new(up, before)
+            })
+            .collect();
+        Live {
+            generation: rt.generation,
+            upstreams,
+            routes: rt
+                .routes
+                .iter()
+                .map(|r| RouteSeries::new(&r.prefix))
+                .collect(),
+        }
+    }
+}
 
 /// Process-wide state.
 pub struct State {
     pub runtime: ArcSwap<Runtime>,
+    /// The live state of `runtime`'s generation (swapped with it; see [`State::snapshot`]).
+    pub live: ArcSwap<Live>,
     pub nonces: NonceStore,
     pub limiter: ArcSwap<Limiter>,
     pub auth_failures: AuthFailureLimiter,
@@ -41,7 +83,9 @@ impl State {
         let limiter = Limiter::with_store(store_for(&site_keys(&rt), fleet.as_ref()));
         let nonces = NonceStore::new(rt.process.nonce_store_capacity);
         let audit = AuditLog::new(rt.process.audit_path.clone());
+        let live = Live::build(&rt, None);
         Arc::new(State {
+            live: ArcSwap::from_pointee(live),
             runtime: ArcSwap::from_pointee(rt),
             nonces,
             limiter: ArcSwap::from_pointee(limiter),
@@ -76,16 +120,27 @@ impl State {
                 .local_store()
                 .copy_from(old_limiter.local_store(), Some(&copied));
         }
-        // Circuit breakers keep their state across reloads.
-        for up in &rt.upstreams {
-            if let Some(prev) = old.upstreams.iter().find(|u| u.name == up.name) {
-                up.circuit.inherit(&prev.circuit);
-            }
-        }
         crate::telemetry::metrics::METRICS.init_for(&rt);
         crate::telemetry::metrics::METRICS
             .config_generation
             .set(rt.generation as i64);
+        // Circuits, cool-downs and round-robin positions carry over by name. The live
+        // state goes first: a request that meets the new config meets its state.
+        let live = Live::build(&rt, Some(&self.live.load()));
+        self.live.store(Arc::new(live));
         self.runtime.store(Arc::new(rt));
+    }
+
+    /// The config and its live state, of one generation (a reload between the two
+    /// loads is met by loading again).
+    pub fn snapshot(&self) -> (Arc<Runtime>, Arc<Live>) {
+        loop {
+            let rt = self.runtime.load_full();
+            let live = self.live.load_full();
+            if live.generation == rt.generation {
+                return (rt, live);
+            }
+            std::hint::spin_loop();
+        }
     }
 }

@@ -243,6 +243,43 @@ async fn a_rate_limited_credential_rests_while_the_other_serves() {
     assert!(gw.logs().contains("credential prod-1 answered 429"));
 }
 
+/// A credential resting after a provider 429 stays resting when the config is reloaded
+/// (its cool-down is live state, carried over by credential id).
+#[tokio::test]
+async fn a_resting_credential_stays_resting_across_sighup() {
+    let gw = Gateway::start_with(Options {
+        second_credential: true,
+        ..Options::default()
+    });
+    let limited = gw.secrets.provider.clone();
+    let mut saw_429 = false;
+    for _ in 0..2 {
+        let r = send_mode(&gw, BODY, &[("x-mock-429-key", &limited)])
+            .await
+            .unwrap();
+        saw_429 |= r.status == 429;
+    }
+    assert!(saw_429, "prod-1 was never used");
+    gw.sighup();
+    for _ in 0..6 {
+        let r = send_mode(&gw, BODY, &[("x-mock-429-key", &limited)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "prod-1 was used again after the reload");
+    }
+    let reqs = gw.mock.requests();
+    let sent: Vec<&str> = reqs["requests"].as_array().unwrap()[2..]
+        .iter()
+        .map(|r| r["headers"]["authorization"].as_str().unwrap())
+        .collect();
+    let prod2 = format!("Bearer {}", gw.secrets.provider2);
+    assert!(
+        sent.iter().all(|a| *a == prod2),
+        "{} of 6 went elsewhere",
+        sent.iter().filter(|a| **a != prod2).count()
+    );
+}
+
 #[tokio::test]
 async fn block_patterns_are_opt_in() {
     let gw = Gateway::start();

@@ -14,8 +14,7 @@ use secret::MasterKey;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One mistake in the config file, with the YAML path that holds it.
@@ -97,16 +96,6 @@ pub struct Credential {
     /// the key), built once at load. Its bytes are wiped when the last clone is dropped
     /// ([`crate::upstream::headers::credential_value`]); marked sensitive.
     pub header: http::HeaderValue,
-    /// Unix ms until which the provider asked us to leave this credential alone.
-    pub cooldown_until_ms: std::sync::atomic::AtomicU64,
-}
-
-impl Credential {
-    /// Rest this credential for `d` (a provider 401 or 429).
-    pub fn cool_down(&self, d: Duration, now_ms: u64) {
-        self.cooldown_until_ms
-            .fetch_max(now_ms + d.as_millis() as u64, Ordering::Relaxed);
-    }
 }
 
 impl std::fmt::Debug for Credential {
@@ -119,6 +108,8 @@ impl std::fmt::Debug for Credential {
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
+    /// Position in [`Runtime::upstreams`] (where its live state sits, `crate::state::Live`).
+    pub index: usize,
     pub kind: UpstreamKind,
     pub tls: bool,
     pub host: String,
@@ -126,7 +117,6 @@ pub struct Upstream {
     /// Path prefix of `url` (without a trailing slash), prepended to forwarded paths.
     pub base_path: String,
     pub credentials: Vec<Credential>,
-    next_credential: AtomicUsize,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
     /// From the request's arrival to the answer's last byte (a stream past it is ended
@@ -145,35 +135,8 @@ pub struct Upstream {
     pub request_headers: crate::upstream::headers::HeaderAllow,
     /// Provider response headers returned besides the built-in list.
     pub response_headers: crate::upstream::headers::HeaderAllow,
-    pub circuit: crate::upstream::circuit::CircuitBreaker,
-    series: OnceLock<crate::telemetry::metrics::UpstreamSeries>,
-}
-
-impl Upstream {
-    /// This upstream's metric series.
-    pub fn series(&self) -> &crate::telemetry::metrics::UpstreamSeries {
-        self.series
-            .get_or_init(|| crate::telemetry::metrics::UpstreamSeries::new(&self.name))
-    }
-
-    /// Pick the credential for one request, spreading requests over all of them.
-    /// Round-robin over the credentials not cooling down; when all are, the one
-    /// whose cool-down ends first.
-    pub fn pick_credential(&self, now_ms: u64) -> Option<&Credential> {
-        let n = self.credentials.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next_credential.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|k| &self.credentials[(start + k) % n])
-            .find(|c| c.cooldown_until_ms.load(Ordering::Relaxed) <= now_ms)
-            .or_else(|| {
-                self.credentials
-                    .iter()
-                    .min_by_key(|c| c.cooldown_until_ms.load(Ordering::Relaxed))
-            })
-    }
+    /// `circuit_breaker` settings (the breaker's state is live state).
+    pub circuit: crate::upstream::circuit::CircuitConfig,
 }
 
 /// A validated route.
@@ -189,15 +152,6 @@ pub struct Route {
     pub pii: Option<Arc<crate::pii::PiiPolicy>>,
     /// Values of the provider's beta header allowed (`routes[].betas`); none by default.
     pub betas: Vec<String>,
-    series: OnceLock<crate::telemetry::metrics::RouteSeries>,
-}
-
-impl Route {
-    /// This route's metric series.
-    pub fn series(&self) -> &crate::telemetry::metrics::RouteSeries {
-        self.series
-            .get_or_init(|| crate::telemetry::metrics::RouteSeries::new(&self.prefix))
-    }
 }
 
 /// A tier's limits (enforced by the limits module).
@@ -655,7 +609,10 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         if let Some(up) =
             validate_upstream(name, u, &p, &master_keys, opts, &mut errs, &mut warnings)
         {
-            let up = Arc::new(up);
+            let up = Arc::new(Upstream {
+                index: upstreams.len(),
+                ..up
+            });
             upstream_by_name.insert(name.as_str(), up.clone());
             upstreams.push(up);
         }
@@ -749,7 +706,6 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
                 block_patterns,
                 pii,
                 betas: r.betas.clone(),
-                series: OnceLock::new(),
             });
         }
     }
@@ -1484,7 +1440,6 @@ fn validate_upstream(
                         id: c.id.clone(),
                         secret,
                         header,
-                        cooldown_until_ms: Default::default(),
                     }),
                     None => errs.push(
                         format!("{cp}.secret"),
@@ -1636,15 +1591,14 @@ fn validate_upstream(
         group_key,
         request_headers,
         response_headers,
-        circuit: crate::upstream::circuit::CircuitBreaker::new(circuit),
-        series: OnceLock::new(),
+        index: 0,
+        circuit,
         kind: kind?,
         tls,
         host,
         port,
         base_path,
         credentials,
-        next_credential: AtomicUsize::new(0),
         connect_timeout: Duration::from_millis(connect_ms),
         read_timeout: Duration::from_millis(read_ms),
         total_timeout: Duration::from_millis(total_ms),

@@ -4,23 +4,19 @@ use super::ctx::Ctx;
 use crate::limits;
 use crate::response::usage::Usage;
 use crate::state::State;
+use crate::telemetry::audit;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::upstream::circuit::Outcome;
 use pingora::proxy::Session;
 
 /// Settle one finished request.
 pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
-    match ctx.route() {
-        Some(route) => {
-            let series = route.series();
+    match ctx.route_series() {
+        Some(series) => {
             series.count(ctx.status);
             series.duration.observe(ctx.started.elapsed().as_secs_f64());
-            if let Some(t) = ctx.upstream_started {
-                route
-                    .upstream
-                    .series()
-                    .duration
-                    .observe(t.elapsed().as_secs_f64());
+            if let (Some(t), Some(up)) = (ctx.upstream_started, ctx.upstream_live()) {
+                up.series().duration.observe(t.elapsed().as_secs_f64());
             }
         }
         None => metrics::count_unrouted(ctx.status),
@@ -34,7 +30,7 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
                 .inc_by(*n);
         }
     }
-    if let (Some(permit), Some(route)) = (ctx.circuit, ctx.route()) {
+    if let (Some(permit), Some(up)) = (ctx.circuit, ctx.upstream_live()) {
         let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
             Outcome::Failure
         } else if ctx.upstream_status.is_some() {
@@ -42,15 +38,49 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
         } else {
             Outcome::NotTried
         };
-        let breaker = &route.upstream.circuit;
-        breaker.record(permit, outcome, std::time::Instant::now());
-        route
-            .upstream
-            .series()
-            .circuit_state
-            .set(breaker.state_code());
+        up.circuit
+            .record(permit, outcome, std::time::Instant::now());
+        up.series().circuit_state.set(up.circuit.state_code());
     }
-    state.audit.record(session, ctx);
+    state.audit.record(&audit_line(session, ctx));
+}
+
+/// The audit line of a finished request (SPEC §6): ids, outcome, timings and usage;
+/// never a secret, a signature or a body.
+fn audit_line<'a>(session: &Session, ctx: &'a Ctx) -> audit::Line<'a> {
+    let client = ctx.client.as_ref();
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    audit::Line {
+        ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
+        request_id: &ctx.request_id,
+        site: ctx.site().map(|s| s.id.0.as_str()),
+        key_id: client.map(|c| c.key_id.0.as_str()),
+        route: ctx.route().map(|r| r.prefix.as_str()),
+        upstream: ctx.route().map(|r| r.upstream.name.as_str()),
+        model: ctx.model.as_deref(),
+        status: ctx.status,
+        error_code: ctx.error.as_ref().map(|e| e.code.as_str()),
+        duration_ms: ms(ctx.started.elapsed()),
+        upstream_ms: ctx.upstream_started.map(|t| ms(t.elapsed())),
+        upstream_header_ms: ctx
+            .upstream_started
+            .zip(ctx.upstream_answered)
+            .map(|(s, a)| ms(a.saturating_duration_since(s))),
+        tokens_in: ctx.usage.map(|u| u.input),
+        tokens_out: ctx.usage.map(|u| u.output),
+        tokens_estimated: ctx.usage.map(|u| u.estimated),
+        // The address resolved through `server.trusted_proxies` while the request was
+        // admitted, else the socket peer.
+        client_ip: ctx.client_ip.or_else(|| {
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip())
+        }),
+        auth: client.map(|c| c.mode.as_str()),
+        credential: ctx.credential_id.as_deref(),
+        pii: ctx.pii_counts.as_ref(),
+    }
 }
 
 /// Charge the site's token budget, once per request, for every answer the provider produced:
@@ -70,8 +100,10 @@ pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
         .usage
         .unwrap_or_else(|| Usage::estimate(ctx.request_bytes, ctx.response_bytes));
     ctx.usage = Some(usage);
-    let Some(route) = ctx.route() else { return };
-    let series = route.upstream.series();
+    let Some(up) = ctx.upstream_live() else {
+        return;
+    };
+    let series = up.series();
     series.tokens_in.inc_by(usage.input);
     series.tokens_out.inc_by(usage.output);
     if let Some(site) = ctx.site() {

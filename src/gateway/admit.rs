@@ -244,7 +244,11 @@ impl Gateway {
                 bad.chars().take(100).collect::<String>()
             )));
         }
-        let breaker = &route.upstream.circuit;
+        let live = ctx.live.clone();
+        let Some(up_live) = live.upstreams.get(route.upstream.index) else {
+            return Err(GatewayError::new(ErrorCode::Internal, "No upstream state."));
+        };
+        let breaker = &up_live.circuit;
         match breaker.admit(std::time::Instant::now()) {
             Ok(p) => ctx.circuit = Some(p),
             Err(wait) => {
@@ -255,11 +259,7 @@ impl Gateway {
                 .retry_after(wait))
             }
         }
-        route
-            .upstream
-            .series()
-            .circuit_state
-            .set(breaker.state_code());
+        up_live.series().circuit_state.set(breaker.state_code());
         let now_ms = limits::now_ms();
         if let Some(tier) = rt.tiers.get(&site.tier) {
             match self
@@ -368,7 +368,12 @@ impl Gateway {
     }
 
     /// Count a failed authentication (metric, per-IP limit) and return its error.
-    fn auth_failed(&self, rt: &Runtime, ip: &IpAddr, f: &auth::AuthFailure) -> GatewayError {
+    pub(super) fn auth_failed(
+        &self,
+        rt: &Runtime,
+        ip: &IpAddr,
+        f: &auth::AuthFailure,
+    ) -> GatewayError {
         METRICS.auth_failures.with_label_values(&[f.reason]).inc();
         if let (Some(afl), 401) = (rt.server.auth_failure_limit, f.code.status()) {
             if self.state.auth_failures.record_failure(

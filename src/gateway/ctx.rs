@@ -7,7 +7,10 @@ use crate::limits::Admission;
 use crate::response::egress::StreamText;
 use crate::response::sse::SseFramer;
 use crate::response::usage::Usage;
+use crate::state::Live;
+use crate::telemetry::metrics::RouteSeries;
 use crate::upstream::circuit::Permit;
+use crate::upstream::live::UpstreamLive;
 use bytes::{Bytes, BytesMut};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -55,6 +58,8 @@ pub enum ResponseWatch {
 pub struct Ctx {
     /// The one config snapshot this request runs on, start to end.
     pub rt: Arc<Runtime>,
+    /// The live state of that config's generation (circuits, cool-downs, series).
+    pub live: Arc<Live>,
     pub request_id: String,
     pub started: Instant,
     pub tls: bool,
@@ -99,9 +104,10 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(rt: Arc<Runtime>) -> Self {
+    pub fn new(rt: Arc<Runtime>, live: Arc<Live>) -> Self {
         Ctx {
             rt,
+            live,
             request_id: String::new(),
             started: Instant::now(),
             tls: false,
@@ -134,6 +140,17 @@ impl Ctx {
     /// The matched route (set by `request_filter`).
     pub fn route(&self) -> Option<&Route> {
         self.route.and_then(|i| self.rt.routes.get(i))
+    }
+
+    /// The live state of the matched route's upstream.
+    pub fn upstream_live(&self) -> Option<&UpstreamLive> {
+        self.route()
+            .and_then(|r| self.live.upstreams.get(r.upstream.index))
+    }
+
+    /// The matched route's metric series.
+    pub fn route_series(&self) -> Option<&RouteSeries> {
+        self.route.and_then(|i| self.live.routes.get(i))
     }
 
     /// The authenticated client's site.

@@ -78,7 +78,8 @@ impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::new(self.state.runtime.load_full())
+        let (rt, live) = self.state.snapshot();
+        Ctx::new(rt, live)
     }
 
     /// No downstream modules. Pingora's default adds a disabled compression module, which
@@ -175,7 +176,11 @@ impl ProxyHttp for Gateway {
                 GatewayError::new(ErrorCode::Internal, "No route."),
             ));
         };
-        let Some(credential) = up.pick_credential(crate::limits::now_ms()) else {
+        let now_ms = crate::limits::now_ms();
+        let picked = ctx
+            .upstream_live()
+            .and_then(|live| live.pick_credential(&up, now_ms));
+        let Some(credential) = picked else {
             return Err(Self::abort(
                 ctx,
                 GatewayError::upstream("No provider credential is configured."),
@@ -271,7 +276,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let up = ctx.route().map(|r| r.upstream.clone());
         respond::edit(resp, |parts| {
-            upstream::note_credential_answer(parts, ctx);
+            upstream::note_credential_answer(
+                parts,
+                ctx.upstream_live(),
+                ctx.credential_id.as_deref(),
+            );
             observe::start(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
             let none = headers::HeaderAllow::default();
             let extra = up.as_ref().map_or(&none, |u| &u.response_headers);

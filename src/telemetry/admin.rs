@@ -31,13 +31,13 @@ impl ServeHttp for AdminApp {
             "/metrics" => reply(200, "text/plain; version=0.0.4", METRICS.render()),
             "/healthz" => reply(200, "text/plain", b"ok\n".to_vec()),
             "/readyz" => {
-                let rt = self.state.runtime.load();
+                let live = self.state.live.load();
                 let now = std::time::Instant::now();
                 // Fleet mode: not before the first contact with Redis was tried, so a
                 // fresh node does not take traffic on the fallback policy by accident.
                 if self.state.fleet.as_ref().is_some_and(|f| !f.has_tried()) {
                     reply(503, "text/plain", b"connecting to Redis\n".to_vec())
-                } else if rt.upstreams.iter().any(|u| !u.circuit.is_open(now)) {
+                } else if live.upstreams.iter().any(|u| !u.circuit.is_open(now)) {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 } else {
                     reply(503, "text/plain", b"no upstream available\n".to_vec())

@@ -201,10 +201,6 @@ impl Metrics {
         for cap in ["global", "per_ip"] {
             self.connections_refused.with_label_values(&[cap]);
         }
-        // The series requests use, resolved here at load rather than by the first request.
-        for r in &rt.routes {
-            r.series();
-        }
         for u in &rt.upstreams {
             let n = u.name.as_str();
             for k in ["connect", "timeout", "tls", "protocol", "pin_mismatch"] {
@@ -213,7 +209,6 @@ impl Metrics {
             for r in crate::response::validate::Rejection::ALL {
                 self.response_rejected.with_label_values(&[n, r.reason()]);
             }
-            u.series().circuit_state.set(u.circuit.state_code());
         }
         for reason in [
             "missing",

@@ -4,6 +4,7 @@
 pub mod circuit;
 pub mod dns;
 pub mod headers;
+pub mod live;
 pub mod pinning;
 
 use crate::config::Upstream;
@@ -135,15 +136,16 @@ pub fn count_failure(upstream: &str, e: &pingora::Error) {
 
 /// A provider 401 or 429 rests the credential that got it (honouring `Retry-After`),
 /// so the others carry the traffic.
-pub fn note_credential_answer(resp: &http::response::Parts, ctx: &crate::gateway::ctx::Ctx) {
+pub fn note_credential_answer(
+    resp: &http::response::Parts,
+    upstream: Option<&live::UpstreamLive>,
+    credential: Option<&str>,
+) {
     let status = resp.status.as_u16();
     if status != 401 && status != 429 {
         return;
     }
-    let (Some(route), Some(id)) = (ctx.route(), ctx.credential_id.as_deref()) else {
-        return;
-    };
-    let Some(cred) = route.upstream.credentials.iter().find(|c| c.id == id) else {
+    let (Some(up), Some(id)) = (upstream, credential) else {
         return;
     };
     let default = if status == 401 { 300 } else { 30 };
@@ -154,11 +156,10 @@ pub fn note_credential_answer(resp: &http::response::Parts, ctx: &crate::gateway
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(default)
         .min(3600);
-    cred.cool_down(Duration::from_secs(secs), crate::limits::now_ms());
+    up.cool_down(id, Duration::from_secs(secs), crate::limits::now_ms());
     log::warn!(
-        "upstream {}: credential {} answered {status}; resting it for {secs}s",
-        route.upstream.name,
-        id
+        "upstream {}: credential {id} answered {status}; resting it for {secs}s",
+        up.name
     );
 }
 
