@@ -207,3 +207,30 @@ async fn counts_survive_a_reload_that_adds_sites() {
     let r = send(&client(), "GET", &gw.url("/openai/v1/models"), &h, None).await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+/// A body that does not match its `Content-Digest` is a failed authentication wherever it
+/// is sent: minting a browser token counts against the address like a proxied request.
+#[tokio::test]
+async fn digest_mismatch_on_token_minting_counts_as_an_auth_failure() {
+    let gw = Gateway::start_with(Options {
+        server_extra: "  auth_failure_limit: { per_minute: 3, cooldown_s: 60 }".into(),
+        ..Options::default()
+    });
+    let path = "/keygate/v1/tokens";
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        // Signed over one body, sent with another.
+        let h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", path, b"{}");
+        let body = Some(br#"{"ttl_s": 60}"#.to_vec());
+        let r = send(&client(), "POST", &gw.url(path), &h, body).await;
+        statuses.push(r.status);
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 401, 429]);
+    // The address is cooling down: a valid request is refused unverified.
+    let r = models(&gw).await;
+    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+    assert_eq!(
+        gw.metric("keygate_auth_failures_total{reason=\"digest_mismatch\"}"),
+        Some(4.0)
+    );
+}

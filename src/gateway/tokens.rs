@@ -55,7 +55,11 @@ impl Gateway {
         )
         .await?;
         if let Err(f) = auth::check_body_digest(&client, &body) {
-            return Err(f.to_error());
+            // Counted against the client's address like any failed authentication.
+            let ip = ctx
+                .client_ip
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            return Err(self.auth_failed(&rt, &ip, &f));
         }
         let req: MintRequest = if body.is_empty() {
             MintRequest::default()

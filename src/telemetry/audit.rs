@@ -5,9 +5,7 @@
 //! writer falls behind and the buffer is full, lines are dropped and counted rather
 //! than queued without bound. Shutdown writes what is buffered ([`AuditLog::flush`]).
 
-use crate::gateway::ctx::Ctx;
 use parking_lot::Mutex;
-use pingora::proxy::Session;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
@@ -141,76 +139,43 @@ impl AuditLog {
         }
     }
 
-    /// Record one finished request. Never a secret, a signature or a body.
-    pub fn record(&self, session: &Session, ctx: &Ctx) {
-        let client = ctx.client.as_ref();
-        let line = Line {
-            ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
-            request_id: &ctx.request_id,
-            site: ctx.site().map(|s| s.id.0.as_str()),
-            key_id: client.map(|c| c.key_id.0.as_str()),
-            route: ctx.route().map(|r| r.prefix.as_str()),
-            upstream: ctx.route().map(|r| r.upstream.name.as_str()),
-            model: ctx.model.as_deref(),
-            status: ctx.status,
-            error_code: ctx.error.as_ref().map(|e| e.code.as_str()),
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            upstream_ms: ctx
-                .upstream_started
-                .map(|t| t.elapsed().as_secs_f64() * 1000.0),
-            upstream_header_ms: ctx
-                .upstream_started
-                .zip(ctx.upstream_answered)
-                .map(|(s, a)| a.saturating_duration_since(s).as_secs_f64() * 1000.0),
-            tokens_in: ctx.usage.map(|u| u.input),
-            tokens_out: ctx.usage.map(|u| u.output),
-            tokens_estimated: ctx.usage.map(|u| u.estimated),
-            // The address resolved through `server.trusted_proxies` (set while the
-            // request was admitted), else the socket peer.
-            client_ip: ctx.client_ip.or_else(|| {
-                session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .map(|a| a.ip())
-            }),
-            auth: client.map(|c| c.mode.as_str()),
-            credential: ctx.credential_id.as_deref(),
-            pii: ctx.pii_counts.as_ref(),
-        };
+    /// Record one finished request (the gateway builds the line: never a secret, a
+    /// signature or a body).
+    pub fn record(&self, line: &Line) {
         // A struct of borrowed fields serialises straight to text (no JSON tree built).
-        self.push(&line);
+        self.push(line);
     }
 }
 
 /// One audit line (SPEC §6 fields, then keygate's additions).
 #[derive(serde::Serialize)]
-struct Line<'a> {
+pub struct Line<'a> {
     #[serde(serialize_with = "display")]
-    ts: humantime::Rfc3339Timestamp,
-    request_id: &'a str,
-    site: Option<&'a str>,
-    key_id: Option<&'a str>,
-    route: Option<&'a str>,
-    upstream: Option<&'a str>,
-    model: Option<&'a str>,
-    status: u16,
-    error_code: Option<&'static str>,
-    duration_ms: f64,
-    upstream_ms: Option<f64>,
+    pub ts: humantime::Rfc3339Timestamp,
+    pub request_id: &'a str,
+    pub site: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub route: Option<&'a str>,
+    pub upstream: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub status: u16,
+    pub error_code: Option<&'static str>,
+    pub duration_ms: f64,
+    pub upstream_ms: Option<f64>,
     /// From choosing the upstream until keygate has its response header (like nginx's
     /// `$upstream_header_time`): connecting or taking a pooled connection, sending the
     /// request, the provider's time to first byte. For a JSON answer the rest of
     /// `duration_ms` is keygate's side: its checks before and after, and writing the
     /// response to the client.
-    upstream_header_ms: Option<f64>,
-    tokens_in: Option<u64>,
-    tokens_out: Option<u64>,
-    tokens_estimated: Option<bool>,
-    client_ip: Option<std::net::IpAddr>,
-    auth: Option<&'static str>,
-    credential: Option<&'a str>,
+    pub upstream_header_ms: Option<f64>,
+    pub tokens_in: Option<u64>,
+    pub tokens_out: Option<u64>,
+    pub tokens_estimated: Option<bool>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub auth: Option<&'static str>,
+    pub credential: Option<&'a str>,
     /// Personal data found per kind (replaced, or refused in `block` mode); no values.
-    pii: Option<&'a crate::pii::Counts>,
+    pub pii: Option<&'a crate::pii::Counts>,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
