@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Same-run A/B of two keygate binaries (e.g. main before and after a change):
+#   bench/ab.sh OLD_BINARY NEW_BINARY
+# One nginx upstream serving a fixed chat completion; both binaries run the same config
+# (make bench's: bearer auth, limits, validation, egress scan, metrics, audit log, 10,000
+# sites), each on its own port; wrk rounds alternate between them (BENCH_ROUNDS, default 4,
+# of BENCH_DURATION, default 10s). Reports req/s and CPU time per request (user + system,
+# from /proc: steadier than req/s on a shared machine) per round and the best of each, and
+# the new/old ratio. Needs nginx and wrk (make bench installs them).
+set -euo pipefail
+[ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
+OLD="$(realpath "$1")"; NEW="$(realpath "$2")"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+DURATION="${BENCH_DURATION:-10s}"
+ROUNDS="${BENCH_ROUNDS:-4}"
+work="$(mktemp -d)"
+mkdir -p "$work"/{body,proxy,fcgi,uwsgi,scgi}
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
+
+UP=$(free_port)
+json='{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fcgi;
+  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
+  keepalive_requests 100000;
+  server { listen 127.0.0.1:$UP; default_type application/json; location / { return 200 '$json'; } }
+}
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" &
+pids+=($!)
+wait_port "$UP"
+
+declare -A PORT PID
+for name in old new; do
+  PORT[$name]=$(free_port); admin=$(free_port)
+  python3 - "$work" "$name" "${PORT[$name]}" "$UP" "$admin" <<'PY'
+import hashlib, os, secrets, sys
+work, name, kg, up, admin = sys.argv[1:]
+tok_file = f"{work}/bearer"
+if not os.path.exists(tok_file):
+    open(tok_file, "w").write("kgk_" + secrets.token_urlsafe(24))
+    open(f"{work}/provider.key", "w").write("sk-bench-" + secrets.token_urlsafe(24))
+    os.chmod(f"{work}/provider.key", 0o600)
+token = open(tok_file).read()
+lines = [f"""server:
+  listen: [{{ addr: "127.0.0.1:{kg}" }}]
+  hostnames: ["127.0.0.1:{kg}"]
+  threads: 2
+  admin_listen: "127.0.0.1:{admin}"
+  pid_file: {work}/{name}.pid
+  upgrade_sock: {work}/{name}.sock
+upstreams:
+  bench:
+    kind: openai
+    url: "http://127.0.0.1:{up}"
+    credentials: [{{ id: b1, secret: "file:{work}/provider.key" }}]
+routes:
+  - {{ prefix: "/openai/", upstream: bench, models: ["gpt-4o-mini"] }}
+tiers:
+  bench: {{ requests_per_minute: 100000000, requests_per_hour: 1000000000, requests_per_day: 10000000000, tokens_per_day: 100000000000, concurrent: 100000 }}
+log: {{ audit_path: {work}/{name}-audit.jsonl }}
+sites:
+  - id: bench
+    tier: bench
+    keys:
+      - {{ id: bench.sdk, auth: bearer, hash: "sha256:{hashlib.sha256(token.encode()).hexdigest()}" }}
+"""]
+for i in range(9999):
+    h = hashlib.sha256(f"{i}".encode()).hexdigest()
+    lines.append(f"  - {{ id: s{i}, tier: bench, keys: [{{ id: s{i}.k, auth: bearer, hash: \"sha256:{h}\" }}] }}\n")
+open(f"{work}/{name}.yaml", "w").write("".join(lines))
+PY
+  bin="$OLD"; [ "$name" = new ] && bin="$NEW"
+  RUST_LOG=warn "$bin" serve -c "$work/$name.yaml" > "$work/$name.log" 2>&1 &
+  PID[$name]=$!
+  pids+=("${PID[$name]}")
+  wait_port "${PORT[$name]}"
+done
+BEARER="$(cat "$work/bearer")"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+declare -A BEST_CPU BEST_RPS
+for round in $(seq "$ROUNDS"); do
+  for name in old new; do
+    c0="$(cpu_ticks "${PID[$name]}")"
+    out="$(BEARER="$BEARER" wrk -t1 -c32 -d"$DURATION" -s bench/post.lua "http://127.0.0.1:${PORT[$name]}/openai/v1/chat/completions")"
+    if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx responses" >&2; echo "$out" >&2; exit 1; fi
+    n="$(echo "$out" | awk '/requests in/ {print $1}')"
+    rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+    cpu="$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]), 1))" "$c0" "$(cpu_ticks "${PID[$name]}")" "$(getconf CLK_TCK)" "$n")"
+    echo "round $round $name: $rps req/s, CPU $cpu µs/request"
+    python3 -c "import sys; sys.exit(0 if sys.argv[2]=='' or float(sys.argv[1])<float(sys.argv[2]) else 1)" "$cpu" "${BEST_CPU[$name]:-}" && BEST_CPU[$name]=$cpu
+    python3 -c "import sys; sys.exit(0 if sys.argv[2]=='' or float(sys.argv[1])>float(sys.argv[2]) else 1)" "$rps" "${BEST_RPS[$name]:-}" && BEST_RPS[$name]=$rps
+  done
+done
+echo "best old: ${BEST_RPS[old]} req/s, CPU ${BEST_CPU[old]} µs/request"
+echo "best new: ${BEST_RPS[new]} req/s, CPU ${BEST_CPU[new]} µs/request"
+python3 -c "import sys; o,n,ro,rn=map(float,sys.argv[1:]); print(f'new/old: CPU per request {n/o:.3f}, req/s {rn/ro:.3f}')" "${BEST_CPU[old]}" "${BEST_CPU[new]}" "${BEST_RPS[old]}" "${BEST_RPS[new]}"
