@@ -77,6 +77,8 @@ fn request_id(session: &Session) -> String {
 impl ProxyHttp for Gateway {
     type CTX = Ctx;
 
+    /// Runs when a request's header has arrived, before any hook. The request keeps
+    /// this config snapshot and its live state to the end, whatever reloads happen.
     fn new_ctx(&self) -> Ctx {
         let (rt, live) = self.state.snapshot();
         Ctx::new(rt, live)
@@ -87,6 +89,9 @@ impl ProxyHttp for Gateway {
     /// compresses (it strips `Accept-Encoding` upstream and validates plain bodies).
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// First hook (before Pingora's downstream modules): the request id, the idle time
+    /// allowed before the next request, whether the listener is TLS. `Err` would end
+    /// the request through `fail_to_proxy`; nothing here refuses.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.request_id = request_id(session);
         // Idle time allowed before the next request on this connection.
@@ -98,6 +103,10 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Decides whether the request may go upstream ([`admit`]), or answers it itself
+    /// (CORS preflight, token minting, every refusal as SPEC §4 JSON). `Ok(true)`: a
+    /// response was written, the request ends here and nothing is sent upstream;
+    /// `Ok(false)`: proxy it, with the route, client and body plan in `ctx`.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         ctx.client_ip = Some(admit::client_ip(session, &ctx.rt));
         if cors::is_preflight(session) {
@@ -126,6 +135,9 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Where to connect: the route's upstream, resolved without blocking (cached), with
+    /// SNI, timeouts, CA and the pin hook. `Err`: a 502 through `fail_to_proxy`, no
+    /// connection made.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
             return Err(Self::abort(
@@ -145,6 +157,9 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// After a connection is made or taken from the pool, before any request byte is
+    /// written: enforces the upstream's SPKI pins. `Err`: the connection is dropped
+    /// unused and the client gets a 502.
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
@@ -164,6 +179,9 @@ impl ProxyHttp for Gateway {
         })
     }
 
+    /// The request header on its way upstream: headers by allow-list, the provider
+    /// credential (round-robin over the credentials not resting), the path, and the
+    /// framing of the verified body. `Err`: nothing is sent; a 5xx through `fail_to_proxy`.
     async fn upstream_request_filter(
         &self,
         _session: &mut Session,
@@ -212,6 +230,10 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    /// Each chunk of the request body, after the upstream has the header. Small bodies
+    /// were verified in `request_filter` (here only a rewritten body replaces them);
+    /// larger ones are held back and verified at the end, then sent whole. `Err` drops
+    /// the upstream connection mid-request, so a refused body never arrives complete.
     async fn request_body_filter(
         &self,
         session: &mut Session,
@@ -268,6 +290,10 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// The upstream's response header: a 401/429 rests the credential; status, type
+    /// and size are checked ([`observe`]); headers pass by allow-list; keygate's own
+    /// headers are added. `Err`: a 502 instead of the upstream's answer (no header
+    /// has been written to the client yet).
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -292,6 +318,9 @@ impl ProxyHttp for Gateway {
         })
     }
 
+    /// Each chunk of the response body: JSON held back and checked at its end, SSE
+    /// checked event by event ([`observe`]); at the end, the site's token budget is
+    /// charged. `Err` aborts the response (the client sees a failed transfer).
     fn response_body_filter(
         &self,
         _session: &mut Session,
@@ -306,6 +335,9 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// Any failure after `request_filter` (keygate's own refusals and Pingora's
+    /// errors): counted against the upstream when it failed, and written as SPEC §4
+    /// JSON when no response header has gone out yet. The connection is not reused.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy
     where
         Ctx: Send + Sync,
@@ -339,6 +371,8 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// Last, for every request however it ended: metrics, the circuit outcome, the
+    /// token charge if not made yet, the audit line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         account::finish(&self.state, session, ctx);
     }

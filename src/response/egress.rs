@@ -88,6 +88,7 @@ pub fn check_json(rules: &Rules, body: &[u8]) -> Result<(), Rejection> {
     }
     let mut walk = BodyWalk {
         rules,
+        escapes: body.contains(&b'\\'),
         channels: Channels::default(),
         path: ROOT,
         key: None,
@@ -111,9 +112,8 @@ fn extend_path(parent: u64, component: u64) -> u64 {
 /// A member name's hash, keyed per process (a provider cannot pick a name whose path
 /// collides with another field's and so break up its text).
 fn hash_str(s: &str) -> u64 {
-    use std::hash::BuildHasher;
-    static KEYS: std::sync::LazyLock<std::collections::hash_map::RandomState> =
-        std::sync::LazyLock::new(Default::default);
+    static KEYS: std::sync::LazyLock<ahash::RandomState> =
+        std::sync::LazyLock::new(ahash::RandomState::new);
     KEYS.hash_one(s)
 }
 
@@ -148,6 +148,9 @@ fn is_identifier(key: &str) -> bool {
 /// The walk over a body: the path (array items collapsed) names the channel.
 struct BodyWalk<'r, 'a> {
     rules: &'r Rules<'a>,
+    /// The body has a backslash. Without one every string is its raw bytes, which the
+    /// raw scan has seen: keys and identifiers need no check of their own.
+    escapes: bool,
     channels: Channels,
     path: u64,
     /// The member whose value is being read (for [`is_identifier`]).
@@ -189,7 +192,10 @@ impl<'de> Visitor<'de> for &mut BodyWalk<'_, '_> {
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
         let r = if self.key == Some(true) {
-            self.rules.text(v).map_or(Ok(()), Err)
+            match self.escapes {
+                true => self.rules.text(v).map_or(Ok(()), Err),
+                false => Ok(()),
+            }
         } else {
             self.channels.extend(self.rules, self.path, v)
         };
@@ -205,8 +211,10 @@ impl<'de> Visitor<'de> for &mut BodyWalk<'_, '_> {
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
         let (at, key) = (self.path, self.key);
         while let Some(k) = a.next_key::<crate::json::Key<'de>>()? {
-            let r = self.rules.text(k.as_str()).map_or(Ok(()), Err);
-            self.stop(r)?;
+            if self.escapes {
+                let r = self.rules.text(k.as_str()).map_or(Ok(()), Err);
+                self.stop(r)?;
+            }
             self.path = extend_path(at, hash_str(k.as_str()));
             self.key = Some(is_identifier(k.as_str()));
             a.next_value_seed(&mut *self)?;
@@ -306,10 +314,28 @@ struct Channel {
     once: Option<Tail>,
 }
 
+/// Path hashes are keyed per process already: the map uses them as they are.
+#[derive(Debug, Default, Clone, Copy)]
+struct PathHasher(u64);
+
+impl std::hash::Hasher for PathHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
 /// Text fields by path hash, each the tail of its text so far.
 #[derive(Debug, Default)]
 struct Channels {
-    map: HashMap<u64, Channel>,
+    map: HashMap<u64, Channel, std::hash::BuildHasherDefault<PathHasher>>,
     scratch: String,
 }
 
@@ -364,7 +390,11 @@ impl StreamText {
             return Err(r);
         }
         match parsed {
-            Some(v) => self.walk(rules, v, ROOT, ROOT, false),
+            Some(v) => {
+                // Without a backslash every string is its raw bytes (seen above).
+                let escapes = raw.contains(&b'\\');
+                self.walk(rules, v, escapes, (ROOT, ROOT), false)
+            }
             None => Ok(()),
         }
     }
@@ -375,12 +405,15 @@ impl StreamText {
         &mut self,
         rules: &Rules,
         v: &Value,
-        indexed: u64,
-        joined: u64,
+        escapes: bool,
+        (indexed, joined): (u64, u64),
         identifier: bool,
     ) -> Result<(), Rejection> {
         match v {
-            Value::String(s) if identifier => rules.text(s).map_or(Ok(()), Err),
+            Value::String(s) if identifier => match escapes {
+                true => rules.text(s).map_or(Ok(()), Err),
+                false => Ok(()),
+            },
             Value::String(s) => {
                 self.channels.extend(rules, indexed, s)?;
                 if joined != indexed {
@@ -392,7 +425,7 @@ impl StreamText {
                 let (i, j) = (extend_path(indexed, ITEMS), extend_path(joined, ITEMS));
                 items
                     .iter()
-                    .try_for_each(|x| self.walk(rules, x, i, j, false))
+                    .try_for_each(|x| self.walk(rules, x, escapes, (i, j), false))
             }
             Value::Object(m) => {
                 // Members that say which choice, tool call, block or item this is.
@@ -403,12 +436,12 @@ impl StreamText {
                     }
                 }
                 for (k, x) in m {
-                    if let Some(r) = rules.text(k) {
+                    if let Some(r) = escapes.then(|| rules.text(k)).flatten() {
                         return Err(r);
                     }
                     let c = hash_str(k);
                     let (i, j) = (extend_path(here, c), extend_path(joined, c));
-                    self.walk(rules, x, i, j, is_identifier(k))?;
+                    self.walk(rules, x, escapes, (i, j), is_identifier(k))?;
                 }
                 Ok(())
             }

@@ -185,6 +185,13 @@ pub struct Tail {
 impl Tail {
     /// Append `chunk`, test `f` on (tail + chunk), keep the last `keep` bytes.
     pub fn scan(&mut self, chunk: &[u8], keep: usize, mut f: impl FnMut(&[u8]) -> bool) -> bool {
+        if self.buf.is_empty() {
+            // Nothing held: test the chunk where it is, keep only its end.
+            let hit = f(chunk);
+            self.buf
+                .extend_from_slice(&chunk[chunk.len().saturating_sub(keep)..]);
+            return hit;
+        }
         self.buf.extend_from_slice(chunk);
         let hit = f(&self.buf);
         if self.buf.len() > keep {

@@ -218,6 +218,8 @@ impl Metrics {
             "stale",
             "replayed",
             "digest_mismatch",
+            "nonce_store_full",
+            "redis_down",
         ] {
             self.auth_failures.with_label_values(&[reason]);
         }
@@ -228,6 +230,7 @@ impl Metrics {
             "tokens_per_day",
             "concurrent",
             "auth_failures",
+            "token_max_requests",
         ] {
             self.rate_limited.with_label_values(&[limit]);
         }
@@ -340,6 +343,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_label_is_there_at_zero() {
+        let rt = crate::demo::runtime(18082).unwrap();
+        METRICS.init_for(&rt);
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        for series in [
+            r#"keygate_auth_failures_total{reason="nonce_store_full"}"#,
+            r#"keygate_auth_failures_total{reason="redis_down"}"#,
+            r#"keygate_rate_limited_total{limit="token_max_requests"}"#,
+        ] {
+            assert!(text.contains(series), "{series} missing");
+        }
+    }
 
     #[test]
     fn route_series_count_into_the_status_series() {

@@ -213,17 +213,18 @@ impl HeaderAllow {
     }
 }
 
-/// May the request header `name` go to a provider of `kind`? Never-list first, then
-/// the built-in list, then the operator's.
+/// May the request header `name` go to a provider of `kind`? The built-in list (never
+/// on the never-list), else the operator's unless the never-list has it.
 pub fn forwards(kind: UpstreamKind, extra: &HeaderAllow, name: &str) -> bool {
-    !listed(name, NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES)
-        && (FORWARDED.contains(&name) || forwarded_for(kind).contains(&name) || extra.allows(name))
+    FORWARDED.contains(&name)
+        || forwarded_for(kind).contains(&name)
+        || (extra.allows(name) && !listed(name, NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES))
 }
 
 /// May the provider's response header `name` reach the client?
 pub fn returns(extra: &HeaderAllow, name: &str) -> bool {
-    !listed(name, NEVER_RETURNED, NEVER_RETURNED_PREFIXES)
-        && (listed(name, RETURNED, RETURNED_PREFIXES) || extra.allows(name))
+    listed(name, RETURNED, RETURNED_PREFIXES)
+        || (extra.allows(name) && !listed(name, NEVER_RETURNED, NEVER_RETURNED_PREFIXES))
 }
 
 /// The values of `kind`'s beta header that `allowed` does not list (a comma-separated
@@ -406,6 +407,20 @@ mod tests {
             "x-http-method-override"
         ));
         assert!(forwards(UpstreamKind::OpenAi, &wide, "x-http-other"));
+    }
+
+    #[test]
+    fn built_in_lists_never_name_a_never_passed_header() {
+        for n in FORWARDED
+            .iter()
+            .chain(forwarded_for(UpstreamKind::OpenAi))
+            .chain(forwarded_for(UpstreamKind::Anthropic))
+        {
+            assert!(!listed(n, NEVER_FORWARDED, NEVER_FORWARDED_PREFIXES), "{n}");
+        }
+        for n in RETURNED.iter().chain(RETURNED_PREFIXES) {
+            assert!(!listed(n, NEVER_RETURNED, NEVER_RETURNED_PREFIXES), "{n}");
+        }
     }
 
     #[test]
