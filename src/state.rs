@@ -47,6 +47,15 @@ impl Live {
                 .collect(),
         }
     }
+
+    /// This generation's state of `up`, which may come from another generation's config
+    /// (a request that started before a reload reports to the state in force now).
+    pub fn upstream_for(&self, up: &crate::config::Upstream) -> Option<&UpstreamLive> {
+        self.upstreams
+            .get(up.index)
+            .filter(|l| l.name == up.name)
+            .or_else(|| self.upstreams.iter().find(|l| l.name == up.name))
+    }
 }
 
 /// Process-wide state.

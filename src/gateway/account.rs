@@ -30,7 +30,11 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
                 .inc_by(*n);
         }
     }
-    if let (Some(permit), Some(up)) = (ctx.circuit, ctx.upstream_live()) {
+    // The outcome goes to the breaker in force now (a reload may have come since the
+    // request started; that breaker took over the state the permit came from).
+    let live = state.live.load();
+    let up = ctx.route().and_then(|r| live.upstream_for(&r.upstream));
+    if let (Some(permit), Some(up)) = (ctx.circuit, up) {
         let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
             Outcome::Failure
         } else if ctx.upstream_status.is_some() {

@@ -301,12 +301,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         let up = ctx.route().map(|r| r.upstream.clone());
+        // A credential's rest goes to the state in force now (a reload may have come
+        // since the request started).
+        let live = self.state.live.load();
+        let up_live = up.as_deref().and_then(|u| live.upstream_for(u));
         respond::edit(resp, |parts| {
-            upstream::note_credential_answer(
-                parts,
-                ctx.upstream_live(),
-                ctx.credential_id.as_deref(),
-            );
+            upstream::note_credential_answer(parts, up_live, ctx.credential_id.as_deref());
             observe::start(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
             let none = headers::HeaderAllow::default();
             let extra = up.as_ref().map_or(&none, |u| &u.response_headers);

@@ -19,8 +19,9 @@
 //! Memory is bounded: a field is named by a 64-bit hash of its path (so a long key costs
 //! nothing to keep), at most [`MAX_CHANNELS`] fields per answer (more: refused), each
 //! keeping the last few bytes of its text (the longest secret, or [`TEXT_WINDOW`] with
-//! block patterns). Identifier fields (`id`, `type`, `model`, …) are checked one string
-//! at a time and open no channel.
+//! block patterns). In a body, identifier fields (`id`, `type`, `model`, …) are checked
+//! one string at a time and open no channel; in a stream only `type` is (stream helpers
+//! join every other string of a delta, ids and names included).
 
 use crate::response::validate::{Rejection, SecretScanner, Tail};
 use regex::bytes::RegexSet;
@@ -33,7 +34,7 @@ use std::fmt;
 pub const TEXT_WINDOW: usize = 1024;
 
 /// Most text channels one stream may open; a stream that needs more is stopped.
-pub const MAX_CHANNELS: usize = 256;
+pub const MAX_CHANNELS: usize = 512;
 
 /// What is refused in a provider answer: configured secrets, and a route's block patterns.
 #[derive(Clone, Copy)]
@@ -88,7 +89,8 @@ pub fn check_json(rules: &Rules, body: &[u8]) -> Result<(), Rejection> {
     }
     let mut walk = BodyWalk {
         rules,
-        escapes: body.contains(&b'\\'),
+        // Block patterns may be anchored: they see each string on its own as before.
+        escapes: body.contains(&b'\\') || rules.patterns.is_some(),
         channels: Channels::default(),
         path: ROOT,
         key: None,
@@ -392,7 +394,7 @@ impl StreamText {
         match parsed {
             Some(v) => {
                 // Without a backslash every string is its raw bytes (seen above).
-                let escapes = raw.contains(&b'\\');
+                let escapes = raw.contains(&b'\\') || rules.patterns.is_some();
                 self.walk(rules, v, escapes, (ROOT, ROOT), false)
             }
             None => Ok(()),
@@ -441,7 +443,9 @@ impl StreamText {
                     }
                     let c = hash_str(k);
                     let (i, j) = (extend_path(here, c), extend_path(joined, c));
-                    self.walk(rules, x, escapes, (i, j), is_identifier(k))?;
+                    // Stream helpers (openai-python's `accumulate_delta`) join every
+                    // string of a delta but `type`: ids and names are text here too.
+                    self.walk(rules, x, escapes, (i, j), k == "type")?;
                 }
                 Ok(())
             }

@@ -64,8 +64,17 @@ impl CircuitBreaker {
     }
 
     /// Take over the state of the breaker this one replaces (config reload).
+    ///
+    /// A probe in flight is not: its outcome is recorded where its permit came from, so
+    /// this breaker lets the next request probe instead of waiting for it for ever.
     pub fn inherit(&self, old: &CircuitBreaker) {
-        *self.st.lock() = *old.st.lock();
+        *self.st.lock() = match *old.st.lock() {
+            St::HalfOpen { successes, .. } => St::HalfOpen {
+                successes,
+                probing: false,
+            },
+            s => s,
+        };
     }
 
     /// 0 closed, 1 open, 2 half-open (`keygate_circuit_state`).
@@ -154,6 +163,23 @@ impl CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_in_flight_is_not_inherited() {
+        let old = cb();
+        let t = Instant::now();
+        for _ in 0..3 {
+            let p = old.admit(t).unwrap();
+            old.record(p, Outcome::Failure, t);
+        }
+        let later = t + Duration::from_secs(3600);
+        assert_eq!(old.admit(later), Ok(Permit::Probe));
+        // A reload while that probe is out: the new breaker probes again.
+        let new = cb();
+        new.inherit(&old);
+        assert_eq!(new.state_code(), 2);
+        assert_eq!(new.admit(later), Ok(Permit::Probe));
+    }
 
     fn cb() -> CircuitBreaker {
         CircuitBreaker::new(CircuitConfig {

@@ -16,8 +16,10 @@ pub struct UpstreamLive {
     pub name: String,
     pub circuit: CircuitBreaker,
     next: AtomicUsize,
-    /// Credential ids, in the config's order (how cool-downs are carried over).
-    ids: Box<[String]>,
+    /// Credential ids, in the config's order, each with a keyed hash of its secret (a
+    /// rest is carried over only to the same id with the same secret: a key replaced
+    /// after a 401 serves at once).
+    ids: Box<[(String, u64)]>,
     /// Unix ms until which each credential rests (a provider 401 or 429), same order.
     cooldowns: Box<[AtomicU64]>,
     series: UpstreamSeries,
@@ -29,10 +31,19 @@ impl UpstreamLive {
     /// cool-downs of credentials that are still configured.
     pub fn new(up: &Upstream, prev: Option<&UpstreamLive>) -> UpstreamLive {
         let circuit = CircuitBreaker::new(up.circuit);
-        let ids: Box<[String]> = up.credentials.iter().map(|c| c.id.clone()).collect();
+        let ids: Box<[(String, u64)]> = up
+            .credentials
+            .iter()
+            .map(|c| (c.id.clone(), fingerprint(c)))
+            .collect();
         let cooldowns: Box<[AtomicU64]> = ids
             .iter()
-            .map(|id| AtomicU64::new(prev.map_or(0, |p| p.cooldown_until(id))))
+            .map(|(id, fp)| {
+                let carried = prev
+                    .filter(|p| p.ids.iter().any(|(i, f)| i == id && f == fp))
+                    .map_or(0, |p| p.cooldown_until(id));
+                AtomicU64::new(carried)
+            })
             .collect();
         if let Some(p) = prev {
             circuit.inherit(&p.circuit);
@@ -58,7 +69,7 @@ impl UpstreamLive {
     pub fn cooldown_until(&self, id: &str) -> u64 {
         self.ids
             .iter()
-            .position(|x| x == id)
+            .position(|(x, _)| x == id)
             .and_then(|i| self.cooldowns.get(i))
             .map_or(0, |c| c.load(Ordering::Relaxed))
     }
@@ -68,7 +79,7 @@ impl UpstreamLive {
         if let Some(c) = self
             .ids
             .iter()
-            .position(|x| x == id)
+            .position(|(x, _)| x == id)
             .and_then(|i| self.cooldowns.get(i))
         {
             c.fetch_max(now_ms + d.as_millis() as u64, Ordering::Relaxed);
@@ -95,6 +106,15 @@ impl UpstreamLive {
             .or_else(|| (0..n).min_by_key(|&i| until(i)))
             .and_then(|i| up.credentials.get(i))
     }
+}
+
+/// A hash of a credential's secret, keyed per process (it tells one secret from another
+/// across a reload and says nothing about either).
+fn fingerprint(c: &Credential) -> u64 {
+    use secrecy::ExposeSecret;
+    static KEYS: std::sync::LazyLock<ahash::RandomState> =
+        std::sync::LazyLock::new(ahash::RandomState::new);
+    KEYS.hash_one(c.secret.expose_secret())
 }
 
 #[cfg(test)]
@@ -152,5 +172,11 @@ routes: [{{ prefix: "/v1/", upstream: up }}]
         for _ in 0..3 {
             assert_eq!(new.pick_credential(&new_cfg[0], 2_000).unwrap().id, "c3");
         }
+        // c1's secret replaced under the same id (the fix for its 401): it serves at once.
+        let replaced = upstreams(
+            r#"{ id: c3, secret: "sk-literal-for-tests-000000000003" }, { id: c1, secret: "sk-literal-for-tests-replaced0001" }"#,
+        );
+        let next = UpstreamLive::new(&replaced[0], Some(&new));
+        assert_eq!(next.cooldown_until("c1"), 0);
     }
 }
