@@ -16,34 +16,18 @@ cd "$root"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${BENCH_ROUNDS:-2}"
 work="$(mktemp -d)"
-mkdir -p target/bench "$work"/{body,proxy,fcgi,uwsgi,scgi}
+mkdir -p target/bench "$work"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
+. bench/common.sh
 
 UP=$(free_port); NGX=$(free_port); BARE=$(free_port); KG=$(free_port); ADMIN=$(free_port)
-json='{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log warn;
-events { worker_connections 8192; }
-http {
-  access_log off;
-  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fcgi;
-  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
-  keepalive_requests 100000;
-  server { listen 127.0.0.1:$UP; default_type application/json; location / { return 200 '$json'; } }
-  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+nginx_conf "$work" "$UP" "  upstream up { server 127.0.0.1:$UP; keepalive 128; }
   server {
     listen 127.0.0.1:$NGX;
-    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }" > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 wait_port "$UP"; wait_port "$NGX"

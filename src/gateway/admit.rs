@@ -245,7 +245,7 @@ impl Gateway {
             )));
         }
         let live = ctx.live.clone();
-        let Some(up_live) = live.upstreams.get(route.upstream.index) else {
+        let Some(up_live) = live.upstream_for(&route.upstream) else {
             return Err(GatewayError::new(ErrorCode::Internal, "No upstream state."));
         };
         let breaker = &up_live.circuit;
@@ -304,10 +304,7 @@ impl Gateway {
     ) -> Result<AuthedClient, GatewayError> {
         let rt = ctx.rt.clone();
         let authority = normalize_authority(&authority(session)?, ctx.tls);
-        let ip = match ctx.client_ip {
-            Some(ip) => ip,
-            None => client_ip(session, &rt),
-        };
+        let ip = ctx.client_ip.unwrap_or_else(|| client_ip(session, &rt));
         ctx.client_ip = Some(ip);
         let now_ms = limits::now_ms();
         if rt.server.auth_failure_limit.is_some() {
@@ -367,13 +364,15 @@ impl Gateway {
         Ok(client)
     }
 
+    /// [`Self::auth_failed`] for a body whose digest did not match, from the address
+    /// `request_filter` resolved.
+    pub(super) fn body_auth_failed(&self, ctx: &Ctx, f: &auth::AuthFailure) -> GatewayError {
+        let ip = ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        self.auth_failed(&ctx.rt, &ip, f)
+    }
+
     /// Count a failed authentication (metric, per-IP limit) and return its error.
-    pub(super) fn auth_failed(
-        &self,
-        rt: &Runtime,
-        ip: &IpAddr,
-        f: &auth::AuthFailure,
-    ) -> GatewayError {
+    fn auth_failed(&self, rt: &Runtime, ip: &IpAddr, f: &auth::AuthFailure) -> GatewayError {
         METRICS.auth_failures.with_label_values(&[f.reason]).inc();
         if let (Some(afl), 401) = (rt.server.auth_failure_limit, f.code.status()) {
             if self.state.auth_failures.record_failure(
@@ -482,9 +481,7 @@ impl Gateway {
         body: &[u8],
     ) -> Result<Option<bytes::Bytes>, GatewayError> {
         if let Err(f) = auth::check_body_digest(client, body) {
-            let rt = ctx.rt.clone();
-            let ip = ctx.client_ip.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-            return Err(self.auth_failed(&rt, &ip, &f));
+            return Err(self.body_auth_failed(ctx, &f));
         }
         let rt = ctx.rt.clone();
         let route = ctx

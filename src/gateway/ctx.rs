@@ -145,7 +145,7 @@ impl Ctx {
     /// The live state of the matched route's upstream.
     pub fn upstream_live(&self) -> Option<&UpstreamLive> {
         self.route()
-            .and_then(|r| self.live.upstreams.get(r.upstream.index))
+            .and_then(|r| self.live.upstream_for(&r.upstream))
     }
 
     /// The matched route's metric series.

@@ -56,10 +56,7 @@ impl Gateway {
         .await?;
         if let Err(f) = auth::check_body_digest(&client, &body) {
             // Counted against the client's address like any failed authentication.
-            let ip = ctx
-                .client_ip
-                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
-            return Err(self.auth_failed(&rt, &ip, &f));
+            return Err(self.body_auth_failed(ctx, &f));
         }
         let req: MintRequest = if body.is_empty() {
             MintRequest::default()
