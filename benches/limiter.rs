@@ -2,7 +2,7 @@
 //! Run: `cargo bench --bench limiter` (numbers in README).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use keygate::config::{site_limit_key, Tier};
+use keygate::limits::tier::{site_limit_key, Tier};
 use keygate::limits::Limiter;
 
 fn tier() -> Tier {

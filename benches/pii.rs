@@ -4,8 +4,8 @@
 //! `cargo bench --bench pii -- --warm-up-time 1 --measurement-time 3` (numbers in README).
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use keygate::config::UpstreamKind;
 use keygate::pii::{self, detect, Outcome, PiiMode, PiiPolicy};
+use keygate::upstream::kind::UpstreamKind;
 use serde_json::{json, Map, Value};
 
 /// Ordinary text with numbers, dates, times and versions (look-alikes, no PII).

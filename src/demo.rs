@@ -100,7 +100,7 @@ pub fn banner(exe: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let curl = crate::cli::curl_command(
+    let curl = crate::auth::signature::curl::curl_command(
         DEMO_SECRET.as_bytes(),
         DEMO_KEY_ID,
         "POST",

@@ -6,7 +6,7 @@ use crate::gateway::Gateway;
 use crate::reload::Reloader;
 use crate::state::State;
 use crate::telemetry::admin::AdminApp;
-use crate::tls::ReloadableCert;
+use crate::tls::reload::ReloadableCert;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
@@ -183,9 +183,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     if let Some(fleet) = &state.fleet {
         log::info!(
             "fleet mode: Redis {} ({} nodes, sync every {:?})",
-            fleet.settings.redacted_url,
-            fleet.settings.nodes,
-            fleet.settings.sync_interval
+            fleet.settings().redacted_url,
+            fleet.settings().nodes,
+            fleet.settings().sync_interval
         );
         let sync = crate::fleet::sync::FleetSync {
             fleet: fleet.clone(),

@@ -8,7 +8,7 @@
 
 use crate::auth::nonce::NonceStore;
 use crate::config::Runtime;
-use crate::fleet::{counters::FleetStore, Fleet};
+use crate::fleet::{store::FleetStore, Fleet};
 use crate::limits::{ip::AuthFailureLimiter, CounterStore, Limiter, LocalStore};
 use crate::telemetry::audit::AuditLog;
 use crate::telemetry::metrics::RouteSeries;

@@ -3,6 +3,8 @@
 //! This module is pure: it parses the signature headers, builds the signature base
 //! and computes or checks the MAC. Key lookup, time and replay live in `auth`.
 
+pub mod curl;
+
 use super::sfv::{self, Bare, Member};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

@@ -248,7 +248,7 @@ impl std::fmt::Debug for RawRedis {
         write!(
             f,
             "RawRedis({}, {:?}, {:?})",
-            super::redact_url(&self.url),
+            super::secret::redact_url(&self.url),
             self.timeout_ms,
             self.key_prefix
         )

@@ -138,7 +138,7 @@ pub fn read_source(value: &str) -> Result<Option<Zeroizing<String>>, String> {
     }
     if let Some(path) = value.strip_prefix("file:") {
         let bytes = Zeroizing::new(
-            super::read_file_bounded(path.as_ref(), super::MAX_REFERENCED_FILE_BYTES)
+            super::files::read_file_bounded(path.as_ref(), super::files::MAX_REFERENCED_FILE_BYTES)
                 .map_err(|e| format!("cannot read {path}: {}", e.kind()))?,
         );
         let text = Zeroizing::new(
@@ -178,6 +178,25 @@ pub fn resolve(
         "plain-text secrets are refused outside --demo; use enc:v1:…, env:NAME or file:/path"
             .into(),
     )
+}
+
+/// A URL with the password of its userinfo (`scheme://user:PASSWORD@host`) replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[unparsable URL]".into();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            // Without a colon the lone userinfo may be a password too: hide it all.
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+                None => format!("{scheme}://***{}", &rest[at..]),
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::*;
+use std::time::Duration;
 
 const GOOD: &str = r#"
 server:
@@ -438,10 +439,10 @@ fn pii_settings_load_per_route_and_site() {
     let kinds: Vec<&str> = policy.detector.kinds().iter().map(|k| &*k.name).collect();
     assert_eq!(kinds, ["ticket", "email"]);
     assert!(
-        crate::pii::policy_for(route, rt.sites.first()).is_none(),
+        route.pii_policy(rt.sites.first()).is_none(),
         "the site's off wins"
     );
-    assert!(crate::pii::policy_for(route, None).is_some());
+    assert!(route.pii_policy(None).is_some());
 }
 
 #[test]

@@ -14,12 +14,10 @@
 //! A node that has not served a site for [`REFRESH_HORIZON_MS`] starts from a stale
 //! view and may add up to its own `r × (sync_interval + RTT)` once more.
 
-use super::{Fleet, Req};
-use crate::limits::window::Counts;
-use crate::limits::{Counter, CounterStore, LocalStore, SiteKey};
+use super::conn::{Redis, Req};
+use crate::limits::Counter;
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 /// Sites served by this node within this time are read back at every sync.
 pub const REFRESH_HORIZON_MS: u64 = 5 * 60 * 1000;
@@ -130,7 +128,7 @@ impl FleetCounters {
     /// After an outage: if Redis lost its data (a restart without persistence), the
     /// deltas alone would undercount, so send this node's whole counts of the live windows
     /// instead. Detected by a random generation marker each node remembers.
-    pub async fn check_generation(&self, fleet: &Fleet) -> bool {
+    pub async fn check_generation(&self, redis: &Redis) -> bool {
         let key = format!("{}generation", self.prefix);
         let mut fresh = [0u8; 8];
         rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut fresh);
@@ -141,7 +139,7 @@ impl FleetCounters {
             .arg("NX")
             .ignore();
         pipe.cmd("GET").arg(&key);
-        let Ok((current,)) = fleet
+        let Ok((current,)) = redis
             .call::<(Option<String>,)>("sync", Req::Pipe(&pipe))
             .await
         else {
@@ -161,7 +159,7 @@ impl FleetCounters {
 
     /// One sync: flush the deltas and read back the totals of recently served sites,
     /// in one pipeline. On failure the deltas stay for the next attempt.
-    pub async fn sync(&self, fleet: &Fleet, now_ms: u64) -> bool {
+    pub async fn sync(&self, redis: &Redis, now_ms: u64) -> bool {
         let (flush, refresh) = {
             let mut g = self.inner.lock();
             let unsynced = std::mem::take(&mut g.unsynced);
@@ -190,7 +188,7 @@ impl FleetCounters {
             pipe.cmd("GET")
                 .arg(self.key(*c, *site, epoch.saturating_sub(1)));
         }
-        let Ok(totals) = fleet
+        let Ok(totals) = redis
             .call::<Vec<Option<i64>>>("sync", Req::Pipe(&pipe))
             .await
         else {
@@ -209,56 +207,6 @@ impl FleetCounters {
             }
         }
         true
-    }
-}
-
-/// A [`CounterStore`] over the local sketch and the fleet view.
-pub struct FleetStore {
-    local: LocalStore,
-    fleet: Arc<Fleet>,
-}
-
-impl FleetStore {
-    pub fn new(local: LocalStore, fleet: Arc<Fleet>) -> Self {
-        FleetStore { local, fleet }
-    }
-
-    /// Record `n` in the fleet deltas (also while Redis is down: flushed on recovery) and
-    /// judge on the larger of the local and the fleet-wide counts while Redis is up.
-    fn merge(&self, counter: Counter, key: SiteKey, n: i64, local: Counts, now_ms: u64) -> Counts {
-        let (prev, curr) = self.fleet.counters.update(counter, key.site, n, now_ms);
-        if !self.fleet.is_up() {
-            return local;
-        }
-        Counts {
-            prev: local.prev.max(prev),
-            curr: local.curr.max(curr),
-            ..local
-        }
-    }
-}
-
-impl CounterStore for FleetStore {
-    fn add(&self, counter: Counter, key: SiteKey, n: i64, now_ms: u64) -> Counts {
-        let local = self.local.add(counter, key, n, now_ms);
-        self.merge(counter, key, n, local, now_ms)
-    }
-
-    fn get(&self, counter: Counter, key: SiteKey, now_ms: u64) -> Counts {
-        let local = self.local.get(counter, key, now_ms);
-        self.merge(counter, key, 0, local, now_ms)
-    }
-
-    fn local(&self) -> &LocalStore {
-        &self.local
-    }
-
-    fn quota_divisor(&self) -> u64 {
-        if self.fleet.is_up() {
-            1
-        } else {
-            self.fleet.settings.nodes
-        }
     }
 }
 

@@ -11,43 +11,27 @@
 //!   `fail_closed` or `local`; limits: `1/nodes` of each quota) until the sync task's
 //!   next probe succeeds.
 
+pub mod conn;
 pub mod counters;
+pub mod store;
 pub mod sync;
 
 use crate::auth::{self, AuthFailure, NonceClaim};
 use crate::config::{FleetSettings, NonceFallback};
-use crate::telemetry::metrics::METRICS;
+pub use conn::{Redis, RedisDown, Req};
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
-use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 /// Nonces accepted locally while Redis was down, written to Redis on recovery (so a
 /// replay to another node after recovery is still refused). Beyond this many, further
 /// ones are remembered by the accepting node only.
 const PENDING_NONCES_MAX: usize = 100_000;
 
-/// Redis was unreachable, timed out or answered with an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RedisDown;
-
-/// One request to Redis.
-pub enum Req<'a> {
-    Cmd(&'a redis::Cmd),
-    Pipe(&'a redis::Pipeline),
-}
-
-/// The shared handle: settings, the lazily created connection, health, and the
-/// fleet view of the counters.
+/// The shared handle: the Redis connection, the nonces waiting for it, and the fleet
+/// view of the counters.
 pub struct Fleet {
-    pub settings: FleetSettings,
-    conn: OnceLock<ConnectionManager>,
-    up: AtomicBool,
-    /// The sync service has tried to reach Redis at least once.
-    tried: AtomicBool,
+    pub redis: Redis,
     pending_nonces: Mutex<Vec<(String, i64)>>,
     pub counters: counters::FleetCounters,
 }
@@ -56,103 +40,20 @@ impl Fleet {
     pub fn new(settings: FleetSettings) -> Arc<Fleet> {
         let counters = counters::FleetCounters::new(&settings.key_prefix);
         Arc::new(Fleet {
-            settings,
-            conn: OnceLock::new(),
-            up: AtomicBool::new(false),
-            tried: AtomicBool::new(false),
+            redis: Redis::new(settings),
             pending_nonces: Mutex::new(Vec::new()),
             counters,
         })
     }
 
-    /// Create the connection manager (no connection yet). Must run inside the tokio
-    /// runtime that will drive the connection: the sync service's.
-    pub fn connect_lazily(&self) -> Result<(), String> {
-        let result = self.new_manager();
-        if result.is_err() {
-            // Never coming up: readiness must not wait for it.
-            self.tried.store(true, Ordering::Release);
-        }
-        result
-    }
-
-    fn new_manager(&self) -> Result<(), String> {
-        let client = redis::Client::open(self.settings.url.expose_secret())
-            .map_err(|_| format!("bad Redis URL {}", self.settings.redacted_url))?;
-        let t = self.settings.timeout;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(t))
-            .set_response_timeout(Some(t))
-            .set_number_of_retries(2)
-            .set_max_delay(std::time::Duration::from_millis(500));
-        let cm = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("Redis {}: {:?}", self.settings.redacted_url, e.kind()))?;
-        let _ = self.conn.set(cm);
-        Ok(())
-    }
-
-    /// The first attempt to reach Redis has finished (successful or not).
-    pub fn has_tried(&self) -> bool {
-        self.tried.load(Ordering::Acquire)
+    /// The validated `fleet:` settings.
+    pub fn settings(&self) -> &FleetSettings {
+        &self.redis.settings
     }
 
     /// Redis answered the last call.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
-    }
-
-    fn set_up(&self, up: bool) {
-        if self.up.swap(up, Ordering::AcqRel) != up {
-            if up {
-                log::info!(
-                    "fleet: Redis {} reachable; fleet-wide enforcement on",
-                    self.settings.redacted_url
-                );
-            } else {
-                log::warn!(
-                    "fleet: Redis {} unreachable; falling back (nonces: {:?}, limits: 1/{} of each quota)",
-                    self.settings.redacted_url,
-                    self.settings.nonces_when_down,
-                    self.settings.nodes
-                );
-            }
-        }
-        METRICS.redis_up.set(i64::from(up));
-    }
-
-    /// Run one Redis command or pipeline with the configured timeout, timing it under
-    /// `op`. Any error marks Redis down.
-    pub async fn call<T: redis::FromRedisValue>(
-        &self,
-        op: &'static str,
-        req: Req<'_>,
-    ) -> Result<T, RedisDown> {
-        let Some(conn) = self.conn.get() else {
-            return Err(RedisDown);
-        };
-        let mut conn = conn.clone();
-        let started = Instant::now();
-        let result = match req {
-            Req::Cmd(c) => {
-                tokio::time::timeout(self.settings.timeout, c.query_async(&mut conn)).await
-            }
-            Req::Pipe(p) => {
-                tokio::time::timeout(self.settings.timeout, p.query_async(&mut conn)).await
-            }
-        };
-        METRICS
-            .redis_seconds
-            .with_label_values(&[op])
-            .observe(started.elapsed().as_secs_f64());
-        let failure = match result {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => format!("{:?}", e.kind()),
-            Err(_) => "timeout".to_string(),
-        };
-        log::debug!("fleet: Redis {op} failed: {failure}");
-        METRICS.redis_errors.with_label_values(&[op]).inc();
-        self.set_up(false);
-        Err(RedisDown)
+        self.redis.is_up()
     }
 
     /// The Redis key of a nonce: the key id as hash tag, the nonce hashed.
@@ -160,7 +61,7 @@ impl Fleet {
         let d = Sha256::digest(nonce.as_bytes());
         format!(
             "{}n:{{{}}}:{}",
-            self.settings.key_prefix,
+            self.redis.settings.key_prefix,
             key_id,
             hex::encode(&d[..16])
         )
@@ -177,7 +78,7 @@ impl Fleet {
         let exat = claim.expires_at.max(now + 1);
         let mut cmd = redis::cmd("SET");
         cmd.arg(&key).arg(1).arg("NX").arg("EXAT").arg(exat);
-        let set: Option<String> = self.call("nonce", Req::Cmd(&cmd)).await?;
+        let set: Option<String> = self.redis.call("nonce", Req::Cmd(&cmd)).await?;
         Ok(set.is_some())
     }
 
@@ -196,12 +97,16 @@ impl Fleet {
     /// up and write back the nonces accepted locally meanwhile. False while still down.
     pub async fn recover(&self, now_ms: u64) -> bool {
         let ping = redis::cmd("PING");
-        let ok = self.call::<String>("ping", Req::Cmd(&ping)).await.is_ok()
-            && self.counters.check_generation(self).await;
+        let ok = self
+            .redis
+            .call::<String>("ping", Req::Cmd(&ping))
+            .await
+            .is_ok()
+            && self.counters.check_generation(&self.redis).await;
         if ok {
-            self.set_up(true);
+            self.redis.set_up(true);
         }
-        self.tried.store(true, Ordering::Release);
+        self.redis.mark_tried();
         if ok {
             self.flush_pending_nonces(now_ms as i64 / 1000).await;
         }
@@ -225,7 +130,7 @@ impl Fleet {
                 .arg(*exat)
                 .ignore();
         }
-        let res = self.call::<()>("nonce", Req::Pipe(&pipe)).await;
+        let res = self.redis.call::<()>("nonce", Req::Pipe(&pipe)).await;
         if res.is_err() {
             // Keep them for the next recovery.
             let mut p = self.pending_nonces.lock();
@@ -275,15 +180,15 @@ pub async fn admit_token_use(
     let Some(fleet) = fleet else {
         return local.admit(&claims.jti, claims.max, now_ms);
     };
-    let share = claims.max.div_ceil(fleet.settings.nodes);
+    let share = claims.max.div_ceil(fleet.settings().nodes);
     if !fleet.is_up() {
         return local.admit(&claims.jti, share, now_ms);
     }
-    let key = format!("{}u:{{{}}}", fleet.settings.key_prefix, claims.jti);
+    let key = format!("{}u:{{{}}}", fleet.settings().key_prefix, claims.jti);
     let mut pipe = redis::pipe();
     pipe.cmd("INCR").arg(&key);
     pipe.cmd("EXPIREAT").arg(&key).arg(claims.exp + 60).ignore();
-    match fleet.call::<(u64,)>("token", Req::Pipe(&pipe)).await {
+    match fleet.redis.call::<(u64,)>("token", Req::Pipe(&pipe)).await {
         Ok((uses,)) => {
             // Keep this node's count in step for the fallback.
             local.admit(&claims.jti, u64::MAX, now_ms);
@@ -301,7 +206,7 @@ fn fallback(
     now: i64,
     recorded_locally: bool,
 ) -> Result<(), AuthFailure> {
-    match fleet.settings.nonces_when_down {
+    match fleet.settings().nonces_when_down {
         NonceFallback::FailClosed => Err(auth::nonce_store_unavailable("redis_down")),
         NonceFallback::Local { window } => {
             if claim.created < now - window.as_secs() as i64 {

@@ -17,11 +17,11 @@ pub struct FleetSync {
 impl BackgroundService for FleetSync {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let fleet = &self.fleet;
-        if let Err(e) = fleet.connect_lazily() {
+        if let Err(e) = fleet.redis.connect_lazily() {
             log::error!("fleet: {e}; running on the fallback policy");
             return;
         }
-        let mut tick = tokio::time::interval(fleet.settings.sync_interval);
+        let mut tick = tokio::time::interval(fleet.settings().sync_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -31,7 +31,7 @@ impl BackgroundService for FleetSync {
                         fleet.counters.prune(now_ms);
                         continue;
                     }
-                    fleet.counters.sync(fleet, now_ms).await;
+                    fleet.counters.sync(&fleet.redis, now_ms).await;
                 }
                 _ = shutdown.changed() => return,
             }

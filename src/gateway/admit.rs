@@ -3,16 +3,17 @@
 
 use super::cors;
 use super::ctx::{BodyPlan, Ctx};
-use super::Gateway;
+use super::service::Gateway;
 use crate::auth::{self, signature::normalize_authority, AuthInput, AuthMode, AuthedClient};
 use crate::config::Route;
-use crate::config::UpstreamKind;
-use crate::config::{Runtime, Tier};
+use crate::config::Runtime;
 use crate::error::{ErrorCode, GatewayError};
 use crate::limits;
+use crate::limits::tier::Tier;
 use crate::request::{body, hygiene};
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::headers::strip_key_param;
+use crate::upstream::kind::UpstreamKind;
 use bytes::BytesMut;
 use pingora::proxy::Session;
 use std::net::IpAddr;
@@ -261,16 +262,15 @@ impl Gateway {
         }
         up_live.series().circuit_state.set(breaker.state_code());
         let now_ms = limits::now_ms();
-        if let Some(tier) = rt.tiers.get(&site.tier) {
-            match self
-                .state
-                .limiter
-                .load()
-                .admit(site.limit_key, tier, now_ms)
-            {
-                Ok(a) => ctx.admission = Some(a),
-                Err(refusal) => return Err(rate_limited(tier, refusal)),
-            }
+        let tier = &site.tier;
+        match self
+            .state
+            .limiter
+            .load()
+            .admit(site.limit_key, tier, now_ms)
+        {
+            Ok(a) => ctx.admission = Some(a),
+            Err(refusal) => return Err(rate_limited(tier, refusal)),
         }
         if let Some(claims) = &client.token {
             let fleet = self.state.fleet.as_deref();
@@ -492,7 +492,7 @@ impl Gateway {
             .headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        let pii = crate::pii::policy_for(route, rt.sites.get(client.site));
+        let pii = route.pii_policy(rt.sites.get(client.site));
         let outcome = body::check_with(route, pii, method, &ctx.upstream_path, content_type, body)?;
         if let (Some(claims), Some(model)) = (&client.token, &outcome.model) {
             if !claims.models.is_empty() && !claims.models.contains(model) {

@@ -2,7 +2,7 @@
 //! `cors_origins`; actual requests carry `Access-Control-Allow-Origin` only for an origin
 //! of the authenticated site, never with credentials, always with `Vary: Origin`.
 
-use super::respond::{append, response_header, set, value, ROOM};
+use super::header_map::{append, response_header, set, value, ROOM};
 use crate::config::{Runtime, Site};
 use crate::error::GatewayError;
 use http::header::{self, HeaderMap, HeaderValue};

@@ -16,43 +16,23 @@ mod account;
 mod admit;
 mod cors;
 pub mod ctx;
+mod header_map;
 mod observe;
 pub mod respond;
+mod service;
 mod tokens;
 
 use crate::error::{ErrorCode, GatewayError};
-use crate::state::State;
-use crate::upstream::{self, dns::Resolver, headers};
+
+use crate::upstream::{self, headers};
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::{BodyPlan, Ctx};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
-use std::sync::Arc;
-
-/// The gateway service: shared state plus the resolver cache.
-pub struct Gateway {
-    pub state: Arc<State>,
-    pub resolver: Resolver,
-}
-
-impl Gateway {
-    pub fn new(state: Arc<State>) -> Self {
-        Gateway {
-            state,
-            resolver: Resolver::default(),
-        }
-    }
-
-    /// Remember `err` for `fail_to_proxy` and return the Pingora error that aborts the request.
-    fn abort(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
-        let msg = err.message.clone();
-        ctx.error = Some(err);
-        Error::explain(ErrorType::InternalError, msg)
-    }
-}
+use pingora::{Error, Result};
+pub use service::Gateway;
 
 /// A request id from the client is kept when it is 1-128 chars of `[A-Za-z0-9._-]`.
 fn request_id(session: &Session) -> String {
@@ -205,7 +185,7 @@ impl ProxyHttp for Gateway {
             ));
         };
         ctx.credential_id = Some(credential.id.clone());
-        headers::prepare_upstream_request(req, &up, credential, &ctx.upstream_path)?;
+        crate::upstream::prepare_upstream_request(req, &up, credential, &ctx.upstream_path)?;
         // Framing upstream is keygate's: the exact verified length, or chunked when the
         // body is held back (so a rewritten body may change length).
         req.remove_header(&http::header::TRANSFER_ENCODING);

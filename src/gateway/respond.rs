@@ -1,15 +1,20 @@
 //! Writing keygate's own responses and the headers every response carries.
 
 use super::ctx::Ctx;
+pub use super::header_map::{append, invalid_value, response_header, set, too_many, value, ROOM};
 use crate::error::{ErrorCode, GatewayError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::response::Parts;
-use http::{HeaderValue, StatusCode};
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use std::time::SystemTime;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 thread_local! {
     static DATE: std::cell::RefCell<(u64, HeaderValue)> =
@@ -32,51 +37,6 @@ fn http_date() -> HeaderValue {
         }
         c.1.clone()
     })
-}
-
-/// Headers keygate may add to a response, at most: the room a response header is built
-/// with, so adding them never grows its map.
-pub const ROOM: usize = 12;
-
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-fn too_many<E>(_: E) -> Box<Error> {
-    Error::explain(ErrorType::InvalidHTTPHeader, "too many headers")
-}
-
-/// Set `name`, replacing any value. keygate writes headers into a plain `http::HeaderMap`
-/// (no header case kept: names go out lower-case, as Envoy and HTTP/2 send them), so a
-/// constant name costs no allocation. Pingora's `insert_header` allocates every name
-/// that is not a standard one, and twice when the header keeps case.
-pub fn set(h: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
-    h.try_insert(name, value).map_err(too_many)?;
-    Ok(())
-}
-
-/// Add a value under `name`, keeping those already there.
-pub fn append(h: &mut HeaderMap, name: HeaderName, value: HeaderValue) -> pingora::Result<()> {
-    h.try_append(name, value).map_err(too_many)?;
-    Ok(())
-}
-
-fn invalid_value<E>(_: E) -> Box<Error> {
-    Error::explain(ErrorType::InvalidHTTPHeader, "invalid header value")
-}
-
-/// A header value from text keygate holds (ids, origins, policies).
-pub fn value(text: &str) -> pingora::Result<HeaderValue> {
-    HeaderValue::from_str(text).map_err(invalid_value)
-}
-
-/// A response header (HTTP/1.1, no header case kept) from `status` and `headers`.
-pub fn response_header(status: u16, headers: HeaderMap) -> pingora::Result<ResponseHeader> {
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = StatusCode::from_u16(status)
-        .map_err(|_| Error::explain(ErrorType::InternalError, "invalid status"))?;
-    parts.headers = headers;
-    Ok(ResponseHeader::from(parts))
 }
 
 /// Edit the upstream's response header as plain `http` parts, with room for [`ROOM`]
@@ -135,10 +95,7 @@ pub fn add_standard_headers(h: &mut HeaderMap, ctx: &Ctx) -> pingora::Result<()>
 
 /// `RateLimit-Policy` and `RateLimit` on proxied responses of limited tiers.
 pub fn add_ratelimit_headers(h: &mut HeaderMap, ctx: &Ctx) -> pingora::Result<()> {
-    let policy = ctx
-        .site()
-        .and_then(|s| ctx.rt.tiers.get(&s.tier))
-        .and_then(|t| t.policy.clone());
+    let policy = ctx.site().and_then(|s| s.tier.policy.clone());
     if let Some(p) = policy {
         set(h, RATELIMIT_POLICY, p)?;
     }

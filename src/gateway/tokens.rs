@@ -3,7 +3,7 @@
 
 use super::admit::{precheck, read_body};
 use super::ctx::Ctx;
-use super::Gateway;
+use super::service::Gateway;
 use crate::auth::token::Claims;
 use crate::auth::{self, AuthMode};
 use crate::error::{ErrorCode, GatewayError};

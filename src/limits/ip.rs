@@ -1,10 +1,71 @@
 //! The client's IP and the per-IP limit on failed authentications.
 
 use super::window::SlidingWindow;
-use crate::config::Cidr;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+/// An address block (`10.0.0.0/8`, `::1/128`, or a single address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Parse `a.b.c.d`, `a.b.c.d/n`, or the IPv6 equivalents.
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (addr, len) = parse_cidr(s)?;
+        Some(Cidr { addr, len })
+    }
+
+    /// Whether `ip` lies in this block (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(*ip),
+            v4 => *v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len)
+                };
+                (u32::from(net) & mask) == (u32::from(a) & mask)
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len)
+                };
+                (u128::from(net) & mask) == (u128::from(a) & mask)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Parse `a.b.c.d`, `a.b.c.d/n`, or the IPv6 equivalents.
+pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l.parse::<u8>().ok()?)),
+        None => (s, None),
+    };
+    let ip: std::net::IpAddr = addr.parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((ip, len))
+}
+
+/// `server.auth_failure_limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFailureLimit {
+    pub per_minute: u64,
+    pub cooldown: Duration,
+}
 
 /// The client IP: the socket peer, unless the peer is a trusted proxy; then the
 /// right-most `X-Forwarded-For` address that is not itself trusted.

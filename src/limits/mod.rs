@@ -23,13 +23,14 @@
 //! not known in advance (client IPs, browser tokens) use four-row sketches instead.
 
 pub mod ip;
+pub mod tier;
 pub mod window;
 
-use crate::config::Tier;
 use pingora_limits::inflight::{Guard, Inflight};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tier::Tier;
 use window::{Counts, SlidingWindow};
 
 /// The counters a site has.

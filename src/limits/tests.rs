@@ -19,7 +19,7 @@ const SMALL: [u64; 9] = [1, 2, 3, 4, 5, 6, 7, 8, 9];
 
 fn keys(n: u64) -> Vec<u64> {
     (0..n)
-        .map(|i| crate::config::site_limit_key(&format!("site-{i}")))
+        .map(|i| crate::limits::tier::site_limit_key(&format!("site-{i}")))
         .collect()
 }
 

@@ -25,7 +25,7 @@
 //! other member. Batch endpoints are refused on routes with a PII policy (see
 //! `request::body`).
 
-use crate::config::UpstreamKind;
+use crate::upstream::kind::UpstreamKind;
 use serde_json::{Map, Value};
 
 /// Call `f` on every text part of a request body of `kind`.

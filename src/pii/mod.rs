@@ -9,37 +9,14 @@
 pub mod body;
 pub mod detect;
 pub mod mapping;
+pub mod policy;
 pub mod stream;
 
-use crate::config::{Route, Site, UpstreamKind};
 use crate::error::{ErrorCode, GatewayError};
+use crate::upstream::kind::UpstreamKind;
 pub use mapping::{Counts, Pseudonyms};
+pub use policy::{PiiMode, PiiPolicy};
 use serde_json::{Map, Value};
-
-/// What a route or site does with personal data (`off` is no policy at all).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PiiMode {
-    /// Replace values by placeholders upstream, restore them in the answer.
-    Pseudonymize,
-    /// Refuse the request (422 `pii_detected`).
-    Block,
-}
-
-/// A validated `pii:` setting: the mode and the detector compiled at load.
-#[derive(Debug)]
-pub struct PiiPolicy {
-    pub mode: PiiMode,
-    pub detector: detect::Detector,
-}
-
-/// The policy a request runs under: the site's `pii` when it has one (`off` included),
-/// else the route's.
-pub fn policy_for<'a>(route: &'a Route, site: Option<&'a Site>) -> Option<&'a PiiPolicy> {
-    match site.and_then(|s| s.pii.as_ref()) {
-        Some(site_setting) => site_setting.as_deref(),
-        None => route.pii.as_deref(),
-    }
-}
 
 /// What a policy did to a request body.
 #[derive(Debug)]

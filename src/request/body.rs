@@ -1,8 +1,9 @@
 //! JSON request bodies: parse strictly (no duplicate keys, bounded depth), check the
 //! route's model allow-list, and cap the output-token field of the upstream's kind.
 
-use crate::config::{Route, UpstreamKind};
+use crate::config::Route;
 use crate::error::GatewayError;
+use crate::upstream::kind::UpstreamKind;
 use bytes::Bytes;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};

@@ -2,8 +2,8 @@
 //! is the content type allowed, does a JSON body have the shape of its endpoint, does
 //! a stream event carry JSON (or `[DONE]`), and does anything contain a secret.
 
-use crate::config::UpstreamKind;
 use crate::response::probe::{Kind, Probe};
+use crate::upstream::kind::UpstreamKind;
 use aho_corasick::AhoCorasick;
 use serde_json::Value;
 

@@ -35,7 +35,12 @@ impl ServeHttp for AdminApp {
                 let now = std::time::Instant::now();
                 // Fleet mode: not before the first contact with Redis was tried, so a
                 // fresh node does not take traffic on the fallback policy by accident.
-                if self.state.fleet.as_ref().is_some_and(|f| !f.has_tried()) {
+                if self
+                    .state
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|f| !f.redis.has_tried())
+                {
                     reply(503, "text/plain", b"connecting to Redis\n".to_vec())
                 } else if live.upstreams.iter().any(|u| !u.circuit.is_open(now)) {
                     reply(200, "text/plain", b"ready\n".to_vec())

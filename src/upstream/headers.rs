@@ -1,8 +1,7 @@
 //! Header hygiene in both directions (SPEC §4).
 
-use crate::config::{Credential, Upstream, UpstreamKind};
+use crate::upstream::kind::UpstreamKind;
 use http::HeaderValue;
-use pingora::http::RequestHeader;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Request headers that never reach a provider, whatever the config says: client
@@ -249,40 +248,6 @@ pub fn unlisted_betas<'a>(
         }
     }
     None
-}
-
-const USER_AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
-
-/// Rewrite the request for `up`: path, Host, stripped headers, injected credential.
-pub fn prepare_upstream_request(
-    req: &mut RequestHeader,
-    up: &Upstream,
-    credential: &Credential,
-    path_and_query: &str,
-) -> pingora::Result<()> {
-    // By allow-list: what the client sent that is not known to be safe stays here.
-    let dropped: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| !forwards(up.kind, &up.request_headers, n.as_str()))
-        .cloned()
-        .collect();
-    for name in &dropped {
-        req.remove_header(name);
-    }
-    let uri: http::Uri = path_and_query.parse().map_err(|_| {
-        pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad upstream path")
-    })?;
-    req.set_uri(uri);
-    req.insert_header(http::header::HOST, up.authority.as_str())?;
-    // The client's own user agent may identify the end user's browser: keygate's instead.
-    req.insert_header(
-        http::header::USER_AGENT,
-        HeaderValue::from_static(USER_AGENT),
-    )?;
-    // A clone shares the value built at load: the key is not copied per request.
-    req.insert_header(credential_name(up.kind), credential.header.clone())?;
-    Ok(())
 }
 
 /// The request header that carries the provider credential for `kind`.

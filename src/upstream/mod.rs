@@ -4,10 +4,12 @@
 pub mod circuit;
 pub mod dns;
 pub mod headers;
+pub mod kind;
 pub mod live;
 pub mod pinning;
 
-use crate::config::Upstream;
+use crate::config::{Credential, Upstream};
+use pingora::http::RequestHeader;
 use pingora::upstreams::peer::HttpPeer;
 use pinning::PinError;
 use std::net::SocketAddr;
@@ -161,6 +163,40 @@ pub fn note_credential_answer(
         "upstream {}: credential {id} answered {status}; resting it for {secs}s",
         up.name
     );
+}
+
+const USER_AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
+
+/// Rewrite the request for `up`: path, Host, stripped headers, injected credential.
+pub fn prepare_upstream_request(
+    req: &mut RequestHeader,
+    up: &Upstream,
+    credential: &Credential,
+    path_and_query: &str,
+) -> pingora::Result<()> {
+    // By allow-list: what the client sent that is not known to be safe stays here.
+    let dropped: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| !headers::forwards(up.kind, &up.request_headers, n.as_str()))
+        .cloned()
+        .collect();
+    for name in &dropped {
+        req.remove_header(name);
+    }
+    let uri: http::Uri = path_and_query.parse().map_err(|_| {
+        pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "bad upstream path")
+    })?;
+    req.set_uri(uri);
+    req.insert_header(http::header::HOST, up.authority.as_str())?;
+    // The client's own user agent may identify the end user's browser: keygate's instead.
+    req.insert_header(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(USER_AGENT),
+    )?;
+    // A clone shares the value built at load: the key is not copied per request.
+    req.insert_header(headers::credential_name(up.kind), credential.header.clone())?;
+    Ok(())
 }
 
 #[cfg(test)]

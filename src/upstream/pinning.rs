@@ -112,11 +112,14 @@ pub fn check(pins: &[SpkiPin], presented: Option<&PresentedKeys>) -> Result<(), 
 
 /// Load every certificate of a PEM file.
 pub fn load_pem_chain(path: &std::path::Path) -> Result<Vec<X509>, String> {
-    let pem = crate::config::read_file_bounded(path, crate::config::MAX_REFERENCED_FILE_BYTES)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("file not found: {}", path.display()),
-            k => format!("cannot read {}: {k}", path.display()),
-        })?;
+    let pem = crate::config::files::read_file_bounded(
+        path,
+        crate::config::files::MAX_REFERENCED_FILE_BYTES,
+    )
+    .map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!("file not found: {}", path.display()),
+        k => format!("cannot read {}: {k}", path.display()),
+    })?;
     let certs = X509::stack_from_pem(&pem)
         .map_err(|_| format!("{} is not a PEM certificate file", path.display()))?;
     if certs.is_empty() {

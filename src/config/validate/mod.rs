@@ -1,0 +1,65 @@
+//! Raw YAML → [`Runtime`]: one file per section, each reporting every mistake with its
+//! YAML path; this orchestrator joins them and builds a `Runtime` only when nothing
+//! failed.
+
+mod fleet;
+mod keys;
+mod pii;
+mod routes;
+mod server;
+mod shared;
+mod sites;
+mod tiers;
+mod upstreams;
+
+use super::error::ConfigErrors;
+use super::raw::RawConfig;
+use super::runtime::Runtime;
+use shared::Errors;
+pub use shared::LoadOptions;
+use std::collections::HashSet;
+
+/// Turn the raw file into a `Runtime`, or report every mistake.
+pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
+    let mut errs = Errors::default();
+    let mut warnings = Vec::new();
+
+    let (server, mut process) = server::validate(&raw.server, &mut errs);
+    process.audit_path = server::audit_path(raw.log.as_ref(), &mut errs);
+    let master_keys = keys::master_keys(&raw.master_keys, &mut errs);
+    let upstreams = upstreams::validate_all(&raw, &master_keys, opts, &mut errs, &mut warnings);
+    let routes = routes::validate(&raw, &upstreams, &mut errs);
+    let tiers = tiers::validate(&raw.tiers, &mut errs);
+    let clients = sites::validate(&raw, &tiers, &master_keys, opts, &mut errs, &mut warnings);
+    let (tokens, token_max_ttl) = keys::tokens(&raw, &master_keys, &mut errs);
+    let fleet = fleet::validate(raw.fleet.as_ref(), &mut errs, &mut warnings);
+
+    if !errs.0.is_empty() {
+        return Err(ConfigErrors(errs.0));
+    }
+    let cors_origins: HashSet<String> = clients
+        .sites
+        .iter()
+        .flat_map(|s| s.cors_origins.iter().cloned())
+        .collect();
+    let mut rt = Runtime {
+        generation: 0,
+        server,
+        process,
+        upstreams,
+        routes,
+        tiers,
+        sites: clients.sites,
+        keys: clients.keys,
+        bearer_keys: clients.bearer_keys,
+        warnings,
+        scanner: crate::response::validate::SecretScanner::new(&[]),
+        tokens,
+        token_max_ttl,
+        cors_origins,
+        fleet,
+    };
+    rt.scanner =
+        crate::response::validate::SecretScanner::new(&super::inventory::all_secret_strings(&rt));
+    Ok(rt)
+}

@@ -1,0 +1,121 @@
+//! `routes:` → [`Route`]s, longest prefix first.
+
+use super::pii::validate as validate_pii;
+use super::shared::Errors;
+use crate::config::raw::{RawConfig, RawRoute};
+use crate::config::runtime::{Route, Upstream};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Every route, sorted by prefix length (longest first) for longest-prefix matching.
+pub(super) fn validate(
+    raw: &RawConfig,
+    upstreams: &[Arc<Upstream>],
+    errs: &mut Errors,
+) -> Vec<Route> {
+    let mut routes = Vec::new();
+    let mut prefixes = HashSet::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let p = format!("routes[{i}]");
+        if !prefixes.insert(r.prefix.clone()) {
+            errs.push(
+                format!("{p}.prefix"),
+                format!("duplicate prefix \"{}\"", r.prefix),
+            );
+        }
+        if let Some(route) = route(raw, r, &p, upstreams, errs) {
+            routes.push(route);
+        }
+    }
+    if raw.routes.is_empty() {
+        errs.push("routes", "at least one route is required");
+    }
+    routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    routes
+}
+
+/// One route at YAML path `p`; `None` when its upstream is missing or invalid.
+fn route(
+    raw: &RawConfig,
+    r: &RawRoute,
+    p: &str,
+    upstreams: &[Arc<Upstream>],
+    errs: &mut Errors,
+) -> Option<Route> {
+    if !r.prefix.starts_with('/') {
+        errs.push(
+            format!("{p}.prefix"),
+            format!("must start with \"/\", got \"{}\"", r.prefix),
+        );
+    } else if crate::request::hygiene::check_path(&r.prefix).is_err() {
+        errs.push(
+            format!("{p}.prefix"),
+            "must be a plain path without dot-segments, encoded characters or empty segments",
+        );
+    }
+    let upstream = upstreams.iter().find(|u| u.name == r.upstream).cloned();
+    if upstream.is_none() && !raw.upstreams.contains_key(&r.upstream) {
+        errs.push(
+            format!("{p}.upstream"),
+            format!("unknown upstream \"{}\"", r.upstream),
+        );
+    }
+    if let Some(models) = &r.models {
+        if models.is_empty() {
+            errs.push(
+                format!("{p}.models"),
+                "empty list would refuse every model; omit it to allow all",
+            );
+        }
+        for (j, m) in models.iter().enumerate() {
+            if m.trim().is_empty() {
+                errs.push(format!("{p}.models[{j}]"), "empty model name");
+            }
+        }
+    }
+    if r.max_tokens == Some(0) {
+        errs.push(format!("{p}.max_tokens"), "must be at least 1");
+    }
+    for (j, b) in r.betas.iter().enumerate() {
+        if b.is_empty() || b.contains(',') || b.bytes().any(|c| !c.is_ascii_graphic()) {
+            errs.push(
+                format!("{p}.betas[{j}]"),
+                "must be one beta value (visible ASCII, no comma)",
+            );
+        }
+    }
+    let pii = r
+        .pii
+        .as_ref()
+        .and_then(|x| validate_pii(x, &format!("{p}.pii"), errs));
+    let block_patterns = block_patterns(r.block_patterns.as_deref(), p, errs);
+    Some(Route {
+        prefix: r.prefix.clone(),
+        upstream: upstream?,
+        models: r.models.as_ref().map(|m| m.iter().cloned().collect()),
+        max_tokens: r.max_tokens,
+        block_patterns,
+        pii,
+        betas: r.betas.clone(),
+    })
+}
+
+/// `routes[].block_patterns` as one set; `None` when absent or empty.
+fn block_patterns(
+    pats: Option<&[String]>,
+    p: &str,
+    errs: &mut Errors,
+) -> Option<regex::bytes::RegexSet> {
+    let pats = pats?;
+    for (j, pat) in pats.iter().enumerate() {
+        if let Err(e) = regex::bytes::Regex::new(pat) {
+            errs.push(
+                format!("{p}.block_patterns[{j}]"),
+                format!("not a regex: {e}"),
+            );
+        }
+    }
+    regex::bytes::RegexSet::new(pats)
+        .ok()
+        .filter(|s| !s.is_empty())
+}

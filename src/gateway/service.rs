@@ -1,0 +1,31 @@
+//! The gateway service value the Pingora hooks run on (the hooks are in `gateway/mod.rs`,
+//! the admission steps in `admit.rs` and `tokens.rs`).
+
+use super::ctx::Ctx;
+use crate::error::GatewayError;
+use crate::state::State;
+use crate::upstream::dns::Resolver;
+use pingora::{Error, ErrorType};
+use std::sync::Arc;
+
+/// The gateway service: shared state plus the resolver cache.
+pub struct Gateway {
+    pub state: Arc<State>,
+    pub resolver: Resolver,
+}
+
+impl Gateway {
+    pub fn new(state: Arc<State>) -> Self {
+        Gateway {
+            state,
+            resolver: Resolver::default(),
+        }
+    }
+
+    /// Remember `err` for `fail_to_proxy` and return the Pingora error that aborts the request.
+    pub(super) fn abort(ctx: &mut Ctx, err: GatewayError) -> Box<Error> {
+        let msg = err.message.clone();
+        ctx.error = Some(err);
+        Error::explain(ErrorType::InternalError, msg)
+    }
+}

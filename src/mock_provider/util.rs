@@ -1,0 +1,44 @@
+//! Small pieces every file of the mock shares: the response body type, plain whole
+//! answers (`full`, `json_response`), and reading a request's credential and its
+//! millisecond headers.
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::{Response, StatusCode};
+use serde_json::Value;
+use std::convert::Infallible;
+
+pub(super) type Body = BoxBody<Bytes, Infallible>;
+
+pub(super) fn full(
+    status: StatusCode,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()).boxed())
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    full(status, "application/json", v.to_string())
+}
+
+pub(super) fn received_credential(req: &http::request::Parts) -> String {
+    for h in ["authorization", "x-api-key", "x-goog-api-key"] {
+        if let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok()) {
+            return v.trim_start_matches("Bearer ").to_string();
+        }
+    }
+    String::new()
+}
+
+pub(super) fn header_ms(req: &http::request::Parts, name: &str, default: u64) -> u64 {
+    req.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
