@@ -24,7 +24,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     let limiter = Limiter::local(&keys);
     let t = tier();
-    let now = keygate::limits::now_ms();
+    let now = keygate::clock::now_ms();
     let mut i = 0usize;
     c.bench_function("admit: 3 windows + tokens + concurrency, 10k sites", |b| {
         b.iter(|| {

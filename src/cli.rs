@@ -134,13 +134,6 @@ enum SiteCmd {
     },
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 fn read_data(data: Option<String>) -> Result<Vec<u8>, String> {
     match data {
         None => Ok(Vec::new()),
@@ -235,7 +228,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
         } => {
             let body = read_data(data)?;
             let method = method.to_ascii_uppercase();
-            let created = created.unwrap_or_else(now);
+            let created = created.unwrap_or_else(crate::clock::now_s);
             if curl {
                 if nonce.is_some() {
                     return Err("--curl always uses a fresh nonce".into());

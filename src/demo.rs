@@ -96,10 +96,7 @@ pub fn start_mock() -> std::io::Result<u16> {
 pub fn banner(exe: &str) -> String {
     let body = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
     let url = "http://localhost:8080/openai/v1/chat/completions";
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = crate::clock::now_s();
     let curl = crate::auth::signature::curl::curl_command(
         DEMO_SECRET.as_bytes(),
         DEMO_KEY_ID,

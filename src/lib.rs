@@ -11,6 +11,7 @@
 pub mod alloc;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod edge;

@@ -46,13 +46,6 @@ impl Reloader {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -82,7 +75,7 @@ impl BackgroundService for Reloader {
                     let path = self.state.runtime.load().process.audit_path.clone();
                     self.state.audit.reopen(path);
                 }
-                _ = tick.tick() => self.state.nonces.sweep(unix_now()),
+                _ = tick.tick() => self.state.nonces.sweep(crate::clock::now_s()),
                 _ = shutdown.changed() => return,
             }
         }

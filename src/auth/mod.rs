@@ -1,10 +1,13 @@
 //! Client authentication (SPEC §1): who is calling, proven on every request.
 //!
-//! [`authenticate`] picks the scheme from the headers present, checks it against the
-//! runtime's keys and, for `keygate-v1`, records the nonce. The body digest is checked
-//! later by the gateway once the body has been read ([`check_body_digest`]).
+//! [`verify`] picks the scheme from the headers present and checks it against the
+//! runtime's keys, recording nothing: for `keygate-v1` it returns the [`NonceClaim`],
+//! which the gateway records after the MAC verified ([`record_local`], or fleet-wide
+//! through `crate::fleet::record_nonce`). The body digest is checked once the body has
+//! been read ([`check_body_digest`]). Every failure carries an [`AuthReason`].
 
 pub mod nonce;
+pub mod reason;
 pub mod sfv;
 pub mod signature;
 pub mod token;
@@ -12,6 +15,7 @@ pub mod token;
 use crate::config::{KeyAuth, KeyId, Runtime};
 use crate::error::{ErrorCode, GatewayError};
 use nonce::{NonceError, NonceStore};
+pub use reason::AuthReason;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -57,12 +61,12 @@ pub struct AuthedClient {
 #[derive(Debug, Clone)]
 pub struct AuthFailure {
     pub code: ErrorCode,
-    pub reason: &'static str,
+    pub reason: AuthReason,
     pub detail: &'static str,
 }
 
 impl AuthFailure {
-    fn unauth(reason: &'static str, detail: &'static str) -> Self {
+    fn unauth(reason: AuthReason, detail: &'static str) -> Self {
         AuthFailure {
             code: ErrorCode::Unauthenticated,
             reason,
@@ -70,24 +74,13 @@ impl AuthFailure {
         }
     }
 
-    /// The client-facing error. Unknown key and bad MAC share one message.
+    /// The client-facing error.
     pub fn to_error(&self) -> GatewayError {
-        let msg = match self.code {
-            ErrorCode::StaleRequest => "The request signature is outside the accepted time window.",
-            ErrorCode::Replayed => "This nonce has already been used.",
-            ErrorCode::UpstreamUnavailable => {
-                "The gateway cannot accept new signed requests right now."
-            }
-            _ => match self.reason {
-                "missing" => "The request carries no credentials.",
-                "malformed" => "The request signature headers are malformed.",
-                "bad_authority" => "The signed authority is not served by this gateway.",
-                "digest_mismatch" => "The body does not match its Content-Digest.",
-                _ => "The request could not be authenticated.",
-            },
-        };
-        let mut e =
-            GatewayError::new(self.code, msg).detail(format!("{}: {}", self.reason, self.detail));
+        let mut e = GatewayError::new(self.code, self.reason.message()).detail(format!(
+            "{}: {}",
+            self.reason.as_str(),
+            self.detail
+        ));
         if self.code == ErrorCode::UpstreamUnavailable {
             e = e.retry_after(std::time::Duration::from_secs(1));
         }
@@ -112,7 +105,7 @@ fn header_values<'a>(h: &'a http::HeaderMap, name: &str) -> Result<Vec<&'a str>,
         .iter()
         .map(|v| {
             v.to_str()
-                .map_err(|_| AuthFailure::unauth("malformed", "non-ASCII auth header"))
+                .map_err(|_| AuthFailure::unauth(AuthReason::Malformed, "non-ASCII auth header"))
         })
         .collect()
 }
@@ -122,7 +115,10 @@ fn single<'a>(h: &'a http::HeaderMap, name: &str) -> Result<Option<&'a str>, Aut
     match v.len() {
         0 => Ok(None),
         1 => Ok(Some(v[0].trim())),
-        _ => Err(AuthFailure::unauth("malformed", "repeated auth header")),
+        _ => Err(AuthFailure::unauth(
+            AuthReason::Malformed,
+            "repeated auth header",
+        )),
     }
 }
 
@@ -141,13 +137,13 @@ pub struct NonceClaim {
 pub fn replayed() -> AuthFailure {
     AuthFailure {
         code: ErrorCode::Replayed,
-        reason: "replayed",
+        reason: AuthReason::Replayed,
         detail: "nonce reused",
     }
 }
 
 /// The failure when no nonce can be recorded (store full, or shared store down).
-pub fn nonce_store_unavailable(reason: &'static str) -> AuthFailure {
+pub fn nonce_store_unavailable(reason: AuthReason) -> AuthFailure {
     AuthFailure {
         code: ErrorCode::UpstreamUnavailable,
         reason,
@@ -159,7 +155,7 @@ pub fn nonce_store_unavailable(reason: &'static str) -> AuthFailure {
 pub fn stale(detail: &'static str) -> AuthFailure {
     AuthFailure {
         code: ErrorCode::StaleRequest,
-        reason: "stale",
+        reason: AuthReason::Stale,
         detail,
     }
 }
@@ -169,22 +165,8 @@ pub fn record_local(nonces: &NonceStore, claim: &NonceClaim, now: i64) -> Result
     match nonces.check_and_insert(&claim.key_id, &claim.nonce, claim.expires_at, now) {
         Ok(()) => Ok(()),
         Err(NonceError::Replayed) => Err(replayed()),
-        Err(NonceError::Full) => Err(nonce_store_unavailable("nonce_store_full")),
+        Err(NonceError::Full) => Err(nonce_store_unavailable(AuthReason::NonceStoreFull)),
     }
-}
-
-/// Authenticate one request. On success for `keygate-v1`, the nonce has been recorded
-/// in `nonces`.
-pub fn authenticate(
-    rt: &Runtime,
-    nonces: &NonceStore,
-    req: &AuthInput<'_>,
-) -> Result<AuthedClient, AuthFailure> {
-    let (client, claim) = verify(rt, req)?;
-    if let Some(claim) = claim {
-        record_local(nonces, &claim, req.now)?;
-    }
-    Ok(client)
 }
 
 /// Check the credentials without recording anything: for `keygate-v1` the nonce is
@@ -206,7 +188,7 @@ pub fn verify(
     if h.contains_key("x-site-identifier") {
         return authenticate_legacy(rt, req).map(|c| (c, None));
     }
-    Err(AuthFailure::unauth("missing", "no credentials"))
+    Err(AuthFailure::unauth(AuthReason::Missing, "no credentials"))
 }
 
 fn bearer_token(h: &http::HeaderMap) -> Result<Option<&str>, AuthFailure> {
@@ -214,7 +196,7 @@ fn bearer_token(h: &http::HeaderMap) -> Result<Option<&str>, AuthFailure> {
         let (scheme, token) = a.split_once(' ').unwrap_or((a, ""));
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
             return Err(AuthFailure::unauth(
-                "malformed",
+                AuthReason::Malformed,
                 "Authorization is not a bearer token",
             ));
         }
@@ -232,11 +214,6 @@ fn window_check(
     now: i64,
     skew: i64,
 ) -> Result<i64, AuthFailure> {
-    let stale = |d| AuthFailure {
-        code: ErrorCode::StaleRequest,
-        reason: "stale",
-        detail: d,
-    };
     if created < now - skew {
         return Err(stale("created too old"));
     }
@@ -267,13 +244,15 @@ fn authenticate_hmac(
         &rt.server.signed_headers,
     )
     .map_err(|e| match e {
-        signature::SigError::Missing => AuthFailure::unauth("missing", "signature header missing"),
-        signature::SigError::Malformed(d) => AuthFailure::unauth("malformed", d),
+        signature::SigError::Missing => {
+            AuthFailure::unauth(AuthReason::Missing, "signature header missing")
+        }
+        signature::SigError::Malformed(d) => AuthFailure::unauth(AuthReason::Malformed, d),
     })?;
     if let Some(names) = &rt.server.hostnames {
         if !names.contains(req.authority) {
             return Err(AuthFailure::unauth(
-                "bad_authority",
+                AuthReason::BadAuthority,
                 "authority not in server.hostnames",
             ));
         }
@@ -281,9 +260,9 @@ fn authenticate_hmac(
     let skew = rt.server.clock_skew.as_secs() as i64;
     let window_end = window_check(parsed.params.created, parsed.params.expires, req.now, skew)?;
     let digest_header = single(h, "content-digest")?
-        .ok_or_else(|| AuthFailure::unauth("malformed", "Content-Digest missing"))?;
+        .ok_or_else(|| AuthFailure::unauth(AuthReason::Malformed, "Content-Digest missing"))?;
     let body_digest = signature::parse_content_digest(digest_header)
-        .map_err(|e| AuthFailure::unauth("malformed", e.reason()))?;
+        .map_err(|e| AuthFailure::unauth(AuthReason::Malformed, e.reason()))?;
 
     let parts = signature::RequestParts {
         method: req.method,
@@ -293,7 +272,7 @@ fn authenticate_hmac(
         headers: h,
     };
     let base = signature::signature_base(&parts, &parsed)
-        .map_err(|e| AuthFailure::unauth("malformed", e.reason()))?;
+        .map_err(|e| AuthFailure::unauth(AuthReason::Malformed, e.reason()))?;
     let key = rt.keys.get(&KeyId(parsed.params.keyid.clone()));
     let (secret, found): (&[u8], bool) = match key.map(|k| &k.auth) {
         Some(KeyAuth::Hmac(s)) => (s.expose_secret().as_bytes(), true),
@@ -304,7 +283,7 @@ fn authenticate_hmac(
         (true, Some(k)) => k,
         _ => {
             return Err(AuthFailure::unauth(
-                "bad_signature",
+                AuthReason::BadSignature,
                 "unknown key or bad MAC",
             ))
         }
@@ -336,7 +315,7 @@ fn authenticate_bearer(rt: &Runtime, token: &str) -> Result<AuthedClient, AuthFa
         .bearer_keys
         .get(&hash)
         .and_then(|id| rt.keys.get(id))
-        .ok_or_else(|| AuthFailure::unauth("bad_signature", "unknown bearer key"))?;
+        .ok_or_else(|| AuthFailure::unauth(AuthReason::BadSignature, "unknown bearer key"))?;
     match &key.auth {
         KeyAuth::Bearer(stored) if bool::from(stored.ct_eq(&hash)) => Ok(AuthedClient {
             key_id: key.id.clone(),
@@ -345,21 +324,17 @@ fn authenticate_bearer(rt: &Runtime, token: &str) -> Result<AuthedClient, AuthFa
             body_digest: None,
             token: None,
         }),
-        _ => Err(AuthFailure::unauth("bad_signature", "unknown bearer key")),
+        _ => Err(AuthFailure::unauth(
+            AuthReason::BadSignature,
+            "unknown bearer key",
+        )),
     }
 }
 
 fn authenticate_token(rt: &Runtime, token: &str, now: i64) -> Result<AuthedClient, AuthFailure> {
-    let claims = rt.tokens.verify(token, now).map_err(|d| {
-        if d == "token expired" {
-            AuthFailure {
-                code: ErrorCode::StaleRequest,
-                reason: "stale",
-                detail: d,
-            }
-        } else {
-            AuthFailure::unauth("bad_signature", d)
-        }
+    let claims = rt.tokens.verify(token, now).map_err(|e| match e {
+        token::TokenError::Expired => stale("token expired"),
+        token::TokenError::Invalid(d) => AuthFailure::unauth(AuthReason::BadSignature, d),
     })?;
     // The issuing key must still exist and belong to the site: removing a key revokes
     // its tokens at the next reload.
@@ -367,7 +342,12 @@ fn authenticate_token(rt: &Runtime, token: &str, now: i64) -> Result<AuthedClien
         .keys
         .get(&KeyId(claims.key.clone()))
         .filter(|k| rt.sites.get(k.site).is_some_and(|s| s.id.0 == claims.site))
-        .ok_or_else(|| AuthFailure::unauth("bad_signature", "token issuer no longer configured"))?;
+        .ok_or_else(|| {
+            AuthFailure::unauth(
+                AuthReason::BadSignature,
+                "token issuer no longer configured",
+            )
+        })?;
     Ok(AuthedClient {
         key_id: key.id.clone(),
         site: key.site,
@@ -387,21 +367,21 @@ fn authenticate_legacy(rt: &Runtime, req: &AuthInput<'_>) -> Result<AuthedClient
     let h = req.headers;
     let id = single(h, "x-site-identifier")?.unwrap_or("");
     let ts_text = single(h, "x-timestamp")?
-        .ok_or_else(|| AuthFailure::unauth("malformed", "X-Timestamp missing"))?;
+        .ok_or_else(|| AuthFailure::unauth(AuthReason::Malformed, "X-Timestamp missing"))?;
     let sig_hex = single(h, "x-signature")?
-        .ok_or_else(|| AuthFailure::unauth("malformed", "X-Signature missing"))?;
+        .ok_or_else(|| AuthFailure::unauth(AuthReason::Malformed, "X-Signature missing"))?;
     if ts_text.is_empty() || ts_text.len() > 12 || !ts_text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(AuthFailure::unauth(
-            "malformed",
+            AuthReason::Malformed,
             "X-Timestamp is not unix seconds",
         ));
     }
     let ts: i64 = ts_text
         .parse()
-        .map_err(|_| AuthFailure::unauth("malformed", "bad X-Timestamp"))?;
+        .map_err(|_| AuthFailure::unauth(AuthReason::Malformed, "bad X-Timestamp"))?;
     window_check(ts, None, req.now, rt.server.clock_skew.as_secs() as i64)?;
     let given = hex::decode(sig_hex)
-        .map_err(|_| AuthFailure::unauth("bad_signature", "X-Signature is not hex"))?;
+        .map_err(|_| AuthFailure::unauth(AuthReason::BadSignature, "X-Signature is not hex"))?;
     let key = rt.keys.get(&KeyId(id.to_string()));
     let (secret, found): (&[u8], bool) = match key.map(|k| &k.auth) {
         Some(KeyAuth::LegacySiteTimestamp(s)) => (s.expose_secret().as_bytes(), true),
@@ -418,7 +398,7 @@ fn authenticate_legacy(rt: &Runtime, req: &AuthInput<'_>) -> Result<AuthedClient
             token: None,
         }),
         _ => Err(AuthFailure::unauth(
-            "bad_signature",
+            AuthReason::BadSignature,
             "unknown key or bad legacy signature",
         )),
     }
@@ -434,7 +414,7 @@ pub fn check_body_digest(client: &AuthedClient, body: &[u8]) -> Result<(), AuthF
                 Ok(())
             } else {
                 Err(AuthFailure::unauth(
-                    "digest_mismatch",
+                    AuthReason::DigestMismatch,
                     "body does not hash to Content-Digest",
                 ))
             }

@@ -33,6 +33,26 @@ struct Shard {
     next_expiry: i64,
 }
 
+impl Shard {
+    /// Forget the entries that can no longer be replayed, and note the earliest expiry
+    /// left (before it, pruning again frees nothing).
+    fn prune(&mut self, now: i64) {
+        self.entries.retain(|_, exp| is_live(*exp, now));
+        self.next_expiry = self
+            .entries
+            .values()
+            .copied()
+            .min()
+            .map_or(i64::MIN, |m| m + 1);
+    }
+}
+
+/// Whether a nonce that may be replayed until `expires_at` must still be remembered at
+/// `now` (the last second of its window included).
+pub fn is_live(expires_at: i64, now: i64) -> bool {
+    expires_at >= now
+}
+
 /// A bounded, sharded, atomic nonce store.
 pub struct NonceStore {
     shards: Vec<Mutex<Shard>>,
@@ -87,7 +107,7 @@ impl NonceStore {
         let shard = &self.shards[(key[0] as usize) % SHARDS];
         let mut s = shard.lock();
         if let Some(&exp) = s.entries.get(&key) {
-            if exp >= now {
+            if is_live(exp, now) {
                 return Err(NonceError::Replayed);
             }
         }
@@ -95,13 +115,7 @@ impl NonceStore {
             if now < s.next_expiry {
                 return Err(NonceError::Full);
             }
-            s.entries.retain(|_, exp| *exp >= now);
-            s.next_expiry = s
-                .entries
-                .values()
-                .copied()
-                .min()
-                .map_or(i64::MIN, |m| m + 1);
+            s.prune(now);
             if s.entries.len() >= self.per_shard {
                 return Err(NonceError::Full);
             }
@@ -113,14 +127,7 @@ impl NonceStore {
     /// Drop expired entries in every shard (called periodically, off the request path).
     pub fn sweep(&self, now: i64) {
         for shard in &self.shards {
-            let mut s = shard.lock();
-            s.entries.retain(|_, exp| *exp >= now);
-            s.next_expiry = s
-                .entries
-                .values()
-                .copied()
-                .min()
-                .map_or(i64::MIN, |m| m + 1);
+            shard.lock().prune(now);
         }
     }
 }

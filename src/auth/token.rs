@@ -43,6 +43,15 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Past its `exp` (refused as stale, like an old signature).
+    Expired,
+    /// Malformed, signed by an unknown key, or a bad MAC.
+    Invalid(&'static str),
+}
+
 /// Keys that mint and verify tokens, by master key id. `Debug` shows ids only.
 #[derive(Default)]
 pub struct TokenKeys {
@@ -96,7 +105,16 @@ impl TokenKeys {
     }
 
     /// Verify a token's MAC and expiry at `now` (unix seconds).
-    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, &'static str> {
+    pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let claims = self.verify_mac(token).map_err(TokenError::Invalid)?;
+        if claims.exp < now {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+
+    /// The claims of a token whose MAC verifies (expiry not checked).
+    fn verify_mac(&self, token: &str) -> Result<Claims, &'static str> {
         let body = token.strip_prefix("kgt_").ok_or("not a browser token")?;
         let (payload_b64, sig_b64) = body.split_once('.').ok_or("malformed token")?;
         if payload_b64.len() > 4096 {
@@ -118,11 +136,7 @@ impl TokenKeys {
             <HmacSha256 as Mac>::new_from_slice(key.as_ref()).unwrap_or_else(|_| unreachable!());
         m.update(&payload);
         m.verify_slice(&sig).map_err(|_| "bad token MAC")?;
-        let claims: Claims = serde_json::from_slice(&payload).map_err(|_| "malformed token")?;
-        if claims.exp < now {
-            return Err("token expired");
-        }
-        Ok(claims)
+        serde_json::from_slice(&payload).map_err(|_| "malformed token")
     }
 }
 
@@ -157,7 +171,7 @@ mod tests {
         let t = k.mint(claims(1000)).unwrap();
         let c = k.verify(&t, 999).unwrap();
         assert_eq!((c.kid.as_str(), c.site.as_str(), c.max), ("k2", "s", 3));
-        assert_eq!(k.verify(&t, 1001), Err("token expired"));
+        assert_eq!(k.verify(&t, 1001), Err(TokenError::Expired));
         // Flip a byte in the payload: the MAC fails.
         let mut bytes = t.clone().into_bytes();
         bytes[6] = if bytes[6] == b'A' { b'B' } else { b'A' };
@@ -175,6 +189,9 @@ mod tests {
         assert_eq!(k.verify(&t, 0).unwrap().kid, "k1");
         let mut only_new = TokenKeys::default();
         only_new.insert("k2", &[2u8; 32]);
-        assert_eq!(only_new.verify(&t, 0), Err("token key unknown"));
+        assert_eq!(
+            only_new.verify(&t, 0),
+            Err(TokenError::Invalid("token key unknown"))
+        );
     }
 }

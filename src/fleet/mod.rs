@@ -85,6 +85,11 @@ impl Fleet {
     /// Remember a nonce accepted locally while Redis was down.
     fn defer_nonce(&self, claim: &NonceClaim) {
         let mut p = self.pending_nonces.lock();
+        if p.len() >= PENDING_NONCES_MAX {
+            // Full after a long outage: expired ones no longer need writing back.
+            let now = crate::clock::now_s();
+            p.retain(|(_, exp)| auth::nonce::is_live(*exp, now));
+        }
         if p.len() < PENDING_NONCES_MAX {
             p.push((
                 self.nonce_key(&claim.key_id, &claim.nonce),
@@ -108,7 +113,7 @@ impl Fleet {
         }
         self.redis.mark_tried();
         if ok {
-            self.flush_pending_nonces(now_ms as i64 / 1000).await;
+            self.flush_pending_nonces(crate::clock::secs(now_ms)).await;
         }
         ok
     }
@@ -116,7 +121,10 @@ impl Fleet {
     /// Write the nonces accepted locally during an outage (NX: a key already there wins).
     async fn flush_pending_nonces(&self, now: i64) {
         let pending: Vec<(String, i64)> = std::mem::take(&mut *self.pending_nonces.lock());
-        let live: Vec<_> = pending.into_iter().filter(|(_, e)| *e > now).collect();
+        let live: Vec<_> = pending
+            .into_iter()
+            .filter(|(_, exp)| auth::nonce::is_live(*exp, now))
+            .collect();
         if live.is_empty() {
             return;
         }
@@ -207,7 +215,9 @@ fn fallback(
     recorded_locally: bool,
 ) -> Result<(), AuthFailure> {
     match fleet.settings().nonces_when_down {
-        NonceFallback::FailClosed => Err(auth::nonce_store_unavailable("redis_down")),
+        NonceFallback::FailClosed => {
+            Err(auth::nonce_store_unavailable(auth::AuthReason::RedisDown))
+        }
         NonceFallback::Local { window } => {
             if claim.created < now - window.as_secs() as i64 {
                 return Err(auth::stale(

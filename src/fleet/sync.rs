@@ -26,7 +26,7 @@ impl BackgroundService for FleetSync {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let now_ms = crate::limits::now_ms();
+                    let now_ms = crate::clock::now_ms();
                     if !fleet.is_up() && !fleet.recover(now_ms).await {
                         fleet.counters.prune(now_ms);
                         continue;

@@ -1,7 +1,6 @@
 //! After the response: charge tokens, count metrics, write the audit line.
 
 use super::ctx::Ctx;
-use crate::limits;
 use crate::response::usage::Usage;
 use crate::state::State;
 use crate::telemetry::audit;
@@ -114,6 +113,6 @@ pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
         state
             .limiter
             .load()
-            .charge_tokens(site.limit_key, usage.total(), limits::now_ms());
+            .charge_tokens(site.limit_key, usage.total(), crate::clock::now_ms());
     }
 }

@@ -9,7 +9,7 @@ use crate::config::Route;
 use crate::config::Runtime;
 use crate::error::{ErrorCode, GatewayError};
 use crate::limits;
-use crate::limits::tier::Tier;
+use crate::limits::LimitName;
 use crate::request::{body, hygiene};
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::headers::strip_key_param;
@@ -171,16 +171,17 @@ pub(super) fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
     limits::ip::client_ip(peer, &xff, &rt.server.trusted_proxies)
 }
 
-/// The 429 for a limit refusal, with SPEC §4's headers.
-fn rate_limited(tier: &Tier, r: limits::Refusal) -> GatewayError {
-    METRICS.rate_limited.with_label_values(&[r.limit]).inc();
-    let mut e = GatewayError::new(
-        ErrorCode::RateLimited,
-        format!("Rate limit exceeded ({}).", r.limit),
-    )
-    .retry_after(r.retry_after)
-    .extra("limit", r.limit.into());
-    if let Some(p) = &tier.policy {
+/// The 429 for any limit's refusal, with SPEC §4's headers (`policy`: the tier's
+/// `RateLimit-Policy`, for tier limits), counted in `keygate_rate_limited_total`.
+fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusal) -> GatewayError {
+    let name = r.limit.as_str();
+    METRICS.rate_limited.with_label_values(&[name]).inc();
+    let mut e =
+        GatewayError::new(ErrorCode::RateLimited, r.limit.message()).extra("limit", name.into());
+    if let Some(wait) = r.retry_after {
+        e = e.retry_after(wait);
+    }
+    if let Some(p) = policy {
         e = e.header(super::respond::RATELIMIT_POLICY, p.clone());
     }
     if let Some(h) = r
@@ -261,7 +262,7 @@ impl Gateway {
             }
         }
         up_live.series().circuit_state.set(breaker.state_code());
-        let now_ms = limits::now_ms();
+        let now_ms = crate::clock::now_ms();
         let tier = &site.tier;
         match self
             .state
@@ -270,7 +271,7 @@ impl Gateway {
             .admit(site.limit_key, tier, now_ms)
         {
             Ok(a) => ctx.admission = Some(a),
-            Err(refusal) => return Err(rate_limited(tier, refusal)),
+            Err(refusal) => return Err(rate_limited(tier.policy.as_ref(), refusal)),
         }
         if let Some(claims) = &client.token {
             let fleet = self.state.fleet.as_deref();
@@ -278,15 +279,8 @@ impl Gateway {
                 && !crate::fleet::admit_token_use(fleet, &self.state.token_uses, claims, now_ms)
                     .await
             {
-                METRICS
-                    .rate_limited
-                    .with_label_values(&["token_max_requests"])
-                    .inc();
-                return Err(GatewayError::new(
-                    ErrorCode::RateLimited,
-                    "This token has been used for all its requests.",
-                )
-                .extra("limit", "token_max_requests".into()));
+                let used_up = limits::Refusal::of(LimitName::TokenMaxRequests, None);
+                return Err(rate_limited(None, used_up));
             }
         }
         self.plan_body(session, ctx, &client, &method).await
@@ -306,18 +300,11 @@ impl Gateway {
         let authority = normalize_authority(&authority(session)?, ctx.tls);
         let ip = ctx.client_ip.unwrap_or_else(|| client_ip(session, &rt));
         ctx.client_ip = Some(ip);
-        let now_ms = limits::now_ms();
+        let now_ms = crate::clock::now_ms();
         if rt.server.auth_failure_limit.is_some() {
             if let Some(left) = self.state.auth_failures.blocked(&ip, now_ms) {
-                METRICS
-                    .rate_limited
-                    .with_label_values(&["auth_failures"])
-                    .inc();
-                return Err(GatewayError::new(
-                    ErrorCode::RateLimited,
-                    "Too many failed authentications from this address.",
-                )
-                .retry_after(left));
+                let cooling = limits::Refusal::of(LimitName::AuthFailures, Some(left));
+                return Err(rate_limited(None, cooling));
             }
         }
         let authed = auth::verify(
@@ -328,7 +315,7 @@ impl Gateway {
                 authority: &authority,
                 path,
                 query,
-                now: (now_ms / 1000) as i64,
+                now: crate::clock::secs(now_ms),
             },
         );
         let (client, claim) = match authed {
@@ -337,7 +324,7 @@ impl Gateway {
         };
         // After the MAC verified: record the nonce (fleet-wide in fleet mode).
         if let Some(claim) = claim {
-            let now = (now_ms / 1000) as i64;
+            let now = crate::clock::secs(now_ms);
             crate::fleet::record_nonce(
                 self.state.fleet.as_deref(),
                 &self.state.nonces,
@@ -373,13 +360,16 @@ impl Gateway {
 
     /// Count a failed authentication (metric, per-IP limit) and return its error.
     fn auth_failed(&self, rt: &Runtime, ip: &IpAddr, f: &auth::AuthFailure) -> GatewayError {
-        METRICS.auth_failures.with_label_values(&[f.reason]).inc();
+        METRICS
+            .auth_failures
+            .with_label_values(&[f.reason.as_str()])
+            .inc();
         if let (Some(afl), 401) = (rt.server.auth_failure_limit, f.code.status()) {
             if self.state.auth_failures.record_failure(
                 ip,
                 afl.per_minute,
                 afl.cooldown,
-                limits::now_ms(),
+                crate::clock::now_ms(),
             ) {
                 log::warn!(
                     "client {ip}: more than {} failed authentications a minute; refused for {}s",

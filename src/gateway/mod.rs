@@ -174,7 +174,7 @@ impl ProxyHttp for Gateway {
                 GatewayError::new(ErrorCode::Internal, "No route."),
             ));
         };
-        let now_ms = crate::limits::now_ms();
+        let now_ms = crate::clock::now_ms();
         let picked = ctx
             .upstream_live()
             .and_then(|live| live.pick_credential(&up, now_ms));
@@ -322,18 +322,18 @@ impl ProxyHttp for Gateway {
     where
         Ctx: Send + Sync,
     {
-        if ctx.error.is_none() && upstream::is_upstream_failure(e) {
-            ctx.upstream_failed = true;
-            if let Some(up) = ctx.route() {
-                upstream::count_failure(&up.upstream.name, e);
+        if ctx.error.is_none() {
+            let class = upstream::failure::classify(e);
+            if let upstream::failure::Class::Upstream(failure) = class {
+                ctx.upstream_failed = true;
+                if let Some(route) = ctx.route() {
+                    upstream::count_failure(&route.upstream.name, failure);
+                }
             }
+            ctx.error = class.to_error();
         }
-        let err = ctx.error.clone().or_else(|| respond::from_pingora(e));
         let mut code = 0;
-        if let Some(err) = err {
-            if ctx.error.is_none() {
-                ctx.error = Some(err.clone());
-            }
+        if let Some(err) = ctx.error.clone() {
             code = err.code.status();
             if session.response_written().is_none() {
                 if let Err(we) = respond::send_error(session, ctx, &err).await {

@@ -2,14 +2,13 @@
 
 use super::ctx::Ctx;
 pub use super::header_map::{append, invalid_value, response_header, set, too_many, value, ROOM};
-use crate::error::{ErrorCode, GatewayError};
+use crate::error::GatewayError;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::response::Parts;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType};
 use std::time::SystemTime;
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -174,44 +173,10 @@ async fn send(
     Ok(())
 }
 
-/// Map a Pingora error that keygate did not raise itself to a gateway error.
-/// `None` means the client is gone and nothing should be written.
-pub fn from_pingora(e: &Error) -> Option<GatewayError> {
-    use ErrorType::*;
-    let etype = e.etype();
-    if matches!(e.esource(), pingora::ErrorSource::Downstream) {
-        return match etype {
-            ReadError | WriteError | ConnectionClosed => None,
-            ReadTimedout => Some(GatewayError::bad_request(
-                "The request was not received in time.",
-            )),
-            _ => Some(GatewayError::bad_request("The request is malformed.")),
-        };
-    }
-    Some(match etype {
-        ReadTimedout | WriteTimedout => GatewayError::new(
-            ErrorCode::UpstreamTimeout,
-            "The provider did not answer in time.",
-        ),
-        ConnectTimedout => GatewayError::upstream("The provider could not be reached in time."),
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
-        | SocketError => GatewayError::upstream("The provider could not be reached."),
-        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | TLSWantX509Lookup => {
-            GatewayError::upstream("The provider's TLS connection could not be verified.")
-        }
-        _ if matches!(e.esource(), pingora::ErrorSource::Upstream) => {
-            GatewayError::upstream("The provider's response was invalid.")
-        }
-        _ => GatewayError::new(
-            ErrorCode::Internal,
-            "The gateway failed to handle this request.",
-        ),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora::{Error, ErrorType};
 
     fn wire(resp: &ResponseHeader) -> String {
         let mut buf = Vec::new();

@@ -100,7 +100,7 @@ impl Gateway {
         }
         let max_ttl = rt.token_max_ttl.as_secs();
         let ttl = req.ttl_s.unwrap_or(max_ttl).clamp(1, max_ttl);
-        let exp = (crate::limits::now_ms() / 1000) as i64 + ttl as i64;
+        let exp = crate::clock::now_s() + ttl as i64;
         let claims = Claims {
             kid: String::new(),
             site: site.id.0.clone(),

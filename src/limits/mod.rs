@@ -23,9 +23,11 @@
 //! not known in advance (client IPs, browser tokens) use four-row sketches instead.
 
 pub mod ip;
+pub mod name;
 pub mod tier;
 pub mod window;
 
+pub use name::LimitName;
 use pingora_limits::inflight::{Guard, Inflight};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -233,13 +235,25 @@ pub fn slots_for(sites: usize) -> usize {
 /// A refusal by a limit.
 #[derive(Debug, Clone)]
 pub struct Refusal {
-    /// `requests_per_minute`, `tokens_per_day`, `concurrent`, …
-    pub limit: &'static str,
-    pub retry_after: Duration,
+    pub limit: LimitName,
+    /// `None` when waiting will not help (a browser token's requests are used up).
+    pub retry_after: Option<Duration>,
     /// `RateLimit` header value for the refusal.
     pub ratelimit: Option<String>,
     /// For token budgets: (used, budget).
     pub tokens: Option<(u64, u64)>,
+}
+
+impl Refusal {
+    /// A refusal by a limit outside the tier's windows (no `RateLimit` state).
+    pub fn of(limit: LimitName, retry_after: Option<Duration>) -> Refusal {
+        Refusal {
+            limit,
+            retry_after,
+            ratelimit: None,
+            tokens: None,
+        }
+    }
 }
 
 /// What an admitted request carries to the end.
@@ -278,24 +292,24 @@ pub fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// The request windows a tier limits, with their policy names.
-fn request_windows(tier: &Tier) -> [(Counter, &'static str, &'static str, Option<u64>); 3] {
+fn request_windows(tier: &Tier) -> [(Counter, &'static str, LimitName, Option<u64>); 3] {
     [
         (
             Counter::RequestsMinute,
             "minute",
-            "requests_per_minute",
+            LimitName::RequestsPerMinute,
             tier.requests_per_minute,
         ),
         (
             Counter::RequestsHour,
             "hour",
-            "requests_per_hour",
+            LimitName::RequestsPerHour,
             tier.requests_per_hour,
         ),
         (
             Counter::RequestsDay,
             "day",
-            "requests_per_day",
+            LimitName::RequestsPerDay,
             tier.requests_per_day,
         ),
     ]
@@ -381,8 +395,8 @@ impl Limiter {
                 let (guard, n) = self.inflight.incr(site, 1);
                 if n as u64 > max {
                     return Err(Refusal {
-                        limit: "concurrent",
-                        retry_after: Duration::from_secs(1),
+                        limit: LimitName::Concurrent,
+                        retry_after: Some(Duration::from_secs(1)),
                         ratelimit: None,
                         tokens: None,
                     });
@@ -396,8 +410,8 @@ impl Limiter {
             let c = self.store.get(Counter::TokensDay, key, now_ms);
             if c.estimate() >= budget as f64 {
                 return Err(Refusal {
-                    limit: "tokens_per_day",
-                    retry_after: c.wait_for_room(budget as f64, 1.0),
+                    limit: LimitName::TokensPerDay,
+                    retry_after: Some(c.wait_for_room(budget as f64, 1.0)),
                     ratelimit: None,
                     tokens: Some((c.estimate().ceil() as u64, budget)),
                 });
@@ -427,7 +441,7 @@ impl Limiter {
                 let t = ceil_secs(wait);
                 return Err(Refusal {
                     limit: limit_name,
-                    retry_after: wait,
+                    retry_after: Some(wait),
                     ratelimit: Some(
                         RateLimitState {
                             window: name,
@@ -501,14 +515,6 @@ impl TokenUses {
             true
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -30,10 +30,10 @@ fn exactly_the_limit_passes() {
     let results: Vec<_> = (0..12).map(|i| l.admit(1, &t, T0 + 20_000 + i)).collect();
     assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
     let refusal = results[10].as_ref().err().unwrap();
-    assert_eq!(refusal.limit, "requests_per_minute");
+    assert_eq!(refusal.limit, LimitName::RequestsPerMinute);
     // Refused 20 s into the minute: nothing to decay, so the wait is the rest of this
     // window plus the part of the next one until 10 × (1 − g) ≤ 9 (g = 0.1, 6 s).
-    assert_eq!(ceil_secs(refusal.retry_after), 46);
+    assert_eq!(ceil_secs(refusal.retry_after.unwrap()), 46);
     assert_eq!(refusal.ratelimit.as_deref(), Some("\"minute\";r=0;t=46"));
     // Another site is unaffected.
     assert!(l.admit(2, &t, T0 + 20_100).is_ok());
@@ -51,7 +51,7 @@ fn retry_after_is_never_too_short() {
     }
     for _ in 0..20 {
         let r = l.admit(9, &t, now).err().unwrap();
-        let wait = r.retry_after.as_millis() as u64;
+        let wait = r.retry_after.unwrap().as_millis() as u64;
         // Just before the wait ends: still refused. At its end: admitted.
         assert!(
             l.admit(9, &t, now + wait.saturating_sub(5)).is_err(),
@@ -85,7 +85,7 @@ fn concurrency_is_held_by_the_guard() {
     let a = l.admit(4, &t, T0).unwrap();
     let b = l.admit(4, &t, T0).unwrap();
     let r = l.admit(4, &t, T0).err().unwrap();
-    assert_eq!(r.limit, "concurrent");
+    assert_eq!(r.limit, LimitName::Concurrent);
     drop(a);
     let c = l.admit(4, &t, T0).unwrap();
     drop((b, c));
@@ -100,9 +100,9 @@ fn token_budget_refuses_once_spent() {
     assert!(l.admit(5, &t, T0 + 2).is_ok());
     l.charge_tokens(5, 500, T0 + 3);
     let r = l.admit(5, &t, T0 + 4).err().unwrap();
-    assert_eq!(r.limit, "tokens_per_day");
+    assert_eq!(r.limit, LimitName::TokensPerDay);
     assert_eq!(r.tokens, Some((1100, 1000)));
-    assert!(r.retry_after > Duration::from_secs(3600));
+    assert!(r.retry_after.unwrap() > Duration::from_secs(3600));
 }
 
 #[test]

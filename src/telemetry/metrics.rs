@@ -203,36 +203,19 @@ impl Metrics {
         }
         for u in &rt.upstreams {
             let n = u.name.as_str();
-            for k in ["connect", "timeout", "tls", "protocol", "pin_mismatch"] {
+            let kinds = crate::upstream::failure::Failure::LABELS;
+            for k in kinds.iter().chain(&["pin_mismatch"]) {
                 self.upstream_errors.with_label_values(&[n, k]);
             }
             for r in crate::response::validate::Rejection::ALL {
                 self.response_rejected.with_label_values(&[n, r.reason()]);
             }
         }
-        for reason in [
-            "missing",
-            "malformed",
-            "bad_signature",
-            "bad_authority",
-            "stale",
-            "replayed",
-            "digest_mismatch",
-            "nonce_store_full",
-            "redis_down",
-        ] {
-            self.auth_failures.with_label_values(&[reason]);
+        for reason in crate::auth::reason::AuthReason::ALL {
+            self.auth_failures.with_label_values(&[reason.as_str()]);
         }
-        for limit in [
-            "requests_per_minute",
-            "requests_per_hour",
-            "requests_per_day",
-            "tokens_per_day",
-            "concurrent",
-            "auth_failures",
-            "token_max_requests",
-        ] {
-            self.rate_limited.with_label_values(&[limit]);
+        for limit in crate::limits::name::LimitName::ALL {
+            self.rate_limited.with_label_values(&[limit.as_str()]);
         }
         for k in rt.keys.values() {
             if matches!(k.auth, crate::config::KeyAuth::LegacySiteTimestamp(_)) {

@@ -3,6 +3,7 @@
 
 pub mod circuit;
 pub mod dns;
+pub mod failure;
 pub mod headers;
 pub mod kind;
 pub mod live;
@@ -105,34 +106,11 @@ pub fn enforce_pins(
     }
 }
 
-/// Did Pingora fail talking to the upstream (connect, TLS, timeout, broken response)?
-pub fn is_upstream_failure(e: &pingora::Error) -> bool {
-    use pingora::ErrorType::*;
-    matches!(e.esource(), pingora::ErrorSource::Upstream)
-        || matches!(
-            e.etype(),
-            ConnectTimedout
-                | ConnectRefused
-                | ConnectNoRoute
-                | ConnectError
-                | TLSHandshakeFailure
-                | TLSHandshakeTimedout
-                | InvalidCert
-        )
-}
-
 /// Count an upstream failure by kind (`keygate_upstream_errors_total`).
-pub fn count_failure(upstream: &str, e: &pingora::Error) {
-    use pingora::ErrorType::*;
-    let kind = match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => "timeout",
-        TLSHandshakeFailure | InvalidCert => "tls",
-        ConnectRefused | ConnectNoRoute | ConnectError => "connect",
-        _ => "protocol",
-    };
+pub fn count_failure(upstream: &str, failure: failure::Failure) {
     crate::telemetry::metrics::METRICS
         .upstream_errors
-        .with_label_values(&[upstream, kind])
+        .with_label_values(&[upstream, failure.label()])
         .inc();
 }
 
@@ -158,7 +136,7 @@ pub fn note_credential_answer(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(default)
         .min(3600);
-    up.cool_down(id, Duration::from_secs(secs), crate::limits::now_ms());
+    up.cool_down(id, Duration::from_secs(secs), crate::clock::now_ms());
     log::warn!(
         "upstream {}: credential {id} answered {status}; resting it for {secs}s",
         up.name

@@ -444,11 +444,14 @@ sites:
         Ok(gw)
     }
 
-    /// Wait until keygate listens; `Err(logs)` if it exits or never listens.
+    /// Wait until keygate listens on its public and admin ports (the admin listener is
+    /// its own service and may bind a moment later); `Err(logs)` if it exits or never
+    /// listens.
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let listening = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
+            if listening(self.port) && listening(self.admin_port) {
                 return Ok(());
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
