@@ -16,6 +16,16 @@ async fn mint(gw: &Gateway, body: &str) -> String {
     j["token"].as_str().unwrap().to_string()
 }
 
+#[tokio::test]
+async fn token_minting_answers_expect_100_continue() {
+    // A backend's HTTP client that sends `Expect: 100-continue` (PHP's curl does for
+    // larger bodies) waited for the server's timeout before keygate answered it.
+    let gw = Gateway::start();
+    let rest = gw.send_after_continue("alpha.k1", &gw.secrets.alpha, TOKENS, br#"{"ttl_s":60}"#);
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(rest.contains("kgt_"), "{rest}");
+}
+
 async fn with_token(
     gw: &Gateway,
     token: &str,

@@ -353,26 +353,7 @@ async fn chunked_small_body_and_expect_continue_work() {
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
     // Expect: 100-continue is answered, then the body goes through.
-    let h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", CHAT, BODY.as_bytes());
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    let mut head = format!("POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n", gw.port, BODY.len());
-    for (k, v) in &h {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    use std::io::{Read, Write};
-    s.write_all(head.as_bytes()).unwrap();
-    let mut buf = [0u8; 256];
-    let n = s.read(&mut buf).unwrap();
-    assert!(
-        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
-        "no 100 Continue"
-    );
-    s.write_all(BODY.as_bytes()).unwrap();
-    let mut rest = String::new();
-    let _ = s.read_to_string(&mut rest);
+    let rest = gw.send_after_continue("alpha.k1", &gw.secrets.alpha, CHAT, BODY.as_bytes());
     assert!(rest.contains("200 OK"), "{rest}");
     assert!(
         !rest.contains("100 Continue"),

@@ -10,17 +10,14 @@ use crate::config::Runtime;
 use crate::error::{ErrorCode, GatewayError};
 use crate::limits;
 use crate::limits::LimitName;
+use crate::request::plan::{self, Accumulator, Decision, Head};
 use crate::request::{body, hygiene};
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::headers::strip_key_param;
 use crate::upstream::kind::UpstreamKind;
-use bytes::BytesMut;
+use bytes::Bytes;
 use pingora::proxy::Session;
 use std::net::IpAddr;
-
-/// Largest body read and verified before anything is sent upstream (Pingora's retry
-/// buffer). Larger bodies must declare their length and are held back instead.
-pub const PREREAD_LIMIT: usize = 64 * 1024;
 
 /// The upstream path: route prefix stripped, upstream base path prepended, query kept.
 fn upstream_path(route: &Route, path: &str, query: Option<&str>) -> String {
@@ -69,26 +66,25 @@ fn authority(session: &Session) -> Result<String, GatewayError> {
     }
 }
 
-/// Read a whole request body of at most `limit` bytes within `timeout` (answering
-/// `Expect: 100-continue` first); `too_big` is the error past the limit.
-pub(super) async fn read_body(
-    session: &mut Session,
-    limit: usize,
-    timeout: std::time::Duration,
-    expects_continue: bool,
-    too_big: GatewayError,
-) -> Result<BytesMut, GatewayError> {
-    let mut buf = BytesMut::new();
-    if session.as_downstream_mut().is_body_empty() {
-        return Ok(buf);
-    }
-    // One allocation for bodies of a declared length (`limit` is then that length).
-    buf.reserve(limit.min(8 * 1024));
-    if expects_continue {
+/// Answer `Expect: 100-continue` once the request is admitted (and has a body).
+pub(super) async fn send_continue(session: &mut Session, head: &Head) -> Result<(), GatewayError> {
+    if head.expects_continue && !session.as_downstream_mut().is_body_empty() {
         session
             .write_continue_response()
             .await
             .map_err(|_| GatewayError::bad_request("Client connection failed."))?;
+    }
+    Ok(())
+}
+
+/// Read a whole request body into `acc` (which bounds it) within `timeout`.
+pub(super) async fn read_body(
+    session: &mut Session,
+    mut acc: Accumulator,
+    timeout: std::time::Duration,
+) -> Result<Bytes, GatewayError> {
+    if session.as_downstream_mut().is_body_empty() {
+        return Ok(Bytes::new());
     }
     let read = async {
         while let Some(chunk) = session
@@ -96,17 +92,14 @@ pub(super) async fn read_body(
             .await
             .map_err(|_| GatewayError::bad_request("The request body could not be read."))?
         {
-            if buf.len() + chunk.len() > limit {
-                return Err(too_big);
-            }
-            buf.extend_from_slice(&chunk);
+            acc.push(&chunk)?;
         }
-        Ok(())
+        Ok::<_, GatewayError>(())
     };
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| GatewayError::bad_request("The request body was not received in time."))??;
-    Ok(buf)
+    Ok(acc.take())
 }
 
 /// Framing and path checks every request passes first; returns (path, query, method).
@@ -390,68 +383,18 @@ impl Gateway {
         method: &str,
     ) -> Result<(), GatewayError> {
         let rt = ctx.rt.clone();
-        let max = rt.server.max_body_bytes;
-        let req = session.req_header();
-        let content_length = match req.headers.get(http::header::CONTENT_LENGTH) {
-            Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                    .and_then(|s| s.parse::<usize>().ok())
-                    .ok_or_else(|| GatewayError::bad_request("Content-Length is not a number."))?,
-            ),
-            None => None,
-        };
-        let too_large = || {
-            GatewayError::new(
-                ErrorCode::BodyTooLarge,
-                format!("The request body is larger than {max} bytes."),
-            )
-            .close()
-        };
-        if content_length.is_some_and(|n| n > max) {
-            return Err(too_large());
-        }
-        let expects_continue = req
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-
-        if let Some(n) = content_length.filter(|n| *n > PREREAD_LIMIT) {
-            if expects_continue {
-                session
-                    .write_continue_response()
-                    .await
-                    .map_err(|_| GatewayError::bad_request("Client connection failed."))?;
+        let head = plan::Head::read(&session.req_header().headers)?;
+        let decision = plan::decide(&head, rt.server.max_body_bytes)?;
+        send_continue(session, &head).await?;
+        let acc = match decision {
+            Decision::HoldBack(acc) => {
+                ctx.body = BodyPlan::HoldBack(acc);
+                return Ok(());
             }
-            ctx.body = BodyPlan::HoldBack {
-                buf: BytesMut::with_capacity(n),
-                limit: n,
-            };
-            return Ok(());
-        }
-
-        // Unknown length is allowed up to the pre-read limit only: beyond it the body
-        // could no longer be verified before the upstream sees it.
-        let limit = content_length.unwrap_or(max.min(PREREAD_LIMIT));
-        let too_big = if content_length.is_none() && limit < max {
-            GatewayError::new(
-                ErrorCode::BodyTooLarge,
-                format!("Bodies without Content-Length are limited to {PREREAD_LIMIT} bytes."),
-            )
-            .close()
-        } else {
-            too_large()
+            Decision::Preread(acc) => acc,
         };
         session.as_downstream_mut().enable_retry_buffering();
-        let buf = read_body(
-            session,
-            limit,
-            rt.server.body_timeout,
-            expects_continue,
-            too_big,
-        )
-        .await?;
+        let buf = read_body(session, acc, rt.server.body_timeout).await?;
         let outcome = self.verify_body(ctx, client, method, session.req_header(), &buf)?;
         ctx.request_bytes = outcome.as_ref().map_or(buf.len(), |b| b.len());
         ctx.body = BodyPlan::Buffered {

@@ -4,6 +4,7 @@ use crate::auth::AuthedClient;
 use crate::config::{Route, Runtime, Site};
 use crate::error::GatewayError;
 use crate::limits::Admission;
+pub use crate::request::plan::BodyPlan;
 use crate::response::egress::StreamText;
 use crate::response::sse::SseFramer;
 use crate::response::usage::Usage;
@@ -11,27 +12,9 @@ use crate::state::Live;
 use crate::telemetry::metrics::RouteSeries;
 use crate::upstream::circuit::Permit;
 use crate::upstream::live::UpstreamLive;
-use bytes::{Bytes, BytesMut};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// How the request body reaches the upstream.
-#[derive(Debug, Default)]
-pub enum BodyPlan {
-    /// Not decided yet (request refused before the body was looked at).
-    #[default]
-    Undecided,
-    /// Read and verified in `request_filter` (≤ 64 KiB): Pingora's retry buffer
-    /// forwards it; `rewritten` replaces it when validation changed the body.
-    Buffered {
-        len: usize,
-        rewritten: Option<Bytes>,
-    },
-    /// Larger bodies with a known length: held back in `request_body_filter`, verified
-    /// at the end, then emitted whole (upstream framing is chunked, so it may change).
-    HoldBack { buf: BytesMut, limit: usize },
-}
 
 /// How the response body is watched.
 #[derive(Debug, Default)]

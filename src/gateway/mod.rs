@@ -24,10 +24,11 @@ mod tokens;
 
 use crate::error::{ErrorCode, GatewayError};
 
+use crate::request::plan::{Framing, Step};
 use crate::upstream::{self, headers};
 use async_trait::async_trait;
 use bytes::Bytes;
-use ctx::{BodyPlan, Ctx};
+use ctx::Ctx;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -190,22 +191,15 @@ impl ProxyHttp for Gateway {
         // body is held back (so a rewritten body may change length).
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.remove_header(&http::header::CONTENT_LENGTH);
-        match &ctx.body {
-            BodyPlan::Buffered { len, rewritten } => {
-                let n = rewritten.as_ref().map_or(*len, |b| b.len());
-                if n > 0 || req.method != http::Method::GET {
-                    req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
-                }
+        match ctx.body.framing(&req.method) {
+            Ok(Framing::Length(n)) => {
+                req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?
             }
-            BodyPlan::HoldBack { .. } => {
-                req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+            Ok(Framing::Chunked) => {
+                req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?
             }
-            BodyPlan::Undecided => {
-                return Err(Self::abort(
-                    ctx,
-                    GatewayError::new(ErrorCode::Internal, "Body not planned."),
-                ));
-            }
+            Ok(Framing::None) => {}
+            Err(e) => return Err(Self::abort(ctx, e)),
         }
         Ok(())
     }
@@ -221,52 +215,26 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        match &mut ctx.body {
-            BodyPlan::Buffered { rewritten, .. } => {
-                // Pingora replays the verified body from its retry buffer as one chunk.
-                if let Some(r) = rewritten.take() {
-                    *body = Some(r);
-                }
+        let full = match ctx.body.on_chunk(body, end_of_stream) {
+            Ok(Step::Pass | Step::Hold) => return Ok(()),
+            Ok(Step::Complete(full)) => full,
+            Err(e) => return Err(Self::abort(ctx, e)),
+        };
+        let Some(client) = ctx.client.clone() else {
+            return Err(Self::abort(
+                ctx,
+                GatewayError::new(ErrorCode::Internal, "No client."),
+            ));
+        };
+        let method = session.req_header().method.as_str().to_string();
+        match self.verify_body(ctx, &client, &method, session.req_header(), &full) {
+            Ok(rewritten) => {
+                let out = rewritten.unwrap_or(full);
+                ctx.request_bytes = out.len();
+                *body = Some(out);
                 Ok(())
             }
-            BodyPlan::HoldBack { buf, limit } => {
-                if let Some(chunk) = body.take() {
-                    if buf.len() + chunk.len() > *limit {
-                        let e = GatewayError::new(
-                            ErrorCode::BodyTooLarge,
-                            "The request body is longer than its Content-Length.",
-                        )
-                        .close();
-                        return Err(Self::abort(ctx, e));
-                    }
-                    buf.extend_from_slice(&chunk);
-                }
-                if !end_of_stream {
-                    *body = Some(Bytes::new());
-                    return Ok(());
-                }
-                let full = std::mem::take(buf).freeze();
-                let Some(client) = ctx.client.clone() else {
-                    return Err(Self::abort(
-                        ctx,
-                        GatewayError::new(ErrorCode::Internal, "No client."),
-                    ));
-                };
-                let method = session.req_header().method.as_str().to_string();
-                match self.verify_body(ctx, &client, &method, session.req_header(), &full) {
-                    Ok(rewritten) => {
-                        let out = rewritten.unwrap_or(full);
-                        ctx.request_bytes = out.len();
-                        *body = Some(out);
-                        Ok(())
-                    }
-                    Err(e) => Err(Self::abort(ctx, e)),
-                }
-            }
-            BodyPlan::Undecided => Err(Self::abort(
-                ctx,
-                GatewayError::new(ErrorCode::Internal, "Body not planned."),
-            )),
+            Err(e) => Err(Self::abort(ctx, e)),
         }
     }
 

@@ -1,13 +1,14 @@
 //! `POST /keygate/v1/tokens`: a site's backend, signing with `keygate-v1`, mints a
 //! short-lived browser token scoped to routes, models and a number of requests.
 
-use super::admit::{precheck, read_body};
+use super::admit::{precheck, read_body, send_continue};
 use super::ctx::Ctx;
 use super::service::Gateway;
 use crate::auth::token::Claims;
 use crate::auth::{self, AuthMode};
 use crate::error::{ErrorCode, GatewayError};
 use crate::request::body::parse_strict;
+use crate::request::plan::{Accumulator, Head};
 use pingora::proxy::Session;
 use serde::Deserialize;
 
@@ -44,16 +45,15 @@ impl Gateway {
                 "Tokens are minted only with a keygate-v1 signature; a token cannot mint tokens.",
             ));
         }
+        let head = Head::read(&session.req_header().headers)?;
         let too_big =
             GatewayError::new(ErrorCode::BodyTooLarge, "The token request is too large.").close();
-        let body = read_body(
-            session,
-            MAX_MINT_BODY,
-            rt.server.body_timeout,
-            false,
-            too_big,
-        )
-        .await?;
+        if head.content_length.is_some_and(|n| n > MAX_MINT_BODY) {
+            return Err(too_big);
+        }
+        send_continue(session, &head).await?;
+        let acc = Accumulator::new(MAX_MINT_BODY, too_big);
+        let body = read_body(session, acc, rt.server.body_timeout).await?;
         if let Err(f) = auth::check_body_digest(&client, &body) {
             // Counted against the client's address like any failed authentication.
             return Err(self.body_auth_failed(ctx, &f));

@@ -1,5 +1,7 @@
 //! Checks on what the client sent, before anything reaches an upstream:
-//! framing and path hygiene, and JSON body validation per route.
+//! framing and path hygiene, how the body is read and held back ([`plan`]), and JSON
+//! body validation per route.
 
 pub mod body;
 pub mod hygiene;
+pub mod plan;

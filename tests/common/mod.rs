@@ -489,6 +489,43 @@ sites:
         }
     }
 
+    /// Send a signed POST with `Expect: 100-continue`: the head first, the body only
+    /// after keygate answered `100 Continue` (the test fails otherwise); returns the rest
+    /// of the exchange.
+    pub fn send_after_continue(
+        &self,
+        key_id: &str,
+        secret: &str,
+        path: &str,
+        body: &[u8],
+    ) -> String {
+        use std::io::{Read, Write};
+        let h = self.sign(key_id, secret, "POST", path, body);
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n",
+            self.port,
+            body.len()
+        );
+        for (k, v) in &h {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"),
+            "no 100 Continue for {path}: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        s.write_all(body).unwrap();
+        let mut rest = String::new();
+        let _ = s.read_to_string(&mut rest);
+        rest
+    }
+
     /// GET a path on the admin listener (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
