@@ -5,9 +5,8 @@ use crate::config::{Route, Runtime, Site};
 use crate::error::GatewayError;
 use crate::limits::Admission;
 pub use crate::request::plan::BodyPlan;
-use crate::response::egress::StreamText;
-use crate::response::sse::SseFramer;
 use crate::response::usage::Usage;
+pub use crate::response::watch::ResponseWatch;
 use crate::state::Live;
 use crate::telemetry::metrics::RouteSeries;
 use crate::upstream::circuit::Permit;
@@ -15,27 +14,6 @@ use crate::upstream::live::UpstreamLive;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// How the response body is watched.
-#[derive(Debug, Default)]
-pub enum ResponseWatch {
-    /// Nothing to look at (no response yet, or an empty body).
-    #[default]
-    None,
-    /// A JSON body, held back whole (up to `limit`) and checked at its end.
-    Json { buf: Vec<u8>, limit: usize },
-    /// An event stream, checked event by event; `text` holds the tail of each text
-    /// field for secrets split over events; `stopped` after a bad event.
-    Sse {
-        framer: SseFramer,
-        text: StreamText,
-        stopped: bool,
-        /// Upstream chunks dropped since the stream was stopped.
-        dropped_after_stop: u32,
-        /// Restores placeholders when the request was pseudonymized.
-        restorer: Option<crate::pii::stream::StreamRestorer>,
-    },
-}
 
 /// Everything one request carries through the hooks.
 pub struct Ctx {

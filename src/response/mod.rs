@@ -1,7 +1,9 @@
-//! What comes back from providers: SSE framing and token usage extraction.
+//! What comes back from providers: SSE framing, token usage extraction, the checks
+//! (egress, shape, size) and the watch that applies them to a response ([`watch`]).
 
 pub mod egress;
 pub mod probe;
 pub mod sse;
 pub mod usage;
 pub mod validate;
+pub mod watch;

@@ -38,7 +38,7 @@ impl Rejection {
     }
 
     /// All reasons (for pre-initialising metrics).
-    pub const ALL: [Rejection; 8] = [
+    pub const ALL: [Rejection; 9] = [
         Rejection::ContentType,
         Rejection::TooLarge,
         Rejection::InvalidJson,
@@ -47,7 +47,29 @@ impl Rejection {
         Rejection::BlockedPattern,
         Rejection::Redirect,
         Rejection::InvalidEvent,
+        Rejection::Deadline,
     ];
+
+    /// What the client is told: 504 past the deadline, 502 otherwise.
+    pub fn to_error(self) -> crate::error::GatewayError {
+        use crate::error::{ErrorCode, GatewayError};
+        let msg = match self {
+            Rejection::Deadline => {
+                return GatewayError::new(
+                    ErrorCode::UpstreamTimeout,
+                    "The provider did not answer within the total time allowed.",
+                )
+                .detail(self.reason());
+            }
+            Rejection::SecretEgress => {
+                "The provider's response was withheld because it contained a secret."
+            }
+            Rejection::BlockedPattern => "The provider's response was withheld by a content rule.",
+            Rejection::TooLarge => "The provider's response is too large.",
+            _ => "The provider's response was invalid.",
+        };
+        GatewayError::upstream(msg).detail(self.reason())
+    }
 }
 
 /// Allowed response content types.
@@ -215,6 +237,26 @@ pub fn error_event(request_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_rejection_once() {
+        // A match without a wildcard: a new variant fails to compile until listed here.
+        let index = |r: Rejection| match r {
+            Rejection::ContentType => 0,
+            Rejection::TooLarge => 1,
+            Rejection::InvalidJson => 2,
+            Rejection::Shape => 3,
+            Rejection::SecretEgress => 4,
+            Rejection::BlockedPattern => 5,
+            Rejection::Redirect => 6,
+            Rejection::InvalidEvent => 7,
+            Rejection::Deadline => 8,
+        };
+        for (i, r) in Rejection::ALL.iter().enumerate() {
+            assert_eq!(index(*r), i);
+        }
+        assert_eq!(Rejection::Deadline.to_error().code.status(), 504);
+    }
     use proptest::prelude::*;
 
     #[test]

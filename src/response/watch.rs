@@ -1,0 +1,438 @@
+//! The response on its way to the client: checked (content type, size, shape, secret
+//! egress, block patterns, the total deadline) and read for usage, over a plain
+//! [`WatchRules`] value. The gateway counts and logs what is refused.
+//!
+//! Pingora sends the response header before the body is seen. Header-level refusals
+//! (redirects, content types, declared size, secrets in headers) are clean 502s. A
+//! JSON body is held back whole and checked at its end: when the provider's answer
+//! arrived in one piece with its header (the common case for small bodies), the
+//! header has not been written yet and the client gets a clean 502; otherwise the
+//! response is aborted, so the client sees a failed transfer and never the bad body.
+//! Streams are checked event by event; a bad event ends the stream with an SSE
+//! `error` event and nothing after it is forwarded.
+//!
+//! When the request was pseudonymized, placeholders are restored after the checks: in
+//! the whole JSON body (sent chunked, its length changes) or event by event
+//! ([`crate::pii::stream`]).
+
+use super::egress::{self, Rules, StreamText};
+use super::sse::{Event, SseFramer, DEFAULT_MAX_EVENT};
+use super::usage::{self, Usage};
+use super::validate::{self, Endpoint, Rejection};
+use crate::pii::stream::{event_bytes, StreamRestorer};
+use crate::pii::Pseudonyms;
+use bytes::Bytes;
+use http::response::Parts;
+use std::time::Instant;
+
+/// What one request's answer is checked against.
+pub struct WatchRules<'a> {
+    /// Every configured secret, and the route's block patterns.
+    pub egress: Rules<'a>,
+    /// `max_response_bytes` of the upstream.
+    pub max_bytes: usize,
+    /// When the whole answer must have arrived (`total_timeout_ms` from the request's
+    /// start); `None` without a route.
+    pub deadline: Option<Instant>,
+    /// Which API answered (decides the JSON shape expected).
+    pub endpoint: Endpoint,
+    /// For the SSE `error` event that ends a refused stream.
+    pub request_id: &'a str,
+    /// The request's placeholders, when it was pseudonymized.
+    pub pii: Option<&'a Pseudonyms>,
+}
+
+impl WatchRules<'_> {
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|d| Instant::now() > d)
+    }
+}
+
+/// Why the response cannot go on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Refused by a check (counted under its reason).
+    Rejected(Rejection),
+    /// The stream was ended with an error event and the upstream kept sending.
+    StreamStopped,
+    /// The header could not be rewritten for a body of unknown length.
+    BadHeader,
+}
+
+/// How the response body is watched.
+#[derive(Debug, Default)]
+pub enum ResponseWatch {
+    /// Nothing to look at (no response yet, or an empty body).
+    #[default]
+    None,
+    /// A JSON body, held back whole (up to `limit`) and checked at its end.
+    Json { buf: Vec<u8>, limit: usize },
+    /// An event stream, checked event by event; `text` holds the tail of each text
+    /// field for secrets split over events; `stopped` after a bad event.
+    Sse {
+        framer: SseFramer,
+        text: StreamText,
+        stopped: bool,
+        /// Upstream chunks dropped since the stream was stopped.
+        dropped_after_stop: u32,
+        /// Restores placeholders when the request was pseudonymized.
+        restorer: Option<StreamRestorer>,
+    },
+}
+
+/// Check the response header; decide how to watch the body.
+pub fn start(resp: &mut Parts, rules: &WatchRules) -> Result<ResponseWatch, Refused> {
+    use Refused::Rejected;
+    let status = resp.status.as_u16();
+    if resp.status.is_redirection() {
+        return Err(Rejected(Rejection::Redirect));
+    }
+    for (_, v) in resp.headers.iter() {
+        if rules.egress.secrets.contains(v.as_bytes()) {
+            return Err(Rejected(Rejection::SecretEgress));
+        }
+    }
+    let declared = resp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > rules.max_bytes) {
+        return Err(Rejected(Rejection::TooLarge));
+    }
+    // Two different types: a browser takes the last, keygate would judge the first.
+    let mut types = resp.headers.get_all(http::header::CONTENT_TYPE).iter();
+    let first = types.next();
+    if types.any(|v| Some(v) != first) {
+        return Err(Rejected(Rejection::ContentType));
+    }
+    let ct = first
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let empty = declared == Some(0) || status == 204 || status == 304;
+    if !empty && !validate::content_type_allowed(&ct) {
+        return Err(Rejected(Rejection::ContentType));
+    }
+    let restoring = rules.pii.is_some();
+    Ok(if ct.starts_with("text/event-stream") {
+        // keygate may end the stream with its own error event: length is not fixed.
+        send_chunked(&mut resp.headers)?;
+        ResponseWatch::Sse {
+            framer: SseFramer::new(DEFAULT_MAX_EVENT),
+            text: StreamText::default(),
+            stopped: false,
+            dropped_after_stop: 0,
+            restorer: restoring.then(Default::default),
+        }
+    } else if empty {
+        ResponseWatch::None
+    } else {
+        if restoring {
+            // Restored values change the body's length.
+            send_chunked(&mut resp.headers)?;
+        }
+        ResponseWatch::Json {
+            buf: Vec::new(),
+            limit: rules.max_bytes,
+        }
+    })
+}
+
+/// Send the body with a length keygate does not know up front: chunked, never
+/// close-delimited, so a body the upstream cut looks cut to the client (no last chunk)
+/// instead of ending cleanly. (Pingora drops the header on h2.)
+fn send_chunked(headers: &mut http::HeaderMap) -> Result<(), Refused> {
+    headers.remove(http::header::CONTENT_LENGTH);
+    let chunked = http::HeaderValue::from_static("chunked");
+    headers
+        .try_insert(http::header::TRANSFER_ENCODING, chunked)
+        .map_err(|_| Refused::BadHeader)?;
+    Ok(())
+}
+
+/// What one chunk did besides passing.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// A stream was ended with an error event because of this (count it once).
+    pub stopped_by: Option<Rejection>,
+}
+
+impl ResponseWatch {
+    /// See one chunk of the body (`total`: response bytes so far, this chunk included);
+    /// may replace `body`. Usage found is merged into `usage`. `Err` aborts the response.
+    pub fn chunk(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        total: usize,
+        rules: &WatchRules,
+        status: u16,
+        usage: &mut Option<Usage>,
+    ) -> Result<Seen, Refused> {
+        let data = body.take().unwrap_or_default();
+        match self {
+            ResponseWatch::None => {
+                *body = Some(data);
+                Ok(Seen::default())
+            }
+            ResponseWatch::Json { buf, limit } => {
+                if rules.past_deadline() {
+                    return Err(Refused::Rejected(Rejection::Deadline));
+                }
+                if buf.len() + data.len() > *limit {
+                    return Err(Refused::Rejected(Rejection::TooLarge));
+                }
+                buf.extend_from_slice(&data);
+                if end_of_stream {
+                    let whole = std::mem::take(buf);
+                    *body = Some(finish_json(whole, rules, status, usage)?);
+                }
+                Ok(Seen::default())
+            }
+            ResponseWatch::Sse {
+                framer,
+                text,
+                stopped,
+                dropped_after_stop,
+                restorer,
+            } => {
+                if *stopped {
+                    // The client has its error event; further upstream data is dropped,
+                    // and an upstream that keeps sending is cut off. Pingora writes
+                    // response chunks in batches of at most 4 and drops a batch whose
+                    // filter fails, so abort only well after the batch that carried the
+                    // error event.
+                    *dropped_after_stop += 1;
+                    return match *dropped_after_stop > 16 {
+                        true => Err(Refused::StreamStopped),
+                        false => Ok(Seen::default()),
+                    };
+                }
+                let over = total > rules.max_bytes;
+                if over || rules.past_deadline() {
+                    // An endless stream is bounded like any body, in size and in time:
+                    // end it with an error event.
+                    *stopped = true;
+                    *body = Some(Bytes::from(validate::error_event(rules.request_id)));
+                    let why = if over {
+                        Rejection::TooLarge
+                    } else {
+                        Rejection::Deadline
+                    };
+                    return Ok(Seen {
+                        stopped_by: Some(why),
+                    });
+                }
+                let mut watch = SseWatch {
+                    framer,
+                    text,
+                    restorer,
+                    rules,
+                    usage,
+                };
+                let (mut out, stopped_by) = watch.chunk(&data);
+                *stopped = stopped_by.is_some();
+                if end_of_stream && !*stopped {
+                    // Text held back for a split placeholder that never completed.
+                    if let (Some(r), Some(map)) = (restorer.as_mut(), rules.pii) {
+                        out.extend_from_slice(&r.flush(map));
+                    }
+                }
+                *body = Some(Bytes::from(out));
+                Ok(Seen { stopped_by })
+            }
+        }
+    }
+}
+
+/// Check a whole JSON answer; return what the client gets (placeholders restored).
+fn finish_json(
+    buf: Vec<u8>,
+    rules: &WatchRules,
+    status: u16,
+    usage: &mut Option<Usage>,
+) -> Result<Bytes, Refused> {
+    let probe =
+        validate::check_json_body(rules.endpoint, status, &buf).map_err(Refused::Rejected)?;
+    egress::check_json(&rules.egress, &buf).map_err(Refused::Rejected)?;
+    *usage = probe.usage();
+    // Placeholders back to the client's values (after the checks, which judge what
+    // the provider sent).
+    let buf = match rules.pii.and_then(|m| m.restore_json(&buf)) {
+        Some(restored) => restored,
+        None => buf,
+    };
+    Ok(Bytes::from(buf))
+}
+
+/// One stream chunk's view of the stream state.
+struct SseWatch<'w, 'r> {
+    framer: &'w mut SseFramer,
+    text: &'w mut StreamText,
+    restorer: &'w mut Option<StreamRestorer>,
+    rules: &'w WatchRules<'r>,
+    usage: &'w mut Option<Usage>,
+}
+
+impl SseWatch<'_, '_> {
+    /// The complete events of `data`, checked; at the first bad one, an error event
+    /// instead and the reason.
+    fn chunk(&mut self, data: &[u8]) -> (Vec<u8>, Option<Rejection>) {
+        let error_event = || validate::error_event(self.rules.request_id).into_bytes();
+        let events = match self.framer.push(data) {
+            Ok(ev) => ev,
+            Err(_) => return (error_event(), Some(Rejection::InvalidEvent)),
+        };
+        let mut out = Vec::with_capacity(data.len());
+        for ev in events {
+            match self.check(&ev) {
+                Ok(parsed) => match (self.restorer.as_mut(), self.rules.pii) {
+                    (Some(r), Some(map)) => restore_event(r, map, &ev, parsed, &mut out),
+                    _ => out.extend_from_slice(&ev.raw),
+                },
+                Err(r) => {
+                    out.extend_from_slice(&error_event());
+                    return (out, Some(r));
+                }
+            }
+        }
+        (out, None)
+    }
+
+    /// One event: secrets and patterns in its raw bytes and text, its JSON, its usage.
+    fn check(&mut self, ev: &Event) -> Result<Option<serde_json::Value>, Rejection> {
+        let rules = &self.rules.egress;
+        if ev.data.is_empty() {
+            return self.text.check(rules, &ev.raw, None).map(|()| None);
+        }
+        let parsed = validate::check_event_data(&ev.data);
+        // Raw bytes first: a secret in an event that is not JSON is still a secret.
+        self.text.check(
+            rules,
+            &ev.raw,
+            parsed.as_ref().ok().and_then(Option::as_ref),
+        )?;
+        let parsed = parsed?;
+        if let Some(u) = parsed.as_ref().and_then(usage::find) {
+            usage::merge(self.usage, u);
+        }
+        Ok(parsed)
+    }
+}
+
+/// Forward one checked event with placeholders restored: held text first, then the
+/// event as received when nothing changed, else rebuilt from its restored JSON.
+fn restore_event(
+    r: &mut StreamRestorer,
+    map: &Pseudonyms,
+    ev: &Event,
+    parsed: Option<serde_json::Value>,
+    out: &mut Vec<u8>,
+) {
+    let Some(mut v) = parsed else {
+        // `[DONE]`: anything held goes out before it (not before a keep-alive comment).
+        if !ev.data.is_empty() {
+            out.extend_from_slice(&r.flush(map));
+        }
+        out.extend_from_slice(&ev.raw);
+        return;
+    };
+    let (before, changed) = r.event(ev.event.as_deref(), &mut v, map);
+    out.extend_from_slice(&before);
+    if changed {
+        out.extend_from_slice(&event_bytes(ev.event.as_deref(), &v.to_string()));
+    } else {
+        out.extend_from_slice(&ev.raw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::response::validate::SecretScanner;
+
+    const SECRET: &str = "sk-test-secret-0123456789";
+
+    fn rules(scanner: &SecretScanner) -> WatchRules<'_> {
+        WatchRules {
+            egress: Rules {
+                secrets: scanner,
+                patterns: None,
+            },
+            max_bytes: 1 << 20,
+            deadline: None,
+            endpoint: Endpoint::Other,
+            request_id: "req-1",
+            pii: None,
+        }
+    }
+
+    fn parts(ct: &str) -> Parts {
+        let mut p = http::Response::new(()).into_parts().0;
+        p.headers.insert("content-type", ct.parse().unwrap());
+        p
+    }
+
+    #[test]
+    fn a_json_answer_with_a_secret_is_refused_at_its_end() {
+        let scanner = SecretScanner::new(&[SECRET.to_string()]);
+        let rules = rules(&scanner);
+        let mut watch = start(&mut parts("application/json"), &rules).unwrap();
+        let mut usage = None;
+        let mut body = Some(Bytes::from(format!(r#"{{"a":"{}"#, &SECRET[..10])));
+        let seen = watch.chunk(&mut body, false, 20, &rules, 200, &mut usage);
+        assert!(seen.is_ok() && body.is_none(), "held back until the end");
+        let mut body = Some(Bytes::from(format!(r#"{}"}}"#, &SECRET[10..])));
+        let end = watch.chunk(&mut body, true, 40, &rules, 200, &mut usage);
+        assert_eq!(end.unwrap_err(), Refused::Rejected(Rejection::SecretEgress));
+    }
+
+    #[test]
+    fn a_bad_event_ends_the_stream_with_an_error_event_and_names_why() {
+        let scanner = SecretScanner::new(&[SECRET.to_string()]);
+        let rules = rules(&scanner);
+        let mut watch = start(&mut parts("text/event-stream"), &rules).unwrap();
+        let mut usage = None;
+        let good = "data: {\"choices\":[]}\n\n";
+        let bad = format!("data: {{\"x\":\"{SECRET}\"}}\n\n");
+        let mut body = Some(Bytes::from(format!("{good}{bad}")));
+        let seen = watch
+            .chunk(&mut body, false, 100, &rules, 200, &mut usage)
+            .unwrap();
+        assert_eq!(seen.stopped_by, Some(Rejection::SecretEgress));
+        let out = String::from_utf8(body.unwrap().to_vec()).unwrap();
+        assert!(out.starts_with(good), "{out}");
+        assert!(
+            out.contains("event: error") && !out.contains(SECRET),
+            "{out}"
+        );
+        // Afterwards nothing more is forwarded.
+        let mut more = Some(Bytes::from_static(b"data: {}\n\n"));
+        let seen = watch.chunk(&mut more, false, 200, &rules, 200, &mut usage);
+        assert!(seen.unwrap().stopped_by.is_none() && more.is_none());
+    }
+
+    #[test]
+    fn the_header_is_judged_before_the_body() {
+        let scanner = SecretScanner::new(&[SECRET.to_string()]);
+        let rules = rules(&scanner);
+        let mut leak = parts("application/json");
+        leak.headers.insert("x-echo", SECRET.parse().unwrap());
+        assert_eq!(
+            start(&mut leak, &rules).unwrap_err(),
+            Refused::Rejected(Rejection::SecretEgress)
+        );
+        assert_eq!(
+            start(&mut parts("text/html"), &rules).unwrap_err(),
+            Refused::Rejected(Rejection::ContentType)
+        );
+        let mut big = parts("application/json");
+        big.headers
+            .insert("content-length", "2000000".parse().unwrap());
+        assert_eq!(
+            start(&mut big, &rules).unwrap_err(),
+            Refused::Rejected(Rejection::TooLarge)
+        );
+    }
+}
