@@ -12,12 +12,13 @@ pub mod sfv;
 pub mod signature;
 pub mod token;
 
-use crate::config::{KeyAuth, KeyId, Runtime};
+use crate::config::{ClientKey, KeyAuth, KeyId, Site};
 use crate::error::{ErrorCode, GatewayError};
 use nonce::{NonceError, NonceStore};
 pub use reason::AuthReason;
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
 use subtle::ConstantTimeEq;
 
 /// How far in the future `created` may be.
@@ -169,10 +170,26 @@ pub fn record_local(nonces: &NonceStore, claim: &NonceClaim, now: i64) -> Result
     }
 }
 
+/// What a request's credentials are checked against (borrowed from the runtime).
+pub struct Keys<'a> {
+    pub keys: &'a HashMap<KeyId, ClientKey>,
+    /// SHA-256 of a bearer virtual key → key id.
+    pub bearer: &'a HashMap<[u8; 32], KeyId>,
+    pub tokens: &'a token::TokenKeys,
+    /// By index (`ClientKey::site`): a browser token names its site.
+    pub sites: &'a [Site],
+    /// Header names a client may sign besides the required components.
+    pub signed_headers: &'a HashSet<String>,
+    /// Allowed `@authority` values; `None` accepts any.
+    pub hostnames: Option<&'a HashSet<String>>,
+    /// How old (seconds) a signature's `created` may be.
+    pub clock_skew: i64,
+}
+
 /// Check the credentials without recording anything: for `keygate-v1` the nonce is
 /// returned, to be recorded by the caller before the request is admitted.
 pub fn verify(
-    rt: &Runtime,
+    rt: &Keys<'_>,
     req: &AuthInput<'_>,
 ) -> Result<(AuthedClient, Option<NonceClaim>), AuthFailure> {
     let h = req.headers;
@@ -234,14 +251,14 @@ fn window_check(
 const DUMMY_KEY: &[u8] = b"kgs_unknown_key_dummy_0000000000000000000";
 
 fn authenticate_hmac(
-    rt: &Runtime,
+    rt: &Keys<'_>,
     req: &AuthInput<'_>,
 ) -> Result<(AuthedClient, NonceClaim), AuthFailure> {
     let h = req.headers;
     let parsed = signature::parse(
         &header_values(h, "signature-input")?,
         &header_values(h, "signature")?,
-        &rt.server.signed_headers,
+        rt.signed_headers,
     )
     .map_err(|e| match e {
         signature::SigError::Missing => {
@@ -249,7 +266,7 @@ fn authenticate_hmac(
         }
         signature::SigError::Malformed(d) => AuthFailure::unauth(AuthReason::Malformed, d),
     })?;
-    if let Some(names) = &rt.server.hostnames {
+    if let Some(names) = rt.hostnames {
         if !names.contains(req.authority) {
             return Err(AuthFailure::unauth(
                 AuthReason::BadAuthority,
@@ -257,8 +274,12 @@ fn authenticate_hmac(
             ));
         }
     }
-    let skew = rt.server.clock_skew.as_secs() as i64;
-    let window_end = window_check(parsed.params.created, parsed.params.expires, req.now, skew)?;
+    let window_end = window_check(
+        parsed.params.created,
+        parsed.params.expires,
+        req.now,
+        rt.clock_skew,
+    )?;
     let digest_header = single(h, "content-digest")?
         .ok_or_else(|| AuthFailure::unauth(AuthReason::Malformed, "Content-Digest missing"))?;
     let body_digest = signature::parse_content_digest(digest_header)
@@ -309,10 +330,10 @@ pub fn bearer_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn authenticate_bearer(rt: &Runtime, token: &str) -> Result<AuthedClient, AuthFailure> {
+fn authenticate_bearer(rt: &Keys<'_>, token: &str) -> Result<AuthedClient, AuthFailure> {
     let hash = bearer_hash(token);
     let key = rt
-        .bearer_keys
+        .bearer
         .get(&hash)
         .and_then(|id| rt.keys.get(id))
         .ok_or_else(|| AuthFailure::unauth(AuthReason::BadSignature, "unknown bearer key"))?;
@@ -331,7 +352,7 @@ fn authenticate_bearer(rt: &Runtime, token: &str) -> Result<AuthedClient, AuthFa
     }
 }
 
-fn authenticate_token(rt: &Runtime, token: &str, now: i64) -> Result<AuthedClient, AuthFailure> {
+fn authenticate_token(rt: &Keys<'_>, token: &str, now: i64) -> Result<AuthedClient, AuthFailure> {
     let claims = rt.tokens.verify(token, now).map_err(|e| match e {
         token::TokenError::Expired => stale("token expired"),
         token::TokenError::Invalid(d) => AuthFailure::unauth(AuthReason::BadSignature, d),
@@ -363,7 +384,7 @@ pub fn legacy_signature(secret: &[u8], site_identifier: &str, timestamp: &str) -
     hex::encode(signature::mac(secret, &msg))
 }
 
-fn authenticate_legacy(rt: &Runtime, req: &AuthInput<'_>) -> Result<AuthedClient, AuthFailure> {
+fn authenticate_legacy(rt: &Keys<'_>, req: &AuthInput<'_>) -> Result<AuthedClient, AuthFailure> {
     let h = req.headers;
     let id = single(h, "x-site-identifier")?.unwrap_or("");
     let ts_text = single(h, "x-timestamp")?
@@ -379,7 +400,7 @@ fn authenticate_legacy(rt: &Runtime, req: &AuthInput<'_>) -> Result<AuthedClient
     let ts: i64 = ts_text
         .parse()
         .map_err(|_| AuthFailure::unauth(AuthReason::Malformed, "bad X-Timestamp"))?;
-    window_check(ts, None, req.now, rt.server.clock_skew.as_secs() as i64)?;
+    window_check(ts, None, req.now, rt.clock_skew)?;
     let given = hex::decode(sig_hex)
         .map_err(|_| AuthFailure::unauth(AuthReason::BadSignature, "X-Signature is not hex"))?;
     let key = rt.keys.get(&KeyId(id.to_string()));

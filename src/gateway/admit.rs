@@ -300,8 +300,17 @@ impl Gateway {
                 return Err(rate_limited(None, cooling));
             }
         }
+        let keys = auth::Keys {
+            keys: &rt.keys,
+            bearer: &rt.bearer_keys,
+            tokens: &rt.tokens,
+            sites: &rt.sites,
+            signed_headers: &rt.server.signed_headers,
+            hostnames: rt.server.hostnames.as_ref(),
+            clock_skew: rt.server.clock_skew.as_secs() as i64,
+        };
         let authed = auth::verify(
-            &rt,
+            &keys,
             &AuthInput {
                 headers: &session.req_header().headers,
                 method,
