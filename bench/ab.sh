@@ -20,52 +20,12 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 . bench/common.sh
 
-UP=$(free_port)
-nginx_conf "$work" "$UP" > "$work/nginx.conf"
-nginx -c "$work/nginx.conf" -p "$work" &
-pids+=($!)
-wait_port "$UP"
+nginx_upstream "$work"
 
 declare -A PORT PID
 for name in old new; do
   PORT[$name]=$(free_port); admin=$(free_port)
-  python3 - "$work" "$name" "${PORT[$name]}" "$UP" "$admin" <<'PY'
-import hashlib, os, secrets, sys
-work, name, kg, up, admin = sys.argv[1:]
-tok_file = f"{work}/bearer"
-if not os.path.exists(tok_file):
-    open(tok_file, "w").write("kgk_" + secrets.token_urlsafe(24))
-    open(f"{work}/provider.key", "w").write("sk-bench-" + secrets.token_urlsafe(24))
-    os.chmod(f"{work}/provider.key", 0o600)
-token = open(tok_file).read()
-lines = [f"""server:
-  listen: [{{ addr: "127.0.0.1:{kg}" }}]
-  hostnames: ["127.0.0.1:{kg}"]
-  threads: 2
-  admin_listen: "127.0.0.1:{admin}"
-  pid_file: {work}/{name}.pid
-  upgrade_sock: {work}/{name}.sock
-upstreams:
-  bench:
-    kind: openai
-    url: "http://127.0.0.1:{up}"
-    credentials: [{{ id: b1, secret: "file:{work}/provider.key" }}]
-routes:
-  - {{ prefix: "/openai/", upstream: bench, models: ["gpt-4o-mini"] }}
-tiers:
-  bench: {{ requests_per_minute: 100000000, requests_per_hour: 1000000000, requests_per_day: 10000000000, tokens_per_day: 100000000000, concurrent: 100000 }}
-log: {{ audit_path: {work}/{name}-audit.jsonl }}
-sites:
-  - id: bench
-    tier: bench
-    keys:
-      - {{ id: bench.sdk, auth: bearer, hash: "sha256:{hashlib.sha256(token.encode()).hexdigest()}" }}
-"""]
-for i in range(9999):
-    h = hashlib.sha256(f"{i}".encode()).hexdigest()
-    lines.append(f"  - {{ id: s{i}, tier: bench, keys: [{{ id: s{i}.k, auth: bearer, hash: \"sha256:{h}\" }}] }}\n")
-open(f"{work}/{name}.yaml", "w").write("".join(lines))
-PY
+  bench_config "$work" "$name" "${PORT[$name]}" "$UP" "$admin"
   bin="$OLD"; [ "$name" = new ] && bin="$NEW"
   RUST_LOG=warn "$bin" serve -c "$work/$name.yaml" > "$work/$name.log" 2>&1 &
   PID[$name]=$!

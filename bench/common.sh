@@ -1,4 +1,4 @@
-# Shared by bench/run.sh and bench/ab.sh (sourced): ports, and the nginx upstream that serves
+# Shared by bench/run.sh, bench/ab.sh and bench/ab-instructions.sh (sourced): ports, and the nginx upstream that serves
 # one fixed chat completion.
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 did not open" >&2; return 1; }
@@ -25,4 +25,56 @@ http {
 $extra
 }
 NGINX
+}
+
+# nginx_upstream WORK: start that nginx (its port in UP, its pid added to the caller's pids).
+nginx_upstream() {
+  UP=$(free_port)
+  nginx_conf "$1" "$UP" > "$1/nginx.conf"
+  nginx -c "$1/nginx.conf" -p "$1" &
+  pids+=($!)
+  wait_port "$UP"
+}
+
+# bench_config WORK NAME PORT UP_PORT ADMIN_PORT: WORK/NAME.yaml, make bench's keygate config
+# (bearer auth, limits, validation, egress scan, metrics, audit log, 10,000 sites) on PORT in
+# front of the nginx upstream on UP_PORT; the bearer token is in WORK/bearer.
+bench_config() {
+  python3 - "$@" <<'PY'
+import hashlib, os, secrets, sys
+work, name, kg, up, admin = sys.argv[1:]
+tok_file = f"{work}/bearer"
+if not os.path.exists(tok_file):
+    open(tok_file, "w").write("kgk_" + secrets.token_urlsafe(24))
+    open(f"{work}/provider.key", "w").write("sk-bench-" + secrets.token_urlsafe(24))
+    os.chmod(f"{work}/provider.key", 0o600)
+token = open(tok_file).read()
+lines = [f"""server:
+  listen: [{{ addr: "127.0.0.1:{kg}" }}]
+  hostnames: ["127.0.0.1:{kg}"]
+  threads: 2
+  admin_listen: "127.0.0.1:{admin}"
+  pid_file: {work}/{name}.pid
+  upgrade_sock: {work}/{name}.sock
+upstreams:
+  bench:
+    kind: openai
+    url: "http://127.0.0.1:{up}"
+    credentials: [{{ id: b1, secret: "file:{work}/provider.key" }}]
+routes:
+  - {{ prefix: "/openai/", upstream: bench, models: ["gpt-4o-mini"] }}
+tiers:
+  bench: {{ requests_per_minute: 100000000, requests_per_hour: 1000000000, requests_per_day: 10000000000, tokens_per_day: 100000000000, concurrent: 100000 }}
+log: {{ audit_path: {work}/{name}-audit.jsonl }}
+sites:
+  - id: bench
+    tier: bench
+    keys:
+      - {{ id: bench.sdk, auth: bearer, hash: "sha256:{hashlib.sha256(token.encode()).hexdigest()}" }}
+"""]
+for i in range(9999):
+    h = hashlib.sha256(f"{i}".encode()).hexdigest()
+    lines.append(f"  - {{ id: s{i}, tier: bench, keys: [{{ id: s{i}.k, auth: bearer, hash: \"sha256:{h}\" }}] }}\n")
+open(f"{work}/{name}.yaml", "w").write("".join(lines))
+PY
 }
