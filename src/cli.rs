@@ -33,10 +33,14 @@ enum Cmd {
         #[arg(short = 'u', long)]
         upgrade: bool,
     },
-    /// Validate a config fully (secrets decrypt, files exist); exit 0 or 1.
+    /// Validate a config fully (secrets decrypt, files exist) and report its security
+    /// posture; exit 0 (warnings printed) or 1 (invalid, or any warning with --strict).
     Check {
         #[arg(short = 'c', long = "config", default_value = "conf/keygate.yaml")]
         config: PathBuf,
+        /// Exit 1 when there is any warning.
+        #[arg(long)]
+        strict: bool,
     },
     /// Print the three keygate-v1 headers for a request.
     Sign {
@@ -190,12 +194,12 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
             })?;
             Ok(0)
         }
-        Cmd::Check { config } => match config::load_file(&config, LoadOptions::default()) {
+        Cmd::Check { config, strict } => match config::load_file(&config, LoadOptions::default()) {
             Ok(rt) => {
-                for w in &rt.warnings {
-                    println!("warning: {w}");
-                }
-                for w in permission_warnings(&config) {
+                let mut warnings = rt.warnings.clone();
+                warnings.extend(config::posture::posture(&rt));
+                warnings.extend(permission_warnings(&config));
+                for w in &warnings {
                     println!("warning: {w}");
                 }
                 println!(
@@ -206,6 +210,14 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
                     rt.sites.len(),
                     rt.keys.len()
                 );
+                if strict && !warnings.is_empty() {
+                    eprintln!(
+                        "{}: {} warning(s) and --strict",
+                        config.display(),
+                        warnings.len()
+                    );
+                    return Ok(1);
+                }
                 Ok(0)
             }
             Err(errs) => {

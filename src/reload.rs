@@ -75,7 +75,16 @@ impl BackgroundService for Reloader {
                     let path = self.state.runtime.load().process.audit_path.clone();
                     self.state.audit.reopen(path);
                 }
-                _ = tick.tick() => self.state.nonces.sweep(crate::clock::now_s()),
+                _ = tick.tick() => {
+                    self.state.nonces.sweep(crate::clock::now_s());
+                    // Circuits whose open_s passed show half-open now, not at the next request.
+                    let now = std::time::Instant::now();
+                    for up in &self.state.live.load().upstreams {
+                        if let Some(code) = up.circuit.tick(now) {
+                            up.series().circuit_state.set(code);
+                        }
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }

@@ -66,6 +66,8 @@ pub struct State {
     pub nonces: NonceStore,
     pub limiter: ArcSwap<Limiter>,
     pub auth_failures: AuthFailureLimiter,
+    /// Browser tokens minted per client address.
+    pub token_mints: crate::limits::ip::IpRate,
     pub token_uses: crate::limits::TokenUses,
     pub audit: AuditLog,
     /// Fleet mode (set at start from `fleet.redis`; reloads do not change it).
@@ -99,6 +101,7 @@ impl State {
             nonces,
             limiter: ArcSwap::from_pointee(limiter),
             auth_failures: AuthFailureLimiter::default(),
+            token_mints: Default::default(),
             token_uses: Default::default(),
             audit,
             fleet,

@@ -127,6 +127,76 @@ async fn parameter_reordered_signature_verifies() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
+/// `server.clock_skew_future_s` widens how far ahead a client's clock may run, for
+/// keygate-v1 and the legacy scheme alike; the default stays 60 s.
+#[tokio::test]
+async fn clock_skew_future_s_admits_fast_client_clocks() {
+    let ahead = now() + 200;
+    let signed = |gw: &Gateway| {
+        sign_at(
+            &gw.secrets.alpha,
+            "alpha.k1",
+            "POST",
+            &gw.url(CHAT),
+            BODY.as_bytes(),
+            ahead,
+        )
+    };
+    let legacy = |gw: &Gateway| {
+        let ts = ahead.to_string();
+        let sig =
+            keygate::auth::legacy_signature(gw.secrets.legacy.as_bytes(), "alpha.legacy", &ts);
+        vec![
+            ("x-site-identifier".to_string(), "alpha.legacy".to_string()),
+            ("x-timestamp".to_string(), ts),
+            ("x-signature".to_string(), sig),
+        ]
+    };
+    let c = client();
+    let default = Gateway::start();
+    let r = send(
+        &c,
+        "POST",
+        &default.url(CHAT),
+        &signed(&default),
+        Some(BODY.into()),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (401, "stale_request"));
+    let r = send(
+        &c,
+        "POST",
+        &default.url(CHAT),
+        &legacy(&default),
+        Some(BODY.into()),
+    )
+    .await;
+    assert_eq!((r.status, r.code().as_str()), (401, "stale_request"));
+
+    let wide = Gateway::start_with(Options {
+        server_extra: "  clock_skew_future_s: 300".into(),
+        ..Options::default()
+    });
+    let r = send(
+        &c,
+        "POST",
+        &wide.url(CHAT),
+        &signed(&wide),
+        Some(BODY.into()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = send(
+        &c,
+        "POST",
+        &wide.url(CHAT),
+        &legacy(&wide),
+        Some(BODY.into()),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 #[tokio::test]
 async fn forged_or_stale_requests_are_refused_and_nothing_is_forwarded() {
     let gw = Gateway::start();

@@ -163,23 +163,56 @@ async fn repeated_bad_signatures_from_one_ip_turn_into_429() {
     });
     let mut statuses = Vec::new();
     for _ in 0..8 {
-        let h = gw.sign(
-            "alpha.k1",
-            "kgs_wrong_secret_000000000000",
-            "GET",
-            "/openai/v1/models",
-            b"",
-        );
-        let r = send(&client(), "GET", &gw.url("/openai/v1/models"), &h, None).await;
-        statuses.push(r.status);
+        statuses.push(bad_signature(&gw).await.status);
     }
     assert_eq!(statuses, vec![401, 401, 401, 401, 401, 401, 429, 429]);
-    // While cooling down, even a valid request from that address is refused unverified.
-    let r = models(&gw).await;
+    // While cooling down, failing requests from that address get 429 with the time left…
+    let r = bad_signature(&gw).await;
     assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
     let retry: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((55..=60).contains(&retry), "{retry}");
-    assert_eq!(gw.mock.count(), 0);
+    assert_eq!(r.json()["error"]["limit"], "auth_failures");
+    // …but a request whose credentials verify still passes: on shared hosting many sites
+    // share one address, and one broken plugin must not lock its neighbours out.
+    assert_eq!(models(&gw).await.status, 200);
+    assert_eq!(gw.mock.count(), 1);
+}
+
+/// A request signed with a wrong secret.
+async fn bad_signature(gw: &Gateway) -> Resp {
+    let h = gw.sign(
+        "alpha.k1",
+        "kgs_wrong_secret_000000000000",
+        "GET",
+        "/openai/v1/models",
+        b"",
+    );
+    send(&client(), "GET", &gw.url("/openai/v1/models"), &h, None).await
+}
+
+/// With no `server.auth_failure_limit` in the config, 30 failures a minute from one
+/// address start a 60 s cool-down for its failing requests.
+#[tokio::test]
+async fn the_auth_failure_limit_is_on_by_default() {
+    let gw = Gateway::start();
+    let mut statuses = Vec::new();
+    for _ in 0..32 {
+        statuses.push(bad_signature(&gw).await.status);
+    }
+    assert!(statuses[..31].iter().all(|s| *s == 401), "{statuses:?}");
+    assert_eq!(statuses[31], 429, "{statuses:?}");
+    assert_eq!(models(&gw).await.status, 200, "valid requests still pass");
+}
+
+#[tokio::test]
+async fn the_auth_failure_limit_can_be_turned_off() {
+    let gw = Gateway::start_with(Options {
+        server_extra: "  auth_failure_limit: off".into(),
+        ..Options::default()
+    });
+    for _ in 0..40 {
+        assert_eq!(bad_signature(&gw).await.status, 401);
+    }
 }
 
 /// A reload that adds a site rebuilds the sketches (new sites need counters of their
@@ -226,9 +259,8 @@ async fn digest_mismatch_on_token_minting_counts_as_an_auth_failure() {
         statuses.push(r.status);
     }
     assert_eq!(statuses, vec![401, 401, 401, 401, 429]);
-    // The address is cooling down: a valid request is refused unverified.
-    let r = models(&gw).await;
-    assert_eq!((r.status, r.code().as_str()), (429, "rate_limited"));
+    // The address is cooling down; a request whose signature and body verify passes.
+    assert_eq!(models(&gw).await.status, 200);
     assert_eq!(
         gw.metric("keygate_auth_failures_total{reason=\"digest_mismatch\"}"),
         Some(4.0)

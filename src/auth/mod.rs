@@ -21,9 +21,6 @@ use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use subtle::ConstantTimeEq;
 
-/// How far in the future `created` may be.
-pub const MAX_FUTURE_S: i64 = 60;
-
 /// Which scheme authenticated the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -184,6 +181,8 @@ pub struct Keys<'a> {
     pub hostnames: Option<&'a HashSet<String>>,
     /// How old (seconds) a signature's `created` may be.
     pub clock_skew: i64,
+    /// How far (seconds) in the future `created` may be (`server.clock_skew_future_s`).
+    pub clock_skew_future: i64,
 }
 
 /// Check the credentials without recording anything: for `keygate-v1` the nonce is
@@ -225,16 +224,18 @@ fn bearer_token(h: &http::HeaderMap) -> Result<Option<&str>, AuthFailure> {
     single(h, "x-goog-api-key")
 }
 
+/// `created` within `[now - skew, now + future]`, not past `expires`; returns the last
+/// second the signature is fresh (until then its nonce is remembered).
 fn window_check(
     created: i64,
     expires: Option<i64>,
     now: i64,
-    skew: i64,
+    (skew, future): (i64, i64),
 ) -> Result<i64, AuthFailure> {
     if created < now - skew {
         return Err(stale("created too old"));
     }
-    if created > now + MAX_FUTURE_S {
+    if created > now + future {
         return Err(stale("created in the future"));
     }
     let mut end = created.saturating_add(skew);
@@ -278,7 +279,7 @@ fn authenticate_hmac(
         parsed.params.created,
         parsed.params.expires,
         req.now,
-        rt.clock_skew,
+        (rt.clock_skew, rt.clock_skew_future),
     )?;
     let digest_header = single(h, "content-digest")?
         .ok_or_else(|| AuthFailure::unauth(AuthReason::Malformed, "Content-Digest missing"))?;
@@ -400,7 +401,7 @@ fn authenticate_legacy(rt: &Keys<'_>, req: &AuthInput<'_>) -> Result<AuthedClien
     let ts: i64 = ts_text
         .parse()
         .map_err(|_| AuthFailure::unauth(AuthReason::Malformed, "bad X-Timestamp"))?;
-    window_check(ts, None, req.now, rt.clock_skew)?;
+    window_check(ts, None, req.now, (rt.clock_skew, rt.clock_skew_future))?;
     let given = hex::decode(sig_hex)
         .map_err(|_| AuthFailure::unauth(AuthReason::BadSignature, "X-Signature is not hex"))?;
     let key = rt.keys.get(&KeyId(id.to_string()));
@@ -449,18 +450,21 @@ mod tests {
 
     #[test]
     fn window_rules() {
-        assert!(window_check(1000, None, 1000, 300).is_ok());
-        assert_eq!(window_check(1000, None, 1000, 300).unwrap(), 1300);
-        assert!(window_check(699, None, 1000, 300).is_err());
-        assert!(window_check(1061, None, 1000, 300).is_err());
-        assert!(window_check(1060, None, 1000, 300).is_ok());
+        assert!(window_check(1000, None, 1000, (300, 60)).is_ok());
+        assert_eq!(window_check(1000, None, 1000, (300, 60)).unwrap(), 1300);
+        assert!(window_check(699, None, 1000, (300, 60)).is_err());
+        assert!(window_check(1061, None, 1000, (300, 60)).is_err());
+        assert!(window_check(1060, None, 1000, (300, 60)).is_ok());
         assert_eq!(
-            window_check(1000, Some(1100), 1000, 300).unwrap(),
+            window_check(1000, Some(1100), 1000, (300, 60)).unwrap(),
             1100,
             "expires only shortens"
         );
-        assert_eq!(window_check(1000, Some(5000), 1000, 300).unwrap(), 1300);
-        assert!(window_check(1000, Some(999), 1000, 300).is_err());
+        assert_eq!(
+            window_check(1000, Some(5000), 1000, (300, 60)).unwrap(),
+            1300
+        );
+        assert!(window_check(1000, Some(999), 1000, (300, 60)).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod error;
 pub mod files;
 pub mod inventory;
+pub mod posture;
 pub mod raw;
 pub mod runtime;
 pub mod secret;

@@ -36,7 +36,10 @@ pub struct RawServer {
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<u64>,
     pub clock_skew_s: Option<u64>,
-    pub auth_failure_limit: Option<RawAuthFailureLimit>,
+    /// Per-client-IP limit on failed authentications; on by default, `off` disables it.
+    pub auth_failure_limit: Option<RawAuthFailureSetting>,
+    /// How far in the future a signature's `created` may be (fast client clocks).
+    pub clock_skew_future_s: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
     /// Extra header components a client may sign besides the five required ones.
     pub signed_headers: Option<Vec<String>>,
@@ -79,6 +82,14 @@ pub struct RawTls {
     pub key: String,
 }
 
+/// `server.auth_failure_limit`: `off`, or a limit.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawAuthFailureSetting {
+    Word(String),
+    Limit(RawAuthFailureLimit),
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuthFailureLimit {
@@ -113,6 +124,8 @@ pub struct RawUpstream {
     /// Provider response headers passed on besides the built-in allow-list.
     #[serde(default)]
     pub forward_response_headers: Vec<String>,
+    /// Allow `http://` to a host that is not loopback (the key then travels in clear).
+    pub allow_plaintext: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +232,8 @@ pub struct RawLog {
 #[serde(deny_unknown_fields)]
 pub struct RawTokens {
     pub max_ttl_s: Option<u64>,
+    /// Mints allowed per client address per minute (default 60).
+    pub mint_per_ip_per_minute: Option<u64>,
     /// Master key id new browser tokens are minted under (default: the first).
     pub key: Option<String>,
 }

@@ -155,6 +155,8 @@ pub struct ServerSettings {
     pub hostnames: Option<HashSet<String>>,
     pub max_body_bytes: usize,
     pub clock_skew: Duration,
+    /// How far in the future `created` may be (`server.clock_skew_future_s`).
+    pub clock_skew_future: Duration,
     /// Header names (lower-case) a client may sign in addition to the required components.
     pub signed_headers: HashSet<String>,
     pub body_timeout: Duration,
@@ -218,6 +220,8 @@ pub struct Runtime {
     /// Browser-token keys (one per master key) and limits.
     pub tokens: crate::auth::token::TokenKeys,
     pub token_max_ttl: Duration,
+    /// Browser tokens a client address may mint per minute.
+    pub token_mints_per_ip: u64,
     /// Every site's CORS origins (preflights are answered from this set).
     pub cors_origins: HashSet<String>,
     /// `fleet:` with Redis set; `None` keeps all state process-local. Read at start only.

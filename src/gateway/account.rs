@@ -50,12 +50,20 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
 
 /// The audit line of a finished request (SPEC §6): ids, outcome, timings and usage;
 /// never a secret, a signature or a body.
-fn audit_line<'a>(session: &Session, ctx: &'a Ctx) -> audit::Line<'a> {
+fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
     let client = ctx.client.as_ref();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     audit::Line {
         ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
         request_id: &ctx.request_id,
+        method: session.req_header().method.as_str(),
+        path: session.req_header().uri.path(),
+        user_agent: session
+            .req_header()
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(audit::truncate_user_agent),
         site: ctx.site().map(|s| s.id.0.as_str()),
         key_id: client.map(|c| c.key_id.0.as_str()),
         route: ctx.route().map(|r| r.prefix.as_str()),

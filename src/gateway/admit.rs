@@ -166,7 +166,7 @@ pub(super) fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
 
 /// The 429 for any limit's refusal, with SPEC §4's headers (`policy`: the tier's
 /// `RateLimit-Policy`, for tier limits), counted in `keygate_rate_limited_total`.
-fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusal) -> GatewayError {
+pub(super) fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusal) -> GatewayError {
     let name = r.limit.as_str();
     METRICS.rate_limited.with_label_values(&[name]).inc();
     let mut e =
@@ -279,8 +279,8 @@ impl Gateway {
         self.plan_body(session, ctx, &client, &method).await
     }
 
-    /// Who is calling: per-IP cool-down, then the credentials (counted when they fail),
-    /// then the browser origin. Sets `ctx.client` and `ctx.cors_origin`.
+    /// Who is calling: the credentials (a failure is counted, or a 429 while the address
+    /// cools down), then the browser origin. Sets `ctx.client` and `ctx.cors_origin`.
     pub(super) async fn authenticate_client(
         &self,
         session: &mut Session,
@@ -294,12 +294,6 @@ impl Gateway {
         let ip = ctx.client_ip.unwrap_or_else(|| client_ip(session, &rt));
         ctx.client_ip = Some(ip);
         let now_ms = crate::clock::now_ms();
-        if rt.server.auth_failure_limit.is_some() {
-            if let Some(left) = self.state.auth_failures.blocked(&ip, now_ms) {
-                let cooling = limits::Refusal::of(LimitName::AuthFailures, Some(left));
-                return Err(rate_limited(None, cooling));
-            }
-        }
         let keys = auth::Keys {
             keys: &rt.keys,
             bearer: &rt.bearer_keys,
@@ -308,6 +302,7 @@ impl Gateway {
             signed_headers: &rt.server.signed_headers,
             hostnames: rt.server.hostnames.as_ref(),
             clock_skew: rt.server.clock_skew.as_secs() as i64,
+            clock_skew_future: rt.server.clock_skew_future.as_secs() as i64,
         };
         let authed = auth::verify(
             &keys,
@@ -324,6 +319,8 @@ impl Gateway {
             Ok(c) => c,
             Err(f) => return Err(self.auth_failed(&rt, &ip, &f)),
         };
+        // Known from here on (the audit line of a replay names its site and key).
+        ctx.client = Some(client.clone());
         // After the MAC verified: record the nonce (fleet-wide in fleet mode).
         if let Some(claim) = claim {
             let now = crate::clock::secs(now_ms);
@@ -337,7 +334,6 @@ impl Gateway {
             .map_err(|f| self.auth_failed(&rt, &ip, &f))?;
         }
         let site = &rt.sites[client.site];
-        ctx.client = Some(client.clone());
         if client.mode == AuthMode::Legacy {
             METRICS
                 .legacy_auth
@@ -360,19 +356,28 @@ impl Gateway {
         self.auth_failed(&ctx.rt, &ip, f)
     }
 
-    /// Count a failed authentication (metric, per-IP limit) and return its error.
+    /// Count a failed authentication (metric, per-IP limit) and return its error. While
+    /// the address cools down, a failing request gets a 429 and nothing more is counted;
+    /// a request whose credentials verify is not affected (many sites share one address
+    /// on shared hosting: one broken plugin must not lock its neighbours out).
     fn auth_failed(&self, rt: &Runtime, ip: &IpAddr, f: &auth::AuthFailure) -> GatewayError {
+        let now_ms = crate::clock::now_ms();
+        if rt.server.auth_failure_limit.is_some() {
+            if let Some(left) = self.state.auth_failures.blocked(ip, now_ms) {
+                let cooling = limits::Refusal::of(LimitName::AuthFailures, Some(left));
+                return rate_limited(None, cooling);
+            }
+        }
         METRICS
             .auth_failures
             .with_label_values(&[f.reason.as_str()])
             .inc();
         if let (Some(afl), 401) = (rt.server.auth_failure_limit, f.code.status()) {
-            if self.state.auth_failures.record_failure(
-                ip,
-                afl.per_minute,
-                afl.cooldown,
-                crate::clock::now_ms(),
-            ) {
+            if self
+                .state
+                .auth_failures
+                .record_failure(ip, afl.per_minute, afl.cooldown, now_ms)
+            {
                 log::warn!(
                     "client {ip}: more than {} failed authentications a minute; refused for {}s",
                     afl.per_minute,

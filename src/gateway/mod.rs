@@ -25,6 +25,7 @@ mod tokens;
 use crate::error::{ErrorCode, GatewayError};
 
 use crate::request::plan::{Framing, Step};
+use crate::telemetry::metrics::METRICS;
 use crate::upstream::{self, headers};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -97,7 +98,12 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         let outcome = if session.req_header().uri.path() == tokens::TOKENS_PATH {
-            self.mint_token(session, ctx).await.map(Some)
+            let minted = self.mint_token(session, ctx).await;
+            METRICS
+                .tokens_minted
+                .with_label_values(&[tokens::mint_result(&minted)])
+                .inc();
+            minted.map(Some)
         } else {
             self.admit(session, ctx).await.map(|()| None)
         };
@@ -144,7 +150,7 @@ impl ProxyHttp for Gateway {
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
-        _reused: bool,
+        reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
         #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
@@ -154,10 +160,12 @@ impl ProxyHttp for Gateway {
         let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
             return Ok(());
         };
-        upstream::enforce_pins(&up, digest).map_err(|e| {
-            ctx.upstream_failed = true;
-            Self::abort(ctx, e)
-        })
+        upstream::check_tls(&up, digest, reused)
+            .and_then(|()| upstream::enforce_pins(&up, digest))
+            .map_err(|e| {
+                ctx.upstream_failed = true;
+                Self::abort(ctx, e)
+            })
     }
 
     /// The request header on its way upstream: headers by allow-list, the provider

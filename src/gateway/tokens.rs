@@ -1,12 +1,13 @@
 //! `POST /keygate/v1/tokens`: a site's backend, signing with `keygate-v1`, mints a
 //! short-lived browser token scoped to routes, models and a number of requests.
 
-use super::admit::{precheck, read_body, send_continue};
+use super::admit::{precheck, rate_limited, read_body, send_continue};
 use super::ctx::Ctx;
 use super::service::Gateway;
 use crate::auth::token::Claims;
 use crate::auth::{self, AuthMode};
 use crate::error::{ErrorCode, GatewayError};
+use crate::limits::{self, LimitName};
 use crate::request::body::parse_strict;
 use crate::request::plan::{Accumulator, Head};
 use pingora::proxy::Session;
@@ -36,6 +37,18 @@ impl Gateway {
         let (path, query, method) = precheck(session, &rt)?;
         if method != "POST" {
             return Err(GatewayError::bad_request("Tokens are minted with POST."));
+        }
+        // Per client address first: a flood of mint requests costs no signature check.
+        if let Some(ip) = ctx.client_ip {
+            let now_ms = crate::clock::now_ms();
+            if let Err(wait) = self
+                .state
+                .token_mints
+                .admit(&ip, rt.token_mints_per_ip, now_ms)
+            {
+                let refusal = limits::Refusal::of(LimitName::TokenMintsPerIp, Some(wait));
+                return Err(rate_limited(None, refusal));
+            }
         }
         let client = self
             .authenticate_client(session, ctx, &path, query.as_deref(), &method)
@@ -82,6 +95,15 @@ impl Gateway {
             }
         }
         let site = &rt.sites[client.site];
+        // A mint counts against the site's tier like a request (its concurrency slot is
+        // released when the answer is written).
+        let admission = self
+            .state
+            .limiter
+            .load()
+            .admit(site.limit_key, &site.tier, crate::clock::now_ms())
+            .map_err(|r| rate_limited(site.tier.policy.as_ref(), r))?;
+        drop(admission);
         let routes = req.routes.unwrap_or_default();
         for r in &routes {
             let known = rt.routes.iter().any(|x| &x.prefix == r);
@@ -119,5 +141,19 @@ impl Gateway {
             serde_json::to_vec(&serde_json::json!({"token": token, "expires_at": exp}))
                 .unwrap_or_default(),
         )
+    }
+}
+
+/// The `result` label of `keygate_tokens_minted_total` for a mint's outcome.
+pub fn mint_result<T>(outcome: &Result<T, GatewayError>) -> &'static str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(e) => match e.code {
+            ErrorCode::Unauthenticated | ErrorCode::StaleRequest | ErrorCode::Replayed => {
+                "unauthenticated"
+            }
+            ErrorCode::RateLimited => "rate_limited",
+            _ => "refused",
+        },
     }
 }

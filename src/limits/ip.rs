@@ -61,10 +61,19 @@ pub fn parse_cidr(s: &str) -> Option<(std::net::IpAddr, u8)> {
 }
 
 /// `server.auth_failure_limit`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthFailureLimit {
     pub per_minute: u64,
     pub cooldown: Duration,
+}
+
+impl AuthFailureLimit {
+    /// On unless the config says `off`: 30 failures a minute, then 60 s of 429s for
+    /// failing requests from that address.
+    pub const DEFAULT: AuthFailureLimit = AuthFailureLimit {
+        per_minute: 30,
+        cooldown: Duration::from_secs(60),
+    };
 }
 
 /// The client IP: the socket peer, unless the peer is a trusted proxy; then the
@@ -173,12 +182,60 @@ impl AuthFailureLimiter {
     }
 }
 
+/// A per-client-address request rate (browser-token mints): a one-minute sliding
+/// window over a sketch of addresses, bounded like the auth-failure counts.
+pub struct IpRate {
+    window: SlidingWindow,
+    hasher: ahash::RandomState,
+}
+
+impl Default for IpRate {
+    fn default() -> Self {
+        IpRate {
+            window: SlidingWindow::new(Duration::from_secs(60), super::window::HASHES, IP_SLOTS),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+}
+
+impl IpRate {
+    /// Count one request from `ip` if it is within `per_minute`; else the time until
+    /// there is room (refused requests are not counted).
+    pub fn admit(&self, ip: &IpAddr, per_minute: u64, now_ms: u64) -> Result<(), Duration> {
+        let key = self.hasher.hash_one(ip);
+        let seen = self.window.get(key, now_ms);
+        if seen.estimate() + 1.0 > per_minute as f64 {
+            return Err(seen.wait_for_room(per_minute as f64, 1.0));
+        }
+        self.window.add(key, 1, now_ms);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cidrs(list: &[&str]) -> Vec<Cidr> {
         list.iter().map(|s| Cidr::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn an_address_rate_refuses_past_its_limit_and_names_the_wait() {
+        let r = IpRate::default();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..3 {
+            assert!(r.admit(&a, 3, 1_000).is_ok());
+        }
+        let wait = r.admit(&a, 3, 1_000).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert!(
+            r.admit(&b, 3, 1_000).is_ok(),
+            "other addresses are not affected"
+        );
     }
 
     #[test]

@@ -13,11 +13,13 @@ pub enum LimitName {
     AuthFailures,
     /// A browser token's `max_requests`.
     TokenMaxRequests,
+    /// Browser tokens minted from one client address (`tokens.mint_per_ip_per_minute`).
+    TokenMintsPerIp,
 }
 
 impl LimitName {
     /// Every limit (metric series are pre-registered from this list).
-    pub const ALL: [LimitName; 7] = [
+    pub const ALL: [LimitName; 8] = [
         LimitName::RequestsPerMinute,
         LimitName::RequestsPerHour,
         LimitName::RequestsPerDay,
@@ -25,6 +27,7 @@ impl LimitName {
         LimitName::Concurrent,
         LimitName::AuthFailures,
         LimitName::TokenMaxRequests,
+        LimitName::TokenMintsPerIp,
     ];
 
     /// The label value (the tier's config key, for tier limits).
@@ -37,6 +40,7 @@ impl LimitName {
             LimitName::Concurrent => "concurrent",
             LimitName::AuthFailures => "auth_failures",
             LimitName::TokenMaxRequests => "token_max_requests",
+            LimitName::TokenMintsPerIp => "token_mints_per_ip",
         }
     }
 
@@ -50,6 +54,7 @@ impl LimitName {
             LimitName::Concurrent => "Rate limit exceeded (concurrent).",
             LimitName::AuthFailures => "Too many failed authentications from this address.",
             LimitName::TokenMaxRequests => "This token has been used for all its requests.",
+            LimitName::TokenMintsPerIp => "Too many browser tokens minted from this address.",
         }
     }
 }
@@ -69,6 +74,7 @@ mod tests {
             LimitName::Concurrent => 4,
             LimitName::AuthFailures => 5,
             LimitName::TokenMaxRequests => 6,
+            LimitName::TokenMintsPerIp => 7,
         };
         for (i, l) in LimitName::ALL.iter().enumerate() {
             assert_eq!(index(*l), i);

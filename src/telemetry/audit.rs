@@ -7,6 +7,7 @@
 
 use parking_lot::Mutex;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -36,9 +37,11 @@ pub struct AuditLog {
 
 fn open(path: &Option<String>) -> Box<dyn Write + Send> {
     match path {
+        // Readable by the log group (0640): lines name sites, keys and client addresses.
         Some(p) => match std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o640)
             .open(p)
         {
             Ok(f) => Box::new(f),
@@ -147,12 +150,32 @@ impl AuditLog {
     }
 }
 
+/// Longest `User-Agent` kept in an audit line (bytes, cut at a character boundary).
+pub const USER_AGENT_MAX: usize = 256;
+
+/// `ua` cut to at most [`USER_AGENT_MAX`] bytes.
+pub fn truncate_user_agent(ua: &str) -> &str {
+    if ua.len() <= USER_AGENT_MAX {
+        return ua;
+    }
+    let mut end = USER_AGENT_MAX;
+    while !ua.is_char_boundary(end) {
+        end -= 1;
+    }
+    &ua[..end]
+}
+
 /// One audit line (SPEC §6 fields, then keygate's additions).
 #[derive(serde::Serialize)]
 pub struct Line<'a> {
     #[serde(serialize_with = "display")]
     pub ts: humantime::Rfc3339Timestamp,
     pub request_id: &'a str,
+    pub method: &'a str,
+    /// The request path without its query (a query may carry a key).
+    pub path: &'a str,
+    /// The client's `User-Agent`, at most [`USER_AGENT_MAX`] bytes.
+    pub user_agent: Option<&'a str>,
     pub site: Option<&'a str>,
     pub key_id: Option<&'a str>,
     pub route: Option<&'a str>,
@@ -186,6 +209,15 @@ fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S:
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn user_agents_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate_user_agent("curl/8.0"), "curl/8.0");
+        let long = "é".repeat(200);
+        let cut = truncate_user_agent(&long);
+        assert!(cut.len() <= USER_AGENT_MAX && cut.len() >= USER_AGENT_MAX - 1);
+        assert!(long.starts_with(cut));
+    }
 
     #[test]
     fn lines_buffered_at_exit_are_written_and_later_ones_wait() {

@@ -16,6 +16,9 @@ pub const DURATION_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// The `result` labels of `keygate_tokens_minted_total`.
+pub const MINT_RESULTS: [&str; 4] = ["ok", "unauthenticated", "rate_limited", "refused"];
+
 /// Every metric keygate exports.
 pub struct Metrics {
     pub registry: Registry,
@@ -29,6 +32,11 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     pub response_rejected: IntCounterVec,
     pub legacy_auth: IntCounterVec,
+    pub tokens_minted: IntCounterVec,
+    /// `notAfter` (unix seconds) of each served certificate, by listener address.
+    pub tls_cert_not_after: IntGaugeVec,
+    /// `notAfter` of the provider's leaf certificate, seen on the last new connection.
+    pub upstream_cert_not_after: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub config_generation: IntGauge,
     pub audit_dropped: IntCounter,
@@ -51,6 +59,14 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(g.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(g.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     g
@@ -178,6 +194,24 @@ impl Metrics {
                 "Deprecated legacy-site-timestamp uses",
                 &["site"],
             ),
+            tokens_minted: counter(
+                &r,
+                "keygate_tokens_minted_total",
+                "Browser-token mint requests by result",
+                &["result"],
+            ),
+            tls_cert_not_after: gauge_vec(
+                &r,
+                "keygate_tls_cert_not_after_seconds",
+                "Expiry (unix seconds) of the certificate served on each TLS listener",
+                &["listener"],
+            ),
+            upstream_cert_not_after: gauge_vec(
+                &r,
+                "keygate_upstream_cert_not_after_seconds",
+                "Expiry (unix seconds) of each provider's leaf certificate",
+                &["upstream"],
+            ),
             config_reloads: counter(
                 &r,
                 "keygate_config_reloads_total",
@@ -216,6 +250,16 @@ impl Metrics {
         }
         for limit in crate::limits::name::LimitName::ALL {
             self.rate_limited.with_label_values(&[limit.as_str()]);
+        }
+        for result in MINT_RESULTS {
+            self.tokens_minted.with_label_values(&[result]);
+        }
+        for l in &rt.process.listeners {
+            let not_after = l.tls.as_ref().and_then(|t| t.chain.first());
+            if let Some(s) = not_after.and_then(|c| crate::upstream::pinning::not_after_unix(c)) {
+                let addr = l.addr.to_string();
+                self.tls_cert_not_after.with_label_values(&[&addr]).set(s);
+            }
         }
         for k in rt.keys.values() {
             if matches!(k.auth, crate::config::KeyAuth::LegacySiteTimestamp(_)) {

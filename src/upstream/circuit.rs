@@ -2,6 +2,10 @@
 //! errors, timeouts, TLS/pin failures, 5xx) the circuit opens and requests are refused
 //! (503) without contacting the upstream for `open_s`; then one probe at a time is let
 //! through, and `half_open_successes` good probes close it again.
+//!
+//! Every change of state is logged once, with the upstream and the reason; `open_s`
+//! passing moves an open circuit to half-open on time ([`CircuitBreaker::tick`], called
+//! every second), not only when a request comes.
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
@@ -48,18 +52,73 @@ pub enum Outcome {
     NotTried,
 }
 
+impl St {
+    fn code(self) -> i64 {
+        match self {
+            St::Closed { .. } => 0,
+            St::Open { .. } => 1,
+            St::HalfOpen { .. } => 2,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        ["closed", "open", "half-open"][self.code() as usize]
+    }
+}
+
 /// One upstream's breaker.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    /// The upstream's name, for the log line of each change.
+    upstream: String,
     cfg: CircuitConfig,
     st: Mutex<St>,
 }
 
 impl CircuitBreaker {
-    pub fn new(cfg: CircuitConfig) -> Self {
+    pub fn new(upstream: &str, cfg: CircuitConfig) -> Self {
         CircuitBreaker {
+            upstream: upstream.to_string(),
             cfg,
             st: Mutex::new(St::Closed { failures: 0 }),
+        }
+    }
+
+    /// Move to `next`, logging a change of state (not a change within one) with `why`
+    /// (built only then: this runs for every request).
+    fn set(&self, st: &mut St, next: St, why: impl FnOnce() -> String) {
+        if st.code() != next.code() {
+            let line = format!(
+                "upstream {}: circuit {} -> {} ({})",
+                self.upstream,
+                st.name(),
+                next.name(),
+                why()
+            );
+            match next {
+                St::Open { .. } => log::warn!("{line}"),
+                _ => log::info!("{line}"),
+            }
+        }
+        *st = next;
+    }
+
+    /// Move an open circuit whose `open_s` has passed to half-open; the state code
+    /// when it changed (for `keygate_circuit_state`).
+    pub fn tick(&self, now: Instant) -> Option<i64> {
+        let mut st = self.st.lock();
+        match *st {
+            St::Open { until } if now >= until => {
+                let next = St::HalfOpen {
+                    successes: 0,
+                    probing: false,
+                };
+                self.set(&mut st, next, || {
+                    "open_s passed; the next request probes".into()
+                });
+                Some(next.code())
+            }
+            _ => None,
         }
     }
 
@@ -79,11 +138,7 @@ impl CircuitBreaker {
 
     /// 0 closed, 1 open, 2 half-open (`keygate_circuit_state`).
     pub fn state_code(&self) -> i64 {
-        match *self.st.lock() {
-            St::Closed { .. } => 0,
-            St::Open { .. } => 1,
-            St::HalfOpen { .. } => 2,
-        }
+        self.st.lock().code()
     }
 
     /// Whether requests would be refused now.
@@ -98,10 +153,11 @@ impl CircuitBreaker {
             St::Closed { .. } => Ok(Permit::Normal),
             St::Open { until } if now < until => Err(until - now),
             St::Open { .. } => {
-                *st = St::HalfOpen {
+                let next = St::HalfOpen {
                     successes: 0,
                     probing: true,
                 };
+                self.set(&mut st, next, || "open_s passed; probing".into());
                 Ok(Permit::Probe)
             }
             St::HalfOpen { probing: true, .. } => Err(Duration::from_secs(1)),
@@ -121,7 +177,13 @@ impl CircuitBreaker {
     /// Record how a permitted request ended.
     pub fn record(&self, permit: Permit, outcome: Outcome, now: Instant) {
         let mut st = self.st.lock();
-        *st = match (*st, permit, outcome) {
+        let before = *st;
+        let why = || match before {
+            St::Closed { .. } => format!("{} consecutive failures", self.cfg.failures),
+            _ if outcome == Outcome::Failure => "the probe failed".to_string(),
+            _ => format!("{} probes succeeded", self.cfg.half_open_successes),
+        };
+        let next = match (*st, permit, outcome) {
             (s, _, Outcome::NotTried) => match s {
                 St::HalfOpen { successes, .. } if permit == Permit::Probe => St::HalfOpen {
                     successes,
@@ -157,6 +219,7 @@ impl CircuitBreaker {
             // Requests admitted before the circuit changed state do not move it.
             (s, _, _) => s,
         };
+        self.set(&mut st, next, why);
     }
 }
 
@@ -182,11 +245,14 @@ mod tests {
     }
 
     fn cb() -> CircuitBreaker {
-        CircuitBreaker::new(CircuitConfig {
-            failures: 3,
-            open: Duration::from_secs(10),
-            half_open_successes: 2,
-        })
+        CircuitBreaker::new(
+            "test",
+            CircuitConfig {
+                failures: 3,
+                open: Duration::from_secs(10),
+                half_open_successes: 2,
+            },
+        )
     }
 
     #[test]

@@ -30,7 +30,7 @@ impl UpstreamLive {
     /// previous config, if it had one) knew: circuit, round-robin position, the
     /// cool-downs of credentials that are still configured.
     pub fn new(up: &Upstream, prev: Option<&UpstreamLive>) -> UpstreamLive {
-        let circuit = CircuitBreaker::new(up.circuit);
+        let circuit = CircuitBreaker::new(&up.name, up.circuit);
         let ids: Box<[(String, u64)]> = up
             .credentials
             .iter()

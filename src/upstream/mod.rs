@@ -106,6 +106,41 @@ pub fn enforce_pins(
     }
 }
 
+/// TLS 1.2 or later on every connection to an https upstream, checked before any request
+/// byte (Pingora's connector accepts TLS 1.0); on a new connection, the provider's leaf
+/// certificate expiry goes to `keygate_upstream_cert_not_after_seconds`.
+pub fn check_tls(
+    up: &Upstream,
+    digest: Option<&pingora::protocols::Digest>,
+    reused: bool,
+) -> Result<(), crate::error::GatewayError> {
+    if !up.tls {
+        return Ok(());
+    }
+    let ssl = digest.and_then(|d| d.ssl_digest.as_ref());
+    let version = ssl.map_or("none", |s| &*s.version);
+    if !pinning::tls_version_ok(version) {
+        count_failure(&up.name, failure::Failure::Tls);
+        log::error!(
+            "upstream {}: TLS version {version} refused (TLS 1.2 or later required)",
+            up.name
+        );
+        return Err(crate::error::GatewayError::upstream(
+            "The provider's TLS version is below 1.2.",
+        ));
+    }
+    let not_after = ssl
+        .and_then(|s| s.extension.get::<pinning::PresentedKeys>())
+        .and_then(|p| p.leaf_not_after);
+    if let (false, Some(t)) = (reused, not_after) {
+        crate::telemetry::metrics::METRICS
+            .upstream_cert_not_after
+            .with_label_values(&[up.name.as_str()])
+            .set(t);
+    }
+    Ok(())
+}
+
 /// Count an upstream failure by kind (`keygate_upstream_errors_total`).
 pub fn count_failure(upstream: &str, failure: failure::Failure) {
     crate::telemetry::metrics::METRICS

@@ -57,16 +57,34 @@ impl std::fmt::Debug for SpkiPin {
     }
 }
 
-/// The key hashes a TLS handshake presented: the leaf's first, then the verified chain's.
+/// What a TLS handshake presented: the key hashes (the leaf's first, then the verified
+/// chain's) and when the leaf certificate expires (unix seconds).
 #[derive(Debug, Clone)]
-pub struct PresentedKeys(pub Vec<SpkiPin>);
+pub struct PresentedKeys {
+    pub keys: Vec<SpkiPin>,
+    pub leaf_not_after: Option<i64>,
+}
+
+/// A certificate's `notAfter` in unix seconds.
+pub fn not_after_unix(cert: &X509Ref) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let d = epoch.diff(cert.not_after()).ok()?;
+    Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+}
+
+/// Whether a negotiated protocol version (OpenSSL's name for it) is TLS 1.2 or later.
+pub fn tls_version_ok(version: &str) -> bool {
+    matches!(version, "TLSv1.2" | "TLSv1.3")
+}
 
 fn presented(ssl: &SslRef) -> PresentedKeys {
     let mut out = Vec::new();
+    let mut leaf_not_after = None;
     if let Some(leaf) = ssl.peer_certificate() {
         if let Ok(p) = SpkiPin::of_cert(&leaf) {
             out.push(p);
         }
+        leaf_not_after = not_after_unix(&leaf);
     }
     if let Some(chain) = ssl.verified_chain() {
         for cert in chain {
@@ -77,7 +95,10 @@ fn presented(ssl: &SslRef) -> PresentedKeys {
             }
         }
     }
-    PresentedKeys(out)
+    PresentedKeys {
+        keys: out,
+        leaf_not_after,
+    }
 }
 
 /// The handshake hook: computes [`PresentedKeys`] once per new connection; Pingora
@@ -103,10 +124,10 @@ pub fn check(pins: &[SpkiPin], presented: Option<&PresentedKeys>) -> Result<(), 
     let Some(p) = presented else {
         return Err(PinError::Missing);
     };
-    if p.0.iter().any(|k| pins.contains(k)) {
+    if p.keys.iter().any(|k| pins.contains(k)) {
         Ok(())
     } else {
-        Err(PinError::Mismatch(p.0.clone()))
+        Err(PinError::Mismatch(p.keys.clone()))
     }
 }
 
@@ -180,9 +201,26 @@ mod tests {
         assert_eq!(check(&[], None), Ok(()));
         assert_eq!(check(&[a], None), Err(PinError::Missing));
         assert_eq!(
-            check(&[a], Some(&PresentedKeys(vec![b]))),
+            check(&[a], Some(&keys(vec![b]))),
             Err(PinError::Mismatch(vec![b]))
         );
-        assert_eq!(check(&[a, b], Some(&PresentedKeys(vec![b]))), Ok(()));
+        assert_eq!(check(&[a, b], Some(&keys(vec![b]))), Ok(()));
+    }
+
+    fn keys(keys: Vec<SpkiPin>) -> PresentedKeys {
+        PresentedKeys {
+            keys,
+            leaf_not_after: None,
+        }
+    }
+
+    #[test]
+    fn only_tls_1_2_and_later_are_accepted() {
+        for v in ["TLSv1.2", "TLSv1.3"] {
+            assert!(tls_version_ok(v));
+        }
+        for v in ["TLSv1", "TLSv1.1", "SSLv3", ""] {
+            assert!(!tls_version_ok(v), "{v}");
+        }
     }
 }

@@ -835,3 +835,26 @@ pub fn raw(port: u16, bytes: &[u8]) -> String {
     }
     String::from_utf8_lossy(&out).to_string()
 }
+
+/// Run `keygate ARGS` with `stdin`; (exit code, stdout, stderr).
+pub fn keygate(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

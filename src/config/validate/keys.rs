@@ -41,12 +41,13 @@ pub(super) fn master_keys(raw: &[RawMasterKey], errs: &mut Errors) -> HashMap<St
 }
 
 /// The browser-token keys (one per master key; the first signs unless `tokens.key`
-/// names another) and the longest lifetime a token may ask for.
+/// names another), the longest lifetime a token may ask for, and the mints allowed per
+/// client address per minute.
 pub(super) fn tokens(
     raw: &RawConfig,
     master_keys: &HashMap<String, MasterKey>,
     errs: &mut Errors,
-) -> (TokenKeys, Duration) {
+) -> (TokenKeys, Duration, u64) {
     let mut tokens = TokenKeys::default();
     for mk in &raw.master_keys {
         if let Some(k) = master_keys.get(&mk.id) {
@@ -55,7 +56,16 @@ pub(super) fn tokens(
     }
     tokens.current = raw.master_keys.first().map(|m| m.id.clone());
     let mut token_max_ttl = Duration::from_secs(300);
+    let mut mints_per_ip = 60;
     if let Some(t) = &raw.tokens {
+        match t.mint_per_ip_per_minute {
+            Some(0) | Some(100_001..) => errs.push(
+                "tokens.mint_per_ip_per_minute",
+                "must be between 1 and 100000",
+            ),
+            Some(n) => mints_per_ip = n,
+            None => {}
+        }
         match t.max_ttl_s {
             Some(0) | Some(86_401..) => {
                 errs.push("tokens.max_ttl_s", "must be between 1 and 86400")
@@ -71,5 +81,5 @@ pub(super) fn tokens(
             }
         }
     }
-    (tokens, token_max_ttl)
+    (tokens, token_max_ttl, mints_per_ip)
 }

@@ -31,7 +31,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
     let routes = routes::validate(&raw, &upstreams, &mut errs);
     let tiers = tiers::validate(&raw.tiers, &mut errs);
     let clients = sites::validate(&raw, &tiers, &master_keys, opts, &mut errs, &mut warnings);
-    let (tokens, token_max_ttl) = keys::tokens(&raw, &master_keys, &mut errs);
+    let (tokens, token_max_ttl, token_mints_per_ip) = keys::tokens(&raw, &master_keys, &mut errs);
     let fleet = fleet::validate(raw.fleet.as_ref(), &mut errs, &mut warnings);
 
     if !errs.0.is_empty() {
@@ -56,6 +56,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         scanner: crate::response::validate::SecretScanner::new(&[]),
         tokens,
         token_max_ttl,
+        token_mints_per_ip,
         cors_origins,
         fleet,
     };

@@ -3,7 +3,7 @@
 
 use super::shared::Errors;
 use crate::auth::nonce::NONCE_DEFAULT_CAPACITY;
-use crate::config::raw::{RawLog, RawServer};
+use crate::config::raw::{RawAuthFailureSetting, RawLog, RawServer};
 use crate::config::runtime::{Listener, ProcessSettings, ServerSettings};
 use crate::limits::ip::{AuthFailureLimit, Cidr};
 use std::collections::HashSet;
@@ -26,6 +26,7 @@ pub(super) fn validate(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Pro
             hostnames: request.hostnames,
             max_body_bytes: request.max_body as usize,
             clock_skew: Duration::from_secs(request.skew),
+            clock_skew_future: Duration::from_secs(request.future),
             signed_headers: request.signed_headers,
             body_timeout: Duration::from_millis(conn.body_timeout),
             trusted_proxies,
@@ -131,6 +132,7 @@ struct RequestChecks {
     hostnames: Option<HashSet<String>>,
     max_body: u64,
     skew: u64,
+    future: u64,
     signed_headers: HashSet<String>,
     auth_failure_limit: Option<AuthFailureLimit>,
 }
@@ -174,27 +176,49 @@ fn request_checks(s: &RawServer, errs: &mut Errors) -> RequestChecks {
         }
         signed_headers.insert(lower);
     }
-    if let Some(afl) = &s.auth_failure_limit {
-        if afl.per_minute == 0 {
-            errs.push("server.auth_failure_limit.per_minute", "must be at least 1");
-        }
-        if afl.cooldown_s == 0 || afl.cooldown_s > 86_400 {
-            errs.push(
-                "server.auth_failure_limit.cooldown_s",
-                "must be between 1 and 86400",
-            );
-        }
+    let auth_failure_limit = auth_failure_limit(s, errs);
+    let future = s.clock_skew_future_s.unwrap_or(60);
+    if future == 0 || future > 3600 {
+        errs.push(
+            "server.clock_skew_future_s",
+            "must be between 1 and 3600 seconds",
+        );
     }
-    let auth_failure_limit = s.auth_failure_limit.as_ref().map(|a| AuthFailureLimit {
-        per_minute: a.per_minute,
-        cooldown: Duration::from_secs(a.cooldown_s),
-    });
     RequestChecks {
         hostnames,
         max_body,
         skew,
+        future,
         signed_headers,
         auth_failure_limit,
+    }
+}
+
+/// `server.auth_failure_limit`: the default limit when absent, `None` for `off`.
+fn auth_failure_limit(s: &RawServer, errs: &mut Errors) -> Option<AuthFailureLimit> {
+    const PATH: &str = "server.auth_failure_limit";
+    match &s.auth_failure_limit {
+        None => Some(AuthFailureLimit::DEFAULT),
+        Some(RawAuthFailureSetting::Word(w)) if w == "off" => None,
+        Some(RawAuthFailureSetting::Word(w)) => {
+            errs.push(
+                PATH,
+                format!("\"{w}\" is neither off nor {{ per_minute, cooldown_s }}"),
+            );
+            None
+        }
+        Some(RawAuthFailureSetting::Limit(afl)) => {
+            if afl.per_minute == 0 {
+                errs.push(format!("{PATH}.per_minute"), "must be at least 1");
+            }
+            if afl.cooldown_s == 0 || afl.cooldown_s > 86_400 {
+                errs.push(format!("{PATH}.cooldown_s"), "must be between 1 and 86400");
+            }
+            Some(AuthFailureLimit {
+                per_minute: afl.per_minute,
+                cooldown: Duration::from_secs(afl.cooldown_s),
+            })
+        }
     }
 }
 

@@ -124,9 +124,15 @@ fn upstream(
             format!("{p}.url"),
             format!("\"{}\" is not an http(s)://host[:port][/path] URL", u.url),
         ),
-        Some(a) if !a.tls && !a.is_loopback() => warnings.push(format!(
-            "{p}.url: plain http to a non-loopback host sends the provider key in clear text"
-        )),
+        Some(a) if !a.tls && !a.is_loopback() => match u.allow_plaintext {
+            Some(true) => warnings.push(format!(
+                "{p}.url: plain http to a non-loopback host sends the provider key in clear text (allow_plaintext: true)"
+            )),
+            _ => errs.push(
+                format!("{p}.url"),
+                "plain http to a non-loopback host would send the provider key in clear text; use https://, or set allow_plaintext: true",
+            ),
+        },
         Some(_) => {}
     }
     let credentials = credentials(name, u, p, kind, master_keys, opts, errs);
