@@ -85,6 +85,10 @@ enum Cmd {
         cert: PathBuf,
         #[arg(long, default_value = "certs/out/server.key")]
         key: PathBuf,
+        /// With --tls: speak only TLS 1.1 with RSA key exchange (a provider on an outdated
+        /// stack, for testing keygate's TLS 1.2 minimum).
+        #[arg(long)]
+        legacy_tls: bool,
     },
     /// Print the SPKI pins of a certificate chain, leaf first.
     Pin {
@@ -324,10 +328,11 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
             tls,
             cert,
             key,
+            legacy_tls,
         } => {
             let acceptor = if tls {
                 Some(
-                    crate::mock_provider::tls_acceptor(&cert, &key)
+                    crate::mock_provider::tls_acceptor(&cert, &key, legacy_tls)
                         .map_err(|e| format!("mock-provider --tls: {e}"))?,
                 )
             } else {

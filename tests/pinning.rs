@@ -133,7 +133,7 @@ fn pin_cli_matches_openssl() {
     );
 
     // HOST:PORT: the live chain of a TLS mock.
-    let mock = Mock::start_tls(dir.path(), "server");
+    let mock = Mock::start_tls(dir.path(), "server", false);
     let out = std::process::Command::new(BIN)
         .args(["pin", &format!("localhost:{}", mock.addr.port())])
         .output()

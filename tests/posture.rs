@@ -283,3 +283,28 @@ async fn certificate_expiry_is_exported_for_listeners_and_providers() {
         .unwrap_or(0.0);
     assert!(provider > now() as f64 + day, "{provider}");
 }
+
+/// A provider that only speaks TLS 1.1 is refused before any request byte. (On this
+/// build the handshake itself already fails: Pingora's client at OpenSSL 3's default
+/// security level does not offer TLS 1.1. keygate's own version check in
+/// `connected_to_upstream` is the guard for builds where it would; see the unit test
+/// `only_tls_1_2_and_later_are_accepted`.)
+#[tokio::test]
+async fn a_provider_below_tls_1_2_is_refused_before_the_request() {
+    let gw = Gateway::start_with(Options {
+        mock_tls: Some("server"),
+        mock_legacy_tls: true,
+        upstream_ca: true,
+        ..Options::default()
+    });
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (502, "upstream_error"),
+        "{}",
+        r.body
+    );
+    // Label pairs are sorted by name in the exposition.
+    let tls_errors = gw.metric("keygate_upstream_errors_total{kind=\"tls\",upstream=\"openai\"}");
+    assert_eq!(tls_errors, Some(1.0), "{}", gw.admin_get("/metrics").1);
+}

@@ -290,9 +290,22 @@ pub async fn serve(
 pub fn tls_acceptor(
     cert: &std::path::Path,
     key: &std::path::Path,
+    legacy: bool,
 ) -> std::io::Result<Arc<SslAcceptor>> {
     let err = |e: pingora::tls::error::ErrorStack| std::io::Error::other(e.to_string());
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(err)?;
+    if legacy {
+        // TLS 1.1 only, with RSA key exchange: no handshake signature, so a client at
+        // OpenSSL's default security level still completes it (Pingora's cipher list
+        // offers AES128-SHA).
+        use pingora::tls::ssl::{SslOptions, SslVersion};
+        // The Mozilla profile switches the old versions off by option as well.
+        b.clear_options(SslOptions::NO_TLSV1 | SslOptions::NO_TLSV1_1);
+        let v = SslVersion::TLS1_1;
+        b.set_min_proto_version(Some(v)).map_err(err)?;
+        b.set_max_proto_version(Some(v)).map_err(err)?;
+        b.set_cipher_list("AES128-SHA:@SECLEVEL=0").map_err(err)?;
+    }
     b.set_certificate_chain_file(cert).map_err(err)?;
     b.set_private_key_file(key, SslFiletype::PEM).map_err(err)?;
     Ok(Arc::new(b.build()))

@@ -52,16 +52,20 @@ impl Mock {
     }
 
     /// A TLS mock serving `certs/<name>.crt` from `dir`.
-    pub fn start_tls(dir: &std::path::Path, name: &str) -> Mock {
+    pub fn start_tls(dir: &std::path::Path, name: &str, legacy: bool) -> Mock {
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
-        Self::start_args(&[
+        let mut args = vec![
             "--tls",
             "--cert",
             cert.to_str().unwrap(),
             "--key",
             key.to_str().unwrap(),
-        ])
+        ];
+        if legacy {
+            args.push("--legacy-tls");
+        }
+        Self::start_args(&args)
     }
 
     fn start_args(extra: &[&str]) -> Mock {
@@ -183,6 +187,8 @@ pub struct Options {
     pub server_extra: String,
     /// Serve the mock over TLS with this certificate (`server`, `other`, `rogue`).
     pub mock_tls: Option<&'static str>,
+    /// With `mock_tls`: the mock speaks only TLS 1.1 (`mock-provider --legacy-tls`).
+    pub mock_legacy_tls: bool,
     /// Extra lines for the `openai` upstream (indented four spaces).
     pub upstream_extra: String,
     /// Trust the generated test CA for the `openai` upstream (`ca:`).
@@ -214,6 +220,7 @@ impl Default for Options {
             tier: "{ requests_per_minute: 100000 }".into(),
             server_extra: String::new(),
             mock_tls: None,
+            mock_legacy_tls: false,
             upstream_extra: String::new(),
             upstream_ca: false,
             pins: Vec::new(),
@@ -273,7 +280,7 @@ impl Gateway {
             gen_certs(&dir.path().join("certs"));
         }
         let mock = match opts.mock_tls {
-            Some(name) => Mock::start_tls(&dir.path().join("certs"), name),
+            Some(name) => Mock::start_tls(&dir.path().join("certs"), name, opts.mock_legacy_tls),
             None => Mock::start(),
         };
         let certs = dir.path().join("certs");
