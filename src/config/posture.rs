@@ -23,7 +23,7 @@ pub fn posture(rt: &Runtime) -> Vec<String> {
     }
     if rt.server.auth_failure_limit.is_none() {
         out.push(
-            "server.auth_failure_limit: off: nothing slows down guessing of keys from one address"
+            "server.auth_failure_limit: off: failing requests from one address are never cooled down"
                 .into(),
         );
     }

@@ -37,7 +37,9 @@ pub struct RawServer {
     pub max_body_bytes: Option<u64>,
     pub clock_skew_s: Option<u64>,
     /// Per-client-IP limit on failed authentications; on by default, `off` disables it.
-    pub auth_failure_limit: Option<RawAuthFailureSetting>,
+    /// `off` or `{ per_minute, cooldown_s }` (read as a value, so a mistake in either form
+    /// gets its own message).
+    pub auth_failure_limit: Option<serde_yaml::Value>,
     /// How far in the future a signature's `created` may be (fast client clocks).
     pub clock_skew_future_s: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
@@ -80,14 +82,6 @@ pub struct RawListen {
 pub struct RawTls {
     pub cert: String,
     pub key: String,
-}
-
-/// `server.auth_failure_limit`: `off`, or a limit.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-pub enum RawAuthFailureSetting {
-    Word(String),
-    Limit(RawAuthFailureLimit),
 }
 
 #[derive(Debug, Deserialize)]

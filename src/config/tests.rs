@@ -480,3 +480,34 @@ fn pii_mistakes_are_named() {
         "unknown field `colour`",
     );
 }
+
+#[test]
+fn auth_failure_limit_is_on_by_default_and_each_form_has_its_own_error() {
+    use crate::limits::ip::AuthFailureLimit;
+    let rt = load_str(GOOD, demo()).unwrap();
+    assert_eq!(
+        rt.server.auth_failure_limit,
+        Some(AuthFailureLimit::DEFAULT)
+    );
+    let off = GOOD.replacen("  hostnames:", "  auth_failure_limit: off\n  hostnames:", 1);
+    assert_eq!(
+        load_str(&off, demo()).unwrap().server.auth_failure_limit,
+        None
+    );
+    let at = "  hostnames:";
+    assert_error(
+        at,
+        "  auth_failure_limit: { per_minute: 5, cooldwn_s: 9 }\n  hostnames:",
+        "server.auth_failure_limit: unknown field `cooldwn_s`",
+    );
+    assert_error(
+        at,
+        "  auth_failure_limit: of\n  hostnames:",
+        "server.auth_failure_limit: must be off or { per_minute, cooldown_s }",
+    );
+    assert_error(
+        at,
+        "  auth_failure_limit: { per_minute: 0, cooldown_s: 9 }\n  hostnames:",
+        "server.auth_failure_limit.per_minute: must be at least 1",
+    );
+}

@@ -33,6 +33,9 @@ const PENDING_NONCES_MAX: usize = 100_000;
 pub struct Fleet {
     pub redis: Redis,
     pending_nonces: Mutex<Vec<(String, i64)>>,
+    /// Unix second before which pruning the full pending list frees nothing (its earliest
+    /// expiry then): a full list is not rescanned per request.
+    pending_prune_after: std::sync::atomic::AtomicI64,
     pub counters: counters::FleetCounters,
 }
 
@@ -42,6 +45,7 @@ impl Fleet {
         Arc::new(Fleet {
             redis: Redis::new(settings),
             pending_nonces: Mutex::new(Vec::new()),
+            pending_prune_after: std::sync::atomic::AtomicI64::new(i64::MIN),
             counters,
         })
     }
@@ -84,11 +88,15 @@ impl Fleet {
 
     /// Remember a nonce accepted locally while Redis was down.
     fn defer_nonce(&self, claim: &NonceClaim) {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut p = self.pending_nonces.lock();
-        if p.len() >= PENDING_NONCES_MAX {
+        let now = crate::clock::now_s();
+        if p.len() >= PENDING_NONCES_MAX && now >= self.pending_prune_after.load(Relaxed) {
             // Full after a long outage: expired ones no longer need writing back.
-            let now = crate::clock::now_s();
             p.retain(|(_, exp)| auth::nonce::is_live(*exp, now));
+            let earliest = p.iter().map(|(_, exp)| *exp).min();
+            self.pending_prune_after
+                .store(earliest.map_or(i64::MIN, |e| e + 1), Relaxed);
         }
         if p.len() < PENDING_NONCES_MAX {
             p.push((

@@ -57,13 +57,13 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
         ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),
         request_id: &ctx.request_id,
         method: session.req_header().method.as_str(),
-        path: session.req_header().uri.path(),
+        path: audit::truncate(session.req_header().uri.path(), audit::PATH_MAX),
         user_agent: session
             .req_header()
             .headers
             .get(http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
-            .map(audit::truncate_user_agent),
+            .map(|ua| audit::truncate(ua, audit::USER_AGENT_MAX)),
         site: ctx.site().map(|s| s.id.0.as_str()),
         key_id: client.map(|c| c.key_id.0.as_str()),
         route: ctx.route().map(|r| r.prefix.as_str()),

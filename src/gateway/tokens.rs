@@ -38,13 +38,14 @@ impl Gateway {
         if method != "POST" {
             return Err(GatewayError::bad_request("Tokens are minted with POST."));
         }
-        // Per client address first: a flood of mint requests costs no signature check.
+        // Per client address first (a spent allowance costs no signature check); only
+        // mints that authenticate are counted, so nobody can spend a shared address's.
         if let Some(ip) = ctx.client_ip {
             let now_ms = crate::clock::now_ms();
             if let Err(wait) = self
                 .state
                 .token_mints
-                .admit(&ip, rt.token_mints_per_ip, now_ms)
+                .check(&ip, rt.token_mints_per_ip, now_ms)
             {
                 let refusal = limits::Refusal::of(LimitName::TokenMintsPerIp, Some(wait));
                 return Err(rate_limited(None, refusal));
@@ -53,6 +54,9 @@ impl Gateway {
         let client = self
             .authenticate_client(session, ctx, &path, query.as_deref(), &method)
             .await?;
+        if let Some(ip) = ctx.client_ip {
+            self.state.token_mints.count(&ip, crate::clock::now_ms());
+        }
         if client.mode != AuthMode::Hmac {
             return Err(GatewayError::forbidden(
                 "Tokens are minted only with a keygate-v1 signature; a token cannot mint tokens.",
@@ -95,8 +99,8 @@ impl Gateway {
             }
         }
         let site = &rt.sites[client.site];
-        // A mint counts against the site's tier like a request (its concurrency slot is
-        // released when the answer is written).
+        // A mint counts against the site's tier like a request (a mint is answered at
+        // once: its concurrency slot is released right away).
         let admission = self
             .state
             .limiter

@@ -138,8 +138,8 @@ impl CooldownSketch {
     }
 }
 
-/// Failed authentications per IP per minute; past the limit, the IP is refused
-/// (429) for the cool-down without its requests being verified.
+/// Failed authentications per IP per minute; past the limit, the address cools down:
+/// its failing requests get 429, and its requests that verify still pass.
 pub struct AuthFailureLimiter {
     failures: SlidingWindow,
     cooldown: CooldownSketch,
@@ -199,16 +199,20 @@ impl Default for IpRate {
 }
 
 impl IpRate {
-    /// Count one request from `ip` if it is within `per_minute`; else the time until
-    /// there is room (refused requests are not counted).
-    pub fn admit(&self, ip: &IpAddr, per_minute: u64, now_ms: u64) -> Result<(), Duration> {
-        let key = self.hasher.hash_one(ip);
-        let seen = self.window.get(key, now_ms);
+    /// Whether `ip` has room for one more within `per_minute`; else the time until it has.
+    /// Nothing is counted: [`IpRate::count`] does that once the request earned it (so
+    /// requests that fail authentication cannot use up a shared address's allowance).
+    pub fn check(&self, ip: &IpAddr, per_minute: u64, now_ms: u64) -> Result<(), Duration> {
+        let seen = self.window.get(self.hasher.hash_one(ip), now_ms);
         if seen.estimate() + 1.0 > per_minute as f64 {
             return Err(seen.wait_for_room(per_minute as f64, 1.0));
         }
-        self.window.add(key, 1, now_ms);
         Ok(())
+    }
+
+    /// Count one request from `ip`.
+    pub fn count(&self, ip: &IpAddr, now_ms: u64) {
+        self.window.add(self.hasher.hash_one(ip), 1, now_ms);
     }
 }
 
@@ -225,15 +229,16 @@ mod tests {
         let r = IpRate::default();
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         for _ in 0..3 {
-            assert!(r.admit(&a, 3, 1_000).is_ok());
+            assert!(r.check(&a, 3, 1_000).is_ok());
+            r.count(&a, 1_000);
         }
-        let wait = r.admit(&a, 3, 1_000).unwrap_err();
+        let wait = r.check(&a, 3, 1_000).unwrap_err();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_secs(120),
             "{wait:?}"
         );
         assert!(
-            r.admit(&b, 3, 1_000).is_ok(),
+            r.check(&b, 3, 1_000).is_ok(),
             "other addresses are not affected"
         );
     }

@@ -152,17 +152,20 @@ impl AuditLog {
 
 /// Longest `User-Agent` kept in an audit line (bytes, cut at a character boundary).
 pub const USER_AGENT_MAX: usize = 256;
+/// Longest path kept in an audit line: a flood of long paths must not fill the buffer
+/// and push out the lines that matter.
+pub const PATH_MAX: usize = 512;
 
-/// `ua` cut to at most [`USER_AGENT_MAX`] bytes.
-pub fn truncate_user_agent(ua: &str) -> &str {
-    if ua.len() <= USER_AGENT_MAX {
-        return ua;
+/// `text` cut to at most `max` bytes, at a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
     }
-    let mut end = USER_AGENT_MAX;
-    while !ua.is_char_boundary(end) {
+    let mut end = max;
+    while !text.is_char_boundary(end) {
         end -= 1;
     }
-    &ua[..end]
+    &text[..end]
 }
 
 /// One audit line (SPEC §6 fields, then keygate's additions).
@@ -172,7 +175,8 @@ pub struct Line<'a> {
     pub ts: humantime::Rfc3339Timestamp,
     pub request_id: &'a str,
     pub method: &'a str,
-    /// The request path without its query (a query may carry a key).
+    /// The request path without its query (a query may carry a key), at most
+    /// [`PATH_MAX`] bytes.
     pub path: &'a str,
     /// The client's `User-Agent`, at most [`USER_AGENT_MAX`] bytes.
     pub user_agent: Option<&'a str>,
@@ -212,9 +216,9 @@ mod tests {
 
     #[test]
     fn user_agents_are_cut_at_a_character_boundary() {
-        assert_eq!(truncate_user_agent("curl/8.0"), "curl/8.0");
+        assert_eq!(truncate("curl/8.0", USER_AGENT_MAX), "curl/8.0");
         let long = "é".repeat(200);
-        let cut = truncate_user_agent(&long);
+        let cut = truncate(&long, USER_AGENT_MAX);
         assert!(cut.len() <= USER_AGENT_MAX && cut.len() >= USER_AGENT_MAX - 1);
         assert!(long.starts_with(cut));
     }

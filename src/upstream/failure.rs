@@ -59,8 +59,11 @@ pub enum Class {
     ClientGone,
     /// The client's request was malformed or too slow (400).
     Client { timed_out: bool },
-    /// The provider failed.
+    /// The provider failed: counted against its circuit and in its error metric.
     Upstream(Failure),
+    /// Reported like a provider failure, but Pingora did not attribute it to the upstream
+    /// (no source set, not a connect or TLS error): not counted against the provider.
+    Unattributed(Failure),
     /// keygate itself (500).
     Internal,
 }
@@ -76,7 +79,7 @@ impl Class {
             Class::Client { timed_out: false } => {
                 GatewayError::bad_request("The request is malformed.")
             }
-            Class::Upstream(f) => f.to_error(),
+            Class::Upstream(f) | Class::Unattributed(f) => f.to_error(),
             Class::Internal => GatewayError::new(
                 ErrorCode::Internal,
                 "The gateway failed to handle this request.",
@@ -96,16 +99,33 @@ pub fn classify(e: &pingora::Error) -> Class {
             _ => Class::Client { timed_out: false },
         };
     }
-    Class::Upstream(match etype {
+    let from_upstream = matches!(e.esource(), ErrorSource::Upstream);
+    // Connecting and the TLS handshake are the provider's whatever source Pingora set.
+    let connecting = matches!(
+        etype,
+        ConnectTimedout
+            | ConnectRefused
+            | ConnectNoRoute
+            | ConnectError
+            | TLSHandshakeFailure
+            | TLSHandshakeTimedout
+            | InvalidCert
+    );
+    let failure = match etype {
         ReadTimedout | WriteTimedout => Failure::Timeout,
         ConnectTimedout => Failure::ConnectTimeout,
         ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
         | SocketError => Failure::Connect,
         TLSHandshakeTimedout => Failure::TlsTimeout,
         TLSHandshakeFailure | InvalidCert | TLSWantX509Lookup => Failure::Tls,
-        _ if matches!(e.esource(), ErrorSource::Upstream) => Failure::Protocol,
+        _ if from_upstream => Failure::Protocol,
         _ => return Class::Internal,
-    })
+    };
+    if from_upstream || connecting {
+        Class::Upstream(failure)
+    } else {
+        Class::Unattributed(failure)
+    }
 }
 
 #[cfg(test)]
@@ -146,15 +166,33 @@ mod tests {
 
     #[test]
     fn connect_errors_from_any_source_count_against_the_upstream() {
-        // Pingora raises these while connecting, with the source unset.
+        // Connect and handshake errors are the provider's whatever the source.
         for t in [
             ErrorType::ConnectTimedout,
-            ErrorType::ConnectProxyFailure,
-            ErrorType::SocketError,
+            ErrorType::ConnectRefused,
             ErrorType::TLSHandshakeFailure,
         ] {
             assert!(matches!(classify(&Error::new(t)), Class::Upstream(_)));
         }
+        // Others only when Pingora says so: a slow client must not open a circuit.
+        for t in [
+            ErrorType::WriteTimedout,
+            ErrorType::SocketError,
+            ErrorType::ConnectProxyFailure,
+        ] {
+            assert!(matches!(
+                classify(&Error::new(t.clone())),
+                Class::Unattributed(_)
+            ));
+            assert!(matches!(classify(&Error::new_up(t)), Class::Upstream(_)));
+        }
+        assert_eq!(
+            classify(&Error::new(ErrorType::ReadTimedout))
+                .to_error()
+                .map(|e| e.code.status()),
+            Some(504),
+            "reported the same way"
+        );
     }
 
     #[test]

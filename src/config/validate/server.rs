@@ -3,7 +3,7 @@
 
 use super::shared::Errors;
 use crate::auth::nonce::NONCE_DEFAULT_CAPACITY;
-use crate::config::raw::{RawAuthFailureSetting, RawLog, RawServer};
+use crate::config::raw::{RawAuthFailureLimit, RawLog, RawServer};
 use crate::config::runtime::{Listener, ProcessSettings, ServerSettings};
 use crate::limits::ip::{AuthFailureLimit, Cidr};
 use std::collections::HashSet;
@@ -197,17 +197,23 @@ fn request_checks(s: &RawServer, errs: &mut Errors) -> RequestChecks {
 /// `server.auth_failure_limit`: the default limit when absent, `None` for `off`.
 fn auth_failure_limit(s: &RawServer, errs: &mut Errors) -> Option<AuthFailureLimit> {
     const PATH: &str = "server.auth_failure_limit";
-    match &s.auth_failure_limit {
-        None => Some(AuthFailureLimit::DEFAULT),
-        Some(RawAuthFailureSetting::Word(w)) if w == "off" => None,
-        Some(RawAuthFailureSetting::Word(w)) => {
-            errs.push(
-                PATH,
-                format!("\"{w}\" is neither off nor {{ per_minute, cooldown_s }}"),
-            );
+    let raw = match &s.auth_failure_limit {
+        None => return Some(AuthFailureLimit::DEFAULT),
+        Some(serde_yaml::Value::String(w)) if w == "off" => return None,
+        Some(v @ serde_yaml::Value::Mapping(_)) => {
+            serde_yaml::from_value::<RawAuthFailureLimit>(v.clone())
+        }
+        Some(_) => {
+            errs.push(PATH, "must be off or { per_minute, cooldown_s }");
+            return None;
+        }
+    };
+    match raw {
+        Err(e) => {
+            errs.push(PATH, e.to_string());
             None
         }
-        Some(RawAuthFailureSetting::Limit(afl)) => {
+        Ok(afl) => {
             if afl.per_minute == 0 {
                 errs.push(format!("{PATH}.per_minute"), "must be at least 1");
             }
