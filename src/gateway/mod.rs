@@ -23,7 +23,6 @@ mod service;
 mod tokens;
 
 use crate::error::{ErrorCode, GatewayError};
-
 use crate::request::plan::{Framing, Step};
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::{self, headers};

@@ -47,9 +47,6 @@ fn rules(ctx: &Ctx) -> WatchRules<'_> {
         },
         max_bytes: route.map_or(DEFAULT_MAX_RESPONSE, |r| r.upstream.max_response_bytes),
         deadline: route.map(|r| ctx.started + r.upstream.total_timeout),
-        endpoint: route.map_or(Endpoint::Other, |r| {
-            Endpoint::of(r.upstream.kind, &ctx.upstream_path)
-        }),
         request_id: &ctx.request_id,
         pii: ctx.pii.as_ref(),
     }
@@ -59,7 +56,10 @@ fn rules(ctx: &Ctx) -> WatchRules<'_> {
 pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
     ctx.upstream_status = Some(resp.status.as_u16());
     ctx.upstream_answered = Some(std::time::Instant::now());
-    let watch = watch::start(resp, &rules(ctx)).map_err(|r| refused(ctx, r))?;
+    let endpoint = ctx.route().map_or(Endpoint::Other, |r| {
+        Endpoint::of(r.upstream.kind, &ctx.upstream_path)
+    });
+    let watch = watch::start(resp, &rules(ctx), endpoint).map_err(|r| refused(ctx, r))?;
     ctx.response = watch;
     Ok(())
 }

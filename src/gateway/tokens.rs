@@ -101,13 +101,11 @@ impl Gateway {
         let site = &rt.sites[client.site];
         // A mint counts against the site's tier like a request (a mint is answered at
         // once: its concurrency slot is released right away).
-        let admission = self
-            .state
+        self.state
             .limiter
             .load()
             .admit(site.limit_key, &site.tier, crate::clock::now_ms())
             .map_err(|r| rate_limited(site.tier.policy.as_ref(), r))?;
-        drop(admission);
         let routes = req.routes.unwrap_or_default();
         for r in &routes {
             let known = rt.routes.iter().any(|x| &x.prefix == r);
@@ -150,14 +148,5 @@ impl Gateway {
 
 /// The `result` label of `keygate_tokens_minted_total` for a mint's outcome.
 pub fn mint_result<T>(outcome: &Result<T, GatewayError>) -> &'static str {
-    match outcome {
-        Ok(_) => "ok",
-        Err(e) => match e.code {
-            ErrorCode::Unauthenticated | ErrorCode::StaleRequest | ErrorCode::Replayed => {
-                "unauthenticated"
-            }
-            ErrorCode::RateLimited => "rate_limited",
-            _ => "refused",
-        },
-    }
+    crate::telemetry::metrics::mint_result(outcome.as_ref().err().map(|e| e.code))
 }

@@ -141,17 +141,15 @@ impl CooldownSketch {
 /// Failed authentications per IP per minute; past the limit, the address cools down:
 /// its failing requests get 429, and its requests that verify still pass.
 pub struct AuthFailureLimiter {
-    failures: SlidingWindow,
+    failures: IpRate,
     cooldown: CooldownSketch,
-    hasher: ahash::RandomState,
 }
 
 impl Default for AuthFailureLimiter {
     fn default() -> Self {
         AuthFailureLimiter {
-            failures: SlidingWindow::new(Duration::from_secs(60), super::window::HASHES, IP_SLOTS),
+            failures: IpRate::default(),
             cooldown: CooldownSketch::new(),
-            hasher: ahash::RandomState::new(),
         }
     }
 }
@@ -171,9 +169,7 @@ impl AuthFailureLimiter {
         cooldown: Duration,
         now_ms: u64,
     ) -> bool {
-        let key = self.hasher.hash_one(ip);
-        let c = self.failures.add(key, 1, now_ms);
-        if c.estimate() > per_minute as f64 {
+        if self.failures.count(ip, now_ms) > per_minute as f64 {
             self.cooldown.set(ip, now_ms + cooldown.as_millis() as u64);
             true
         } else {
@@ -182,8 +178,8 @@ impl AuthFailureLimiter {
     }
 }
 
-/// A per-client-address request rate (browser-token mints): a one-minute sliding
-/// window over a sketch of addresses, bounded like the auth-failure counts.
+/// A per-client-address rate (failed authentications, browser-token mints): a
+/// one-minute sliding window over a bounded sketch of addresses.
 pub struct IpRate {
     window: SlidingWindow,
     hasher: ahash::RandomState,
@@ -210,9 +206,11 @@ impl IpRate {
         Ok(())
     }
 
-    /// Count one request from `ip`.
-    pub fn count(&self, ip: &IpAddr, now_ms: u64) {
-        self.window.add(self.hasher.hash_one(ip), 1, now_ms);
+    /// Count one from `ip`; the estimate for the last minute, this one included.
+    pub fn count(&self, ip: &IpAddr, now_ms: u64) -> f64 {
+        self.window
+            .add(self.hasher.hash_one(ip), 1, now_ms)
+            .estimate()
     }
 }
 

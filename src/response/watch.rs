@@ -34,8 +34,6 @@ pub struct WatchRules<'a> {
     /// When the whole answer must have arrived (`total_timeout_ms` from the request's
     /// start); `None` without a route.
     pub deadline: Option<Instant>,
-    /// Which API answered (decides the JSON shape expected).
-    pub endpoint: Endpoint,
     /// For the SSE `error` event that ends a refused stream.
     pub request_id: &'a str,
     /// The request's placeholders, when it was pseudonymized.
@@ -66,7 +64,12 @@ pub enum ResponseWatch {
     #[default]
     None,
     /// A JSON body, held back whole (up to `limit`) and checked at its end.
-    Json { buf: Vec<u8>, limit: usize },
+    /// `endpoint`: which API answered (decides the JSON shape expected).
+    Json {
+        buf: Vec<u8>,
+        limit: usize,
+        endpoint: Endpoint,
+    },
     /// An event stream, checked event by event; `text` holds the tail of each text
     /// field for secrets split over events; `stopped` after a bad event.
     Sse {
@@ -81,7 +84,11 @@ pub enum ResponseWatch {
 }
 
 /// Check the response header; decide how to watch the body.
-pub fn start(resp: &mut Parts, rules: &WatchRules) -> Result<ResponseWatch, Refused> {
+pub fn start(
+    resp: &mut Parts,
+    rules: &WatchRules,
+    endpoint: Endpoint,
+) -> Result<ResponseWatch, Refused> {
     use Refused::Rejected;
     let status = resp.status.as_u16();
     if resp.status.is_redirection() {
@@ -135,6 +142,7 @@ pub fn start(resp: &mut Parts, rules: &WatchRules) -> Result<ResponseWatch, Refu
         ResponseWatch::Json {
             buf: Vec::new(),
             limit: rules.max_bytes,
+            endpoint,
         }
     })
 }
@@ -176,7 +184,11 @@ impl ResponseWatch {
                 *body = Some(data);
                 Ok(Seen::default())
             }
-            ResponseWatch::Json { buf, limit } => {
+            ResponseWatch::Json {
+                buf,
+                limit,
+                endpoint,
+            } => {
                 if rules.past_deadline() {
                     return Err(Refused::Rejected(Rejection::Deadline));
                 }
@@ -186,7 +198,7 @@ impl ResponseWatch {
                 buf.extend_from_slice(&data);
                 if end_of_stream {
                     let whole = std::mem::take(buf);
-                    *body = Some(finish_json(whole, rules, status, usage)?);
+                    *body = Some(finish_json(whole, *endpoint, rules, status, usage)?);
                 }
                 Ok(Seen::default())
             }
@@ -249,12 +261,12 @@ impl ResponseWatch {
 /// Check a whole JSON answer; return what the client gets (placeholders restored).
 fn finish_json(
     buf: Vec<u8>,
+    endpoint: Endpoint,
     rules: &WatchRules,
     status: u16,
     usage: &mut Option<Usage>,
 ) -> Result<Bytes, Refused> {
-    let probe =
-        validate::check_json_body(rules.endpoint, status, &buf).map_err(Refused::Rejected)?;
+    let probe = validate::check_json_body(endpoint, status, &buf).map_err(Refused::Rejected)?;
     egress::check_json(&rules.egress, &buf).map_err(Refused::Rejected)?;
     *usage = probe.usage();
     // Placeholders back to the client's values (after the checks, which judge what
@@ -362,10 +374,13 @@ mod tests {
             },
             max_bytes: 1 << 20,
             deadline: None,
-            endpoint: Endpoint::Other,
             request_id: "req-1",
             pii: None,
         }
+    }
+
+    fn start_any(resp: &mut Parts, rules: &WatchRules) -> Result<ResponseWatch, Refused> {
+        start(resp, rules, Endpoint::Other)
     }
 
     fn parts(ct: &str) -> Parts {
@@ -378,7 +393,7 @@ mod tests {
     fn a_json_answer_with_a_secret_is_refused_at_its_end() {
         let scanner = SecretScanner::new(&[SECRET.to_string()]);
         let rules = rules(&scanner);
-        let mut watch = start(&mut parts("application/json"), &rules).unwrap();
+        let mut watch = start_any(&mut parts("application/json"), &rules).unwrap();
         let mut usage = None;
         let mut body = Some(Bytes::from(format!(r#"{{"a":"{}"#, &SECRET[..10])));
         let seen = watch.chunk(&mut body, false, 20, &rules, 200, &mut usage);
@@ -392,7 +407,7 @@ mod tests {
     fn a_bad_event_ends_the_stream_with_an_error_event_and_names_why() {
         let scanner = SecretScanner::new(&[SECRET.to_string()]);
         let rules = rules(&scanner);
-        let mut watch = start(&mut parts("text/event-stream"), &rules).unwrap();
+        let mut watch = start_any(&mut parts("text/event-stream"), &rules).unwrap();
         let mut usage = None;
         let good = "data: {\"choices\":[]}\n\n";
         let bad = format!("data: {{\"x\":\"{SECRET}\"}}\n\n");
@@ -420,18 +435,18 @@ mod tests {
         let mut leak = parts("application/json");
         leak.headers.insert("x-echo", SECRET.parse().unwrap());
         assert_eq!(
-            start(&mut leak, &rules).unwrap_err(),
+            start_any(&mut leak, &rules).unwrap_err(),
             Refused::Rejected(Rejection::SecretEgress)
         );
         assert_eq!(
-            start(&mut parts("text/html"), &rules).unwrap_err(),
+            start_any(&mut parts("text/html"), &rules).unwrap_err(),
             Refused::Rejected(Rejection::ContentType)
         );
         let mut big = parts("application/json");
         big.headers
             .insert("content-length", "2000000".parse().unwrap());
         assert_eq!(
-            start(&mut big, &rules).unwrap_err(),
+            start_any(&mut big, &rules).unwrap_err(),
             Refused::Rejected(Rejection::TooLarge)
         );
     }

@@ -19,6 +19,17 @@ pub const DURATION_BUCKETS: &[f64] = &[
 /// The `result` labels of `keygate_tokens_minted_total`.
 pub const MINT_RESULTS: [&str; 4] = ["ok", "unauthenticated", "rate_limited", "refused"];
 
+/// The [`MINT_RESULTS`] label of a mint that failed with `error` (`None`: minted).
+pub fn mint_result(error: Option<crate::error::ErrorCode>) -> &'static str {
+    use crate::error::ErrorCode::*;
+    MINT_RESULTS[match error {
+        None => 0,
+        Some(Unauthenticated | StaleRequest | Replayed) => 1,
+        Some(RateLimited) => 2,
+        Some(_) => 3,
+    }]
+}
+
 /// Every metric keygate exports.
 pub struct Metrics {
     pub registry: Registry,
