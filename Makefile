@@ -21,7 +21,7 @@ test: deps venv audit
 		KEYGATE_REQUIRE_REDIS=1 $(CARGO) test --no-fail-fast; \
 	fi
 	$(CARGO) build --bin keygate
-	load-tests/run.sh --binary target/debug/keygate smoke
+	load-tests/run.sh --binary target/debug/keygate smoke failover
 
 # Supply chain (deny.toml): licences, bans and sources always; RustSec advisories when the
 # advisory database (a GitHub repository) can be fetched. cargo-deny is built into target/tools,
@@ -69,7 +69,7 @@ deps:
 	fi
 
 # k6 against a release build: smoke and steady (LOAD_SCENARIOS to choose others:
-# smoke steady ramp stream abuse reload). Exits non-zero when a threshold fails.
+# smoke steady ramp stream abuse reload failover). Exits non-zero when a threshold fails.
 LOAD_SCENARIOS ?= smoke steady
 load: deps venv build
 	load-tests/run.sh --binary target/release/keygate $(LOAD_SCENARIOS)

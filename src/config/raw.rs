@@ -120,6 +120,8 @@ pub struct RawUpstream {
     pub forward_response_headers: Vec<String>,
     /// Allow `http://` to a host that is not loopback (the key then travels in clear).
     pub allow_plaintext: Option<bool>,
+    /// Client model name → this provider's model name (SPEC §8.2).
+    pub model_map: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -157,6 +159,9 @@ pub struct RawRoute {
     /// Values of the provider's beta header (`openai-beta`, `anthropic-beta`) allowed.
     #[serde(default)]
     pub betas: Vec<String>,
+    /// Upstreams tried in order when `upstream` fails before answering (SPEC §8.2).
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -74,6 +74,20 @@ pub struct Upstream {
     pub response_headers: crate::upstream::headers::HeaderAllow,
     /// `circuit_breaker` settings (the breaker's state is live state).
     pub circuit: crate::upstream::circuit::CircuitConfig,
+    /// `model_map`: the client's model name → this provider's.
+    pub model_map: HashMap<String, String>,
+}
+
+impl Upstream {
+    /// The name this provider knows `model` by, when `model_map` renames it.
+    pub fn provider_model(&self, model: Option<&str>) -> Option<&str> {
+        if self.model_map.is_empty() {
+            return None;
+        }
+        model
+            .and_then(|m| self.model_map.get(m))
+            .map(String::as_str)
+    }
 }
 
 /// A validated route.
@@ -89,6 +103,8 @@ pub struct Route {
     pub pii: Option<Arc<PiiPolicy>>,
     /// Values of the provider's beta header allowed (`routes[].betas`); none by default.
     pub betas: Vec<String>,
+    /// `routes[].fallbacks`: tried in order after `upstream` (same API family).
+    pub fallbacks: Vec<Arc<Upstream>>,
 }
 
 /// A validated site.
@@ -283,6 +299,15 @@ impl Runtime {
 }
 
 impl Route {
+    /// The `n`th upstream a request on this route may try: 0 is `upstream`, then the
+    /// `fallbacks` in order.
+    pub fn chain(&self, n: usize) -> Option<&Arc<Upstream>> {
+        match n {
+            0 => Some(&self.upstream),
+            n => self.fallbacks.get(n - 1),
+        }
+    }
+
     /// The PII policy a request runs under: the site's `pii` when it has one (`off`
     /// included), else the route's.
     pub fn pii_policy<'a>(&'a self, site: Option<&'a Site>) -> Option<&'a PiiPolicy> {

@@ -29,22 +29,14 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
                 .inc_by(*n);
         }
     }
-    // The outcome goes to the breaker in force now (a reload may have come since the
-    // request started; that breaker took over the state the permit came from).
-    let live = state.live.load();
-    let up = ctx.route().and_then(|r| live.upstream_for(&r.upstream));
-    if let (Some(permit), Some(up)) = (ctx.circuit, up) {
-        let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
-            Outcome::Failure
-        } else if ctx.upstream_status.is_some() {
-            Outcome::Success
-        } else {
-            Outcome::NotTried
-        };
-        up.circuit
-            .record(permit, outcome, std::time::Instant::now());
-        up.series().circuit_state.set(up.circuit.state_code());
-    }
+    let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
+        Outcome::Failure
+    } else if ctx.upstream_status.is_some() {
+        Outcome::Success
+    } else {
+        Outcome::NotTried
+    };
+    super::failover::record_circuit(state, ctx, outcome);
     state.audit.record(&audit_line(session, ctx));
 }
 
@@ -67,7 +59,7 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
         site: ctx.site().map(|s| s.id.0.as_str()),
         key_id: client.map(|c| c.key_id.0.as_str()),
         route: ctx.route().map(|r| r.prefix.as_str()),
-        upstream: ctx.route().map(|r| r.upstream.name.as_str()),
+        upstream: ctx.upstream().map(|u| u.name.as_str()),
         model: ctx.model.as_deref(),
         status: ctx.status,
         error_code: ctx.error.as_ref().map(|e| e.code.as_str()),
@@ -91,6 +83,14 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
         auth: client.map(|c| c.mode.as_str()),
         credential: ctx.credential_id.as_deref(),
         pii: ctx.pii_counts.as_ref(),
+        attempts: ctx.upstream().and_then(|u| {
+            let outcome = match (ctx.upstream_status, &ctx.error) {
+                (Some(_), _) => "answered",
+                (None, Some(_)) => "failed",
+                (None, None) => "not_tried",
+            };
+            ctx.attempts.for_audit(&u.name, outcome)
+        }),
     }
 }
 

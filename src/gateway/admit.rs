@@ -1,11 +1,11 @@
 //! `request_filter`'s work: everything that decides whether a request may go
 //! upstream, in order. Nothing here contacts an upstream.
 
+use super::attempt::upstream_path;
 use super::cors;
 use super::ctx::{BodyPlan, Ctx};
 use super::service::Gateway;
 use crate::auth::{self, signature::normalize_authority, AuthInput, AuthMode, AuthedClient};
-use crate::config::Route;
 use crate::config::Runtime;
 use crate::error::{ErrorCode, GatewayError};
 use crate::limits;
@@ -13,30 +13,9 @@ use crate::limits::LimitName;
 use crate::request::plan::{self, Accumulator, Decision, Head};
 use crate::request::{body, hygiene};
 use crate::telemetry::metrics::METRICS;
-use crate::upstream::headers::strip_key_param;
-use crate::upstream::kind::UpstreamKind;
 use bytes::Bytes;
 use pingora::proxy::Session;
 use std::net::IpAddr;
-
-/// The upstream path: route prefix stripped, upstream base path prepended, query kept.
-fn upstream_path(route: &Route, path: &str, query: Option<&str>) -> String {
-    let rest = &path[route.prefix.len()..];
-    let rest = rest.trim_start_matches('/');
-    let mut out = format!("{}/{}", route.upstream.base_path, rest);
-    if let Some(q) = query {
-        let q = if route.upstream.kind == UpstreamKind::Gemini {
-            strip_key_param(q)
-        } else {
-            q.to_string()
-        };
-        if !q.is_empty() {
-            out.push('?');
-            out.push_str(&q);
-        }
-    }
-    out
-}
 
 /// The request's authority: the absolute-form target's, else the single Host header.
 fn authority(session: &Session) -> Result<String, GatewayError> {
@@ -207,7 +186,7 @@ impl Gateway {
             .ok_or_else(|| GatewayError::new(ErrorCode::NoRoute, "No route matches this path."))?;
         ctx.route = Some(route_idx);
         let route = &rt.routes[route_idx];
-        ctx.upstream_path = upstream_path(route, &path, query.as_deref());
+        ctx.upstream_path = upstream_path(&route.prefix, &route.upstream, &path, query.as_deref());
 
         let client = self
             .authenticate_client(session, ctx, &path, query.as_deref(), &method)
@@ -239,22 +218,7 @@ impl Gateway {
                 bad.chars().take(100).collect::<String>()
             )));
         }
-        let live = ctx.live.clone();
-        let Some(up_live) = live.upstream_for(&route.upstream) else {
-            return Err(GatewayError::new(ErrorCode::Internal, "No upstream state."));
-        };
-        let breaker = &up_live.circuit;
-        match breaker.admit(std::time::Instant::now()) {
-            Ok(p) => ctx.circuit = Some(p),
-            Err(wait) => {
-                return Err(GatewayError::new(
-                    ErrorCode::UpstreamUnavailable,
-                    "The provider is unavailable; try again later.",
-                )
-                .retry_after(wait))
-            }
-        }
-        up_live.series().circuit_state.set(breaker.state_code());
+        Self::first_attempt(ctx)?;
         let now_ms = crate::clock::now_ms();
         let tier = &site.tier;
         match self
@@ -276,6 +240,7 @@ impl Gateway {
                 return Err(rate_limited(None, used_up));
             }
         }
+        ctx.target = (path, query);
         self.plan_body(session, ctx, &client, &method).await
     }
 
@@ -412,8 +377,8 @@ impl Gateway {
         let outcome = self.verify_body(ctx, client, method, session.req_header(), &buf)?;
         ctx.request_bytes = outcome.as_ref().map_or(buf.len(), |b| b.len());
         ctx.body = BodyPlan::Buffered {
-            len: buf.len(),
-            rewritten: outcome,
+            body: outcome.unwrap_or(buf),
+            attempt: None,
         };
         Ok(())
     }
@@ -474,11 +439,21 @@ mod tests {
         let rt = crate::demo::runtime(18081).unwrap();
         let route = rt.route_for("/openai/v1/models").unwrap();
         assert_eq!(
-            upstream_path(route, "/openai/v1/models", Some("limit=5")),
+            upstream_path(
+                &route.prefix,
+                &route.upstream,
+                "/openai/v1/models",
+                Some("limit=5")
+            ),
             "/v1/models?limit=5"
         );
         assert_eq!(
-            upstream_path(route, "/openai/v1/chat/completions", None),
+            upstream_path(
+                &route.prefix,
+                &route.upstream,
+                "/openai/v1/chat/completions",
+                None
+            ),
             "/v1/chat/completions"
         );
     }

@@ -1,7 +1,7 @@
 //! Per-request state, created in `new_ctx` and dropped after `logging`.
 
 use crate::auth::AuthedClient;
-use crate::config::{Route, Runtime, Site};
+use crate::config::{Route, Runtime, Site, Upstream};
 use crate::error::GatewayError;
 use crate::limits::Admission;
 pub use crate::request::plan::BodyPlan;
@@ -10,6 +10,7 @@ pub use crate::response::watch::ResponseWatch;
 use crate::state::Live;
 use crate::telemetry::metrics::RouteSeries;
 use crate::upstream::circuit::Permit;
+use crate::upstream::failover::Attempts;
 use crate::upstream::live::UpstreamLive;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,8 +29,15 @@ pub struct Ctx {
     /// Index into `rt.routes`.
     pub route: Option<usize>,
     pub client: Option<AuthedClient>,
-    /// Path and query sent upstream.
+    /// The request's path and query, as admitted (each attempt's upstream path is made
+    /// from them).
+    pub target: (String, Option<String>),
+    /// Path and query sent upstream (this attempt's).
     pub upstream_path: String,
+    /// Which upstream of the route's chain this attempt goes to, and the ones given up.
+    pub attempts: Attempts,
+    /// A hook gave this attempt up and chose the next: Pingora is to try again.
+    pub retrying: bool,
     pub body: BodyPlan,
     /// Bytes of request body forwarded (for usage estimates).
     pub request_bytes: usize,
@@ -75,7 +83,10 @@ impl Ctx {
             client_ip: None,
             route: None,
             client: None,
+            target: (String::new(), None),
             upstream_path: String::new(),
+            attempts: Attempts::default(),
+            retrying: false,
             body: BodyPlan::Undecided,
             request_bytes: 0,
             model: None,
@@ -103,10 +114,33 @@ impl Ctx {
         self.route.and_then(|i| self.rt.routes.get(i))
     }
 
-    /// The live state of the matched route's upstream.
+    /// The upstream of this attempt: the route's own, or a fallback.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.route().and_then(|r| r.chain(self.attempts.pos))
+    }
+
+    /// The live state of this attempt's upstream.
     pub fn upstream_live(&self) -> Option<&UpstreamLive> {
+        self.upstream().and_then(|u| self.live.upstream_for(u))
+    }
+
+    /// When the whole answer must have arrived, all attempts together: the route's
+    /// upstream's `total_timeout_ms` from the request's arrival.
+    pub fn deadline(&self) -> Option<Instant> {
         self.route()
-            .and_then(|r| self.live.upstream_for(&r.upstream))
+            .map(|r| self.started + r.upstream.total_timeout)
+    }
+
+    /// Forget what the attempt given up saw, before the next one.
+    pub fn begin_attempt(&mut self) {
+        self.error = None;
+        self.upstream_status = None;
+        self.upstream_answered = None;
+        self.upstream_failed = false;
+        self.credential_id = None;
+        self.response = ResponseWatch::None;
+        self.response_bytes = 0;
+        self.usage = None;
     }
 
     /// The matched route's metric series.

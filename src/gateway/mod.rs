@@ -5,7 +5,8 @@
 //! 2. `request_filter`: [`admit`] — framing, path, route, authentication, nonce,
 //!    site-on-route, body read + digest + JSON validation (small bodies), then personal
 //!    data pseudonymized or refused ([`crate::pii`]).
-//! 3. `upstream_peer`: resolve the upstream, build a peer with SNI and timeouts.
+//! 3. `upstream_peer`: resolve this attempt's upstream (the route's, or a fallback:
+//!    [`failover`]), build a peer with SNI and timeouts.
 //! 4. `upstream_request_filter`: strip client credentials, inject the provider's.
 //! 5. `request_body_filter`: replace or hold back and verify the body.
 //! 6. `response_filter`: drop cookies and server headers, add standard headers.
@@ -14,8 +15,10 @@
 
 mod account;
 mod admit;
+mod attempt;
 mod cors;
 pub mod ctx;
+mod failover;
 mod header_map;
 mod observe;
 pub mod respond;
@@ -25,6 +28,8 @@ mod tokens;
 use crate::error::{ErrorCode, GatewayError};
 use crate::request::plan::{Framing, Step};
 use crate::telemetry::metrics::METRICS;
+use crate::upstream::failover::Reason;
+use crate::upstream::failure::Failure;
 use crate::upstream::{self, headers};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -32,7 +37,7 @@ use ctx::Ctx;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, Result};
+use pingora::{Error, ErrorType, Result};
 pub use service::Gateway;
 
 /// A request id from the client is kept when it is 1-128 chars of `[A-Za-z0-9._-]`.
@@ -121,26 +126,92 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// Where to connect: the route's upstream, resolved without blocking (cached), with
-    /// SNI, timeouts, CA and the pin hook. `Err`: a 502 through `fail_to_proxy`, no
-    /// connection made.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
-            return Err(Self::abort(
-                ctx,
-                GatewayError::new(ErrorCode::Internal, "No route."),
-            ));
-        };
-        match self.resolver.resolve(&up.host, up.port).await {
-            Ok(addr) => {
-                ctx.upstream_started = Some(std::time::Instant::now());
-                Ok(Box::new(upstream::peer(&up, addr)))
+    /// Where to connect: this attempt's upstream (the route's, or a fallback), resolved
+    /// without blocking (cached), with SNI, timeouts (within what is left of the route's
+    /// `total_timeout_ms`), CA and the pin hook. A name that does not resolve fails over
+    /// like a refused connection. `Err`: a 502 (or 504) through `fail_to_proxy`.
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        loop {
+            let Some(up) = ctx.upstream().cloned() else {
+                return Err(Self::abort(
+                    ctx,
+                    GatewayError::new(ErrorCode::Internal, "No route."),
+                ));
+            };
+            let left = ctx
+                .deadline()
+                .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(Self::abort(ctx, Failure::Timeout.to_error()));
             }
-            Err(detail) => Err(Self::abort(
-                ctx,
-                GatewayError::upstream("The provider could not be reached.").detail(detail),
-            )),
+            match self.resolver.resolve(&up.host, up.port).await {
+                Ok(addr) => {
+                    ctx.upstream_path = attempt::path(ctx, &up);
+                    ctx.upstream_started = Some(std::time::Instant::now());
+                    ctx.attempts.started += 1;
+                    return Ok(Box::new(upstream::peer(&up, addr, left)));
+                }
+                Err(detail) => {
+                    if self.fail_over(session, ctx, Reason::Connect, Some(Failure::Connect)) {
+                        continue;
+                    }
+                    return Err(Self::abort(
+                        ctx,
+                        GatewayError::upstream("The provider could not be reached.").detail(detail),
+                    ));
+                }
+            }
         }
+    }
+
+    /// A connection could not be made (refused, timed out, TLS handshake): another
+    /// attempt, when [`failover`] allows one.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let upstream::failure::Class::Upstream(f) = upstream::failure::classify(&e) {
+            if self.fail_over(session, ctx, Reason::of_failure(f), Some(f)) {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    /// An attempt failed after the connection was made (pin or TLS check, no header in
+    /// time, a status that fails over): Pingora tries again when a hook or [`failover`]
+    /// chose the next attempt. Otherwise only what Pingora would retry by itself: an
+    /// idempotent request whose pooled connection turned out to be closed.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let failed_over = std::mem::take(&mut ctx.retrying)
+            || (ctx.error.is_none()
+                && match upstream::failure::classify(&e) {
+                    upstream::failure::Class::Upstream(f) => {
+                        self.fail_over(session, ctx, Reason::of_failure(f), Some(f))
+                    }
+                    _ => false,
+                });
+        if failed_over {
+            e.set_retry(true);
+        } else if !session.req_header().method.is_idempotent()
+            || session.as_downstream().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     /// After a connection is made or taken from the pool, before any request byte is
@@ -148,7 +219,7 @@ impl ProxyHttp for Gateway {
     /// unused and the client gets a 502.
     async fn connected_to_upstream(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         reused: bool,
         _peer: &HttpPeer,
         #[cfg(unix)] _fd: std::os::unix::io::RawFd,
@@ -156,15 +227,20 @@ impl ProxyHttp for Gateway {
         digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+        let Some(up) = ctx.upstream().cloned() else {
             return Ok(());
         };
-        upstream::check_tls(&up, digest, reused)
+        let Err(e) = upstream::check_tls(&up, digest, reused)
             .and_then(|()| upstream::enforce_pins(&up, digest))
-            .map_err(|e| {
-                ctx.upstream_failed = true;
-                Self::abort(ctx, e)
-            })
+        else {
+            return Ok(());
+        };
+        if self.fail_over(session, ctx, Reason::Tls, None) {
+            ctx.retrying = true;
+            return Err(Error::explain(ErrorType::ConnectError, "failing over"));
+        }
+        ctx.upstream_failed = true;
+        Err(Self::abort(ctx, e))
     }
 
     /// The request header on its way upstream: headers by allow-list, the provider
@@ -176,7 +252,7 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let Some(up) = ctx.route().map(|r| r.upstream.clone()) else {
+        let Some(up) = ctx.upstream().cloned() else {
             return Err(Self::abort(
                 ctx,
                 GatewayError::new(ErrorCode::Internal, "No route."),
@@ -185,7 +261,7 @@ impl ProxyHttp for Gateway {
         let now_ms = crate::clock::now_ms();
         let picked = ctx
             .upstream_live()
-            .and_then(|live| live.pick_credential(&up, now_ms));
+            .and_then(|live| live.pick_credential(&up, now_ms, &ctx.attempts.tried_credentials));
         let Some(credential) = picked else {
             return Err(Self::abort(
                 ctx,
@@ -193,6 +269,9 @@ impl ProxyHttp for Gateway {
             ));
         };
         ctx.credential_id = Some(credential.id.clone());
+        if let Err(e) = attempt::body(ctx, &up) {
+            return Err(Self::abort(ctx, e));
+        }
         crate::upstream::prepare_upstream_request(req, &up, credential, &ctx.upstream_path)?;
         // Framing upstream is keygate's: the exact verified length, or chunked when the
         // body is held back (so a rewritten body may change length).
@@ -234,9 +313,21 @@ impl ProxyHttp for Gateway {
             ));
         };
         let method = session.req_header().method.as_str().to_string();
-        match self.verify_body(ctx, &client, &method, session.req_header(), &full) {
-            Ok(rewritten) => {
+        let out = self
+            .verify_body(ctx, &client, &method, session.req_header(), &full)
+            .and_then(|rewritten| {
                 let out = rewritten.unwrap_or(full);
+                let up = ctx.upstream().cloned();
+                match up
+                    .as_deref()
+                    .and_then(|u| attempt::mapped_body(ctx, u, &out))
+                {
+                    Some(mapped) => mapped,
+                    None => Ok(out),
+                }
+            });
+        match out {
+            Ok(out) => {
                 ctx.request_bytes = out.len();
                 *body = Some(out);
                 Ok(())
@@ -245,23 +336,34 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    /// The upstream's response header: a 401/429 rests the credential; status, type
-    /// and size are checked ([`observe`]); headers pass by allow-list; keygate's own
-    /// headers are added. `Err`: a 502 instead of the upstream's answer (no header
-    /// has been written to the client yet).
+    /// The upstream's response header: a 401/429 rests the credential; a 5xx, 429 or
+    /// 401 fails over when another attempt may be made ([`failover`]); status, type and
+    /// size are checked ([`observe`]); headers pass by allow-list; keygate's own headers
+    /// are added. `Err`: a 502 instead of the upstream's answer (no header has been
+    /// written to the client yet), or the next attempt.
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let up = ctx.route().map(|r| r.upstream.clone());
+        let up = ctx.upstream().cloned();
         // A credential's rest goes to the state in force now (a reload may have come
         // since the request started).
         let live = self.state.live.load();
         let up_live = up.as_deref().and_then(|u| live.upstream_for(u));
+        upstream::note_credential_answer(resp, up_live, ctx.credential_id.as_deref());
+        let status = resp.status.as_u16();
+        if let Some(reason) = Reason::of_status(status) {
+            if self.fail_over(session, ctx, reason, None) {
+                ctx.retrying = true;
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "failing over",
+                ));
+            }
+        }
         respond::edit(resp, |parts| {
-            upstream::note_credential_answer(parts, up_live, ctx.credential_id.as_deref());
             observe::start(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
             let none = headers::HeaderAllow::default();
             let extra = up.as_ref().map_or(&none, |u| &u.response_headers);
@@ -301,8 +403,8 @@ impl ProxyHttp for Gateway {
             let class = upstream::failure::classify(e);
             if let upstream::failure::Class::Upstream(failure) = class {
                 ctx.upstream_failed = true;
-                if let Some(route) = ctx.route() {
-                    upstream::count_failure(&route.upstream.name, failure);
+                if let Some(up) = ctx.upstream() {
+                    upstream::count_failure(&up.name, failure);
                 }
             }
             ctx.error = class.to_error();

@@ -16,7 +16,7 @@ const DEFAULT_MAX_RESPONSE: usize = 8 * 1024 * 1024;
 
 /// Count and log a refused response; the error the client gets.
 fn reject(ctx: &Ctx, r: Rejection) -> GatewayError {
-    let up = ctx.route().map_or("none", |r| r.upstream.name.as_str());
+    let up = ctx.upstream().map_or("none", |u| u.name.as_str());
     METRICS
         .response_rejected
         .with_label_values(&[up, r.reason()])
@@ -39,16 +39,18 @@ fn refused(ctx: &Ctx, r: Refused) -> GatewayError {
 
 /// What this request's answer is checked against.
 fn rules(ctx: &Ctx) -> WatchRules<'_> {
-    let route = ctx.route();
     WatchRules {
         egress: Rules {
             secrets: &ctx.rt.scanner,
-            patterns: route.and_then(|r| r.block_patterns.as_ref()),
+            patterns: ctx.route().and_then(|r| r.block_patterns.as_ref()),
         },
-        max_bytes: route.map_or(DEFAULT_MAX_RESPONSE, |r| r.upstream.max_response_bytes),
-        deadline: route.map(|r| ctx.started + r.upstream.total_timeout),
+        max_bytes: ctx
+            .upstream()
+            .map_or(DEFAULT_MAX_RESPONSE, |u| u.max_response_bytes),
+        deadline: ctx.deadline(),
         request_id: &ctx.request_id,
         pii: ctx.pii.as_ref(),
+        client_model: super::attempt::client_model(ctx),
     }
 }
 
@@ -56,8 +58,8 @@ fn rules(ctx: &Ctx) -> WatchRules<'_> {
 pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
     ctx.upstream_status = Some(resp.status.as_u16());
     ctx.upstream_answered = Some(std::time::Instant::now());
-    let endpoint = ctx.route().map_or(Endpoint::Other, |r| {
-        Endpoint::of(r.upstream.kind, &ctx.upstream_path)
+    let endpoint = ctx.upstream().map_or(Endpoint::Other, |u| {
+        Endpoint::of(u.kind, &ctx.upstream_path)
     });
     let watch = watch::start(resp, &rules(ctx), endpoint).map_err(|r| refused(ctx, r))?;
     ctx.response = watch;

@@ -48,7 +48,8 @@ pub(super) fn anthropic_message(model: &str, text: &str) -> Value {
         "usage": {"input_tokens": 12, "output_tokens": 9}})
 }
 
-pub(super) fn gemini_response(text: &str) -> Value {
+pub(super) fn gemini_response(model: &str, text: &str) -> Value {
     json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP", "index": 0}],
-        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21}})
+        "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21},
+        "modelVersion": model})
 }

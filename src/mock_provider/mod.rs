@@ -41,6 +41,12 @@
 //! answer with a second `Content-Type: text/html` after `application/json`),
 //! `wrong_shape` (200 `{"id":"x","object":"thing"}` on any path).
 //!
+//! Failover tests (issue #21) use `error_500`, `error_429` (`Retry-After: 2`), `slow` with a
+//! long `x-mock-delay-ms` (a stall before the header), `reset_mid_stream` (cut after its
+//! first events) and a stopped mock (connections refused); `load-tests/run.sh` kills and
+//! restarts one on a fixed `--listen` port. Answers name the model asked for (`model`,
+//! Gemini's `modelVersion` from the path), so a renamed model shows.
+//!
 //! Control endpoints (not recorded): `GET /__mock/requests`, `POST /__mock/reset`.
 
 mod bodies;
@@ -225,11 +231,14 @@ async fn handle(
     } else if path.ends_with(":streamGenerateContent") {
         let words: Vec<String> = pieces(&text, echo, true)
             .iter()
-            .map(|w| format!("data: {}\n\n", gemini_response(w)))
+            .map(|w| format!("data: {}\n\n", gemini_response(&gemini_model(&path), w)))
             .collect();
         sse(words, event_delay)
     } else if path.ends_with(":generateContent") {
-        json_response(StatusCode::OK, &gemini_response(&text))
+        json_response(
+            StatusCode::OK,
+            &gemini_response(&gemini_model(&path), &text),
+        )
     } else if path.trim_end_matches('/').ends_with("/models") && parts.method == http::Method::GET {
         json_response(
             StatusCode::OK,
@@ -245,6 +254,15 @@ async fn handle(
     };
     add_mode_headers(&mode, &parts, &mut resp);
     Ok(resp)
+}
+
+/// The model a Gemini path names (`…/models/<model>:<method>`).
+fn gemini_model(path: &str) -> String {
+    path.split("/models/")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap_or("gemini-mock")
+        .to_string()
 }
 
 /// Serve on an already bound listener until the process ends; with `tls`, every

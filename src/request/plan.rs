@@ -143,12 +143,11 @@ pub enum BodyPlan {
     /// Not decided yet (request refused before the body was looked at).
     #[default]
     Undecided,
-    /// Read and verified in `request_filter`: Pingora's retry buffer forwards it;
-    /// `rewritten` replaces it when validation changed the body.
-    Buffered {
-        len: usize,
-        rewritten: Option<Bytes>,
-    },
+    /// Read and verified in `request_filter`. Pingora replays the client's bytes from
+    /// its retry buffer for each attempt; they are replaced by `body` (the verified body,
+    /// or its rewrite when validation changed it), or by `attempt` when this attempt's
+    /// upstream renames the model.
+    Buffered { body: Bytes, attempt: Option<Bytes> },
     /// Held back in `request_body_filter`, verified at the end, then emitted whole.
     HoldBack(Accumulator),
 }
@@ -180,12 +179,30 @@ fn not_planned() -> GatewayError {
 }
 
 impl BodyPlan {
+    /// The verified body, when it was read before the first attempt.
+    pub fn verified(&self) -> Option<&Bytes> {
+        match self {
+            BodyPlan::Buffered { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    /// Before each attempt: a held-back body starts over (Pingora sends what it read
+    /// again); a pre-read one is sent as `attempt` when that is given.
+    pub fn begin_attempt(&mut self, attempt: Option<Bytes>) {
+        match self {
+            BodyPlan::Buffered { attempt: a, .. } => *a = attempt,
+            BodyPlan::HoldBack(acc) => acc.buf.clear(),
+            BodyPlan::Undecided => {}
+        }
+    }
+
     /// The upstream framing for this plan (`method` decides whether an empty body is
     /// announced with `Content-Length: 0`).
     pub fn framing(&self, method: &http::Method) -> Result<Framing, GatewayError> {
         match self {
-            BodyPlan::Buffered { len, rewritten } => {
-                let n = rewritten.as_ref().map_or(*len, |b| b.len());
+            BodyPlan::Buffered { body, attempt } => {
+                let n = attempt.as_ref().unwrap_or(body).len();
                 if n > 0 || method != http::Method::GET {
                     Ok(Framing::Length(n))
                 } else {
@@ -204,10 +221,14 @@ impl BodyPlan {
         end_of_stream: bool,
     ) -> Result<Step, GatewayError> {
         match self {
-            BodyPlan::Buffered { rewritten, .. } => {
-                // Pingora replays the verified body from its retry buffer as one chunk.
-                if let Some(r) = rewritten.take() {
-                    *body = Some(r);
+            BodyPlan::Buffered {
+                body: verified,
+                attempt,
+            } => {
+                // Pingora replays the client's body from its retry buffer as one chunk,
+                // once per attempt.
+                if body.is_some() {
+                    *body = Some(attempt.as_ref().unwrap_or(verified).clone());
                 }
                 Ok(Step::Pass)
             }
@@ -299,27 +320,44 @@ mod tests {
             plan.on_chunk(&mut body, true).unwrap(),
             Step::Complete(Bytes::from_static(b"hello body"))
         );
+        // Another attempt gets the body again from its start.
+        plan.begin_attempt(None);
+        let mut again = Some(Bytes::from_static(b"hello body"));
+        assert_eq!(
+            plan.on_chunk(&mut again, true).unwrap(),
+            Step::Complete(Bytes::from_static(b"hello body"))
+        );
         let mut over = Some(Bytes::from_static(b"0123456789x"));
         assert!(plan.on_chunk(&mut over, true).is_err());
         assert_eq!(plan.framing(&http::Method::POST).unwrap(), Framing::Chunked);
     }
 
     #[test]
-    fn a_buffered_body_is_replaced_once_when_rewritten_and_framed_exactly() {
+    fn a_buffered_body_is_replaced_on_every_attempt_and_framed_exactly() {
         let mut plan = BodyPlan::Buffered {
-            len: 5,
-            rewritten: Some(Bytes::from_static(b"rewritten")),
+            body: Bytes::from_static(b"rewritten"),
+            attempt: None,
         };
         assert_eq!(
             plan.framing(&http::Method::POST).unwrap(),
             Framing::Length(9)
         );
+        for _ in 0..2 {
+            let mut body = Some(Bytes::from_static(b"hello"));
+            assert_eq!(plan.on_chunk(&mut body, true).unwrap(), Step::Pass);
+            assert_eq!(body.as_deref(), Some(&b"rewritten"[..]), "every attempt");
+        }
+        plan.begin_attempt(Some(Bytes::from_static(b"renamed body")));
+        assert_eq!(
+            plan.framing(&http::Method::POST).unwrap(),
+            Framing::Length(12)
+        );
         let mut body = Some(Bytes::from_static(b"hello"));
-        assert_eq!(plan.on_chunk(&mut body, true).unwrap(), Step::Pass);
-        assert_eq!(body.as_deref(), Some(&b"rewritten"[..]));
+        plan.on_chunk(&mut body, true).unwrap();
+        assert_eq!(body.as_deref(), Some(&b"renamed body"[..]));
         let empty_get = BodyPlan::Buffered {
-            len: 0,
-            rewritten: None,
+            body: Bytes::new(),
+            attempt: None,
         };
         assert_eq!(
             empty_get.framing(&http::Method::GET).unwrap(),

@@ -2,6 +2,7 @@
 //! (egress, shape, size) and the watch that applies them to a response ([`watch`]).
 
 pub mod egress;
+pub mod model_name;
 pub mod probe;
 pub mod sse;
 pub mod usage;

@@ -16,6 +16,7 @@
 //! ([`crate::pii::stream`]).
 
 use super::egress::{self, Rules, StreamText};
+use super::model_name;
 use super::sse::{Event, SseFramer, DEFAULT_MAX_EVENT};
 use super::usage::{self, Usage};
 use super::validate::{self, Endpoint, Rejection};
@@ -38,6 +39,9 @@ pub struct WatchRules<'a> {
     pub request_id: &'a str,
     /// The request's placeholders, when it was pseudonymized.
     pub pii: Option<&'a Pseudonyms>,
+    /// The model the client asked for, when `model_map` sent the request under another
+    /// name: the answer names this one ([`super::model_name`]).
+    pub client_model: Option<&'a str>,
 }
 
 impl WatchRules<'_> {
@@ -121,7 +125,8 @@ pub fn start(
     if !empty && !validate::content_type_allowed(&ct) {
         return Err(Rejected(Rejection::ContentType));
     }
-    let restoring = rules.pii.is_some();
+    // Restored values and the client's model name change the body's length.
+    let rewriting = rules.pii.is_some() || rules.client_model.is_some();
     Ok(if ct.starts_with("text/event-stream") {
         // keygate may end the stream with its own error event: length is not fixed.
         send_chunked(&mut resp.headers)?;
@@ -130,13 +135,12 @@ pub fn start(
             text: StreamText::default(),
             stopped: false,
             dropped_after_stop: 0,
-            restorer: restoring.then(Default::default),
+            restorer: rules.pii.is_some().then(Default::default),
         }
     } else if empty {
         ResponseWatch::None
     } else {
-        if restoring {
-            // Restored values change the body's length.
+        if rewriting {
             send_chunked(&mut resp.headers)?;
         }
         ResponseWatch::Json {
@@ -258,7 +262,8 @@ impl ResponseWatch {
     }
 }
 
-/// Check a whole JSON answer; return what the client gets (placeholders restored).
+/// Check a whole JSON answer; return what the client gets (placeholders restored, the
+/// client's model named).
 fn finish_json(
     buf: Vec<u8>,
     endpoint: Endpoint,
@@ -275,6 +280,13 @@ fn finish_json(
         Some(restored) => restored,
         None => buf,
     };
+    if let Some(client) = rules.client_model {
+        if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&buf) {
+            if model_name::rename(&mut v, client) {
+                return Ok(Bytes::from(v.to_string()));
+            }
+        }
+    }
     Ok(Bytes::from(buf))
 }
 
@@ -299,10 +311,21 @@ impl SseWatch<'_, '_> {
         let mut out = Vec::with_capacity(data.len());
         for ev in events {
             match self.check(&ev) {
-                Ok(parsed) => match (self.restorer.as_mut(), self.rules.pii) {
-                    (Some(r), Some(map)) => restore_event(r, map, &ev, parsed, &mut out),
-                    _ => out.extend_from_slice(&ev.raw),
-                },
+                Ok(mut parsed) => {
+                    let renamed = match (self.rules.client_model, parsed.as_mut()) {
+                        (Some(client), Some(v)) => model_name::rename(v, client),
+                        _ => false,
+                    };
+                    match (self.restorer.as_mut(), self.rules.pii, &parsed) {
+                        (Some(r), Some(map), _) => {
+                            restore_event(r, map, &ev, parsed, renamed, &mut out)
+                        }
+                        (_, _, Some(v)) if renamed => {
+                            out.extend_from_slice(&event_bytes(ev.event.as_deref(), &v.to_string()))
+                        }
+                        _ => out.extend_from_slice(&ev.raw),
+                    }
+                }
                 Err(r) => {
                     out.extend_from_slice(&error_event());
                     return (out, Some(r));
@@ -334,12 +357,14 @@ impl SseWatch<'_, '_> {
 }
 
 /// Forward one checked event with placeholders restored: held text first, then the
-/// event as received when nothing changed, else rebuilt from its restored JSON.
+/// event as received when nothing changed (`renamed`: the model name did), else rebuilt
+/// from its restored JSON.
 fn restore_event(
     r: &mut StreamRestorer,
     map: &Pseudonyms,
     ev: &Event,
     parsed: Option<serde_json::Value>,
+    renamed: bool,
     out: &mut Vec<u8>,
 ) {
     let Some(mut v) = parsed else {
@@ -352,7 +377,7 @@ fn restore_event(
     };
     let (before, changed) = r.event(ev.event.as_deref(), &mut v, map);
     out.extend_from_slice(&before);
-    if changed {
+    if changed || renamed {
         out.extend_from_slice(&event_bytes(ev.event.as_deref(), &v.to_string()));
     } else {
         out.extend_from_slice(&ev.raw);
@@ -376,6 +401,7 @@ mod tests {
             deadline: None,
             request_id: "req-1",
             pii: None,
+            client_model: None,
         }
     }
 

@@ -203,6 +203,10 @@ pub struct Line<'a> {
     pub credential: Option<&'a str>,
     /// Personal data found per kind (replaced, or refused in `block` mode); no values.
     pub pii: Option<&'a crate::pii::Counts>,
+    /// Every upstream attempt, when there was more than one (SPEC §8.2): the ones given
+    /// up with why, then the last (`answered`, or `failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<Vec<crate::upstream::failover::Attempt>>,
 }
 
 fn display<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {

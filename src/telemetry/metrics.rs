@@ -40,6 +40,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub tokens_total: IntCounterVec,
     pub upstream_errors: IntCounterVec,
+    /// Requests moved from one upstream to the next (SPEC §8.2).
+    pub upstream_fallbacks: IntCounterVec,
     pub circuit_state: IntGaugeVec,
     pub response_rejected: IntCounterVec,
     pub legacy_auth: IntCounterVec,
@@ -192,6 +194,12 @@ impl Metrics {
                 "Upstream failures by kind",
                 &["upstream", "kind"],
             ),
+            upstream_fallbacks: counter(
+                &r,
+                "keygate_upstream_fallbacks_total",
+                "Requests moved from one upstream of a route to the next, by why",
+                &["route", "from", "to", "reason"],
+            ),
             circuit_state,
             response_rejected: counter(
                 &r,
@@ -254,6 +262,21 @@ impl Metrics {
             }
             for r in crate::response::validate::Rejection::ALL {
                 self.response_rejected.with_label_values(&[n, r.reason()]);
+            }
+        }
+        for r in &rt.routes {
+            let chain: Vec<_> = (0..).map_while(|i| r.chain(i)).collect();
+            for (i, from) in chain.iter().enumerate() {
+                for to in &chain[i + 1..] {
+                    for reason in crate::upstream::failover::Reason::ALL {
+                        self.upstream_fallbacks.with_label_values(&[
+                            &r.prefix,
+                            &from.name,
+                            &to.name,
+                            reason.label(),
+                        ]);
+                    }
+                }
             }
         }
         for reason in crate::auth::reason::AuthReason::ALL {

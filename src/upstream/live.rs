@@ -86,10 +86,16 @@ impl UpstreamLive {
         }
     }
 
-    /// Pick `up`'s credential for one request, spreading requests over all of them:
-    /// round-robin over those not cooling down; when all are, the one whose cool-down
-    /// ends first. `up` is the config this state was built for.
-    pub fn pick_credential<'a>(&self, up: &'a Upstream, now_ms: u64) -> Option<&'a Credential> {
+    /// Pick `up`'s credential for one attempt, spreading requests over all of them:
+    /// round-robin over those not cooling down and not in `tried` (the ones this request
+    /// already had refused); when all are, the one whose cool-down ends first. `up` is
+    /// the config this state was built for.
+    pub fn pick_credential<'a>(
+        &self,
+        up: &'a Upstream,
+        now_ms: u64,
+        tried: &[String],
+    ) -> Option<&'a Credential> {
         let n = up.credentials.len();
         if n == 0 {
             return None;
@@ -99,12 +105,30 @@ impl UpstreamLive {
                 .get(i)
                 .map_or(0, |c| c.load(Ordering::Relaxed))
         };
+        let untried = |i: &usize| {
+            up.credentials
+                .get(*i)
+                .is_some_and(|c| !tried.contains(&c.id))
+        };
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|k| (start + k) % n)
+            .filter(untried)
             .find(|&i| until(i) <= now_ms)
+            .or_else(|| (0..n).filter(untried).min_by_key(|&i| until(i)))
             .or_else(|| (0..n).min_by_key(|&i| until(i)))
             .and_then(|i| up.credentials.get(i))
+    }
+
+    /// Whether `up` has a credential not cooling down and not in `tried`.
+    pub fn has_fresh_credential(&self, up: &Upstream, now_ms: u64, tried: &[String]) -> bool {
+        up.credentials.iter().enumerate().any(|(i, c)| {
+            !tried.contains(&c.id)
+                && self
+                    .cooldowns
+                    .get(i)
+                    .is_none_or(|u| u.load(Ordering::Relaxed) <= now_ms)
+        })
     }
 }
 
@@ -145,16 +169,46 @@ routes: [{{ prefix: "/v1/", upstream: up }}]
         let live = UpstreamLive::new(&ups[0], None);
         live.cool_down("c1", Duration::from_secs(30), 1_000);
         for _ in 0..4 {
-            assert_eq!(live.pick_credential(&ups[0], 2_000).unwrap().id, "c2");
+            assert_eq!(live.pick_credential(&ups[0], 2_000, &[]).unwrap().id, "c2");
         }
         // Both resting: the one whose rest ends first.
         live.cool_down("c2", Duration::from_secs(60), 1_000);
-        assert_eq!(live.pick_credential(&ups[0], 2_000).unwrap().id, "c1");
+        assert_eq!(live.pick_credential(&ups[0], 2_000, &[]).unwrap().id, "c1");
         // After the rest, both serve again.
         let ids: Vec<_> = (0..4)
-            .map(|_| live.pick_credential(&ups[0], 100_000).unwrap().id.clone())
+            .map(|_| {
+                live.pick_credential(&ups[0], 100_000, &[])
+                    .unwrap()
+                    .id
+                    .clone()
+            })
             .collect();
         assert!(ids.contains(&"c1".to_string()) && ids.contains(&"c2".to_string()));
+    }
+
+    #[test]
+    fn a_request_that_had_a_credential_refused_gets_another() {
+        let ups = upstreams(&format!("{C1}, {C2}, {C3}"));
+        let live = UpstreamLive::new(&ups[0], None);
+        let tried = vec!["c1".to_string()];
+        live.cool_down("c1", Duration::from_secs(30), 1_000);
+        assert!(live.has_fresh_credential(&ups[0], 2_000, &tried));
+        for _ in 0..6 {
+            assert_ne!(
+                live.pick_credential(&ups[0], 2_000, &tried).unwrap().id,
+                "c1"
+            );
+        }
+        let tried = vec!["c1".to_string(), "c2".to_string()];
+        live.cool_down("c3", Duration::from_secs(30), 1_000);
+        assert!(
+            !live.has_fresh_credential(&ups[0], 2_000, &tried),
+            "c3 rests"
+        );
+        assert_eq!(
+            live.pick_credential(&ups[0], 2_000, &tried).unwrap().id,
+            "c3"
+        );
     }
 
     #[test]
@@ -170,7 +224,10 @@ routes: [{{ prefix: "/v1/", upstream: up }}]
         assert_eq!(new.cooldown_until("c3"), 0);
         assert_eq!(new.cooldown_until("c2"), 0, "gone with its credential");
         for _ in 0..3 {
-            assert_eq!(new.pick_credential(&new_cfg[0], 2_000).unwrap().id, "c3");
+            assert_eq!(
+                new.pick_credential(&new_cfg[0], 2_000, &[]).unwrap().id,
+                "c3"
+            );
         }
         // c1's secret replaced under the same id (the fix for its 401): it serves at once.
         let replaced = upstreams(

@@ -3,10 +3,12 @@
 
 pub mod circuit;
 pub mod dns;
+pub mod failover;
 pub mod failure;
 pub mod headers;
 pub mod kind;
 pub mod live;
+pub mod model_map;
 pub mod pinning;
 
 use crate::config::{Credential, Upstream};
@@ -42,15 +44,16 @@ fn thread_key() -> u64 {
     KEY.with(|k| *k)
 }
 
-/// Build the peer for one request to `up` at the resolved `addr`.
-/// SNI is always the configured host name, so certificate verification is never
-/// silently disabled.
-pub fn peer(up: &Upstream, addr: SocketAddr) -> HttpPeer {
+/// Build the peer for one attempt at `up` at the resolved `addr`; `left`: the time left
+/// of the request's budget, which no timeout passes. SNI is always the configured host
+/// name, so certificate verification is never silently disabled.
+pub fn peer(up: &Upstream, addr: SocketAddr, left: Option<Duration>) -> HttpPeer {
     let mut p = HttpPeer::new(addr, up.tls, up.host.clone());
+    let within = |d: Duration| left.map_or(d, |l| d.min(l));
     let o = &mut p.options;
-    o.connection_timeout = Some(up.connect_timeout);
-    o.total_connection_timeout = Some(up.connect_timeout + Duration::from_secs(2));
-    o.read_timeout = Some(up.read_timeout);
+    o.connection_timeout = Some(within(up.connect_timeout));
+    o.total_connection_timeout = Some(within(up.connect_timeout + Duration::from_secs(2)));
+    o.read_timeout = Some(within(up.read_timeout));
     o.write_timeout = Some(up.read_timeout.min(Duration::from_secs(30)));
     o.idle_timeout = Some(Duration::from_secs(60));
     o.verify_cert = true;
@@ -234,16 +237,16 @@ sites: [{ id: s, tier: t, keys: [{ id: s.k1, auth: hmac, secret: "kgs_literal_fo
         let up = rt.upstreams[0].clone();
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let key_on_other_thread = |up: Arc<Upstream>| {
-            std::thread::spawn(move || peer(&up, addr).group_key)
+            std::thread::spawn(move || peer(&up, addr, None).group_key)
                 .join()
                 .unwrap()
         };
         // Off (Pingora's shared pool): the upstream's own key, on every thread.
-        assert_eq!(peer(&up, addr).group_key, up.group_key);
+        assert_eq!(peer(&up, addr, None).group_key, up.group_key);
         assert_eq!(key_on_other_thread(up.clone()), up.group_key);
         use_per_worker_pools(true);
-        let here = peer(&up, addr).group_key;
-        let again = peer(&up, addr).group_key;
+        let here = peer(&up, addr, None).group_key;
+        let again = peer(&up, addr, None).group_key;
         let other = key_on_other_thread(up.clone());
         use_per_worker_pools(false);
         assert_ne!(here, up.group_key);

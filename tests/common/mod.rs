@@ -210,6 +210,12 @@ pub struct Options {
     pub route_extra: String,
     /// `server.grace_period_s` (how long SIGTERM drains).
     pub grace_period_s: u64,
+    /// More upstreams (YAML indented two spaces; `{dir}` is the config's directory, where
+    /// `provider2.key` holds a credential).
+    pub extra_upstreams: String,
+    /// Extra lines for one route (`/openai/`, `/anthropic/`, `/gemini/`; indented four
+    /// spaces), e.g. `fallbacks`.
+    pub route_extra_for: Vec<(&'static str, String)>,
 }
 
 impl Default for Options {
@@ -231,6 +237,8 @@ impl Default for Options {
             master_keys_from: None,
             route_extra: String::new(),
             grace_period_s: 1,
+            extra_upstreams: String::new(),
+            route_extra_for: Vec::new(),
         }
     }
 }
@@ -346,6 +354,13 @@ impl Gateway {
             String::new()
         };
         let bearer_hash = hex::encode(keygate::auth::bearer_hash(&secrets.bearer));
+        let route_extra_for = |prefix: &str| -> String {
+            opts.route_extra_for
+                .iter()
+                .filter(|(p, _)| *p == prefix)
+                .map(|(_, extra)| extra.as_str())
+                .collect()
+        };
         let config = format!(
             r#"
 server:
@@ -385,16 +400,17 @@ upstreams:
     forward_request_headers: ["x-mock-*"]
     credentials:
       - {{ id: gem-1, secret: "file:{d}/anthropic.key" }}
+{extra_upstreams}
 routes:
   - prefix: "/openai/"
     upstream: openai
     models: ["gpt-4o", "gpt-4o-mini"]
     max_tokens: 4096
-{route_extra}  - prefix: "/anthropic/"
+{openai_route_extra}{route_extra}  - prefix: "/anthropic/"
     upstream: anthropic
-{route_extra}  - prefix: "/gemini/"
+{anthropic_route_extra}{route_extra}  - prefix: "/gemini/"
     upstream: gemini
-{route_extra}tiers:
+{gemini_route_extra}{route_extra}tiers:
   free: {tier}
   other: {{ requests_per_minute: 100000 }}
 sites:
@@ -426,6 +442,10 @@ sites:
             route_extra = opts.route_extra,
             mock = mock.addr,
             config_extra = opts.config_extra,
+            extra_upstreams = opts.extra_upstreams.replace("{dir}", &d),
+            openai_route_extra = route_extra_for("/openai/"),
+            anthropic_route_extra = route_extra_for("/anthropic/"),
+            gemini_route_extra = route_extra_for("/gemini/"),
         );
         let cfg = dir.path().join("keygate.yaml");
         std::fs::write(&cfg, config).unwrap();

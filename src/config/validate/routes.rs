@@ -89,6 +89,7 @@ fn route(
         .as_ref()
         .and_then(|x| validate_pii(x, &format!("{p}.pii"), errs));
     let block_patterns = block_patterns(r.block_patterns.as_deref(), p, errs);
+    let fallbacks = fallbacks(raw, r, p, upstream.as_deref(), upstreams, errs);
     Some(Route {
         prefix: r.prefix.clone(),
         upstream: upstream?,
@@ -97,7 +98,52 @@ fn route(
         block_patterns,
         pii,
         betas: r.betas.clone(),
+        fallbacks,
     })
+}
+
+/// `routes[].fallbacks`: known upstreams, each once, not the route's own, speaking the
+/// API of the route's upstream (a request is checked once, for that API).
+fn fallbacks(
+    raw: &RawConfig,
+    r: &RawRoute,
+    p: &str,
+    primary: Option<&Upstream>,
+    upstreams: &[Arc<Upstream>],
+    errs: &mut Errors,
+) -> Vec<Arc<Upstream>> {
+    let mut out: Vec<Arc<Upstream>> = Vec::new();
+    for (j, name) in r.fallbacks.iter().enumerate() {
+        let at = format!("{p}.fallbacks[{j}]");
+        if *name == r.upstream {
+            errs.push(at, format!("\"{name}\" is the route's own upstream"));
+            continue;
+        }
+        if r.fallbacks[..j].contains(name) {
+            errs.push(at, format!("\"{name}\" is listed twice"));
+            continue;
+        }
+        let Some(up) = upstreams.iter().find(|u| u.name == *name) else {
+            if !raw.upstreams.contains_key(name) {
+                errs.push(at, format!("unknown upstream \"{name}\""));
+            }
+            continue;
+        };
+        if let Some(primary) = primary.filter(|pr| !pr.kind.same_api(up.kind)) {
+            errs.push(
+                at,
+                format!(
+                    "upstream \"{name}\" is {}, but the route's upstream \"{}\" is {}: a fallback must speak the same API (openai and openai-compatible, anthropic, gemini)",
+                    up.kind.as_str(),
+                    primary.name,
+                    primary.kind.as_str()
+                ),
+            );
+            continue;
+        }
+        out.push(up.clone());
+    }
+    out
 }
 
 /// `routes[].block_patterns` as one set; `None` when absent or empty.

@@ -140,6 +140,7 @@ fn upstream(
     let (pins, ca) = trust(u, p, is_tls, errs, warnings);
     let timeouts = timeouts(u, p, errs);
     let circuit = circuit(u, p, errs);
+    let model_map = model_map(u, p, kind, errs);
     let mut allow = |names: &[String], field: &str, dir| {
         HeaderAllow::parse(names, dir).unwrap_or_else(|e| {
             for (i, msg) in e {
@@ -183,7 +184,47 @@ fn upstream(
         request_headers,
         response_headers,
         circuit,
+        model_map,
     })
+}
+
+/// Longest model name accepted on either side of `model_map`.
+const MODEL_NAME_MAX: usize = 256;
+
+/// `model_map`: non-empty names of visible characters; for Gemini, where the model is a
+/// path segment, provider names that stay one segment.
+fn model_map(
+    u: &RawUpstream,
+    p: &str,
+    kind: Option<UpstreamKind>,
+    errs: &mut Errors,
+) -> HashMap<String, String> {
+    let Some(map) = &u.model_map else {
+        return HashMap::new();
+    };
+    let name_ok =
+        |s: &str| !s.is_empty() && s.len() <= MODEL_NAME_MAX && !s.chars().any(char::is_control);
+    for (from, to) in map {
+        let at = format!("{p}.model_map.{from}");
+        if !name_ok(from) || !name_ok(to) {
+            errs.push(
+                at,
+                format!(
+                    "model names must be 1-{MODEL_NAME_MAX} characters without control characters"
+                ),
+            );
+        } else if kind == Some(UpstreamKind::Gemini)
+            && !to
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            errs.push(
+                at,
+                format!("\"{to}\" cannot be a Gemini model (it goes into the path: letters, digits, '-', '.', '_')"),
+            );
+        }
+    }
+    map.iter().map(|(a, b)| (a.clone(), b.clone())).collect()
 }
 
 /// `credentials:`, each resolved from its secret source and turned into the header
