@@ -92,7 +92,7 @@ bench-peers: venv-peers
 # seeded with fuzz/regressions/<target>/. A crash lands in fuzz/artifacts/<target>/: fix it and
 # move the input to fuzz/regressions/<target>/, where `cargo test` replays it.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := sse_framer response_json signature_headers request_body request_path config_yaml pii egress
+FUZZ_TARGETS := sse_framer response_json signature_headers request_body request_path config_yaml pii egress multipart
 fuzz: deps
 	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	@for t in $(FUZZ_TARGETS); do \

@@ -21,7 +21,34 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config_yaml", config_yaml),
     ("pii", pii),
     ("egress", egress),
+    ("multipart", multipart),
 ];
+
+/// Multipart uploads fed in arbitrary pieces (the first byte picks their size): never a
+/// panic, and the same answer however the bytes were cut.
+pub fn multipart(data: &[u8]) {
+    use crate::request::upload::{read_whole, Form};
+    let Some((&cut, rest)) = data.split_first() else {
+        return;
+    };
+    let whole = read_whole("B", rest, 1 << 20).map_err(|e| e.message);
+    let mut form = Form::new("B", 1 << 20);
+    let mut failed = None;
+    for piece in rest.chunks(cut as usize % 97 + 1) {
+        if let Err(e) = form.push(bytes::Bytes::copy_from_slice(piece)) {
+            failed = Some(e.message);
+            break;
+        }
+    }
+    let pieces = match failed {
+        Some(m) => Err(m),
+        None => form.finish().map_err(|e| e.message),
+    };
+    assert_eq!(whole.is_ok(), pieces.is_ok(), "cutting changed the outcome");
+    if let (Ok(a), Ok(b)) = (whole, pieces) {
+        assert_eq!(a, b);
+    }
+}
 
 /// SSE framing over arbitrary chunking; the first byte picks the chunk size.
 pub fn sse_framer(data: &[u8]) {

@@ -428,18 +428,45 @@ fn authenticate_legacy(rt: &Keys<'_>, req: &AuthInput<'_>) -> Result<AuthedClien
 
 /// Check a fully read body against the digest the client signed (constant time).
 pub fn check_body_digest(client: &AuthedClient, body: &[u8]) -> Result<(), AuthFailure> {
-    match &client.body_digest {
+    match DigestCheck::of(client) {
         None => Ok(()),
-        Some(expected) => {
-            let actual: [u8; 32] = Sha256::digest(body).into();
-            if bool::from(actual.ct_eq(expected)) {
-                Ok(())
-            } else {
-                Err(AuthFailure::unauth(
-                    AuthReason::DigestMismatch,
-                    "body does not hash to Content-Digest",
-                ))
-            }
+        Some(mut d) => {
+            d.update(body);
+            d.finish()
+        }
+    }
+}
+
+/// [`check_body_digest`] over a body that passes in chunks (a streamed upload).
+#[derive(Clone)]
+pub struct DigestCheck {
+    hasher: Sha256,
+    expected: [u8; 32],
+}
+
+impl DigestCheck {
+    /// The check `client`'s signature asks for; `None` when it covers no body digest.
+    pub fn of(client: &AuthedClient) -> Option<DigestCheck> {
+        client.body_digest.map(|expected| DigestCheck {
+            hasher: Sha256::new(),
+            expected,
+        })
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+    }
+
+    /// Whether the bytes seen hash to `Content-Digest`.
+    pub fn finish(self) -> Result<(), AuthFailure> {
+        let actual: [u8; 32] = self.hasher.finalize().into();
+        if bool::from(actual.ct_eq(&self.expected)) {
+            Ok(())
+        } else {
+            Err(AuthFailure::unauth(
+                AuthReason::DigestMismatch,
+                "body does not hash to Content-Digest",
+            ))
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct RawServer {
     pub work_stealing: Option<bool>,
     pub admin_listen: Option<String>,
     pub max_body_bytes: Option<u64>,
+    /// Multipart uploads (transcriptions, image edits): streamed, up to this many bytes.
+    pub max_upload_bytes: Option<u64>,
     pub clock_skew_s: Option<u64>,
     /// Per-client-IP limit on failed authentications; on by default, `off` disables it.
     /// `off` or `{ per_minute, cooldown_s }` (read as a value, so a mistake in either form

@@ -170,6 +170,8 @@ pub struct ServerSettings {
     /// Allowed `@authority` values (lower-case); `None` accepts any.
     pub hostnames: Option<HashSet<String>>,
     pub max_body_bytes: usize,
+    /// `server.max_upload_bytes`: the most a multipart upload may be.
+    pub max_upload_bytes: usize,
     pub clock_skew: Duration,
     /// How far in the future `created` may be (`server.clock_skew_future_s`).
     pub clock_skew_future: Duration,

@@ -11,7 +11,7 @@ use crate::error::{ErrorCode, GatewayError};
 use crate::limits;
 use crate::limits::LimitName;
 use crate::request::plan::{self, Accumulator, Decision, Head};
-use crate::request::{body, hygiene};
+use crate::request::{body, hygiene, upload};
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -169,6 +169,18 @@ pub(super) fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusa
         );
     }
     e
+}
+
+/// A browser token may name the models it is good for.
+fn token_allows_model(client: &AuthedClient, model: Option<&str>) -> Result<(), GatewayError> {
+    if let (Some(claims), Some(model)) = (&client.token, model) {
+        if !claims.models.is_empty() && !claims.models.iter().any(|m| m.as_str() == model) {
+            return Err(GatewayError::forbidden(
+                "This token is not valid for this model.",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Gateway {
@@ -362,25 +374,79 @@ impl Gateway {
         method: &str,
     ) -> Result<(), GatewayError> {
         let rt = ctx.rt.clone();
-        let head = plan::Head::read(&session.req_header().headers)?;
-        let decision = plan::decide(&head, rt.server.max_body_bytes)?;
+        let headers = &session.req_header().headers;
+        let head = plan::Head::read(headers)?;
+        let content_type = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let upload = upload::boundary(&ctx.upstream_path, content_type);
+        let decision = match &upload {
+            Some(_) => plan::decide_upload(&head, rt.server.max_upload_bytes)?,
+            None => plan::decide(&head, rt.server.max_body_bytes)?,
+        };
         send_continue(session, &head).await?;
-        let acc = match decision {
-            Decision::HoldBack(acc) => {
+        let acc = match (decision, upload) {
+            (Decision::HoldBack(acc), _) => {
                 ctx.body = BodyPlan::HoldBack(acc);
                 return Ok(());
             }
-            Decision::Preread(acc) => acc,
+            (Decision::Stream { limit }, Some(boundary)) => {
+                let route = ctx
+                    .route()
+                    .ok_or_else(|| GatewayError::new(ErrorCode::Internal, "No route."))?;
+                if route.pii_policy(rt.sites.get(client.site)).is_some() {
+                    return Err(body::no_uploads_with_pii());
+                }
+                ctx.body = BodyPlan::Stream(Box::new(upload::Streaming::new(
+                    boundary,
+                    limit,
+                    head.content_length,
+                    auth::DigestCheck::of(client),
+                    plan::too_large(rt.server.max_upload_bytes),
+                )));
+                return Ok(());
+            }
+            (Decision::Preread(acc), _) => acc,
+            (Decision::Stream { .. }, None) => {
+                return Err(GatewayError::new(ErrorCode::Internal, "Body not planned."))
+            }
         };
         session.as_downstream_mut().enable_retry_buffering();
         let buf = read_body(session, acc, rt.server.body_timeout).await?;
+        ctx.request_bytes = buf.len();
         let outcome = self.verify_body(ctx, client, method, session.req_header(), &buf)?;
-        ctx.request_bytes = outcome.as_ref().map_or(buf.len(), |b| b.len());
+        if let Some(b) = &outcome {
+            ctx.request_bytes = b.len();
+        }
         ctx.body = BodyPlan::Buffered {
             body: outcome.unwrap_or(buf),
             attempt: None,
         };
         Ok(())
+    }
+
+    /// A streamed upload ended: its digest and form verified, its model allowed; the last
+    /// chunk to forward.
+    pub(super) fn finish_upload(&self, ctx: &mut Ctx) -> Result<Bytes, GatewayError> {
+        let BodyPlan::Stream(s) = &mut ctx.body else {
+            return Err(GatewayError::new(ErrorCode::Internal, "Body not planned."));
+        };
+        let (model, tail) = match s.finish() {
+            Ok(done) => done,
+            Err(upload::Refusal::Digest(f)) => return Err(self.body_auth_failed(ctx, &f)),
+            Err(upload::Refusal::Body(e)) => return Err(e),
+        };
+        let rt = ctx.rt.clone();
+        let route = ctx
+            .route
+            .and_then(|i| rt.routes.get(i))
+            .ok_or_else(|| GatewayError::new(ErrorCode::Internal, "No route."))?;
+        body::check_model(route, model.as_deref(), true)?;
+        if let Some(client) = &ctx.client {
+            token_allows_model(client, model.as_deref())?;
+        }
+        ctx.model = model;
+        Ok(tail)
     }
 
     /// Digest and JSON checks on a complete body. Returns a replacement body, if any.
@@ -406,12 +472,10 @@ impl Gateway {
             .and_then(|v| v.to_str().ok());
         let pii = route.pii_policy(rt.sites.get(client.site));
         let outcome = body::check_with(route, pii, method, &ctx.upstream_path, content_type, body)?;
-        if let (Some(claims), Some(model)) = (&client.token, &outcome.model) {
-            if !claims.models.is_empty() && !claims.models.contains(model) {
-                return Err(GatewayError::forbidden(
-                    "This token is not valid for this model.",
-                ));
-            }
+        token_allows_model(client, outcome.model.as_deref())?;
+        if upload::boundary(&ctx.upstream_path, content_type).is_some() {
+            // Audio and images are not tokens: usage comes from the answer.
+            ctx.request_bytes = 0;
         }
         ctx.model = outcome.model;
         match outcome.pii {

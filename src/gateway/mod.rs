@@ -304,6 +304,15 @@ impl ProxyHttp for Gateway {
         let full = match ctx.body.on_chunk(body, end_of_stream) {
             Ok(Step::Pass | Step::Hold) => return Ok(()),
             Ok(Step::Complete(full)) => full,
+            Ok(Step::Release) => {
+                return match self.finish_upload(ctx) {
+                    Ok(tail) => {
+                        *body = Some(tail);
+                        Ok(())
+                    }
+                    Err(e) => Err(Self::abort(ctx, e)),
+                }
+            }
             Err(e) => return Err(Self::abort(ctx, e)),
         };
         let Some(client) = ctx.client.clone() else {

@@ -6,7 +6,7 @@ use super::ctx::Ctx;
 use crate::error::GatewayError;
 use crate::response::egress::Rules;
 use crate::response::validate::{Endpoint, Rejection};
-use crate::response::watch::{self, Refused, WatchRules};
+use crate::response::watch::{self, Refused, ResponseWatch, WatchRules};
 use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
 use http::response::Parts;
@@ -62,6 +62,13 @@ pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
         Endpoint::of(u.kind, &ctx.upstream_path)
     });
     let watch = watch::start(resp, &rules(ctx), endpoint).map_err(|r| refused(ctx, r))?;
+    if let ResponseWatch::Binary { .. } = watch {
+        // Audio says nothing of tokens: the text that was spoken is the estimate.
+        ctx.usage = Some(crate::response::usage::Usage::estimate(
+            ctx.request_bytes,
+            0,
+        ));
+    }
     ctx.response = watch;
     Ok(())
 }

@@ -51,6 +51,7 @@
 
 mod bodies;
 mod key_egress;
+mod media;
 mod modes;
 mod stream;
 mod util;
@@ -79,7 +80,7 @@ use util::{header_ms, json_response, received_credential, Body};
 /// Requests remembered for `/__mock/requests`.
 const RECORD_LIMIT: usize = 256;
 /// Largest request body the mock reads.
-const MAX_BODY: usize = 16 * 1024 * 1024;
+const MAX_BODY: usize = 32 * 1024 * 1024;
 
 /// Shared state: what was received.
 #[derive(Default)]
@@ -158,6 +159,9 @@ async fn handle(
     if let Some(r) = failure_answer(&mode, &parts, event_delay).await {
         return Ok(r);
     }
+    if let Some(r) = media::upload(&path, &parts, &body).await {
+        return Ok(r);
+    }
     let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req_json
         .get("model")
@@ -165,6 +169,9 @@ async fn handle(
         .unwrap_or("mock-model")
         .to_string();
     if let Some(r) = key_egress_answer(&mode, &parts, &model) {
+        return Ok(r);
+    }
+    if let Some(r) = media::answer(&path, &req_json, &parts) {
         return Ok(r);
     }
     let stream = req_json.get("stream") == Some(&Value::Bool(true));

@@ -36,8 +36,8 @@ pub(super) fn sse(events: Vec<String>, delay: Duration) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
-pub(super) fn async_stream(
-    events: Vec<String>,
+pub(super) fn async_stream<T: Into<Bytes> + Send + 'static>(
+    events: Vec<T>,
     delay: Duration,
 ) -> impl futures_core::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send + Sync {
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
@@ -46,7 +46,7 @@ pub(super) fn async_stream(
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(Ok(Frame::data(Bytes::from(e)))).await.is_err() {
+            if tx.send(Ok(Frame::data(e.into()))).await.is_err() {
                 return;
             }
         }

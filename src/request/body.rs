@@ -149,6 +149,22 @@ fn check_inner(
             "Batch endpoints are not available on routes with max_tokens or pii: their requests cannot be checked here.",
         ));
     }
+    if let Some(boundary) = crate::request::upload::boundary(path_only, content_type) {
+        if pii.is_some() {
+            return Err(no_uploads_with_pii());
+        }
+        out.model = crate::request::upload::read_whole(&boundary, body, body.len() + 1)?;
+        check_model(route, out.model.as_deref(), true)?;
+        return Ok(out);
+    }
+    if path_only.ends_with("/realtime/client_secrets") && !body.is_empty() {
+        // The model of a Realtime session is named inside it (the checks below go on).
+        let v: Value = parse_strict(body).map_err(invalid_json)?;
+        out.model = v
+            .pointer("/session/model")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+    }
     if kind == UpstreamKind::Gemini {
         out.model = gemini_model(path_only).map(str::to_string);
         out.stream = path_only.ends_with(":streamGenerateContent");
@@ -182,20 +198,11 @@ fn check_inner(
         ));
     }
 
-    if let Some(models) = &route.models {
-        let allowed = out.model.as_ref().is_some_and(|m| models.contains(m));
-        let names_model = out.model.is_some() || top.is_some();
-        if names_model && !allowed {
-            let msg = match &out.model {
-                Some(m) => format!(
-                    "Model \"{}\" is not allowed on this route.",
-                    m.chars().take(100).collect::<String>()
-                ),
-                None => "The request names no model; this route allows only listed models.".into(),
-            };
-            return Err(GatewayError::forbidden(msg));
-        }
-    }
+    check_model(
+        route,
+        out.model.as_deref(),
+        out.model.is_some() || top.is_some(),
+    )?;
 
     let Some(top) = top else { return Ok(out) };
     let cap = route
@@ -244,6 +251,35 @@ fn check_inner(
         out.rewritten = Some(Bytes::from(bytes));
     }
     Ok(out)
+}
+
+/// Uploads carry audio and images keygate cannot look into for personal data.
+pub fn no_uploads_with_pii() -> GatewayError {
+    GatewayError::bad_request(
+        "Uploads are not available on routes with pii: their content cannot be checked here.",
+    )
+}
+
+/// `routes[].models`: the model named must be listed; a request that could name one
+/// (`names_model`: a JSON body or a form) but does not is refused too.
+pub fn check_model(
+    route: &Route,
+    model: Option<&str>,
+    names_model: bool,
+) -> Result<(), GatewayError> {
+    let Some(models) = &route.models else {
+        return Ok(());
+    };
+    if !names_model || model.is_some_and(|m| models.contains(m)) {
+        return Ok(());
+    }
+    Err(GatewayError::forbidden(match model {
+        Some(m) => format!(
+            "Model \"{}\" is not allowed on this route.",
+            m.chars().take(100).collect::<String>()
+        ),
+        None => "The request names no model; this route allows only listed models.".into(),
+    }))
 }
 
 fn invalid_json(detail: String) -> GatewayError {

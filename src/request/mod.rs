@@ -1,7 +1,8 @@
 //! Checks on what the client sent, before anything reaches an upstream:
 //! framing and path hygiene, how the body is read and held back ([`plan`]), and JSON
-//! body validation per route.
+//! body validation per route; multipart uploads read as they pass ([`upload`]).
 
 pub mod body;
 pub mod hygiene;
 pub mod plan;
+pub mod upload;

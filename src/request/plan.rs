@@ -90,7 +90,7 @@ impl Accumulator {
 
 /// 413 for a body over `server.max_body_bytes`; the connection is closed (the rest of
 /// the body is not read).
-fn too_large(max: usize) -> GatewayError {
+pub fn too_large(max: usize) -> GatewayError {
     GatewayError::new(
         ErrorCode::BodyTooLarge,
         format!("The request body is larger than {max} bytes."),
@@ -105,6 +105,22 @@ pub enum Decision {
     Preread(Accumulator),
     /// Hold it back as it streams, verify at its end.
     HoldBack(Accumulator),
+    /// An upload: stream it on, verify as it passes (`limit`: the most it may be).
+    Stream { limit: usize },
+}
+
+/// Decide for a multipart upload: small ones with a declared length are read first (they
+/// can be sent again on failover), the rest streamed, up to `max_upload`.
+pub fn decide_upload(head: &Head, max_upload: usize) -> Result<Decision, GatewayError> {
+    match head.content_length {
+        Some(n) if n > max_upload => Err(too_large(max_upload)),
+        Some(n) if n <= PREREAD_LIMIT => Ok(Decision::Preread(Accumulator::new(
+            n,
+            too_large(max_upload),
+        ))),
+        Some(n) => Ok(Decision::Stream { limit: n }),
+        None => Ok(Decision::Stream { limit: max_upload }),
+    }
 }
 
 /// Decide from the head; a declared length over `max_body` is refused at once.
@@ -150,6 +166,9 @@ pub enum BodyPlan {
     Buffered { body: Bytes, attempt: Option<Bytes> },
     /// Held back in `request_body_filter`, verified at the end, then emitted whole.
     HoldBack(Accumulator),
+    /// A large multipart upload, forwarded as it passes one chunk behind; the last chunk
+    /// goes once the form and the digest are verified.
+    Stream(Box<crate::request::upload::Streaming>),
 }
 
 /// How the upstream request is framed.
@@ -172,6 +191,8 @@ pub enum Step {
     Hold,
     /// The whole held-back body: verify it, then forward it (or what replaces it).
     Complete(Bytes),
+    /// A streamed upload ended: verify it, then forward its last chunk.
+    Release,
 }
 
 fn not_planned() -> GatewayError {
@@ -193,6 +214,7 @@ impl BodyPlan {
         match self {
             BodyPlan::Buffered { attempt: a, .. } => *a = attempt,
             BodyPlan::HoldBack(acc) => acc.buf.clear(),
+            BodyPlan::Stream(s) => s.restart(),
             BodyPlan::Undecided => {}
         }
     }
@@ -210,6 +232,7 @@ impl BodyPlan {
                 }
             }
             BodyPlan::HoldBack(_) => Ok(Framing::Chunked),
+            BodyPlan::Stream(s) => Ok(s.declared.map_or(Framing::Chunked, Framing::Length)),
             BodyPlan::Undecided => Err(not_planned()),
         }
     }
@@ -242,6 +265,16 @@ impl BodyPlan {
                     *body = Some(Bytes::new());
                     Ok(Step::Hold)
                 }
+            }
+            BodyPlan::Stream(s) => {
+                if let Some(chunk) = body.take() {
+                    *body = Some(s.push(chunk, end_of_stream)?);
+                }
+                Ok(if end_of_stream {
+                    Step::Release
+                } else {
+                    Step::Pass
+                })
             }
             BodyPlan::Undecided => Err(not_planned()),
         }

@@ -93,8 +93,42 @@ pub enum Endpoint {
     Models,
     AnthropicMessages,
     GeminiGenerate,
+    /// `/audio/speech`: binary audio ([`AUDIO_TYPES`]), or SSE when asked for.
+    AudioSpeech,
+    /// `/audio/transcriptions`, `/audio/translations`: JSON, or plain text, SRT or VTT
+    /// when asked for ([`TRANSCRIPT_TYPES`]).
+    Transcription,
     /// Anything else: must be a JSON object, no further shape.
     Other,
+}
+
+/// The audio types a speech answer may have (SPEC §8.1).
+pub const AUDIO_TYPES: [&str; 6] = [
+    "audio/mpeg",
+    "audio/wav",
+    "audio/opus",
+    "audio/aac",
+    "audio/flac",
+    "audio/pcm",
+];
+
+/// The text types a transcript may have besides JSON (`response_format` `text`, `srt`,
+/// `vtt`).
+pub const TRANSCRIPT_TYPES: [&str; 3] = ["text/plain", "application/x-subrip", "text/vtt"];
+
+fn mime_in(ct: &str, types: &[&str]) -> bool {
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    types.iter().any(|t| mime.eq_ignore_ascii_case(t))
+}
+
+/// Is `ct` one of [`AUDIO_TYPES`] (parameters ignored)?
+pub fn audio_type(ct: &str) -> bool {
+    mime_in(ct, &AUDIO_TYPES)
+}
+
+/// Is `ct` one of [`TRANSCRIPT_TYPES`] (parameters ignored)?
+pub fn transcript_type(ct: &str) -> bool {
+    mime_in(ct, &TRANSCRIPT_TYPES)
 }
 
 impl Endpoint {
@@ -108,6 +142,10 @@ impl Endpoint {
                 Endpoint::GeminiGenerate
             }
             UpstreamKind::Anthropic if p.ends_with("/messages") => Endpoint::AnthropicMessages,
+            _ if p.ends_with("/audio/speech") => Endpoint::AudioSpeech,
+            _ if p.ends_with("/audio/transcriptions") || p.ends_with("/audio/translations") => {
+                Endpoint::Transcription
+            }
             _ if p.ends_with("/chat/completions") => Endpoint::ChatCompletions,
             _ if p.ends_with("/completions") => Endpoint::Completions,
             _ if p.ends_with("/responses") => Endpoint::Responses,
@@ -129,7 +167,7 @@ pub fn shape_ok(endpoint: Endpoint, p: &Probe) -> bool {
         Endpoint::GeminiGenerate => {
             p.candidates == Kind::Array || p.prompt_feedback != Kind::Absent
         }
-        Endpoint::Other => true,
+        Endpoint::AudioSpeech | Endpoint::Transcription | Endpoint::Other => true,
     }
 }
 

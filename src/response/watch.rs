@@ -74,6 +74,11 @@ pub enum ResponseWatch {
         limit: usize,
         endpoint: Endpoint,
     },
+    /// Binary audio from a speech endpoint: passed as it comes, bounded by `limit` bytes
+    /// and the deadline (nothing in it is JSON or text to check).
+    Binary { limit: usize },
+    /// A plain-text transcript, held back whole (up to `limit`) and scanned at its end.
+    Text { buf: Vec<u8>, limit: usize },
     /// An event stream, checked event by event; `text` holds the tail of each text
     /// field for secrets split over events; `stopped` after a bad event.
     Sse {
@@ -122,6 +127,17 @@ pub fn start(
         .unwrap_or("")
         .to_ascii_lowercase();
     let empty = declared == Some(0) || status == 204 || status == 304;
+    if endpoint == Endpoint::AudioSpeech && resp.status.is_success() && validate::audio_type(&ct) {
+        return Ok(ResponseWatch::Binary {
+            limit: rules.max_bytes,
+        });
+    }
+    if endpoint == Endpoint::Transcription && validate::transcript_type(&ct) {
+        return Ok(ResponseWatch::Text {
+            buf: Vec::new(),
+            limit: rules.max_bytes,
+        });
+    }
     if !empty && !validate::content_type_allowed(&ct) {
         return Err(Rejected(Rejection::ContentType));
     }
@@ -188,20 +204,31 @@ impl ResponseWatch {
                 *body = Some(data);
                 Ok(Seen::default())
             }
+            ResponseWatch::Binary { limit } => {
+                if total > *limit {
+                    return Err(Refused::Rejected(Rejection::TooLarge));
+                }
+                if rules.past_deadline() {
+                    return Err(Refused::Rejected(Rejection::Deadline));
+                }
+                *body = Some(data);
+                Ok(Seen::default())
+            }
+            ResponseWatch::Text { buf, limit } => {
+                if let Some(whole) = hold(buf, *limit, &data, end_of_stream, rules)? {
+                    if let Some(r) = rules.egress.hit(&whole) {
+                        return Err(Refused::Rejected(r));
+                    }
+                    *body = Some(Bytes::from(whole));
+                }
+                Ok(Seen::default())
+            }
             ResponseWatch::Json {
                 buf,
                 limit,
                 endpoint,
             } => {
-                if rules.past_deadline() {
-                    return Err(Refused::Rejected(Rejection::Deadline));
-                }
-                if buf.len() + data.len() > *limit {
-                    return Err(Refused::Rejected(Rejection::TooLarge));
-                }
-                buf.extend_from_slice(&data);
-                if end_of_stream {
-                    let whole = std::mem::take(buf);
+                if let Some(whole) = hold(buf, *limit, &data, end_of_stream, rules)? {
                     *body = Some(finish_json(whole, *endpoint, rules, status, usage)?);
                 }
                 Ok(Seen::default())
@@ -260,6 +287,25 @@ impl ResponseWatch {
             }
         }
     }
+}
+
+/// Hold `data` back in `buf` (up to `limit` bytes, before the deadline); the whole body
+/// at its end.
+fn hold(
+    buf: &mut Vec<u8>,
+    limit: usize,
+    data: &[u8],
+    end_of_stream: bool,
+    rules: &WatchRules,
+) -> Result<Option<Vec<u8>>, Refused> {
+    if rules.past_deadline() {
+        return Err(Refused::Rejected(Rejection::Deadline));
+    }
+    if buf.len() + data.len() > limit {
+        return Err(Refused::Rejected(Rejection::TooLarge));
+    }
+    buf.extend_from_slice(data);
+    Ok(end_of_stream.then(|| std::mem::take(buf)))
 }
 
 /// Check a whole JSON answer; return what the client gets (placeholders restored, the
@@ -452,6 +498,32 @@ mod tests {
         let mut more = Some(Bytes::from_static(b"data: {}\n\n"));
         let seen = watch.chunk(&mut more, false, 200, &rules, 200, &mut usage);
         assert!(seen.unwrap().stopped_by.is_none() && more.is_none());
+    }
+
+    #[test]
+    fn speech_audio_passes_as_it_comes_within_its_bound() {
+        let scanner = SecretScanner::new(&[SECRET.to_string()]);
+        let mut rules = rules(&scanner);
+        rules.max_bytes = 10;
+        let mut watch = start(&mut parts("audio/mpeg"), &rules, Endpoint::AudioSpeech).unwrap();
+        let mut usage = None;
+        let mut body = Some(Bytes::from_static(b"ID3\x00\x01"));
+        watch
+            .chunk(&mut body, false, 5, &rules, 200, &mut usage)
+            .unwrap();
+        assert_eq!(body.as_deref(), Some(&b"ID3\x00\x01"[..]), "not held back");
+        let mut more = Some(Bytes::from_static(b"\xff\xfb\x90\x00\x00\x00"));
+        let over = watch.chunk(&mut more, true, 11, &rules, 200, &mut usage);
+        assert_eq!(over.unwrap_err(), Refused::Rejected(Rejection::TooLarge));
+        // Audio only where speech is answered, and not as an error body.
+        assert!(start_any(&mut parts("audio/mpeg"), &rules).is_err());
+        let mut failed = parts("audio/mpeg");
+        failed.status = http::StatusCode::BAD_REQUEST;
+        assert!(start(&mut failed, &rules, Endpoint::AudioSpeech).is_err());
+        // Headers are scanned whatever the body.
+        let mut leak = parts("audio/wav");
+        leak.headers.insert("x-echo", SECRET.parse().unwrap());
+        assert!(start(&mut leak, &rules, Endpoint::AudioSpeech).is_err());
     }
 
     #[test]

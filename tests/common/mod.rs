@@ -404,7 +404,7 @@ upstreams:
 routes:
   - prefix: "/openai/"
     upstream: openai
-    models: ["gpt-4o", "gpt-4o-mini"]
+    models: ["gpt-4o", "gpt-4o-mini", "gpt-4o-mini-tts", "whisper-1", "gpt-realtime"]
     max_tokens: 4096
 {openai_route_extra}{route_extra}  - prefix: "/anthropic/"
     upstream: anthropic

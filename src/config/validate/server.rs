@@ -25,6 +25,7 @@ pub(super) fn validate(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Pro
         ServerSettings {
             hostnames: request.hostnames,
             max_body_bytes: request.max_body as usize,
+            max_upload_bytes: request.max_upload as usize,
             clock_skew: Duration::from_secs(request.skew),
             clock_skew_future: Duration::from_secs(request.future),
             signed_headers: request.signed_headers,
@@ -131,6 +132,7 @@ fn listeners(s: &RawServer, errs: &mut Errors) -> (Vec<Listener>, Option<SocketA
 struct RequestChecks {
     hostnames: Option<HashSet<String>>,
     max_body: u64,
+    max_upload: u64,
     skew: u64,
     future: u64,
     signed_headers: HashSet<String>,
@@ -141,6 +143,13 @@ fn request_checks(s: &RawServer, errs: &mut Errors) -> RequestChecks {
     let max_body = s.max_body_bytes.unwrap_or(1024 * 1024);
     if max_body == 0 || max_body > 64 * 1024 * 1024 {
         errs.push("server.max_body_bytes", "must be between 1 and 67108864");
+    }
+    let max_upload = s.max_upload_bytes.unwrap_or(25 * 1024 * 1024);
+    if max_upload == 0 || max_upload > 1024 * 1024 * 1024 {
+        errs.push(
+            "server.max_upload_bytes",
+            "must be between 1 and 1073741824",
+        );
     }
     let skew = s.clock_skew_s.unwrap_or(300);
     if skew == 0 || skew > 3600 {
@@ -187,6 +196,7 @@ fn request_checks(s: &RawServer, errs: &mut Errors) -> RequestChecks {
     RequestChecks {
         hostnames,
         max_body,
+        max_upload,
         skew,
         future,
         signed_headers,
