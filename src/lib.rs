@@ -23,6 +23,7 @@ pub mod json;
 pub mod limits;
 pub mod mock_provider;
 pub mod pii;
+pub mod realtime;
 pub mod reload;
 pub mod request;
 pub mod response;

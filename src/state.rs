@@ -72,6 +72,8 @@ pub struct State {
     pub audit: AuditLog,
     /// Fleet mode (set at start from `fleet.redis`; reloads do not change it).
     pub fleet: Option<Arc<Fleet>>,
+    /// Realtime sessions open now (a reload closes those whose site or key is gone).
+    pub realtime: crate::realtime::Sessions,
 }
 
 /// The counter store for these site keys: fleet-wide when a fleet is configured.
@@ -105,6 +107,7 @@ impl State {
             token_uses: Default::default(),
             audit,
             fleet,
+            realtime: Default::default(),
         })
     }
 
@@ -140,7 +143,19 @@ impl State {
         // state goes first: a request that meets the new config meets its state.
         let live = Live::build(&rt, Some(&self.live.load()));
         self.live.store(Arc::new(live));
-        self.runtime.store(Arc::new(rt));
+        let rt = Arc::new(rt);
+        self.runtime.store(rt.clone());
+        let closed = self.realtime.close_removed(|site, key| {
+            rt.keys
+                .get(&crate::config::KeyId(key.to_string()))
+                .and_then(|k| rt.sites.get(k.site))
+                .is_some_and(|s| s.id.0 == site)
+        });
+        if closed > 0 {
+            log::info!(
+                "config reload: closing {closed} Realtime session(s) whose site or key was removed"
+            );
+        }
     }
 
     /// The config and its live state, of one generation (a reload between the two

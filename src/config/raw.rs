@@ -164,6 +164,15 @@ pub struct RawRoute {
     /// Upstreams tried in order when `upstream` fails before answering (SPEC §8.2).
     #[serde(default)]
     pub fallbacks: Vec<String>,
+    /// Realtime WebSocket sessions on this route (SPEC §8.1).
+    pub realtime: Option<RawRealtime>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRealtime {
+    pub max_session_s: Option<u64>,
+    pub max_frame_bytes: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -105,6 +105,8 @@ pub struct Route {
     pub betas: Vec<String>,
     /// `routes[].fallbacks`: tried in order after `upstream` (same API family).
     pub fallbacks: Vec<Arc<Upstream>>,
+    /// `routes[].realtime`: the limits of a Realtime session.
+    pub realtime: crate::realtime::Limits,
 }
 
 /// A validated site.

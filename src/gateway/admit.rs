@@ -172,7 +172,10 @@ pub(super) fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusa
 }
 
 /// A browser token may name the models it is good for.
-fn token_allows_model(client: &AuthedClient, model: Option<&str>) -> Result<(), GatewayError> {
+pub(super) fn token_allows_model(
+    client: &AuthedClient,
+    model: Option<&str>,
+) -> Result<(), GatewayError> {
     if let (Some(claims), Some(model)) = (&client.token, model) {
         if !claims.models.is_empty() && !claims.models.iter().any(|m| m.as_str() == model) {
             return Err(GatewayError::forbidden(

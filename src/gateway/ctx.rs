@@ -38,6 +38,8 @@ pub struct Ctx {
     pub attempts: Attempts,
     /// A hook gave this attempt up and chose the next: Pingora is to try again.
     pub retrying: bool,
+    /// A Realtime session ran in `request_filter`: the response is written.
+    pub realtime_done: bool,
     pub body: BodyPlan,
     /// Bytes of request body forwarded (for usage estimates).
     pub request_bytes: usize,
@@ -87,6 +89,7 @@ impl Ctx {
             upstream_path: String::new(),
             attempts: Attempts::default(),
             retrying: false,
+            realtime_done: false,
             body: BodyPlan::Undecided,
             request_bytes: 0,
             model: None,

@@ -21,6 +21,7 @@ pub mod ctx;
 mod failover;
 mod header_map;
 mod observe;
+mod realtime;
 pub mod respond;
 mod service;
 mod tokens;
@@ -108,10 +109,20 @@ impl ProxyHttp for Gateway {
                 .with_label_values(&[tokens::mint_result(&minted)])
                 .inc();
             minted.map(Some)
+        } else if crate::realtime::is_handshake(session.req_header()) {
+            realtime::subprotocol_key(session);
+            let ran = match self.admit(session, ctx).await {
+                Ok(()) => self.realtime(session, ctx).await,
+                Err(e) => Err(e),
+            };
+            // The session ran: its 101 is written and nothing is proxied.
+            ctx.realtime_done = ran.is_ok();
+            ran.map(|()| None)
         } else {
             self.admit(session, ctx).await.map(|()| None)
         };
         match outcome {
+            Ok(None) if ctx.realtime_done => Ok(true),
             Ok(None) => Ok(false),
             Ok(Some(json)) => {
                 respond::send_json(session, ctx, 200, json).await?;

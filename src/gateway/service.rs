@@ -12,6 +12,8 @@ use std::sync::Arc;
 pub struct Gateway {
     pub state: Arc<State>,
     pub resolver: Resolver,
+    /// Connections keygate opens itself (Realtime WebSockets), with the upstream's TLS.
+    pub connector: pingora::connectors::TransportConnector,
 }
 
 impl Gateway {
@@ -19,6 +21,7 @@ impl Gateway {
         Gateway {
             state,
             resolver: Resolver::default(),
+            connector: pingora::connectors::TransportConnector::new(None),
         }
     }
 

@@ -49,7 +49,7 @@ pub(super) fn key_egress_answer(
     parts: &http::request::Parts,
     model: &str,
 ) -> Option<Response<Body>> {
-    let key = received_credential(parts);
+    let key = received_credential(&parts.headers);
     match mode {
         "escaped_key" => {
             let body = format!(

@@ -53,6 +53,7 @@ mod bodies;
 mod key_egress;
 mod media;
 mod modes;
+mod realtime;
 mod stream;
 mod util;
 
@@ -60,12 +61,10 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use parking_lot::Mutex;
 use pingora::tls::ssl::{Ssl, SslAcceptor, SslFiletype, SslMethod};
 use pingora::tls::tokio_ssl::SslStream;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,24 +74,18 @@ use bodies::{anthropic_message, gemini_response, last_user_text, openai_chat};
 use key_egress::key_egress_answer;
 use modes::{add_mode_headers, failure_answer};
 use stream::{anthropic_stream, halves, openai_stream, pieces, sse};
-use util::{header_ms, json_response, received_credential, Body};
+use util::{header_ms, json_response, received_credential, Body, MockState};
 
-/// Requests remembered for `/__mock/requests`.
-const RECORD_LIMIT: usize = 256;
 /// Largest request body the mock reads.
 const MAX_BODY: usize = 32 * 1024 * 1024;
-
-/// Shared state: what was received.
-#[derive(Default)]
-pub struct MockState {
-    count: std::sync::atomic::AtomicU64,
-    recent: Mutex<VecDeque<Value>>,
-}
 
 async fn handle(
     state: Arc<MockState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
+    if realtime::is_handshake(&req) {
+        return Ok(realtime::accept(state, req));
+    }
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
     if path == "/__mock/requests" {
@@ -138,16 +131,7 @@ async fn handle(
         "body_sha256": hex::encode(Sha256::digest(&body)),
         "body": String::from_utf8_lossy(&body[..body.len().min(65536)]),
     });
-    state
-        .count
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    {
-        let mut r = state.recent.lock();
-        if r.len() >= RECORD_LIMIT {
-            r.pop_front();
-        }
-        r.push_back(record);
-    }
+    state.record(record);
 
     let mode = parts
         .headers
@@ -177,7 +161,7 @@ async fn handle(
     let stream = req_json.get("stream") == Some(&Value::Bool(true));
     let mut text = "Hello from the keygate mock provider.".to_string();
     if mode == "echo_credential" || mode == "echo_credential_body" {
-        text = format!("I received the key {}", received_credential(&parts));
+        text = format!("I received the key {}", received_credential(&parts.headers));
     }
     let echo = mode == "echo";
     if echo {
@@ -190,7 +174,7 @@ async fn handle(
         .get("x-mock-429-key")
         .and_then(|v| v.to_str().ok())
     {
-        if received_credential(&parts) == limited {
+        if received_credential(&parts.headers) == limited {
             let mut r = json_response(
                 StatusCode::TOO_MANY_REQUESTS,
                 &json!({"error": {"message": "rate limited", "type": "rate_limit_error"}}),
@@ -292,7 +276,9 @@ pub async fn serve(
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             match tls {
                 None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
                 }
                 Some(acceptor) => {
                     let Ok(ssl) = Ssl::new(acceptor.context()) else {
@@ -304,7 +290,9 @@ pub async fn serve(
                     if std::pin::Pin::new(&mut s).accept().await.is_err() {
                         return;
                     }
-                    let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(s), svc)
+                        .await;
                 }
             }
         });

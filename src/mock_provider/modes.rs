@@ -148,7 +148,7 @@ pub(super) fn add_mode_headers(
     resp: &mut Response<Body>,
 ) {
     if mode == "echo_credential" {
-        if let Ok(v) = http::HeaderValue::from_str(&received_credential(parts)) {
+        if let Ok(v) = http::HeaderValue::from_str(&received_credential(&parts.headers)) {
             resp.headers_mut().insert("x-echo-credential", v);
         }
     }

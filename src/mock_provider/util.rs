@@ -1,6 +1,6 @@
 //! Small pieces every file of the mock shares: the response body type, plain whole
 //! answers (`full`, `json_response`), and reading a request's credential and its
-//! millisecond headers.
+//! millisecond headers; what the mock received ([`MockState`]).
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
@@ -26,9 +26,9 @@ pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     full(status, "application/json", v.to_string())
 }
 
-pub(super) fn received_credential(req: &http::request::Parts) -> String {
+pub(super) fn received_credential(headers: &http::HeaderMap) -> String {
     for h in ["authorization", "x-api-key", "x-goog-api-key"] {
-        if let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok()) {
+        if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
             return v.trim_start_matches("Bearer ").to_string();
         }
     }
@@ -41,4 +41,26 @@ pub(super) fn header_ms(req: &http::request::Parts, name: &str, default: u64) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Requests remembered for `/__mock/requests`.
+const RECORD_LIMIT: usize = 256;
+
+/// Shared state: what was received.
+#[derive(Default)]
+pub struct MockState {
+    pub(super) count: std::sync::atomic::AtomicU64,
+    pub(super) recent: parking_lot::Mutex<std::collections::VecDeque<Value>>,
+}
+
+impl MockState {
+    /// Count a request and keep it among the recent ones.
+    pub(super) fn record(&self, record: Value) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut r = self.recent.lock();
+        if r.len() >= RECORD_LIMIT {
+            r.pop_front();
+        }
+        r.push_back(record);
+    }
 }

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Requests moved from one upstream to the next (SPEC §8.2).
     pub upstream_fallbacks: IntCounterVec,
+    /// Realtime WebSocket sessions open now, per route (SPEC §8.1).
+    pub realtime_sessions: IntGaugeVec,
     pub circuit_state: IntGaugeVec,
     pub response_rejected: IntCounterVec,
     pub legacy_auth: IntCounterVec,
@@ -100,16 +102,18 @@ impl Metrics {
     fn new() -> Self {
         // Metric definitions are constants: a failure here is a programming error.
         let r = Registry::new();
-        let circuit_state = IntGaugeVec::new(
-            Opts::new(
-                "keygate_circuit_state",
-                "Circuit state per upstream: 0 closed, 1 open, 2 half-open",
-            ),
+        let circuit_state = gauge_vec(
+            &r,
+            "keygate_circuit_state",
+            "Circuit state per upstream: 0 closed, 1 open, 2 half-open",
             &["upstream"],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(circuit_state.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        );
+        let realtime_sessions = gauge_vec(
+            &r,
+            "keygate_realtime_sessions",
+            "Realtime sessions open, per route",
+            &["route"],
+        );
         let config_generation = gauge(
             &r,
             "keygate_config_generation",
@@ -194,6 +198,7 @@ impl Metrics {
                 "Upstream failures by kind",
                 &["upstream", "kind"],
             ),
+            realtime_sessions,
             upstream_fallbacks: counter(
                 &r,
                 "keygate_upstream_fallbacks_total",
@@ -265,6 +270,7 @@ impl Metrics {
             }
         }
         for r in &rt.routes {
+            self.realtime_sessions.with_label_values(&[&r.prefix]);
             let chain: Vec<_> = (0..).map_while(|i| r.chain(i)).collect();
             for (i, from) in chain.iter().enumerate() {
                 for to in &chain[i + 1..] {

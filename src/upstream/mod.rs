@@ -181,7 +181,7 @@ pub fn note_credential_answer(
     );
 }
 
-const USER_AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
+pub const USER_AGENT: &str = concat!("keygate/", env!("CARGO_PKG_VERSION"));
 
 /// Rewrite the request for `up`: path, Host, stripped headers, injected credential.
 pub fn prepare_upstream_request(

@@ -90,6 +90,7 @@ fn route(
         .and_then(|x| validate_pii(x, &format!("{p}.pii"), errs));
     let block_patterns = block_patterns(r.block_patterns.as_deref(), p, errs);
     let fallbacks = fallbacks(raw, r, p, upstream.as_deref(), upstreams, errs);
+    let realtime = realtime(r, p, errs);
     Some(Route {
         prefix: r.prefix.clone(),
         upstream: upstream?,
@@ -99,7 +100,35 @@ fn route(
         pii,
         betas: r.betas.clone(),
         fallbacks,
+        realtime,
     })
+}
+
+/// `routes[].realtime`: a session's longest life and largest frame.
+fn realtime(r: &RawRoute, p: &str, errs: &mut Errors) -> crate::realtime::Limits {
+    let mut limits = crate::realtime::Limits::default();
+    let Some(raw) = &r.realtime else {
+        return limits;
+    };
+    if let Some(s) = raw.max_session_s {
+        if s == 0 || s > 86_400 {
+            errs.push(
+                format!("{p}.realtime.max_session_s"),
+                "must be between 1 and 86400",
+            );
+        }
+        limits.max_session = std::time::Duration::from_secs(s);
+    }
+    if let Some(b) = raw.max_frame_bytes {
+        if !(1024..=64 * 1024 * 1024).contains(&b) {
+            errs.push(
+                format!("{p}.realtime.max_frame_bytes"),
+                "must be between 1024 and 67108864",
+            );
+        }
+        limits.max_frame_bytes = b as usize;
+    }
+    limits
 }
 
 /// `routes[].fallbacks`: known upstreams, each once, not the route's own, speaking the

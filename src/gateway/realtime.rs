@@ -1,0 +1,474 @@
+//! A Realtime WebSocket session (SPEC §8.1), run inside `request_filter` once the
+//! handshake was admitted like any request (authentication, site and route, limits with
+//! one `concurrent` slot held for the whole session, circuit).
+//!
+//! keygate opens the provider's WebSocket itself (Pingora's connector: the upstream's
+//! TLS, CA and SPKI pins; then the provider credential on the handshake), answers the
+//! client 101 only once the provider accepted, and relays messages with `tungstenite`
+//! on both sides: frames and messages bounded by `max_frame_bytes`, the session closed
+//! after `max_session_s`, on shutdown, or when a reload removed its site or key. Every
+//! provider message is checked for secrets; usage from `response.done` is charged to the
+//! site's token budget as it comes.
+
+use super::ctx::Ctx;
+use super::service::Gateway;
+use crate::error::{ErrorCode, GatewayError};
+use crate::realtime::{self, Limits};
+use crate::response::egress::Rules;
+use crate::response::usage::Usage;
+use crate::telemetry::metrics::METRICS;
+use crate::upstream;
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self as ws, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// The bytes between the client's connection and the WebSocket codec, buffered.
+const PIPE_BYTES: usize = 64 * 1024;
+
+/// Before authentication: a key a browser sent as a subprotocol becomes its bearer
+/// credential (the subprotocol itself is never sent on).
+pub(super) fn subprotocol_key(session: &mut Session) {
+    let req = session.req_header();
+    if req.headers.contains_key(http::header::AUTHORIZATION) {
+        return;
+    }
+    let Some(key) = realtime::key_from_subprotocols(&req.headers) else {
+        return;
+    };
+    if let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {key}")) {
+        let _ = session
+            .req_header_mut()
+            .insert_header(http::header::AUTHORIZATION, v);
+    }
+}
+
+/// How a session ended, and the close code the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    ClientClosed,
+    ClientGone,
+    UpstreamClosed,
+    UpstreamGone,
+    TooBig,
+    Refused,
+    TimeUp,
+    Revoked,
+    ShuttingDown,
+}
+
+impl End {
+    /// The close frame for the client, when keygate ends the session.
+    fn close(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            End::ClientClosed | End::ClientGone | End::UpstreamClosed => return None,
+            End::UpstreamGone => (CloseCode::Error, "provider connection lost"),
+            End::TooBig => (CloseCode::Size, "message too big"),
+            End::Refused => (CloseCode::Error, "provider message refused"),
+            End::TimeUp => (CloseCode::Policy, "max_session_s reached"),
+            End::Revoked => (CloseCode::Policy, "key removed"),
+            End::ShuttingDown => (CloseCode::Away, "gateway shutting down"),
+        };
+        Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+fn ws_config(limits: &Limits) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(limits.max_frame_bytes))
+        .max_message_size(Some(limits.max_frame_bytes))
+}
+
+impl Gateway {
+    /// Connect the provider's Realtime WebSocket for this admitted handshake, answer the
+    /// client 101, relay until the session ends. `Err` before the 101 only (the client
+    /// then gets an HTTP error).
+    pub(super) async fn realtime(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> Result<(), GatewayError> {
+        let internal = |m: &str| GatewayError::new(ErrorCode::Internal, m.to_string());
+        let rt = ctx.rt.clone();
+        let route = ctx
+            .route
+            .and_then(|i| rt.routes.get(i))
+            .ok_or_else(|| internal("No route."))?;
+        let up = ctx
+            .upstream()
+            .cloned()
+            .ok_or_else(|| internal("No upstream."))?;
+        let client = ctx.client.clone().ok_or_else(|| internal("No client."))?;
+        let site = rt
+            .sites
+            .get(client.site)
+            .ok_or_else(|| internal("No site."))?;
+        if session.is_http2() {
+            return Err(GatewayError::bad_request(
+                "Realtime sessions need HTTP/1.1 (WebSocket upgrade).",
+            ));
+        }
+        let req = session.req_header();
+        let model = req.uri.query().and_then(realtime::model_of_query);
+        crate::request::body::check_model(route, model.as_deref(), true)?;
+        super::admit::token_allows_model(&client, model.as_deref())?;
+        ctx.model = model;
+        let client_key = req
+            .headers
+            .get(http::header::SEC_WEBSOCKET_KEY)
+            .map(|k| ws::handshake::derive_accept_key(k.as_bytes()))
+            .ok_or_else(|| GatewayError::bad_request("The WebSocket handshake has no key."))?;
+        let offered = realtime::forwarded_subprotocols(&req.headers);
+        let beta = req.headers.get("openai-beta").cloned();
+
+        ctx.upstream_path = super::attempt::path(ctx, &up);
+        let config = ws_config(&route.realtime);
+        ctx.upstream_started = Some(std::time::Instant::now());
+        let (mut upstream_ws, chosen) = self
+            .realtime_connect(ctx, &up, &offered, beta, config)
+            .await?;
+        ctx.upstream_answered = Some(std::time::Instant::now());
+        ctx.upstream_status = Some(101);
+
+        let mut resp = ResponseHeader::build(101, Some(6)).map_err(|_| internal("101"))?;
+        let headers = [
+            ("upgrade", "websocket".to_string()),
+            ("connection", "Upgrade".to_string()),
+            ("sec-websocket-accept", client_key),
+            ("x-request-id", ctx.request_id.clone()),
+        ];
+        for (k, v) in headers
+            .into_iter()
+            .chain(chosen.map(|p| ("sec-websocket-protocol", p)))
+        {
+            resp.insert_header(k, v)
+                .map_err(|_| internal("101 header"))?;
+        }
+        if let Err(e) = session.write_response_header(Box::new(resp), false).await {
+            let _ = upstream_ws.close(None).await;
+            return Err(
+                GatewayError::bad_request("Client connection failed.").detail(e.to_string())
+            );
+        }
+        ctx.status = 101;
+        // The session bounds itself; no read of the client's may end it sooner.
+        session.set_read_timeout(Some(route.realtime.max_session + Duration::from_secs(5)));
+
+        let registered = self.state.realtime.open(&site.id.0, &client.key_id.0);
+        let gauge = METRICS
+            .realtime_sessions
+            .with_label_values(&[&route.prefix]);
+        gauge.inc();
+        let rules = Rules {
+            secrets: &rt.scanner,
+            patterns: route.block_patterns.as_ref(),
+        };
+        let relay = Relay {
+            state: &self.state,
+            ctx_live: ctx.live.clone(),
+            up: up.clone(),
+            limit_key: site.limit_key,
+            rules,
+            limits: route.realtime,
+            close: registered.close.clone(),
+        };
+        let (end, usage) = bridge(session, upstream_ws, relay, config).await;
+        gauge.dec();
+        drop(registered);
+        log::info!(
+            "request {}: realtime session on {} ended ({end:?})",
+            ctx.request_id,
+            route.prefix
+        );
+        ctx.usage = usage;
+        // Charged as it came; nothing left for the end of the request.
+        ctx.charged = true;
+        Ok(())
+    }
+
+    /// The provider's Realtime WebSocket: a connection with the upstream's TLS checks,
+    /// the handshake with its credential; the subprotocol it chose, if the client offered it.
+    async fn realtime_connect(
+        &self,
+        ctx: &mut Ctx,
+        up: &crate::config::Upstream,
+        offered: &[String],
+        beta: Option<http::HeaderValue>,
+        config: WebSocketConfig,
+    ) -> Result<(WebSocketStream<pingora::protocols::Stream>, Option<String>), GatewayError> {
+        let addr = self
+            .resolver
+            .resolve(&up.host, up.port)
+            .await
+            .map_err(|detail| {
+                GatewayError::upstream("The provider could not be reached.").detail(detail)
+            })?;
+        let peer = upstream::peer(up, addr, None);
+        let stream = self.connector.new_stream(&peer).await.map_err(|e| {
+            let class = upstream::failure::classify(&e);
+            if let upstream::failure::Class::Upstream(f) = class {
+                upstream::count_failure(&up.name, f);
+                ctx.upstream_failed = true;
+            }
+            class
+                .to_error()
+                .unwrap_or_else(|| GatewayError::upstream("The provider could not be reached."))
+        })?;
+        let digest = pingora::protocols::Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            ..Default::default()
+        };
+        upstream::check_tls(up, Some(&digest), false)
+            .and_then(|()| upstream::enforce_pins(up, Some(&digest)))
+            .inspect_err(|_| ctx.upstream_failed = true)?;
+        let now_ms = crate::clock::now_ms();
+        let credential = ctx
+            .upstream_live()
+            .and_then(|l| l.pick_credential(up, now_ms, &[]))
+            .ok_or_else(|| GatewayError::upstream("No provider credential is configured."))?;
+        ctx.credential_id = Some(credential.id.clone());
+
+        use ws::client::IntoClientRequest;
+        let uri = format!("ws://{}{}", up.authority, ctx.upstream_path);
+        let mut req = uri.into_client_request().map_err(|e| {
+            GatewayError::new(ErrorCode::Internal, "Bad upstream URI.").detail(e.to_string())
+        })?;
+        let h = req.headers_mut();
+        h.insert(
+            upstream::headers::credential_name(up.kind),
+            credential.header.clone(),
+        );
+        if !offered.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&offered.join(", ")) {
+                h.insert(http::header::SEC_WEBSOCKET_PROTOCOL, v);
+            }
+        }
+        if let Some(b) = beta {
+            h.insert("openai-beta", b);
+        }
+        h.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(upstream::USER_AGENT),
+        );
+        let wait = up.connect_timeout + up.read_timeout.min(Duration::from_secs(30));
+        let shook = tokio::time::timeout(
+            wait,
+            tokio_tungstenite::client_async_with_config(req, stream, Some(config)),
+        )
+        .await;
+        match shook {
+            Ok(Ok((ws, resp))) => {
+                let chosen = resp
+                    .headers()
+                    .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+                    .filter(|p| offered.contains(p));
+                Ok((ws, chosen))
+            }
+            Ok(Err(ws::Error::Http(resp))) => {
+                let status = resp.status().as_u16();
+                ctx.upstream_status = Some(status);
+                let live = self.state.live.load();
+                let parts = http::Response::builder()
+                    .status(status)
+                    .body(())
+                    .map(|r| r.into_parts().0);
+                if let Ok(mut parts) = parts {
+                    parts.headers = resp.headers().clone();
+                    upstream::note_credential_answer(
+                        &parts,
+                        live.upstream_for(up),
+                        Some(&credential.id),
+                    );
+                }
+                Err(
+                    GatewayError::upstream("The provider refused the Realtime session.")
+                        .detail(format!("status {status}")),
+                )
+            }
+            Ok(Err(e)) => {
+                ctx.upstream_failed = true;
+                Err(
+                    GatewayError::upstream("The provider's Realtime handshake failed.")
+                        .detail(e.to_string()),
+                )
+            }
+            Err(_) => {
+                ctx.upstream_failed = true;
+                Err(Failure::Timeout.to_error())
+            }
+        }
+    }
+}
+
+use crate::upstream::failure::Failure;
+
+/// What the relay needs of the request.
+struct Relay<'a> {
+    state: &'a crate::state::State,
+    ctx_live: std::sync::Arc<crate::state::Live>,
+    up: std::sync::Arc<crate::config::Upstream>,
+    limit_key: u64,
+    rules: Rules<'a>,
+    limits: Limits,
+    close: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Relay<'_> {
+    /// Charge one `response.done`'s usage to the site's budget and the upstream's series.
+    fn charge(&self, u: Usage, total: &mut Option<Usage>) {
+        self.state
+            .limiter
+            .load()
+            .charge_tokens(self.limit_key, u.total(), crate::clock::now_ms());
+        if let Some(l) = self.ctx_live.upstream_for(&self.up) {
+            l.series().tokens_in.inc_by(u.input);
+            l.series().tokens_out.inc_by(u.output);
+        }
+        let t = total.get_or_insert_with(Usage::default);
+        t.input += u.input;
+        t.output += u.output;
+    }
+}
+
+/// Run the session: the client's bytes through a pipe into the WebSocket codec, messages
+/// relayed both ways until one side ends or a limit is met. How it ended, and its usage.
+async fn bridge(
+    session: &mut Session,
+    mut upstream_ws: WebSocketStream<pingora::protocols::Stream>,
+    relay: Relay<'_>,
+    config: WebSocketConfig,
+) -> (End, Option<Usage>) {
+    let (near, far) = tokio::io::duplex(PIPE_BYTES);
+    let mut client_ws = WebSocketStream::from_raw_socket(far, Role::Server, Some(config)).await;
+    let shutdown = tokio::sync::Notify::new();
+    let (mut near_r, mut near_w) = tokio::io::split(near);
+
+    // The client's connection <-> the pipe; tells the relay when the process shuts down.
+    let pump = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = session.read_request_body() => match r {
+                    Ok(Some(b)) => {
+                        if near_w.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                n = near_r.read(&mut buf) => match n {
+                    Ok(n) if n > 0 => {
+                        let out = Bytes::copy_from_slice(&buf[..n]);
+                        if session.write_response_body(Some(out), false).await.is_err() {
+                            break;
+                        }
+                    }
+                    _ => break,
+                },
+                _ = tick.tick() => {
+                    if session.is_process_shutting_down() {
+                        shutdown.notify_one();
+                    }
+                }
+            }
+        }
+        let _ = near_w.shutdown().await;
+    };
+
+    let talk = async {
+        let mut usage = None;
+        let deadline = tokio::time::sleep(relay.limits.max_session);
+        tokio::pin!(deadline);
+        let end = loop {
+            tokio::select! {
+                m = client_ws.next() => match m {
+                    Some(Ok(Message::Close(f))) => {
+                        let _ = upstream_ws.send(Message::Close(f)).await;
+                        break End::ClientClosed;
+                    }
+                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if upstream_ws.send(m).await.is_err() {
+                            break End::UpstreamGone;
+                        }
+                    }
+                    // Pings are answered by the codec on each side.
+                    Some(Ok(_)) => {}
+                    Some(Err(ws::Error::Capacity(_))) => break End::TooBig,
+                    Some(Err(_)) | None => break End::ClientGone,
+                },
+                m = upstream_ws.next() => match m {
+                    Some(Ok(Message::Text(t))) => match realtime::provider_event(&t, &relay.rules) {
+                        Ok(u) => {
+                            if let Some(u) = u {
+                                relay.charge(u, &mut usage);
+                            }
+                            if client_ws.send(Message::Text(t)).await.is_err() {
+                                break End::ClientGone;
+                            }
+                        }
+                        Err(r) => {
+                            METRICS
+                                .response_rejected
+                                .with_label_values(&[relay.up.name.as_str(), r.reason()])
+                                .inc();
+                            break End::Refused;
+                        }
+                    },
+                    Some(Ok(Message::Binary(b))) => {
+                        if let Some(r) = relay.rules.hit(&b) {
+                            METRICS
+                                .response_rejected
+                                .with_label_values(&[relay.up.name.as_str(), r.reason()])
+                                .inc();
+                            break End::Refused;
+                        }
+                        if client_ws.send(Message::Binary(b)).await.is_err() {
+                            break End::ClientGone;
+                        }
+                    }
+                    Some(Ok(Message::Close(f))) => {
+                        let _ = client_ws.send(Message::Close(f)).await;
+                        break End::UpstreamClosed;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(ws::Error::Capacity(_))) => break End::TooBig,
+                    Some(Err(_)) | None => break End::UpstreamGone,
+                },
+                _ = &mut deadline => break End::TimeUp,
+                _ = relay.close.notified() => break End::Revoked,
+                _ = shutdown.notified() => break End::ShuttingDown,
+            }
+        };
+        if let Some(frame) = end.close() {
+            let _ = client_ws.send(Message::Close(Some(frame))).await;
+            // The client's answer to the close, briefly.
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(Ok(_)) = client_ws.next().await {}
+            })
+            .await;
+        }
+        if !matches!(
+            end,
+            End::UpstreamClosed | End::UpstreamGone | End::ClientClosed
+        ) {
+            let _ = upstream_ws.close(None).await;
+        }
+        let _ = client_ws.close(None).await;
+        drop(client_ws);
+        (end, usage)
+    };
+    let ((), result) = tokio::join!(pump, talk);
+    result
+}

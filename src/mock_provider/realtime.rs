@@ -1,0 +1,128 @@
+//! The mock's Realtime WebSocket (`GET /v1/realtime?model=M`, OpenAI's event shapes):
+//! `session.created` on open; `session.update` → `session.updated`; `response.create` →
+//! `response.created`, a `response.output_text.delta`, then `response.done` with usage
+//! (10 in, 20 out). Test hooks: `mock.echo_key` answers with the credential it received
+//! in a delta; `mock.big` sends one message of `bytes` bytes.
+
+use super::util::{received_credential, Body, MockState};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// Is this the Realtime handshake?
+pub(super) fn is_handshake(req: &Request<Incoming>) -> bool {
+    req.uri().path().ends_with("/realtime")
+        && req
+            .headers()
+            .get("upgrade")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Accept the handshake (recorded like any request) and run the session.
+pub(super) fn accept(state: Arc<MockState>, mut req: Request<Incoming>) -> Response<Body> {
+    let headers: serde_json::Map<String, Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(v.to_str().unwrap_or(""))))
+        .collect();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    state.record(json!({"method": "GET", "path": path, "headers": headers, "body_len": 0}));
+    let credential = received_credential(req.headers());
+    let model = req
+        .uri()
+        .query()
+        .and_then(|q| form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "model"))
+        .map_or_else(String::new, |(_, v)| v.into_owned());
+    let accept_key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let realtime_offered = req
+        .headers()
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == "realtime");
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(up) = upgrade.await {
+            let ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+            session(ws, &model, &credential).await;
+        }
+    });
+    let mut b = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", accept_key);
+    if realtime_offered {
+        b = b.header("sec-websocket-protocol", "realtime");
+    }
+    b.body(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+    .unwrap_or_else(|_| Response::new(Empty::new().map_err(|never| match never {}).boxed()))
+}
+
+async fn session<S>(mut ws: WebSocketStream<S>, model: &str, credential: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let send = |v: Value| Message::Text(v.to_string().into());
+    let created = json!({"type": "session.created", "event_id": "evt_1",
+        "session": {"id": "sess_mock", "object": "realtime.session", "model": model, "type": "realtime"}});
+    if ws.send(send(created)).await.is_err() {
+        return;
+    }
+    while let Some(Ok(msg)) = ws.next().await {
+        let Message::Text(t) = msg else {
+            if let Message::Close(_) = msg {
+                let _ = ws.close(None).await;
+                return;
+            }
+            continue;
+        };
+        let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+        let out: Vec<Value> = match v.get("type").and_then(Value::as_str).unwrap_or("") {
+            "session.update" => {
+                vec![json!({"type": "session.updated", "session": v.get("session")})]
+            }
+            "response.create" => vec![
+                json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}),
+                json!({"type": "response.output_text.delta", "response_id": "resp_1", "delta": "Hello from the mock."}),
+                json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed",
+                    "usage": {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20}}}),
+            ],
+            "mock.echo_key" => vec![
+                json!({"type": "response.output_text.delta", "delta": format!("key {credential}")}),
+            ],
+            "mock.big" => {
+                let n = v.get("bytes").and_then(Value::as_u64).unwrap_or(0) as usize;
+                vec![json!({"type": "response.output_text.delta", "delta": "x".repeat(n)})]
+            }
+            _ => vec![],
+        };
+        for e in out {
+            if ws.send(send(e)).await.is_err() {
+                return;
+            }
+        }
+    }
+}

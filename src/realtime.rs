@@ -1,0 +1,283 @@
+//! Realtime sessions (SPEC §8.1): which requests open one, a session's limits, what
+//! keygate reads in the provider's events (usage from `response.done`; a secret is never
+//! passed on), and the registry of open sessions that a reload consults to close the
+//! ones whose site or key was removed. The gateway runs the session
+//! (`gateway/realtime.rs`); WebSocket framing is `tungstenite`'s.
+
+use crate::response::egress::{self, Rules};
+use crate::response::usage::{self, Usage};
+use crate::response::validate::Rejection;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// `routes[].realtime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A session is closed this long after it opened.
+    pub max_session: Duration,
+    /// The largest frame, and the largest message, either side may send.
+    pub max_frame_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_session: Duration::from_secs(1800),
+            max_frame_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// The subprotocol prefix browsers use to send a key (they cannot set headers).
+pub const KEY_SUBPROTOCOL: &str = "openai-insecure-api-key.";
+
+/// Is this request a Realtime WebSocket handshake (`GET …/realtime` with
+/// `Upgrade: websocket`)?
+pub fn is_handshake(req: &http::request::Parts) -> bool {
+    let upgrade = req
+        .headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    upgrade
+        && req.method == http::Method::GET
+        && req.uri.path().trim_end_matches('/').ends_with("/realtime")
+}
+
+/// The `model` of a handshake's query (`?model=gpt-realtime`), decoded.
+pub fn model_of_query(query: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "model")
+        .map(|(_, v)| v.into_owned())
+        .filter(|m| !m.is_empty())
+}
+
+/// The subprotocols the client offered, in order.
+pub fn subprotocols(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+/// The key a browser sent as a subprotocol, if it did.
+pub fn key_from_subprotocols(headers: &http::HeaderMap) -> Option<String> {
+    subprotocols(headers)
+        .into_iter()
+        .find_map(|p| p.strip_prefix(KEY_SUBPROTOCOL).map(str::to_string))
+        .filter(|k| !k.is_empty())
+}
+
+/// The subprotocols to offer the provider: the client's, without the one carrying its key.
+pub fn forwarded_subprotocols(headers: &http::HeaderMap) -> Vec<String> {
+    subprotocols(headers)
+        .into_iter()
+        .filter(|p| !p.starts_with(KEY_SUBPROTOCOL))
+        .collect()
+}
+
+/// One text message from the provider: refused when it carries a secret or a blocked
+/// pattern (escapes and all, as any JSON answer); its usage when it is `response.done`.
+pub fn provider_event(text: &str, rules: &Rules) -> Result<Option<Usage>, Rejection> {
+    let bytes = text.as_bytes();
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(v) => {
+            egress::check_json(rules, bytes)?;
+            let done = v.get("type").and_then(|t| t.as_str()) == Some("response.done");
+            Ok(if done { usage::find(&v) } else { None })
+        }
+        Err(_) => match rules.hit(bytes) {
+            Some(r) => Err(r),
+            None => Ok(None),
+        },
+    }
+}
+
+/// Sessions open now, each with who opened it and how to close it.
+#[derive(Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Entry>>,
+}
+
+struct Entry {
+    site: String,
+    key_id: String,
+    close: Arc<Notify>,
+}
+
+/// An open session's place in the registry; leaves it when dropped.
+pub struct Registered<'a> {
+    sessions: &'a Sessions,
+    id: u64,
+    /// Notified when the session must close (its site or key was removed).
+    pub close: Arc<Notify>,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.sessions.open.lock().remove(&self.id);
+    }
+}
+
+impl Sessions {
+    /// Register a session opened by `key_id` of `site`.
+    pub fn open(&self, site: &str, key_id: &str) -> Registered<'_> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let close = Arc::new(Notify::new());
+        self.open.lock().insert(
+            id,
+            Entry {
+                site: site.to_string(),
+                key_id: key_id.to_string(),
+                close: close.clone(),
+            },
+        );
+        Registered {
+            sessions: self,
+            id,
+            close,
+        }
+    }
+
+    /// Close every session whose site and key are no longer both configured
+    /// (`still(site, key_id)`); how many.
+    pub fn close_removed(&self, still: impl Fn(&str, &str) -> bool) -> usize {
+        let open = self.open.lock();
+        let mut n = 0;
+        for e in open.values() {
+            if !still(&e.site, &e.key_id) {
+                // A permit is kept if the session is not waiting yet.
+                e.close.notify_one();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn len(&self) -> usize {
+        self.open.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::response::validate::SecretScanner;
+
+    fn req(method: &str, path: &str, upgrade: Option<&str>) -> http::request::Parts {
+        let mut b = http::Request::builder().method(method).uri(path);
+        if let Some(u) = upgrade {
+            b = b.header("upgrade", u).header("connection", "Upgrade");
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn only_a_websocket_get_on_realtime_is_a_handshake() {
+        assert!(is_handshake(&req(
+            "GET",
+            "/openai/v1/realtime?model=m",
+            Some("websocket")
+        )));
+        assert!(is_handshake(&req(
+            "GET",
+            "/openai/v1/realtime",
+            Some("WebSocket")
+        )));
+        assert!(!is_handshake(&req("GET", "/openai/v1/realtime", None)));
+        assert!(!is_handshake(&req(
+            "POST",
+            "/openai/v1/realtime",
+            Some("websocket")
+        )));
+        assert!(!is_handshake(&req(
+            "GET",
+            "/openai/v1/realtime/sessions",
+            Some("websocket")
+        )));
+        assert!(!is_handshake(&req("GET", "/openai/v1/chat", Some("h2c"))));
+    }
+
+    #[test]
+    fn the_model_comes_from_the_query() {
+        assert_eq!(
+            model_of_query("model=gpt-realtime").as_deref(),
+            Some("gpt-realtime")
+        );
+        assert_eq!(
+            model_of_query("a=1&model=gpt%2Drealtime%20x").as_deref(),
+            Some("gpt-realtime x")
+        );
+        assert_eq!(model_of_query("models=x"), None);
+        assert_eq!(model_of_query("model="), None);
+    }
+
+    #[test]
+    fn a_key_sent_as_a_subprotocol_is_found_and_never_offered_upstream() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "sec-websocket-protocol",
+            "realtime, openai-insecure-api-key.kgt_abc, openai-beta.realtime-v1"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(key_from_subprotocols(&h).as_deref(), Some("kgt_abc"));
+        assert_eq!(
+            forwarded_subprotocols(&h),
+            vec!["realtime", "openai-beta.realtime-v1"]
+        );
+        h.insert("sec-websocket-protocol", "realtime".parse().unwrap());
+        assert_eq!(key_from_subprotocols(&h), None);
+    }
+
+    #[test]
+    fn provider_events_give_usage_and_never_a_secret() {
+        let scanner = SecretScanner::new(&["sk-secret-0123456789".to_string()]);
+        let rules = Rules {
+            secrets: &scanner,
+            patterns: None,
+        };
+        let done = r#"{"type":"response.done","response":{"usage":{"total_tokens":30,"input_tokens":10,"output_tokens":20}}}"#;
+        let u = provider_event(done, &rules).unwrap().unwrap();
+        assert_eq!((u.input, u.output, u.estimated), (10, 20, false));
+        assert_eq!(
+            provider_event(r#"{"type":"session.created"}"#, &rules).unwrap(),
+            None
+        );
+        let leak = r#"{"type":"response.output_text.delta","delta":"sk-secret-\u0030123456789"}"#;
+        assert_eq!(provider_event(leak, &rules), Err(Rejection::SecretEgress));
+        assert!(provider_event("not json sk-secret-0123456789", &rules).is_err());
+    }
+
+    #[test]
+    fn a_reload_closes_only_the_sessions_of_removed_sites_and_keys() {
+        let s = Sessions::default();
+        let a = s.open("alpha", "alpha.k1");
+        let b = s.open("beta", "beta.k1");
+        assert_eq!(s.close_removed(|site, _| site == "alpha"), 1);
+        let notified = b.close.notified();
+        futures_lite_now(notified);
+        drop(a);
+        assert_eq!(s.len(), 1);
+    }
+
+    /// The notification is already there: the future is ready at once.
+    fn futures_lite_now(f: impl std::future::Future<Output = ()>) {
+        let mut f = std::pin::pin!(f);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(f.as_mut().poll(&mut cx).is_ready(), "notified");
+    }
+}

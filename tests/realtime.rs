@@ -1,0 +1,253 @@
+//! Realtime WebSocket sessions through keygate (issue #22, SPEC §8.1), with a
+//! tungstenite client against the real binary and the mock's Realtime endpoint.
+
+mod common;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+const REALTIME: &str = "/openai/v1/realtime?model=gpt-realtime";
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Open a session with these headers; `Err(status)` when keygate refuses the handshake.
+async fn open(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(Ws, http::HeaderMap), u16> {
+    let url = format!("ws://127.0.0.1:{}{path}", gw.port);
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, resp)) => Ok((ws, resp.headers().clone())),
+        Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+fn bearer(gw: &Gateway) -> Vec<(String, String)> {
+    vec![(
+        "authorization".into(),
+        format!("Bearer {}", gw.secrets.bearer),
+    )]
+}
+
+/// The next text event (JSON), skipping nothing; `None` at a close.
+async fn next_event(ws: &mut Ws) -> Result<Value, Option<(CloseCode, String)>> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return Ok(serde_json::from_str(&t).unwrap()),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                return Err(f.map(|f| (f.code, f.reason.to_string())))
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => return Err(None),
+            Err(_) => panic!("no event within 10 s"),
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// A response round trip: `response.create` → … → `response.done`.
+async fn respond(ws: &mut Ws) -> Value {
+    send(ws, json!({"type": "response.create"})).await;
+    loop {
+        let e = next_event(ws).await.expect("events until response.done");
+        if e["type"] == "response.done" {
+            return e;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_session_relays_events_and_its_usage_is_charged() {
+    let gw = Gateway::start_with(Options {
+        tier: "{ requests_per_minute: 1000, tokens_per_day: 50 }".into(),
+        ..Options::default()
+    });
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    let created = next_event(&mut ws).await.unwrap();
+    assert_eq!(created["type"], "session.created");
+    assert_eq!(created["session"]["model"], "gpt-realtime");
+    assert_eq!(
+        gw.metric(r#"keygate_realtime_sessions{route="/openai/"}"#),
+        Some(1.0)
+    );
+    for _ in 0..2 {
+        let done = respond(&mut ws).await;
+        assert_eq!(done["response"]["usage"]["total_tokens"], 30);
+    }
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    let line = gw.audit_lines_at_least(1)[0].clone();
+    assert_eq!(line["status"], 101, "{line}");
+    assert_eq!(line["model"], "gpt-realtime");
+    assert_eq!(
+        (line["tokens_in"].as_u64(), line["tokens_out"].as_u64()),
+        (Some(20), Some(40)),
+        "{line}"
+    );
+    assert_eq!(line["tokens_estimated"], false);
+    assert_eq!(
+        gw.metric(r#"keygate_realtime_sessions{route="/openai/"}"#),
+        Some(0.0)
+    );
+    // The provider saw its own credential and the model; never the client's key.
+    let hs = gw.mock.last();
+    assert_eq!(hs["path"], "/v1/realtime?model=gpt-realtime");
+    assert_eq!(
+        hs["headers"]["authorization"],
+        format!("Bearer {}", gw.secrets.provider)
+    );
+    assert!(!hs.to_string().contains(&gw.secrets.bearer));
+    // 60 tokens charged against 50 a day: the next request is over the budget.
+    let r = gw
+        .post_signed(
+            "/openai/v1/chat/completions",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
+    r.assert_error(429, "rate_limited");
+}
+
+#[tokio::test]
+async fn a_handshake_without_credentials_or_with_a_bad_model_is_refused() {
+    let gw = Gateway::start();
+    assert_eq!(open(&gw, REALTIME, &[]).await.err(), Some(401));
+    let wrong = vec![("authorization".into(), "Bearer kgk_not-a-key".into())];
+    assert_eq!(open(&gw, REALTIME, &wrong).await.err(), Some(401));
+    let other = "/openai/v1/realtime?model=gpt-5-ultra";
+    assert_eq!(open(&gw, other, &bearer(&gw)).await.err(), Some(403));
+    assert_eq!(gw.mock.count(), 0, "the provider never saw a handshake");
+}
+
+#[tokio::test]
+async fn a_browser_token_in_the_subprotocol_opens_a_session_and_a_signature_does_too() {
+    let gw = Gateway::start();
+    let r = gw
+        .call("alpha.k1", "POST", "/keygate/v1/tokens", r#"{"ttl_s":60}"#)
+        .await;
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    let h = vec![
+        (
+            "sec-websocket-protocol".to_string(),
+            format!("realtime, openai-insecure-api-key.{token}, openai-beta.realtime-v1"),
+        ),
+        ("origin".to_string(), "https://shop.example".to_string()),
+    ];
+    let (mut ws, headers) = open(&gw, REALTIME, &h).await.unwrap();
+    assert_eq!(headers["sec-websocket-protocol"], "realtime");
+    assert_eq!(
+        next_event(&mut ws).await.unwrap()["type"],
+        "session.created"
+    );
+    let hs = gw.mock.last();
+    assert!(!hs.to_string().contains(&token), "{hs}");
+    assert!(!hs.to_string().contains("openai-insecure-api-key"), "{hs}");
+    // An origin the site does not allow is refused at the handshake.
+    let mut bad = h.clone();
+    bad[1].1 = "https://evil.example".into();
+    assert_eq!(open(&gw, REALTIME, &bad).await.err(), Some(403));
+    // A keygate-v1 signature over the handshake.
+    let signed = gw.sign("alpha.k1", &gw.secrets.alpha, "GET", REALTIME, b"");
+    let (mut ws2, _) = open(&gw, REALTIME, &signed).await.unwrap();
+    assert_eq!(
+        next_event(&mut ws2).await.unwrap()["type"],
+        "session.created"
+    );
+    // Replayed: refused.
+    assert_eq!(open(&gw, REALTIME, &signed).await.err(), Some(401));
+}
+
+#[tokio::test]
+async fn a_session_past_max_session_s_is_closed() {
+    let gw = Gateway::start_with(Options {
+        route_extra: "    realtime: { max_session_s: 1 }\n".into(),
+        ..Options::default()
+    });
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    assert_eq!(
+        next_event(&mut ws).await.unwrap()["type"],
+        "session.created"
+    );
+    let t = std::time::Instant::now();
+    let closed = next_event(&mut ws).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let (code, reason) = closed.expect("a close frame");
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("max_session_s"), "{reason}");
+}
+
+/// A new session that sends `message` after `session.created`: the code it is closed with.
+async fn closed_after(gw: &Gateway, message: Value) -> CloseCode {
+    let (mut ws, _) = open(gw, REALTIME, &bearer(gw)).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    send(&mut ws, message).await;
+    let (code, _) = next_event(&mut ws)
+        .await
+        .unwrap_err()
+        .expect("a close frame");
+    code
+}
+
+#[tokio::test]
+async fn frames_are_bounded_and_a_secret_from_the_provider_ends_the_session() {
+    let gw = Gateway::start_with(Options {
+        route_extra: "    realtime: { max_frame_bytes: 4096 }\n".into(),
+        ..Options::default()
+    });
+    // From the client: too big.
+    let big = json!({"type": "input_audio_buffer.append", "audio": "A".repeat(10_000)});
+    assert_eq!(closed_after(&gw, big).await, CloseCode::Size);
+    // From the provider: too big, and a message carrying the provider key.
+    let big = json!({"type": "mock.big", "bytes": 10_000});
+    assert_eq!(closed_after(&gw, big).await, CloseCode::Size);
+    let code = closed_after(&gw, json!({"type": "mock.echo_key"})).await;
+    assert_eq!(code, CloseCode::Error);
+    assert!(
+        gw.metric(r#"keygate_response_rejected_total{reason="secret_egress",upstream="openai"}"#)
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn a_reload_closes_only_the_sessions_whose_key_was_removed() {
+    let gw = Gateway::start();
+    let (mut by_bearer, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    next_event(&mut by_bearer).await.unwrap();
+    let signed = gw.sign("alpha.k1", &gw.secrets.alpha, "GET", REALTIME, b"");
+    let (mut by_hmac, _) = open(&gw, REALTIME, &signed).await.unwrap();
+    next_event(&mut by_hmac).await.unwrap();
+    gw.reload_with(|t| {
+        t.lines()
+            .filter(|l| !l.contains("alpha.sdk"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let (code, reason) = next_event(&mut by_bearer)
+        .await
+        .unwrap_err()
+        .expect("a close frame");
+    assert_eq!((code, reason.as_str()), (CloseCode::Policy, "key removed"));
+    // The other session goes on.
+    let done = respond(&mut by_hmac).await;
+    assert_eq!(done["type"], "response.done");
+}
