@@ -251,3 +251,87 @@ async fn a_reload_closes_only_the_sessions_whose_key_was_removed() {
     let done = respond(&mut by_hmac).await;
     assert_eq!(done["type"], "response.done");
 }
+
+#[tokio::test]
+async fn a_session_holds_a_concurrent_slot_while_open() {
+    let gw = Gateway::start_with(Options {
+        tier: "{ requests_per_minute: 1000, concurrent: 1 }".into(),
+        ..Options::default()
+    });
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    assert_eq!(open(&gw, REALTIME, &bearer(&gw)).await.err(), Some(429));
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    let h = bearer(&gw);
+    let (mut again, _) = eventually_async(|| open(&gw, REALTIME, &h)).await;
+    assert_eq!(
+        next_event(&mut again).await.unwrap()["type"],
+        "session.created"
+    );
+}
+
+/// Retry `f` for a few seconds until it succeeds (the slot is freed as the session's
+/// request ends, a moment after the close).
+async fn eventually_async<T, E, F, Fut>(f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    for _ in 0..50 {
+        if let Ok(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never succeeded");
+}
+
+#[tokio::test]
+async fn the_provider_websocket_is_pinned_like_any_upstream_connection() {
+    for (pin, ok) in [("server", true), ("other", false)] {
+        let gw = Gateway::start_with(Options {
+            mock_tls: Some("server"),
+            upstream_ca: true,
+            pins: vec![pin],
+            ..Options::default()
+        });
+        let opened = open(&gw, REALTIME, &bearer(&gw)).await;
+        if ok {
+            let (mut ws, _) = opened.unwrap();
+            assert_eq!(
+                next_event(&mut ws).await.unwrap()["type"],
+                "session.created"
+            );
+            let hs = gw.mock.last();
+            assert_eq!(
+                hs["headers"]["authorization"],
+                format!("Bearer {}", gw.secrets.provider)
+            );
+        } else {
+            assert_eq!(
+                opened.err(),
+                Some(502),
+                "an unpinned provider key is refused"
+            );
+            assert_eq!(
+                gw.mock.count(),
+                0,
+                "nothing was sent over the unpinned connection"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_shutdown_closes_open_sessions_with_going_away() {
+    let gw = Gateway::start();
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    gw.signal("-TERM");
+    let (code, _) = next_event(&mut ws)
+        .await
+        .unwrap_err()
+        .expect("a close frame");
+    assert_eq!(code, CloseCode::Away);
+}

@@ -24,6 +24,18 @@ pub struct RawConfig {
     pub tokens: Option<RawTokens>,
     #[serde(default)]
     pub fleet: Option<RawFleet>,
+    /// USD per million tokens, per model or model glob (SPEC §8.3).
+    #[serde(default)]
+    pub prices: BTreeMap<String, RawPrice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input: f64,
+    pub cached_input: Option<f64>,
+    pub cache_write: Option<f64>,
+    pub output: f64,
 }
 
 #[derive(Debug, Deserialize)]

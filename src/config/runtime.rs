@@ -246,6 +246,8 @@ pub struct Runtime {
     pub cors_origins: HashSet<String>,
     /// `fleet:` with Redis set; `None` keeps all state process-local. Read at start only.
     pub fleet: Option<FleetSettings>,
+    /// `prices:` (USD per million tokens, per model or glob).
+    pub prices: crate::limits::price::Prices,
 }
 
 /// What replay protection does while Redis is unreachable (`fleet.on_redis_down.nonces`).

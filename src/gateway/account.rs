@@ -72,6 +72,10 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
         tokens_in: ctx.usage.map(|u| u.input),
         tokens_out: ctx.usage.map(|u| u.output),
         tokens_estimated: ctx.usage.map(|u| u.estimated),
+        tokens_cached: ctx.usage.map(|u| u.cached),
+        tokens_cache_write: ctx.usage.map(|u| u.cache_write),
+        tokens_reasoning: ctx.usage.map(|u| u.reasoning),
+        cost_usd: ctx.cost_usd,
         // The address resolved through `server.trusted_proxies` while the request was
         // admitted, else the socket peer.
         client_ip: ctx.client_ip.or_else(|| {
@@ -111,6 +115,7 @@ pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
         .usage
         .unwrap_or_else(|| Usage::estimate(ctx.request_bytes, ctx.response_bytes));
     ctx.usage = Some(usage);
+    price(ctx, &usage);
     let Some(up) = ctx.upstream_live() else {
         return;
     };
@@ -123,4 +128,19 @@ pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
             .load()
             .charge_tokens(site.limit_key, usage.total(), crate::clock::now_ms());
     }
+}
+
+/// What `usage` cost, when the request's model has a price: into `ctx.cost_usd` and
+/// `keygate_cost_usd_total{route,model}` (the label is the `prices:` key, so its values are
+/// bounded by the config, not by what clients send).
+pub fn price(ctx: &mut Ctx, usage: &Usage) {
+    let (Some(model), Some(route)) = (ctx.model.as_deref(), ctx.route()) else {
+        return;
+    };
+    let Some((key, p)) = ctx.rt.prices.find(model) else {
+        return;
+    };
+    let cost = p.cost(usage);
+    metrics::count_cost(&route.prefix, key, cost);
+    *ctx.cost_usd.get_or_insert(0.0) += cost;
 }

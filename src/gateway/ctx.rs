@@ -57,6 +57,8 @@ pub struct Ctx {
     pub response: ResponseWatch,
     pub response_bytes: usize,
     pub usage: Option<Usage>,
+    /// What the answer cost in USD, when its model has a price.
+    pub cost_usd: Option<f64>,
     /// The site's token budget has been charged for this request.
     pub charged: bool,
     /// The status the upstream answered with.
@@ -102,6 +104,7 @@ impl Ctx {
             response: ResponseWatch::None,
             response_bytes: 0,
             usage: None,
+            cost_usd: None,
             charged: false,
             upstream_status: None,
             upstream_failed: false,

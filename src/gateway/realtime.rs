@@ -172,7 +172,14 @@ impl Gateway {
             secrets: &rt.scanner,
             patterns: route.block_patterns.as_ref(),
         };
+        let price = ctx
+            .model
+            .as_deref()
+            .and_then(|m| rt.prices.find(m))
+            .map(|(key, p)| (key.to_string(), *p));
         let relay = Relay {
+            price,
+            route: route.prefix.clone(),
             state: &self.state,
             ctx_live: ctx.live.clone(),
             up: up.clone(),
@@ -181,7 +188,8 @@ impl Gateway {
             limits: route.realtime,
             close: registered.close.clone(),
         };
-        let (end, usage) = bridge(session, upstream_ws, relay, config).await;
+        let (end, usage, cost) = bridge(session, upstream_ws, relay, config).await;
+        ctx.cost_usd = cost;
         gauge.dec();
         drop(registered);
         log::info!(
@@ -315,6 +323,9 @@ use crate::upstream::failure::Failure;
 
 /// What the relay needs of the request.
 struct Relay<'a> {
+    /// The model's `prices:` key and price, when it has one.
+    price: Option<(String, crate::limits::price::Price)>,
+    route: String,
     state: &'a crate::state::State,
     ctx_live: std::sync::Arc<crate::state::Live>,
     up: std::sync::Arc<crate::config::Upstream>,
@@ -325,8 +336,14 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    /// Charge one `response.done`'s usage to the site's budget and the upstream's series.
-    fn charge(&self, u: Usage, total: &mut Option<Usage>) {
+    /// Charge one `response.done`'s usage to the site's budget and the upstream's series,
+    /// and price it.
+    fn charge(&self, u: Usage, total: &mut Option<Usage>, cost: &mut Option<f64>) {
+        if let Some((key, p)) = &self.price {
+            let c = p.cost(&u);
+            crate::telemetry::metrics::count_cost(&self.route, key, c);
+            *cost.get_or_insert(0.0) += c;
+        }
         self.state
             .limiter
             .load()
@@ -335,9 +352,7 @@ impl Relay<'_> {
             l.series().tokens_in.inc_by(u.input);
             l.series().tokens_out.inc_by(u.output);
         }
-        let t = total.get_or_insert_with(Usage::default);
-        t.input += u.input;
-        t.output += u.output;
+        total.get_or_insert_with(Usage::default).add(u);
     }
 }
 
@@ -348,7 +363,7 @@ async fn bridge(
     mut upstream_ws: WebSocketStream<pingora::protocols::Stream>,
     relay: Relay<'_>,
     config: WebSocketConfig,
-) -> (End, Option<Usage>) {
+) -> (End, Option<Usage>, Option<f64>) {
     let (near, far) = tokio::io::duplex(PIPE_BYTES);
     let mut client_ws = WebSocketStream::from_raw_socket(far, Role::Server, Some(config)).await;
     let shutdown = tokio::sync::Notify::new();
@@ -389,6 +404,7 @@ async fn bridge(
 
     let talk = async {
         let mut usage = None;
+        let mut cost = None;
         let deadline = tokio::time::sleep(relay.limits.max_session);
         tokio::pin!(deadline);
         let end = loop {
@@ -412,7 +428,7 @@ async fn bridge(
                     Some(Ok(Message::Text(t))) => match realtime::provider_event(&t, &relay.rules) {
                         Ok(u) => {
                             if let Some(u) = u {
-                                relay.charge(u, &mut usage);
+                                relay.charge(u, &mut usage, &mut cost);
                             }
                             if client_ws.send(Message::Text(t)).await.is_err() {
                                 break End::ClientGone;
@@ -467,7 +483,7 @@ async fn bridge(
         }
         let _ = client_ws.close(None).await;
         drop(client_ws);
-        (end, usage)
+        (end, usage, cost)
     };
     let ((), result) = tokio::join!(pump, talk);
     result

@@ -24,6 +24,7 @@
 
 pub mod ip;
 pub mod name;
+pub mod price;
 pub mod tier;
 pub mod window;
 

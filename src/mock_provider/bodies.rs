@@ -53,3 +53,81 @@ pub(super) fn gemini_response(model: &str, text: &str) -> Value {
         "usageMetadata": {"promptTokenCount": 12, "candidatesTokenCount": 9, "totalTokenCount": 21},
         "modelVersion": model})
 }
+
+/// `x-mock-usage: detailed`: the usage of an answer (or one stream event) with every kind
+/// of billed token, each provider in its own convention. Normalised, all three come to
+/// 1,200 input tokens (1,000 of them cached) and 300 output tokens (200 of them reasoning;
+/// Anthropic: 180 input tokens written to the cache, no reasoning).
+pub(super) fn detailed(mut v: Value) -> Value {
+    let set = |u: &mut Value, pairs: &[(&str, Value)]| {
+        if let Some(o) = u.as_object_mut() {
+            for (k, n) in pairs {
+                o.insert(k.to_string(), n.clone());
+            }
+        }
+    };
+    if let Some(u) = v
+        .get_mut("usage")
+        .filter(|u| u.get("prompt_tokens").is_some())
+    {
+        set(
+            u,
+            &[
+                ("prompt_tokens", json!(1200)),
+                ("completion_tokens", json!(300)),
+                ("total_tokens", json!(1500)),
+                ("prompt_tokens_details", json!({"cached_tokens": 1000})),
+                (
+                    "completion_tokens_details",
+                    json!({"reasoning_tokens": 200}),
+                ),
+            ],
+        );
+    }
+    for at in ["/message/usage", "/usage"] {
+        let Some(u) = v.pointer_mut(at) else {
+            continue;
+        };
+        if u.get("input_tokens").is_some() {
+            set(
+                u,
+                &[
+                    ("input_tokens", json!(20)),
+                    ("cache_read_input_tokens", json!(1000)),
+                    ("cache_creation_input_tokens", json!(180)),
+                ],
+            );
+        }
+        if u.get("output_tokens")
+            .and_then(Value::as_u64)
+            .is_some_and(|n| n > 1)
+        {
+            set(u, &[("output_tokens", json!(300))]);
+        }
+    }
+    if let Some(u) = v.get_mut("usageMetadata") {
+        set(
+            u,
+            &[
+                ("promptTokenCount", json!(1200)),
+                ("candidatesTokenCount", json!(100)),
+                ("cachedContentTokenCount", json!(1000)),
+                ("thoughtsTokenCount", json!(200)),
+                ("totalTokenCount", json!(1500)),
+            ],
+        );
+    }
+    v
+}
+
+/// [`detailed`] on one SSE event (`event:` line kept; non-JSON data as it is).
+pub(super) fn detailed_event(event: String) -> String {
+    let Some(at) = event.find("data: ") else {
+        return event;
+    };
+    let data = event[at + 6..].trim_end();
+    match serde_json::from_str::<Value>(data) {
+        Ok(v) => format!("{}data: {}\n\n", &event[..at], detailed(v)),
+        Err(_) => event,
+    }
+}

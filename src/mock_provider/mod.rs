@@ -167,7 +167,20 @@ async fn handle(
     if echo {
         text = last_user_text(&req_json);
     }
-    let sse = |events: Vec<String>, delay| sse(if echo { halves(events) } else { events }, delay);
+    // `x-mock-usage: detailed`: usage with cache and reasoning tokens (bodies::detailed).
+    let detailed = parts
+        .headers
+        .get("x-mock-usage")
+        .is_some_and(|v| v == "detailed");
+    let body_of = |v: Value| if detailed { bodies::detailed(v) } else { v };
+    let sse = |events: Vec<String>, delay| {
+        let events = if detailed {
+            events.into_iter().map(bodies::detailed_event).collect()
+        } else {
+            events
+        };
+        sse(if echo { halves(events) } else { events }, delay)
+    };
     // A provider that rate-limits one key: 429 when the received credential is this one.
     if let Some(limited) = parts
         .headers
@@ -194,7 +207,7 @@ async fn handle(
                 event_delay,
             )
         } else {
-            json_response(StatusCode::OK, &openai_chat(&model, &text))
+            json_response(StatusCode::OK, &body_of(openai_chat(&model, &text)))
         }
     } else if path.ends_with("/completions") && parts.method == http::Method::POST {
         json_response(
@@ -217,7 +230,7 @@ async fn handle(
                 event_delay,
             )
         } else {
-            json_response(StatusCode::OK, &anthropic_message(&model, &text))
+            json_response(StatusCode::OK, &body_of(anthropic_message(&model, &text)))
         }
     } else if path.ends_with(":streamGenerateContent") {
         let words: Vec<String> = pieces(&text, echo, true)
@@ -228,7 +241,7 @@ async fn handle(
     } else if path.ends_with(":generateContent") {
         json_response(
             StatusCode::OK,
-            &gemini_response(&gemini_model(&path), &text),
+            &body_of(gemini_response(&gemini_model(&path), &text)),
         )
     } else if path.trim_end_matches('/').ends_with("/models") && parts.method == http::Method::GET {
         json_response(

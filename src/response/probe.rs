@@ -4,7 +4,7 @@
 //! tolerant: an unexpected type for a member makes that member "other", never an error,
 //! so only malformed JSON (or a non-object) is refused.
 
-use super::usage::Usage;
+use super::usage::{self, Report, Usage};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -95,13 +95,11 @@ impl<'de> Deserialize<'de> for Text {
     }
 }
 
-/// Token counts found in a usage object (any of the providers' names), or in an object
-/// holding a `usage` member (Anthropic's `message`, OpenAI Responses' `response`).
+/// Token counts found in a usage object (any of the providers' names, details objects
+/// included), or in an object holding a `usage` member (Anthropic's `message`, OpenAI
+/// Responses' `response`).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Tokens {
-    pub input: Option<u64>,
-    pub output: Option<u64>,
-}
+pub struct Tokens(pub Report);
 struct TokensV;
 impl<'de> Visitor<'de> for TokensV {
     type Value = Tokens;
@@ -119,31 +117,65 @@ impl<'de> Visitor<'de> for TokensV {
         KindV.visit_seq(a).map(|_| Tokens::default())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Tokens, A::Error> {
-        let mut t = Tokens::default();
+        let mut t = Report::default();
         while let Some(k) = a.next_key::<crate::json::Key<'de>>()? {
-            match k.as_str() {
-                "prompt_tokens" | "input_tokens" | "promptTokenCount" => {
-                    t.input = a.next_value::<Num>()?.0.or(t.input)
+            let k = k.as_str();
+            if let Some(f) = usage::field_of(k) {
+                if let Some(n) = a.next_value::<Num>()?.0 {
+                    t.set(f, n);
                 }
-                "completion_tokens" | "output_tokens" | "candidatesTokenCount" => {
-                    t.output = a.next_value::<Num>()?.0.or(t.output)
+            } else if let Some((inner, f)) = usage::details_of(k) {
+                if let Some(n) = a.next_value_seed(Member(inner))? {
+                    t.set(f, n);
                 }
-                "usage" => {
-                    let inner = a.next_value::<Tokens>()?;
-                    t.input = inner.input.or(t.input);
-                    t.output = inner.output.or(t.output);
-                }
-                _ => {
-                    a.next_value::<IgnoredAny>()?;
-                }
+            } else if k == "usage" {
+                t.merge(a.next_value::<Tokens>()?.0);
+            } else {
+                a.next_value::<IgnoredAny>()?;
             }
         }
-        Ok(t)
+        Ok(Tokens(t))
     }
 }
 impl<'de> Deserialize<'de> for Tokens {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(TokensV)
+    }
+}
+
+/// One count member (`.0`) of a details object, or nothing.
+struct Member(&'static str);
+impl<'de> serde::de::DeserializeSeed<'de> for Member {
+    type Value = Option<u64>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+impl<'de> Visitor<'de> for Member {
+    type Value = Option<u64>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    skip_scalars!(None);
+    fn visit_u64<E>(self, _: u64) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Option<u64>, A::Error> {
+        KindV.visit_seq(a).map(|_| None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Option<u64>, A::Error> {
+        let mut found = None;
+        while let Some(k) = a.next_key::<crate::json::Key<'de>>()? {
+            if k.as_str() == self.0 {
+                found = a.next_value::<Num>()?.0.or(found);
+            } else {
+                a.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
     }
 }
 
@@ -210,10 +242,8 @@ impl Probe {
     pub fn usage(&self) -> Option<Usage> {
         let mut found: Option<Usage> = None;
         for t in [self.usage, self.message, self.response, self.usage_metadata] {
-            if t.input.is_some() || t.output.is_some() {
-                let u = found.get_or_insert_with(Usage::default);
-                u.input = u.input.max(t.input.unwrap_or(0));
-                u.output = u.output.max(t.output.unwrap_or(0));
+            if let Some(u) = t.0.usage() {
+                usage::merge(&mut found, u);
             }
         }
         found
@@ -233,6 +263,16 @@ mod tests {
             json!({"candidates": [], "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4}}),
             json!({"type": "message_start", "message": {"usage": {"input_tokens": 12, "output_tokens": 1}}}),
             json!({"data": [1, 2], "usage": null, "message": "a string", "object": 7}),
+            json!({"choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 50,
+                "prompt_tokens_details": {"cached_tokens": 80, "audio_tokens": 0},
+                "completion_tokens_details": {"reasoning_tokens": 30}}}),
+            json!({"type": "message", "content": [], "usage": {"input_tokens": 5, "output_tokens": 7,
+                "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}}),
+            json!({"candidates": [], "usageMetadata": {"promptTokenCount": 30, "candidatesTokenCount": 4,
+                "cachedContentTokenCount": 10, "thoughtsTokenCount": 12}}),
+            json!({"object": "response", "output": [], "usage": {"input_tokens": 9, "output_tokens": 3,
+                "input_tokens_details": {"cached_tokens": 4}, "output_tokens_details": {"reasoning_tokens": 2}}}),
+            json!({"usage": {"prompt_tokens_details": {"cached_tokens": "x"}, "prompt_tokens": 1}}),
         ] {
             let p = Probe::parse(v.to_string().as_bytes()).unwrap();
             assert_eq!(p.usage(), super::super::usage::find(&v), "{v}");

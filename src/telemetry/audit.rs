@@ -198,6 +198,14 @@ pub struct Line<'a> {
     pub tokens_in: Option<u64>,
     pub tokens_out: Option<u64>,
     pub tokens_estimated: Option<bool>,
+    /// Of `tokens_in`, read from the provider's cache.
+    pub tokens_cached: Option<u64>,
+    /// Of `tokens_in`, written to the provider's cache (Anthropic).
+    pub tokens_cache_write: Option<u64>,
+    /// Of `tokens_out`, reasoning tokens.
+    pub tokens_reasoning: Option<u64>,
+    /// What the answer cost, from `prices:` (absent when the model has no price).
+    pub cost_usd: Option<f64>,
     pub client_ip: Option<std::net::IpAddr>,
     pub auth: Option<&'static str>,
     pub credential: Option<&'a str>,

@@ -5,8 +5,8 @@
 //! every name is present from the first scrape.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -44,6 +44,8 @@ pub struct Metrics {
     pub upstream_fallbacks: IntCounterVec,
     /// Realtime WebSocket sessions open now, per route (SPEC §8.1).
     pub realtime_sessions: IntGaugeVec,
+    /// What answers cost in USD, per route and `prices:` key (SPEC §8.3).
+    pub cost_usd: CounterVec,
     pub circuit_state: IntGaugeVec,
     pub response_rejected: IntCounterVec,
     pub legacy_auth: IntCounterVec,
@@ -66,6 +68,14 @@ pub struct Metrics {
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn counter_f64(r: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
+    let c = CounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
@@ -199,6 +209,12 @@ impl Metrics {
                 &["upstream", "kind"],
             ),
             realtime_sessions,
+            cost_usd: counter_f64(
+                &r,
+                "keygate_cost_usd_total",
+                "USD spent per route and model (the prices: key that priced it)",
+                &["route", "model"],
+            ),
             upstream_fallbacks: counter(
                 &r,
                 "keygate_upstream_fallbacks_total",
@@ -343,6 +359,14 @@ fn status_label(status: u16, f: impl FnOnce(&str)) {
         Ok(s) => f(s.as_str()),
         Err(_) => f(&status.to_string()),
     }
+}
+
+/// Count `usd` spent on `route` for a model priced by the `prices:` key `model`.
+pub fn count_cost(route: &str, model: &str, usd: f64) {
+    METRICS
+        .cost_usd
+        .with_label_values(&[route, model])
+        .inc_by(usd);
 }
 
 /// Count a finished request that matched no route.

@@ -5,6 +5,7 @@
 mod fleet;
 mod keys;
 mod pii;
+mod prices;
 mod routes;
 mod server;
 mod shared;
@@ -33,6 +34,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
     let clients = sites::validate(&raw, &tiers, &master_keys, opts, &mut errs, &mut warnings);
     let (tokens, token_max_ttl, token_mints_per_ip) = keys::tokens(&raw, &master_keys, &mut errs);
     let fleet = fleet::validate(raw.fleet.as_ref(), &mut errs, &mut warnings);
+    let prices = prices::validate(&raw.prices, &mut errs);
 
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
@@ -59,6 +61,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         token_mints_per_ip,
         cors_origins,
         fleet,
+        prices,
     };
     rt.scanner =
         crate::response::validate::SecretScanner::new(&super::inventory::all_secret_strings(&rt));
