@@ -157,7 +157,10 @@ impl ProxyHttp for Gateway {
             }
             match self.resolver.resolve(&up.host, up.port).await {
                 Ok(addr) => {
-                    ctx.upstream_path = attempt::path(ctx, &up);
+                    // The route's own upstream without a model map keeps the path admitted.
+                    if ctx.attempts.pos != 0 || !up.model_map.is_empty() {
+                        ctx.upstream_path = attempt::path(ctx, &up);
+                    }
                     ctx.upstream_started = Some(std::time::Instant::now());
                     ctx.attempts.started += 1;
                     return Ok(Box::new(upstream::peer(&up, addr, left)));

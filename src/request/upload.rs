@@ -33,9 +33,13 @@ pub fn is_upload_path(path: &str) -> bool {
 
 /// The boundary of a `multipart/form-data` content type on an upload endpoint.
 pub fn boundary(path: &str, content_type: Option<&str>) -> Option<String> {
+    // The path first: on every other request this is all that runs.
+    if !is_upload_path(path) {
+        return None;
+    }
     let ct = content_type?;
     let mime = ct.split(';').next().unwrap_or("").trim();
-    if !is_upload_path(path) || !mime.eq_ignore_ascii_case("multipart/form-data") {
+    if !mime.eq_ignore_ascii_case("multipart/form-data") {
         return None;
     }
     multer::parse_boundary(ct).ok()
