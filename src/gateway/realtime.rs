@@ -18,6 +18,7 @@ use crate::response::egress::Rules;
 use crate::response::usage::Usage;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream;
+use crate::upstream::failure::Failure;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use pingora::http::ResponseHeader;
@@ -31,6 +32,9 @@ use tokio_tungstenite::WebSocketStream;
 
 /// The bytes between the client's connection and the WebSocket codec, buffered.
 const PIPE_BYTES: usize = 64 * 1024;
+
+/// Longest wait for either side to take a message (or a close) keygate sends it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Before authentication: a key a browser sent as a subprotocol becomes its bearer
 /// credential (the subprotocol itself is never sent on).
@@ -154,7 +158,7 @@ impl Gateway {
                 .map_err(|_| internal("101 header"))?;
         }
         if let Err(e) = session.write_response_header(Box::new(resp), false).await {
-            let _ = upstream_ws.close(None).await;
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.close(None)).await;
             return Err(
                 GatewayError::bad_request("Client connection failed.").detail(e.to_string())
             );
@@ -162,6 +166,8 @@ impl Gateway {
         ctx.status = 101;
         // The session bounds itself; no read of the client's may end it sooner.
         session.set_read_timeout(Some(route.realtime.max_session + Duration::from_secs(5)));
+        // A client that stops reading does not hold the session past its limits.
+        session.set_write_timeout(Some(WRITE_TIMEOUT));
 
         let registered = self.state.realtime.open(&site.id.0, &client.key_id.0);
         let gauge = METRICS
@@ -319,8 +325,6 @@ impl Gateway {
     }
 }
 
-use crate::upstream::failure::Failure;
-
 /// What the relay needs of the request.
 struct Relay<'a> {
     /// The model's `prices:` key and price, when it has one.
@@ -411,11 +415,12 @@ async fn bridge(
             tokio::select! {
                 m = client_ws.next() => match m {
                     Some(Ok(Message::Close(f))) => {
-                        let _ = upstream_ws.send(Message::Close(f)).await;
+                        let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(Message::Close(f))).await;
                         break End::ClientClosed;
                     }
                     Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                        if upstream_ws.send(m).await.is_err() {
+                        let sent = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(m)).await;
+                        if !matches!(sent, Ok(Ok(()))) {
                             break End::UpstreamGone;
                         }
                     }
@@ -479,9 +484,9 @@ async fn bridge(
             end,
             End::UpstreamClosed | End::UpstreamGone | End::ClientClosed
         ) {
-            let _ = upstream_ws.close(None).await;
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.close(None)).await;
         }
-        let _ = client_ws.close(None).await;
+        let _ = tokio::time::timeout(WRITE_TIMEOUT, client_ws.close(None)).await;
         drop(client_ws);
         (end, usage, cost)
     };
