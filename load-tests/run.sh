@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run k6 scenarios against a real keygate and mock provider on loopback.
-#   load-tests/run.sh [--binary PATH] SCENARIO...  (smoke steady ramp stream abuse reload failover)
+#   load-tests/run.sh [--binary PATH] SCENARIO...
+#   (smoke steady ramp stream abuse reload reload-admin failover)
 # Fresh random secrets each run; exits non-zero when any k6 threshold fails.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -49,7 +50,11 @@ printf '%s' "$secret" > "$work/site.secret"
 flood_secret="kgs_$(rand)"
 printf '%s' "$flood_secret" > "$work/flood.secret"
 printf 'sk-load-%s' "$(rand)" > "$work/provider.key"
-chmod 600 "$work"/*.secret "$work"/*.key
+# The admin API (reload-admin): its key, and a master key to seal the secrets it makes.
+admin_secret="kga_$(rand)"
+printf '%s' "$admin_secret" > "$work/admin.secret"
+"$bin" secret keygen > "$work/k1.master"
+chmod 600 "$work"/*.secret "$work"/*.key "$work"/*.master
 cat > "$work/keygate.yaml" <<YAML
 server:
   listen: [{ addr: "127.0.0.1:$port" }]
@@ -58,6 +63,10 @@ server:
   threads: 2
   pid_file: $work/keygate.pid
   upgrade_sock: $work/upgrade.sock
+master_keys: [{ id: k1, source: "file:$work/k1.master" }]
+admin:
+  keys: [{ id: ops, secret: "file:$work/admin.secret" }]
+  state_file: $work/sites.yaml
 upstreams:
   mock:
     kind: openai
@@ -99,6 +108,18 @@ for scenario in "$@"; do
     ( for _ in $(seq 10); do sleep 1; kill -HUP "$kg" 2>/dev/null || true; done ) &
     pids+=($!)
   fi
+  if [ "$scenario" = reload-admin ]; then
+    # Every second: a new site, and the previous one disabled (each call checked).
+    ( export KEYGATE_ADMIN_URL="http://127.0.0.1:$admin" KEYGATE_ADMIN_KEY_ID=ops KEYGATE_ADMIN_SECRET="$admin_secret"
+      for i in $(seq 10); do
+        sleep 1
+        "$bin" admin create "churn-$RANDOM-$i" --tier load > /dev/null || echo "admin create failed" >> "$work/admin.err"
+        prev="$("$bin" admin list | python3 -c 'import json,sys; s=[x["id"] for x in json.load(sys.stdin)["sites"] if x["id"].startswith("churn-") and not x["disabled"]]; print(s[0] if s else "")')"
+        [ -n "$prev" ] && { "$bin" admin disable "$prev" > /dev/null || echo "admin disable failed" >> "$work/admin.err"; }
+      done ) &
+    pids+=($!)
+    changer=$!
+  fi
   if [ "$scenario" = failover ]; then
     # Down at 2 s for 3 s, up, down again at 7 s for 2 s, then up to the end (12 s).
     ( sleep 2; kill -9 "$(cat "$work/primary.pid")"; sleep 3; start_mock primary "$primary"
@@ -110,6 +131,17 @@ for scenario in "$@"; do
   KEYGATE_URL="http://127.0.0.1:$port" KEYGATE_KEY_ID=load.k1 KEYGATE_SECRET="$secret" \
     KEYGATE_FLOOD_KEY_ID=flood.k1 KEYGATE_FLOOD_SECRET="$flood_secret" \
     "$k6" run --quiet --no-usage-report "$here/$scenario.js" || status=1
+  if [ "$scenario" = reload-admin ]; then
+    wait "$changer" 2>/dev/null || true
+    made="$(get "http://127.0.0.1:$admin/metrics" | awk '/^keygate_config_generation / {print $2}')"
+    echo "reload-admin: config generation $made after the admin changes"
+    if [ -s "$work/admin.err" ]; then
+      cat "$work/admin.err" >&2; status=1
+    fi
+    if grep -q "$admin_secret" "$work/keygate.log" "$work/audit.jsonl"; then
+      echo "the admin secret appeared in keygate's logs" >&2; status=1
+    fi
+  fi
   if [ "$scenario" = failover ]; then
     kill "$killer" 2>/dev/null || true
     served="$(mock_count "$backup")"

@@ -74,6 +74,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: SiteCmd,
     },
+    /// Call the admin API (signed with an `admin.keys` key): list, show, create, disable,
+    /// enable, add-key, remove-key.
+    Admin {
+        #[command(flatten)]
+        conn: crate::control::client::Conn,
+        #[command(subcommand)]
+        cmd: crate::control::client::AdminCmd,
+    },
     /// Run the local provider stand-in.
     MockProvider {
         #[arg(long, default_value = "127.0.0.1:8081")]
@@ -343,6 +351,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
             Ok(0)
         }
         Cmd::Pin { cert, target } => pin(cert, target),
+        Cmd::Admin { conn, cmd } => crate::control::client::run(conn, cmd),
     }
 }
 
@@ -352,14 +361,7 @@ fn site_new(
     config: Option<PathBuf>,
     key_id: Option<String>,
 ) -> Result<i32, String> {
-    use base64::Engine;
-    use rand::RngCore;
-    let mut raw = zeroize::Zeroizing::new([0u8; 24]);
-    rand::rngs::OsRng.fill_bytes(raw.as_mut());
-    let secret = zeroize::Zeroizing::new(format!(
-        "kgs_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref())
-    ));
+    let secret = secret::new_client_secret("kgs_");
     let kid = format!("{id}.k1");
     let value = match config {
         Some(path) => {

@@ -11,7 +11,15 @@ pub enum ErrorCode {
     StaleRequest,
     Replayed,
     Forbidden,
+    /// A model without a price under a tier that limits spend.
+    ModelNotAllowed,
     NoRoute,
+    /// Admin API: no such site or key.
+    NotFound,
+    /// Admin API: the site or key exists already.
+    Conflict,
+    /// Registration: the code or the secret was used, or expired.
+    Gone,
     BodyTooLarge,
     PiiDetected,
     RateLimited,
@@ -27,8 +35,10 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::Unauthenticated | ErrorCode::StaleRequest | ErrorCode::Replayed => 401,
-            ErrorCode::Forbidden => 403,
-            ErrorCode::NoRoute => 404,
+            ErrorCode::Forbidden | ErrorCode::ModelNotAllowed => 403,
+            ErrorCode::NoRoute | ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Gone => 410,
             ErrorCode::BodyTooLarge => 413,
             ErrorCode::PiiDetected => 422,
             ErrorCode::RateLimited => 429,
@@ -47,7 +57,11 @@ impl ErrorCode {
             ErrorCode::StaleRequest => "stale_request",
             ErrorCode::Replayed => "replayed",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ModelNotAllowed => "model_not_allowed",
             ErrorCode::NoRoute => "no_route",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Gone => "gone",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::PiiDetected => "pii_detected",
             ErrorCode::RateLimited => "rate_limited",

@@ -2,7 +2,6 @@
 //! build, then swap atomically; a bad file changes nothing), and expired nonces are
 //! swept once a second so the store's capacity goes to live entries.
 
-use crate::config::{self, LoadOptions};
 use crate::state::State;
 use crate::telemetry::metrics::METRICS;
 use async_trait::async_trait;
@@ -17,16 +16,20 @@ pub struct Reloader {
     /// Config file to re-read on SIGHUP; `None` in demo mode (SIGHUP is then ignored).
     pub path: Option<PathBuf>,
     pub state: Arc<State>,
+    /// Builds every config: the YAML with the admin API's changes.
+    pub control: Arc<crate::control::Control>,
 }
 
 impl Reloader {
-    /// Re-read and swap. Returns the error text on failure (old config stays).
+    /// Re-read and swap (the admin API's changes stay applied). Returns the error text
+    /// on failure (the running config stays).
     pub fn reload(&self) -> Result<(), String> {
         let Some(path) = &self.path else {
             return Err("demo mode has no config file to reload".into());
         };
-        let new = config::load_file(path, LoadOptions::default()).map_err(|e| e.to_string())?;
-        let old = self.state.runtime.load();
+        let old = self.state.runtime.load_full();
+        self.control.reload(path)?;
+        let new = self.state.runtime.load();
         if new.process.listeners.iter().map(|l| l.addr).ne(old
             .process
             .listeners
@@ -37,10 +40,12 @@ impl Reloader {
         {
             log::warn!("config reload: listener addresses, thread counts and work stealing apply only after a restart or binary upgrade (serve -u)");
         }
+        if new.otlp != old.otlp {
+            log::warn!("config reload: telemetry.otlp applies only after a restart or binary upgrade (serve -u)");
+        }
         for w in &new.warnings {
             log::warn!("{w}");
         }
-        self.state.install(new);
         crate::alloc::release_free_memory();
         Ok(())
     }
@@ -77,6 +82,8 @@ impl BackgroundService for Reloader {
                 }
                 _ = tick.tick() => {
                     self.state.nonces.sweep(crate::clock::now_s());
+                    METRICS.nonce_store_entries.set(self.state.nonces.len() as i64);
+                    METRICS.nonce_store_capacity.set(self.state.nonces.capacity() as i64);
                     // Circuits whose open_s passed show half-open now, not at the next request.
                     let now = std::time::Instant::now();
                     for up in &self.state.live.load().upstreams {

@@ -1,6 +1,7 @@
 //! `keygate serve`: build the Pingora server from a validated runtime and run it.
 
-use crate::config::{self, LoadOptions, Runtime};
+use crate::config::{LoadOptions, Runtime};
+use crate::control::Control;
 use crate::edge::EdgeApp;
 use crate::gateway::Gateway;
 use crate::reload::Reloader;
@@ -14,6 +15,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// How `serve` was invoked.
 pub struct ServeOptions {
@@ -104,22 +106,25 @@ impl ShutdownSignalWatch for Signals {
 
 /// Load the config (or the demo), start everything, never return on success.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
-    let rt = if opts.demo {
+    let (base, load) = if opts.demo {
         if opts.daemon {
             return Err("--demo runs in the foreground; drop -d".into());
         }
         let port = crate::demo::start_mock()
             .map_err(|e| format!("cannot start the demo mock provider: {e}"))?;
-        let rt = crate::demo::runtime(port).map_err(|e| e.to_string())?;
         let exe = std::env::current_exe()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| "keygate".into());
         println!("{}", crate::demo::banner(&exe));
-        rt
+        (crate::demo::yaml(port), LoadOptions { demo: true })
     } else {
-        config::load_file(&opts.config, LoadOptions::default())
-            .map_err(|e| format!("{}:\n{e}", opts.config.display()))?
+        (
+            crate::control::read_yaml(&opts.config)?,
+            LoadOptions::default(),
+        )
     };
+    let (rt, changes) = crate::control::load_at_start(&base, load)
+        .map_err(|e| format!("{}:\n{e}", opts.config.display()))?;
     for w in &rt.warnings {
         log::warn!("{w}");
     }
@@ -134,6 +139,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let conf = pingora_conf(&rt, opts.daemon);
     crate::upstream::use_per_worker_pools(!conf.work_stealing);
     let state = State::new(rt);
+    let control = Arc::new(Control::new(state.clone(), base, changes, load));
 
     let opt = Opt {
         upgrade: opts.upgrade,
@@ -143,7 +149,17 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(state.clone());
+    let mut gateway = Gateway::new(state.clone());
+    // Registration e-mails: a bounded queue, one worker (idle while registration is off).
+    let (outbox, inbox) = crate::register::mail::queue();
+    gateway.registrar = Some(Arc::new(crate::register::Registrar::new(
+        control.clone(),
+        outbox,
+    )));
+    let mailer = crate::register::mail::Mailer {
+        state: state.clone(),
+        inbox: parking_lot::Mutex::new(Some(inbox)),
+    };
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
     if let Some(n) = keepalive_requests {
         let mut opts = pingora::apps::HttpServerOptions::default();
@@ -175,6 +191,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             "keygate admin".into(),
             HttpServer::new_app(AdminApp {
                 state: state.clone(),
+                control: control.clone(),
             }),
         );
         admin.add_tcp(&addr.to_string());
@@ -191,12 +208,18 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             fleet: fleet.clone(),
         };
         server.add_service(background_service("keygate fleet sync", sync));
+        let catch_up = crate::control::CatchUp {
+            control: control.clone(),
+        };
+        server.add_service(background_service("keygate site changes", catch_up));
     }
     let reloader = Reloader {
         path: (!opts.demo).then_some(opts.config.clone()),
         state: state.clone(),
+        control: control.clone(),
     };
     server.add_service(background_service("keygate maintenance", reloader));
+    server.add_service(background_service("keygate mailer", mailer));
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             state: state.clone(),

@@ -74,26 +74,39 @@ pub struct State {
     pub fleet: Option<Arc<Fleet>>,
     /// Realtime sessions open now (a reload closes those whose site or key is gone).
     pub realtime: crate::realtime::Sessions,
+    /// Per-site usage against its own baseline (`anomaly:`).
+    pub anomalies: crate::limits::anomaly::Detector,
 }
 
-/// The counter store for these site keys: fleet-wide when a fleet is configured.
-fn store_for(sites: &[u64], fleet: Option<&Arc<Fleet>>) -> Box<dyn CounterStore> {
-    let local = LocalStore::new(sites);
+/// The counter store for these keys (USD counters when `spend`): fleet-wide when a
+/// fleet is configured.
+fn store_for(sites: &[u64], spend: bool, fleet: Option<&Arc<Fleet>>) -> Box<dyn CounterStore> {
+    let local = LocalStore::new(sites, spend);
     match fleet {
         Some(f) => Box::new(FleetStore::new(local, f.clone())),
         None => Box::new(local),
     }
 }
 
+/// Every key counted: each site's, and one per `models:` entry of its tier.
 fn site_keys(rt: &Runtime) -> Vec<u64> {
-    rt.sites.iter().map(|s| s.limit_key).collect()
+    rt.sites
+        .iter()
+        .flat_map(|s| s.tier.limit_keys(s.limit_key))
+        .collect()
+}
+
+/// Whether spend is counted: it is wherever models have prices.
+fn spends(rt: &Runtime) -> bool {
+    !rt.prices.is_empty()
 }
 
 impl State {
     pub fn new(rt: Runtime) -> Arc<State> {
         crate::telemetry::metrics::METRICS.init_for(&rt);
         let fleet = rt.fleet.clone().map(Fleet::new);
-        let limiter = Limiter::with_store(store_for(&site_keys(&rt), fleet.as_ref()));
+        let store = store_for(&site_keys(&rt), spends(&rt), fleet.as_ref());
+        let limiter = Limiter::with_store(store);
         let nonces = NonceStore::new(rt.process.nonce_store_capacity);
         let audit = AuditLog::new(rt.process.audit_path.clone());
         let live = Live::build(&rt, None);
@@ -108,24 +121,30 @@ impl State {
             audit,
             fleet,
             realtime: Default::default(),
+            anomalies: Default::default(),
         })
     }
 
     /// Install a new config. Limiter and circuit state carry over (the limiter's sketches
-    /// are rebuilt, counts copied, when sites were added).
+    /// are rebuilt, counts copied, when sites or `models:` entries were added, or
+    /// `prices:` first set: spend then needs counters).
     pub fn install(&self, mut rt: Runtime) {
         let old = self.runtime.load();
-        if format!("{:?}", rt.fleet) != format!("{:?}", old.fleet) {
-            log::warn!("config reload: fleet settings apply only after a restart");
+        match (&self.fleet, &rt.fleet) {
+            (Some(fleet), Some(next)) => fleet.redis.reload(next),
+            (None, None) => {}
+            _ => log::warn!(
+                "fleet: fleet.redis added or removed in the reloaded config; fleet mode changes only after a restart"
+            ),
         }
         rt.generation = old.generation + 1;
         let sites = site_keys(&rt);
         let old_limiter = self.limiter.load_full();
-        if !old_limiter.local_store().covers(&sites) {
+        if !old_limiter.local_store().covers(&sites, spends(&rt)) {
             // New sites need counters of their own: new sketches, surviving sites' counts
             // copied over, once before the swap and once after it for the requests the
             // old limiter counted meanwhile.
-            let next = old_limiter.successor(store_for(&sites, self.fleet.as_ref()));
+            let next = old_limiter.successor(store_for(&sites, spends(&rt), self.fleet.as_ref()));
             let copied = next
                 .local_store()
                 .copy_from(old_limiter.local_store(), None);
@@ -145,15 +164,17 @@ impl State {
         self.live.store(Arc::new(live));
         let rt = Arc::new(rt);
         self.runtime.store(rt.clone());
+        let now = crate::clock::now_s();
         let closed = self.realtime.close_removed(|site, key| {
             rt.keys
                 .get(&crate::config::KeyId(key.to_string()))
+                .filter(|k| k.usable(&rt.sites, now))
                 .and_then(|k| rt.sites.get(k.site))
                 .is_some_and(|s| s.id.0 == site)
         });
         if closed > 0 {
             log::info!(
-                "config reload: closing {closed} Realtime session(s) whose site or key was removed"
+                "config change: closing {closed} Realtime session(s) whose site or key was removed, disabled or expired"
             );
         }
     }

@@ -1,202 +1,13 @@
 //! Fleet mode over real processes: three keygate nodes sharing one `redis-server`.
 //!
-//! Needs `redis-server` (Debian package `redis-server`; `make deps` installs it). Without
-//! it these tests are skipped with a message, unless `KEYGATE_REQUIRE_REDIS` is set
-//! (`make test` sets it), in which case they fail.
+//! Needs `redis-server` (see `common::redis`).
 
 mod common;
 
+use common::fleet::*;
+use common::redis::Redis;
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// The name the load balancer in front of the fleet is reached by (signed `@authority`).
-const HOST: &str = "gw.fleet.test";
-const MODELS: &str = "/openai/v1/models";
-const CHAT: &str = "/openai/v1/chat/completions";
-const NODES: usize = 3;
-const SYNC_MS: u64 = 100;
-const TIMEOUT_MS: u64 = 50;
-
-/// A `redis-server` on a loopback port, without persistence.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    /// Start one, or `None` (test skipped) when redis-server is not installed.
-    fn start() -> Option<Redis> {
-        let installed = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !installed {
-            assert!(
-                std::env::var_os("KEYGATE_REQUIRE_REDIS").is_none(),
-                "redis-server is not installed and KEYGATE_REQUIRE_REDIS is set (make deps installs it)"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server, or make deps)");
-            return None;
-        }
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        r.restart();
-        Some(r)
-    }
-
-    /// (Re)start on the same port and wait until it answers PING.
-    fn restart(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        eventually("redis-server answering PING", || self.ping().then_some(()));
-    }
-
-    /// Send one inline command; the first line of the answer.
-    fn command(&self, cmd: &str) -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
-        let mut buf = [0u8; 256];
-        let n = s.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n])
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_string()
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-    }
-
-    /// Kill it (as a crash would).
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn fleet_yaml(url: &str, nonces: &str) -> String {
-    format!(
-        "fleet:\n  redis: {{ url: \"{url}\", timeout_ms: {TIMEOUT_MS}, key_prefix: \"kgtest:\" }}\n  nodes: {NODES}\n  sync_interval_ms: {SYNC_MS}\n  on_redis_down: {nonces}\n"
-    )
-}
-
-/// A node's options: `tier` for site alpha, the fleet on `redis`, nonces falling back to local.
-fn node_options(redis: &Redis, tier: &str) -> Options {
-    Options {
-        tier: tier.into(),
-        config_extra: fleet_yaml(&redis.url(), "{ nonces: local, local_window_s: 10 }"),
-        extra_hostnames: vec![HOST.into()],
-        ..Options::default()
-    }
-}
-
-/// Three nodes on one config (same secrets, same Redis), each with its own mock provider.
-fn start_fleet(redis: &Redis, tier: &str) -> Vec<Gateway> {
-    let opts = node_options(redis, tier);
-    let first = Gateway::start_with(opts.clone());
-    let mut nodes = vec![];
-    let shared = Options {
-        secrets: Some(first.secrets.clone()),
-        master_keys_from: Some(first.dir.path().to_path_buf()),
-        ..opts
-    };
-    nodes.push(first);
-    for _ in 1..NODES {
-        nodes.push(Gateway::start_with(shared.clone()));
-    }
-    wait_redis_up(&nodes, 1.0);
-    nodes
-}
-
-fn wait_redis_up(nodes: &[Gateway], want: f64) {
-    for n in nodes {
-        eventually("keygate_redis_up", || {
-            (n.metric("keygate_redis_up") == Some(want)).then_some(())
-        });
-    }
-}
-
-/// keygate-v1 headers for `path` on the fleet's shared name, created at `created`.
-fn sign_fleet(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    body: &[u8],
-    created: i64,
-) -> Vec<(String, String)> {
-    let mut h = sign_at(
-        &gw.secrets.alpha,
-        "alpha.k1",
-        method,
-        &format!("http://{HOST}{path}"),
-        body,
-        created,
-    );
-    h.push(("host".into(), HOST.into()));
-    h
-}
-
-/// Send already-signed headers to one node.
-async fn send_signed(
-    node: &Gateway,
-    h: &[(String, String)],
-    method: &str,
-    path: &str,
-    body: &str,
-) -> Resp {
-    let body = (!body.is_empty()).then(|| body.as_bytes().to_vec());
-    send(&client(), method, &node.url(path), h, body).await
-}
-
-async fn models(node: &Gateway) -> Resp {
-    let h = sign_fleet(node, "GET", MODELS, b"", now());
-    send_signed(node, &h, "GET", MODELS, "").await
-}
-
-/// Wait, if needed, so that the next `secs` seconds stay inside one clock minute (the
-/// minute windows are aligned to it).
-async fn within_one_minute(secs: u64) {
-    let into = now() as u64 % 60;
-    if into + secs >= 60 {
-        tokio::time::sleep(Duration::from_secs(60 - into + 1)).await;
-    }
-}
 
 /// The documented worst-case overshoot: `(N − 1) × r × 2 × (sync_interval + RTT)`, for a
 /// per-node rate `r` (requests/s), with the RTT bounded by `timeout_ms`.
@@ -241,9 +52,11 @@ async fn request_accepted_by_one_node_is_refused_as_replayed_by_the_others() {
 }
 
 #[tokio::test]
-async fn round_robin_over_three_nodes_is_held_to_the_limit_plus_documented_overshoot() {
+async fn without_exact_limits_round_robin_is_held_to_the_limit_plus_documented_overshoot() {
     let Some(redis) = Redis::start() else { return };
-    let nodes = start_fleet(&redis, "{ requests_per_minute: 30 }");
+    let mut opts = node_options(&redis, "{ requests_per_minute: 30 }");
+    opts.config_extra += "  exact_limits: false\n";
+    let nodes = start_fleet_with(opts);
     // 60 requests at 20/s overall: ~6.7/s per node.
     let (total, rate) = (60usize, 20.0);
     within_one_minute(total as u64 / 20 + 3).await;
@@ -266,26 +79,104 @@ async fn round_robin_over_three_nodes_is_held_to_the_limit_plus_documented_overs
 }
 
 #[tokio::test]
-async fn token_budget_holds_across_nodes() {
+async fn exact_limits_admit_exactly_the_quota_of_45_signed_requests_over_three_nodes() {
     let Some(redis) = Redis::start() else { return };
-    let nodes = start_fleet(&redis, "{ tokens_per_day: 50 }");
+    let nodes = start_fleet(&redis, "{ requests_per_minute: 30 }");
+    within_one_minute(10).await;
+    // All at once, round-robin: no node could tell from its own counts.
+    let racing = (0..45).map(|i| models(&nodes[i % NODES]));
+    let counts = tally(racing).await;
+    assert_eq!(counts, [(200, 30), (429, 15)].into());
+    let upstream: u64 = nodes.iter().map(|n| n.mock.count()).sum();
+    assert_eq!(upstream, 30);
+    // Refused as on one node: the limit named, and when to come back.
+    let r = models(&nodes[1]).await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.json()["error"]["limit"], "requests_per_minute");
+    assert!(r.headers.contains_key("retry-after"));
+    // Redis holds the fleet's count: 30, not a request more.
+    let keys = redis.cli(&["--scan", "--pattern", "kgtest:r:*:m:*"]);
+    let minute = keys.lines().next().expect("a minute key");
+    assert_eq!(redis.cli(&["GET", minute]), "30");
+}
+
+#[tokio::test]
+async fn a_request_the_fleet_admitted_but_concurrency_refused_is_taken_back() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = start_fleet(&redis, "{ requests_per_minute: 30, concurrent: 1 }");
+    within_one_minute(10).await;
+    let node = &nodes[0];
+    // One slow request holds the only slot.
+    let h = sign_fleet(node, "GET", MODELS, b"", now());
+    let mut slow = h.clone();
+    slow.push(("x-mock-mode".into(), "slow".into()));
+    slow.push(("x-mock-delay-ms".into(), "1500".into()));
+    let held = tokio::spawn({
+        let url = node.url(MODELS);
+        async move { send(&client(), "GET", &url, &slow, None).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = models(node).await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.json()["error"]["limit"], "concurrent");
+    assert_eq!(held.await.unwrap().status, 200);
+    // The fleet counted both, then took the refused one back (with the next sync).
+    let keys = redis.cli(&["--scan", "--pattern", "kgtest:r:*:m:*"]);
+    let minute = keys.lines().next().expect("a minute key").to_string();
+    eventually("the refund synced", || {
+        (redis.cli(&["GET", &minute]) == "1").then_some(())
+    });
+}
+
+/// Four chats, each on the next node, waiting between them for the charge (made as the
+/// body ends) to sync to Redis: the statuses and the last answer.
+async fn four_chats_round_robin(nodes: &[Gateway]) -> (Vec<u16>, Resp) {
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
     let mut statuses = vec![];
     let mut last = None;
-    // The mock reports 21 tokens a chat: 0 → 21 → 42 → 63 ≥ 50.
     for i in 0..4 {
         let node = &nodes[i % NODES];
         let h = sign_fleet(node, "POST", CHAT, body.as_bytes(), now());
         let r = send_signed(node, &h, "POST", CHAT, body).await;
         statuses.push(r.status);
         last = Some(r);
-        // Charged as the body ends; synced to Redis within one interval.
         tokio::time::sleep(Duration::from_millis(4 * SYNC_MS)).await;
     }
+    (statuses, last.expect("four answers"))
+}
+
+#[tokio::test]
+async fn token_budget_holds_across_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = start_fleet(&redis, "{ tokens_per_day: 50 }");
+    // The mock reports 21 tokens a chat: 0 → 21 → 42 → 63 ≥ 50.
+    let (statuses, r) = four_chats_round_robin(&nodes).await;
     assert_eq!(statuses, vec![200, 200, 200, 429]);
-    let r = last.unwrap();
     assert_eq!(r.json()["error"]["limit"], "tokens_per_day");
     assert_eq!(r.json()["error"]["budget"]["used"], 63);
+}
+
+#[tokio::test]
+async fn usd_budget_holds_across_nodes() {
+    let Some(redis) = Redis::start() else { return };
+    let mut opts = node_options(&redis, "{ usd_per_day: 3, usd_per_month: 100 }");
+    // One chat (12 in, 9 out) costs 1.20 USD.
+    opts.config_extra += "prices:\n  \"gpt-4o\": { input: 25000, output: 100000 }\n";
+    let nodes = start_fleet_with(opts);
+    // 0 → 1.20 → 2.40 → 3.60 ≥ 3, each on another node.
+    let (statuses, last) = four_chats_round_robin(&nodes).await;
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    let e = last.json()["error"].clone();
+    assert_eq!(e["limit"], "usd_per_day", "{e}");
+    assert!(
+        (e["budget"]["used"].as_f64().unwrap() - 3.6).abs() < 1e-6,
+        "{e}"
+    );
+    // The fleet's spend is in Redis, in micro-USD, per day and per calendar month.
+    let keys = redis.cli(&["--scan", "--pattern", "kgtest:usd:*"]);
+    assert!(keys.contains(":d:") && keys.contains(":mo:"), "{keys}");
+    let month = keys.lines().find(|k| k.contains(":mo:")).unwrap();
+    assert_eq!(redis.cli(&["GET", month]), "3600000");
 }
 
 #[tokio::test]
@@ -332,11 +223,16 @@ async fn redis_outage_falls_back_without_a_crash_and_recovery_restores_fleet_lim
     let r = send_signed(&nodes[1], &old, "GET", MODELS, "").await;
     r.assert_error(401, "stale_request");
     for n in &nodes {
-        assert!(
-            n.metric("keygate_redis_errors_total{op=\"sync\"}")
-                .unwrap_or(0.0)
-                >= 1.0
-        );
+        // The first call to fail marks Redis down: the sync's, or the check for site
+        // changes (`admin`); while down, only the recovery probe calls.
+        let errors: f64 = ["sync", "admin", "ping"]
+            .iter()
+            .map(|op| {
+                n.metric(&format!("keygate_redis_errors_total{{op=\"{op}\"}}"))
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        assert!(errors >= 1.0);
         assert_eq!(
             n.admin_get("/healthz").0,
             200,

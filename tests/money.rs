@@ -138,3 +138,210 @@ async fn cost_usd_is_the_hand_computed_price_of_every_billed_token() {
     let line = gw.audit_lines_at_least(8)[7].clone();
     assert_eq!(line["cost_usd"], serde_json::Value::Null, "{line}");
 }
+
+/// Prices that make one default chat (12 in, 9 out) cost 1.20 USD: budgets small enough
+/// to be spent in a few requests, and amounts the `RateLimit` header's cents show.
+const DEAR: &str = r#"
+prices:
+  "gpt-4o": { input: 25000, output: 100000 }
+  "gpt-4o-mini": { input: 2500, output: 10000 }
+  "gemini-*": { input: 25000, output: 100000 }
+"#;
+
+const CHAT: &str = "/openai/v1/chat/completions";
+
+fn chat(model: &str) -> String {
+    format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#)
+}
+
+fn priced(tier: &str) -> Gateway {
+    Gateway::start_with(Options {
+        tier: tier.into(),
+        config_extra: DEAR.into(),
+        ..Options::default()
+    })
+}
+
+fn header(r: &Resp, name: &str) -> String {
+    r.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn a_usd_budget_refuses_the_next_request_once_spent_and_survives_sighup() {
+    let gw = priced("{ requests_per_minute: 100000, usd_per_day: 3 }");
+    let mut statuses = vec![];
+    let mut last = None;
+    // 0 → 1.20 → 2.40 → 3.60: the request that crosses the budget finishes.
+    for _ in 0..4 {
+        let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+        statuses.push(r.status);
+        last = Some(r);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429]);
+    let r = last.unwrap();
+    r.assert_error(429, "rate_limited");
+    let e = &r.json()["error"];
+    assert_eq!(e["limit"], "usd_per_day", "{e}");
+    assert_eq!(e["budget"]["usd_per_day"], 3.0, "{e}");
+    assert!(
+        (e["budget"]["used"].as_f64().unwrap() - 3.6).abs() < 1e-6,
+        "{e}"
+    );
+    assert!(header(&r, "retry-after").parse::<u64>().unwrap() > 3600);
+    assert!(header(&r, "ratelimit").starts_with("\"usd_day\";r=0;t="));
+    let lines = gw.audit_lines_at_least(4);
+    let cost: f64 = lines.iter().filter_map(|l| l["cost_usd"].as_f64()).sum();
+    assert!((cost - 3.6).abs() < 1e-9, "{cost}");
+
+    // A reload that adds counters (a `models:` entry: new sketches, counts copied over)
+    // keeps the spend: still refused.
+    gw.reload_with(|t| {
+        t.replace(
+            "other: { requests_per_minute: 100000 }",
+            "other: { requests_per_minute: 100000, models: { \"claude-*\": { requests_per_minute: 5 } } }",
+        )
+    });
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["limit"], "usd_per_day");
+    assert_eq!(
+        gw.mock.count(),
+        3,
+        "refused requests never reach the provider"
+    );
+}
+
+#[tokio::test]
+async fn the_ratelimit_header_names_the_usd_window_closest_to_exhaustion() {
+    let gw = priced("{ requests_per_minute: 1000, usd_per_day: 100, usd_per_month: 5 }");
+    let policy = |r: &Resp| header(r, "ratelimit-policy");
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        policy(&r),
+        "\"minute\";q=1000;w=60, \"usd_day\";q=10000;qu=\"usd-cents\";w=86400, \"usd_month\";q=500;qu=\"usd-cents\""
+    );
+    // Nothing spent before the first: the minute (999 of 1000 left) was tightest.
+    assert!(
+        header(&r, "ratelimit").starts_with("\"minute\";r=999;"),
+        "{}",
+        header(&r, "ratelimit")
+    );
+    // 1.20 of 5 spent this month: 380 cents left, 76 % — tighter than the minute and the day.
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    let rl = header(&r, "ratelimit");
+    assert!(rl.starts_with("\"usd_month\";r=380;t="), "{rl}");
+    let t: u64 = rl.rsplit("t=").next().unwrap().parse().unwrap();
+    assert!(
+        t <= 31 * 86_400,
+        "{rl}: resets at the end of the calendar month"
+    );
+    for _ in 0..3 {
+        gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    }
+    // 6.00 spent of 5: refused by the month, until the first of the next.
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["error"]["limit"], "usd_per_month");
+    assert!(header(&r, "ratelimit").starts_with("\"usd_month\";r=0;t="));
+}
+
+#[tokio::test]
+async fn a_per_model_limit_refuses_one_model_while_another_passes() {
+    let gw = priced(
+        "{ requests_per_minute: 100000, models: { \"gpt-4o-mini\": { requests_per_minute: 2 }, \"gpt-4o*\": { usd_per_day: 2 } } }",
+    );
+    let send = |model: &'static str| {
+        let gw = &gw;
+        async move { gw.post_signed(CHAT, &chat(model), &[]).await }
+    };
+    assert_eq!(send("gpt-4o-mini").await.status, 200);
+    assert_eq!(send("gpt-4o-mini").await.status, 200);
+    let r = send("gpt-4o-mini").await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.json()["error"]["limit"], "requests_per_minute");
+    assert_eq!(r.json()["error"]["model"], "gpt-4o-mini");
+    assert!(header(&r, "ratelimit").starts_with("\"model_minute\";r=0;"));
+    // The other model has its own entry (the most specific glob wins): 1.20, 2.40, refused.
+    assert_eq!(send("gpt-4o").await.status, 200);
+    assert_eq!(send("gpt-4o").await.status, 200);
+    let r = send("gpt-4o").await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.json()["error"]["limit"], "usd_per_day");
+    assert_eq!(r.json()["error"]["model"], "gpt-4o*");
+    // The mini model's cheap requests were not charged to the gpt-4o* entry.
+    assert!((r.json()["error"]["budget"]["used"].as_f64().unwrap() - 2.4).abs() < 1e-6);
+    assert_eq!(gw.mock.count(), 4);
+    // Another site of another tier is not affected.
+    let r = gw
+        .call(
+            "beta.k1",
+            "POST",
+            "/anthropic/v1/messages",
+            r#"{"model":"claude-x","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_unpriced_model_under_a_usd_limit_is_refused_before_the_provider() {
+    let gw = priced("{ requests_per_minute: 100000, usd_per_month: 50 }");
+    // Listed on the route, but without a price.
+    let r = gw.post_signed(CHAT, &chat("whisper-1"), &[]).await;
+    r.assert_error(403, "model_not_allowed");
+    let r = gw
+        .post_signed(
+            "/anthropic/v1/messages",
+            r#"{"model":"claude-x","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
+    r.assert_error(403, "model_not_allowed");
+    // The Gemini model is in the path; this one is priced by the glob, that one is not.
+    let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+    let r = gw
+        .post_signed("/gemini/v1beta/models/gemini-x:generateContent", body, &[])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = gw
+        .post_signed("/gemini/v1beta/models/gemma-x:generateContent", body, &[])
+        .await;
+    r.assert_error(403, "model_not_allowed");
+    assert_eq!(
+        gw.mock.count(),
+        1,
+        "only the priced model reached the provider"
+    );
+    // A request naming no model (a listing) costs nothing and passes.
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_usd_limit_without_prices_is_refused_by_check_and_by_reload() {
+    let gw = Gateway::start();
+    gw.reload_with(|t| {
+        t.replace(
+            "free: { requests_per_minute: 100000 }",
+            "free: { requests_per_minute: 100000, usd_per_day: 5 }",
+        )
+    });
+    let logs = gw.logs();
+    assert!(logs.contains("config reload failed"), "{logs}");
+    assert!(logs.contains("tiers.free.usd_per_day"), "{logs}");
+    // Nothing half-applied: the old config still serves (no USD limit, no 403).
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let path = gw.config_path();
+    let (code, _, err) = keygate(&["check", "-c", path.to_str().unwrap()], "");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("tiers.free.usd_per_day") && err.contains("prices"),
+        "{err}"
+    );
+}

@@ -248,7 +248,10 @@ async fn circuit_changes_are_logged_and_half_open_comes_on_time() {
         let _ = send(&client(), "POST", &gw.url(chat), &h, Some(body.into())).await;
     }
     let state = || gw.metric("keygate_circuit_state{upstream=\"openai\"}");
-    assert_eq!(state(), Some(1.0), "open");
+    // Open (or, on a loaded machine where the three requests took over open_s, already
+    // half-open: the log below shows it opened).
+    let now = state();
+    assert!(now == Some(1.0) || now == Some(2.0), "open: {now:?}");
     let opened = "upstream openai: circuit closed -> open (2 consecutive failures)";
     eventually("the opening logged", || {
         gw.logs().contains(opened).then_some(())

@@ -123,6 +123,9 @@ fn single<'a>(h: &'a http::HeaderMap, name: &str) -> Result<Option<&'a str>, Aut
 /// A verified `keygate-v1` request's nonce, still to be recorded (locally or fleet-wide).
 #[derive(Debug, Clone)]
 pub struct NonceClaim {
+    /// The site's stable key (`Site::limit_key`): in a Redis Cluster the hash tag its
+    /// nonces share with its counters, so one server-side script can touch both.
+    pub site_key: u64,
     pub key_id: String,
     pub nonce: String,
     /// The signature's `created` (unix seconds).
@@ -185,6 +188,14 @@ pub struct Keys<'a> {
     pub clock_skew_future: i64,
 }
 
+impl<'a> Keys<'a> {
+    /// The key `id` if it may authenticate now: an expired key, or a key of a disabled
+    /// site, is treated exactly like an unknown one (same answer, same time spent).
+    fn usable_key(&self, id: &KeyId, now: i64) -> Option<&'a ClientKey> {
+        self.keys.get(id).filter(|k| k.usable(self.sites, now))
+    }
+}
+
 /// Check the credentials without recording anything: for `keygate-v1` the nonce is
 /// returned, to be recorded by the caller before the request is admitted.
 pub fn verify(
@@ -199,7 +210,7 @@ pub fn verify(
         if token.starts_with("kgt_") {
             return authenticate_token(rt, token, req.now).map(|c| (c, None));
         }
-        return authenticate_bearer(rt, token).map(|c| (c, None));
+        return authenticate_bearer(rt, token, req.now).map(|c| (c, None));
     }
     if h.contains_key("x-site-identifier") {
         return authenticate_legacy(rt, req).map(|c| (c, None));
@@ -295,7 +306,7 @@ fn authenticate_hmac(
     };
     let base = signature::signature_base(&parts, &parsed)
         .map_err(|e| AuthFailure::unauth(AuthReason::Malformed, e.reason()))?;
-    let key = rt.keys.get(&KeyId(parsed.params.keyid.clone()));
+    let key = rt.usable_key(&KeyId(parsed.params.keyid.clone()), req.now);
     let (secret, found): (&[u8], bool) = match key.map(|k| &k.auth) {
         Some(KeyAuth::Hmac(s)) => (s.expose_secret().as_bytes(), true),
         _ => (DUMMY_KEY, false),
@@ -311,6 +322,7 @@ fn authenticate_hmac(
         }
     };
     let claim = NonceClaim {
+        site_key: rt.sites.get(key.site).map_or(0, |s| s.limit_key),
         key_id: parsed.params.keyid.clone(),
         nonce: parsed.params.nonce.clone(),
         created: parsed.params.created,
@@ -331,12 +343,12 @@ pub fn bearer_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-fn authenticate_bearer(rt: &Keys<'_>, token: &str) -> Result<AuthedClient, AuthFailure> {
+fn authenticate_bearer(rt: &Keys<'_>, token: &str, now: i64) -> Result<AuthedClient, AuthFailure> {
     let hash = bearer_hash(token);
     let key = rt
         .bearer
         .get(&hash)
-        .and_then(|id| rt.keys.get(id))
+        .and_then(|id| rt.usable_key(id, now))
         .ok_or_else(|| AuthFailure::unauth(AuthReason::BadSignature, "unknown bearer key"))?;
     match &key.auth {
         KeyAuth::Bearer(stored) if bool::from(stored.ct_eq(&hash)) => Ok(AuthedClient {
@@ -361,8 +373,7 @@ fn authenticate_token(rt: &Keys<'_>, token: &str, now: i64) -> Result<AuthedClie
     // The issuing key must still exist and belong to the site: removing a key revokes
     // its tokens at the next reload.
     let key = rt
-        .keys
-        .get(&KeyId(claims.key.clone()))
+        .usable_key(&KeyId(claims.key.clone()), now)
         .filter(|k| rt.sites.get(k.site).is_some_and(|s| s.id.0 == claims.site))
         .ok_or_else(|| {
             AuthFailure::unauth(
@@ -404,7 +415,7 @@ fn authenticate_legacy(rt: &Keys<'_>, req: &AuthInput<'_>) -> Result<AuthedClien
     window_check(ts, None, req.now, (rt.clock_skew, rt.clock_skew_future))?;
     let given = hex::decode(sig_hex)
         .map_err(|_| AuthFailure::unauth(AuthReason::BadSignature, "X-Signature is not hex"))?;
-    let key = rt.keys.get(&KeyId(id.to_string()));
+    let key = rt.usable_key(&KeyId(id.to_string()), req.now);
     let (secret, found): (&[u8], bool) = match key.map(|k| &k.auth) {
         Some(KeyAuth::LegacySiteTimestamp(s)) => (s.expose_secret().as_bytes(), true),
         _ => (DUMMY_KEY, false),

@@ -30,6 +30,35 @@ pub fn encrypted_values(raw: &RawConfig) -> Vec<(String, String, String)> {
             }
         }
     }
+    let smtp_password = raw
+        .registration
+        .as_ref()
+        .and_then(|r| r.smtp.password.as_ref());
+    if let Some(v) = smtp_password.filter(|v| v.starts_with("enc:")) {
+        out.push((
+            "registration.smtp.password".into(),
+            super::runtime::SmtpSettings::PASSWORD_PLACE.into(),
+            v.clone(),
+        ));
+    }
+    for (i, k) in raw.admin.iter().flat_map(|a| a.keys.iter()).enumerate() {
+        if k.secret.starts_with("enc:") {
+            out.push((
+                format!("admin.keys[{i}].secret"),
+                format!("admin/keys/{}", k.id),
+                k.secret.clone(),
+            ));
+        }
+    }
+    if let Some(p) = raw.fleet.as_ref().and_then(|f| f.redis.as_ref()) {
+        if let Some(v) = p.password.as_ref().filter(|v| v.starts_with("enc:")) {
+            out.push((
+                "fleet.redis.password".into(),
+                super::runtime::FleetSettings::PASSWORD_PLACE.into(),
+                v.clone(),
+            ));
+        }
+    }
     out
 }
 
@@ -57,6 +86,24 @@ pub fn sensitive_files(raw: &RawConfig) -> Vec<(String, std::path::PathBuf)> {
             if let Some(v) = &k.secret {
                 file(format!("sites[{i}].keys[{j}].secret"), v);
             }
+        }
+    }
+    for (i, k) in raw.admin.iter().flat_map(|a| a.keys.iter()).enumerate() {
+        file(format!("admin.keys[{i}].secret"), &k.secret);
+    }
+    if let Some(v) = raw
+        .registration
+        .as_ref()
+        .and_then(|r| r.smtp.password.as_ref())
+    {
+        file("registration.smtp.password".into(), v);
+    }
+    if let Some(r) = raw.fleet.as_ref().and_then(|f| f.redis.as_ref()) {
+        if let Some(v) = &r.password {
+            file("fleet.redis.password".into(), v);
+        }
+        if let Some(k) = &r.client_key {
+            out.push(("fleet.redis.client_key".into(), std::path::PathBuf::from(k)));
         }
     }
     for (i, l) in raw.server.listen.iter().enumerate() {
@@ -87,6 +134,21 @@ pub fn all_secret_strings(rt: &Runtime) -> Vec<String> {
             }
             KeyAuth::Bearer(_) => {}
         }
+    }
+    if let Some(p) = rt
+        .registration
+        .as_ref()
+        .and_then(|r| r.smtp.password.as_ref())
+    {
+        out.insert(p.expose_secret().to_string());
+    }
+    for k in rt.admin.iter().flat_map(|a| a.keys.values()) {
+        if let KeyAuth::Hmac(s) = &k.auth {
+            out.insert(s.expose_secret().to_string());
+        }
+    }
+    if let Some(p) = rt.fleet.as_ref().and_then(|f| f.password.as_ref()) {
+        out.insert(p.expose_secret().to_string());
     }
     out.into_iter().collect()
 }

@@ -27,6 +27,104 @@ pub struct RawConfig {
     /// USD per million tokens, per model or model glob (SPEC §8.3).
     #[serde(default)]
     pub prices: BTreeMap<String, RawPrice>,
+    /// The admin API (SPEC §8.4).
+    #[serde(default)]
+    pub admin: Option<RawAdmin>,
+    /// Self-service site registration (SPEC §8.5).
+    #[serde(default)]
+    pub registration: Option<RawRegistration>,
+    /// Usage anomalies per site (SPEC §8.7).
+    #[serde(default)]
+    pub anomaly: Option<RawAnomaly>,
+    /// Traces (SPEC §8.7).
+    #[serde(default)]
+    pub telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub otlp: Option<RawOtlp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    pub endpoint: String,
+    pub sample_ratio: Option<f64>,
+    /// Header values: literals, or `env:`/`file:` sources (an API key).
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+impl std::fmt::Debug for RawOtlp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "RawOtlp({}, {:?}, [HEADERS REDACTED])",
+            self.endpoint, self.sample_ratio
+        )
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnomaly {
+    pub factor: Option<f64>,
+    pub min_per_minute: Option<f64>,
+    pub action: Option<String>,
+    pub throttle_s: Option<u64>,
+    pub window_s: Option<u64>,
+    pub warmup_windows: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRegistration {
+    pub enabled: Option<bool>,
+    pub tier: String,
+    pub verify_url: String,
+    pub email_from: String,
+    pub smtp: RawSmtp,
+    pub code_ttl_s: Option<u64>,
+    pub per_ip_per_hour: Option<u64>,
+    pub allowed_email_domains: Option<Vec<String>>,
+    /// Registrations waiting for their e-mail to be confirmed, at most (per node).
+    pub max_pending: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSmtp {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for RawSmtp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawSmtp({}, {:?}, [REDACTED])", self.url, self.username)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default)]
+    pub keys: Vec<RawAdminKey>,
+    pub state_file: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdminKey {
+    pub id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for RawAdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawAdminKey({}, [REDACTED])", self.id)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,7 +311,21 @@ pub struct RawTier {
     pub requests_per_hour: Option<u64>,
     pub requests_per_day: Option<u64>,
     pub tokens_per_day: Option<u64>,
+    /// USD budgets (sliding day; calendar month, UTC).
+    pub usd_per_day: Option<f64>,
+    pub usd_per_month: Option<f64>,
     pub concurrent: Option<u64>,
+    /// Per-model limits, by model name or glob.
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModelLimit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModelLimit {
+    pub requests_per_minute: Option<u64>,
+    pub tokens_per_day: Option<u64>,
+    pub usd_per_day: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +339,8 @@ pub struct RawSite {
     pub pii: Option<RawPii>,
     #[serde(default)]
     pub keys: Vec<RawKey>,
+    /// A disabled site's keys answer like unknown keys.
+    pub disabled: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +350,8 @@ pub struct RawKey {
     pub auth: Option<String>,
     pub secret: Option<String>,
     pub hash: Option<String>,
+    /// RFC 3339; from then on the key answers like an unknown key.
+    pub expires_at: Option<String>,
 }
 
 impl std::fmt::Debug for RawKey {
@@ -269,6 +385,8 @@ pub struct RawFleet {
     /// How often local counts are pushed to and fleet totals read from Redis.
     pub sync_interval_ms: Option<u64>,
     pub on_redis_down: Option<RawOnRedisDown>,
+    /// Decide signed requests' admissions in Redis with their nonce (default true).
+    pub exact_limits: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -277,18 +395,43 @@ pub struct RawRedis {
     pub url: String,
     pub timeout_ms: Option<u64>,
     pub key_prefix: Option<String>,
+    /// With `rediss://`: PEM file of the CA(s) trusted for Redis (else the system roots).
+    pub ca: Option<String>,
+    /// With `rediss://`: PEM files of a client certificate and its key (mutual TLS).
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    /// ACL user (`AUTH username password`); needs `password`.
+    pub username: Option<String>,
+    /// A secret source: `enc:v1:…` (place `fleet/redis/password`), `env:NAME`, `file:/path`.
+    pub password: Option<String>,
+    /// A Redis Cluster: `url` and `seeds` are nodes to learn the slot map from.
+    pub cluster: Option<bool>,
+    pub seeds: Option<Vec<String>>,
 }
 
-// The URL may carry a password: `Debug` shows it redacted.
+// The URL may carry a password, and `password` is one: `Debug` shows neither.
 impl std::fmt::Debug for RawRedis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "RawRedis({}, {:?}, {:?})",
-            super::secret::redact_url(&self.url),
-            self.timeout_ms,
-            self.key_prefix
-        )
+        f.debug_struct("RawRedis")
+            .field("url", &super::secret::redact_url(&self.url))
+            .field("timeout_ms", &self.timeout_ms)
+            .field("key_prefix", &self.key_prefix)
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("cluster", &self.cluster)
+            .field(
+                "seeds",
+                &self
+                    .seeds
+                    .iter()
+                    .flatten()
+                    .map(|u| super::secret::redact_url(u))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
     }
 }
 

@@ -121,6 +121,8 @@ pub struct Site {
     pub cors_origins: Vec<String>,
     /// `sites[].pii`, replacing the route's setting: `Some(None)` is `off`.
     pub pii: Option<Option<Arc<PiiPolicy>>>,
+    /// `sites[].disabled`: its keys answer like unknown keys.
+    pub disabled: bool,
 }
 
 /// How a client key authenticates.
@@ -157,6 +159,28 @@ pub struct ClientKey {
     /// Index into `Runtime::sites`.
     pub site: usize,
     pub auth: KeyAuth,
+    /// `keys[].expires_at` (unix seconds): from then on the key answers like an unknown key.
+    pub expires_at: Option<i64>,
+}
+
+impl ClientKey {
+    /// Whether the key may authenticate at `now` (unix seconds): not expired, and its
+    /// site not disabled. Otherwise it answers exactly like an unknown key.
+    pub fn usable(&self, sites: &[Site], now: i64) -> bool {
+        self.expires_at.is_none_or(|t| now < t) && sites.get(self.site).is_none_or(|s| !s.disabled)
+    }
+}
+
+/// `admin:` (SPEC §8.4): the keys that sign `/admin/v1/` calls, and where changes made
+/// through the API persist without a fleet.
+#[derive(Debug)]
+pub struct AdminSettings {
+    /// `hmac` keys, each of its own pseudo-site 0 (admin keys belong to no site).
+    pub keys: HashMap<KeyId, ClientKey>,
+    pub state_file: std::path::PathBuf,
+    /// The first `master_keys` entry (id, key): what secrets of keys made through the
+    /// API are sealed under (`enc:v1`). `None`: the API can add bearer keys only.
+    pub seal: Option<(String, crate::config::secret::MasterKey)>,
 }
 
 /// A client-facing listener.
@@ -248,6 +272,50 @@ pub struct Runtime {
     pub fleet: Option<FleetSettings>,
     /// `prices:` (USD per million tokens, per model or glob).
     pub prices: crate::limits::price::Prices,
+    /// `admin:`; `None` turns the admin API off (every `/admin/v1/` call is 401).
+    pub admin: Option<AdminSettings>,
+    /// `registration:` when enabled; `None`: the registration endpoints are 404.
+    pub registration: Option<RegistrationSettings>,
+    /// `anomaly:`; `None`: no detection.
+    pub anomaly: Option<crate::limits::anomaly::AnomalySettings>,
+    /// `telemetry.otlp:`; `None`: no traces. Applies at start.
+    pub otlp: Option<crate::telemetry::otlp::OtlpSettings>,
+}
+
+/// `registration:` (SPEC §8.5): self-service sites, confirmed by e-mail.
+#[derive(Debug)]
+pub struct RegistrationSettings {
+    /// The tier new sites get (validated to exist).
+    pub tier: String,
+    /// The link in the e-mail is `<verify_url>?code=<code>`.
+    pub verify_url: String,
+    pub email_from: String,
+    pub smtp: SmtpSettings,
+    pub code_ttl: Duration,
+    pub per_ip_per_hour: u64,
+    /// Lower-case domains an address must be at; `None`: any.
+    pub allowed_email_domains: Option<Vec<String>>,
+    pub max_pending: usize,
+    /// What a verified site's secret is sealed under until its poll collects it.
+    pub seal: (String, crate::config::secret::MasterKey),
+}
+
+/// The SMTP relay.
+#[derive(Debug, Clone)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    /// `smtps://`: TLS from the first byte.
+    pub implicit_tls: bool,
+    /// `smtp://` to a host off loopback: STARTTLS or nothing (a loopback relay may be plain).
+    pub starttls_required: bool,
+    pub username: Option<String>,
+    pub password: Option<SecretString>,
+}
+
+impl SmtpSettings {
+    /// The place name of `smtp.password` as an `enc:v1` value.
+    pub const PASSWORD_PLACE: &'static str = "registration/smtp/password";
 }
 
 /// What replay protection does while Redis is unreachable (`fleet.on_redis_down.nonces`).
@@ -274,6 +342,67 @@ pub struct FleetSettings {
     pub nodes: u64,
     pub sync_interval: Duration,
     pub nonces_when_down: NonceFallback,
+    /// `fleet.exact_limits`: a signed request's admission is decided in Redis, in the
+    /// round trip of its nonce.
+    pub exact_limits: bool,
+    /// With `rediss://`: whom to trust and the client certificate (`None`: system roots).
+    pub tls: Option<RedisTls>,
+    /// ACL user for `AUTH` (with `password`).
+    pub username: Option<String>,
+    /// `fleet.redis.password`, resolved from its secret source.
+    pub password: Option<SecretString>,
+    /// A Redis Cluster, reached first through `url` and `seeds`.
+    pub cluster: bool,
+    pub seeds: Vec<String>,
+}
+
+/// `fleet.redis.{ca, client_cert, client_key}`, read and checked at load.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// PEM of the trusted CA(s): only these, not the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// PEM of the client certificate (chain) for mutual TLS.
+    pub client_cert: Option<Vec<u8>>,
+    /// Its private key, as PKCS#8 PEM.
+    pub client_key: Option<Arc<secrecy::SecretBox<Vec<u8>>>>,
+}
+
+impl FleetSettings {
+    /// The secret place name (AAD) of `fleet.redis.password`.
+    pub const PASSWORD_PLACE: &'static str = "fleet/redis/password";
+
+    /// The YAML keys whose change needs a restart (the connection is made once, at
+    /// start); timeouts, the sync interval, `nodes` and `on_redis_down` apply on reload.
+    pub fn restart_needed(&self, next: &FleetSettings) -> Vec<&'static str> {
+        use secrecy::ExposeSecret;
+        let secret = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_string());
+        let tls = |t: &Option<RedisTls>| {
+            t.as_ref().map(|t| {
+                let key = t.client_key.as_ref().map(|k| k.expose_secret().clone());
+                (t.ca.clone(), t.client_cert.clone(), key)
+            })
+        };
+        let mut changed = vec![];
+        if self.url.expose_secret() != next.url.expose_secret() {
+            changed.push("fleet.redis.url");
+        }
+        if tls(&self.tls) != tls(&next.tls) {
+            changed.push("fleet.redis.ca/client_cert/client_key");
+        }
+        if self.username != next.username {
+            changed.push("fleet.redis.username");
+        }
+        if secret(&self.password) != secret(&next.password) {
+            changed.push("fleet.redis.password");
+        }
+        if self.key_prefix != next.key_prefix {
+            changed.push("fleet.redis.key_prefix");
+        }
+        if (self.cluster, &self.seeds) != (next.cluster, &next.seeds) {
+            changed.push("fleet.redis.cluster/seeds");
+        }
+        changed
+    }
 }
 
 impl std::fmt::Debug for FleetSettings {
@@ -285,6 +414,12 @@ impl std::fmt::Debug for FleetSettings {
             .field("nodes", &self.nodes)
             .field("sync_interval", &self.sync_interval)
             .field("nonces_when_down", &self.nonces_when_down)
+            .field("exact_limits", &self.exact_limits)
+            .field("tls", &self.tls.is_some())
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("cluster", &self.cluster)
+            .field("seeds", &self.seeds)
             .finish()
     }
 }

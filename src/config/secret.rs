@@ -21,6 +21,12 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
+impl Clone for MasterKey {
+    fn clone(&self) -> Self {
+        MasterKey(SecretBox::new(Box::new(*self.0.expose_secret())))
+    }
+}
+
 impl MasterKey {
     /// Decode a base64 (standard alphabet) master key of exactly 32 bytes.
     pub fn from_base64(text: &str) -> Result<Self, String> {
@@ -55,6 +61,14 @@ impl MasterKey {
     fn cipher(&self) -> Aes256Gcm {
         Aes256Gcm::new(self.0.expose_secret().into())
     }
+}
+
+/// A new random client credential: `prefix` (`kgs_` for an hmac secret, `kgk_` for a
+/// bearer key) and 24 random bytes in base64url.
+pub fn new_client_secret(prefix: &str) -> Zeroizing<String> {
+    let mut raw = Zeroizing::new([0u8; 24]);
+    rand::rngs::OsRng.fill_bytes(raw.as_mut());
+    Zeroizing::new(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(raw.as_ref())))
 }
 
 /// The associated data binding a ciphertext to its master key id and its place in the config.

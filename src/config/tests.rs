@@ -511,3 +511,34 @@ fn auth_failure_limit_is_on_by_default_and_each_form_has_its_own_error() {
         "server.auth_failure_limit.per_minute: must be at least 1",
     );
 }
+
+#[test]
+fn admin_registration_and_key_lifecycle_errors_name_their_paths() {
+    let errs = errors_after(
+        "      - { id: demo.k1, auth: hmac,",
+        "      - { id: demo.k1, expires_at: \"soon\", auth: hmac,",
+    );
+    assert!(
+        errs[0].starts_with("sites[0].keys[0].expires_at"),
+        "{errs:?}"
+    );
+    let errs = errors_after(
+        "sites:",
+        "admin: { keys: [] }\nregistration:\n  enabled: true\n  tier: gold\n  verify_url: \"ftp://x\"\n  email_from: \"not an address\"\n  smtp: { url: \"imap://mail\" }\n  code_ttl_s: 0\nsites:",
+    );
+    let paths: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+    for want in [
+        "admin.keys",
+        "registration.tier",
+        "registration.verify_url",
+        "registration.email_from",
+        "registration.smtp.url",
+        "registration.code_ttl_s",
+        "registration",
+    ] {
+        assert!(paths.contains(&want), "{want} missing in {errs:?}");
+    }
+    // Off: nothing under it is checked.
+    let errs = errors_after("sites:", "registration: { enabled: false, tier: gold, verify_url: x, email_from: y, smtp: { url: z } }\nsites:");
+    assert!(errs.is_empty(), "{errs:?}");
+}

@@ -2,7 +2,9 @@
 //!
 //! Each node keeps counting in its local sketch (the first line) and records every
 //! add as a delta. The sync task ([`super::sync`]) flushes the deltas with `INCRBY` on
-//! `<prefix>r:{<site key>}:<m|h|d>:<window>` / `<prefix>t:{<site key>}:<day>` and reads
+//! `<prefix>r:{<site key>}:<m|h|d>:<window>`, `<prefix>t:{<site key>}:<day>` (tokens) and
+//! `<prefix>usd:{<site key>}:<d|mo>:<window>` (micro-USD; `mo` windows are calendar months
+//! numbered `year × 12 + month − 1`) and reads
 //! back the fleet totals of the sites this node served recently, in one pipeline.
 //! A request is then judged on `max(local count, fleet total at the last sync + this
 //! node's deltas not yet in that total)`.
@@ -70,8 +72,14 @@ pub struct FleetCounters {
     inner: Mutex<Inner>,
 }
 
+/// Seconds a counter window's key is kept: the window, the next (where it is `prev`), and
+/// a minute of clock skew.
+pub fn ttl(counter: Counter) -> u64 {
+    2 * counter.period().longest().as_secs() + 60
+}
+
 fn epoch_of(counter: Counter, now_ms: u64) -> u64 {
-    now_ms / counter.interval().as_millis().max(1) as u64
+    counter.period().epoch(now_ms)
 }
 
 impl FleetCounters {
@@ -82,6 +90,11 @@ impl FleetCounters {
         }
     }
 
+    /// The key prefix (fixed at start).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The Redis key of a counter window.
     pub fn key(&self, counter: Counter, site: u64, epoch: u64) -> String {
         let p = &self.prefix;
@@ -90,6 +103,8 @@ impl FleetCounters {
             Counter::RequestsHour => format!("{p}r:{{{site:016x}}}:h:{epoch}"),
             Counter::RequestsDay => format!("{p}r:{{{site:016x}}}:d:{epoch}"),
             Counter::TokensDay => format!("{p}t:{{{site:016x}}}:{epoch}"),
+            Counter::UsdDay => format!("{p}usd:{{{site:016x}}}:d:{epoch}"),
+            Counter::UsdMonth => format!("{p}usd:{{{site:016x}}}:mo:{epoch}"),
         }
     }
 
@@ -118,6 +133,33 @@ impl FleetCounters {
             }
         }
         (prev, curr)
+    }
+
+    /// This node's adds to (counter, site) in window `epoch` and the one before that are
+    /// not in Redis yet: (previous, current).
+    pub fn pending(&self, counter: Counter, site: u64, epoch: u64) -> (i64, i64) {
+        let g = self.inner.lock();
+        let sum = |e: Option<u64>| {
+            e.map_or(0, |e| {
+                [&g.unsynced, &g.flushing]
+                    .iter()
+                    .map(|m| m.get(&(counter, site, e)).copied().unwrap_or(0))
+                    .sum()
+            })
+        };
+        (sum(epoch.checked_sub(1)), sum(Some(epoch)))
+    }
+
+    /// A request the admission script counted in Redis itself: not a delta to send, but
+    /// part of this node's own counts (sent again if Redis loses its data).
+    pub fn counted_by_script(&self, counter: Counter, site: u64, now_ms: u64) {
+        let epoch = epoch_of(counter, now_ms);
+        *self
+            .inner
+            .lock()
+            .own
+            .entry((counter, site, epoch))
+            .or_default() += 1;
     }
 
     /// Bound memory while Redis is down (nothing is flushed then).
@@ -158,7 +200,8 @@ impl FleetCounters {
     }
 
     /// One sync: flush the deltas and read back the totals of recently served sites,
-    /// in one pipeline. On failure the deltas stay for the next attempt.
+    /// in one pipeline (in a cluster, one per site, sent together). A pipeline that fails
+    /// leaves its deltas for the next attempt.
     pub async fn sync(&self, redis: &Redis, now_ms: u64) -> bool {
         let (flush, refresh) = {
             let mut g = self.inner.lock();
@@ -174,40 +217,69 @@ impl FleetCounters {
         if flush.is_empty() && refresh.is_empty() {
             return true;
         }
-        let mut pipe = redis::pipe();
-        for ((c, site, epoch), n) in &flush {
-            let key = self.key(*c, *site, *epoch);
-            // Kept for the window, the next (as `prev`), and a minute of clock skew.
-            let ttl = 2 * c.interval().as_secs() + 60;
-            pipe.cmd("INCRBY").arg(&key).arg(*n).ignore();
-            pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
-        }
-        let epochs: Vec<u64> = refresh.iter().map(|(c, _)| epoch_of(*c, now_ms)).collect();
-        for ((c, site), epoch) in refresh.iter().zip(&epochs) {
-            pipe.cmd("GET").arg(self.key(*c, *site, *epoch));
-            pipe.cmd("GET")
-                .arg(self.key(*c, *site, epoch.saturating_sub(1)));
-        }
-        let Ok(totals) = redis
-            .call::<Vec<Option<i64>>>("sync", Req::Pipe(&pipe))
-            .await
-        else {
-            return false;
-        };
-        let mut g = self.inner.lock();
-        g.flushing.clear();
-        for (i, ((c, site), epoch)) in refresh.iter().zip(&epochs).enumerate() {
-            let curr = totals.get(2 * i).copied().flatten().unwrap_or(0);
-            let prev = totals.get(2 * i + 1).copied().flatten().unwrap_or(0);
-            if let Some(v) = g.views.get_mut(&(*c, *site)) {
-                v.epoch = *epoch;
-                v.curr = curr;
-                v.prev = prev;
-                v.read = true;
+        let items: Vec<(String, Op)> = flush
+            .into_iter()
+            .map(|((c, site, epoch), n)| (self.key(c, site, epoch), Op::Flush((c, site, epoch), n)))
+            .chain(refresh.into_iter().map(|(c, site)| {
+                let epoch = epoch_of(c, now_ms);
+                (self.key(c, site, epoch), Op::Read(c, site, epoch))
+            }))
+            .collect();
+        let groups = redis.groups(items, |(key, _)| key.as_str());
+        let calls = groups.into_iter().map(|group| async move {
+            let mut pipe = redis::pipe();
+            for (key, op) in &group {
+                match op {
+                    Op::Flush((c, ..), n) => {
+                        pipe.cmd("INCRBY").arg(key).arg(*n).ignore();
+                        pipe.cmd("EXPIRE").arg(key).arg(ttl(*c)).ignore();
+                    }
+                    Op::Read(c, site, epoch) => {
+                        pipe.cmd("GET").arg(key);
+                        pipe.cmd("GET")
+                            .arg(self.key(*c, *site, epoch.saturating_sub(1)));
+                    }
+                }
+            }
+            let totals = redis
+                .call::<Vec<Option<i64>>>("sync", Req::Pipe(&pipe))
+                .await;
+            (totals, group)
+        });
+        let mut all = true;
+        for (totals, group) in futures::future::join_all(calls).await {
+            let Ok(totals) = totals else {
+                all = false;
+                continue;
+            };
+            let mut g = self.inner.lock();
+            let reads = group.iter().filter_map(|(_, op)| match op {
+                Op::Flush(k, _) => {
+                    g.flushing.remove(k);
+                    None
+                }
+                Op::Read(c, site, epoch) => Some((*c, *site, *epoch)),
+            });
+            let reads: Vec<_> = reads.collect();
+            for (i, (c, site, epoch)) in reads.into_iter().enumerate() {
+                let curr = totals.get(2 * i).copied().flatten().unwrap_or(0);
+                let prev = totals.get(2 * i + 1).copied().flatten().unwrap_or(0);
+                if let Some(v) = g.views.get_mut(&(c, site)) {
+                    v.epoch = epoch;
+                    v.curr = curr;
+                    v.prev = prev;
+                    v.read = true;
+                }
             }
         }
-        true
+        all
     }
+}
+
+/// One part of a sync: send a delta, or read a window's totals (and its previous's).
+enum Op {
+    Flush(DeltaKey, i64),
+    Read(Counter, u64, u64),
 }
 
 #[cfg(test)]
@@ -237,6 +309,10 @@ mod tests {
         assert_eq!(
             c.key(Counter::TokensDay, 0xab, 5),
             "kg:t:{00000000000000ab}:5"
+        );
+        assert_eq!(
+            c.key(Counter::UsdMonth, 0xab, 24_313),
+            "kg:usd:{00000000000000ab}:mo:24313"
         );
     }
 }

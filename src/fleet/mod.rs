@@ -11,8 +11,10 @@
 //!   `fail_closed` or `local`; limits: `1/nodes` of each quota) until the sync task's
 //!   next probe succeeds.
 
+pub mod client;
 pub mod conn;
 pub mod counters;
+pub mod exact;
 pub mod store;
 pub mod sync;
 
@@ -50,9 +52,9 @@ impl Fleet {
         })
     }
 
-    /// The validated `fleet:` settings.
-    pub fn settings(&self) -> &FleetSettings {
-        &self.redis.settings
+    /// The validated `fleet:` settings in force.
+    pub fn settings(&self) -> Arc<FleetSettings> {
+        self.redis.settings()
     }
 
     /// Redis answered the last call.
@@ -60,15 +62,17 @@ impl Fleet {
         self.redis.is_up()
     }
 
-    /// The Redis key of a nonce: the key id as hash tag, the nonce hashed.
-    pub fn nonce_key(&self, key_id: &str, nonce: &str) -> String {
-        let d = Sha256::digest(nonce.as_bytes());
-        format!(
-            "{}n:{{{}}}:{}",
-            self.redis.settings.key_prefix,
-            key_id,
-            hex::encode(&d[..16])
-        )
+    /// The Redis key of a nonce: the key id as hash tag, the nonce hashed (raw nonces
+    /// never go to Redis). In a cluster the site's key is the hash tag instead, the one its
+    /// counters carry, so the admission script's keys share a slot.
+    pub fn nonce_key(&self, claim: &NonceClaim) -> String {
+        let d = Sha256::digest(claim.nonce.as_bytes());
+        let (p, hash) = (self.counters.prefix(), hex::encode(&d[..16]));
+        if self.redis.is_cluster() {
+            format!("{p}n:{{{:016x}}}:{}:{hash}", claim.site_key, claim.key_id)
+        } else {
+            format!("{p}n:{{{}}}:{hash}", claim.key_id)
+        }
     }
 
     /// Claim a nonce fleet-wide: `Ok(true)` if it was fresh, `Ok(false)` if any node
@@ -77,7 +81,7 @@ impl Fleet {
         if !self.is_up() {
             return Err(RedisDown);
         }
-        let key = self.nonce_key(&claim.key_id, &claim.nonce);
+        let key = self.nonce_key(claim);
         // EXAT in the past would drop the key at once: keep it at least a second.
         let exat = claim.expires_at.max(now + 1);
         let mut cmd = redis::cmd("SET");
@@ -99,10 +103,7 @@ impl Fleet {
                 .store(earliest.map_or(i64::MIN, |e| e + 1), Relaxed);
         }
         if p.len() < PENDING_NONCES_MAX {
-            p.push((
-                self.nonce_key(&claim.key_id, &claim.nonce),
-                claim.expires_at,
-            ));
+            p.push((self.nonce_key(claim), claim.expires_at));
         }
     }
 
@@ -110,11 +111,12 @@ impl Fleet {
     /// up and write back the nonces accepted locally meanwhile. False while still down.
     pub async fn recover(&self, now_ms: u64) -> bool {
         let ping = redis::cmd("PING");
-        let ok = self
-            .redis
-            .call::<String>("ping", Req::Cmd(&ping))
-            .await
-            .is_ok()
+        let ok = self.redis.ensure_connected().await
+            && self
+                .redis
+                .call::<String>("ping", Req::Cmd(&ping))
+                .await
+                .is_ok()
             && self.counters.check_generation(&self.redis).await;
         if ok {
             self.redis.set_up(true);
@@ -133,26 +135,29 @@ impl Fleet {
             .into_iter()
             .filter(|(_, exp)| auth::nonce::is_live(*exp, now))
             .collect();
-        if live.is_empty() {
-            return;
-        }
-        let mut pipe = redis::pipe();
-        for (k, exat) in &live {
-            pipe.cmd("SET")
-                .arg(k)
-                .arg(1)
-                .arg("NX")
-                .arg("EXAT")
-                .arg(*exat)
-                .ignore();
-        }
-        let res = self.redis.call::<()>("nonce", Req::Pipe(&pipe)).await;
-        if res.is_err() {
-            // Keep them for the next recovery.
-            let mut p = self.pending_nonces.lock();
-            for e in live {
-                if p.len() < PENDING_NONCES_MAX {
-                    p.push(e);
+        let groups = self.redis.groups(live, |(k, _)| k.as_str());
+        let writes = groups.into_iter().map(|group| async move {
+            let mut pipe = redis::pipe();
+            for (k, exat) in &group {
+                pipe.cmd("SET")
+                    .arg(k)
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EXAT")
+                    .arg(*exat)
+                    .ignore();
+            }
+            let res = self.redis.call::<()>("nonce", Req::Pipe(&pipe)).await;
+            (res, group)
+        });
+        for (res, group) in futures::future::join_all(writes).await {
+            if res.is_err() {
+                // Keep them for the next recovery.
+                let mut p = self.pending_nonces.lock();
+                for e in group {
+                    if p.len() < PENDING_NONCES_MAX {
+                        p.push(e);
+                    }
                 }
             }
         }
@@ -200,7 +205,7 @@ pub async fn admit_token_use(
     if !fleet.is_up() {
         return local.admit(&claims.jti, share, now_ms);
     }
-    let key = format!("{}u:{{{}}}", fleet.settings().key_prefix, claims.jti);
+    let key = format!("{}u:{{{}}}", fleet.counters.prefix(), claims.jti);
     let mut pipe = redis::pipe();
     pipe.cmd("INCR").arg(&key);
     pipe.cmd("EXPIREAT").arg(&key).arg(claims.exp + 60).ignore();
@@ -215,7 +220,7 @@ pub async fn admit_token_use(
 }
 
 /// `fleet.on_redis_down.nonces` for one claim.
-fn fallback(
+pub fn fallback(
     fleet: &Fleet,
     local: &auth::nonce::NonceStore,
     claim: &NonceClaim,
@@ -257,11 +262,18 @@ mod tests {
             nodes: 3,
             sync_interval: Duration::from_millis(100),
             nonces_when_down: policy,
+            exact_limits: true,
+            tls: None,
+            username: None,
+            password: None,
+            cluster: false,
+            seeds: vec![],
         })
     }
 
     fn claim(nonce: &str, created: i64) -> NonceClaim {
         NonceClaim {
+            site_key: 7,
             key_id: "site.k1".into(),
             nonce: nonce.into(),
             created,
@@ -310,7 +322,7 @@ mod tests {
     #[test]
     fn nonce_keys_hash_the_nonce_and_tag_the_key_id() {
         let f = fleet(NonceFallback::FailClosed);
-        let k = f.nonce_key("site.k1", "raw-nonce-value-123");
+        let k = f.nonce_key(&claim("raw-nonce-value-123", 1000));
         assert!(k.starts_with("kg:n:{site.k1}:"), "{k}");
         assert!(!k.contains("raw-nonce-value-123"));
         assert_eq!(k.len(), "kg:n:{site.k1}:".len() + 32);

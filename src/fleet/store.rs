@@ -25,7 +25,12 @@ impl FleetStore {
             return local;
         }
         Counts {
-            prev: local.prev.max(prev),
+            // A fixed window (calendar month) starts from zero: no `prev`.
+            prev: if local.sliding {
+                local.prev.max(prev)
+            } else {
+                0
+            },
             curr: local.curr.max(curr),
             ..local
         }
@@ -53,5 +58,60 @@ impl CounterStore for FleetStore {
         } else {
             self.fleet.settings().nodes
         }
+    }
+}
+
+/// The fleet store as one signed request's admission sees it once the fleet has decided
+/// it ([`super::exact`]): the decided budgets and request windows read the totals the
+/// decision was made on, so the limiter reaches the same decision and renders it as
+/// usual; counts go to this node's sketch only (Redis already has them). Everything else
+/// reads through to the fleet store.
+pub struct Decided<'a> {
+    inner: &'a dyn CounterStore,
+    decision: &'a super::exact::Decision,
+}
+
+impl<'a> Decided<'a> {
+    pub fn new(inner: &'a dyn CounterStore, decision: &'a super::exact::Decision) -> Self {
+        Decided { inner, decision }
+    }
+
+    /// `local` (for the window's timing) with the decided totals.
+    fn with_totals(local: Counts, (prev, curr): (i64, i64)) -> Counts {
+        Counts {
+            prev: if local.sliding { prev } else { 0 },
+            curr,
+            ..local
+        }
+    }
+}
+
+impl CounterStore for Decided<'_> {
+    fn add(&self, counter: Counter, key: SiteKey, n: i64, now_ms: u64) -> Counts {
+        if !self.decision.counts_requests_in(counter) {
+            return self.inner.add(counter, key, n, now_ms);
+        }
+        let local = self.inner.local().add(counter, key, n, now_ms);
+        match self.decision.totals(counter) {
+            // The totals are from before this request: an add sees it counted.
+            Some((prev, curr)) => Self::with_totals(local, (prev, curr + n.max(0))),
+            None => local,
+        }
+    }
+
+    fn get(&self, counter: Counter, key: SiteKey, now_ms: u64) -> Counts {
+        match self.decision.totals(counter) {
+            Some(totals) => Self::with_totals(self.inner.local().get(counter, key, now_ms), totals),
+            None => self.inner.get(counter, key, now_ms),
+        }
+    }
+
+    fn local(&self) -> &LocalStore {
+        self.inner.local()
+    }
+
+    /// The fleet decided on whole quotas.
+    fn quota_divisor(&self) -> u64 {
+        1
     }
 }

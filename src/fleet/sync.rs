@@ -21,18 +21,17 @@ impl BackgroundService for FleetSync {
             log::error!("fleet: {e}; running on the fallback policy");
             return;
         }
-        let mut tick = tokio::time::interval(fleet.settings().sync_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let now_ms = crate::clock::now_ms();
+            if fleet.is_up() || fleet.recover(now_ms).await {
+                fleet.counters.sync(&fleet.redis, now_ms).await;
+            } else {
+                fleet.counters.prune(now_ms);
+            }
+            // Read each time: a reload may change it.
+            let interval = fleet.settings().sync_interval;
             tokio::select! {
-                _ = tick.tick() => {
-                    let now_ms = crate::clock::now_ms();
-                    if !fleet.is_up() && !fleet.recover(now_ms).await {
-                        fleet.counters.prune(now_ms);
-                        continue;
-                    }
-                    fleet.counters.sync(&fleet.redis, now_ms).await;
-                }
+                _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.changed() => return,
             }
         }

@@ -1,6 +1,7 @@
 //! After the response: charge tokens, count metrics, write the audit line.
 
 use super::ctx::Ctx;
+use crate::limits::Spend;
 use crate::response::usage::Usage;
 use crate::state::State;
 use crate::telemetry::audit;
@@ -20,7 +21,7 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
         }
         None => metrics::count_unrouted(ctx.status),
     }
-    charge_tokens(state, ctx);
+    charge(state, ctx);
     if let (Some(_), Some(counts)) = (&ctx.pii, &ctx.pii_counts) {
         for (kind, n) in &counts.0 {
             METRICS
@@ -98,11 +99,11 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
     }
 }
 
-/// Charge the site's token budget, once per request, for every answer the provider produced:
+/// Charge the site's token and USD budgets (and its tier's `models:` entry), once per request, for every answer the provider produced:
 /// from the response's body filter as the body ends (before the client has the last byte, so
 /// the site's next request already meets the new total), or from `finish` for answers that
 /// ended any other way. Missing usage is estimated from the bytes.
-pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
+pub fn charge(state: &State, ctx: &mut Ctx) {
     if ctx.charged
         || ctx.upstream_started.is_none()
         || !(1..500).contains(&ctx.status)
@@ -115,7 +116,7 @@ pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
         .usage
         .unwrap_or_else(|| Usage::estimate(ctx.request_bytes, ctx.response_bytes));
     ctx.usage = Some(usage);
-    price(ctx, &usage);
+    let micro_usd = price(ctx, &usage);
     let Some(up) = ctx.upstream_live() else {
         return;
     };
@@ -123,24 +124,30 @@ pub fn charge_tokens(state: &State, ctx: &mut Ctx) {
     series.tokens_in.inc_by(usage.input);
     series.tokens_out.inc_by(usage.output);
     if let Some(site) = ctx.site() {
-        state
-            .limiter
-            .load()
-            .charge_tokens(site.limit_key, usage.total(), crate::clock::now_ms());
+        let spend = Spend {
+            tokens: usage.total(),
+            micro_usd,
+        };
+        let now_ms = crate::clock::now_ms();
+        let limiter = state.limiter.load();
+        limiter.charge(site.limit_key, ctx.model_limit.as_ref(), spend, now_ms);
+        super::anomaly::tokens(state, &ctx.rt, site, spend.tokens, now_ms);
     }
 }
 
 /// What `usage` cost, when the request's model has a price: into `ctx.cost_usd` and
 /// `keygate_cost_usd_total{route,model}` (the label is the `prices:` key, so its values are
-/// bounded by the config, not by what clients send).
-pub fn price(ctx: &mut Ctx, usage: &Usage) {
+/// bounded by the config, not by what clients send). Returns the micro-USD to charge
+/// (0 when unpriced).
+pub fn price(ctx: &mut Ctx, usage: &Usage) -> u64 {
     let (Some(model), Some(route)) = (ctx.model.as_deref(), ctx.route()) else {
-        return;
+        return 0;
     };
     let Some((key, p)) = ctx.rt.prices.find(model) else {
-        return;
+        return 0;
     };
     let cost = p.cost(usage);
     metrics::count_cost(&route.prefix, key, cost);
     *ctx.cost_usd.get_or_insert(0.0) += cost;
+    p.micro_usd(usage)
 }

@@ -4,6 +4,7 @@
 use super::attempt::upstream_path;
 use super::cors;
 use super::ctx::{BodyPlan, Ctx};
+pub(super) use super::respond::rate_limited;
 use super::service::Gateway;
 use crate::auth::{self, signature::normalize_authority, AuthInput, AuthMode, AuthedClient};
 use crate::config::Runtime;
@@ -143,34 +144,6 @@ pub(super) fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
     limits::ip::client_ip(peer, &xff, &rt.server.trusted_proxies)
 }
 
-/// The 429 for any limit's refusal, with SPEC §4's headers (`policy`: the tier's
-/// `RateLimit-Policy`, for tier limits), counted in `keygate_rate_limited_total`.
-pub(super) fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusal) -> GatewayError {
-    let name = r.limit.as_str();
-    METRICS.rate_limited.with_label_values(&[name]).inc();
-    let mut e =
-        GatewayError::new(ErrorCode::RateLimited, r.limit.message()).extra("limit", name.into());
-    if let Some(wait) = r.retry_after {
-        e = e.retry_after(wait);
-    }
-    if let Some(p) = policy {
-        e = e.header(super::respond::RATELIMIT_POLICY, p.clone());
-    }
-    if let Some(h) = r
-        .ratelimit
-        .and_then(|h| http::HeaderValue::try_from(h).ok())
-    {
-        e = e.header(super::respond::RATELIMIT, h);
-    }
-    if let Some((used, budget)) = r.tokens {
-        e = e.extra(
-            "budget",
-            serde_json::json!({"tokens_per_day": budget, "used": used}),
-        );
-    }
-    e
-}
-
 /// A browser token may name the models it is good for.
 pub(super) fn token_allows_model(
     client: &AuthedClient,
@@ -203,9 +176,47 @@ impl Gateway {
         let route = &rt.routes[route_idx];
         ctx.upstream_path = upstream_path(&route.prefix, &route.upstream, &path, query.as_deref());
 
-        let client = self
-            .authenticate_client(session, ctx, &path, query.as_deref(), &method)
+        let (client, deferred) = self
+            .authenticate_client(session, ctx, &path, query.as_deref(), &method, true)
             .await?;
+        // The nonce's round trip decides the admission too (fleet.exact_limits).
+        let decision = match deferred {
+            Some(claim) => self.fleet_admission(ctx, &client, &claim).await?,
+            None => None,
+        };
+        let admitted = self.admit_site(session, ctx, &client, route_idx, decision.as_ref());
+        if admitted.is_err() {
+            // Refused after the fleet counted it: take the count back.
+            decision.iter().for_each(|d| d.refund());
+        }
+        admitted?;
+        let now_ms = crate::clock::now_ms();
+        if let Some(claims) = &client.token {
+            let fleet = self.state.fleet.as_deref();
+            if claims.max > 0
+                && !crate::fleet::admit_token_use(fleet, &self.state.token_uses, claims, now_ms)
+                    .await
+            {
+                let used_up = limits::Refusal::of(LimitName::TokenMaxRequests, None);
+                return Err(rate_limited(None, used_up));
+            }
+        }
+        ctx.target = (path, query);
+        self.plan_body(session, ctx, &client, &method).await
+    }
+
+    /// The site's and the token's permissions on the route, the first attempt's upstream,
+    /// then the tier's limits (decided by the fleet when `decision` is given).
+    fn admit_site(
+        &self,
+        session: &Session,
+        ctx: &mut Ctx,
+        client: &AuthedClient,
+        route_idx: usize,
+        decision: Option<&crate::fleet::exact::Decision>,
+    ) -> Result<(), GatewayError> {
+        let rt = ctx.rt.clone();
+        let route = &rt.routes[route_idx];
         let site = &rt.sites[client.site];
         if site
             .routes
@@ -235,28 +246,21 @@ impl Gateway {
         }
         Self::first_attempt(ctx)?;
         let now_ms = crate::clock::now_ms();
+        super::anomaly::request(&self.state, &rt, site, now_ms)?;
         let tier = &site.tier;
-        match self
-            .state
-            .limiter
-            .load()
-            .admit(site.limit_key, tier, now_ms)
-        {
+        let limiter = self.state.limiter.load();
+        let admission = match decision {
+            Some(d) => {
+                let decided = crate::fleet::store::Decided::new(limiter.store(), d);
+                limiter.admit_on(&decided, site.limit_key, tier, now_ms)
+            }
+            None => limiter.admit(site.limit_key, tier, now_ms),
+        };
+        match admission {
             Ok(a) => ctx.admission = Some(a),
             Err(refusal) => return Err(rate_limited(tier.policy.as_ref(), refusal)),
         }
-        if let Some(claims) = &client.token {
-            let fleet = self.state.fleet.as_deref();
-            if claims.max > 0
-                && !crate::fleet::admit_token_use(fleet, &self.state.token_uses, claims, now_ms)
-                    .await
-            {
-                let used_up = limits::Refusal::of(LimitName::TokenMaxRequests, None);
-                return Err(rate_limited(None, used_up));
-            }
-        }
-        ctx.target = (path, query);
-        self.plan_body(session, ctx, &client, &method).await
+        Ok(())
     }
 
     /// Who is calling: the credentials (a failure is counted, or a 429 while the address
@@ -268,7 +272,8 @@ impl Gateway {
         path: &str,
         query: Option<&str>,
         method: &str,
-    ) -> Result<AuthedClient, GatewayError> {
+        exact: bool,
+    ) -> Result<(AuthedClient, Option<auth::NonceClaim>), GatewayError> {
         let rt = ctx.rt.clone();
         let authority = normalize_authority(&authority(session)?, ctx.tls);
         let ip = ctx.client_ip.unwrap_or_else(|| client_ip(session, &rt));
@@ -301,18 +306,12 @@ impl Gateway {
         };
         // Known from here on (the audit line of a replay names its site and key).
         ctx.client = Some(client.clone());
-        // After the MAC verified: record the nonce (fleet-wide in fleet mode).
-        if let Some(claim) = claim {
-            let now = crate::clock::secs(now_ms);
-            crate::fleet::record_nonce(
-                self.state.fleet.as_deref(),
-                &self.state.nonces,
-                &claim,
-                now,
-            )
-            .await
-            .map_err(|f| self.auth_failed(&rt, &ip, &f))?;
-        }
+        // After the MAC verified: record the nonce (fleet-wide in fleet mode, or deferred
+        // to the admission when the fleet decides both in one round trip).
+        let deferred = match claim {
+            Some(claim) => self.record_nonce(&rt, ip, claim, exact).await?,
+            None => None,
+        };
         let site = &rt.sites[client.site];
         if client.mode == AuthMode::Legacy {
             METRICS
@@ -326,7 +325,7 @@ impl Gateway {
             );
         }
         ctx.cors_origin = cors::origin_for(session, site)?;
-        Ok(client)
+        Ok((client, deferred))
     }
 
     /// [`Self::auth_failed`] for a body whose digest did not match, from the address
@@ -340,7 +339,12 @@ impl Gateway {
     /// the address cools down, a failing request gets a 429 and nothing more is counted;
     /// a request whose credentials verify is not affected (many sites share one address
     /// on shared hosting: one broken plugin must not lock its neighbours out).
-    fn auth_failed(&self, rt: &Runtime, ip: &IpAddr, f: &auth::AuthFailure) -> GatewayError {
+    pub(super) fn auth_failed(
+        &self,
+        rt: &Runtime,
+        ip: &IpAddr,
+        f: &auth::AuthFailure,
+    ) -> GatewayError {
         let now_ms = crate::clock::now_ms();
         if rt.server.auth_failure_limit.is_some() {
             if let Some(left) = self.state.auth_failures.blocked(ip, now_ms) {
@@ -445,11 +449,45 @@ impl Gateway {
             .and_then(|i| rt.routes.get(i))
             .ok_or_else(|| GatewayError::new(ErrorCode::Internal, "No route."))?;
         body::check_model(route, model.as_deref(), true)?;
-        if let Some(client) = &ctx.client {
-            token_allows_model(client, model.as_deref())?;
-        }
         ctx.model = model;
+        self.admit_model(ctx)?;
         Ok(tail)
+    }
+
+    /// The request's model (`ctx.model`, known once the body is verified) may go ahead:
+    /// a browser token names it; it has a price if the site's tier limits spend
+    /// (`model_not_allowed` otherwise: a model is never free by accident); and the tier's
+    /// `models:` entry for it, if any, has room (counted here, charged after the answer).
+    pub(super) fn admit_model(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
+        let (Some(client), Some(model)) = (&ctx.client, ctx.model.as_deref()) else {
+            return Ok(());
+        };
+        token_allows_model(client, Some(model))?;
+        let Some(site) = ctx.rt.sites.get(client.site) else {
+            return Ok(());
+        };
+        let tier = &site.tier;
+        let entry = tier.models.find(model);
+        let spends = tier.spends_usd();
+        if spends && ctx.rt.prices.find(model).is_none() {
+            return Err(GatewayError::new(
+                ErrorCode::ModelNotAllowed,
+                "This model has no price, and this site's spend is limited.",
+            )
+            .detail(format!(
+                "model {:?} matches no `prices:` entry",
+                model.chars().take(100).collect::<String>()
+            )));
+        }
+        if let Some((glob, m)) = entry {
+            let now_ms = crate::clock::now_ms();
+            let limiter = self.state.limiter.load();
+            if let Err(r) = limiter.admit_model(site.limit_key, glob, m, now_ms) {
+                return Err(rate_limited(None, r));
+            }
+            ctx.model_limit = Some(*m);
+        }
+        Ok(())
     }
 
     /// Digest and JSON checks on a complete body. Returns a replacement body, if any.
@@ -475,7 +513,6 @@ impl Gateway {
             .and_then(|v| v.to_str().ok());
         let pii = route.pii_policy(rt.sites.get(client.site));
         let outcome = body::check_with(route, pii, method, &ctx.upstream_path, content_type, body)?;
-        token_allows_model(client, outcome.model.as_deref())?;
         if upload::boundary(&ctx.upstream_path, content_type).is_some() {
             // Audio and images are not tokens: usage comes from the answer.
             ctx.request_bytes = 0;
@@ -493,6 +530,7 @@ impl Gateway {
             }
             None => {}
         }
+        self.admit_model(ctx)?;
         Ok(outcome.rewritten)
     }
 }

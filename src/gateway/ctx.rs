@@ -44,6 +44,8 @@ pub struct Ctx {
     /// Bytes of request body forwarded (for usage estimates).
     pub request_bytes: usize,
     pub model: Option<String>,
+    /// The tier's `models:` entry the request's model was admitted under (charged too).
+    pub model_limit: Option<crate::limits::tier::ModelLimit>,
     /// Limits passed: holds the concurrency slot and the `RateLimit` header.
     pub admission: Option<Admission>,
     /// The refusal to render in `fail_to_proxy`, when a hook failed on purpose.
@@ -61,6 +63,12 @@ pub struct Ctx {
     pub cost_usd: Option<f64>,
     /// The site's token budget has been charged for this request.
     pub charged: bool,
+    /// The answer's first body byte arrived (time to first token observed).
+    pub first_token_seen: bool,
+    /// Trace ids (with `telemetry.otlp`), made at the first upstream attempt or the end.
+    pub trace: Option<crate::telemetry::trace::TraceIds>,
+    /// One per upstream attempt, for its client span.
+    pub attempt_spans: Vec<crate::telemetry::trace::AttemptSpan>,
     /// The status the upstream answered with.
     pub upstream_status: Option<u16>,
     /// The upstream failed (connect, timeout, TLS, pin): counts against its circuit.
@@ -95,6 +103,7 @@ impl Ctx {
             body: BodyPlan::Undecided,
             request_bytes: 0,
             model: None,
+            model_limit: None,
             admission: None,
             error: None,
             status: 0,
@@ -106,6 +115,9 @@ impl Ctx {
             usage: None,
             cost_usd: None,
             charged: false,
+            first_token_seen: false,
+            trace: None,
+            attempt_spans: Vec::new(),
             upstream_status: None,
             upstream_failed: false,
             circuit: None,

@@ -15,16 +15,20 @@
 
 mod account;
 mod admit;
+mod anomaly;
 mod attempt;
 mod cors;
 pub mod ctx;
 mod failover;
+mod fleet_nonce;
 mod header_map;
 mod observe;
 mod realtime;
+mod register;
 pub mod respond;
 mod service;
 mod tokens;
+mod trace;
 
 use crate::error::{ErrorCode, GatewayError};
 use crate::request::plan::{Framing, Step};
@@ -102,7 +106,15 @@ impl ProxyHttp for Gateway {
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(true);
         }
-        let outcome = if session.req_header().uri.path() == tokens::TOKENS_PATH {
+        let outcome = if register::is_registration(session.req_header().uri.path()) {
+            match self.registration(session, ctx).await {
+                Ok((status, json)) => {
+                    respond::send_json(session, ctx, status, json).await?;
+                    return Ok(true);
+                }
+                Err(e) => Err(e),
+            }
+        } else if session.req_header().uri.path() == tokens::TOKENS_PATH {
             let minted = self.mint_token(session, ctx).await;
             METRICS
                 .tokens_minted
@@ -262,7 +274,7 @@ impl ProxyHttp for Gateway {
     /// framing of the verified body. `Err`: nothing is sent; a 5xx through `fail_to_proxy`.
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -291,6 +303,7 @@ impl ProxyHttp for Gateway {
         // body is held back (so a rewritten body may change length).
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.remove_header(&http::header::CONTENT_LENGTH);
+        self.trace_attempt(session, req, ctx);
         match ctx.body.framing(&req.method) {
             Ok(Framing::Length(n)) => {
                 req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?
@@ -410,7 +423,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<std::time::Duration>> {
         observe::chunk(body, end_of_stream, ctx).map_err(|e| Self::abort(ctx, e))?;
         if end_of_stream {
-            account::charge_tokens(&self.state, ctx);
+            account::charge(&self.state, ctx);
         }
         Ok(None)
     }
@@ -455,5 +468,6 @@ impl ProxyHttp for Gateway {
     /// token charge if not made yet, the audit line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
         account::finish(&self.state, session, ctx);
+        self.trace_finish(session, ctx);
     }
 }

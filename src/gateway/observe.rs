@@ -80,6 +80,17 @@ pub fn chunk(
     ctx: &mut Ctx,
 ) -> Result<(), GatewayError> {
     ctx.response_bytes += body.as_ref().map_or(0, Bytes::len);
+    if !ctx.first_token_seen
+        && body.as_ref().is_some_and(|b| !b.is_empty())
+        && ctx.upstream_status.is_some_and(|s| (200..300).contains(&s))
+    {
+        ctx.first_token_seen = true;
+        if let Some(series) = ctx.route_series() {
+            series
+                .time_to_first_token
+                .observe(ctx.started.elapsed().as_secs_f64());
+        }
+    }
     let mut watch = std::mem::take(&mut ctx.response);
     let mut usage = ctx.usage.take();
     let status = ctx.upstream_status.unwrap_or(200);

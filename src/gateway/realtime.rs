@@ -124,8 +124,8 @@ impl Gateway {
         let req = session.req_header();
         let model = req.uri.query().and_then(realtime::model_of_query);
         crate::request::body::check_model(route, model.as_deref(), true)?;
-        super::admit::token_allows_model(&client, model.as_deref())?;
         ctx.model = model;
+        self.admit_model(ctx)?;
         let client_key = req
             .headers
             .get(http::header::SEC_WEBSOCKET_KEY)
@@ -190,6 +190,7 @@ impl Gateway {
             ctx_live: ctx.live.clone(),
             up: up.clone(),
             limit_key: site.limit_key,
+            model_limit: ctx.model_limit,
             rules,
             limits: route.realtime,
             close: registered.close.clone(),
@@ -334,24 +335,31 @@ struct Relay<'a> {
     ctx_live: std::sync::Arc<crate::state::Live>,
     up: std::sync::Arc<crate::config::Upstream>,
     limit_key: u64,
+    /// The tier's `models:` entry the session's model was admitted under.
+    model_limit: Option<crate::limits::tier::ModelLimit>,
     rules: Rules<'a>,
     limits: Limits,
     close: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Relay<'_> {
-    /// Charge one `response.done`'s usage to the site's budget and the upstream's series,
-    /// and price it.
+    /// Charge one `response.done`'s usage to the site's budgets and the upstream's
+    /// series, and price it.
     fn charge(&self, u: Usage, total: &mut Option<Usage>, cost: &mut Option<f64>) {
+        let mut micro_usd = 0;
         if let Some((key, p)) = &self.price {
             let c = p.cost(&u);
             crate::telemetry::metrics::count_cost(&self.route, key, c);
             *cost.get_or_insert(0.0) += c;
+            micro_usd = p.micro_usd(&u);
         }
-        self.state
-            .limiter
-            .load()
-            .charge_tokens(self.limit_key, u.total(), crate::clock::now_ms());
+        let spend = crate::limits::Spend {
+            tokens: u.total(),
+            micro_usd,
+        };
+        let now_ms = crate::clock::now_ms();
+        let limiter = self.state.limiter.load();
+        limiter.charge(self.limit_key, self.model_limit.as_ref(), spend, now_ms);
         if let Some(l) = self.ctx_live.upstream_for(&self.up) {
             l.series().tokens_in.inc_by(u.input);
             l.series().tokens_out.inc_by(u.output);

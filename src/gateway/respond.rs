@@ -2,7 +2,9 @@
 
 use super::ctx::Ctx;
 pub use super::header_map::{append, invalid_value, response_header, set, too_many, value, ROOM};
-use crate::error::GatewayError;
+use crate::error::{ErrorCode, GatewayError};
+use crate::limits;
+use crate::telemetry::metrics::METRICS;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http::response::Parts;
@@ -171,6 +173,41 @@ async fn send(
         .write_response_body(Some(Bytes::from(body)), true)
         .await?;
     Ok(())
+}
+
+/// The 429 for any limit's refusal, with SPEC §4's headers (`policy`: the tier's
+/// `RateLimit-Policy`, for tier limits), counted in `keygate_rate_limited_total`.
+pub(super) fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusal) -> GatewayError {
+    let name = r.limit.as_str();
+    METRICS.rate_limited.with_label_values(&[name]).inc();
+    let mut e =
+        GatewayError::new(ErrorCode::RateLimited, r.limit.message()).extra("limit", name.into());
+    if let Some(wait) = r.retry_after {
+        e = e.retry_after(wait);
+    }
+    if let Some(p) = policy {
+        e = e.header(RATELIMIT_POLICY, p.clone());
+    }
+    if let Some(h) = r
+        .ratelimit
+        .and_then(|h| http::HeaderValue::try_from(h).ok())
+    {
+        e = e.header(RATELIMIT, h);
+    }
+    if let Some((used, budget)) = r.budget {
+        let amount = |n: u64| match r.limit.is_usd() {
+            true => serde_json::json!(limits::price::to_usd(n)),
+            false => serde_json::json!(n),
+        };
+        e = e.extra(
+            "budget",
+            serde_json::json!({name: amount(budget), "used": amount(used)}),
+        );
+    }
+    if let Some(glob) = r.model {
+        e = e.extra("model", glob.into());
+    }
+    e
 }
 
 #[cfg(test)]

@@ -14,6 +14,10 @@ pub struct Gateway {
     pub resolver: Resolver,
     /// Connections keygate opens itself (Realtime WebSockets), with the upstream's TLS.
     pub connector: pingora::connectors::TransportConnector,
+    /// Self-service registration (set at start; answers only while `registration` is on).
+    pub registrar: Option<Arc<crate::register::Registrar>>,
+    /// The trace exporter, started on first use when `telemetry.otlp` is set at start.
+    pub tracing: std::sync::OnceLock<Option<crate::telemetry::trace::Tracing>>,
 }
 
 impl Gateway {
@@ -22,6 +26,8 @@ impl Gateway {
             state,
             resolver: Resolver::default(),
             connector: pingora::connectors::TransportConnector::new(None),
+            registrar: None,
+            tracing: std::sync::OnceLock::new(),
         }
     }
 

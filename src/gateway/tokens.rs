@@ -51,8 +51,8 @@ impl Gateway {
                 return Err(rate_limited(None, refusal));
             }
         }
-        let client = self
-            .authenticate_client(session, ctx, &path, query.as_deref(), &method)
+        let (client, _) = self
+            .authenticate_client(session, ctx, &path, query.as_deref(), &method, false)
             .await?;
         if let Some(ip) = ctx.client_ip {
             self.state.token_mints.count(&ip, crate::clock::now_ms());

@@ -178,8 +178,9 @@ impl AuthFailureLimiter {
     }
 }
 
-/// A per-client-address rate (failed authentications, browser-token mints): a
-/// one-minute sliding window over a bounded sketch of addresses.
+/// A per-client-address rate (failed authentications, browser-token mints,
+/// registrations): a sliding window (one minute unless [`IpRate::over`]) over a bounded
+/// sketch of addresses (or any other key, e.g. an e-mail address's hash).
 pub struct IpRate {
     window: SlidingWindow,
     hasher: ahash::RandomState,
@@ -187,18 +188,28 @@ pub struct IpRate {
 
 impl Default for IpRate {
     fn default() -> Self {
-        IpRate {
-            window: SlidingWindow::new(Duration::from_secs(60), super::window::HASHES, IP_SLOTS),
-            hasher: ahash::RandomState::new(),
-        }
+        IpRate::over(Duration::from_secs(60))
     }
 }
 
 impl IpRate {
+    /// A rate over a sliding window of `window` (one minute by default) instead.
+    pub fn over(window: Duration) -> Self {
+        IpRate {
+            window: SlidingWindow::new(window, super::window::HASHES, IP_SLOTS),
+            hasher: ahash::RandomState::new(),
+        }
+    }
+
     /// Whether `ip` has room for one more within `per_minute`; else the time until it has.
     /// Nothing is counted: [`IpRate::count`] does that once the request earned it (so
     /// requests that fail authentication cannot use up a shared address's allowance).
-    pub fn check(&self, ip: &IpAddr, per_minute: u64, now_ms: u64) -> Result<(), Duration> {
+    pub fn check(
+        &self,
+        ip: &impl std::hash::Hash,
+        per_minute: u64,
+        now_ms: u64,
+    ) -> Result<(), Duration> {
         let seen = self.window.get(self.hasher.hash_one(ip), now_ms);
         if seen.estimate() + 1.0 > per_minute as f64 {
             return Err(seen.wait_for_room(per_minute as f64, 1.0));
@@ -207,7 +218,7 @@ impl IpRate {
     }
 
     /// Count one from `ip`; the estimate for the last minute, this one included.
-    pub fn count(&self, ip: &IpAddr, now_ms: u64) -> f64 {
+    pub fn count(&self, ip: &impl std::hash::Hash, now_ms: u64) -> f64 {
         self.window
             .add(self.hasher.hash_one(ip), 1, now_ms)
             .estimate()

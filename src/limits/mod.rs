@@ -1,237 +1,46 @@
-//! Tier limits (requests per minute/hour/day, tokens per day, concurrency) and the
-//! per-client-IP limit on failed authentications.
+//! Tier limits (requests per minute/hour/day, tokens per day, USD per day and per
+//! calendar month, concurrency, and per-model limits inside a tier) and the per-client-IP
+//! limit on failed authentications.
 //!
 //! Counts live behind [`CounterStore`], the one seam a fleet-wide backend plugs into;
-//! the gateway only calls [`Limiter::admit`], [`Limiter::charge_tokens`] and the
-//! [`ip::AuthFailureLimiter`].
+//! the gateway only calls [`Limiter::admit`], [`Limiter::admit_model`],
+//! [`Limiter::charge`] and the [`ip::AuthFailureLimiter`]. Spend is counted in micro-USD.
 //!
-//! Sizing: the site sketches (minute, hour, day, tokens/day; a current and a previous
-//! window each) have one row of `slots = next_power_of_two(max(1024, 16 × sites))`
-//! counters, 8 bytes each: `4 × 2 × slots × 8` bytes, 64 KiB up to 64 sites, 2 MiB for
-//! 1,000 sites, 16 MiB for 10,000 sites. Rows of 2 MiB and more sit on huge pages
-//! ([`crate::alloc`]).
+//! Sizing: the site sketches (requests per minute, hour, day; tokens per day; USD per day
+//! and per month; a current and a previous window each) have one row of
+//! `slots = next_power_of_two(max(1024, 16 × keys))` counters, 8 bytes each:
+//! `6 × 2 × slots × 8` bytes, 96 KiB up to 64 keys, 3 MiB for 1,000, 24 MiB for 10,000.
+//! A key is a site, or a site's `models:` entry of its tier (each counted on its own).
+//! Rows of 2 MiB and more sit on huge pages ([`crate::alloc`]).
 //!
 //! Error: none for configured sites. A count-min sketch only overestimates, and only
 //! through keys sharing a counter. Sites are known when the config loads, so
 //! [`LocalStore::new`] chooses the key each site is counted under such that no two sites
-//! share a counter in any of the eight sketches (at most a sixteenth full, so a random
-//! key is free in all of them with odds ≥ 0.6; a few tries per site). With no sharing, one row
+//! share a counter in any of the twelve sketches (at most a sixteenth full, so a random
+//! key is free in all of them with odds ≥ 0.47; a few tries per site). With no sharing, one row
 //! is exact: a site under its limit is never refused, and each check touches one counter
 //! per sketch (the check stays cache-friendly at 10,000 sites; with four random rows it
 //! was memory-bound at 1.7 µs). A reload that adds sites builds new sketches with new
 //! keys and copies the surviving sites' counts over ([`LocalStore::copy_from`]). Keys
 //! not known in advance (client IPs, browser tokens) use four-row sketches instead.
 
+pub mod anomaly;
 pub mod ip;
 pub mod name;
 pub mod price;
+mod store;
 pub mod tier;
 pub mod window;
 
 pub use name::LimitName;
 use pingora_limits::inflight::{Guard, Inflight};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tier::Tier;
+pub use store::{slots_for, Copied, Counter, CounterStore, LocalStore, SiteKey, SITE_ROWS};
+use tier::{ModelLimit, Tier};
 use window::{Counts, SlidingWindow};
 
-/// The counters a site has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Counter {
-    RequestsMinute,
-    RequestsHour,
-    RequestsDay,
-    TokensDay,
-}
-
-impl Counter {
-    /// All counters, in storage order.
-    pub const ALL: [Counter; 4] = [
-        Counter::RequestsMinute,
-        Counter::RequestsHour,
-        Counter::RequestsDay,
-        Counter::TokensDay,
-    ];
-
-    /// The window the counter is kept over (windows are aligned to the Unix epoch).
-    pub fn interval(self) -> Duration {
-        match self {
-            Counter::RequestsMinute => MINUTE,
-            Counter::RequestsHour => HOUR,
-            Counter::RequestsDay | Counter::TokensDay => DAY,
-        }
-    }
-}
-
-const MINUTE: Duration = Duration::from_secs(60);
-const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
-
-/// A site's key for a store: the stable site key (what a fleet-wide store shares) and the
-/// key its counters sit under in the local sketches (collision-free, per process).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SiteKey {
-    pub site: u64,
-    pub cell: u64,
-}
-
-/// Where counts live. Local sketches today; a shared store (Redis) can implement the
-/// same two calls.
-pub trait CounterStore: Send + Sync {
-    /// Add `n` (negative refunds) and return the counts after.
-    fn add(&self, counter: Counter, key: SiteKey, n: i64, now_ms: u64) -> Counts;
-    /// Read without adding.
-    fn get(&self, counter: Counter, key: SiteKey, now_ms: u64) -> Counts;
-    /// The local sketches under the store.
-    fn local(&self) -> &LocalStore;
-    /// Quotas are divided by this (rounded up): 1, or the fleet size while a shared
-    /// store is unreachable and each node enforces its share alone.
-    fn quota_divisor(&self) -> u64 {
-        1
-    }
-}
-
-/// Most attempts at finding a collision-free key for one site.
-const PLACE_ATTEMPTS: u64 = 64;
-
-/// Process-local sketches: one row per sketch, each configured site's counters under a
-/// key chosen at load so that no two configured sites share a counter (module docs).
-pub struct LocalStore {
-    windows: [SlidingWindow; 4],
-    /// Site key → the key its counters sit under.
-    cells: HashMap<u64, u64, ahash::RandomState>,
-}
-
-impl LocalStore {
-    /// Sketches sized for, and keys placed for, these site keys.
-    pub fn new(sites: &[u64]) -> Self {
-        let slots = slots_for(sites.len());
-        let windows = [MINUTE, HOUR, DAY, DAY].map(|i| SlidingWindow::new(i, SITE_ROWS, slots));
-        let cells = place(&windows, sites);
-        windows.iter().for_each(SlidingWindow::clear);
-        LocalStore { windows, cells }
-    }
-
-    fn window(&self, c: Counter) -> &SlidingWindow {
-        &self.windows[c as usize]
-    }
-
-    /// The key `site`'s counters sit under. A site not placed (not configured when the
-    /// store was built) uses its own key: counts may then include another site's, an
-    /// overestimate, never an undercount.
-    pub fn key(&self, site: u64) -> SiteKey {
-        SiteKey {
-            site,
-            cell: self.cells.get(&site).copied().unwrap_or(site),
-        }
-    }
-
-    /// Load every counter of `key` without locking, so the cache misses overlap before
-    /// the locked updates (which would otherwise take them one at a time).
-    pub fn touch(&self, key: SiteKey, tier: &Tier) {
-        let limits = [
-            tier.requests_per_minute,
-            tier.requests_per_hour,
-            tier.requests_per_day,
-            tier.tokens_per_day,
-        ];
-        for (w, limit) in self.windows.iter().zip(limits) {
-            if limit.is_some() {
-                w.touch(key.cell);
-            }
-        }
-    }
-
-    /// Whether every one of `sites` has its own counters here.
-    pub fn covers(&self, sites: &[u64]) -> bool {
-        sites.iter().all(|s| self.cells.contains_key(s))
-    }
-
-    /// Counter slots per sketch row.
-    pub fn slots(&self) -> usize {
-        self.windows[0].slots()
-    }
-
-    /// Bytes held by all sketches.
-    pub fn memory_bytes(&self) -> usize {
-        self.windows.iter().map(|w| w.memory_bytes()).sum()
-    }
-
-    /// Add the counts of the sites both stores hold from `old` (only what came since
-    /// `base` when given); return what was read, as the base for a later pass.
-    pub fn copy_from(&self, old: &LocalStore, base: Option<&Copied>) -> Copied {
-        let mut read = Copied::default();
-        for (&site, &old_cell) in &old.cells {
-            let Some(&cell) = self.cells.get(&site) else {
-                continue;
-            };
-            let snaps = std::array::from_fn(|i| old.windows[i].snapshot(old_cell));
-            let before = base.and_then(|b| b.0.get(&site));
-            for (i, snap) in snaps.iter().enumerate() {
-                self.windows[i].add_snapshot(cell, *snap, before.map(|b| b[i]));
-            }
-            read.0.insert(site, snaps);
-        }
-        read
-    }
-}
-
-/// Counts read by [`LocalStore::copy_from`], per site and window.
-#[derive(Default)]
-pub struct Copied(HashMap<u64, [window::Snapshot; 4]>);
-
-/// Give each site a key whose counter, in every sketch of `windows`, no other site's key
-/// shares: then a site's count is exact. The sketches must be empty; each placed key
-/// leaves a 1 behind (clear them after). `slots ≥ 16 × sites` keeps each sketch at most
-/// a sixteenth full, so a random key is free in all eight with odds ≥ 0.94⁸ ≈ 0.6; a site
-/// that finds none in [`PLACE_ATTEMPTS`] tries (odds below 10⁻¹⁵) keeps its own key.
-fn place(windows: &[SlidingWindow; 4], sites: &[u64]) -> HashMap<u64, u64, ahash::RandomState> {
-    let sketches: Vec<_> = windows.iter().flat_map(|w| w.sketches()).collect();
-    let mut cells = HashMap::with_capacity_and_hasher(sites.len(), ahash::RandomState::new());
-    for &site in sites {
-        if cells.contains_key(&site) {
-            continue;
-        }
-        let free = |key: u64| {
-            for (i, s) in sketches.iter().enumerate() {
-                if s.incr(key, 1) != 1 {
-                    sketches[..=i].iter().for_each(|s| s.decr(key, 1));
-                    return false;
-                }
-            }
-            true
-        };
-        let cell = (0..PLACE_ATTEMPTS)
-            .map(|a| site ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .find(|&k| free(k));
-        if cell.is_none() {
-            log::warn!("rate limits: no collision-free counters found for a site; its counts may include another site's");
-        }
-        cells.insert(site, cell.unwrap_or(site));
-    }
-    cells
-}
-
-impl CounterStore for LocalStore {
-    fn add(&self, counter: Counter, key: SiteKey, n: i64, now_ms: u64) -> Counts {
-        self.window(counter).add(key.cell, n, now_ms)
-    }
-    fn get(&self, counter: Counter, key: SiteKey, now_ms: u64) -> Counts {
-        self.window(counter).get(key.cell, now_ms)
-    }
-    fn local(&self) -> &LocalStore {
-        self
-    }
-}
-
-/// Rows per site sketch: one, since site keys are placed collision-free.
-pub const SITE_ROWS: usize = 1;
-
-/// Slots per sketch row for `sites` configured sites (see the module docs).
-pub fn slots_for(sites: usize) -> usize {
-    (sites.saturating_mul(16)).max(1024).next_power_of_two()
-}
 
 /// A refusal by a limit.
 #[derive(Debug, Clone)]
@@ -241,8 +50,11 @@ pub struct Refusal {
     pub retry_after: Option<Duration>,
     /// `RateLimit` header value for the refusal.
     pub ratelimit: Option<String>,
-    /// For token budgets: (used, budget).
-    pub tokens: Option<(u64, u64)>,
+    /// For token and USD budgets: what was used and the budget, in the limit's unit
+    /// (tokens, micro-USD).
+    pub budget: Option<(u64, u64)>,
+    /// The `models:` entry of the tier whose limit refused (a glob).
+    pub model: Option<String>,
 }
 
 impl Refusal {
@@ -252,7 +64,8 @@ impl Refusal {
             limit,
             retry_after,
             ratelimit: None,
-            tokens: None,
+            budget: None,
+            model: None,
         }
     }
 }
@@ -292,8 +105,113 @@ pub fn ceil_secs(d: Duration) -> u64 {
     s.max(1)
 }
 
+/// Micro-USD per unit of a USD window's `RateLimit` quota: budgets are given in cents.
+const MICRO_PER_CENT: u64 = 10_000;
+
+/// A counted request window: (counter, `RateLimit` name, limit, quota).
+type RequestWindow = (Counter, &'static str, LimitName, Option<u64>);
+/// A budget charged after the answer: (counter, limit, budget, `RateLimit` name when the
+/// header shows it: USD windows, in cents).
+type BudgetWindow = (Counter, LimitName, Option<u64>, Option<&'static str>);
+
+/// What one set of limits (a tier, or one of its `models:` entries) checks.
+struct Quotas {
+    requests: [RequestWindow; 3],
+    budgets: [BudgetWindow; 3],
+}
+
+impl Quotas {
+    fn of_tier(tier: &Tier) -> Quotas {
+        Quotas {
+            requests: request_windows(tier),
+            budgets: [
+                (
+                    Counter::TokensDay,
+                    LimitName::TokensPerDay,
+                    tier.tokens_per_day,
+                    None,
+                ),
+                (
+                    Counter::UsdDay,
+                    LimitName::UsdPerDay,
+                    tier.usd_per_day,
+                    Some("usd_day"),
+                ),
+                (
+                    Counter::UsdMonth,
+                    LimitName::UsdPerMonth,
+                    tier.usd_per_month,
+                    Some("usd_month"),
+                ),
+            ],
+        }
+    }
+
+    /// A `models:` entry's limits: requests per minute, tokens and USD per day.
+    fn of_model(m: &ModelLimit) -> Quotas {
+        let none = (Counter::RequestsHour, "", LimitName::RequestsPerHour, None);
+        Quotas {
+            requests: [
+                (
+                    Counter::RequestsMinute,
+                    "model_minute",
+                    LimitName::RequestsPerMinute,
+                    m.requests_per_minute,
+                ),
+                none,
+                none,
+            ],
+            budgets: [
+                (
+                    Counter::TokensDay,
+                    LimitName::TokensPerDay,
+                    m.tokens_per_day,
+                    None,
+                ),
+                (
+                    Counter::UsdDay,
+                    LimitName::UsdPerDay,
+                    m.usd_per_day,
+                    Some("model_usd_day"),
+                ),
+                (Counter::UsdMonth, LimitName::UsdPerMonth, None, None),
+            ],
+        }
+    }
+
+    /// The counters with a limit.
+    fn limited(&self) -> impl Iterator<Item = Counter> + '_ {
+        let r = self.requests.iter().filter(|w| w.3.is_some()).map(|w| w.0);
+        r.chain(self.budgets.iter().filter(|b| b.2.is_some()).map(|b| b.0))
+    }
+}
+
+/// What a tier's admission checks, for a store that decides it elsewhere (the fleet's
+/// server-side script): the budgets (counter, limit) a request is refused at, and the
+/// request windows (counter, quota) it is counted in. The same checks, in the same
+/// arithmetic, as [`Limiter::admit`] with the whole quota (Redis is up).
+pub fn admission_plan(tier: &Tier) -> AdmissionPlan {
+    let q = Quotas::of_tier(tier);
+    AdmissionPlan {
+        budgets: q.budgets.iter().filter_map(|b| Some((b.0, b.2?))).collect(),
+        windows: q
+            .requests
+            .iter()
+            .filter_map(|w| Some((w.0, w.3?)))
+            .collect(),
+    }
+}
+
+/// See [`admission_plan`].
+pub struct AdmissionPlan {
+    /// (counter, limit): refused once used reaches the limit.
+    pub budgets: Vec<(Counter, u64)>,
+    /// (counter, quota): counted; refused when counting would exceed the quota.
+    pub windows: Vec<(Counter, u64)>,
+}
+
 /// The request windows a tier limits, with their policy names.
-fn request_windows(tier: &Tier) -> [(Counter, &'static str, LimitName, Option<u64>); 3] {
+fn request_windows(tier: &Tier) -> [RequestWindow; 3] {
     [
         (
             Counter::RequestsMinute,
@@ -316,13 +234,22 @@ fn request_windows(tier: &Tier) -> [(Counter, &'static str, LimitName, Option<u6
     ]
 }
 
-/// The `RateLimit-Policy` value of a tier (`None` when it limits no requests).
+/// The `RateLimit-Policy` value of a tier (`None` when it limits no requests and no
+/// spend). USD budgets are given in US cents (`qu="usd-cents"`); the calendar month has
+/// no fixed `w`.
 pub fn policy_header(tier: &Tier) -> Option<String> {
-    let items: Vec<String> = request_windows(tier)
-        .iter()
+    let requests = request_windows(tier)
+        .into_iter()
         .zip([60u64, 3600, 86_400])
-        .filter_map(|((_, name, _, q), w)| q.map(|q| format!("\"{name}\";q={q};w={w}")))
-        .collect();
+        .filter_map(|((_, name, _, q), w)| q.map(|q| format!("\"{name}\";q={q};w={w}")));
+    let cents = |b: u64| b.div_ceil(MICRO_PER_CENT);
+    let usd = [
+        tier.usd_per_day
+            .map(|b| format!("\"usd_day\";q={};qu=\"usd-cents\";w=86400", cents(b))),
+        tier.usd_per_month
+            .map(|b| format!("\"usd_month\";q={};qu=\"usd-cents\"", cents(b))),
+    ];
+    let items: Vec<String> = requests.chain(usd.into_iter().flatten()).collect();
     (!items.is_empty()).then(|| items.join(", "))
 }
 
@@ -359,7 +286,7 @@ pub struct Limiter {
 impl Limiter {
     /// Local limiter for these site keys.
     pub fn local(sites: &[u64]) -> Self {
-        Self::with_store(Box::new(LocalStore::new(sites)))
+        Self::with_store(Box::new(LocalStore::new(sites, true)))
     }
 
     /// A limiter over another store (the fleet's).
@@ -388,50 +315,128 @@ impl Limiter {
     /// Admit one request of site `key` under `tier` at `now_ms`, counting it; or refuse
     /// (and count nothing).
     pub fn admit(&self, key: u64, tier: &Tier, now_ms: u64) -> Result<Admission, Refusal> {
+        self.admit_on(self.store.as_ref(), key, tier, now_ms)
+    }
+
+    /// The store this limiter counts in.
+    pub fn store(&self) -> &dyn CounterStore {
+        self.store.as_ref()
+    }
+
+    /// [`Limiter::admit`] with the counts read from and added to `store`: a view over
+    /// [`Limiter::store`] in which the fleet has already decided (`fleet.exact_limits`).
+    pub fn admit_on(
+        &self,
+        store: &dyn CounterStore,
+        key: u64,
+        tier: &Tier,
+        now_ms: u64,
+    ) -> Result<Admission, Refusal> {
         let site = key;
-        let key = self.store.local().key(site);
-        self.store.local().touch(key, tier);
+        let key = store.local().key(site);
+        let quotas = Quotas::of_tier(tier);
+        store.local().touch(key, quotas.limited());
         let inflight = match tier.concurrent {
             Some(max) => {
                 let (guard, n) = self.inflight.incr(site, 1);
                 if n as u64 > max {
-                    return Err(Refusal {
-                        limit: LimitName::Concurrent,
-                        retry_after: Some(Duration::from_secs(1)),
-                        ratelimit: None,
-                        tokens: None,
-                    });
+                    return Err(Refusal::of(
+                        LimitName::Concurrent,
+                        Some(Duration::from_secs(1)),
+                    ));
                 }
                 Some(guard)
             }
             None => None,
         };
-        let share = self.store.quota_divisor().max(1);
-        if let Some(budget) = tier.tokens_per_day.map(|b| b.div_ceil(share)) {
-            let c = self.store.get(Counter::TokensDay, key, now_ms);
-            if c.estimate() >= budget as f64 {
+        let ratelimit = self.check(store, key, &quotas, now_ms)?;
+        Ok(Admission {
+            inflight,
+            ratelimit,
+        })
+    }
+
+    /// Admit one request of site `site` for a model under the tier's `models:` entry
+    /// `m` (found by `glob`): counted in the entry's requests per minute, refused when
+    /// that or the entry's token or USD budget of the day is spent.
+    pub fn admit_model(
+        &self,
+        site: u64,
+        glob: &str,
+        m: &ModelLimit,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
+        let key = self.store.local().key(m.key(site));
+        self.check(self.store(), key, &Quotas::of_model(m), now_ms)
+            .map(|_| ())
+            .map_err(|r| Refusal {
+                model: Some(glob.to_string()),
+                ..r
+            })
+    }
+
+    /// Check `quotas` of `key`: budgets (read), then request windows (counted, and
+    /// refunded on a refusal). The window closest to exhaustion, for the header.
+    fn check(
+        &self,
+        store: &dyn CounterStore,
+        key: SiteKey,
+        quotas: &Quotas,
+        now_ms: u64,
+    ) -> Result<Option<RateLimitState>, Refusal> {
+        let share = store.quota_divisor().max(1);
+        // (share of the quota left, state)
+        let mut tightest: Option<(f64, RateLimitState)> = None;
+        let mut consider = |ratio: f64, state: RateLimitState| {
+            if tightest.is_none_or(|(r, _)| ratio < r) {
+                tightest = Some((ratio, state));
+            }
+        };
+        for &(counter, limit, budget, header) in &quotas.budgets {
+            let Some(budget) = budget.map(|b| b.div_ceil(share)) else {
+                continue;
+            };
+            let c = store.get(counter, key, now_ms);
+            let used = c.estimate();
+            let reset = ceil_secs(c.window_ends_in());
+            if used >= budget as f64 {
+                let wait = c.wait_for_room(budget as f64, 1.0);
+                let state = |window| RateLimitState {
+                    window,
+                    remaining: 0,
+                    reset: ceil_secs(wait),
+                };
                 return Err(Refusal {
-                    limit: LimitName::TokensPerDay,
-                    retry_after: Some(c.wait_for_room(budget as f64, 1.0)),
-                    ratelimit: None,
-                    tokens: Some((c.estimate().ceil() as u64, budget)),
+                    limit,
+                    retry_after: Some(wait),
+                    ratelimit: header.map(|w| state(w).to_string()),
+                    budget: Some((used.ceil() as u64, budget)),
+                    model: None,
                 });
+            }
+            if let Some(window) = header {
+                let left = budget as f64 - used;
+                let remaining = (left / MICRO_PER_CENT as f64).floor() as u64;
+                let state = RateLimitState {
+                    window,
+                    remaining,
+                    reset,
+                };
+                consider(left / budget as f64, state);
             }
         }
         let _serial = self.stripes.lock(key.site);
-        // (share of the quota left, name, remaining, seconds to the window's end)
-        let mut tightest: Option<(f64, RateLimitState)> = None;
-        let windows = request_windows(tier);
+        let windows = &quotas.requests;
         for (i, &(counter, name, limit_name, q)) in windows.iter().enumerate() {
             let Some(q) = q.map(|q| q.div_ceil(share)) else {
                 continue;
             };
-            let c = self.store.add(counter, key, 1, now_ms);
+            let c = store.add(counter, key, 1, now_ms);
             let est = c.estimate();
             if est > q as f64 {
                 for &(a, .., q) in &windows[..=i] {
                     if q.is_some() {
-                        self.store.add(a, key, -1, now_ms);
+                        store.add(a, key, -1, now_ms);
                     }
                 }
                 let before = Counts {
@@ -451,37 +456,51 @@ impl Limiter {
                         }
                         .to_string(),
                     ),
-                    tokens: None,
+                    budget: None,
+                    model: None,
                 });
             }
             let remaining = (q as f64 - est).floor().max(0.0) as u64;
-            let ratio = remaining as f64 / q as f64;
-            if tightest.is_none_or(|(r, _)| ratio < r) {
-                let state = RateLimitState {
-                    window: name,
-                    remaining,
-                    reset: ceil_secs(c.window_ends_in()),
-                };
-                tightest = Some((ratio, state));
-            }
+            let state = RateLimitState {
+                window: name,
+                remaining,
+                reset: ceil_secs(c.window_ends_in()),
+            };
+            consider(remaining as f64 / q as f64, state);
         }
-        Ok(Admission {
-            inflight,
-            ratelimit: tightest.map(|(_, state)| state),
-        })
+        Ok(tightest.map(|(_, state)| state))
     }
 
-    /// Charge `tokens` used by site `key` against its daily budget.
-    pub fn charge_tokens(&self, key: u64, tokens: u64, now_ms: u64) {
-        if tokens > 0 {
-            self.store.add(
-                Counter::TokensDay,
-                self.store.local().key(key),
-                tokens.min(i64::MAX as u64) as i64,
-                now_ms,
-            );
+    /// Charge what one answer of site `site` used: `tokens` against its daily token
+    /// budget, `micro_usd` (when priced) against its USD budgets, and both against the
+    /// tier's `models:` entry the request was admitted under (`model`), if any.
+    pub fn charge(&self, site: u64, model: Option<&ModelLimit>, spend: Spend, now_ms: u64) {
+        let amounts = [
+            (Counter::TokensDay, spend.tokens),
+            (Counter::UsdDay, spend.micro_usd),
+            (Counter::UsdMonth, spend.micro_usd),
+        ];
+        let local = self.store.local();
+        let keys = std::iter::once((local.key(site), true))
+            .chain(model.map(|m| (local.key(m.key(site)), false)));
+        for (key, whole_site) in keys {
+            for (counter, n) in amounts {
+                // A `models:` entry has no monthly budget.
+                if n > 0 && (whole_site || counter != Counter::UsdMonth) {
+                    self.store
+                        .add(counter, key, n.min(i64::MAX as u64) as i64, now_ms);
+                }
+            }
         }
     }
+}
+
+/// What one answer used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub tokens: u64,
+    /// Zero when the model has no price.
+    pub micro_usd: u64,
 }
 
 /// Uses of browser tokens with `max_requests`, counted by token id in a sketch (bounded;

@@ -2,7 +2,8 @@
 //! table (the only one applied; `conf/prices.example.yaml` has public list prices to start
 //! from). A model is matched exactly first, then by the most specific glob (the one with
 //! the most characters that are not wildcards); globs are `globset`'s (`*`, `?`, `[…]`,
-//! `{a,b}`), and `*` matches `/` too, as model names may hold one.
+//! `{a,b}`), and `*` matches `/` too, as model names may hold one. Tiers' per-model limits
+//! are matched the same way ([`ModelTable`]).
 
 use crate::response::usage::Usage;
 use std::collections::HashMap;
@@ -20,6 +21,11 @@ pub struct Price {
 }
 
 impl Price {
+    /// What `u` costs, in micro-USD (rounded up: spend is never undercounted).
+    pub fn micro_usd(&self, u: &Usage) -> u64 {
+        to_micro(self.cost(u))
+    }
+
     /// What `u` costs, in USD.
     pub fn cost(&self, u: &Usage) -> f64 {
         let plain = u
@@ -34,15 +40,44 @@ impl Price {
     }
 }
 
-/// The `prices:` table.
-#[derive(Debug, Default)]
-pub struct Prices {
-    exact: HashMap<String, Price>,
-    /// Globs, most specific first: (pattern, matcher, price).
-    globs: Vec<(String, globset::GlobMatcher, Price)>,
+/// USD as whole micro-USD, rounded up (budgets are counted in these).
+pub fn to_micro(usd: f64) -> u64 {
+    // Less a trace, so float noise (0.0021 × 10⁶ = 2100.0000000000005) does not round up.
+    let m = (usd * 1_000_000.0 - 1e-6).ceil();
+    if m.is_finite() && m > 0.0 {
+        m.min(i64::MAX as f64) as u64
+    } else {
+        0
+    }
 }
 
-/// Whether a `prices:` key is a glob rather than a model name.
+/// Micro-USD as USD, for JSON.
+pub fn to_usd(micro: u64) -> f64 {
+    micro as f64 / 1_000_000.0
+}
+
+/// The `prices:` table.
+pub type Prices = ModelTable<Price>;
+
+/// Values by model name or glob (`prices:`, a tier's `models:`): a model is matched
+/// exactly first, then by the most specific glob.
+#[derive(Debug, Clone)]
+pub struct ModelTable<T> {
+    exact: HashMap<String, T>,
+    /// Globs, most specific first: (pattern, matcher, value).
+    globs: Vec<(String, globset::GlobMatcher, T)>,
+}
+
+impl<T> Default for ModelTable<T> {
+    fn default() -> Self {
+        ModelTable {
+            exact: HashMap::new(),
+            globs: Vec::new(),
+        }
+    }
+}
+
+/// Whether a key is a glob rather than a model name.
 fn is_glob(key: &str) -> bool {
     key.contains(['*', '?', '[', '{'])
 }
@@ -52,20 +87,20 @@ fn specificity(glob: &str) -> usize {
     glob.chars().filter(|c| !"*?[]{},".contains(*c)).count()
 }
 
-impl Prices {
-    /// A table from `(key, price)`; `Err((key, why))` for a glob that does not compile.
-    pub fn new(entries: Vec<(String, Price)>) -> Result<Prices, (String, String)> {
-        let mut p = Prices::default();
-        for (key, price) in entries {
+impl<T> ModelTable<T> {
+    /// A table from `(key, value)`; `Err((key, why))` for a glob that does not compile.
+    pub fn new(entries: Vec<(String, T)>) -> Result<ModelTable<T>, (String, String)> {
+        let mut p = ModelTable::default();
+        for (key, value) in entries {
             if is_glob(&key) {
                 let m = globset::GlobBuilder::new(&key)
                     .literal_separator(false)
                     .build()
                     .map_err(|e| (key.clone(), e.kind().to_string()))?
                     .compile_matcher();
-                p.globs.push((key, m, price));
+                p.globs.push((key, m, value));
             } else {
-                p.exact.insert(key, price);
+                p.exact.insert(key, value);
             }
         }
         p.globs.sort_by(|a, b| {
@@ -80,8 +115,14 @@ impl Prices {
         self.exact.is_empty() && self.globs.is_empty()
     }
 
-    /// The price of `model` and the table key that gave it.
-    pub fn find(&self, model: &str) -> Option<(&str, &Price)> {
+    /// Every entry, as (key, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &T)> {
+        let exact = self.exact.iter().map(|(k, v)| (k.as_str(), v));
+        exact.chain(self.globs.iter().map(|(k, _, v)| (k.as_str(), v)))
+    }
+
+    /// The value for `model` and the key that gave it.
+    pub fn find(&self, model: &str) -> Option<(&str, &T)> {
         if let Some((k, p)) = self.exact.get_key_value(model) {
             return Some((k.as_str(), p));
         }

@@ -1,4 +1,5 @@
 use super::*;
+use tier::ModelLimit;
 
 fn tier(rpm: Option<u64>, rph: Option<u64>, tokens: Option<u64>, concurrent: Option<u64>) -> Tier {
     Tier {
@@ -8,7 +9,14 @@ fn tier(rpm: Option<u64>, rph: Option<u64>, tokens: Option<u64>, concurrent: Opt
         requests_per_day: None,
         tokens_per_day: tokens,
         concurrent,
-        policy: None,
+        ..Tier::default()
+    }
+}
+
+fn tokens(n: u64) -> Spend {
+    Spend {
+        tokens: n,
+        micro_usd: 0,
     }
 }
 
@@ -96,12 +104,12 @@ fn token_budget_refuses_once_spent() {
     let l = Limiter::local(&SMALL);
     let t = tier(None, None, Some(1000), None);
     assert!(l.admit(5, &t, T0).is_ok());
-    l.charge_tokens(5, 600, T0 + 1);
+    l.charge(5, None, tokens(600), T0 + 1);
     assert!(l.admit(5, &t, T0 + 2).is_ok());
-    l.charge_tokens(5, 500, T0 + 3);
+    l.charge(5, None, tokens(500), T0 + 3);
     let r = l.admit(5, &t, T0 + 4).err().unwrap();
     assert_eq!(r.limit, LimitName::TokensPerDay);
-    assert_eq!(r.tokens, Some((1100, 1000)));
+    assert_eq!(r.budget, Some((1100, 1000)));
     assert!(r.retry_after.unwrap() > Duration::from_secs(3600));
 }
 
@@ -134,9 +142,15 @@ fn sizing_rule() {
     assert_eq!(slots_for(1), 1024);
     assert_eq!(slots_for(3000), 65_536);
     assert_eq!(slots_for(10_000), 262_144);
+    // Without `prices:` the USD sketches hold one slot each; with, 8 MiB more.
+    let mib = 1024 * 1024;
     assert_eq!(
-        LocalStore::new(&keys(10_000)).memory_bytes(),
-        16 * 1024 * 1024
+        LocalStore::new(&keys(10_000), false).memory_bytes(),
+        16 * mib + 2 * 16
+    );
+    assert_eq!(
+        LocalStore::new(&keys(10_000), true).memory_bytes(),
+        24 * mib
     );
 }
 
@@ -146,7 +160,7 @@ fn sizing_rule() {
 #[test]
 fn placed_sites_count_exactly() {
     let keys = keys(10_000);
-    let store = LocalStore::new(&keys);
+    let store = LocalStore::new(&keys, true);
     for (i, &k) in keys.iter().enumerate() {
         store.add(
             Counter::RequestsMinute,
@@ -171,13 +185,13 @@ fn counts_survive_new_sketches() {
     for _ in 0..6 {
         old.admit(old_keys[0], &t, T0 + 1_000).unwrap();
     }
-    old.charge_tokens(old_keys[0], 700, T0 + 1_000);
+    old.charge(old_keys[0], None, tokens(700), T0 + 1_000);
     // Next minute: the 6 are in the previous window now.
     for _ in 0..3 {
         old.admit(old_keys[0], &t, T0 + 61_000).unwrap();
     }
     let new_keys = keys(150);
-    let next = old.successor(Box::new(LocalStore::new(&new_keys)));
+    let next = old.successor(Box::new(LocalStore::new(&new_keys, true)));
     let copied = next.local_store().copy_from(old.local_store(), None);
     // Counted by the old limiter after the first copy (a request racing the swap).
     old.admit(old_keys[0], &t, T0 + 61_500).unwrap();
@@ -194,10 +208,117 @@ fn counts_survive_new_sketches() {
         T0 + 62_000,
     );
     assert_eq!((c.prev, c.curr), (0, 0));
-    assert!(store.covers(&new_keys) && !old.local_store().covers(&new_keys));
+    assert!(store.covers(&new_keys, true) && !old.local_store().covers(&new_keys, false));
     // Limits hold on: half-way into the minute 6 × 0.5 + 4 = 7, so three more fit.
     for _ in 0..3 {
         next.admit(old_keys[0], &t, T0 + 90_000).unwrap();
     }
     assert!(next.admit(old_keys[0], &t, T0 + 90_000).is_err());
+}
+
+fn usd(micro: u64) -> Spend {
+    Spend {
+        tokens: 0,
+        micro_usd: micro,
+    }
+}
+
+/// 2026-01-31T12:00:00Z: half a day before a new calendar month.
+const JAN31_NOON: u64 = T0 + 30 * 86_400_000 + 43_200_000;
+
+#[test]
+fn usd_budgets_refuse_once_spent_and_the_month_restarts_on_the_first() {
+    let l = Limiter::local(&SMALL);
+    let t = Tier {
+        usd_per_day: Some(3_000_000),
+        usd_per_month: Some(5_000_000),
+        ..Tier::default()
+    };
+    l.admit(6, &t, JAN31_NOON).unwrap();
+    l.charge(6, None, usd(2_000_000), JAN31_NOON);
+    // 2 of 5 USD this month, 2 of 3 today: the day is closer to exhaustion.
+    let a = l.admit(6, &t, JAN31_NOON + 1).unwrap();
+    assert_eq!(
+        a.ratelimit.unwrap().to_string(),
+        "\"usd_day\";r=100;t=43200"
+    );
+    l.charge(6, None, usd(1_500_000), JAN31_NOON + 2);
+    let r = l.admit(6, &t, JAN31_NOON + 3).err().unwrap();
+    assert_eq!(r.limit, LimitName::UsdPerDay);
+    assert_eq!(r.budget, Some((3_500_000, 3_000_000)));
+    // The day slides: at noon on February 1st, 3.5 × 0.5 = 1.75 of January 31st still
+    // counts, so it admits. The month is fixed: February starts from zero.
+    let feb1 = JAN31_NOON + 43_200_000;
+    assert!(
+        l.admit(6, &t, feb1).is_err(),
+        "all of yesterday counts at midnight"
+    );
+    let noon = feb1 + 43_200_000;
+    let a = l.admit(6, &t, noon).unwrap();
+    assert_eq!(
+        a.ratelimit.unwrap().to_string(),
+        "\"usd_day\";r=125;t=43200"
+    );
+    l.charge(6, None, usd(1_000_000), noon);
+    let c = l
+        .local_store()
+        .get(Counter::UsdMonth, l.local_store().key(6), noon + 1);
+    assert_eq!((c.prev, c.curr), (0, 1_000_000));
+    // The month's own refusal: wait until the first of the next month.
+    let t = Tier {
+        usd_per_month: Some(1_000_000),
+        ..Tier::default()
+    };
+    let r = l.admit(6, &t, noon + 1).err().unwrap();
+    assert_eq!(r.limit, LimitName::UsdPerMonth);
+    let march1 = feb1 + 28 * 86_400_000;
+    assert_eq!(
+        r.retry_after,
+        Some(Duration::from_millis(march1 - noon - 1))
+    );
+    assert!(l.admit(6, &t, march1).is_ok());
+}
+
+#[test]
+fn a_models_entry_counts_apart_from_the_site_and_from_other_entries() {
+    let mini = ModelLimit {
+        requests_per_minute: Some(2),
+        tokens_per_day: Some(100),
+        ..ModelLimit::new("gpt-4o-mini")
+    };
+    let big = ModelLimit {
+        usd_per_day: Some(1_000_000),
+        ..ModelLimit::new("gpt-4o*")
+    };
+    let site = 7;
+    let l = Limiter::local(&[site, mini.key(site), big.key(site)]);
+    assert!(l.admit_model(site, "gpt-4o-mini", &mini, T0).is_ok());
+    assert!(l.admit_model(site, "gpt-4o-mini", &mini, T0).is_ok());
+    let r = l.admit_model(site, "gpt-4o-mini", &mini, T0).err().unwrap();
+    assert_eq!(r.limit, LimitName::RequestsPerMinute);
+    assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
+    // The other entry and another site are not affected.
+    assert!(l.admit_model(site, "gpt-4o*", &big, T0).is_ok());
+    assert!(l.admit_model(8, "gpt-4o-mini", &mini, T0).is_ok());
+    // Charges go to the site and to the entry the request was admitted under.
+    let spend = Spend {
+        tokens: 150,
+        micro_usd: 1_000_000,
+    };
+    l.charge(site, Some(&big), spend, T0 + 1);
+    let r = l.admit_model(site, "gpt-4o*", &big, T0 + 2).err().unwrap();
+    assert_eq!(
+        (r.limit, r.budget),
+        (LimitName::UsdPerDay, Some((1_000_000, 1_000_000)))
+    );
+    let r = l.admit_model(site, "gpt-4o-mini", &mini, T0 + 120_000).ok();
+    assert!(
+        r.is_some(),
+        "gpt-4o-mini's tokens were not charged by gpt-4o's answer"
+    );
+    let store = l.local_store();
+    let c = store.get(Counter::UsdDay, store.key(site), T0 + 3);
+    assert_eq!(c.curr, 1_000_000);
+    let c = store.get(Counter::UsdMonth, store.key(big.key(site)), T0 + 3);
+    assert_eq!(c.curr, 0, "an entry has no monthly budget");
 }

@@ -37,7 +37,11 @@ pub struct Counts {
     pub curr: i64,
     /// How far into the current window `now` is, in `[0, 1)`.
     pub fraction: f64,
+    /// The current window's length.
     pub interval: Duration,
+    /// Whether the previous window decays into the estimate (false: fixed windows, a
+    /// new one starts from zero).
+    pub sliding: bool,
 }
 
 impl Counts {
@@ -71,6 +75,8 @@ impl Counts {
             } else {
                 i.mul_f64(f2 - f)
             }
+        } else if !self.sliding {
+            i.mul_f64(1.0 - f)
         } else {
             // Only the next window helps: then prev = c and it decays.
             let g = if c <= 0.0 {
@@ -83,13 +89,95 @@ impl Counts {
     }
 }
 
-/// Counters per key over aligned windows of `interval`, bounded memory:
+/// How time is cut into windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// Windows of this many milliseconds, aligned to the Unix epoch; a count is the
+    /// sliding estimate over the current and the previous window.
+    Every(u64),
+    /// Calendar months (UTC). A fixed window: a month's count starts at zero on the
+    /// first, the previous month does not carry over.
+    CalendarMonth,
+}
+
+impl Period {
+    pub fn every(d: Duration) -> Period {
+        Period::Every(d.as_millis().max(1) as u64)
+    }
+
+    /// The index of the window `now_ms` is in (months: since year 0, `year × 12 + month0`).
+    pub fn epoch(self, now_ms: u64) -> u64 {
+        match self {
+            Period::Every(ms) => now_ms / ms,
+            Period::CalendarMonth => {
+                let d = month_of(now_ms);
+                (d.year().max(0) as u64) * 12 + u64::from(d.month0())
+            }
+        }
+    }
+
+    /// (start, length) in ms of the window `now_ms` is in.
+    pub fn bounds(self, now_ms: u64) -> (u64, u64) {
+        match self {
+            Period::Every(ms) => (now_ms - now_ms % ms, ms),
+            Period::CalendarMonth => {
+                let first = month_of(now_ms).with_day(1).unwrap_or_default();
+                let next = first
+                    .checked_add_months(chrono::Months::new(1))
+                    .unwrap_or(first);
+                let ms = |d: chrono::NaiveDate| {
+                    d.and_time(chrono::NaiveTime::MIN)
+                        .and_utc()
+                        .timestamp_millis()
+                        .max(0) as u64
+                };
+                let start = ms(first);
+                (start, ms(next).saturating_sub(start).max(1))
+            }
+        }
+    }
+
+    /// The weight of the previous window's count in the estimate at `now_ms`:
+    /// `1 − fraction elapsed` for sliding windows, 0 for fixed ones; the same arithmetic
+    /// as [`Counts::estimate`], so a server-side script given it decides as the limiter.
+    pub fn prev_weight(self, now_ms: u64) -> f64 {
+        if !self.slides() {
+            return 0.0;
+        }
+        let (start, len) = self.bounds(now_ms);
+        1.0 - (now_ms - start) as f64 / len as f64
+    }
+
+    /// The longest window (what a key shared through Redis must outlive).
+    pub fn longest(self) -> Duration {
+        match self {
+            Period::Every(ms) => Duration::from_millis(ms),
+            Period::CalendarMonth => Duration::from_secs(31 * 86_400),
+        }
+    }
+
+    /// Whether the previous window counts (decaying) in the estimate.
+    fn slides(self) -> bool {
+        matches!(self, Period::Every(_))
+    }
+}
+
+/// The UTC date of `now_ms`.
+fn month_of(now_ms: u64) -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp_millis(now_ms.min(i64::MAX as u64) as i64)
+        .unwrap_or_default()
+        .date_naive()
+}
+
+use chrono::Datelike;
+
+/// Counters per key over aligned windows of a [`Period`], bounded memory:
 /// `2 × hashes × slots × 8` bytes.
 pub struct SlidingWindow {
-    interval_ms: u64,
+    period: Period,
     hashes: usize,
     sketches: [Estimator; 2],
-    /// The index (`now_ms / interval_ms`) of the current window; its counts are in
+    /// The index ([`Period::epoch`]) of the current window; its counts are in
     /// `sketches[epoch % 2]`, the previous window's in the other.
     epoch: AtomicU64,
     /// Held to roll, clear, refund or copy; counting does not take it.
@@ -101,8 +189,13 @@ pub struct SlidingWindow {
 
 impl SlidingWindow {
     pub fn new(interval: Duration, hashes: usize, slots: usize) -> Self {
+        Self::over(Period::every(interval), hashes, slots)
+    }
+
+    /// Counters over windows of `period`.
+    pub fn over(period: Period, hashes: usize, slots: usize) -> Self {
         SlidingWindow {
-            interval_ms: interval.as_millis().max(1) as u64,
+            period,
             hashes,
             sketches: [Estimator::new(hashes, slots), Estimator::new(hashes, slots)],
             epoch: AtomicU64::new(0),
@@ -222,17 +315,19 @@ impl SlidingWindow {
     }
 
     fn counts(&self, prev: i64, curr: i64, now_ms: u64) -> Counts {
+        let (start, len) = self.period.bounds(now_ms);
         Counts {
-            prev,
+            prev: if self.period.slides() { prev } else { 0 },
             curr,
-            fraction: (now_ms % self.interval_ms) as f64 / self.interval_ms as f64,
-            interval: Duration::from_millis(self.interval_ms),
+            fraction: (now_ms - start) as f64 / len as f64,
+            interval: Duration::from_millis(len),
+            sliding: self.period.slides(),
         }
     }
 
     /// Add `n` (negative refunds) to `key` at time `now_ms`; return the counts after.
     pub fn add(&self, key: u64, n: i64, now_ms: u64) -> Counts {
-        self.roll_to(now_ms / self.interval_ms);
+        self.roll_to(self.period.epoch(now_ms));
         // A caller whose clock reading predates the last roll is counted in the current
         // window: an overestimate, never a lost event. `incr` returns the key's estimate
         // after the add: no second read needed.
@@ -255,7 +350,7 @@ impl SlidingWindow {
 
     /// The counts of `key` at time `now_ms`, without adding.
     pub fn get(&self, key: u64, now_ms: u64) -> Counts {
-        self.roll_to(now_ms / self.interval_ms);
+        self.roll_to(self.period.epoch(now_ms));
         let (prev, curr) = self.stable(|cur| {
             (
                 self.sketches[((cur + 1) % 2) as usize].get(key) as i64,
@@ -295,6 +390,35 @@ mod tests {
     }
 
     #[test]
+    fn calendar_months_are_fixed_windows() {
+        let w = SlidingWindow::over(Period::CalendarMonth, 1, 1024);
+        // 2026-02-14T12:00:00Z; February 2026 has 28 days.
+        let feb14 = 1_771_070_400_000;
+        let march1 = 1_772_323_200_000;
+        assert_eq!(
+            Period::CalendarMonth.bounds(feb14),
+            (1_769_904_000_000, 28 * 86_400_000)
+        );
+        assert_eq!(Period::CalendarMonth.epoch(feb14), 2026 * 12 + 1);
+        assert_eq!(Period::CalendarMonth.epoch(march1), 2026 * 12 + 2);
+        assert_eq!(Period::CalendarMonth.epoch(march1 - 1), 2026 * 12 + 1);
+        w.add(5, 700, feb14);
+        let c = w.get(5, march1 - 1);
+        assert_eq!(c.curr, 700);
+        assert_eq!(c.window_ends_in(), Duration::from_millis(1));
+        // Spent: the wait is to the end of the month, not a decay into the next.
+        let c = w.get(5, feb14);
+        assert_eq!(
+            c.wait_for_room(700.0, 1.0),
+            Duration::from_millis(march1 - feb14)
+        );
+        // The first of the month starts from zero: February does not carry over.
+        let c = w.get(5, march1);
+        assert_eq!((c.prev, c.curr, c.estimate()), (0, 0, 0.0));
+        assert_eq!(c.interval, Duration::from_secs(31 * 86_400));
+    }
+
+    #[test]
     fn wait_for_room_is_exact() {
         let i = Duration::from_secs(60);
         // Full in the current window, nothing before: wait to the window's end.
@@ -303,6 +427,7 @@ mod tests {
             curr: 10,
             fraction: 0.25,
             interval: i,
+            sliding: true,
         };
         assert_eq!(
             c.wait_for_room(10.0, 1.0),
@@ -314,6 +439,7 @@ mod tests {
             curr: 0,
             fraction: 0.0,
             interval: i,
+            sliding: true,
         };
         assert_eq!(c.wait_for_room(10.0, 1.0), Duration::from_secs(6));
         let c = Counts {
@@ -321,6 +447,7 @@ mod tests {
             curr: 3,
             fraction: 0.5,
             interval: i,
+            sliding: true,
         };
         assert_eq!(c.wait_for_room(10.0, 1.0), Duration::ZERO);
     }

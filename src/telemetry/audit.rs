@@ -150,6 +150,55 @@ impl AuditLog {
     }
 }
 
+impl AuditLog {
+    /// Record an event line (an admin call, an anomaly): built by its owner from a
+    /// struct of borrowed fields; never a secret or a body.
+    pub fn record_event(&self, line: &impl serde::Serialize) {
+        self.push(line);
+    }
+}
+
+/// The audit line of an admin API call.
+#[derive(serde::Serialize)]
+pub struct AdminLine<'a> {
+    #[serde(serialize_with = "display")]
+    pub ts: humantime::Rfc3339Timestamp,
+    pub event: &'static str,
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The admin key that signed the call (absent when it was not verified).
+    pub admin_key: Option<&'a str>,
+    /// What the call did (`create_site`, `disable_site`, `remove_key`, …).
+    pub action: Option<&'static str>,
+    pub site: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub status: u16,
+    /// The version of the site changes in force after the call.
+    pub version: u64,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub duration_ms: f64,
+}
+
+/// The audit line of a usage anomaly's start (`event: "anomaly"`).
+#[derive(serde::Serialize)]
+pub struct AnomalyLine<'a> {
+    #[serde(serialize_with = "display")]
+    pub ts: humantime::Rfc3339Timestamp,
+    pub event: &'static str,
+    pub site: &'a str,
+    /// `requests` or `tokens`.
+    pub kind: &'static str,
+    /// This window's count when it passed the threshold, the site's baseline per window.
+    pub count: f64,
+    pub baseline: f64,
+    pub factor: f64,
+    pub window_s: u64,
+    /// `alert` or `throttle`.
+    pub action: &'static str,
+    pub throttle_s: Option<u64>,
+}
+
 /// Longest `User-Agent` kept in an audit line (bytes, cut at a character boundary).
 pub const USER_AGENT_MAX: usize = 256;
 /// Longest path kept in an audit line: a flood of long paths must not fill the buffer

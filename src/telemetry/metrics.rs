@@ -16,6 +16,17 @@ pub const DURATION_BUCKETS: &[f64] = &[
     5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// The `result` labels of `keygate_registrations_total`.
+pub const REGISTRATION_RESULTS: [&str; 7] = [
+    "accepted",
+    "rate_limited",
+    "invalid",
+    "unavailable",
+    "verified",
+    "gone",
+    "delivered",
+];
+
 /// The `result` labels of `keygate_tokens_minted_total`.
 pub const MINT_RESULTS: [&str; 4] = ["ok", "unauthenticated", "rate_limited", "refused"];
 
@@ -35,6 +46,9 @@ pub struct Metrics {
     pub registry: Registry,
     pub requests_total: IntCounterVec,
     pub request_duration: HistogramVec,
+    /// From the request to the answer's first body byte from the provider (a stream's
+    /// first event), per route.
+    pub time_to_first_token: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
@@ -50,6 +64,20 @@ pub struct Metrics {
     pub response_rejected: IntCounterVec,
     pub legacy_auth: IntCounterVec,
     pub tokens_minted: IntCounterVec,
+    /// The replay store's live entries and capacity (updated every second).
+    pub nonce_store_entries: IntGauge,
+    pub nonce_store_capacity: IntGauge,
+    /// OTLP exports by result (`ok`, `failed`: its spans are dropped), spans recorded.
+    pub otlp_exports: IntCounterVec,
+    pub otlp_spans: IntCounter,
+    pub otlp_dropped: IntCounter,
+    /// Usage anomalies started, by kind (`requests`, `tokens`).
+    pub anomalies: IntCounterVec,
+    /// Registration requests, verifications and polls by result.
+    pub registrations: IntCounterVec,
+    /// Verification e-mails the relay accepted, and attempts that failed.
+    pub emails_sent: IntCounter,
+    pub email_errors: IntCounter,
     /// `notAfter` (unix seconds) of each served certificate, by listener address.
     pub tls_cert_not_after: IntGaugeVec,
     /// `notAfter` of the provider's leaf certificate, seen on the last new connection.
@@ -77,6 +105,13 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
 fn counter_f64(r: &Registry, name: &str, help: &str, labels: &[&str]) -> CounterVec {
     let c = CounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    r.register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     r.register(Box::new(c.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     c
@@ -129,13 +164,11 @@ impl Metrics {
             "keygate_config_generation",
             "Generation of the running config",
         );
-        let audit_dropped = IntCounter::new(
+        let audit_dropped = plain_counter(
+            &r,
             "keygate_audit_dropped_total",
             "Audit lines dropped because the writer fell behind",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        r.register(Box::new(audit_dropped.clone()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        );
         let redis_up = gauge(
             &r,
             "keygate_redis_up",
@@ -176,6 +209,12 @@ impl Metrics {
                 &r,
                 "keygate_request_duration_seconds",
                 "Time from request to last byte",
+                &["route"],
+            ),
+            time_to_first_token: histogram(
+                &r,
+                "keygate_time_to_first_token_seconds",
+                "Time from request to the first byte of a successful answer's body (a stream's first event)",
                 &["route"],
             ),
             upstream_duration: histogram(
@@ -239,6 +278,54 @@ impl Metrics {
                 "keygate_tokens_minted_total",
                 "Browser-token mint requests by result",
                 &["result"],
+            ),
+            nonce_store_entries: gauge(
+                &r,
+                "keygate_nonce_store_entries",
+                "Nonces remembered now (process-local store)",
+            ),
+            nonce_store_capacity: gauge(
+                &r,
+                "keygate_nonce_store_capacity",
+                "Nonces the process-local store can hold (server.nonce_store_capacity)",
+            ),
+            otlp_exports: counter(
+                &r,
+                "keygate_otlp_exports_total",
+                "OTLP trace exports by result (a failed export's spans are dropped)",
+                &["result"],
+            ),
+            otlp_spans: plain_counter(
+                &r,
+                "keygate_otlp_spans_total",
+                "Spans handed to the OTLP batch exporter",
+            ),
+            otlp_dropped: plain_counter(
+                &r,
+                "keygate_otlp_spans_dropped_total",
+                "Spans dropped because the export queue was full",
+            ),
+            anomalies: counter(
+                &r,
+                "keygate_anomalies_total",
+                "Usage anomalies started (a site past anomaly.factor times its baseline), by kind",
+                &["kind"],
+            ),
+            registrations: counter(
+                &r,
+                "keygate_registrations_total",
+                "Self-service registration requests, verifications and polls by result",
+                &["result"],
+            ),
+            emails_sent: plain_counter(
+                &r,
+                "keygate_emails_sent_total",
+                "Verification e-mails accepted by the SMTP relay",
+            ),
+            email_errors: plain_counter(
+                &r,
+                "keygate_email_errors_total",
+                "Verification e-mail attempts that failed (each retry counts)",
             ),
             tls_cert_not_after: gauge_vec(
                 &r,
@@ -306,6 +393,15 @@ impl Metrics {
         }
         for limit in crate::limits::name::LimitName::ALL {
             self.rate_limited.with_label_values(&[limit.as_str()]);
+        }
+        for result in ["ok", "failed"] {
+            self.otlp_exports.with_label_values(&[result]);
+        }
+        for kind in crate::limits::anomaly::Kind::ALL {
+            self.anomalies.with_label_values(&[kind.as_str()]);
+        }
+        for result in REGISTRATION_RESULTS {
+            self.registrations.with_label_values(&[result]);
         }
         for result in MINT_RESULTS {
             self.tokens_minted.with_label_values(&[result]);
@@ -382,6 +478,7 @@ pub fn count_unrouted(status: u16) {
 pub struct RouteSeries {
     prefix: String,
     pub duration: Histogram,
+    pub time_to_first_token: Histogram,
     ok: IntCounter,
 }
 
@@ -390,6 +487,7 @@ impl RouteSeries {
         RouteSeries {
             prefix: prefix.to_string(),
             duration: METRICS.request_duration.with_label_values(&[prefix]),
+            time_to_first_token: METRICS.time_to_first_token.with_label_values(&[prefix]),
             ok: METRICS.requests_total.with_label_values(&[prefix, "200"]),
         }
     }

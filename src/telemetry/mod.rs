@@ -4,3 +4,5 @@
 pub mod admin;
 pub mod audit;
 pub mod metrics;
+pub mod otlp;
+pub mod trace;

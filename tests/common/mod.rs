@@ -1,6 +1,10 @@
 //! Test harness: the real `keygate` binary and the real mock provider, over loopback.
 #![allow(dead_code)]
 
+pub mod admin;
+pub mod fleet;
+pub mod redis;
+
 use keygate::auth::signature::{self, SignRequest};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -2,10 +2,13 @@
 //! YAML path; this orchestrator joins them and builds a `Runtime` only when nothing
 //! failed.
 
+pub mod admin;
+mod anomaly;
 mod fleet;
 mod keys;
 mod pii;
 mod prices;
+mod registration;
 mod routes;
 mod server;
 mod shared;
@@ -30,11 +33,35 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
     let master_keys = keys::master_keys(&raw.master_keys, &mut errs);
     let upstreams = upstreams::validate_all(&raw, &master_keys, opts, &mut errs, &mut warnings);
     let routes = routes::validate(&raw, &upstreams, &mut errs);
-    let tiers = tiers::validate(&raw.tiers, &mut errs);
+    let prices = prices::validate(&raw.prices, &mut errs);
+    let tiers = tiers::validate(&raw.tiers, &prices, &mut errs);
     let clients = sites::validate(&raw, &tiers, &master_keys, opts, &mut errs, &mut warnings);
     let (tokens, token_max_ttl, token_mints_per_ip) = keys::tokens(&raw, &master_keys, &mut errs);
-    let fleet = fleet::validate(raw.fleet.as_ref(), &mut errs, &mut warnings);
-    let prices = prices::validate(&raw.prices, &mut errs);
+    let fleet = fleet::validate(
+        raw.fleet.as_ref(),
+        &master_keys,
+        opts,
+        &mut errs,
+        &mut warnings,
+    );
+
+    let admin = admin::validate(
+        raw.admin.as_ref(),
+        &raw.master_keys,
+        &master_keys,
+        opts,
+        &mut errs,
+    );
+    let registration = registration::validate(
+        raw.registration.as_ref(),
+        &tiers,
+        &raw.master_keys,
+        &master_keys,
+        opts,
+        &mut errs,
+    );
+    let anomaly = anomaly::validate(raw.anomaly.as_ref(), &mut errs);
+    let otlp = anomaly::otlp(raw.telemetry.as_ref(), &mut errs);
 
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
@@ -62,6 +89,10 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         cors_origins,
         fleet,
         prices,
+        admin,
+        registration,
+        anomaly,
+        otlp,
     };
     rt.scanner =
         crate::response::validate::SecretScanner::new(&super::inventory::all_secret_strings(&rt));

@@ -3,7 +3,7 @@
 
 use super::shared::Errors;
 use crate::config::raw::RawPrice;
-use crate::limits::price::{Price, Prices};
+use crate::limits::price::{ModelTable, Price, Prices};
 use std::collections::BTreeMap;
 
 /// Most USD per million tokens accepted (a typo guard).
@@ -34,12 +34,18 @@ pub(super) fn validate(raw: &BTreeMap<String, RawPrice>, errs: &mut Errors) -> P
         };
         entries.push((key.clone(), price));
     }
-    Prices::new(entries).unwrap_or_else(|(key, why)| {
+    table(entries, "prices", errs)
+}
+
+/// A table of model globs from `entries` at the YAML path `at` (`prices`, or a tier's
+/// `models`); an invalid glob is an error naming it, and leaves the table empty.
+pub(super) fn table<T>(entries: Vec<(String, T)>, at: &str, errs: &mut Errors) -> ModelTable<T> {
+    ModelTable::new(entries).unwrap_or_else(|(glob, why)| {
         errs.push(
-            format!("prices.{key}"),
+            format!("{at}.{glob}"),
             format!("not a valid model glob: {why}"),
         );
-        Prices::default()
+        ModelTable::default()
     })
 }
 

@@ -117,6 +117,7 @@ fn site(
             .pii
             .as_ref()
             .map(|x| validate_pii(x, &format!("{p}.pii"), errs)),
+        disabled: s.disabled.unwrap_or(false),
     }
 }
 
@@ -160,10 +161,21 @@ fn key(
             None
         }
     };
+    let expires_at = k.expires_at.as_deref().and_then(|t| match parse_time(t) {
+        Ok(t) => Some(t),
+        Err(m) => {
+            errs.push(format!("{kp}.expires_at"), m);
+            None
+        }
+    });
     if let Some(auth) = auth {
-        clients
-            .keys
-            .insert(id.clone(), ClientKey { id, site, auth });
+        let key = ClientKey {
+            id: id.clone(),
+            site,
+            auth,
+            expires_at,
+        };
+        clients.keys.insert(id, key);
     }
 }
 
@@ -239,6 +251,13 @@ fn bearer_key(
             Some(KeyAuth::Bearer(h))
         }
     }
+}
+
+/// An RFC 3339 time (`2027-01-31T00:00:00Z`, any offset) as unix seconds.
+pub(super) fn parse_time(t: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| d.timestamp())
+        .map_err(|e| format!("\"{t}\" is not an RFC 3339 time ({e}), e.g. 2027-01-31T00:00:00Z"))
 }
 
 fn parse_sha256_hash(s: &str) -> Result<[u8; 32], String> {

@@ -1,0 +1,79 @@
+//! `anomaly:` → [`AnomalySettings`], and `telemetry.otlp:` → [`OtlpSettings`].
+
+use super::shared::Errors;
+use crate::config::raw::RawAnomaly;
+use crate::config::raw::RawTelemetry;
+use crate::limits::anomaly::{Action, AnomalySettings};
+use crate::telemetry::otlp::OtlpSettings;
+use std::time::Duration;
+
+pub(super) fn validate(raw: Option<&RawAnomaly>, errs: &mut Errors) -> Option<AnomalySettings> {
+    let a = raw?;
+    let factor = a.factor.unwrap_or(5.0);
+    if !(factor.is_finite() && factor > 1.0) {
+        errs.push("anomaly.factor", "must be a number over 1");
+    }
+    let min = a.min_per_minute.unwrap_or(30.0);
+    if !(min.is_finite() && min >= 0.0) {
+        errs.push("anomaly.min_per_minute", "must be 0 or more");
+    }
+    let action = match a.action.as_deref().unwrap_or("alert") {
+        "alert" => Action::Alert,
+        "throttle" => Action::Throttle,
+        other => {
+            errs.push(
+                "anomaly.action",
+                format!("unknown action \"{other}\" (alert or throttle)"),
+            );
+            Action::Alert
+        }
+    };
+    let throttle_s = a.throttle_s.unwrap_or(300);
+    if throttle_s == 0 || throttle_s > 86_400 {
+        errs.push("anomaly.throttle_s", "must be 1 to 86400");
+    }
+    let window_s = a.window_s.unwrap_or(60);
+    if window_s == 0 || window_s > 3_600 {
+        errs.push("anomaly.window_s", "must be 1 to 3600");
+    }
+    Some(AnomalySettings {
+        factor,
+        min_per_minute: min,
+        action,
+        throttle: Duration::from_secs(throttle_s),
+        window: Duration::from_secs(window_s),
+        warmup_windows: a.warmup_windows.unwrap_or(10),
+    })
+}
+
+pub(super) fn otlp(raw: Option<&RawTelemetry>, errs: &mut Errors) -> Option<OtlpSettings> {
+    let o = raw?.otlp.as_ref()?;
+    let p = "telemetry.otlp";
+    match o.endpoint.parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+        _ => errs.push(
+            format!("{p}.endpoint"),
+            "must be an http(s) URL, e.g. http://collector:4318",
+        ),
+    }
+    let ratio = o.sample_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&ratio) {
+        errs.push(format!("{p}.sample_ratio"), "must be 0 to 1");
+    }
+    let mut headers = vec![];
+    for (name, v) in o.headers.iter().flatten() {
+        if http::HeaderName::try_from(name.as_str()).is_err() {
+            errs.push(format!("{p}.headers.{name}"), "not a header name");
+        }
+        match crate::config::secret::read_source(v) {
+            Ok(Some(s)) => headers.push((name.clone(), s.to_string())),
+            Ok(None) => headers.push((name.clone(), v.clone())),
+            Err(m) => errs.push(format!("{p}.headers.{name}"), m),
+        }
+    }
+    Some(OtlpSettings {
+        endpoint: o.endpoint.clone(),
+        sample_ratio: ratio,
+        headers,
+    })
+}

@@ -1,0 +1,236 @@
+//! Runtime control (SPEC §8.4): changes to sites and keys made through the admin API, kept
+//! apart from the YAML and applied on top of it ([`changes`]), persisted in Redis with a
+//! fleet or in `admin.state_file` without one ([`store`]), and served by [`api`].
+//!
+//! Every config the process runs is built here: the YAML text last loaded, with the
+//! changes in force applied, validated as one file would be. A SIGHUP re-reads the YAML
+//! and keeps the changes; a change keeps the YAML; a change another node stored reaches
+//! this one within a second ([`Control::catch_up`]).
+
+pub mod api;
+pub mod changes;
+pub mod client;
+pub mod store;
+
+use crate::config::{self, ConfigErrors, LoadOptions, Runtime};
+use crate::state::State;
+use changes::Changes;
+use parking_lot::Mutex;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use store::Store;
+
+/// How often a fleet node checks Redis for changes made through other nodes.
+pub const CATCH_UP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// The YAML in force and the API's changes to it.
+pub struct Control {
+    pub state: Arc<State>,
+    opts: LoadOptions,
+    /// The YAML text last loaded (the base the changes apply to), and a count of loads.
+    base: Mutex<(String, u64)>,
+    /// The changes in force (their version is the one stored).
+    changes: Mutex<Changes>,
+    /// Where changes persist; `None`: the API is off (no `admin:` and no fleet at start).
+    store: Option<Store>,
+    /// One change at a time from this node.
+    writing: tokio::sync::Mutex<()>,
+    /// Builds and installs happen one at a time (a SIGHUP against a change).
+    installing: Mutex<()>,
+    /// The stored changes were read at least once (a fleet node is not ready before).
+    loaded: AtomicBool,
+    /// Last version seen in the store (for the catch-up check).
+    seen: AtomicU64,
+}
+
+/// The config for `base` with `changes` applied, validated as one file.
+pub fn build(base: &str, changes: &Changes, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
+    let mut raw = config::parse(base).map_err(|e| ConfigErrors(vec![e]))?;
+    let dormant = changes.apply(&mut raw);
+    let mut rt = config::validate(raw, opts)?;
+    for id in dormant {
+        rt.warnings.push(format!(
+            "admin: changes to site \"{id}\" apply to no site (it is no longer in the YAML)"
+        ));
+    }
+    Ok(rt)
+}
+
+/// Read a YAML file as text (bounded).
+pub fn read_yaml(path: &Path) -> Result<String, String> {
+    config::read_file_bounded(path, config::MAX_CONFIG_BYTES)
+        .and_then(|b| {
+            String::from_utf8(b)
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
+        })
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The config to start with: the YAML, and without a fleet the state file's changes
+/// (read now: a site disabled through the API must not serve for a moment at start).
+/// With a fleet the changes come from Redis once it answers; the node is not ready before.
+pub fn load_at_start(base: &str, opts: LoadOptions) -> Result<(Runtime, Changes), String> {
+    let yaml_only = build(base, &Changes::default(), opts).map_err(|e| e.to_string())?;
+    let Some(file) = state_file(&yaml_only) else {
+        return Ok((yaml_only, Changes::default()));
+    };
+    let changes = store::load_file(&file)?;
+    if changes.sites.is_empty() {
+        return Ok((yaml_only, changes));
+    }
+    let rt = build(base, &changes, opts)
+        .map_err(|e| format!("the config with the changes in {}:\n{e}", file.display()))?;
+    Ok((rt, changes))
+}
+
+/// Where changes persist without a fleet: `admin.state_file`, or its default when only
+/// `registration:` makes sites. `None` with a fleet (Redis holds them) or with neither.
+fn state_file(rt: &Runtime) -> Option<std::path::PathBuf> {
+    if rt.fleet.is_some() {
+        return None;
+    }
+    match (&rt.admin, &rt.registration) {
+        (Some(a), _) => Some(a.state_file.clone()),
+        (None, Some(_)) => Some(config::validate::admin::DEFAULT_STATE_FILE.into()),
+        (None, None) => None,
+    }
+}
+
+impl Control {
+    pub fn new(state: Arc<State>, base: String, changes: Changes, opts: LoadOptions) -> Control {
+        let rt = state.runtime.load();
+        let store = match &state.fleet {
+            Some(f) => Some(Store::Redis(f.clone())),
+            None => state_file(&rt).map(Store::File),
+        };
+        let file = matches!(store, Some(Store::File(_)) | None);
+        Control {
+            seen: AtomicU64::new(changes.version),
+            state: state.clone(),
+            opts,
+            base: Mutex::new((base, 0)),
+            changes: Mutex::new(changes),
+            store,
+            writing: tokio::sync::Mutex::new(()),
+            installing: Mutex::new(()),
+            loaded: AtomicBool::new(file),
+        }
+    }
+
+    /// Whether the changes stored in Redis have been read (always, without a fleet).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Ready for traffic as far as site changes go: read, or Redis tried and found down
+    /// (the node then serves its YAML's sites until Redis answers, and says so).
+    pub fn is_ready(&self) -> bool {
+        self.is_loaded()
+            || self
+                .state
+                .fleet
+                .as_ref()
+                .is_some_and(|f| f.redis.has_tried() && !f.is_up())
+    }
+
+    /// The changes in force.
+    pub fn changes(&self) -> Changes {
+        self.changes.lock().clone()
+    }
+
+    /// SIGHUP: the YAML re-read, the changes kept. A bad file changes nothing.
+    pub fn reload(&self, path: &Path) -> Result<(), String> {
+        let text = read_yaml(path)?;
+        let _one = self.installing.lock();
+        let changes = self.changes.lock().clone();
+        let rt = build(&text, &changes, self.opts).map_err(|e| e.to_string())?;
+        let mut base = self.base.lock();
+        *base = (text, base.1 + 1);
+        drop(base);
+        self.state.install(rt);
+        Ok(())
+    }
+
+    /// Install `rt`, built from `changes` on the base of load `base_load`: rebuilt first
+    /// if a SIGHUP loaded another base meanwhile (its YAML must not be undone).
+    fn install(&self, rt: Runtime, changes: Changes, base_load: u64) -> Result<(), String> {
+        let _one = self.installing.lock();
+        let base = self.base.lock().clone();
+        let rt = if base.1 == base_load {
+            rt
+        } else {
+            build(&base.0, &changes, self.opts).map_err(|e| e.to_string())?
+        };
+        self.seen.fetch_max(changes.version, Ordering::AcqRel);
+        *self.changes.lock() = changes;
+        self.state.install(rt);
+        Ok(())
+    }
+
+    /// With a fleet: read the stored version, and when another node stored a newer one,
+    /// its changes, and apply them. Called every [`CATCH_UP_INTERVAL`].
+    pub async fn catch_up(&self) {
+        let Some(store @ Store::Redis(fleet)) = &self.store else {
+            return;
+        };
+        if !fleet.is_up() {
+            return;
+        }
+        let Ok(version) = store.version().await else {
+            return;
+        };
+        if self.is_loaded() && version == self.seen.load(Ordering::Acquire) {
+            return;
+        }
+        let _w = self.writing.lock().await;
+        let next = match store.load().await {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("admin: cannot read the fleet's site changes: {e}");
+                return;
+            }
+        };
+        let base = self.base.lock().clone();
+        match build(&base.0, &next, self.opts) {
+            Ok(rt) => {
+                let v = next.version;
+                if let Err(e) = self.install(rt, next, base.1) {
+                    log::error!(
+                        "admin: the fleet's site changes (version {v}) do not apply here:\n{e}"
+                    );
+                    return;
+                }
+                log::info!("admin: site changes version {v} applied");
+            }
+            Err(e) => {
+                // Remember the version: the error is logged once, not every half second.
+                self.seen.fetch_max(next.version, Ordering::AcqRel);
+                log::error!(
+                    "admin: the fleet's site changes (version {}) do not apply to this node's YAML, keeping the config in force:\n{e}",
+                    next.version
+                );
+            }
+        }
+        self.loaded.store(true, Ordering::Release);
+    }
+}
+
+/// Keeps a fleet node's changes current: checks Redis every [`CATCH_UP_INTERVAL`].
+pub struct CatchUp {
+    pub control: Arc<Control>,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for CatchUp {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut tick = tokio::time::interval(CATCH_UP_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.control.catch_up().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

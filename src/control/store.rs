@@ -1,0 +1,174 @@
+//! Where API changes persist: in Redis with a fleet (every node reads them from there), or
+//! in `admin.state_file` without one (written atomically: a temporary file, fsync, rename).
+
+use super::changes::Changes;
+use crate::fleet::conn::Req;
+use crate::fleet::Fleet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest state document read (file or Redis): about 10,000 sites with a few keys each.
+pub const MAX_STATE_BYTES: u64 = 16 << 20;
+
+/// Store the document only if the stored version is still the one the change was made
+/// on (another node's change in between: retry on the newer one). One slot in a cluster.
+const STORE_SCRIPT: &str = r#"
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cur ~= tonumber(ARGV[1]) then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], cur + 1)
+return cur + 1
+"#;
+
+static SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(STORE_SCRIPT));
+
+/// The place changes persist.
+pub enum Store {
+    File(PathBuf),
+    Redis(Arc<Fleet>),
+}
+
+impl Store {
+    /// Where the fleet's document and its version live (one hash tag: one slot).
+    fn keys(fleet: &Fleet) -> (String, String) {
+        let p = &fleet.settings().key_prefix;
+        (
+            format!("{p}{{admin}}:sites"),
+            format!("{p}{{admin}}:version"),
+        )
+    }
+
+    /// Read the stored changes (none stored yet: empty, version 0).
+    pub async fn load(&self) -> Result<Changes, String> {
+        match self {
+            Store::File(path) => load_file(path),
+            Store::Redis(fleet) => {
+                let (doc, _) = Store::keys(fleet);
+                let text: Option<String> = fleet
+                    .redis
+                    .call("admin", Req::Cmd(redis::cmd("GET").arg(&doc)))
+                    .await
+                    .map_err(|_| "Redis is unreachable".to_string())?;
+                match text {
+                    None => Ok(Changes::default()),
+                    Some(t) if t.len() as u64 > MAX_STATE_BYTES => {
+                        Err(format!("{doc} is over {MAX_STATE_BYTES} bytes"))
+                    }
+                    Some(t) => {
+                        serde_json::from_str(&t).map_err(|e| format!("{doc} does not parse: {e}"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The stored version, without reading the document (a fleet node's check for
+    /// changes made through other nodes). A state file's is whatever it holds.
+    pub async fn version(&self) -> Result<u64, String> {
+        match self {
+            Store::File(path) => load_file(path).map(|c| c.version),
+            Store::Redis(fleet) => {
+                let (_, version) = Store::keys(fleet);
+                let v: Option<u64> = fleet
+                    .redis
+                    .call("admin", Req::Cmd(redis::cmd("GET").arg(&version)))
+                    .await
+                    .map_err(|_| "Redis is unreachable".to_string())?;
+                Ok(v.unwrap_or(0))
+            }
+        }
+    }
+
+    /// Store `next` (its version one more than `expected`) if the stored version is still
+    /// `expected`. `Ok(false)`: it is not (another node stored a change meanwhile).
+    pub async fn store(&self, expected: u64, next: &Changes) -> Result<bool, String> {
+        match self {
+            Store::File(path) => {
+                let text = serde_yaml::to_string(next).map_err(|e| e.to_string())?;
+                write_atomically(path, text.as_bytes())
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                Ok(true)
+            }
+            Store::Redis(fleet) => {
+                let (doc, version) = Store::keys(fleet);
+                let text = serde_json::to_string(next).map_err(|e| e.to_string())?;
+                let mut inv = SCRIPT.prepare_invoke();
+                inv.key(&doc).key(&version).arg(expected).arg(text);
+                let stored: i64 = fleet
+                    .redis
+                    .call("admin", Req::Script(&inv))
+                    .await
+                    .map_err(|_| "Redis is unreachable".to_string())?;
+                Ok(stored >= 0)
+            }
+        }
+    }
+}
+
+pub fn load_file(path: &Path) -> Result<Changes, String> {
+    match crate::config::read_file_bounded(path, MAX_STATE_BYTES) {
+        Ok(bytes) => serde_yaml::from_slice(&bytes)
+            .map_err(|e| format!("{} does not parse: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Changes::default()),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Write `bytes` to `path` so that a reader (or a crash) sees the old file or the new
+/// one, never a part: a temporary file beside it, fsync, rename, fsync the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .map_or("state".into(), |n| n.to_string_lossy());
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_state_file_is_replaced_whole_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/sites.yaml");
+        let store = Store::File(path.clone());
+        assert_eq!(store.load().await.unwrap(), Changes::default());
+        let mut c = Changes {
+            version: 1,
+            ..Changes::default()
+        };
+        c.site_mut("a").disabled = Some(true);
+        assert!(store.store(0, &c).await.unwrap());
+        assert_eq!(store.load().await.unwrap(), c);
+        assert_eq!(store.version().await.unwrap(), 1);
+        // No temporary file left beside it.
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+        std::fs::write(&path, "sites: [").unwrap();
+        assert!(store.load().await.unwrap_err().contains("does not parse"));
+    }
+}

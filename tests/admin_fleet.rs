@@ -1,0 +1,126 @@
+//! The admin API across a fleet (three nodes, one `redis-server`): a change made through
+//! any node is in force on every node within 2 s, and survives restarting every node.
+
+mod common;
+
+use common::admin::*;
+use common::fleet::*;
+use common::redis::Redis;
+use common::*;
+use std::time::Duration;
+
+const TWO_S: Duration = Duration::from_secs(2);
+
+fn fleet(redis: &Redis, key: &AdminKey, from: Option<&Gateway>) -> Vec<Gateway> {
+    let mut opts = node_options(redis, "{ requests_per_minute: 100000 }");
+    opts.config_extra += &key.yaml("unused.yaml");
+    if let Some(n) = from {
+        opts.secrets = Some(n.secrets.clone());
+        opts.master_keys_from = Some(n.dir.path().to_path_buf());
+    }
+    let nodes = start_fleet_with(opts);
+    for n in &nodes {
+        eventually("ready", || (n.admin_get("/readyz").0 == 200).then_some(()));
+    }
+    nodes
+}
+
+async fn serves(n: &Gateway, kid: &str, secret: &str) -> bool {
+    models_as(n, kid, secret, Some(HOST)).await.status == 200
+}
+
+async fn refused(n: &Gateway, kid: &str, secret: &str) -> bool {
+    let r = models_as(n, kid, secret, Some(HOST)).await;
+    r.status == 401 && r.code() == "unauthenticated"
+}
+
+#[tokio::test]
+async fn changes_through_one_node_reach_every_node_within_two_seconds_and_survive_restarts() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let key = AdminKey::new();
+    let nodes = fleet(&redis, &key, None);
+    // Created through node 0, serving on every node.
+    let (kid, secret) = create_site(&nodes[0], &key, "gamma", "free").await;
+    for n in &nodes {
+        within("the new site served", TWO_S, || serves(n, &kid, &secret)).await;
+    }
+    // A bearer key added through node 1, removed through node 2: gone everywhere.
+    let (bid, token) = add_key(&nodes[1], &key, "alpha", "bearer").await;
+    for n in &nodes {
+        within("the new bearer key", TWO_S, || async {
+            models_bearer(n, &token).await.status == 200
+        })
+        .await;
+    }
+    let r = admin(
+        &nodes[2],
+        &key,
+        "DELETE",
+        &format!("/admin/v1/sites/alpha/keys/{bid}"),
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    for n in &nodes {
+        within("the removed bearer key refused", TWO_S, || async {
+            models_bearer(n, &token).await.status == 401
+        })
+        .await;
+    }
+    // Disabled through node 1: refused on every node; enabled again: served.
+    admin(&nodes[1], &key, "POST", "/admin/v1/sites/gamma/disable", "").await;
+    for n in &nodes {
+        within("the disabled site refused", TWO_S, || {
+            refused(n, &kid, &secret)
+        })
+        .await;
+    }
+    admin(&nodes[2], &key, "POST", "/admin/v1/sites/gamma/enable", "").await;
+    for n in &nodes {
+        within("the enabled site served", TWO_S, || {
+            serves(n, &kid, &secret)
+        })
+        .await;
+    }
+    // Admin nonces are fleet-wide too: a call replayed to another node is refused.
+    let h = admin_headers(
+        &nodes[0],
+        ADMIN_KEY,
+        &key.secret,
+        "GET",
+        "/admin/v1/sites",
+        "",
+    );
+    assert_eq!(
+        admin_send(&nodes[0], &h, "GET", "/admin/v1/sites", "")
+            .await
+            .status,
+        200
+    );
+    let mut h1 = h.clone();
+    h1.retain(|(n, _)| n != "host");
+    h1.push(("host".into(), format!("127.0.0.1:{}", nodes[0].admin_port)));
+    admin_send(&nodes[1], &h1, "GET", "/admin/v1/sites", "")
+        .await
+        .assert_error(401, "replayed");
+    // Gamma disabled for the restart; every node restarted.
+    admin(&nodes[0], &key, "POST", "/admin/v1/sites/gamma/disable", "").await;
+    let first = &nodes[0];
+    let again = fleet(&redis, &key, Some(first));
+    drop(nodes);
+    for n in &again {
+        assert!(refused(n, &kid, &secret).await);
+        models_bearer(n, &token)
+            .await
+            .assert_error(401, "unauthenticated");
+    }
+    admin(&again[1], &key, "POST", "/admin/v1/sites/gamma/enable", "").await;
+    for n in &again {
+        within("served after the restart", TWO_S, || {
+            serves(n, &kid, &secret)
+        })
+        .await;
+    }
+}

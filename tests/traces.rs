@@ -1,0 +1,199 @@
+//! OpenTelemetry traces against an OTLP/HTTP receiver on loopback (this file's: it answers
+//! `POST /v1/traces` and decodes the body with the OpenTelemetry protobufs): one server and
+//! one client span per request with the SPEC §8.7 attributes, the client's `traceparent`
+//! continued and forwarded; a collector that is down changes no answer.
+
+mod common;
+
+use common::*;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+const CHAT: &str = "/openai/v1/chat/completions";
+const PROMPT: &str = "purple-elephant-prompt-42";
+
+/// What the receiver got: decoded spans and the raw bodies.
+#[derive(Default, Clone)]
+struct Received {
+    spans: Arc<Mutex<Vec<Span>>>,
+    raw: Arc<Mutex<Vec<u8>>>,
+}
+
+async fn receiver() -> (u16, Received) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Received::default();
+    let g = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            let g = g.clone();
+            tokio::spawn(async move {
+                let mut r = BufReader::new(sock);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        r.read_line(&mut h).await.unwrap();
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    r.read_exact(&mut body).await.unwrap();
+                    let req = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+                    for rs in req.resource_spans {
+                        for ss in rs.scope_spans {
+                            g.spans.lock().unwrap().extend(ss.spans);
+                        }
+                    }
+                    g.raw.lock().unwrap().extend(body);
+                    let _ = r
+                        .get_mut()
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+fn attr(span: &Span, key: &str) -> Option<Any> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.clone()?.value)
+}
+
+fn otlp(endpoint: &str) -> String {
+    format!("telemetry:\n  otlp: {{ endpoint: \"{endpoint}\", sample_ratio: 1.0 }}\n")
+}
+
+#[tokio::test]
+async fn one_server_and_one_client_span_per_request_with_the_client_traceparent_continued() {
+    let (port, got) = receiver().await;
+    let gw = Gateway::start_with(Options {
+        config_extra: otlp(&format!("http://127.0.0.1:{port}")),
+        ..Options::default()
+    });
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let body =
+        format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{PROMPT}"}}]}}"#);
+    let tp = format!("00-{trace}-{parent}-01");
+    let r = gw.post_signed(CHAT, &body, &[("traceparent", &tp)]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Forwarded upstream: same trace, keygate's client span as the parent.
+    let sent = gw.mock.last()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        sent.starts_with(&format!("00-{trace}-")) && !sent.contains(parent),
+        "{sent}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.spans.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "no spans exported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spans = got.spans.lock().unwrap().clone();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    let attempt = spans.iter().find(|s| s.kind == 3).expect("a client span");
+    assert_eq!(hex::encode(&server.trace_id), trace);
+    assert_eq!(hex::encode(&server.parent_span_id), parent);
+    assert_eq!(attempt.parent_span_id, server.span_id);
+    assert_eq!(
+        sent,
+        format!("00-{trace}-{}-01", hex::encode(&attempt.span_id))
+    );
+    let s = |k: &str| match attr(server, k) {
+        Some(Any::StringValue(v)) => v,
+        other => panic!("{k}: {other:?}"),
+    };
+    let i = |k: &str| match attr(server, k) {
+        Some(Any::IntValue(v)) => v,
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(s("gen_ai.system"), "openai");
+    assert_eq!(s("gen_ai.request.model"), "gpt-4o");
+    assert_eq!(s("keygate.site"), "alpha");
+    assert_eq!(s("keygate.route"), "/openai/");
+    assert_eq!(i("http.response.status_code"), 200);
+    assert!(i("gen_ai.usage.input_tokens") > 0 && i("gen_ai.usage.output_tokens") > 0);
+    assert!(server.end_time_unix_nano >= attempt.end_time_unix_nano);
+    // No prompt, no secret in what left for the collector.
+    let raw = String::from_utf8_lossy(&got.raw.lock().unwrap()).to_string();
+    assert!(!raw.contains(PROMPT));
+    for secret in gw.all_secrets() {
+        assert!(!raw.contains(secret));
+    }
+    // An unauthenticated caller's traceparent is not continued.
+    let h = vec![("traceparent".to_string(), tp.clone())];
+    let r = send(&client(), "GET", &gw.url("/openai/v1/models"), &h, None).await;
+    assert_eq!(r.status, 401);
+    while got.spans.lock().unwrap().len() < 3 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(5),
+            "no span for the 401"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let spans = got.spans.lock().unwrap().clone();
+    let refused = &spans[2];
+    assert_ne!(hex::encode(&refused.trace_id), trace);
+    assert!(refused.parent_span_id.is_empty());
+}
+
+#[tokio::test]
+async fn a_collector_that_is_down_changes_no_answer() {
+    let dead = free_port();
+    let on = Gateway::start_with(Options {
+        config_extra: otlp(&format!("http://127.0.0.1:{dead}")),
+        ..Options::default()
+    });
+    let off = Gateway::start();
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    // Alternating, so that both see the same machine.
+    let mut times = (vec![], vec![]);
+    for _ in 0..40 {
+        for (gw, t) in [(&on, &mut times.0), (&off, &mut times.1)] {
+            let start = Instant::now();
+            assert_eq!(gw.post_signed(CHAT, body, &[]).await.status, 200);
+            t.push(start.elapsed());
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (a, b) = (median(&mut times.0), median(&mut times.1));
+    assert!(
+        a < b * 2 + Duration::from_millis(5),
+        "with a dead collector {a:?}, without {b:?}"
+    );
+    eventually("a failed export counted", || {
+        (on.metric("keygate_otlp_exports_total{result=\"failed\"}")
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
+    });
+}
