@@ -14,14 +14,18 @@
 -- A budget refuses once `prev × weight + curr ≥ limit`; a window when counting this
 -- request makes `prev × weight + curr + 1 > quota`: the limiter's arithmetic, so the
 -- node reaches the same decision from the totals. Only an admitted request is counted.
+-- Every count is read with one MGET (the keys share a hash tag: one slot in a cluster), and
+-- a count gets its TTL when this script creates it (the sync's pushes refresh it): fewer
+-- calls into Redis per request than a GET per key and an EXPIRE per count.
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[1]) then
   return {0}
 end
 local nb, nr = tonumber(ARGV[2]), tonumber(ARGV[3])
-local out, ok, k, a = {1}, true, 2, 4
+local counts = redis.call('MGET', unpack(KEYS, 2))
+local out, ok, k, a = {1}, true, 1, 4
 for i = 1, nb + nr do
-  local c = tonumber(redis.call('GET', KEYS[k]) or '0')
-  local p = tonumber(redis.call('GET', KEYS[k + 1]) or '0')
+  local c = tonumber(counts[k] or '0')
+  local p = tonumber(counts[k + 1] or '0')
   local limit, w = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
   out[#out + 1] = p
   out[#out + 1] = c
@@ -41,8 +45,9 @@ if not ok then
 end
 k, a = 2 + 2 * nb, 4 + 4 * nb
 for i = 1, nr do
-  redis.call('INCR', KEYS[k])
-  redis.call('EXPIRE', KEYS[k], ARGV[a + 2])
+  if redis.call('INCR', KEYS[k]) == 1 then
+    redis.call('EXPIRE', KEYS[k], ARGV[a + 2])
+  end
   k, a = k + 2, a + 3
 end
 return out
