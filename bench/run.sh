@@ -135,19 +135,15 @@ else
 fi
 
 # Traces: the same config on other ports with telemetry.otlp (sample_ratio 1.0) to a local
-# OTLP/HTTP receiver (Python's http.server answering 200): keygate's CPU per request with
-# every request traced, beside the plain node's, in the same wrk rounds.
+# OTLP/HTTP collector sink (keygate mock-provider's POST /v1/traces: reads the export, answers
+# 200), a second mock so that the upstream mock's load is the same for every variant:
+# keygate's CPU per request with every request traced, beside the plain node's, in the same wrk
+# rounds. (A Python receiver here took a core's share from keygate on two cores and inflated
+# the traced node's CPU per request.)
 OTLP=$(free_port); KGT=$(free_port); ADMINT=$(free_port)
-python3 - "$OTLP" > "$work/otlp.log" 2>&1 <<'PY' &
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200); self.send_header("content-length", "0"); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-PY
+target/release/keygate mock-provider --listen "127.0.0.1:$OTLP" > "$work/otlp.log" 2>&1 &
 pids+=($!)
+wait_port "$OTLP"
 variant traced "$KGT" "$ADMINT" "$(printf 'telemetry:\n  otlp: { endpoint: "http://127.0.0.1:%s", sample_ratio: 1.0 }\n' "$OTLP")"
 RUST_LOG=warn target/release/keygate serve -c "$work/keygate-traced.yaml" > "$work/keygate-traced.log" 2>&1 &
 tracedpid=$!
@@ -281,6 +277,30 @@ for round in $(seq "$ROUNDS"); do
     fi
   done
 done
+# Tracing's CPU cost as paired rounds: the plain node, then the traced one, back to back,
+# BENCH_TRACE_ROUNDS times; each pair's ratio of CPU per request, and their median. On a shared
+# two-core machine the same node's CPU per request moves 10-20 % from one round to the next;
+# pairs taken seconds apart, and their median, see through most of that.
+TRACE_RATIOS=()
+for round in $(seq "${BENCH_TRACE_ROUNDS:-8}"); do
+  declare -A TCPU=()
+  for name in keygate keygate_traced; do
+    pid="${PROC[$name]}"; c0="$(cpu_ticks "$pid")"
+    out="$(BEARER="$BEARER" wrk -t1 -c32 -d"${BENCH_TRACE_DURATION:-6s}" -s bench/post.lua "${URLS[$name]}")"
+    n="$(echo "$out" | awk '/requests in/ {print $1}')"
+    TCPU[$name]="$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]), 1))" "$c0" "$(cpu_ticks "$pid")" "$(getconf CLK_TCK)" "$n")"
+  done
+  ratio="$(python3 -c "import sys; print(round(float(sys.argv[1]) / float(sys.argv[2]), 3))" "${TCPU[keygate_traced]}" "${TCPU[keygate]}")"
+  TRACE_RATIOS+=("$ratio")
+  echo "trace round $round: keygate ${TCPU[keygate]} µs/request, traced ${TCPU[keygate_traced]}: ratio $ratio"
+done
+# The traced node's CPU counts only if its spans went out: every export accepted by the sink.
+otlp_metric() { curl -s "http://127.0.0.1:$ADMINT/metrics" | awk -v s="keygate_otlp_exports_total{result=\"$1\"}" '$1==s {print $2}'; }
+otlp_ok="$(otlp_metric ok)"; otlp_failed="$(otlp_metric failed)"
+if [ "${otlp_ok:-0}" = 0 ] || [ "${otlp_failed:-0}" != 0 ]; then
+  echo "traced keygate: OTLP exports ok ${otlp_ok:-0}, failed ${otlp_failed:-0}; the traced CPU would not be a traced node's" >&2
+  exit 1
+fi
 rss_kb="$(awk '/VmRSS/ {print $2}' /proc/$kgpid/status)"
 # The peer is not needed for the k6 runs: stop it so that it takes no CPU from them.
 if [ -n "${llmpid:-}" ]; then
@@ -392,7 +412,9 @@ res = {
   "cpu_us_per_request": cpu,
 }
 res["ratios"]["cpu pingora/keygate"] = cpu["pingora"] / cpu["keygate"]
-res["tracing_cpu_overhead"] = cpu["keygate_traced"] / cpu["keygate"] - 1
+trace_ratios = sorted(float(r) for r in "${TRACE_RATIOS[*]}".split())
+res["tracing_cpu_ratios"] = trace_ratios
+res["tracing_cpu_overhead"] = trace_ratios[len(trace_ratios) // 2] - 1 if len(trace_ratios) % 2 else (trace_ratios[len(trace_ratios) // 2 - 1] + trace_ratios[len(trace_ratios) // 2]) / 2 - 1
 res["wrk"]["keygate_traced"] = {"rps": float("${RPS[keygate_traced]}"), "p50_ms": ${P50[keygate_traced]}, "p99_ms": ${P99[keygate_traced]}}
 if "litellm" in rps:
   res["ratios"]["keygate/litellm"] = rps["keygate"] / rps["litellm"]
@@ -420,7 +442,7 @@ st, sa = streams, res["stream_added_ms"]
 print(f"streams (k6, ${BENCH_STREAM_RATE:-200}/s signed, mock provider SSE): whole stream p50 / p99, first byte p50 / p99: direct {st['direct']['p50']:.2f} / {st['direct']['p99']:.2f}, {st['direct']['ttfb_p50']:.2f} / {st['direct']['ttfb_p99']:.2f} ms; bare Pingora {st['pingora']['p50']:.2f} / {st['pingora']['p99']:.2f}, {st['pingora']['ttfb_p50']:.2f} / {st['pingora']['ttfb_p99']:.2f} ms; keygate {st['keygate']['p50']:.2f} / {st['keygate']['p99']:.2f}, {st['keygate']['ttfb_p50']:.2f} / {st['keygate']['ttfb_p99']:.2f} ms; incomplete streams: {int(sum(v['failed'] for v in st.values()))}")
 print(f"added to a whole stream: by keygate p50 {sa['keygate']['p50']:.2f} ms, p99 {sa['keygate']['p99']:.2f} ms; by the bare Pingora proxy p50 {sa['pingora']['p50']:.2f} ms, p99 {sa['pingora']['p99']:.2f} ms")
 print(f"keygate RSS with 10,000 sites after the run: {rss_mb:.0f} MB")
-print(f"traces (telemetry.otlp, sample_ratio 1.0, local OTLP receiver): keygate CPU {cpu['keygate_traced']:.0f} µs/request against {cpu['keygate']:.0f} untraced: {100 * res['tracing_cpu_overhead']:+.1f} %; {res['wrk']['keygate_traced']['rps']:.0f} req/s")
+print(f"traces (telemetry.otlp, sample_ratio 1.0, local OTLP sink): keygate CPU per request traced / untraced in {len(trace_ratios)} paired rounds: median {1 + res['tracing_cpu_overhead']:.3f} ({100 * res['tracing_cpu_overhead']:+.1f} %), all {', '.join(f'{r:.3f}' for r in trace_ratios)}; best rounds of the wrk table {cpu['keygate_traced']:.0f} against {cpu['keygate']:.0f} µs, {res['wrk']['keygate_traced']['rps']:.0f} req/s traced")
 if "keygate_fleet" in lat:
   f = lat["keygate_fleet"]
   g = lat["keygate_fleet_synced"]

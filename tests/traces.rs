@@ -197,3 +197,29 @@ async fn a_collector_that_is_down_changes_no_answer() {
             .then_some(())
     });
 }
+
+/// `make bench` sends its traced keygate's spans to `keygate mock-provider`'s OTLP sink:
+/// exports there succeed (a 404 would count every one as failed and drop its spans, so the
+/// bench would measure a failing exporter), and the sink records nothing.
+#[tokio::test]
+async fn the_mock_providers_otlp_sink_accepts_exports() {
+    let sink = Mock::start();
+    let gw = Gateway::start_with(Options {
+        config_extra: otlp(&format!("http://{}", sink.addr)),
+        ..Options::default()
+    });
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    assert_eq!(gw.post_signed(CHAT, body, &[]).await.status, 200);
+    eventually("an export accepted", || {
+        (gw.metric("keygate_otlp_exports_total{result=\"ok\"}")
+            .unwrap_or(0.0)
+            >= 1.0)
+            .then_some(())
+    });
+    assert_eq!(
+        gw.metric("keygate_otlp_exports_total{result=\"failed\"}")
+            .unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(sink.count(), 0);
+}

@@ -24,7 +24,7 @@ fn ids(t: &Tracing, session: &Session, ctx: &mut Ctx) -> TraceIds {
 }
 
 impl Gateway {
-    /// The tracer, started on first use (after Pingora has daemonized: the SDK's export
+    /// The tracer, started on first use (after Pingora has daemonized: the export
     /// thread must live in the serving process).
     fn tracer(&self, ctx: &Ctx) -> Option<&Tracing> {
         self.tracing

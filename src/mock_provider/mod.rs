@@ -48,6 +48,12 @@
 //! Gemini's `modelVersion` from the path), so a renamed model shows.
 //!
 //! Control endpoints (not recorded): `GET /__mock/requests`, `POST /__mock/reset`.
+//!
+//! `POST /v1/traces` is an OTLP/HTTP collector sink (not recorded): the body is read and
+//! dropped, the answer is 200 with an empty `ExportTraceServiceResponse`. `make bench`
+//! points its traced keygate here, so that the collector it measures against is a Rust
+//! process costing about what a real collector's receiver does, not a Python one that
+//! takes a core from keygate on a two-core machine.
 
 mod bodies;
 mod key_egress;
@@ -74,7 +80,7 @@ use bodies::{anthropic_message, gemini_response, last_user_text, openai_chat};
 use key_egress::key_egress_answer;
 use modes::{add_mode_headers, failure_answer};
 use stream::{anthropic_stream, halves, openai_stream, pieces, sse};
-use util::{header_ms, json_response, received_credential, Body, MockState};
+use util::{full, header_ms, json_response, received_credential, Body, MockState};
 
 /// Largest request body the mock reads.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -100,6 +106,13 @@ async fn handle(
         state.count.store(0, std::sync::atomic::Ordering::SeqCst);
         state.recent.lock().clear();
         return Ok(json_response(StatusCode::OK, &json!({"ok": true})));
+    }
+    if path == "/v1/traces" && parts.method == http::Method::POST {
+        let status = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+            Ok(_) => StatusCode::OK,
+            Err(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        };
+        return Ok(full(status, "application/x-protobuf", bytes::Bytes::new()));
     }
     let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
