@@ -542,3 +542,17 @@ fn admin_registration_and_key_lifecycle_errors_name_their_paths() {
     let errs = errors_after("sites:", "registration: { enabled: false, tier: gold, verify_url: x, email_from: y, smtp: { url: z } }\nsites:");
     assert!(errs.is_empty(), "{errs:?}");
 }
+
+#[test]
+fn an_https_otlp_endpoint_is_refused_and_an_http_one_loads() {
+    let with = |endpoint: &str| {
+        format!("tiers:\n  free: {{ requests_per_minute: 10 }}\ntelemetry:\n  otlp: {{ endpoint: \"{endpoint}\" }}")
+    };
+    let tiers = "tiers:\n  free: { requests_per_minute: 10 }";
+    assert_error(
+        tiers,
+        &with("https://collector.example:4318"),
+        "telemetry.otlp.endpoint: https is not supported",
+    );
+    assert!(errors_after(tiers, &with("http://127.0.0.1:4318")).is_empty());
+}

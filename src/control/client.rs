@@ -11,7 +11,7 @@ pub struct Conn {
     #[arg(
         long,
         env = "KEYGATE_ADMIN_URL",
-        default_value = "http://127.0.0.1:9090"
+        default_value = "http://127.0.0.1:9100"
     )]
     pub url: String,
     /// An `admin.keys` id.

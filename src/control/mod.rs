@@ -162,7 +162,9 @@ impl Control {
         } else {
             build(&base.0, &changes, self.opts).map_err(|e| e.to_string())?
         };
-        self.seen.fetch_max(changes.version, Ordering::AcqRel);
+        // The version in force, even a lower one (a Redis that lost its data): compared for
+        // equality by `catch_up`, so a lower stored version is applied once, not every poll.
+        self.seen.store(changes.version, Ordering::Release);
         *self.changes.lock() = changes;
         self.state.install(rt);
         Ok(())
@@ -205,7 +207,7 @@ impl Control {
             }
             Err(e) => {
                 // Remember the version: the error is logged once, not every half second.
-                self.seen.fetch_max(next.version, Ordering::AcqRel);
+                self.seen.store(next.version, Ordering::Release);
                 log::error!(
                     "admin: the fleet's site changes (version {}) do not apply to this node's YAML, keeping the config in force:\n{e}",
                     next.version

@@ -45,11 +45,8 @@ impl Store {
             Store::File(path) => load_file(path),
             Store::Redis(fleet) => {
                 let (doc, _) = Store::keys(fleet);
-                let text: Option<String> = fleet
-                    .redis
-                    .call("admin", Req::Cmd(redis::cmd("GET").arg(&doc)))
-                    .await
-                    .map_err(|_| "Redis is unreachable".to_string())?;
+                let text: Option<String> =
+                    call(fleet, Req::Cmd(redis::cmd("GET").arg(&doc))).await?;
                 match text {
                     None => Ok(Changes::default()),
                     Some(t) if t.len() as u64 > MAX_STATE_BYTES => {
@@ -70,11 +67,7 @@ impl Store {
             Store::File(path) => load_file(path).map(|c| c.version),
             Store::Redis(fleet) => {
                 let (_, version) = Store::keys(fleet);
-                let v: Option<u64> = fleet
-                    .redis
-                    .call("admin", Req::Cmd(redis::cmd("GET").arg(&version)))
-                    .await
-                    .map_err(|_| "Redis is unreachable".to_string())?;
+                let v: Option<u64> = call(fleet, Req::Cmd(redis::cmd("GET").arg(&version))).await?;
                 Ok(v.unwrap_or(0))
             }
         }
@@ -95,15 +88,20 @@ impl Store {
                 let text = serde_json::to_string(next).map_err(|e| e.to_string())?;
                 let mut inv = SCRIPT.prepare_invoke();
                 inv.key(&doc).key(&version).arg(expected).arg(text);
-                let stored: i64 = fleet
-                    .redis
-                    .call("admin", Req::Script(&inv))
-                    .await
-                    .map_err(|_| "Redis is unreachable".to_string())?;
+                let stored: i64 = call(fleet, Req::Script(&inv)).await?;
                 Ok(stored >= 0)
             }
         }
     }
+}
+
+/// One admin-store call to Redis (timed and bounded under `admin`).
+async fn call<T: redis::FromRedisValue>(fleet: &Fleet, req: Req<'_>) -> Result<T, String> {
+    fleet
+        .redis
+        .call("admin", req)
+        .await
+        .map_err(|_| "Redis is unreachable".to_string())
 }
 
 pub fn load_file(path: &Path) -> Result<Changes, String> {

@@ -165,9 +165,9 @@ impl Registrar {
         }
         {
             let mut p = self.pending.lock();
-            while p.front().is_some_and(|&exp| exp <= now) {
-                p.pop_front();
-            }
+            // Not pop from the front: a SIGHUP may shorten the code lifetime, so expiries
+            // are not in order.
+            p.retain(|&exp| exp > now);
             if p.len() >= reg.max_pending || self.store.local_len(now) >= reg.max_pending {
                 log::warn!(
                     "registration: {} pending registrations, the most allowed; refusing new ones",
@@ -348,10 +348,13 @@ impl Registrar {
                 };
                 let mut done = rec.clone();
                 done.status = Status::Delivered;
-                self.store
-                    .set(id, &done)
-                    .await
-                    .map_err(|_| Self::unavailable())?;
+                // The collect above (a GETDEL) already made this the only delivery; a
+                // failure to mark it must not withhold the one copy of the secret.
+                if self.store.set(id, &done).await.is_err() {
+                    log::warn!(
+                        "registration {id}: delivered, but its record could not be marked so"
+                    );
+                }
                 let mk =
                     std::collections::HashMap::from([(reg.seal.0.clone(), reg.seal.1.clone())]);
                 let secret = crate::config::secret::decrypt(

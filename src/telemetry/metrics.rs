@@ -298,7 +298,7 @@ impl Metrics {
             otlp_spans: plain_counter(
                 &r,
                 "keygate_otlp_spans_total",
-                "Spans handed to the OTLP batch exporter",
+                "Spans queued for OTLP export",
             ),
             otlp_dropped: plain_counter(
                 &r,

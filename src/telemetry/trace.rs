@@ -8,7 +8,7 @@
 //! Spans are the OpenTelemetry protocol's own messages (`opentelemetry-proto`, encoded by
 //! prost), built once on the request path. The SDK's span pipeline (`opentelemetry_sdk`
 //! spans, converted again to these messages by `opentelemetry-otlp`'s exporter) cost
-//! keygate 14-40 % more CPU per request at `sample_ratio: 1.0` in `make bench` and by hand,
+//! keygate 16-42 % more CPU per request at `sample_ratio: 1.0` in `make bench` and by hand,
 //! nearly all of it memory allocation and copying for the two conversions (perf: glibc's
 //! malloc and free, memmove, the exporter's attribute transform). Here each span is built
 //! and encoded once, on the thread that ends the request (its memory freed there too), and
@@ -76,6 +76,8 @@ impl Queue {
 
 /// Where and how spans are sent.
 struct Export {
+    /// One agent for every export, so the collector connection is kept between them.
+    agent: ureq::Agent,
     url: String,
     headers: Vec<(String, String)>,
     /// `service.name` and the instrumentation scope, the same for every export.
@@ -111,7 +113,9 @@ impl Export {
     /// collector that is down costs nothing else).
     fn send(&self, spans: &[u8]) {
         let body = self.body(spans);
-        let mut req = ureq::post(&self.url)
+        let mut req = self
+            .agent
+            .post(&self.url)
             .timeout(EXPORT_TIMEOUT)
             .set("content-type", "application/x-protobuf");
         for (name, value) in &self.headers {
@@ -141,6 +145,7 @@ pub struct Tracing {
 impl Tracing {
     pub fn start(settings: &OtlpSettings) -> Result<Tracing, String> {
         let export = Export {
+            agent: ureq::AgentBuilder::new().build(),
             url: format!("{}/v1/traces", settings.endpoint.trim_end_matches('/')),
             headers: settings.headers.clone(),
             resource: Resource {
@@ -411,6 +416,7 @@ mod tests {
             queue.push(s);
         }
         let export = Export {
+            agent: ureq::AgentBuilder::new().build(),
             url: String::new(),
             headers: vec![],
             resource: Resource {

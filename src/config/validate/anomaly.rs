@@ -50,10 +50,16 @@ pub(super) fn otlp(raw: Option<&RawTelemetry>, errs: &mut Errors) -> Option<Otlp
     let o = raw?.otlp.as_ref()?;
     let p = "telemetry.otlp";
     match o.endpoint.parse::<http::Uri>() {
-        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
+        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+        // The exporter's client has no TLS stack: an https collector would fail every
+        // export. A local OpenTelemetry Collector forwards over TLS.
+        Ok(u) if u.scheme_str() == Some("https") => errs.push(
+            format!("{p}.endpoint"),
+            "https is not supported: send to a local OpenTelemetry Collector over http (e.g. http://127.0.0.1:4318), which forwards over TLS",
+        ),
         _ => errs.push(
             format!("{p}.endpoint"),
-            "must be an http(s) URL, e.g. http://collector:4318",
+            "must be an http URL, e.g. http://collector:4318",
         ),
     }
     let ratio = o.sample_ratio.unwrap_or(1.0);
