@@ -42,6 +42,9 @@ impl Gateway {
         let Some(t) = self.tracer(ctx) else {
             return;
         };
+        let Some(upstream) = ctx.upstream().cloned() else {
+            return;
+        };
         let ids = ids(t, session, ctx);
         let now = SystemTime::now();
         if let Some(last) = ctx.attempt_spans.last_mut() {
@@ -50,7 +53,7 @@ impl Gateway {
         let span = new_span_id();
         ctx.attempt_spans.push(AttemptSpan {
             span,
-            upstream: ctx.upstream().map(|u| u.name.clone()).unwrap_or_default(),
+            upstream,
             start: now,
             end: None,
             status: None,
@@ -70,11 +73,8 @@ impl Gateway {
         let end = SystemTime::now();
         let route = ctx.route();
         let server = ServerSpan {
-            name: format!(
-                "{} {}",
-                session.req_header().method,
-                route.map_or("unrouted", |r| r.prefix.as_str())
-            ),
+            method: session.req_header().method.as_str(),
+            target: route.map_or("unrouted", |r| r.prefix.as_str()),
             start: end - ctx.started.elapsed(),
             end,
             status: ctx.status,

@@ -5,4 +5,5 @@ pub mod admin;
 pub mod audit;
 pub mod metrics;
 pub mod otlp;
+mod span;
 pub mod trace;

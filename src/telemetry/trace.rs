@@ -5,8 +5,8 @@
 //! upstream names the attempt's span); attributes are the GenAI and HTTP ones listed, never
 //! a secret, a prompt or an answer.
 //!
-//! Spans are the OpenTelemetry protocol's own messages (`opentelemetry-proto`, encoded by
-//! prost), built once on the request path. The SDK's span pipeline (`opentelemetry_sdk`
+//! Spans are the OpenTelemetry protocol's own `Span` messages, written once on the request
+//! path straight from what the request recorded ([`super::span`]). The SDK's span pipeline (`opentelemetry_sdk`
 //! spans, converted again to these messages by `opentelemetry-otlp`'s exporter) cost
 //! keygate 16-42 % more CPU per request at `sample_ratio: 1.0` in `make bench` and by hand,
 //! nearly all of it memory allocation and copying for the two conversions (perf: glibc's
@@ -14,12 +14,15 @@
 //! and encoded once, on the thread that ends the request (its memory freed there too), and
 //! only bytes cross to the export thread.
 
+use super::span::{SpanOut, Value};
+use crate::config::Upstream;
 use crate::telemetry::metrics::METRICS;
 use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{span, status, Span, Status};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use parking_lot::Mutex;
+use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
 use std::io::Read as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -58,17 +61,20 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, span: &Span) {
+    fn push(&self, span: &SpanOut<'_>) {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             scratch.clear();
-            prost::encoding::message::encode(SCOPE_SPANS_SPANS, span, &mut *scratch);
+            span.encode(&mut scratch);
+            let prefix = key_len(SCOPE_SPANS_SPANS) + encoded_len_varint(scratch.len() as u64);
             let mut q = self.bytes.lock();
-            if q.len() + scratch.len() > QUEUE_BYTES {
+            if q.len() + prefix + scratch.len() > QUEUE_BYTES {
                 drop(q);
                 METRICS.otlp_dropped.inc();
                 return;
             }
+            encode_key(SCOPE_SPANS_SPANS, WireType::LengthDelimited, &mut *q);
+            encode_varint(scratch.len() as u64, &mut *q);
             q.extend_from_slice(&scratch);
         });
     }
@@ -199,21 +205,9 @@ fn string(v: &str) -> any_value::Value {
     any_value::Value::StringValue(v.to_string())
 }
 
-fn int(v: i64) -> any_value::Value {
-    any_value::Value::IntValue(v)
-}
-
 fn nanos(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
-}
-
-/// An error status with its message (a span's status stays unset otherwise).
-fn error(message: String) -> Option<Status> {
-    Some(Status {
-        message,
-        code: status::StatusCode::Error as i32,
-    })
 }
 
 /// A request's trace ids, made when first needed.
@@ -291,7 +285,7 @@ impl TraceIds {
 #[derive(Debug, Clone)]
 pub struct AttemptSpan {
     pub span: SpanId,
-    pub upstream: String,
+    pub upstream: Arc<Upstream>,
     pub start: SystemTime,
     pub end: Option<SystemTime>,
     pub status: Option<u16>,
@@ -299,7 +293,9 @@ pub struct AttemptSpan {
 
 /// The server span's name and attributes.
 pub struct ServerSpan<'a> {
-    pub name: String,
+    /// The name is `method target`.
+    pub method: &'a str,
+    pub target: &'a str,
     pub start: SystemTime,
     pub end: SystemTime,
     pub status: u16,
@@ -316,74 +312,61 @@ impl Tracing {
         if !ids.sampled {
             return;
         }
-        let trace_id = ids.trace.to_bytes().to_vec();
+        let trace_id = ids.trace.to_bytes();
+        let server_id = ids.span.to_bytes();
         // W3C trace flags: sampled.
         let flags = 1;
-        let mut attributes = Vec::with_capacity(7);
-        attributes.push(kv(
-            "http.response.status_code",
-            int(i64::from(server.status)),
-        ));
-        for (k, v) in [
-            ("keygate.site", server.site),
-            ("keygate.route", server.route),
-            ("gen_ai.system", server.system),
-            ("gen_ai.request.model", server.model),
-        ] {
-            if let Some(v) = v {
-                attributes.push(kv(k, string(v)));
-            }
-        }
-        if let Some((i, o)) = server.tokens {
-            attributes.push(kv("gen_ai.usage.input_tokens", int(i as i64)));
-            attributes.push(kv("gen_ai.usage.output_tokens", int(o as i64)));
-        }
+        let system = server.system.map(|s| ("gen_ai.system", Value::Str(s)));
         for a in attempts {
-            let mut attributes = Vec::with_capacity(3);
-            attributes.push(kv("keygate.upstream", string(&a.upstream)));
-            if let Some(s) = a.status {
-                attributes.push(kv("http.response.status_code", int(i64::from(s))));
-            }
-            if let Some(s) = server.system {
-                attributes.push(kv("gen_ai.system", string(s)));
-            }
-            self.queue.push(&Span {
-                trace_id: trace_id.clone(),
-                span_id: a.span.to_bytes().to_vec(),
-                parent_span_id: ids.span.to_bytes().to_vec(),
+            let attributes = [
+                Some(("keygate.upstream", Value::Str(&a.upstream.name))),
+                a.status
+                    .map(|s| ("http.response.status_code", Value::Int(i64::from(s)))),
+                system,
+            ];
+            self.queue.push(&SpanOut {
+                trace_id,
+                span_id: a.span.to_bytes(),
+                parent: Some(server_id),
                 flags,
-                name: format!("upstream {}", a.upstream),
-                kind: span::SpanKind::Client as i32,
-                start_time_unix_nano: nanos(a.start),
-                end_time_unix_nano: nanos(a.end.unwrap_or(server.end)),
-                attributes,
-                status: if a.status.is_none_or(|s| s >= 500) {
-                    error("upstream attempt failed".into())
-                } else {
-                    None
-                },
-                ..Span::default()
+                name: &["upstream ", &a.upstream.name],
+                kind: SpanKind::Client as i32,
+                start_ns: nanos(a.start),
+                end_ns: nanos(a.end.unwrap_or(server.end)),
+                attributes: &attributes,
+                error: a
+                    .status
+                    .is_none_or(|s| s >= 500)
+                    .then_some("upstream attempt failed"),
             });
         }
-        self.queue.push(&Span {
+        let tokens = |n: fn((u64, u64)) -> u64| server.tokens.map(|t| Value::Int(n(t) as i64));
+        let attributes = [
+            Some((
+                "http.response.status_code",
+                Value::Int(i64::from(server.status)),
+            )),
+            server.site.map(|v| ("keygate.site", Value::Str(v))),
+            server.route.map(|v| ("keygate.route", Value::Str(v))),
+            system,
+            server
+                .model
+                .map(|v| ("gen_ai.request.model", Value::Str(v))),
+            tokens(|t| t.0).map(|v| ("gen_ai.usage.input_tokens", v)),
+            tokens(|t| t.1).map(|v| ("gen_ai.usage.output_tokens", v)),
+        ];
+        let error = (server.status >= 500).then(|| format!("HTTP {}", server.status));
+        self.queue.push(&SpanOut {
             trace_id,
-            span_id: ids.span.to_bytes().to_vec(),
-            parent_span_id: ids
-                .parent
-                .map(|p| p.to_bytes().to_vec())
-                .unwrap_or_default(),
+            span_id: server_id,
+            parent: ids.parent.map(|p| p.to_bytes()),
             flags,
-            name: server.name.clone(),
-            kind: span::SpanKind::Server as i32,
-            start_time_unix_nano: nanos(server.start),
-            end_time_unix_nano: nanos(server.end),
-            attributes,
-            status: if server.status >= 500 {
-                error(format!("HTTP {}", server.status))
-            } else {
-                None
-            },
-            ..Span::default()
+            name: &[server.method, " ", server.target],
+            kind: SpanKind::Server as i32,
+            start_ns: nanos(server.start),
+            end_ns: nanos(server.end),
+            attributes: &attributes,
+            error: error.as_deref(),
         });
         METRICS.otlp_spans.inc_by(1 + attempts.len() as u64);
     }
@@ -398,22 +381,41 @@ mod tests {
     #[test]
     fn queued_spans_wrap_into_an_export_request() {
         use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::trace::v1::Span;
         use prost::Message;
         let queue = Queue {
             bytes: Mutex::new(Vec::new()),
         };
-        let spans: Vec<Span> = (1u8..=3)
-            .map(|i| Span {
+        let names: Vec<String> = (1u8..=3).map(|i| format!("span {i}")).collect();
+        let mut expected = Vec::new();
+        for (i, name) in (1u8..=3).zip(&names) {
+            let attributes = [
+                Some(("keygate.site", Value::Str("alpha"))),
+                Some(("n", Value::Int(i.into()))),
+            ];
+            queue.push(&SpanOut {
+                trace_id: [i; 16],
+                span_id: [i; 8],
+                parent: None,
+                flags: 0,
+                name: &[name],
+                kind: SpanKind::Server as i32,
+                start_ns: 0,
+                end_ns: 0,
+                attributes: &attributes,
+                error: None,
+            });
+            expected.push(Span {
                 trace_id: vec![i; 16],
                 span_id: vec![i; 8],
-                name: format!("span {i}"),
-                kind: span::SpanKind::Server as i32,
-                attributes: vec![kv("keygate.site", string("alpha")), kv("n", int(i.into()))],
+                name: name.clone(),
+                kind: SpanKind::Server as i32,
+                attributes: vec![
+                    kv("keygate.site", string("alpha")),
+                    kv("n", any_value::Value::IntValue(i.into())),
+                ],
                 ..Span::default()
-            })
-            .collect();
-        for s in &spans {
-            queue.push(s);
+            });
         }
         let export = Export {
             agent: ureq::AgentBuilder::new().build(),
@@ -435,7 +437,7 @@ mod tests {
         assert_eq!(rs.resource, Some(export.resource.clone()));
         assert_eq!(rs.scope_spans.len(), 1);
         assert_eq!(rs.scope_spans[0].scope, Some(export.scope.clone()));
-        assert_eq!(rs.scope_spans[0].spans, spans);
+        assert_eq!(rs.scope_spans[0].spans, expected);
     }
 
     #[test]
@@ -444,9 +446,17 @@ mod tests {
             bytes: Mutex::new(vec![0; QUEUE_BYTES - 4]),
         };
         let before = METRICS.otlp_dropped.get();
-        queue.push(&Span {
-            name: "too much".into(),
-            ..Span::default()
+        queue.push(&SpanOut {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            parent: None,
+            flags: 1,
+            name: &["too much"],
+            kind: SpanKind::Server as i32,
+            start_ns: 0,
+            end_ns: 0,
+            attributes: &[],
+            error: None,
         });
         assert_eq!(queue.bytes.lock().len(), QUEUE_BYTES - 4);
         assert!(METRICS.otlp_dropped.get() > before);
