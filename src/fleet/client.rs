@@ -13,6 +13,14 @@ use std::time::Duration;
 /// slot map), in the background. A request never waits longer than `timeout_ms` for it.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Every connection's socket options: `TCP_NODELAY`, which the redis crate leaves off. A
+/// request's Redis call is one small write answered by one small reply; with Nagle's
+/// algorithm a second request's write on the same connection (another request of the same
+/// worker thread) waits for the first's answer to be acknowledged.
+fn tcp() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// A client for one Redis, or for a Redis Cluster.
 pub enum Client {
     Single(Box<redis::Client>),
@@ -48,7 +56,8 @@ pub fn client(s: &FleetSettings) -> Result<Client, String> {
         }
         let mut b = redis::cluster::ClusterClientBuilder::new(nodes)
             .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(CONNECT_TIMEOUT);
+            .response_timeout(CONNECT_TIMEOUT)
+            .tcp_settings(tcp());
         if let Some(user) = &s.username {
             b = b.username(user);
         }
@@ -70,7 +79,7 @@ pub fn client(s: &FleetSettings) -> Result<Client, String> {
     if let Some(password) = &s.password {
         auth = auth.set_password(password.expose_secret());
     }
-    info = info.set_redis_settings(auth);
+    info = info.set_redis_settings(auth).set_tcp_settings(tcp());
     let single = match certs {
         None => redis::Client::open(info).map_err(|e| bad(&format!("{:?}", e.kind()))),
         Some(certs) => redis::Client::build_with_tls(info, certs).map_err(|e| bad(&e.to_string())),
