@@ -154,6 +154,9 @@ impl State {
                 .local_store()
                 .copy_from(old_limiter.local_store(), Some(&copied));
         }
+        let configured: std::collections::HashSet<u64> =
+            rt.sites.iter().map(|s| s.limit_key).collect();
+        self.anomalies.retain(|site| configured.contains(&site));
         crate::telemetry::metrics::METRICS.init_for(&rt);
         crate::telemetry::metrics::METRICS
             .config_generation
@@ -190,5 +193,60 @@ impl State {
             }
             std::hint::spin_loop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load_str, LoadOptions};
+    use crate::limits::anomaly::{Action, AnomalySettings};
+    use std::time::Duration;
+
+    fn config(sites: &[&str]) -> Runtime {
+        let mut text = String::from(
+            r#"
+server:
+  listen: [{ addr: "127.0.0.1:8080" }]
+  hostnames: ["localhost:8080"]
+upstreams:
+  openai:
+    kind: openai
+    url: "http://127.0.0.1:9999"
+    credentials: [{ id: prod-1, secret: "sk-literal-for-tests-000000000000" }]
+routes:
+  - { prefix: "/openai/", upstream: openai, models: ["gpt-4o"] }
+tiers:
+  free: { requests_per_minute: 10 }
+sites:
+"#,
+        );
+        for s in sites {
+            text.push_str(&format!(
+                "  - {{ id: {s}, tier: free, keys: [{{ id: {s}.k1, auth: hmac, secret: \"kgs_literal_for_tests_0000000000\" }}] }}\n"
+            ));
+        }
+        load_str(&text, LoadOptions { demo: true }).unwrap()
+    }
+
+    /// A reload that removes a site drops its anomaly baseline: the detector's map holds
+    /// configured sites only, however many come and go.
+    #[test]
+    fn a_reload_forgets_the_anomaly_baselines_of_removed_sites() {
+        let state = State::new(config(&["alpha", "beta", "gamma"]));
+        let settings = AnomalySettings {
+            factor: 5.0,
+            min_per_minute: 30.0,
+            action: Action::Alert,
+            throttle: Duration::from_secs(60),
+            window: Duration::from_secs(60),
+            warmup_windows: 3,
+        };
+        for site in &state.runtime.load().sites {
+            let _ = state.anomalies.request(site.limit_key, &settings, 1_000);
+        }
+        assert_eq!(state.anomalies.site_count(), 3);
+        state.install(config(&["alpha", "gamma"]));
+        assert_eq!(state.anomalies.site_count(), 2);
     }
 }

@@ -223,3 +223,82 @@ async fn the_mock_providers_otlp_sink_accepts_exports() {
     );
     assert_eq!(sink.count(), 0);
 }
+
+/// Every upstream attempt has its client span, each with what it saw: a 500 that failed
+/// over keeps its status (not the next attempt's), and an attempt whose connection could
+/// not be made has a span too (no status, an error); the last attempt's span carries the
+/// answer, and the `traceparent` the fallback got names its own span.
+#[tokio::test]
+async fn each_failed_over_attempt_has_its_own_client_span() {
+    let (port, got) = receiver().await;
+    let backup = Mock::start();
+    let mut gw = Gateway::start_with(Options {
+        config_extra: otlp(&format!("http://127.0.0.1:{port}")),
+        extra_upstreams: format!(
+            "  backup:\n    kind: openai-compatible\n    url: \"http://{}\"\n    credentials:\n      - {{ id: backup-1, secret: \"file:{{dir}}/provider2.key\" }}\n",
+            backup.addr
+        ),
+        route_extra_for: vec![("/openai/", "    fallbacks: [backup]\n".into())],
+        ..Options::default()
+    });
+    let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let wait_for = |n: usize| {
+        let got = got.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while got.spans.lock().unwrap().len() < n {
+                assert!(Instant::now() < deadline, "fewer than {n} spans exported");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            got.spans.lock().unwrap().clone()
+        }
+    };
+    let status = |s: &Span| match attr(s, "http.response.status_code") {
+        Some(Any::IntValue(v)) => Some(v),
+        None => None,
+        other => panic!("{other:?}"),
+    };
+    let upstream = |s: &Span| match attr(s, "keygate.upstream") {
+        Some(Any::StringValue(v)) => v,
+        other => panic!("{other:?}"),
+    };
+    const ERROR: i32 = 2;
+    for (round, headers) in [
+        vec![("x-mock-mode", "error_500")],
+        // Then the primary is gone: connection refused.
+        vec![],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if round == 1 {
+            gw.mock.stop();
+        }
+        let r = gw.post_signed(CHAT, body, &headers).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let spans = wait_for(3 * (round + 1)).await;
+        let spans = &spans[3 * round..];
+        let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+        let mut attempts: Vec<&Span> = spans.iter().filter(|s| s.kind == 3).collect();
+        attempts.sort_by_key(|s| s.start_time_unix_nano);
+        assert_eq!(attempts.len(), 2, "{spans:?}");
+        let (first, second) = (attempts[0], attempts[1]);
+        assert_eq!(upstream(first), "openai");
+        assert_eq!(upstream(second), "backup");
+        assert!(first.parent_span_id == server.span_id && second.parent_span_id == server.span_id);
+        assert_eq!(
+            status(first),
+            [Some(500), None][round],
+            "round {round}: {first:?}"
+        );
+        assert_eq!(first.status.as_ref().map(|s| s.code), Some(ERROR));
+        assert!(first.end_time_unix_nano <= second.start_time_unix_nano);
+        assert_eq!(status(second), Some(200));
+        assert!(second.status.is_none(), "{second:?}");
+        let sent = backup.last()["headers"]["traceparent"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(sent.contains(&hex::encode(&second.span_id)), "{sent}");
+    }
+}

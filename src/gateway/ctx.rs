@@ -149,6 +149,21 @@ impl Ctx {
             .map(|r| self.started + r.upstream.total_timeout)
     }
 
+    /// The attempt's upstream answered with `status` (its client span keeps it, whatever
+    /// the next attempt sees).
+    pub fn set_upstream_status(&mut self, status: u16) {
+        self.upstream_status = Some(status);
+        self.note_attempt_status(status);
+    }
+
+    /// The attempt's status for its client span only (an answer that fails over is not
+    /// the request's).
+    pub fn note_attempt_status(&mut self, status: u16) {
+        if let Some(span) = self.attempt_spans.last_mut() {
+            span.status = Some(status);
+        }
+    }
+
     /// Forget what the attempt given up saw, before the next one.
     pub fn begin_attempt(&mut self) {
         self.error = None;

@@ -175,6 +175,7 @@ impl ProxyHttp for Gateway {
                     }
                     ctx.upstream_started = Some(std::time::Instant::now());
                     ctx.attempts.started += 1;
+                    self.trace_attempt(session, ctx);
                     return Ok(Box::new(upstream::peer(&up, addr, left)));
                 }
                 Err(detail) => {
@@ -274,7 +275,7 @@ impl ProxyHttp for Gateway {
     /// framing of the verified body. `Err`: nothing is sent; a 5xx through `fail_to_proxy`.
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -303,7 +304,7 @@ impl ProxyHttp for Gateway {
         // body is held back (so a rewritten body may change length).
         req.remove_header(&http::header::TRANSFER_ENCODING);
         req.remove_header(&http::header::CONTENT_LENGTH);
-        self.trace_attempt(session, req, ctx);
+        self.trace_header(req, ctx);
         match ctx.body.framing(&req.method) {
             Ok(Framing::Length(n)) => {
                 req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?
@@ -390,6 +391,7 @@ impl ProxyHttp for Gateway {
         let up_live = up.as_deref().and_then(|u| live.upstream_for(u));
         upstream::note_credential_answer(resp, up_live, ctx.credential_id.as_deref());
         let status = resp.status.as_u16();
+        ctx.note_attempt_status(status);
         if let Some(reason) = Reason::of_status(status) {
             if self.fail_over(session, ctx, reason, None) {
                 ctx.retrying = true;

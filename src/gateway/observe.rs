@@ -56,7 +56,7 @@ fn rules(ctx: &Ctx) -> WatchRules<'_> {
 
 /// Check the response header; decide how to watch the body.
 pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
-    ctx.upstream_status = Some(resp.status.as_u16());
+    ctx.set_upstream_status(resp.status.as_u16());
     ctx.upstream_answered = Some(std::time::Instant::now());
     let endpoint = ctx.upstream().map_or(Endpoint::Other, |u| {
         Endpoint::of(u.kind, &ctx.upstream_path)

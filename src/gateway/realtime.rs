@@ -141,7 +141,7 @@ impl Gateway {
             .realtime_connect(ctx, &up, &offered, beta, config)
             .await?;
         ctx.upstream_answered = Some(std::time::Instant::now());
-        ctx.upstream_status = Some(101);
+        ctx.set_upstream_status(101);
 
         let mut resp = ResponseHeader::build(101, Some(6)).map_err(|_| internal("101"))?;
         let headers = [
@@ -292,7 +292,7 @@ impl Gateway {
             }
             Ok(Err(ws::Error::Http(resp))) => {
                 let status = resp.status().as_u16();
-                ctx.upstream_status = Some(status);
+                ctx.set_upstream_status(status);
                 let live = self.state.live.load();
                 let parts = http::Response::builder()
                     .status(status)

@@ -37,27 +37,42 @@ impl Gateway {
             .as_ref()
     }
 
-    /// An attempt is about to go upstream: its client span starts, its `traceparent` is set.
-    pub(super) fn trace_attempt(&self, session: &Session, req: &mut RequestHeader, ctx: &mut Ctx) {
+    /// An attempt is about to connect upstream (before the connection, so that one that
+    /// cannot be made has its span too): the previous attempt's client span ends, this
+    /// one's starts.
+    pub(super) fn trace_attempt(&self, session: &Session, ctx: &mut Ctx) {
         let Some(t) = self.tracer(ctx) else {
             return;
         };
         let Some(upstream) = ctx.upstream().cloned() else {
             return;
         };
-        let ids = ids(t, session, ctx);
+        if !ids(t, session, ctx).sampled {
+            return;
+        }
         let now = SystemTime::now();
         if let Some(last) = ctx.attempt_spans.last_mut() {
             last.end.get_or_insert(now);
         }
-        let span = new_span_id();
         ctx.attempt_spans.push(AttemptSpan {
-            span,
+            span: new_span_id(),
             upstream,
             start: now,
             end: None,
             status: None,
         });
+    }
+
+    /// The attempt's request header: a `traceparent` naming its client span (a fresh span
+    /// id when the trace is not sampled: the provider still continues the trace).
+    pub(super) fn trace_header(&self, req: &mut RequestHeader, ctx: &Ctx) {
+        let Some(ids) = ctx.trace.as_ref() else {
+            return;
+        };
+        let span = match ctx.attempt_spans.last() {
+            Some(a) if ids.sampled => a.span,
+            _ => new_span_id(),
+        };
         let _ = req.insert_header("traceparent", ids.traceparent(span));
     }
 
@@ -67,8 +82,8 @@ impl Gateway {
             return;
         };
         let ids = ids(t, session, ctx);
-        if let Some(last) = ctx.attempt_spans.last_mut() {
-            last.status = ctx.upstream_status;
+        if !ids.sampled {
+            return;
         }
         let end = SystemTime::now();
         let route = ctx.route();

@@ -159,6 +159,19 @@ impl Default for Detector {
 pub struct Throttled(pub Duration);
 
 impl Detector {
+    /// Forget the sites `keep` says are gone (a reload or the admin API removed them), so
+    /// that the map holds only configured sites however many come and go.
+    pub fn retain(&self, keep: impl Fn(u64) -> bool) {
+        for shard in &self.shards {
+            shard.lock().retain(|site, _| keep(*site));
+        }
+    }
+
+    /// How many sites have a baseline.
+    pub fn site_count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
     fn with<T>(
         &self,
         site: u64,
@@ -231,6 +244,23 @@ mod tests {
             }
         }
         events
+    }
+
+    #[test]
+    fn retain_forgets_the_sites_that_are_gone() {
+        let s = settings(Action::Alert);
+        let d = Detector::default();
+        for site in 0..100u64 {
+            let _ = d.request(site, &s, 1_000);
+        }
+        assert_eq!(d.site_count(), 100);
+        d.retain(|site| site % 10 == 0);
+        assert_eq!(d.site_count(), 10);
+        // A kept site still has its baseline; a forgotten one starts again.
+        assert!(d.shards[(50 % SHARDS as u64) as usize].lock().contains_key(&50));
+        assert!(!d.shards[(7 % SHARDS as u64) as usize]
+            .lock()
+            .contains_key(&7));
     }
 
     #[test]
