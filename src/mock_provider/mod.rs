@@ -97,9 +97,10 @@ async fn handle(
     if path == "/__mock/requests" {
         let recent: Vec<Value> = state.recent.lock().iter().cloned().collect();
         let count = state.count.load(std::sync::atomic::Ordering::SeqCst);
+        let connections = state.connections.load(std::sync::atomic::Ordering::SeqCst);
         return Ok(json_response(
             StatusCode::OK,
-            &json!({"count": count, "requests": recent}),
+            &json!({"count": count, "connections": connections, "requests": recent}),
         ));
     }
     if path == "/__mock/reset" {
@@ -291,6 +292,9 @@ pub async fn serve(
     let state = Arc::new(MockState::default());
     loop {
         let (stream, _) = listener.accept().await?;
+        state
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         // As providers' edges do: each SSE event goes out when written. With Nagle on, an
         // event waits for the ACK of the one before, which the proxy's kernel may delay by
         // 40 ms (seen in `make bench` streams through both Pingora proxies).

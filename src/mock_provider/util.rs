@@ -50,6 +50,9 @@ const RECORD_LIMIT: usize = 256;
 #[derive(Default)]
 pub struct MockState {
     pub(super) count: std::sync::atomic::AtomicU64,
+    /// Connections accepted (`/__mock/requests` reports it: the upstream connections a
+    /// proxy opened).
+    pub(super) connections: std::sync::atomic::AtomicU64,
     pub(super) recent: parking_lot::Mutex<std::collections::VecDeque<Value>>,
 }
 

@@ -106,6 +106,11 @@ impl Mock {
         self.requests()["count"].as_u64().unwrap()
     }
 
+    /// Connections the mock has accepted.
+    pub fn connections(&self) -> u64 {
+        self.requests()["connections"].as_u64().unwrap()
+    }
+
     /// Stop the mock (the gateway then sees connection refused).
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -220,6 +225,8 @@ pub struct Options {
     /// Extra lines for one route (`/openai/`, `/anthropic/`, `/gemini/`; indented four
     /// spaces), e.g. `fallbacks`.
     pub route_extra_for: Vec<(&'static str, String)>,
+    /// `server.threads`.
+    pub threads: usize,
 }
 
 impl Default for Options {
@@ -243,6 +250,7 @@ impl Default for Options {
             grace_period_s: 1,
             extra_upstreams: String::new(),
             route_extra_for: Vec::new(),
+            threads: 2,
         }
     }
 }
@@ -371,7 +379,7 @@ server:
   listen:
     - addr: "127.0.0.1:{port}"
 {tls_listener}  hostnames: ["127.0.0.1:{port}", "localhost:{port}", "localhost:{tls_port}"{extra_hostnames}]
-  threads: 2
+  threads: {threads}
   admin_listen: "127.0.0.1:{admin_port}"
   max_body_bytes: {max_body}
   pid_file: {d}/keygate.pid
@@ -435,6 +443,7 @@ sites:
 "#,
             max_body = opts.max_body_bytes,
             grace = opts.grace_period_s,
+            threads = opts.threads,
             tier = opts.tier,
             upstream_extra = upstream_extra,
             second_credential = if opts.second_credential {
