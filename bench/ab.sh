@@ -14,11 +14,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${BENCH_ROUNDS:-4}"
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
 . bench/common.sh
+bench_setup
 
 nginx_upstream "$work"
 

@@ -17,12 +17,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 DURATION="${BENCH_DURATION:-10s}"
 ROUNDS="${BENCH_ROUNDS:-2}"
-work="$(mktemp -d)"
-mkdir -p target/bench "$work"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
 . bench/common.sh
+bench_setup
+mkdir -p target/bench
 
 UP=$(free_port); NGX=$(free_port); BARE=$(free_port); KG=$(free_port); ADMIN=$(free_port)
 nginx_conf "$work" "$UP" "  upstream up { server 127.0.0.1:$UP; keepalive 128; }
