@@ -15,6 +15,8 @@ cd "$root"
 . bench/common.sh
 bench_setup
 nginx_upstream "$work"
+# nstat's counts since its last call, kept apart from any other nstat user's.
+export NSTAT_HISTORY="$work/nstat.history"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "${BENCH_REUSE_ROUNDS:-1}"); do
   for bin in "$@"; do
@@ -35,6 +37,9 @@ for round in $(seq "${BENCH_REUSE_ROUNDS:-1}"); do
       opens=$(nstat -z TcpActiveOpens | awk '/TcpActiveOpens/ {print $2}')
       lost1=$(grep -c "failed to acquire reusable stream" "$work/kg.log" || true)
       reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+      if [ "${reqs:-0}" -eq 0 ] || echo "$out" | grep -q "Non-2xx"; then
+        echo "$bin -c$c: requests failed or none completed:" >&2; echo "$out" >&2; exit 1
+      fi
       python3 - "$bin" "$c" "$reqs" "$t0" "$t1" "$opens" "$((lost1 - lost0))" <<'PY'
 import os, sys
 bin, c, reqs, t0, t1, opens, lost = sys.argv[1:]

@@ -154,9 +154,6 @@ impl State {
                 .local_store()
                 .copy_from(old_limiter.local_store(), Some(&copied));
         }
-        let configured: std::collections::HashSet<u64> =
-            rt.sites.iter().map(|s| s.limit_key).collect();
-        self.anomalies.retain(|site| configured.contains(&site));
         crate::telemetry::metrics::METRICS.init_for(&rt);
         crate::telemetry::metrics::METRICS
             .config_generation
@@ -167,6 +164,11 @@ impl State {
         self.live.store(Arc::new(live));
         let rt = Arc::new(rt);
         self.runtime.store(rt.clone());
+        // After the swap: a request still on the old config could otherwise bring a removed
+        // site's baseline back.
+        let configured: std::collections::HashSet<u64, ahash::RandomState> =
+            rt.sites.iter().map(|s| s.limit_key).collect();
+        self.anomalies.retain(|site| configured.contains(&site));
         let now = crate::clock::now_s();
         let closed = self.realtime.close_removed(|site, key| {
             rt.keys

@@ -6,37 +6,10 @@ use common::*;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 
 const REALTIME: &str = "/openai/v1/realtime?model=gpt-realtime";
-
-type Ws = WebSocketStream<TcpStream>;
-
-/// Open a session with these headers; `Err(status)` when keygate refuses the handshake.
-async fn open(
-    gw: &Gateway,
-    path: &str,
-    headers: &[(String, String)],
-) -> Result<(Ws, http::HeaderMap), u16> {
-    let url = format!("ws://127.0.0.1:{}{path}", gw.port);
-    let mut req = url.into_client_request().unwrap();
-    for (k, v) in headers {
-        req.headers_mut().insert(
-            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-            v.parse().unwrap(),
-        );
-    }
-    let tcp = TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
-    match tokio_tungstenite::client_async(req, tcp).await {
-        Ok((ws, resp)) => Ok((ws, resp.headers().clone())),
-        Err(WsError::Http(resp)) => Err(resp.status().as_u16()),
-        Err(e) => panic!("handshake: {e}"),
-    }
-}
 
 fn bearer(gw: &Gateway) -> Vec<(String, String)> {
     vec![(

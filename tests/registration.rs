@@ -128,6 +128,13 @@ fn node(smtp_port: u16, extra: &str) -> (Gateway, AdminKey) {
     (gw, key)
 }
 
+/// A fleet node's options (Redis shared) with registration on.
+fn fleet_node(redis: &Redis, smtp: &Smtp) -> Options {
+    let mut opts = node_options(redis, "{ requests_per_minute: 100000 }");
+    opts.config_extra += &registration_yaml(smtp.port, "");
+    opts
+}
+
 async fn post(gw: &Gateway, body: Value) -> Resp {
     let h = vec![("content-type".to_string(), "application/json".to_string())];
     send(
@@ -293,8 +300,7 @@ async fn across_the_fleet_register_on_one_node_verify_on_another_collect_on_a_th
         return;
     };
     let smtp = Smtp::start();
-    let mut opts = node_options(&redis, "{ requests_per_minute: 100000 }");
-    opts.config_extra += &registration_yaml(smtp.port, "");
+    let opts = fleet_node(&redis, &smtp);
     let nodes = start_fleet_with(opts);
     for n in &nodes {
         eventually("ready", || (n.admin_get("/readyz").0 == 200).then_some(()));
@@ -331,6 +337,69 @@ async fn across_the_fleet_register_on_one_node_verify_on_another_collect_on_a_th
         )
         .await;
     }
+}
+
+/// A site created for a verified link whose key cannot then be stored for the poll (Redis
+/// refuses the write) is taken back and the link stays valid: followed again once Redis
+/// accepts writes, it creates the site and the poll delivers its key. Without that, the
+/// code was spent and the site existed with a key nobody could ever collect.
+#[tokio::test]
+async fn a_key_that_cannot_be_stored_for_the_poll_leaves_the_link_valid() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let smtp = Smtp::start();
+    let opts = fleet_node(&redis, &smtp);
+    let gw = Gateway::start_with(opts);
+    eventually("ready", || (gw.admin_get("/readyz").0 == 200).then_some(()));
+    let (id, poll) = register(&gw, "owner@shop.example").await;
+    let link = smtp.link(1, 10);
+    // Redis now refuses writes to the keys the poll collects from (`kgtest:gs:…`, the
+    // harness's key prefix) and only those: every other key pattern stays writable.
+    let mut deny: Vec<String> = vec!["default".into(), "resetkeys".into(), "%R~*".into()];
+    let prefix = "kgtest:gs";
+    for i in 0..prefix.len() {
+        let (head, c) = (&prefix[..i], &prefix[i..=i]);
+        deny.push(format!("~{head}[^{c}]*"));
+    }
+    let mut args = vec!["ACL", "SETUSER"];
+    args.extend(deny.iter().map(String::as_str));
+    assert_eq!(redis.cli(&args).trim(), "OK");
+    get(&gw, &link, None)
+        .await
+        .assert_error(503, "upstream_unavailable");
+    // Refused was the write of the key the poll collects, and only that.
+    let log = redis.cli(&["ACL", "LOG"]);
+    assert!(
+        log.contains("kgtest:gs:") && !log.contains("kgtest:gc:"),
+        "{log}"
+    );
+    assert_eq!(
+        redis
+            .cli(&["ACL", "SETUSER", "default", "resetkeys", "~*"])
+            .trim(),
+        "OK"
+    );
+    // The same link again: verified now, and the key is collected once.
+    let r = get(&gw, &link, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = get(&gw, &format!("{REG}/{id}"), Some(&poll)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let (kid, secret) = (
+        r.json()["key_id"].as_str().unwrap().to_string(),
+        r.json()["secret"].as_str().unwrap().to_string(),
+    );
+    common::admin::within(
+        "the registered site served",
+        Duration::from_secs(2),
+        || async {
+            common::admin::models_as(&gw, &kid, &secret, Some(HOST))
+                .await
+                .status
+                == 200
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

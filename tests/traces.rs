@@ -82,17 +82,33 @@ fn attr(span: &Span, key: &str) -> Option<Any> {
         .and_then(|a| a.value.clone()?.value)
 }
 
+/// What the receiver has once it holds at least `n` spans (10 s at most).
+async fn spans_at_least(got: &Received, n: usize) -> Vec<Span> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while got.spans.lock().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "fewer than {n} spans exported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got.spans.lock().unwrap().clone()
+}
+
+/// A gateway with these options exporting every span to a receiver of this file's.
+async fn traced(opts: Options) -> (Gateway, Received) {
+    let (port, got) = receiver().await;
+    let gw = Gateway::start_with(Options {
+        config_extra: otlp(&format!("http://127.0.0.1:{port}")),
+        ..opts
+    });
+    (gw, got)
+}
+
 fn otlp(endpoint: &str) -> String {
     format!("telemetry:\n  otlp: {{ endpoint: \"{endpoint}\", sample_ratio: 1.0 }}\n")
 }
 
 #[tokio::test]
 async fn one_server_and_one_client_span_per_request_with_the_client_traceparent_continued() {
-    let (port, got) = receiver().await;
-    let gw = Gateway::start_with(Options {
-        config_extra: otlp(&format!("http://127.0.0.1:{port}")),
-        ..Options::default()
-    });
+    let (gw, got) = traced(Options::default()).await;
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = "00f067aa0ba902b7";
     let body =
@@ -109,12 +125,7 @@ async fn one_server_and_one_client_span_per_request_with_the_client_traceparent_
         sent.starts_with(&format!("00-{trace}-")) && !sent.contains(parent),
         "{sent}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while got.spans.lock().unwrap().len() < 2 {
-        assert!(Instant::now() < deadline, "no spans exported");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let spans = got.spans.lock().unwrap().clone();
+    let spans = spans_at_least(&got, 2).await;
     assert_eq!(spans.len(), 2, "{spans:?}");
     let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
     let attempt = spans.iter().find(|s| s.kind == 3).expect("a client span");
@@ -150,14 +161,7 @@ async fn one_server_and_one_client_span_per_request_with_the_client_traceparent_
     let h = vec![("traceparent".to_string(), tp.clone())];
     let r = send(&client(), "GET", &gw.url("/openai/v1/models"), &h, None).await;
     assert_eq!(r.status, 401);
-    while got.spans.lock().unwrap().len() < 3 {
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(5),
-            "no span for the 401"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let spans = got.spans.lock().unwrap().clone();
+    let spans = spans_at_least(&got, 3).await;
     let refused = &spans[2];
     assert_ne!(hex::encode(&refused.trace_id), trace);
     assert!(refused.parent_span_id.is_empty());
@@ -230,29 +234,17 @@ async fn the_mock_providers_otlp_sink_accepts_exports() {
 /// answer, and the `traceparent` the fallback got names its own span.
 #[tokio::test]
 async fn each_failed_over_attempt_has_its_own_client_span() {
-    let (port, got) = receiver().await;
     let backup = Mock::start();
-    let mut gw = Gateway::start_with(Options {
-        config_extra: otlp(&format!("http://127.0.0.1:{port}")),
+    let (mut gw, got) = traced(Options {
         extra_upstreams: format!(
             "  backup:\n    kind: openai-compatible\n    url: \"http://{}\"\n    credentials:\n      - {{ id: backup-1, secret: \"file:{{dir}}/provider2.key\" }}\n",
             backup.addr
         ),
         route_extra_for: vec![("/openai/", "    fallbacks: [backup]\n".into())],
         ..Options::default()
-    });
+    })
+    .await;
     let body = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
-    let wait_for = |n: usize| {
-        let got = got.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while got.spans.lock().unwrap().len() < n {
-                assert!(Instant::now() < deadline, "fewer than {n} spans exported");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            got.spans.lock().unwrap().clone()
-        }
-    };
     let status = |s: &Span| match attr(s, "http.response.status_code") {
         Some(Any::IntValue(v)) => Some(v),
         None => None,
@@ -276,7 +268,7 @@ async fn each_failed_over_attempt_has_its_own_client_span() {
         }
         let r = gw.post_signed(CHAT, body, &headers).await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let spans = wait_for(3 * (round + 1)).await;
+        let spans = spans_at_least(&got, 3 * (round + 1)).await;
         let spans = &spans[3 * round..];
         let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
         let mut attempts: Vec<&Span> = spans.iter().filter(|s| s.kind == 3).collect();
@@ -301,4 +293,43 @@ async fn each_failed_over_attempt_has_its_own_client_span() {
             .to_string();
         assert!(sent.contains(&hex::encode(&second.span_id)), "{sent}");
     }
+}
+
+/// A Realtime session's upstream WebSocket is an attempt like any other: its client span
+/// (status 101) under the session's server span, and the `traceparent` the provider got
+/// with the handshake names it.
+#[tokio::test]
+async fn a_realtime_session_has_a_client_span_and_sends_its_traceparent() {
+    use futures::StreamExt;
+    let (gw, got) = traced(Options::default()).await;
+    let auth = vec![(
+        "authorization".to_string(),
+        format!("Bearer {}", gw.secrets.bearer),
+    )];
+    let (mut ws, _) = open(&gw, "/openai/v1/realtime?model=gpt-realtime", &auth)
+        .await
+        .unwrap();
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    let spans = spans_at_least(&got, 2).await;
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    let attempt = spans.iter().find(|s| s.kind == 3).expect("a client span");
+    assert_eq!(attempt.parent_span_id, server.span_id);
+    assert_eq!(
+        attr(attempt, "http.response.status_code"),
+        Some(Any::IntValue(101))
+    );
+    assert!(attempt.status.is_none(), "{attempt:?}");
+    let sent = gw.mock.last()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        sent,
+        format!(
+            "00-{}-{}-01",
+            hex::encode(&server.trace_id),
+            hex::encode(&attempt.span_id)
+        )
+    );
 }

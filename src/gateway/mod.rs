@@ -179,6 +179,8 @@ impl ProxyHttp for Gateway {
                     return Ok(Box::new(upstream::peer(&up, addr, left)));
                 }
                 Err(detail) => {
+                    // The attempt's span too: it ends when the next one starts.
+                    self.trace_attempt(session, ctx);
                     if self.fail_over(session, ctx, Reason::Connect, Some(Failure::Connect)) {
                         continue;
                     }

@@ -137,6 +137,7 @@ impl Gateway {
         ctx.upstream_path = super::attempt::path(ctx, &up);
         let config = ws_config(&route.realtime);
         ctx.upstream_started = Some(std::time::Instant::now());
+        self.trace_attempt(session, ctx);
         let (mut upstream_ws, chosen) = self
             .realtime_connect(ctx, &up, &offered, beta, config)
             .await?;
@@ -269,6 +270,11 @@ impl Gateway {
         }
         if let Some(b) = beta {
             h.insert("openai-beta", b);
+        }
+        if let Some(tp) =
+            super::trace::traceparent(ctx).and_then(|v| http::HeaderValue::from_str(&v).ok())
+        {
+            h.insert("traceparent", tp);
         }
         h.insert(
             http::header::USER_AGENT,

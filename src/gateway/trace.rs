@@ -23,6 +23,16 @@ fn ids(t: &Tracing, session: &Session, ctx: &mut Ctx) -> TraceIds {
         .get_or_insert_with(|| TraceIds::new(client, t.settings.sample_ratio))
 }
 
+/// The `traceparent` for the current attempt, when the request has trace ids.
+pub(super) fn traceparent(ctx: &Ctx) -> Option<String> {
+    let ids = ctx.trace.as_ref()?;
+    let span = match ctx.attempt_spans.last() {
+        Some(a) if ids.sampled => a.span,
+        _ => new_span_id(),
+    };
+    Some(ids.traceparent(span))
+}
+
 impl Gateway {
     /// The tracer, started on first use (after Pingora has daemonized: the export
     /// thread must live in the serving process).
@@ -66,14 +76,9 @@ impl Gateway {
     /// The attempt's request header: a `traceparent` naming its client span (a fresh span
     /// id when the trace is not sampled: the provider still continues the trace).
     pub(super) fn trace_header(&self, req: &mut RequestHeader, ctx: &Ctx) {
-        let Some(ids) = ctx.trace.as_ref() else {
-            return;
-        };
-        let span = match ctx.attempt_spans.last() {
-            Some(a) if ids.sampled => a.span,
-            _ => new_span_id(),
-        };
-        let _ = req.insert_header("traceparent", ids.traceparent(span));
+        if let Some(v) = traceparent(ctx) {
+            let _ = req.insert_header("traceparent", v);
+        }
     }
 
     /// The request ended: its spans to the exporter.

@@ -257,7 +257,9 @@ mod tests {
         d.retain(|site| site % 10 == 0);
         assert_eq!(d.site_count(), 10);
         // A kept site still has its baseline; a forgotten one starts again.
-        assert!(d.shards[(50 % SHARDS as u64) as usize].lock().contains_key(&50));
+        assert!(d.shards[(50 % SHARDS as u64) as usize]
+            .lock()
+            .contains_key(&50));
         assert!(!d.shards[(7 % SHARDS as u64) as usize]
             .lock()
             .contains_key(&7));

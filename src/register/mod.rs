@@ -280,6 +280,7 @@ impl Registrar {
             &format!("registrations/{id}"),
             secret.as_bytes(),
         );
+        let pending = rec.clone();
         // The poll has the code's lifetime again to collect it.
         rec.expires_at = now + reg.code_ttl.as_secs() as i64;
         rec.status = Status::Verified;
@@ -288,14 +289,28 @@ impl Registrar {
             key_id,
             sealed_secret: sealed,
         };
-        self.store
-            .issue(&id, &issued, rec.expires_at)
-            .await
-            .map_err(|_| Self::unavailable())?;
-        self.store
-            .set(&id, &rec)
-            .await
-            .map_err(|_| Self::unavailable())?;
+        let stored = match self.store.issue(&id, &issued, rec.expires_at).await {
+            Ok(()) => self.store.set(&id, &rec).await,
+            Err(e) => Err(e),
+        };
+        if stored.is_err() {
+            // Nobody could ever collect the new site's key: take the site back and let
+            // the link work again (the code goes back, pending), as when the site could
+            // not be created.
+            log::warn!("registration {id}: its key could not be stored for the poll; site {site_id} removed again, the link stays valid");
+            let _ = self.store.collect(&id).await;
+            let _ = self
+                .control
+                .change(|changes, _| {
+                    if changes.sites.get(&site_id).is_some_and(|s| s.created) {
+                        changes.sites.remove(&site_id);
+                    }
+                    Ok(())
+                })
+                .await;
+            let _ = self.store.put(&id, &sha256_hex(code), &pending).await;
+            return Err(Self::unavailable());
+        }
         counted("verified");
         log::info!("registration {id}: verified; site {site_id} created");
         Ok((200, json!({ "status": "verified", "site_id": site_id })))

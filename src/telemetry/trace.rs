@@ -334,9 +334,10 @@ impl Tracing {
                 start_ns: nanos(a.start),
                 end_ns: nanos(a.end.unwrap_or(server.end)),
                 attributes: &attributes,
+                // OpenTelemetry's HTTP conventions: a client span's 4xx is an error too.
                 error: a
                     .status
-                    .is_none_or(|s| s >= 500)
+                    .is_none_or(|s| s >= 400)
                     .then_some("upstream attempt failed"),
             });
         }

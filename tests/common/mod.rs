@@ -898,3 +898,32 @@ pub fn keygate(args: &[&str], stdin: &str) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// A WebSocket client session through keygate.
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Open a WebSocket session with these headers; `Err(status)` when keygate refuses the
+/// handshake.
+pub async fn open(
+    gw: &Gateway,
+    path: &str,
+    headers: &[(String, String)],
+) -> Result<(Ws, http::HeaderMap), u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = format!("ws://127.0.0.1:{}{path}", gw.port);
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, resp)) => Ok((ws, resp.headers().clone())),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
