@@ -106,6 +106,8 @@ pub fn provider_event(text: &str, rules: &Rules) -> Result<Option<Usage>, Reject
 pub struct Sessions {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Entry>>,
+    /// The process is shutting down: every session closes, and one opened now at once.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 struct Entry {
@@ -133,7 +135,11 @@ impl Sessions {
     pub fn open(&self, site: &str, key_id: &str) -> Registered<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let close = Arc::new(Notify::new());
-        self.open.lock().insert(
+        let mut open = self.open.lock();
+        if self.is_shutting_down() {
+            close.notify_one();
+        }
+        open.insert(
             id,
             Entry {
                 site: site.to_string(),
@@ -141,6 +147,7 @@ impl Sessions {
                 close: close.clone(),
             },
         );
+        drop(open);
         Registered {
             sessions: self,
             id,
@@ -163,6 +170,24 @@ impl Sessions {
         n
     }
 
+    /// The process is shutting down (SIGTERM): close every session now, with "going
+    /// away", rather than when its own check comes round (the runtime that carries it
+    /// stops after `grace_period_s`); how many.
+    pub fn shut_down(&self) -> usize {
+        let open = self.open.lock();
+        self.shutting_down.store(true, Ordering::Release);
+        for e in open.values() {
+            e.close.notify_one();
+        }
+        open.len()
+    }
+
+    /// Whether [`Sessions::shut_down`] was called: a session told to close ends with
+    /// "going away", not as revoked.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
     pub fn len(&self) -> usize {
         self.open.lock().len()
     }
@@ -183,6 +208,23 @@ mod tests {
             b = b.header("upgrade", u).header("connection", "Upgrade");
         }
         b.body(()).unwrap().into_parts().0
+    }
+
+    /// A shutdown closes every open session, and one opened afterwards at once.
+    #[test]
+    fn shut_down_closes_open_sessions_and_later_ones() {
+        use futures::FutureExt;
+        let sessions = Sessions::default();
+        let a = sessions.open("alpha", "alpha.k1");
+        let b = sessions.open("beta", "beta.k1");
+        assert!(a.close.notified().now_or_never().is_none());
+        assert!(!sessions.is_shutting_down());
+        assert_eq!(sessions.shut_down(), 2);
+        assert!(sessions.is_shutting_down());
+        assert!(a.close.notified().now_or_never().is_some());
+        assert!(b.close.notified().now_or_never().is_some());
+        let late = sessions.open("alpha", "alpha.k2");
+        assert!(late.close.notified().now_or_never().is_some());
     }
 
     #[test]

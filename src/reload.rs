@@ -92,7 +92,13 @@ impl BackgroundService for Reloader {
                         }
                     }
                 }
-                _ = shutdown.changed() => return,
+                _ = shutdown.changed() => {
+                    let n = self.state.realtime.shut_down();
+                    if n > 0 {
+                        log::info!("shutting down: closing {n} Realtime session(s) with going away");
+                    }
+                    return;
+                }
             }
         }
     }

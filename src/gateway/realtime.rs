@@ -482,7 +482,11 @@ async fn bridge(
                     Some(Err(_)) | None => break End::UpstreamGone,
                 },
                 _ = &mut deadline => break End::TimeUp,
-                _ = relay.close.notified() => break End::Revoked,
+                _ = relay.close.notified() => break if relay.state.realtime.is_shutting_down() {
+                    End::ShuttingDown
+                } else {
+                    End::Revoked
+                },
                 _ = shutdown.notified() => break End::ShuttingDown,
             }
         };
