@@ -30,7 +30,6 @@ for name in old new; do
   wait_port "${PORT[$name]}"
 done
 BEARER="$(cat "$work/bearer")"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 declare -A BEST_CPU BEST_RPS
 for round in $(seq "$ROUNDS"); do
   for name in old new; do
@@ -39,7 +38,7 @@ for round in $(seq "$ROUNDS"); do
     if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx responses" >&2; echo "$out" >&2; exit 1; fi
     n="$(echo "$out" | awk '/requests in/ {print $1}')"
     rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
-    cpu="$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]), 1))" "$c0" "$(cpu_ticks "${PID[$name]}")" "$(getconf CLK_TCK)" "$n")"
+    cpu="$(cpu_us_per_request "$c0" "$(cpu_ticks "${PID[$name]}")" "$n")"
     echo "round $round $name: $rps req/s, CPU $cpu µs/request"
     python3 -c "import sys; sys.exit(0 if sys.argv[2]=='' or float(sys.argv[1])<float(sys.argv[2]) else 1)" "$cpu" "${BEST_CPU[$name]:-}" && BEST_CPU[$name]=$cpu
     python3 -c "import sys; sys.exit(0 if sys.argv[2]=='' or float(sys.argv[1])>float(sys.argv[2]) else 1)" "$rps" "${BEST_RPS[$name]:-}" && BEST_RPS[$name]=$rps

@@ -17,7 +17,6 @@ bench_setup
 nginx_upstream "$work"
 # nstat's counts since its last call, kept apart from any other nstat user's.
 export NSTAT_HISTORY="$work/nstat.history"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "${BENCH_REUSE_ROUNDS:-1}"); do
   for bin in "$@"; do
     port=$(free_port); admin=$(free_port)
@@ -40,13 +39,7 @@ for round in $(seq "${BENCH_REUSE_ROUNDS:-1}"); do
       if [ "${reqs:-0}" -eq 0 ] || echo "$out" | grep -q "Non-2xx"; then
         echo "$bin -c$c: requests failed or none completed:" >&2; echo "$out" >&2; exit 1
       fi
-      python3 - "$bin" "$c" "$reqs" "$t0" "$t1" "$opens" "$((lost1 - lost0))" <<'PY'
-import os, sys
-bin, c, reqs, t0, t1, opens, lost = sys.argv[1:]
-reqs = int(reqs)
-cpu = (int(t1) - int(t0)) * 1e6 / os.sysconf("SC_CLK_TCK") / reqs
-print(f"{bin} -c{c}: {reqs / 5:.0f} req/s, CPU {cpu:.1f} µs/request, upstream connections opened in 5 s {int(opens) - int(c)} (new TCP connections less wrk's own), pooled connections given up {lost}")
-PY
+      echo "$bin -c$c: $((reqs / 5)) req/s, CPU $(cpu_us_per_request "$t0" "$t1" "$reqs") µs/request, upstream connections opened in 5 s $((opens - c)) (new TCP connections less wrk's own), pooled connections given up $((lost1 - lost0))"
     done
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done

@@ -241,7 +241,6 @@ declare -A RPS P50 P99 CPU
 # req/s on a shared machine, and what fleet sizing needs. Loopback TCP work is charged to the
 # sending process, so this includes the kernel's share of both hops.
 declare -A PROC=([pingora]="$barepid" [keygate]="$kgpid" [keygate_traced]="$tracedpid")
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for round in $(seq "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
     bearer=""; [ "${name%_traced}" = keygate ] && bearer="$BEARER"; [ "$name" = litellm ] && bearer="$LLM_KEY"
@@ -250,7 +249,7 @@ for round in $(seq "$ROUNDS"); do
     cpu=""
     if [ -n "$pid" ]; then
       n="$(echo "$out" | awk '/requests in/ {print $1}')"
-      cpu="$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]), 1))" "$c0" "$(cpu_ticks "$pid")" "$(getconf CLK_TCK)" "$n")"
+      cpu="$(cpu_us_per_request "$c0" "$(cpu_ticks "$pid")" "$n")"
       if [ -z "${CPU[$name]:-}" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1])<float(sys.argv[2]) else 1)" "$cpu" "${CPU[$name]}"; then
         CPU[$name]=$cpu
       fi
@@ -285,7 +284,7 @@ for round in $(seq "${BENCH_TRACE_ROUNDS:-8}"); do
     pid="${PROC[$name]}"; c0="$(cpu_ticks "$pid")"
     out="$(BEARER="$BEARER" wrk -t1 -c32 -d"${BENCH_TRACE_DURATION:-6s}" -s bench/post.lua "${URLS[$name]}")"
     n="$(echo "$out" | awk '/requests in/ {print $1}')"
-    TCPU[$name]="$(python3 -c "import sys; print(round((int(sys.argv[2]) - int(sys.argv[1])) * 1e6 / int(sys.argv[3]) / int(sys.argv[4]), 1))" "$c0" "$(cpu_ticks "$pid")" "$(getconf CLK_TCK)" "$n")"
+    TCPU[$name]="$(cpu_us_per_request "$c0" "$(cpu_ticks "$pid")" "$n")"
   done
   ratio="$(python3 -c "import sys; print(round(float(sys.argv[1]) / float(sys.argv[2]), 3))" "${TCPU[keygate_traced]}" "${TCPU[keygate]}")"
   TRACE_RATIOS+=("$ratio")

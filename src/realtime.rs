@@ -170,9 +170,10 @@ impl Sessions {
         n
     }
 
-    /// The process is shutting down (SIGTERM): close every session now, with "going
-    /// away", rather than when its own check comes round (the runtime that carries it
-    /// stops after `grace_period_s`); how many.
+    /// The process is shutting down (Pingora's graceful shutdown began: SIGTERM, or an
+    /// upgrade's SIGQUIT once the listeners are handed over): close every session now,
+    /// with "going away", while the runtime that carries it still runs (it stops after
+    /// `grace_period_s`); how many.
     pub fn shut_down(&self) -> usize {
         let open = self.open.lock();
         self.shutting_down.store(true, Ordering::Release);

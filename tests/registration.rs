@@ -128,11 +128,14 @@ fn node(smtp_port: u16, extra: &str) -> (Gateway, AdminKey) {
     (gw, key)
 }
 
-/// A fleet node's options (Redis shared) with registration on.
-fn fleet_node(redis: &Redis, smtp: &Smtp) -> Options {
-    let mut opts = node_options(redis, "{ requests_per_minute: 100000 }");
+/// A Redis, a mail relay and a fleet node's options with registration on; `None` without
+/// redis-server.
+fn fleet_setup() -> Option<(Redis, Smtp, Options)> {
+    let redis = Redis::start()?;
+    let smtp = Smtp::start();
+    let mut opts = node_options(&redis, "{ requests_per_minute: 100000 }");
     opts.config_extra += &registration_yaml(smtp.port, "");
-    opts
+    Some((redis, smtp, opts))
 }
 
 async fn post(gw: &Gateway, body: Value) -> Resp {
@@ -296,11 +299,9 @@ async fn registration_off_is_404() {
 
 #[tokio::test]
 async fn across_the_fleet_register_on_one_node_verify_on_another_collect_on_a_third() {
-    let Some(redis) = Redis::start() else {
+    let Some((_redis, smtp, opts)) = fleet_setup() else {
         return;
     };
-    let smtp = Smtp::start();
-    let opts = fleet_node(&redis, &smtp);
     let nodes = start_fleet_with(opts);
     for n in &nodes {
         eventually("ready", || (n.admin_get("/readyz").0 == 200).then_some(()));
@@ -345,11 +346,9 @@ async fn across_the_fleet_register_on_one_node_verify_on_another_collect_on_a_th
 /// code was spent and the site existed with a key nobody could ever collect.
 #[tokio::test]
 async fn a_key_that_cannot_be_stored_for_the_poll_leaves_the_link_valid() {
-    let Some(redis) = Redis::start() else {
+    let Some((redis, smtp, opts)) = fleet_setup() else {
         return;
     };
-    let smtp = Smtp::start();
-    let opts = fleet_node(&redis, &smtp);
     let gw = Gateway::start_with(opts);
     eventually("ready", || (gw.admin_get("/readyz").0 == 200).then_some(()));
     let (id, poll) = register(&gw, "owner@shop.example").await;

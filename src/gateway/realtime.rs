@@ -384,13 +384,12 @@ async fn bridge(
 ) -> (End, Option<Usage>, Option<f64>) {
     let (near, far) = tokio::io::duplex(PIPE_BYTES);
     let mut client_ws = WebSocketStream::from_raw_socket(far, Role::Server, Some(config)).await;
-    let shutdown = tokio::sync::Notify::new();
     let (mut near_r, mut near_w) = tokio::io::split(near);
 
-    // The client's connection <-> the pipe; tells the relay when the process shuts down.
+    // The client's connection <-> the pipe. A shutdown reaches the relay through the
+    // session registry (`relay.close`, `Sessions::shut_down`).
     let pump = async {
         let mut buf = vec![0u8; 16 * 1024];
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 r = session.read_request_body() => match r {
@@ -410,11 +409,6 @@ async fn bridge(
                     }
                     _ => break,
                 },
-                _ = tick.tick() => {
-                    if session.is_process_shutting_down() {
-                        shutdown.notify_one();
-                    }
-                }
             }
         }
         let _ = near_w.shutdown().await;
@@ -487,7 +481,6 @@ async fn bridge(
                 } else {
                     End::Revoked
                 },
-                _ = shutdown.notified() => break End::ShuttingDown,
             }
         };
         if let Some(frame) = end.close() {

@@ -246,9 +246,10 @@ impl Registrar {
             .filter(|c| !c.is_empty() && c.len() <= 128)
             .ok_or_else(gone)?;
         let now = crate::clock::now_s();
+        let code_hash = sha256_hex(code);
         let id = self
             .store
-            .take_code(&sha256_hex(code), now)
+            .take_code(&code_hash, now)
             .await
             .map_err(|_| Self::unavailable())?
             .ok_or_else(gone)?;
@@ -269,7 +270,7 @@ impl Registrar {
             Ok(k) => k,
             Err(e) => {
                 // Not created: the link works again (the code goes back, pending).
-                let _ = self.store.put(&id, &sha256_hex(code), &rec).await;
+                let _ = self.store.put(&id, &code_hash, &rec).await;
                 return Err(e);
             }
         };
@@ -289,11 +290,11 @@ impl Registrar {
             key_id,
             sealed_secret: sealed,
         };
-        let stored = match self.store.issue(&id, &issued, rec.expires_at).await {
-            Ok(()) => self.store.set(&id, &rec).await,
-            Err(e) => Err(e),
+        let stored = async {
+            self.store.issue(&id, &issued, rec.expires_at).await?;
+            self.store.set(&id, &rec).await
         };
-        if stored.is_err() {
+        if stored.await.is_err() {
             // Nobody could ever collect the new site's key: take the site back and let
             // the link work again (the code goes back, pending), as when the site could
             // not be created.
@@ -308,7 +309,7 @@ impl Registrar {
                     Ok(())
                 })
                 .await;
-            let _ = self.store.put(&id, &sha256_hex(code), &pending).await;
+            let _ = self.store.put(&id, &code_hash, &pending).await;
             return Err(Self::unavailable());
         }
         counted("verified");
