@@ -30,6 +30,15 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
                 .inc_by(*n);
         }
     }
+    settle_circuit(state, ctx);
+    state.audit.record(&audit_line(session, ctx));
+}
+
+/// Tell the attempt's circuit breaker how it ended, once: when the answer is complete
+/// (from the body filter, before the client has its last byte, so that a client's next
+/// request after a good half-open probe meets the circuit closed), or at the end of a
+/// request that had no complete answer.
+pub fn settle_circuit(state: &State, ctx: &mut Ctx) {
     let outcome = if ctx.upstream_failed || ctx.upstream_status.is_some_and(|s| s >= 500) {
         Outcome::Failure
     } else if ctx.upstream_status.is_some() {
@@ -38,7 +47,6 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
         Outcome::NotTried
     };
     super::failover::record_circuit(state, ctx, outcome);
-    state.audit.record(&audit_line(session, ctx));
 }
 
 /// The audit line of a finished request (SPEC §6): ids, outcome, timings and usage;

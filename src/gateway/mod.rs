@@ -428,6 +428,7 @@ impl ProxyHttp for Gateway {
         observe::chunk(body, end_of_stream, ctx).map_err(|e| Self::abort(ctx, e))?;
         if end_of_stream {
             account::charge(&self.state, ctx);
+            account::settle_circuit(&self.state, ctx);
         }
         Ok(None)
     }
