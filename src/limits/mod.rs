@@ -6,23 +6,20 @@
 //! the gateway only calls [`Limiter::admit`], [`Limiter::admit_model`],
 //! [`Limiter::charge`] and the [`ip::AuthFailureLimiter`]. Spend is counted in micro-USD.
 //!
-//! Sizing: the site sketches (requests per minute, hour, day; tokens per day; USD per day
-//! and per month; a current and a previous window each) have one row of
-//! `slots = next_power_of_two(max(1024, 16 × keys))` counters, 8 bytes each:
-//! `6 × 2 × slots × 8` bytes, 96 KiB up to 64 keys, 3 MiB for 1,000, 24 MiB for 10,000.
-//! A key is a site, or a site's `models:` entry of its tier (each counted on its own).
-//! Rows of 2 MiB and more sit on huge pages ([`crate::alloc`]).
+//! Sizing: the site counters (requests per minute, hour, day; tokens per day; USD per day
+//! and per calendar month; a current and a previous window each) are one counter per key
+//! and window, 8 bytes: `counters in use × 2 × (keys + 1,024) × 8` bytes, the four request
+//! and token counters 0.7 MB for 10,000 keys and 6.5 MB for 100,000 (USD counters only with
+//! `prices:`). A key is a site, or a site's `models:` entry of its tier (each counted on its
+//! own).
 //!
-//! Error: none for configured sites. A count-min sketch only overestimates, and only
-//! through keys sharing a counter. Sites are known when the config loads, so
-//! [`LocalStore::new`] chooses the key each site is counted under such that no two sites
-//! share a counter in any of the twelve sketches (at most a sixteenth full, so a random
-//! key is free in all of them with odds ≥ 0.47; a few tries per site). With no sharing, one row
-//! is exact: a site under its limit is never refused, and each check touches one counter
-//! per sketch (the check stays cache-friendly at 10,000 sites; with four random rows it
-//! was memory-bound at 1.7 µs). A reload that adds sites builds new sketches with new
-//! keys and copies the surviving sites' counts over ([`LocalStore::copy_from`]). Keys
-//! not known in advance (client IPs, browser tokens) use four-row sketches instead.
+//! Error: none for configured keys. They are known when the config loads, so
+//! [`LocalStore::new`] numbers them and each has a counter of its own in every window (an
+//! exact count; one counter touched per window per check). A key not configured when the
+//! store was built counts in one of 1,024 spare counters, shared (an overestimate, never an
+//! undercount). A reload that adds keys builds new counters and copies the surviving keys'
+//! counts over ([`LocalStore::copy_from`]). Keys not known in advance (client IPs, browser
+//! tokens) use pingora-limits' count-min sketches (four rows) instead.
 
 pub mod anomaly;
 pub mod ip;
@@ -36,7 +33,7 @@ pub use name::LimitName;
 use pingora_limits::inflight::{Guard, Inflight};
 use std::sync::Arc;
 use std::time::Duration;
-pub use store::{slots_for, Copied, Counter, CounterStore, LocalStore, SiteKey, SITE_ROWS};
+pub use store::{Copied, Counter, CounterStore, LocalStore, SiteKey};
 use tier::{ModelLimit, Tier};
 use window::{Counts, SlidingWindow};
 

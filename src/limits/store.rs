@@ -1,5 +1,5 @@
-//! Where a site's counts live: the [`CounterStore`] seam and the process-local sketches
-//! with collision-free site keys (see the [module docs](super)).
+//! Where a site's counts live: the [`CounterStore`] seam and the process-local counters,
+//! one per configured site (see the [module docs](super)).
 
 use super::window::{self, Counts, Period, SlidingWindow};
 use std::collections::HashMap;
@@ -52,21 +52,21 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// A site's key for a store: the stable site key (what a fleet-wide store shares) and the
-/// key its counters sit under in the local sketches (collision-free, per process).
+/// number of its counters in the local store (per process).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SiteKey {
     pub site: u64,
     pub cell: u64,
 }
 
-/// Where counts live. Local sketches today; a shared store (Redis) can implement the
+/// Where counts live. Local counters today; a shared store (Redis) can implement the
 /// same two calls.
 pub trait CounterStore: Send + Sync {
     /// Add `n` (negative refunds) and return the counts after.
     fn add(&self, counter: Counter, key: SiteKey, n: i64, now_ms: u64) -> Counts;
     /// Read without adding.
     fn get(&self, counter: Counter, key: SiteKey, now_ms: u64) -> Counts;
-    /// The local sketches under the store.
+    /// The local counters under the store.
     fn local(&self) -> &LocalStore;
     /// Quotas are divided by this (rounded up): 1, or the fleet size while a shared
     /// store is unreachable and each node enforces its share alone.
@@ -75,36 +75,34 @@ pub trait CounterStore: Send + Sync {
     }
 }
 
-/// Most attempts at finding a collision-free key for one site.
-const PLACE_ATTEMPTS: u64 = 64;
+/// Counters past the configured sites', shared by sites not configured when the store was
+/// built (each counts in one of them: an overestimate when two share, never an undercount).
+const SPARE: usize = 1024;
 
-/// Process-local sketches: one row per sketch, each configured site's counters under a
-/// key chosen at load so that no two configured sites share a counter (module docs).
+/// Process-local counters: a counter per configured site (and `models:` entry) in each
+/// window, numbered at load, so every configured site's count is exact (module docs).
 pub struct LocalStore {
     /// One per [`Counter`]; the USD ones have a single slot unless `spend`.
     windows: [SlidingWindow; COUNTERS],
-    /// Whether spend is counted (the config has `prices:`); without, the USD sketches
-    /// stay empty and take no memory (8 MiB for 10,000 sites).
+    /// Whether spend is counted (the config has `prices:`); without, the USD windows
+    /// stay empty and take no memory.
     spend: bool,
-    /// Site key → the key its counters sit under.
+    /// Site key → its counter's number.
     cells: HashMap<u64, u64, ahash::RandomState>,
 }
 
 impl LocalStore {
-    /// Sketches sized for, and keys placed for, these site keys; with USD counters
-    /// when `spend`.
+    /// Counters for these site keys; with USD counters when `spend`.
     pub fn new(sites: &[u64], spend: bool) -> Self {
-        let slots = slots_for(sites.len());
+        let mut cells = HashMap::with_capacity_and_hasher(sites.len(), ahash::RandomState::new());
+        for &site in sites {
+            let next = cells.len() as u64;
+            cells.entry(site).or_insert(next);
+        }
+        let slots = cells.len() + SPARE;
         let used = |c: Counter| spend || !c.is_usd();
-        let windows = Counter::ALL
-            .map(|c| SlidingWindow::over(c.period(), SITE_ROWS, if used(c) { slots } else { 1 }));
-        let placed: Vec<&SlidingWindow> = Counter::ALL
-            .iter()
-            .filter(|c| used(**c))
-            .map(|c| &windows[*c as usize])
-            .collect();
-        let cells = place(&placed, sites);
-        windows.iter().for_each(SlidingWindow::clear);
+        let windows =
+            Counter::ALL.map(|c| SlidingWindow::dense(c.period(), if used(c) { slots } else { 1 }));
         LocalStore {
             windows,
             spend,
@@ -116,13 +114,14 @@ impl LocalStore {
         &self.windows[c as usize]
     }
 
-    /// The key `site`'s counters sit under. A site not placed (not configured when the
-    /// store was built) uses its own key: counts may then include another site's, an
-    /// overestimate, never an undercount.
+    /// The counter `site` counts in. A site not configured when the store was built
+    /// counts in one of the spare counters, chosen by its key.
     pub fn key(&self, site: u64) -> SiteKey {
+        let spare =
+            || self.cells.len() as u64 + site.wrapping_mul(0x9E37_79B9_7F4A_7C15) % SPARE as u64;
         SiteKey {
             site,
-            cell: self.cells.get(&site).copied().unwrap_or(site),
+            cell: self.cells.get(&site).copied().unwrap_or_else(spare),
         }
     }
 
@@ -140,12 +139,12 @@ impl LocalStore {
         (self.spend || !spend) && sites.iter().all(|s| self.cells.contains_key(s))
     }
 
-    /// Counter slots per sketch row.
+    /// Counters per window.
     pub fn slots(&self) -> usize {
         self.windows[0].slots()
     }
 
-    /// Bytes held by all sketches.
+    /// Bytes held by all counters.
     pub fn memory_bytes(&self) -> usize {
         self.windows.iter().map(|w| w.memory_bytes()).sum()
     }
@@ -176,38 +175,6 @@ impl LocalStore {
 #[derive(Default)]
 pub struct Copied(HashMap<u64, [window::Snapshot; COUNTERS]>);
 
-/// Give each site a key whose counter, in every sketch of `windows`, no other site's key
-/// shares: then a site's count is exact. The sketches must be empty; each placed key
-/// leaves a 1 behind (clear them after). `slots ≥ 16 × sites` keeps each sketch at most
-/// a sixteenth full, so a random key is free in all twelve with odds ≥ 0.94¹² ≈ 0.47; a
-/// site that finds none in [`PLACE_ATTEMPTS`] tries (odds below 10⁻¹⁷) keeps its own key.
-fn place(windows: &[&SlidingWindow], sites: &[u64]) -> HashMap<u64, u64, ahash::RandomState> {
-    let sketches: Vec<_> = windows.iter().flat_map(|w| w.sketches()).collect();
-    let mut cells = HashMap::with_capacity_and_hasher(sites.len(), ahash::RandomState::new());
-    for &site in sites {
-        if cells.contains_key(&site) {
-            continue;
-        }
-        let free = |key: u64| {
-            for (i, s) in sketches.iter().enumerate() {
-                if s.incr(key, 1) != 1 {
-                    sketches[..=i].iter().for_each(|s| s.decr(key, 1));
-                    return false;
-                }
-            }
-            true
-        };
-        let cell = (0..PLACE_ATTEMPTS)
-            .map(|a| site ^ a.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .find(|&k| free(k));
-        if cell.is_none() {
-            log::warn!("rate limits: no collision-free counters found for a site; its counts may include another site's");
-        }
-        cells.insert(site, cell.unwrap_or(site));
-    }
-    cells
-}
-
 impl CounterStore for LocalStore {
     fn add(&self, counter: Counter, key: SiteKey, n: i64, now_ms: u64) -> Counts {
         self.window(counter).add(key.cell, n, now_ms)
@@ -218,12 +185,4 @@ impl CounterStore for LocalStore {
     fn local(&self) -> &LocalStore {
         self
     }
-}
-
-/// Rows per site sketch: one, since site keys are placed collision-free.
-pub const SITE_ROWS: usize = 1;
-
-/// Slots per sketch row for `sites` configured sites (see the module docs).
-pub fn slots_for(sites: usize) -> usize {
-    (sites.saturating_mul(16)).max(1024).next_power_of_two()
 }

@@ -120,8 +120,8 @@ fn three_thousand_sites_under_their_limits_are_never_refused() {
     let l = Limiter::local(&keys);
     let t = tier(Some(10), Some(100), None, Some(4));
     let mut refused = 0;
-    // Every site sends 5 requests under a limit of 10: the sketch's noise would have
-    // to exceed 5 in all four rows for a false refusal.
+    // Every site sends 5 requests under a limit of 10: any sharing of counters between
+    // sites would show as a false refusal.
     for round in 0..5 {
         for &key in &keys {
             if l.admit(key, &t, T0 + 1_000 + round).is_err() {
@@ -139,24 +139,65 @@ fn three_thousand_sites_under_their_limits_are_never_refused() {
 
 #[test]
 fn sizing_rule() {
-    assert_eq!(slots_for(1), 1024);
-    assert_eq!(slots_for(3000), 65_536);
-    assert_eq!(slots_for(10_000), 262_144);
-    // Without `prices:` the USD sketches hold one slot each; with, 8 MiB more.
-    let mib = 1024 * 1024;
+    // A counter per key and window (two windows), 8 bytes, plus 1,024 spare; the USD
+    // counters only with `prices:`, else a single counter each.
+    let per_counter = |keys: usize| 2 * (keys + 1024) * 8;
+    assert_eq!(LocalStore::new(&keys(1), false).slots(), 1025);
     assert_eq!(
         LocalStore::new(&keys(10_000), false).memory_bytes(),
-        16 * mib + 2 * 16
+        4 * per_counter(10_000) + 2 * 2 * 8
     );
     assert_eq!(
         LocalStore::new(&keys(10_000), true).memory_bytes(),
-        24 * mib
+        6 * per_counter(10_000)
     );
+    // 100,000 sites: 6.5 MB (the 16-slots-per-site sketches this replaced took 128 MiB).
+    assert_eq!(
+        LocalStore::new(&keys(100_000), false).memory_bytes(),
+        4 * per_counter(100_000) + 2 * 2 * 8
+    );
+    // A key given twice has one counter.
+    let twice = [7, 7, 8];
+    assert_eq!(LocalStore::new(&twice, false).slots(), 2 + 1024);
+}
+
+/// A site not configured when the store was built counts in a spare counter: never
+/// less than its own requests, and never in a configured site's counter.
+#[test]
+fn unconfigured_sites_count_in_spare_counters() {
+    let configured = keys(100);
+    let store = LocalStore::new(&configured, false);
+    let strangers: Vec<u64> = (0..3000u64)
+        .map(|i| i.wrapping_mul(0xA5A5_5A5A_1234_5678) ^ 0xDEAD)
+        .collect();
+    for &s in &strangers {
+        assert!(
+            store.key(s).cell >= 100,
+            "a stranger shares a configured site's counter"
+        );
+        store.add(Counter::RequestsMinute, store.key(s), 1, T0);
+    }
+    for &s in &strangers {
+        assert!(
+            store
+                .get(Counter::RequestsMinute, store.key(s), T0 + 1)
+                .curr
+                >= 1
+        );
+    }
+    for &k in &configured {
+        assert_eq!(
+            store
+                .get(Counter::RequestsMinute, store.key(k), T0 + 1)
+                .curr,
+            0
+        );
+    }
 }
 
 /// Every configured site's count is exact: no two sites share a counter. With keys
-/// hashed as they come (one row, a site per 16 slots), about one site in sixteen would
-/// share one and read high.
+/// hashed into a sketch as they come (one row, a site per 16 slots), about one site in
+/// sixteen would share one and read high.
 #[test]
 fn placed_sites_count_exactly() {
     let keys = keys(10_000);

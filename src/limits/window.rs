@@ -13,14 +13,56 @@
 
 use parking_lot::Mutex;
 use pingora_limits::estimator::Estimator;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicIsize, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Rows of a sketch over keys not known in advance (browser-token uses). With
 /// `slots ≥ 10 × keys`, a key's estimate is exact unless it collides with another key in
-/// every row. Site sketches use one row with collision-free keys instead
-/// ([`super::LocalStore`]).
+/// every row. Sites, known at load, have a counter each instead ([`Cells::Dense`],
+/// [`super::LocalStore`]).
 pub const HASHES: usize = 4;
+
+/// One window's counters.
+pub enum Cells {
+    /// A count-min sketch (pingora-limits), for keys not known in advance: a key's count
+    /// may include other keys' (an overestimate, never an undercount).
+    Sketch(Estimator),
+    /// A counter per key for keys numbered at load: key `k` counts in counter
+    /// `k % len`, exact for keys below `len`.
+    Dense(Box<[AtomicIsize]>),
+}
+
+impl Cells {
+    fn dense(slots: usize) -> Cells {
+        Cells::Dense((0..slots.max(1)).map(|_| AtomicIsize::new(0)).collect())
+    }
+
+    fn cell(d: &[AtomicIsize], key: u64) -> &AtomicIsize {
+        &d[(key % d.len() as u64) as usize]
+    }
+
+    /// Add `n` to `key`; its count after.
+    fn incr(&self, key: u64, n: isize) -> isize {
+        match self {
+            Cells::Sketch(e) => e.incr(key, n),
+            Cells::Dense(d) => Self::cell(d, key).fetch_add(n, Ordering::Relaxed) + n,
+        }
+    }
+
+    fn get(&self, key: u64) -> isize {
+        match self {
+            Cells::Sketch(e) => e.get(key),
+            Cells::Dense(d) => Self::cell(d, key).load(Ordering::Relaxed),
+        }
+    }
+
+    fn reset(&self) {
+        match self {
+            Cells::Sketch(e) => e.reset(),
+            Cells::Dense(d) => d.iter().for_each(|c| c.store(0, Ordering::Relaxed)),
+        }
+    }
+}
 
 /// A key's position in one window, as read for copying into another limiter.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -172,11 +214,11 @@ fn month_of(now_ms: u64) -> chrono::NaiveDate {
 use chrono::Datelike;
 
 /// Counters per key over aligned windows of a [`Period`], bounded memory:
-/// `2 × hashes × slots × 8` bytes.
+/// `2 × hashes × slots × 8` bytes (one row for [`SlidingWindow::dense`]).
 pub struct SlidingWindow {
     period: Period,
     hashes: usize,
-    sketches: [Estimator; 2],
+    sketches: [Cells; 2],
     /// The index ([`Period::epoch`]) of the current window; its counts are in
     /// `sketches[epoch % 2]`, the previous window's in the other.
     epoch: AtomicU64,
@@ -192,12 +234,23 @@ impl SlidingWindow {
         Self::over(Period::every(interval), hashes, slots)
     }
 
-    /// Counters over windows of `period`.
+    /// Count-min sketches over windows of `period`.
     pub fn over(period: Period, hashes: usize, slots: usize) -> Self {
+        let sketch = || Cells::Sketch(Estimator::new(hashes, slots));
+        Self::with(period, hashes, slots, [sketch(), sketch()])
+    }
+
+    /// A counter per key (keys numbered `0..slots`) over windows of `period`.
+    pub fn dense(period: Period, slots: usize) -> Self {
+        let slots = slots.max(1);
+        Self::with(period, 1, slots, [Cells::dense(slots), Cells::dense(slots)])
+    }
+
+    fn with(period: Period, hashes: usize, slots: usize, sketches: [Cells; 2]) -> Self {
         SlidingWindow {
             period,
             hashes,
-            sketches: [Estimator::new(hashes, slots), Estimator::new(hashes, slots)],
+            sketches,
             epoch: AtomicU64::new(0),
             roll: Mutex::new(()),
             seq: AtomicU64::new(0),
@@ -210,11 +263,6 @@ impl SlidingWindow {
         2 * self.hashes * self.slots * std::mem::size_of::<isize>()
     }
 
-    /// Both sketches (for placing keys before first use).
-    pub fn sketches(&self) -> &[Estimator; 2] {
-        &self.sketches
-    }
-
     /// Read `key`'s counters and drop the values (a prefetch).
     pub fn touch(&self, key: u64) {
         for s in &self.sketches {
@@ -225,7 +273,7 @@ impl SlidingWindow {
     /// Zero both sketches.
     pub fn clear(&self) {
         let _w = self.roll.lock();
-        self.resetting(|| self.sketches.iter().for_each(Estimator::reset));
+        self.resetting(|| self.sketches.iter().for_each(Cells::reset));
     }
 
     /// Run `f` (which resets sketches) with the sequence number odd, so counters that
@@ -486,15 +534,19 @@ mod tests {
     }
 
     proptest! {
-        /// The sketch never undercounts a key, in the current or the previous window,
-        /// with four rows (keys as they come) or one (the site sketches), crowded (200
-        /// keys in 64 slots) so that keys share counters.
+        /// The counters never undercount a key, in the current or the previous window,
+        /// with four rows (keys as they come), one, or dense (rows 0: the site
+        /// counters), crowded (200 keys in 64 slots) so that keys share counters.
         #[test]
         fn never_undercounts(
             events in proptest::collection::vec((0u64..200, 1i64..5, 0u64..3), 1..400),
-            rows in prop_oneof![Just(1usize), Just(HASHES)],
+            rows in prop_oneof![Just(0usize), Just(1usize), Just(HASHES)],
         ) {
-            let w = SlidingWindow::new(Duration::from_millis(1000), rows, 64);
+            let interval = Duration::from_millis(1000);
+            let w = match rows {
+                0 => SlidingWindow::dense(Period::every(interval), 64),
+                _ => SlidingWindow::new(interval, rows, 64),
+            };
             let mut truth: HashMap<(u64, u64), i64> = HashMap::new();
             let mut t = 0u64;
             for (key, n, step) in &events {
