@@ -1,13 +1,16 @@
-//! The global allocator: the system's, except that blocks of 2 MiB and more (the
-//! rate-limit sketch rows, the nonce store) are 2 MiB-aligned, rounded up to whole
-//! 2 MiB pages and marked for transparent huge pages (`MADV_HUGEPAGE`; the kernel's
-//! default `madvise` mode only backs marked memory with them).
+//! The global allocator: the system's, except that blocks of 2 MiB and more (the nonce
+//! store, the limiter's counters past about 260,000 sites) are mappings of their own,
+//! 2 MiB-aligned, rounded up to whole 2 MiB pages and marked for transparent huge pages
+//! (`MADV_HUGEPAGE`; the kernel's default `madvise` mode only backs marked memory with
+//! them). A large block that grows is moved with `mremap`, not copied: serde_yaml's event
+//! list of a 100,000-site config grows to hundreds of MB, and copying it at each doubling
+//! into freshly zeroed pages was a quarter of a config load. Freeing one unmaps it at once.
 //!
-//! Why: a limiter check reads one counter in each of eight sketches spread over many
-//! megabytes. With 4 KiB pages nearly every read also misses the TLB, and under
-//! virtualisation a page walk costs several memory reads; with 2 MiB pages the
-//! sketches of 10,000 sites need eight TLB entries. Measured with `cargo bench --bench
-//! limiter` (README, Benchmarks).
+//! Why: a limiter check reads one counter in each of eight arrays, and a nonce check
+//! probes a table, spread over many megabytes. With 4 KiB pages nearly every read also
+//! misses the TLB, and under virtualisation a page walk costs several memory reads; with
+//! 2 MiB pages a few TLB entries cover them. Measured with `cargo bench --bench limiter`
+//! (README, Benchmarks), when the site counters were 16 MiB of sketches.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 
@@ -25,52 +28,95 @@ fn huge(layout: Layout) -> Option<Layout> {
     Layout::from_size_align(size, layout.align().max(HUGE_PAGE)).ok()
 }
 
-fn advise(p: *mut u8, layout: Layout) -> *mut u8 {
-    if !p.is_null() {
-        // SAFETY: `p` starts a block of `layout.size()` bytes we own, aligned to a page;
-        // the advice only changes how the kernel backs it (failure is harmless).
-        unsafe { libc::madvise(p.cast(), layout.size(), libc::MADV_HUGEPAGE) };
+/// Map `h.size()` bytes (a multiple of [`HUGE_PAGE`]) at a 2 MiB boundary, zeroed, marked
+/// for huge pages: map one huge page more than asked and unmap the misaligned ends.
+fn map_huge(h: Layout) -> *mut u8 {
+    let len = h.size() + HUGE_PAGE;
+    // SAFETY: a fresh private anonymous mapping; only the ranges of it we mapped are
+    // unmapped or advised.
+    unsafe {
+        let p = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if p == libc::MAP_FAILED {
+            return std::ptr::null_mut();
+        }
+        let start = p as usize;
+        let head = start.next_multiple_of(HUGE_PAGE) - start;
+        if head > 0 {
+            libc::munmap(p, head);
+        }
+        let q = p.cast::<u8>().add(head);
+        let tail = len - head - h.size();
+        if tail > 0 {
+            libc::munmap(q.add(h.size()).cast(), tail);
+        }
+        libc::madvise(q.cast(), h.size(), libc::MADV_HUGEPAGE);
+        q
     }
-    p
 }
 
-// SAFETY: every block is allocated and freed by `System` with the same layout (`huge`
-// is a pure function of the caller's layout), aligned at least as the caller asked.
+/// The alignment a moved mapping keeps: a page (the caller's block may move anywhere).
+const PAGE: usize = 4096;
+
+// SAFETY: blocks of the large class (`huge` is a pure function of the caller's layout) are
+// mappings of their own, `huge(layout).size()` bytes from the returned pointer, aligned to
+// 2 MiB when mapped and at least to a page after a move (callers asking more alignment
+// than a page are copied instead of moved); all other blocks are `System`'s.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match huge(layout) {
-            Some(h) => advise(unsafe { System.alloc(h) }, h),
+            Some(h) => map_huge(h),
             None => unsafe { System.alloc(layout) },
         }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match huge(layout) {
-            // Advise before the first write: `System` zeroes an over-aligned block by
-            // writing it, which would fault it in as small pages.
-            Some(h) => {
-                let p = advise(unsafe { System.alloc(h) }, h);
-                if !p.is_null() {
-                    unsafe { std::ptr::write_bytes(p, 0, h.size()) };
-                }
-                p
-            }
+            // A fresh anonymous mapping reads as zeros.
+            Some(h) => map_huge(h),
             None => unsafe { System.alloc_zeroed(layout) },
         }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, huge(layout).unwrap_or(layout)) }
+        match huge(layout) {
+            Some(h) => unsafe {
+                libc::munmap(p.cast(), h.size());
+            },
+            None => unsafe { System.dealloc(p, layout) },
+        }
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if huge(layout).is_none() && new_size < HUGE_PAGE {
-            return unsafe { System.realloc(p, layout, new_size) };
-        }
-        // Into or out of the large class: allocate, copy, free.
         let Ok(new) = Layout::from_size_align(new_size, layout.align()) else {
             return std::ptr::null_mut();
         };
+        match (huge(layout), huge(new)) {
+            (None, None) => return unsafe { System.realloc(p, layout, new_size) },
+            (Some(old), Some(next)) if layout.align() <= PAGE => {
+                if old.size() == next.size() {
+                    return p;
+                }
+                // A growing buffer (a YAML event list, a large Vec) moves its pages instead
+                // of copying them into new ones.
+                // SAFETY: `p` maps `old.size()` bytes (see the impl's contract).
+                let q = unsafe {
+                    libc::mremap(p.cast(), old.size(), next.size(), libc::MREMAP_MAYMOVE)
+                };
+                if q == libc::MAP_FAILED {
+                    return std::ptr::null_mut();
+                }
+                return q.cast();
+            }
+            _ => {}
+        }
+        // Into or out of the large class: allocate, copy, free.
         let q = unsafe { self.alloc(new) };
         if !q.is_null() {
             unsafe {
@@ -143,5 +189,35 @@ mod tests {
         v.truncate(10);
         v.shrink_to_fit();
         assert_eq!(v[9], 9);
+    }
+
+    /// A large buffer that grows (moved by `mremap`) and shrinks keeps its contents;
+    /// zeroed large blocks read as zeros.
+    #[test]
+    fn large_blocks_grow_in_place_of_copies() {
+        let mut v: Vec<u64> = Vec::new();
+        for i in 0..(40 << 20) / 8 {
+            v.push(i);
+        }
+        assert!((0..v.len()).step_by(4099).all(|i| v[i] == i as u64));
+        assert_eq!(v[v.len() - 1], v.len() as u64 - 1);
+        // Down into the large class's smallest size, then out of the class.
+        v.truncate(HUGE_PAGE / 8 + 1);
+        v.shrink_to_fit();
+        assert_eq!(v[HUGE_PAGE / 8], (HUGE_PAGE / 8) as u64);
+        v.truncate(100);
+        v.shrink_to_fit();
+        assert!((0..100).all(|i| v[i] == i as u64));
+        let z = vec![0u8; 5 << 20];
+        assert!(z.iter().all(|&b| b == 0));
+        // Over-aligned large blocks keep their alignment when they grow (copied).
+        let l = Layout::from_size_align(HUGE_PAGE, 1 << 16).unwrap();
+        unsafe {
+            let p = GLOBAL.alloc(l);
+            p.write(7);
+            let q = GLOBAL.realloc(p, l, 3 * HUGE_PAGE);
+            assert_eq!((q as usize % (1 << 16), q.read()), (0, 7));
+            GLOBAL.dealloc(q, Layout::from_size_align(3 * HUGE_PAGE, 1 << 16).unwrap());
+        }
     }
 }

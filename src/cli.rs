@@ -4,7 +4,7 @@ use crate::auth::signature::{self, SignRequest};
 use crate::config::{self, secret, LoadOptions};
 use clap::{Parser, Subcommand};
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(
@@ -206,40 +206,42 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
             })?;
             Ok(0)
         }
-        Cmd::Check { config, strict } => match config::load_file(&config, LoadOptions::default()) {
-            Ok(rt) => {
-                let mut warnings = rt.warnings.clone();
-                warnings.extend(config::posture::posture(&rt));
-                warnings.extend(permission_warnings(&config));
-                for w in &warnings {
-                    println!("warning: {w}");
-                }
-                println!(
-                    "{}: ok ({} upstreams, {} routes, {} sites, {} keys)",
-                    config.display(),
-                    rt.upstreams.len(),
-                    rt.routes.len(),
-                    rt.sites.len(),
-                    rt.keys.len()
-                );
-                if strict && !warnings.is_empty() {
-                    eprintln!(
-                        "{}: {} warning(s) and --strict",
+        Cmd::Check { config, strict } => {
+            match config::check_file(&config, LoadOptions::default()) {
+                Ok((rt, secret_files)) => {
+                    let mut warnings = rt.warnings.clone();
+                    warnings.extend(config::posture::posture(&rt));
+                    warnings.extend(permission_warnings(&config, secret_files));
+                    for w in &warnings {
+                        println!("warning: {w}");
+                    }
+                    println!(
+                        "{}: ok ({} upstreams, {} routes, {} sites, {} keys)",
                         config.display(),
-                        warnings.len()
+                        rt.upstreams.len(),
+                        rt.routes.len(),
+                        rt.sites.len(),
+                        rt.keys.len()
                     );
-                    return Ok(1);
+                    if strict && !warnings.is_empty() {
+                        eprintln!(
+                            "{}: {} warning(s) and --strict",
+                            config.display(),
+                            warnings.len()
+                        );
+                        return Ok(1);
+                    }
+                    Ok(0)
                 }
-                Ok(0)
-            }
-            Err(errs) => {
-                eprintln!("{}: invalid configuration", config.display());
-                for e in &errs.0 {
-                    eprintln!("  {e}");
+                Err(errs) => {
+                    eprintln!("{}: invalid configuration", config.display());
+                    for e in &errs.0 {
+                        eprintln!("  {e}");
+                    }
+                    Ok(1)
                 }
-                Ok(1)
             }
-        },
+        }
         Cmd::Sign {
             key_id,
             secret,
@@ -459,15 +461,10 @@ fn fetch_chain(target: &str) -> Result<Vec<pingora::tls::x509::X509>, String> {
 }
 
 /// Group- or world-readable files holding secrets (the config included).
-fn permission_warnings(config: &PathBuf) -> Vec<String> {
+fn permission_warnings(config: &Path, secret_files: Vec<(String, PathBuf)>) -> Vec<String> {
     use std::os::unix::fs::PermissionsExt;
-    let mut files = vec![("config file".to_string(), config.clone())];
-    if let Some(raw) = std::fs::read_to_string(config)
-        .ok()
-        .and_then(|t| config::parse(&t).ok())
-    {
-        files.extend(config::sensitive_files(&raw));
-    }
+    let mut files = vec![("config file".to_string(), config.to_path_buf())];
+    files.extend(secret_files);
     files
         .into_iter()
         .filter_map(|(what, path)| {

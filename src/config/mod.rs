@@ -29,7 +29,23 @@ use std::path::Path;
 
 /// Load and validate a config file.
 pub fn load_file(path: &Path, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
-    let text = read_file_bounded(path, MAX_CONFIG_BYTES)
+    load_str(&read_config(path)?, opts)
+}
+
+/// What `keygate check` loads: the config and, from the same parse, the files it names
+/// that hold secret material (with their YAML paths).
+pub fn check_file(
+    path: &Path,
+    opts: LoadOptions,
+) -> Result<(Runtime, Vec<(String, std::path::PathBuf)>), ConfigErrors> {
+    let raw = parse(&read_config(path)?).map_err(|e| ConfigErrors(vec![e]))?;
+    let files = sensitive_files(&raw);
+    Ok((validate(raw, opts)?, files))
+}
+
+/// The config file's text (bounded, UTF-8).
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    read_file_bounded(path, MAX_CONFIG_BYTES)
         .and_then(|b| {
             String::from_utf8(b)
                 .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
@@ -39,8 +55,7 @@ pub fn load_file(path: &Path, opts: LoadOptions) -> Result<Runtime, ConfigErrors
                 path: String::new(),
                 message: format!("cannot read {}: {e}", path.display()),
             }])
-        })?;
-    load_str(&text, opts)
+        })
 }
 
 /// Parse and validate config text.
