@@ -85,13 +85,15 @@ load: deps venv build
 	load-tests/run.sh --binary target/release/keygate $(LOAD_SCENARIOS)
 
 # Throughput and latency against baselines measured in the same run (nginx direct and
-# proxy_pass, a bare Pingora proxy); see bench/run.sh.
+# proxy_pass, a bare Pingora proxy); see bench/run.sh. Then scale: 100,000 sites' start,
+# reload and memory (bench/sites.sh).
 bench: deps venv
 	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
 		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && mkdir -p target && touch $(APT_UPDATED); }; \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light wrk >/dev/null; }
 	$(CARGO) build --release --bin keygate --example bare_proxy
 	bench/run.sh
+	bench/sites.sh target/release/keygate
 
 # `make bench` plus LiteLLM's proxy, the peer keygate is compared with, in the same run against
 # the same upstream: keygate/LiteLLM throughput and p99 ratios (bench/run.sh, BENCH_PEERS=1).

@@ -50,13 +50,24 @@ nginx_upstream() {
   wait_port "$UP"
 }
 
-# bench_config WORK NAME PORT UP_PORT ADMIN_PORT: WORK/NAME.yaml, make bench's keygate config
-# (bearer auth, limits, validation, egress scan, metrics, audit log, 10,000 sites) on PORT in
-# front of the nginx upstream on UP_PORT; the bearer token is in WORK/bearer.
+# binaries_against_nginx BINARY...: the start of a script that runs each keygate BINARY given
+# in front of one nginx upstream ($UP): a usage line when none is given, bench_setup,
+# nginx_upstream.
+binaries_against_nginx() {
+  [ $# -ge 1 ] || { echo "usage: $0 BINARY [BINARY...]" >&2; exit 2; }
+  bench_setup
+  nginx_upstream "$work"
+}
+
+# bench_config WORK NAME PORT UP_PORT ADMIN_PORT [SITES]: WORK/NAME.yaml, make bench's keygate
+# config (bearer auth, limits, validation, egress scan, metrics, audit log, SITES sites, default
+# 10,000) on PORT in front of the nginx upstream on UP_PORT; the bearer token of the first site
+# is in WORK/bearer, site s{i}'s is the text of i.
 bench_config() {
   python3 - "$@" <<'PY'
 import hashlib, os, secrets, sys
-work, name, kg, up, admin = sys.argv[1:]
+work, name, kg, up, admin = sys.argv[1:6]
+sites = int(sys.argv[6]) if len(sys.argv) > 6 else 10000
 tok_file = f"{work}/bearer"
 if not os.path.exists(tok_file):
     open(tok_file, "w").write("kgk_" + secrets.token_urlsafe(24))
@@ -86,7 +97,7 @@ sites:
     keys:
       - {{ id: bench.sdk, auth: bearer, hash: "sha256:{hashlib.sha256(token.encode()).hexdigest()}" }}
 """]
-for i in range(9999):
+for i in range(sites - 1):
     h = hashlib.sha256(f"{i}".encode()).hexdigest()
     lines.append(f"  - {{ id: s{i}, tier: bench, keys: [{{ id: s{i}.k, auth: bearer, hash: \"sha256:{h}\" }}] }}\n")
 open(f"{work}/{name}.yaml", "w").write("".join(lines))

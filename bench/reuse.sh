@@ -9,12 +9,10 @@
 # cloudflare/pingora#998: README "Upstream connection reuse"). BENCH_REUSE_ROUNDS (default 1)
 # repeats the binaries in turn. Needs nginx, wrk and nstat (make bench installs the first two).
 set -euo pipefail
-[ $# -ge 1 ] || { echo "usage: $0 BINARY [BINARY...]" >&2; exit 2; }
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 . bench/common.sh
-bench_setup
-nginx_upstream "$work"
+binaries_against_nginx "$@"
 # nstat's counts since its last call, kept apart from any other nstat user's.
 export NSTAT_HISTORY="$work/nstat.history"
 for round in $(seq "${BENCH_REUSE_ROUNDS:-1}"); do

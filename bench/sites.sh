@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Scale in sites: bench/sites.sh BINARY [BINARY...]
+# make bench's config (bench_config) with BENCH_SITES sites (default 100,000), one bearer key
+# each.
+# For each binary in turn: `keygate check` time; start to ready (/readyz answers 200); RSS
+# after start; a SIGHUP reload's time (the signal to the "config reloaded" log line) and RSS
+# after it; then one bearer request of the last site through keygate (200 from the nginx
+# upstream: the sites are served, not only loaded). BENCH_SITES_ROUNDS (default 1) repeats the
+# binaries in turn. Times in seconds, RSS in MB (VmRSS).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+. bench/common.sh
+binaries_against_nginx "$@"
+sites="${BENCH_SITES:-100000}"
+now() { date +%s.%N; }
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }
+rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
+echo "sites: $sites"
+for round in $(seq "${BENCH_SITES_ROUNDS:-1}"); do
+  for bin in "$@"; do
+    port=$(free_port); admin=$(free_port)
+    bench_config "$work" kg "$port" "$UP" "$admin" "$sites"
+    t0=$(now); "$bin" check -c "$work/kg.yaml" > /dev/null; t1=$(now)
+    check=$(elapsed "$t0" "$t1")
+    t0=$(now)
+    RUST_LOG=info "$bin" serve -c "$work/kg.yaml" > "$work/kg.log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    until curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz"; do
+      kill -0 "$pid" || { cat "$work/kg.log" >&2; exit 1; }
+      sleep 0.01
+    done
+    t1=$(now)
+    start=$(elapsed "$t0" "$t1")
+    rss_start=$(rss_mb "$pid")
+    t0=$(now)
+    kill -HUP "$pid"
+    until grep -q "config reloaded" "$work/kg.log"; do sleep 0.01; done
+    t1=$(now)
+    reload=$(elapsed "$t0" "$t1")
+    sleep 0.5
+    rss_reload=$(rss_mb "$pid")
+    code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $((sites - 2))" \
+      -H 'Content-Type: application/json' \
+      -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}' \
+      "http://127.0.0.1:$port/openai/v1/chat/completions")
+    [ "$code" = 200 ] || { echo "$bin: the last site's request answered $code" >&2; exit 1; }
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    echo "$bin round $round: check ${check} s, start ${start} s, RSS ${rss_start} MB, reload ${reload} s, RSS after reload ${rss_reload} MB"
+  done
+done
