@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +52,54 @@ impl Reloader {
     }
 }
 
+/// A SIGHUP that arrived before the maintenance service listens for signals (keygate
+/// may already be loading its config, or serving: the services start in parallel).
+/// SIGHUP's default action ends the process, so [`catch_early_hup`] records it here from
+/// the start and the service serves it as a reload once it runs.
+static EARLY_HUP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_early_hup(_: libc::c_int) {
+    EARLY_HUP.store(true, Ordering::Relaxed);
+}
+
+/// Catch SIGHUP from now on (call first thing at start; no thread is created, so it
+/// may run before Pingora daemonises).
+pub fn catch_early_hup() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe; the
+    // sigaction struct is fully initialised (zeroed, then its mask emptied).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = note_early_hup as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::sigemptyset(&mut sa.sa_mask);
+        sa.sa_flags = libc::SA_RESTART;
+        if libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut()) != 0 {
+            log::warn!("cannot catch SIGHUP before the maintenance service runs");
+        }
+    }
+}
+
+impl Reloader {
+    /// What SIGHUP does: reload, then reopen the audit log.
+    fn hup(&self) {
+        match self.reload() {
+            Ok(()) => {
+                METRICS.config_reloads.with_label_values(&["ok"]).inc();
+                log::info!(
+                    "config reloaded (generation {})",
+                    self.state.runtime.load().generation
+                );
+            }
+            Err(e) => {
+                METRICS.config_reloads.with_label_values(&["error"]).inc();
+                log::error!("config reload failed, keeping the running config:\n{e}");
+            }
+        }
+        // logrotate sends SIGHUP too: reopen the audit log whatever the config did.
+        let path = self.state.runtime.load().process.audit_path.clone();
+        self.state.audit.reopen(path);
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -62,24 +111,13 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        if EARLY_HUP.swap(false, Ordering::Relaxed) {
+            self.hup();
+        }
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                _ = hup.recv() => {
-                    match self.reload() {
-                        Ok(()) => {
-                            METRICS.config_reloads.with_label_values(&["ok"]).inc();
-                            log::info!("config reloaded (generation {})", self.state.runtime.load().generation);
-                        }
-                        Err(e) => {
-                            METRICS.config_reloads.with_label_values(&["error"]).inc();
-                            log::error!("config reload failed, keeping the running config:\n{e}");
-                        }
-                    }
-                    // logrotate sends SIGHUP too: reopen the audit log whatever the config did.
-                    let path = self.state.runtime.load().process.audit_path.clone();
-                    self.state.audit.reopen(path);
-                }
+                _ = hup.recv() => self.hup(),
                 _ = tick.tick() => {
                     self.state.nonces.sweep(crate::clock::now_s());
                     METRICS.nonce_store_entries.set(self.state.nonces.len() as i64);

@@ -120,6 +120,7 @@ impl ShutdownSignalWatch for Signals {
 
 /// Load the config (or the demo), start everything, never return on success.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
+    crate::reload::catch_early_hup();
     let (base, load) = if opts.demo {
         if opts.daemon {
             return Err("--demo runs in the foreground; drop -d".into());

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MODELS: &str = "/openai/v1/models";
 
@@ -32,6 +32,145 @@ async fn a_site_added_by_reload_works_in_the_same_process() {
         gw.metric("keygate_config_reloads_total{result=\"ok\"}"),
         Some(1.0)
     );
+}
+
+/// Sites in the files of a `sites_dir` serve like `sites:`; a reload reads the directory
+/// again; a mistake in a file names the file and its YAML path and changes nothing.
+#[tokio::test]
+async fn sites_in_a_sites_dir_serve_and_reload() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path().join("sites.d");
+    std::fs::create_dir(&dir).unwrap();
+    let secret = format!("kgs_{}", keygate::auth::signature::random_nonce());
+    let path = gw.dir.path().join("files.secret");
+    std::fs::write(&path, &secret).unwrap();
+    let site = |id: &str| {
+        format!(
+            "- id: {id}\n  tier: free\n  keys:\n    - {{ id: {id}.k1, auth: hmac, secret: \"file:{}\" }}\n",
+            path.display()
+        )
+    };
+    let status = |key: &'static str| {
+        let headers = gw.sign(key, &secret, "GET", MODELS, b"");
+        let url = gw.url(MODELS);
+        async move { send(&client(), "GET", &url, &headers, None).await.status }
+    };
+    std::fs::write(dir.join("a.yaml"), site("gamma")).unwrap();
+    std::fs::write(dir.join("README.txt"), "not a site file").unwrap();
+    gw.reload_with(|t| format!("sites_dir: \"{}\"\n{t}", dir.display()));
+    assert_eq!(status("gamma.k1").await, 200, "{}", gw.logs());
+    assert_eq!(status("delta.k1").await, 401);
+    std::fs::write(dir.join("b.yml"), site("delta")).unwrap();
+    gw.sighup();
+    assert_eq!(status("delta.k1").await, 200, "{}", gw.logs());
+    assert_eq!(gw.metric("keygate_config_generation"), Some(2.0));
+    // A tier that does not exist, in a third file: nothing changes, the error says where.
+    std::fs::write(dir.join("c.yaml"), "- { id: eps, tier: gold }\n").unwrap();
+    std::fs::remove_file(dir.join("a.yaml")).unwrap();
+    gw.sighup();
+    let logs = gw.logs();
+    assert!(
+        logs.contains(r#"sites_dir/c.yaml[0].tier: unknown tier "gold""#),
+        "{logs}"
+    );
+    assert_eq!(
+        status("gamma.k1").await,
+        200,
+        "the old config keeps serving"
+    );
+    assert_eq!(gw.metric("keygate_config_generation"), Some(2.0));
+}
+
+/// SIGHUP is caught from the first moment, not only once the maintenance service runs:
+/// one sent while keygate still loads a large config (or while its services start) is
+/// served as a reload; SIGHUP's default action would end the process.
+#[test]
+fn a_sighup_during_start_is_a_reload_not_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let sites = dir.path().join("sites.d");
+    std::fs::create_dir(&sites).unwrap();
+    for f in 0..4 {
+        let text: String = (0..5_000)
+            .map(|i| {
+                let hash = format!("sha256:{:064x}", f * 100_000 + i);
+                format!("- {{ id: s{f}-{i}, tier: free, keys: [{{ id: k{f}-{i}, auth: bearer, hash: \"{hash}\" }}] }}\n")
+            })
+            .collect();
+        std::fs::write(sites.join(format!("{f}.yaml")), text).unwrap();
+    }
+    let (port, admin) = (free_port(), free_port());
+    let config = dir.path().join("keygate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "server: {{ listen: [{{ addr: \"127.0.0.1:{port}\" }}], admin_listen: \"127.0.0.1:{admin}\", threads: 1, pid_file: {d}/k.pid, upgrade_sock: {d}/k.sock }}\n\
+             upstreams: {{ openai: {{ kind: openai, url: \"http://127.0.0.1:9\", credentials: [{{ id: p, secret: \"file:{d}/p.key\" }}] }} }}\n\
+             routes: [{{ prefix: \"/openai/\", upstream: openai }}]\n\
+             tiers: {{ free: {{ requests_per_minute: 10 }} }}\n\
+             log: {{ audit_path: {d}/audit.jsonl }}\n\
+             sites_dir: {}\n",
+            sites.display(),
+            d = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let provider_key = format!("sk-{}", keygate::auth::signature::random_nonce());
+    std::fs::write(dir.path().join("p.key"), provider_key).unwrap();
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(log.try_clone().unwrap())
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    let caught = || {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & 1 != 0)
+    };
+    let listening = || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !caught() {
+        assert!(Instant::now() < deadline, "SIGHUP never caught");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Caught while the 20,000 sites still load, long before anything listens (the
+    // maintenance service's own handler comes with the listeners, milliseconds apart).
+    let caught_at = Instant::now();
+    assert!(!listening(), "SIGHUP was caught only once keygate served");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let logs = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    while !logs().contains("config reloaded") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "keygate ended on an early SIGHUP:\n{}",
+            logs()
+        );
+        assert!(Instant::now() < deadline, "no reload:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while !listening() {
+        assert!(Instant::now() < deadline, "never listened:\n{}", logs());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        caught_at.elapsed() > Duration::from_millis(100),
+        "SIGHUP was caught only {:?} before keygate listened, not while it loaded its config",
+        caught_at.elapsed()
+    );
+    assert!(child.try_wait().unwrap().is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[tokio::test]

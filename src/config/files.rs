@@ -23,3 +23,9 @@ pub fn read_file_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     }
     Ok(buf)
 }
+
+/// [`read_file_bounded`], as UTF-8 text (a config or site file).
+pub fn read_text_bounded(path: &Path, limit: u64) -> std::io::Result<String> {
+    String::from_utf8(read_file_bounded(path, limit)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
+}

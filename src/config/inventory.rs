@@ -23,7 +23,7 @@ pub fn encrypted_values(raw: &RawConfig) -> Vec<(String, String, String)> {
         for (j, k) in s.keys.iter().enumerate() {
             if let Some(v) = k.secret.as_ref().filter(|v| v.starts_with("enc:")) {
                 out.push((
-                    format!("sites[{i}].keys[{j}].secret"),
+                    format!("{}.keys[{j}].secret", raw.site_path(i)),
                     format!("sites/{}/keys/{}", s.id, k.id),
                     v.clone(),
                 ));
@@ -84,7 +84,7 @@ pub fn sensitive_files(raw: &RawConfig) -> Vec<(String, std::path::PathBuf)> {
     for (i, s) in raw.sites.iter().enumerate() {
         for (j, k) in s.keys.iter().enumerate() {
             if let Some(v) = &k.secret {
-                file(format!("sites[{i}].keys[{j}].secret"), v);
+                file(format!("{}.keys[{j}].secret", raw.site_path(i)), v);
             }
         }
     }

@@ -7,7 +7,7 @@
 //! [`raw`] mirrors the YAML; [`validate`] checks it, one file per section;
 //! [`runtime`] is the plain data a request runs on; [`files`] reads what the config
 //! names, bounded; [`secret`] resolves secret sources; [`inventory`] lists where the
-//! secrets are.
+//! secrets are; [`site_files`] reads the sites of `sites_dir`.
 
 pub mod error;
 pub mod files;
@@ -16,10 +16,13 @@ pub mod posture;
 pub mod raw;
 pub mod runtime;
 pub mod secret;
+pub mod site_files;
 pub mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
-pub use files::{read_file_bounded, MAX_CONFIG_BYTES, MAX_REFERENCED_FILE_BYTES};
+pub use files::{
+    read_file_bounded, read_text_bounded, MAX_CONFIG_BYTES, MAX_REFERENCED_FILE_BYTES,
+};
 pub use inventory::{all_secret_strings, encrypted_values, sensitive_files};
 pub use runtime::*;
 pub use validate::{validate, LoadOptions};
@@ -38,30 +41,32 @@ pub fn check_file(
     path: &Path,
     opts: LoadOptions,
 ) -> Result<(Runtime, Vec<(String, std::path::PathBuf)>), ConfigErrors> {
-    let raw = parse(&read_config(path)?).map_err(|e| ConfigErrors(vec![e]))?;
+    let raw = parse_with_site_files(&read_config(path)?)?;
     let files = sensitive_files(&raw);
     Ok((validate(raw, opts)?, files))
 }
 
 /// The config file's text (bounded, UTF-8).
 fn read_config(path: &Path) -> Result<String, ConfigErrors> {
-    read_file_bounded(path, MAX_CONFIG_BYTES)
-        .and_then(|b| {
-            String::from_utf8(b)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
-        })
-        .map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                path: String::new(),
-                message: format!("cannot read {}: {e}", path.display()),
-            }])
-        })
+    read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })
 }
 
 /// Parse and validate config text.
 pub fn load_str(text: &str, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
-    let raw = parse(text).map_err(|e| ConfigErrors(vec![e]))?;
-    validate(raw, opts)
+    validate(parse_with_site_files(text)?, opts)
+}
+
+/// [`parse`], then the sites of `sites_dir` appended ([`site_files`]): what a load
+/// validates.
+pub fn parse_with_site_files(text: &str) -> Result<RawConfig, ConfigErrors> {
+    let mut raw = parse(text).map_err(|e| ConfigErrors(vec![e]))?;
+    site_files::expand(&mut raw)?;
+    Ok(raw)
 }
 
 /// Parse YAML into the raw structs; type errors and unknown keys name their path.

@@ -18,6 +18,14 @@ pub struct RawConfig {
     pub tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     pub sites: Vec<RawSite>,
+    /// A directory of site files, each a YAML list of sites like `sites:` (README "Sites in
+    /// files"); their sites follow `sites:`, in file-name order.
+    #[serde(default)]
+    pub sites_dir: Option<String>,
+    /// Where each site file's sites sit in `sites`: (YAML path prefix, first index, count).
+    /// Filled when the directory is read ([`super::site_files::expand`]).
+    #[serde(skip)]
+    pub site_files: Vec<(String, usize, usize)>,
     #[serde(default)]
     pub log: Option<RawLog>,
     #[serde(default)]
@@ -39,6 +47,19 @@ pub struct RawConfig {
     /// Traces (SPEC §8.7).
     #[serde(default)]
     pub telemetry: Option<RawTelemetry>,
+}
+
+impl RawConfig {
+    /// The YAML path of `sites[i]`: in `sites:`, or in the site file it came from
+    /// (`sites_dir/<file>[j]`).
+    pub fn site_path(&self, i: usize) -> String {
+        // The files' ranges are in order and do not overlap.
+        let f = self.site_files.partition_point(|&(_, start, _)| start <= i);
+        match f.checked_sub(1).map(|f| &self.site_files[f]) {
+            Some((file, start, n)) if i < start + n => format!("{file}[{}]", i - start),
+            _ => format!("sites[{i}]"),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -46,7 +46,7 @@ pub struct Control {
 
 /// The config for `base` with `changes` applied, validated as one file.
 pub fn build(base: &str, changes: &Changes, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
-    let mut raw = config::parse(base).map_err(|e| ConfigErrors(vec![e]))?;
+    let mut raw = config::parse_with_site_files(base)?;
     let dormant = changes.apply(&mut raw);
     let mut rt = config::validate(raw, opts)?;
     for id in dormant {
@@ -59,11 +59,7 @@ pub fn build(base: &str, changes: &Changes, opts: LoadOptions) -> Result<Runtime
 
 /// Read a YAML file as text (bounded).
 pub fn read_yaml(path: &Path) -> Result<String, String> {
-    config::read_file_bounded(path, config::MAX_CONFIG_BYTES)
-        .and_then(|b| {
-            String::from_utf8(b)
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"))
-        })
+    config::read_text_bounded(path, config::MAX_CONFIG_BYTES)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 

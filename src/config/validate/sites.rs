@@ -44,7 +44,7 @@ pub(super) fn validate(
         warnings,
     };
     for (i, s) in raw.sites.iter().enumerate() {
-        let p = format!("sites[{i}]");
+        let p = raw.site_path(i);
         if !site_ids.insert(s.id.clone()) {
             errs.push(format!("{p}.id"), format!("duplicate site id \"{}\"", s.id));
         }
