@@ -116,15 +116,7 @@ fn a_sighup_during_start_is_a_reload_not_the_end() {
     .unwrap();
     let provider_key = format!("sk-{}", keygate::auth::signature::random_nonce());
     std::fs::write(dir.path().join("p.key"), provider_key).unwrap();
-    let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = std::process::Command::new(BIN)
-        .args(["serve", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(log.try_clone().unwrap())
-        .stdout(log)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_serve(&config, &dir.path().join("log"), "info");
     let caught = || {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();

@@ -1,7 +1,7 @@
 //! `sites_dir`: sites in files of their own, for site lists that outgrow one file (the
 //! config file is capped at [`MAX_CONFIG_BYTES`], about 100,000 sites) or that are written
-//! by another system. Each `*.yaml` / `*.yml` file in the directory (not its
-//! subdirectories; names starting with `.` are skipped) is a YAML list of sites in the form
+//! by another system. Each `*.yaml` / `*.yml` file in the directory (or a symlink to one;
+//! not its subdirectories; names starting with `.` are skipped) is a YAML list of sites in the form
 //! of `sites:` entries. Their sites follow `sites:`, file by file in name order, and are
 //! validated with them; a mistake names the file and the YAML path inside it
 //! (`sites_dir/b.yaml[3].tier`). Files are parsed in parallel, one thread per CPU.
@@ -59,7 +59,8 @@ fn list(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if yaml && !name.starts_with('.') && entry.file_type()?.is_file() {
+        // `metadata` follows a symlink (a `sites-enabled` style link to a file counts).
+        if yaml && !name.starts_with('.') && std::fs::metadata(entry.path())?.is_file() {
             files.push((name, entry.path()));
         }
     }
@@ -159,15 +160,18 @@ mod tests {
         write(dir.path(), ".hidden.yaml", "- { id: hidden, tier: free }\n");
         write(dir.path(), "notes.txt", "not YAML [");
         std::fs::create_dir(dir.path().join("sub.yaml")).unwrap();
+        write(dir.path(), "c.data", "- { id: c1, tier: free }\n");
+        std::os::unix::fs::symlink(dir.path().join("c.data"), dir.path().join("c.yaml")).unwrap();
         let mut raw = raw_with(dir.path());
         expand(&mut raw).unwrap();
         let ids: Vec<_> = raw.sites.iter().map(|s| s.id.as_str()).collect();
-        assert_eq!(ids, ["main", "a1", "b1", "b2"]);
+        assert_eq!(ids, ["main", "a1", "b1", "b2", "c1"]);
         assert_eq!(raw.site_path(0), "sites[0]");
         assert_eq!(raw.site_path(1), "sites_dir/a.yaml[0]");
         assert_eq!(raw.site_path(3), "sites_dir/b.yml[1]");
         // A site appended later (the admin API's) is not in any file.
-        assert_eq!(raw.site_path(4), "sites[4]");
+        assert_eq!(raw.site_path(4), "sites_dir/c.yaml[0]");
+        assert_eq!(raw.site_path(5), "sites[5]");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum Cells {
 
 impl Cells {
     fn dense(slots: usize) -> Cells {
-        Cells::Dense((0..slots.max(1)).map(|_| AtomicIsize::new(0)).collect())
+        Cells::Dense((0..slots).map(|_| AtomicIsize::new(0)).collect())
     }
 
     fn cell(d: &[AtomicIsize], key: u64) -> &AtomicIsize {

@@ -9,7 +9,7 @@ use keygate::auth::signature::{self, SignRequest};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -276,6 +276,19 @@ pub fn gen_certs(dir: &std::path::Path) {
     assert!(st.success(), "certificate generation failed");
 }
 
+/// `keygate serve -c CONFIG`, its stdout and stderr into LOG, at RUST_LOG level `level`.
+pub fn spawn_serve(config: &Path, log: &Path, level: &str) -> Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(BIN)
+        .args(["serve", "-c"])
+        .arg(config)
+        .env("RUST_LOG", level)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start keygate")
+}
+
 impl Gateway {
     pub fn start() -> Gateway {
         Self::start_with(Options::default())
@@ -462,15 +475,7 @@ sites:
         );
         let cfg = dir.path().join("keygate.yaml");
         std::fs::write(&cfg, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("keygate.log")).unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "-c"])
-            .arg(&cfg)
-            .env("RUST_LOG", "debug")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start keygate");
+        let child = spawn_serve(&cfg, &dir.path().join("keygate.log"), "debug");
         let mut gw = Gateway {
             child: Some(child),
             port,
