@@ -86,7 +86,7 @@ load: deps venv build
 
 # Throughput and latency against baselines measured in the same run (nginx direct and
 # proxy_pass, a bare Pingora proxy); see bench/run.sh. Then scale: 100,000 sites' start,
-# reload and memory (bench/sites.sh).
+# reload and memory (bench/sites.sh), in the config file and in four JSON site files.
 bench: deps venv
 	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
 		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && mkdir -p target && touch $(APT_UPDATED); }; \
@@ -94,6 +94,7 @@ bench: deps venv
 	$(CARGO) build --release --bin keygate --example bare_proxy
 	bench/run.sh
 	bench/sites.sh target/release/keygate
+	BENCH_SITE_FILES=4 BENCH_SITE_FORMAT=json bench/sites.sh target/release/keygate
 
 # `make bench` plus LiteLLM's proxy, the peer keygate is compared with, in the same run against
 # the same upstream: keygate/LiteLLM throughput and p99 ratios (bench/run.sh, BENCH_PEERS=1).

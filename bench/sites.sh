@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scale in sites: bench/sites.sh BINARY [BINARY...]
 # make bench's config (bench_config) with BENCH_SITES sites (default 100,000), one bearer key
-# each; with BENCH_SITE_FILES=K all but the first are in K files of a sites_dir instead.
+# each; with BENCH_SITE_FILES=K all but the first are in K files of a sites_dir instead
+# (BENCH_SITE_FORMAT=json: `*.json` files, default yaml).
 # For each binary in turn: `keygate check` time; start to ready (/readyz answers 200); RSS
 # after start; a SIGHUP reload's time (the signal to the "config reloaded" log line) and RSS
 # after it; then one bearer request of the last site through keygate (200 from the nginx
@@ -19,9 +20,9 @@ rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 # BENCH_SITE_FILES=K (default 0): the sites after the first in K files of a sites_dir.
 files="${BENCH_SITE_FILES:-0}"
 split_sites() {
-  python3 - "$work" "$files" <<'PY'
-import os, sys
-work, k = sys.argv[1], int(sys.argv[2])
+  python3 - "$work" "$files" "${BENCH_SITE_FORMAT:-yaml}" <<'PY'
+import json, os, re, sys
+work, k, form = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 lines = open(f"{work}/kg.yaml").read().splitlines(keepends=True)
 rest = [l for l in lines if l.startswith("  - { id: s")]
 head = [l for l in lines if not l.startswith("  - { id: s")]
@@ -29,17 +30,27 @@ os.makedirs(f"{work}/sites.d", exist_ok=True)
 for f in os.listdir(f"{work}/sites.d"):
     os.remove(f"{work}/sites.d/{f}")
 per = -(-len(rest) // k)
+site = re.compile(r'  - \{ id: (\S+), tier: (\S+), keys: \[\{ id: (\S+), auth: bearer, hash: "(\S+)" \}\] \}')
+def as_json(l):
+    i, tier, key, h = site.match(l).groups()
+    return {"id": i, "tier": tier, "keys": [{"id": key, "auth": "bearer", "hash": h}]}
 for i in range(k):
-    open(f"{work}/sites.d/{i:04}.yaml", "w").write("".join(l[2:] for l in rest[i * per:(i + 1) * per]))
+    part = rest[i * per:(i + 1) * per]
+    with open(f"{work}/sites.d/{i:04}.{form}", "w") as f:
+        if form == "json":
+            f.write("[\n" + ",\n".join(json.dumps(as_json(l)) for l in part) + "\n]\n")
+        else:
+            f.write("".join(l[2:] for l in part))
 open(f"{work}/kg.yaml", "w").write("".join(head) + f"sites_dir: {work}/sites.d\n")
 PY
 }
-echo "sites: $sites, in $files site files"
+echo "sites: $sites, in $files site files (${BENCH_SITE_FORMAT:-yaml})"
 for round in $(seq "${BENCH_SITES_ROUNDS:-1}"); do
   for bin in "$@"; do
     port=$(free_port); admin=$(free_port)
     bench_config "$work" kg "$port" "$UP" "$admin" "$sites"
     [ "$files" -gt 0 ] && split_sites
+    [ -n "${BENCH_SITES_KEEP:-}" ] && cp -r "$work" "$BENCH_SITES_KEEP"
     t0=$(now); "$bin" check -c "$work/kg.yaml" > /dev/null; t1=$(now)
     check=$(elapsed "$t0" "$t1")
     t0=$(now)

@@ -60,7 +60,12 @@ async fn sites_in_a_sites_dir_serve_and_reload() {
     gw.reload_with(|t| format!("sites_dir: \"{}\"\n{t}", dir.display()));
     assert_eq!(status("gamma.k1").await, 200, "{}", gw.logs());
     assert_eq!(status("delta.k1").await, 401);
-    std::fs::write(dir.join("b.yml"), site("delta")).unwrap();
+    // A generated list in JSON (the fast form for large lists).
+    let delta = format!(
+        r#"[{{"id": "delta", "tier": "free", "keys": [{{"id": "delta.k1", "auth": "hmac", "secret": "file:{}"}}]}}]"#,
+        path.display()
+    );
+    std::fs::write(dir.join("b.json"), delta).unwrap();
     gw.sighup();
     assert_eq!(status("delta.k1").await, 200, "{}", gw.logs());
     assert_eq!(gw.metric("keygate_config_generation"), Some(2.0));

@@ -2,7 +2,8 @@
 //! config file is capped at [`MAX_CONFIG_BYTES`], about 100,000 sites) or that are written
 //! by another system. Each `*.yaml` / `*.yml` file in the directory (or a symlink to one;
 //! not its subdirectories; names starting with `.` are skipped) is a YAML list of sites in the form
-//! of `sites:` entries. Their sites follow `sites:`, file by file in name order, and are
+//! of `sites:` entries; a `*.json` file is the same list in JSON (YAML's subset that parses
+//! about 20 times faster: the form for a generated site list of 100,000 sites). Their sites follow `sites:`, file by file in name order, and are
 //! validated with them; a mistake names the file and the YAML path inside it
 //! (`sites_dir/b.yaml[3].tier`). Files are parsed in parallel, one thread per CPU.
 
@@ -58,9 +59,9 @@ fn list(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        let ours = [".yaml", ".yml", ".json"].iter().any(|e| name.ends_with(e));
         // `metadata` follows a symlink (a `sites-enabled` style link to a file counts).
-        if yaml && !name.starts_with('.') && std::fs::metadata(entry.path())?.is_file() {
+        if ours && !name.starts_with('.') && std::fs::metadata(entry.path())?.is_file() {
             files.push((name, entry.path()));
         }
     }
@@ -104,31 +105,47 @@ fn parse_all(files: &[(String, PathBuf)]) -> Vec<Result<Vec<RawSite>, ConfigErro
     out.into_iter().flatten().collect()
 }
 
-/// One site file: a YAML list of sites (an empty file holds none).
+/// One site file: a YAML (or, named `*.json`, JSON) list of sites (an empty file holds none).
 fn parse_file(name: &str, path: &Path) -> Result<Vec<RawSite>, ConfigError> {
     let label = format!("sites_dir/{name}");
     let text = read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|e| ConfigError {
         path: label.clone(),
         message: format!("cannot read {}: {e}", path.display()),
     })?;
-    let de = serde_yaml::Deserializer::from_str(&text);
-    let sites: Option<Vec<RawSite>> = serde_path_to_error::deserialize(de).map_err(|e| {
-        let inner = e.path().to_string();
-        let message = e.into_inner().to_string();
-        // serde_yaml starts a nested error with its own path from the file's root
-        // (".[1]: unknown field"): name the file there too, as `sites[1]: ` does.
-        let message = match message.strip_prefix('.') {
-            Some(rest) if rest.starts_with('[') => format!("{label}{rest}"),
-            _ => message,
-        };
-        let path = match inner.as_str() {
-            "." => label.clone(),
-            p if p.starts_with('[') => format!("{label}{p}"),
-            p => format!("{label}.{p}"),
-        };
-        ConfigError { path, message }
-    })?;
+    let sites: Option<Vec<RawSite>> = if text.trim().is_empty() {
+        None
+    } else if name.ends_with(".json") {
+        let mut de = serde_json::Deserializer::from_str(&text);
+        let sites = serde_path_to_error::deserialize(&mut de).map_err(|e| located(&label, e))?;
+        // Nothing may follow the list (serde_json's own `from_str` checks this too).
+        de.end().map_err(|e| ConfigError {
+            path: label.clone(),
+            message: e.to_string(),
+        })?;
+        sites
+    } else {
+        let de = serde_yaml::Deserializer::from_str(&text);
+        serde_path_to_error::deserialize(de).map_err(|e| located(&label, e))?
+    };
     Ok(sites.unwrap_or_default())
+}
+
+/// A parse error of the file `label` at its path inside the file.
+fn located<E: std::fmt::Display>(label: &str, e: serde_path_to_error::Error<E>) -> ConfigError {
+    let inner = e.path().to_string();
+    let message = e.into_inner().to_string();
+    // serde_yaml starts a nested error with its own path from the file's root
+    // (".[1]: unknown field"): name the file there too, as `sites[1]: ` does.
+    let message = match message.strip_prefix('.') {
+        Some(rest) if rest.starts_with('[') => format!("{label}{rest}"),
+        _ => message,
+    };
+    let path = match inner.as_str() {
+        "." => label.to_string(),
+        p if p.starts_with('[') => format!("{label}{p}"),
+        p => format!("{label}.{p}"),
+    };
+    ConfigError { path, message }
 }
 
 #[cfg(test)]
@@ -198,6 +215,45 @@ mod tests {
         let mut raw = raw_with(&dir.path().join("missing"));
         let errs = expand(&mut raw).unwrap_err().to_string();
         assert!(errs.starts_with("sites_dir: cannot read "), "{errs}");
+    }
+
+    #[test]
+    fn json_files_are_site_lists_too_with_their_paths_named() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "a.json",
+            r#"[{"id": "j1", "tier": "free"}, {"id": "j2", "tier": "free"}]"#,
+        );
+        write(dir.path(), "b.yaml", "- { id: y1, tier: free }\n");
+        write(dir.path(), "c.json", " \n");
+        let mut raw = raw_with(dir.path());
+        expand(&mut raw).unwrap();
+        let ids: Vec<_> = raw.sites.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["main", "j1", "j2", "y1"]);
+        assert_eq!(raw.site_path(2), "sites_dir/a.json[1]");
+
+        write(
+            dir.path(),
+            "a.json",
+            r#"[{"id": "j1", "tier": "free"}, {"id": "j2", "colour": "red"}]"#,
+        );
+        write(dir.path(), "c.json", r#"[{"id": "c1", "tier": "free"}] ["#);
+        write(dir.path(), "d.json", r#"{"id": "d1"}"#);
+        let mut raw = raw_with(dir.path());
+        let errs = expand(&mut raw).unwrap_err().to_string();
+        assert!(
+            errs.contains("sites_dir/a.json[1].colour: unknown field `colour`"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("sites_dir/c.json: trailing characters"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("sites_dir/d.json: invalid type: map"),
+            "{errs}"
+        );
     }
 
     #[test]

@@ -2,12 +2,23 @@
 
 use super::pii::validate as validate_pii;
 use super::shared::{strong_enough, valid_id, Errors, LoadOptions};
-use crate::config::raw::{RawConfig, RawKey, RawSite};
+use crate::config::raw::{RawConfig, RawKey, RawSite, SitePath};
 use crate::config::runtime::{ClientKey, KeyAuth, KeyId, Site, SiteId};
 use crate::config::secret::{self, MasterKey};
 use crate::limits::tier::{site_limit_key, Tier};
 use std::collections::{HashMap, HashSet};
+use std::fmt::{self, Display};
 use std::sync::Arc;
+
+/// The YAML path of a site's key (`sites[3].keys[0]`), written only for a mistake.
+#[derive(Clone, Copy)]
+struct KeyPath<'a>(SitePath<'a>, usize);
+
+impl Display for KeyPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.keys[{}]", self.0, self.1)
+    }
+}
 
 /// The sites and the keys that identify them.
 pub(super) struct Clients {
@@ -32,23 +43,24 @@ pub(super) fn validate(
     errs: &mut Errors,
     warnings: &mut Vec<String>,
 ) -> Clients {
+    let n = raw.sites.len();
     let mut clients = Clients {
-        sites: Vec::new(),
-        keys: HashMap::new(),
+        sites: Vec::with_capacity(n),
+        keys: HashMap::with_capacity(n),
         bearer_keys: HashMap::new(),
     };
-    let mut site_ids = HashSet::new();
+    let mut site_ids = HashSet::with_capacity(n);
     let mut check = KeyCheck {
         master_keys,
         opts,
         warnings,
     };
     for (i, s) in raw.sites.iter().enumerate() {
-        let p = raw.site_path(i);
-        if !site_ids.insert(s.id.clone()) {
+        let p = raw.site_at(i);
+        if !site_ids.insert(s.id.as_str()) {
             errs.push(format!("{p}.id"), format!("duplicate site id \"{}\"", s.id));
         }
-        let site = site(raw, s, &p, tiers, errs);
+        let site = site(raw, s, p, tiers, errs);
         if s.keys.is_empty() {
             check.warnings.push(format!(
                 "{p}.keys: site \"{}\" has no keys and cannot be used",
@@ -56,11 +68,10 @@ pub(super) fn validate(
             ));
         }
         for (j, k) in s.keys.iter().enumerate() {
-            let kp = format!("{p}.keys[{j}]");
             key(
                 s,
                 k,
-                &kp,
+                KeyPath(p, j),
                 clients.sites.len(),
                 &mut check,
                 &mut clients,
@@ -76,7 +87,7 @@ pub(super) fn validate(
 fn site(
     raw: &RawConfig,
     s: &RawSite,
-    p: &str,
+    p: SitePath<'_>,
     tiers: &HashMap<String, Arc<Tier>>,
     errs: &mut Errors,
 ) -> Site {
@@ -125,7 +136,7 @@ fn site(
 fn key(
     s: &RawSite,
     k: &RawKey,
-    kp: &str,
+    kp: KeyPath<'_>,
     site: usize,
     check: &mut KeyCheck<'_>,
     clients: &mut Clients,
@@ -182,7 +193,7 @@ fn key(
 /// An `hmac` or `legacy-site-timestamp` key: a secret, never a hash.
 fn secret_key(
     k: &RawKey,
-    kp: &str,
+    kp: KeyPath<'_>,
     mode: &str,
     place: &str,
     check: &mut KeyCheck<'_>,
@@ -218,7 +229,7 @@ fn secret_key(
 /// A `bearer` key: only its SHA-256 is configured.
 fn bearer_key(
     k: &RawKey,
-    kp: &str,
+    kp: KeyPath<'_>,
     id: &KeyId,
     clients: &mut Clients,
     errs: &mut Errors,
