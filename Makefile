@@ -96,8 +96,9 @@ bench: deps venv
 	bench/sites.sh target/release/keygate
 	BENCH_SITE_FILES=4 BENCH_SITE_FORMAT=json bench/sites.sh target/release/keygate
 
-# `make bench` plus LiteLLM's proxy, the peer keygate is compared with, in the same run against
-# the same upstream: keygate/LiteLLM throughput and p99 ratios (bench/run.sh, BENCH_PEERS=1).
+# `make bench` plus the peers keygate is compared with, LiteLLM's proxy and Portkey's gateway,
+# in the same run against the same upstream: throughput, p99 and CPU per request (bench/run.sh,
+# BENCH_PEERS=1).
 bench-peers: venv-peers
 	$(MAKE) bench BENCH_PEERS=1
 
@@ -138,6 +139,18 @@ venv-peers: $(VENV_PEERS)/.ready-litellm-$(LITELLM_VERSION)
 $(VENV_PEERS)/.ready-litellm-$(LITELLM_VERSION):
 	python3 -m venv $(VENV_PEERS)
 	$(VENV_PEERS)/bin/pip install -q 'litellm[proxy]==$(LITELLM_VERSION)'
+	touch $@
+
+# Portkey's gateway (npm, pinned; Node and npm from Debian when missing) under target/peers.
+PORTKEY_DIR := target/peers/portkey
+PORTKEY_VERSION := 1.15.2
+venv-peers: $(PORTKEY_DIR)/.ready-$(PORTKEY_VERSION)
+$(PORTKEY_DIR)/.ready-$(PORTKEY_VERSION):
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && mkdir -p target && touch $(APT_UPDATED); }; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nodejs npm >/dev/null; }
+	mkdir -p $(PORTKEY_DIR)
+	npm install -q --no-audit --no-fund --prefix $(PORTKEY_DIR) '@portkey-ai/gateway@$(PORTKEY_VERSION)'
 	touch $@
 
 clean:

@@ -8,8 +8,9 @@
 # nonce and, with fleet.exact_limits, its admission in one script), beside a third keygate with
 # exact_limits: false (a plain SET NX) and one loopback Redis round trip (redis-benchmark PING).
 # With BENCH_PEERS=1 (`make bench-peers`), LiteLLM's proxy (target/venv-peers, one uvicorn
-# worker, master key only, no database) joins the wrk rounds against the same upstream, and the
-# keygate/LiteLLM throughput and p99 ratios are reported. Streams: keygate's mock provider
+# worker, master key only, no database) and Portkey's gateway (target/peers/portkey, one Node
+# process) join the wrk rounds against the same upstream; keygate/peer throughput and p99
+# ratios and each one's CPU per request (and so requests per second per core) are reported. Streams: keygate's mock provider
 # (SSE) reached direct, through a second bare Pingora proxy and through keygate (k6, signed).
 # Prints a table and writes target/bench/results.json.
 set -euo pipefail
@@ -154,7 +155,45 @@ wait_port "$KGT"
 # are those of LiteLLM's own benchmark config, and LITELLM_LOG=ERROR leaves out per-request logs
 # (uvicorn's access log included).
 PEERS=()
-llm_log() { echo "--- litellm log (last 80 lines)" >&2; tail -n 80 "$work/litellm.log" >&2; }
+peer_log() { echo "--- $1 log (last 80 lines)" >&2; tail -n 80 "$work/$1.log" >&2; }
+# peer_ready NAME PORT PID LIVE_PATH HEADERS: wait (up to 120 s) until GET LIVE_PATH answers 200,
+# then send five chat completions with HEADERS ("Name: value|..."), each of which must be a 200
+# with the upstream's completion; on failure the peer's log is shown.
+peer_ready() {
+  python3 - "$@" <<'PY' || { peer_log "$1"; return 1; }
+import json, sys, time, urllib.request
+name, port, pid, live, headers = sys.argv[1:6]
+headers = dict(h.split(": ", 1) for h in headers.split("|")) | {"Content-Type": "application/json"}
+def alive():
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+deadline = time.time() + 120
+while True:
+    if not alive():
+        sys.exit(f"{name} exited during start-up")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{live}", timeout=2) as r:
+            if r.status == 200:
+                break
+    except OSError:
+        pass
+    if time.time() > deadline:
+        sys.exit(f"{name} not live after 120 s")
+    time.sleep(0.5)
+body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
+for _ in range(5):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            reply = json.load(r)
+    except OSError as e:
+        sys.exit(f"{name} warm-up request failed: {e}")
+    if reply["choices"][0]["message"]["content"] != "Hello from nginx.":
+        sys.exit(f"{name} warm-up: unexpected reply {reply}")
+PY
+}
 if [ "${BENCH_PEERS:-0}" = 1 ]; then
   [ -x target/venv-peers/bin/litellm ] || { echo "BENCH_PEERS=1: target/venv-peers/bin/litellm missing (make venv-peers)" >&2; exit 1; }
   LLM=$(free_port)
@@ -178,45 +217,21 @@ YAML
     target/venv-peers/bin/litellm --config "$work/litellm.yaml" --host 127.0.0.1 --port "$LLM" > "$work/litellm.log" 2>&1 &
   llmpid=$!
   pids+=($llmpid)
-  # Start-up takes 10-20 s (imports); then a few requests through it (the first one is slow:
-  # lazy imports), each of which must be a 200 with the upstream's completion.
-  if ! python3 - "$LLM" "$llmpid" "$LLM_KEY" <<'PY'
-import json, sys, time, urllib.request
-port, pid, key = sys.argv[1], sys.argv[2], sys.argv[3]
-def alive():
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-deadline = time.time() + 120
-while True:
-    if not alive():
-        sys.exit("litellm exited during start-up")
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/liveliness", timeout=2) as r:
-            if r.status == 200:
-                break
-    except OSError:
-        pass
-    if time.time() > deadline:
-        sys.exit("litellm not live after 120 s")
-    time.sleep(0.5)
-body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode()
-for _ in range(5):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            reply = json.load(r)
-    except OSError as e:
-        sys.exit(f"litellm warm-up request failed: {e}")
-    if reply["choices"][0]["message"]["content"] != "Hello from nginx.":
-        sys.exit(f"litellm warm-up: unexpected reply {reply}")
-PY
-  then
-    llm_log; exit 1
-  fi
-  PEERS=(litellm)
+  # Start-up takes 10-20 s (imports); the first request is slow (lazy imports).
+  peer_ready litellm "$LLM" "$llmpid" /health/liveliness "Authorization: Bearer $LLM_KEY" || exit 1
+  # Portkey's gateway, one Node process (it has no workers option), bound to loopback by
+  # bench/portkey-local.cjs, NODE_ENV=production and --headless (no console UI, no log stream
+  # route); it logs no line per request. It is routed per request by headers to the upstream
+  # as an OpenAI-compatible custom host (loopback custom hosts are allowed by default).
+  pk=target/peers/portkey/node_modules/@portkey-ai/gateway/build/start-server.js
+  [ -f "$pk" ] || { echo "BENCH_PEERS=1: $pk missing (make venv-peers)" >&2; exit 1; }
+  PK=$(free_port)
+  NODE_ENV=production node --require ./bench/portkey-local.cjs "$pk" --port="$PK" --headless > "$work/portkey.log" 2>&1 &
+  pkpid=$!
+  pids+=($pkpid)
+  PK_HEADERS="Authorization: Bearer sk-bench-upstream|x-portkey-provider: openai|x-portkey-custom-host: http://127.0.0.1:$UP/v1"
+  peer_ready portkey "$PK" "$pkpid" / "$PK_HEADERS" || exit 1
+  PEERS=(litellm portkey)
 fi
 
 declare -A URLS=(
@@ -228,6 +243,7 @@ declare -A URLS=(
   [keygate_fleet]="http://127.0.0.1:${KGF:-0}/openai/v1/chat/completions"
   [keygate_fleet_synced]="http://127.0.0.1:${KGS:-0}/openai/v1/chat/completions"
   [litellm]="http://127.0.0.1:${LLM:-0}/v1/chat/completions"
+  [portkey]="http://127.0.0.1:${PK:-0}/v1/chat/completions"
 )
 declare -A STREAM_URLS=(
   [direct]="http://127.0.0.1:$MOCK/v1/chat/completions"
@@ -240,12 +256,13 @@ declare -A RPS P50 P99 CPU
 # CPU time (user + system, from /proc) each proxy process spends per request: steadier than
 # req/s on a shared machine, and what fleet sizing needs. Loopback TCP work is charged to the
 # sending process, so this includes the kernel's share of both hops.
-declare -A PROC=([pingora]="$barepid" [keygate]="$kgpid" [keygate_traced]="$tracedpid")
+declare -A PROC=([pingora]="$barepid" [keygate]="$kgpid" [keygate_traced]="$tracedpid" [litellm]="${llmpid:-}" [portkey]="${pkpid:-}")
 for round in $(seq "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
     bearer=""; [ "${name%_traced}" = keygate ] && bearer="$BEARER"; [ "$name" = litellm ] && bearer="$LLM_KEY"
+    headers=""; [ "$name" = portkey ] && headers="$PK_HEADERS"
     pid="${PROC[$name]:-}"; [ -n "$pid" ] && c0="$(cpu_ticks "$pid")"
-    out="$(BEARER="$bearer" wrk -t1 -c32 -d"$DURATION" --latency -s bench/post.lua "${URLS[$name]}")"
+    out="$(BEARER="$bearer" HEADERS="$headers" wrk -t1 -c32 -d"$DURATION" --latency -s bench/post.lua "${URLS[$name]}")"
     cpu=""
     if [ -n "$pid" ]; then
       n="$(echo "$out" | awk '/requests in/ {print $1}')"
@@ -256,11 +273,11 @@ for round in $(seq "$ROUNDS"); do
     fi
     if echo "$out" | grep -q "Non-2xx"; then
       echo "$name: non-2xx responses" >&2; echo "$out" >&2
-      [ "$name" = litellm ] && llm_log
+      case " ${PEERS[*]} " in *" $name "*) peer_log "$name" ;; esac
       exit 1
     fi
-    # wrk leaves requests slower than its 2 s timeout out of the percentiles: say so for the peer.
-    if [ "$name" = litellm ] && echo "$out" | grep -q "Socket errors"; then
+    # wrk leaves requests slower than its 2 s timeout out of the percentiles: say so for a peer.
+    if [ "$name" = litellm ] || [ "$name" = portkey ] && echo "$out" | grep -q "Socket errors"; then
       echo "$name: $(echo "$out" | grep "Socket errors" | xargs) (timed-out requests are not in the percentiles)" >&2
     fi
     rps="$(echo "$out" | awk '/Requests\/sec/ {print $2}')"
@@ -298,11 +315,11 @@ if [ "${otlp_ok:-0}" = 0 ] || [ "${otlp_failed:-0}" != 0 ]; then
   exit 1
 fi
 rss_kb="$(awk '/VmRSS/ {print $2}' /proc/$kgpid/status)"
-# The peer is not needed for the k6 runs: stop it so that it takes no CPU from them.
-if [ -n "${llmpid:-}" ]; then
-  kill "$llmpid" 2>/dev/null || true; wait "$llmpid" 2>/dev/null || true
-  keep=(); for p in "${pids[@]}"; do [ "$p" = "$llmpid" ] || keep+=("$p"); done; pids=("${keep[@]}")
-fi
+# The peers are not needed for the k6 runs: stop them so that they take no CPU from them.
+for peer in ${llmpid:-} ${pkpid:-}; do
+  kill "$peer" 2>/dev/null || true; wait "$peer" 2>/dev/null || true
+  keep=(); for p in "${pids[@]}"; do [ "$p" = "$peer" ] || keep+=("$p"); done; pids=("${keep[@]}")
+done
 
 # k6 at a fixed rate against one target, signed as site key bench.k1 unless TARGET=direct:
 # k6_fixed TARGET URL RATE SCRIPT SUMMARY_JSON
@@ -384,9 +401,11 @@ rps = {k: float(v) for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[ngin
 p50 = {"direct": ${P50[direct]}, "nginx": ${P50[nginx]}, "pingora": ${P50[pingora]}, "keygate": ${P50[keygate]}}
 p99 = {"direct": ${P99[direct]}, "nginx": ${P99[nginx]}, "pingora": ${P99[pingora]}, "keygate": ${P99[keygate]}}
 peers = [k for k in "${PEERS[*]}".split() if k]
-for k, r, a, b in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[litellm]:-}")]:
+peer_cpu = {}
+for k, r, a, b, c in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[litellm]:-}", "${CPU[litellm]:-}"),
+                      ("portkey", "${RPS[portkey]:-}", "${P50[portkey]:-}", "${P99[portkey]:-}", "${CPU[portkey]:-}")]:
   if k in peers:
-    rps[k], p50[k], p99[k] = float(r), float(a), float(b)
+    rps[k], p50[k], p99[k], peer_cpu[k] = float(r), float(a), float(b), float(c)
 lat = {t: dict(zip(["p50", "p99", "p999", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${LAT[direct]}", "nginx": "${LAT[nginx]}", "pingora": "${LAT[pingora]}", "keygate": "${LAT[keygate]}", "keygate_fleet": "${LAT[keygate_fleet]:-}", "keygate_fleet_synced": "${LAT[keygate_fleet_synced]:-}", "keygate_plain": "${LAT[keygate_plain]:-}"}.items() if s}
 own = dict(zip(["p50", "p99", "p999", "requests"], map(float, "${OWN}".split())))
 streams = {t: dict(zip(["p50", "p99", "ttfb_p50", "ttfb_p99", "ok", "failed"], map(float, s.split()))) for t, s in {"direct": "${STREAMS[direct]}", "pingora": "${STREAMS[pingora]}", "keygate": "${STREAMS[keygate]}"}.items()}
@@ -412,9 +431,11 @@ trace_ratios = sorted(float(r) for r in "${TRACE_RATIOS[*]}".split())
 res["tracing_cpu_ratios"] = trace_ratios
 res["tracing_cpu_overhead"] = trace_ratios[len(trace_ratios) // 2] - 1 if len(trace_ratios) % 2 else (trace_ratios[len(trace_ratios) // 2 - 1] + trace_ratios[len(trace_ratios) // 2]) / 2 - 1
 res["wrk"]["keygate_traced"] = {"rps": float("${RPS[keygate_traced]}"), "p50_ms": ${P50[keygate_traced]}, "p99_ms": ${P99[keygate_traced]}}
-if "litellm" in rps:
-  res["ratios"]["keygate/litellm"] = rps["keygate"] / rps["litellm"]
-  res["ratios"]["litellm_p99/keygate_p99"] = p99["litellm"] / p99["keygate"]
+for k in peers:
+  res["ratios"][f"keygate/{k}"] = rps["keygate"] / rps[k]
+  res["ratios"][f"{k}_p99/keygate_p99"] = p99[k] / p99["keygate"]
+  res["ratios"][f"cpu {k}/keygate"] = peer_cpu[k] / cpu["keygate"]
+  res["cpu_us_per_request"][k] = peer_cpu[k]
 if "keygate_fleet" in lat:
   plain = lat["keygate_plain"]
   res["added_by_redis_ms"] = {"p50": lat["keygate_fleet"]["p50"] - plain["p50"], "p99": lat["keygate_fleet"]["p99"] - plain["p99"]}
@@ -429,8 +450,10 @@ for k in ["direct", "nginx", "pingora", "keygate"] + peers:
 print()
 print(f"keygate / bare Pingora: {res['ratios']['keygate/pingora']:.2f}   keygate / nginx proxy_pass: {res['ratios']['keygate/nginx']:.2f}")
 print(f"CPU per request (best round): bare Pingora {cpu['pingora']:.0f} µs, keygate {cpu['keygate']:.0f} µs; bare/keygate {res['ratios']['cpu pingora/keygate']:.2f}")
-if "litellm" in rps:
-  print(f"keygate / LiteLLM proxy: {res['ratios']['keygate/litellm']:.0f}x throughput; LiteLLM p99 / keygate p99: {res['ratios']['litellm_p99/keygate_p99']:.0f}x")
+for k, title in [("litellm", "LiteLLM proxy (one uvicorn worker)"), ("portkey", "Portkey gateway (one Node process)")]:
+  if k in peers:
+    r = res["ratios"]
+    print(f"keygate / {title}: {r[f'keygate/{k}']:.0f}x throughput; {k} p99 / keygate p99: {r[f'{k}_p99/keygate_p99']:.0f}x; CPU per request {peer_cpu[k]:.0f} µs against keygate's {cpu['keygate']:.0f} ({r[f'cpu {k}/keygate']:.0f}x): per core {1e6 / peer_cpu[k]:.0f} against {1e6 / cpu['keygate']:.0f} req/s")
 print(f"k6 at ${BENCH_RATE:-1000} req/s: direct p50 {lat['direct']['p50']:.2f} ms p99 {lat['direct']['p99']:.2f} ms; keygate (signed) p50 {lat['keygate']['p50']:.2f} ms p99 {lat['keygate']['p99']:.2f} ms p99.9 {lat['keygate']['p999']:.2f} ms; failed checks {int(lat['keygate']['failed'])}")
 print(f"added by keygate: p50 {res['added_latency_ms']['p50']:.2f} ms, p99 {res['added_latency_ms']['p99']:.2f} ms; by the bare Pingora proxy (same signed requests): p50 {res['added_by_bare_pingora_ms']['p50']:.2f} ms, p99 {res['added_by_bare_pingora_ms']['p99']:.2f} ms; by nginx proxy_pass: p50 {res['added_by_nginx_proxy_pass_ms']['p50']:.2f} ms, p99 {res['added_by_nginx_proxy_pass_ms']['p99']:.2f} ms")
 print(f"keygate's side of each signed request (audit log: duration_ms - upstream_header_ms, i.e. its checks before and after the provider and the write to the client; {int(own['requests'])} requests): p50 {own['p50']:.3f} ms, p99 {own['p99']:.3f} ms, p99.9 {own['p999']:.3f} ms")
