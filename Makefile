@@ -85,14 +85,17 @@ load: deps venv build
 	load-tests/run.sh --binary target/release/keygate $(LOAD_SCENARIOS)
 
 # Throughput and latency against baselines measured in the same run (nginx direct and
-# proxy_pass, a bare Pingora proxy); see bench/run.sh. Then scale: 100,000 sites' start,
+# proxy_pass, a bare Pingora proxy); see bench/run.sh. Then the same with TLS from clients
+# (HTTP/1.1, HTTP/2, a new connection every few requests) and https to the upstream
+# (bench/tls.sh; h2load from Debian's nghttp2-client). Then scale: 100,000 sites' start,
 # reload and memory (bench/sites.sh), in the config file and in four JSON site files.
 bench: deps venv
-	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { \
 		[ -f $(APT_UPDATED) ] || { $(SUDO) apt-get update -qq && mkdir -p target && touch $(APT_UPDATED); }; \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light wrk >/dev/null; }
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq nginx-light wrk nghttp2-client >/dev/null; }
 	$(CARGO) build --release --bin keygate --example bare_proxy
 	bench/run.sh
+	bench/tls.sh
 	bench/sites.sh target/release/keygate
 	BENCH_SITE_FILES=4 BENCH_SITE_FORMAT=json bench/sites.sh target/release/keygate
 

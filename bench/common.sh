@@ -1,4 +1,4 @@
-# Shared by bench/run.sh, bench/ab.sh, bench/reuse.sh and bench/ab-instructions.sh (sourced): the work directory, ports,
+# Shared by the bench/*.sh scripts (sourced): the work directory, ports,
 # and the nginx upstream that serves
 # one fixed chat completion.
 # bench_setup: a fresh work directory ($work) and the list of processes to stop ($pids), both
@@ -20,10 +20,11 @@ wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 # nginx_conf WORK UP_PORT [EXTRA]: an nginx config (one worker, in the foreground, files under
 # WORK) whose server on UP_PORT answers every request with the fixed chat completion; EXTRA is
 # added inside the http block.
+# The fixed chat completion the nginx upstream answers.
+COMPLETION='{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
 nginx_conf() {
-  local work="$1" up="$2" extra="${3:-}"
+  local work="$1" up="$2" extra="${3:-}" json="$COMPLETION"
   mkdir -p "$work"/{body,proxy,fcgi,uwsgi,scgi}
-  local json='{"id":"chatcmpl-bench","object":"chat.completion","created":1767225600,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from nginx."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}}'
   cat <<NGINX
 worker_processes 1;
 daemon off;

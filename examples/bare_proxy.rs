@@ -2,14 +2,23 @@
 //! validation or logging, built from the same release profile as keygate.
 //!
 //!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM THREADS [steal|nosteal]
+//!
+//! With `BARE_TLS_DIR` set (a directory made by `certs/gen-test-certs.sh`), it is the same
+//! proxy as production runs it: TLS from clients (HTTP/1.1 and HTTP/2, `server.crt`) and https
+//! to the upstream, its certificate verified against `ca.crt` for the name `localhost`.
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
+use pingora::tls::x509::X509;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 struct Bare {
     upstream: SocketAddr,
+    /// https to the upstream: the CA its certificate is verified against.
+    ca: Option<Arc<Box<[X509]>>>,
 }
 
 #[async_trait]
@@ -17,7 +26,12 @@ impl ProxyHttp for Bare {
     type CTX = ();
     fn new_ctx(&self) {}
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let Some(ca) = &self.ca else {
+            return Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())));
+        };
+        let mut peer = HttpPeer::new(self.upstream, true, "localhost".into());
+        peer.options.ca = Some(ca.clone());
+        Ok(Box::new(peer))
     }
 }
 
@@ -44,10 +58,28 @@ fn main() {
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
+    let tls_dir = std::env::var("BARE_TLS_DIR").ok();
+    let ca = tls_dir.as_ref().map(|d| {
+        let pem = std::fs::read(format!("{d}/ca.crt")).expect("BARE_TLS_DIR/ca.crt");
+        Arc::new(
+            X509::stack_from_pem(&pem)
+                .expect("a PEM CA")
+                .into_boxed_slice(),
+        )
+    });
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream });
-    proxy.add_tcp(&listen);
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, ca });
+    match &tls_dir {
+        Some(d) => {
+            let (cert, key) = (format!("{d}/server.crt"), format!("{d}/server.key"));
+            let mut tls = TlsSettings::intermediate(&cert, &key).expect("server.crt and .key");
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&listen, None, tls);
+        }
+        None => proxy.add_tcp(&listen),
+    }
     server.add_service(proxy);
     server.run_forever();
 }
