@@ -321,19 +321,6 @@ for peer in ${llmpid:-} ${pkpid:-}; do
   keep=(); for p in "${pids[@]}"; do [ "$p" = "$peer" ] || keep+=("$p"); done; pids=("${keep[@]}")
 done
 
-# k6 at a fixed rate against one target, signed as site key bench.k1 unless TARGET=direct:
-# k6_fixed TARGET URL RATE SCRIPT SUMMARY_JSON
-k6_fixed() {
-  TARGET=$1 TARGET_URL="$2" RATE="$3" DURATION="${BENCH_K6_DURATION:-15s}" \
-    KEYGATE_KEY_ID=bench.k1 KEYGATE_SECRET="$(cat "$work/site.secret")" \
-    target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$5" "$4" > /dev/null
-}
-
-# p50 p99 p99.9 (ms), passed and failed checks of one k6 summary.
-k6_latency() {
-  python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; f=m['checks']; print(d['p(50)'], d['p(99)'], d['p(99.9)'], f.get('passes',0), f.get('fails',0))" "$1"
-}
-
 # Fixed-rate latency with signatures (k6), keygate vs. direct, same run.
 declare -A LAT
 # The bare Pingora proxy gets the same signed requests (it forwards the headers; nginx ignores
