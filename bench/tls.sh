@@ -4,7 +4,7 @@
 # HTTP/1.1 and HTTP/2, a process of its own) reached direct and through three proxies, each
 # in a process of its own:
 #   nginx    proxy_pass (one worker, `listen ssl http2`, upstream https verified against the
-#            test CA, keep-alive upstream connections kept for 100,000 requests rather than
+#            test CA, keep-alive upstream connections kept for 100,000,000 requests rather than
 #            nginx's default 1,000, TLS session reuse)
 #   pingora  the bare Pingora proxy (examples/bare_proxy.rs with BARE_TLS_DIR: TLS listener
 #            with HTTP/2, upstream https verified against the CA; 2 threads)
@@ -35,7 +35,7 @@ ssl="ssl_certificate $certs/server.crt; ssl_certificate_key $certs/server.key;"
 # The upstream: make bench's nginx with an https server beside its plain one.
 UP=$(free_port); UPS=$(free_port); UPSTAT=$(free_port)
 mkdir -p "$work/up"
-nginx_conf "$work/up" "$UP" "  server { listen 127.0.0.1:$UPS ssl http2; $ssl keepalive_requests 100000;
+nginx_conf "$work/up" "$UP" "  server { listen 127.0.0.1:$UPS ssl http2; $ssl keepalive_requests 100000000;
     default_type application/json; location / { return 200 '$COMPLETION'; } }
   server { listen 127.0.0.1:$UPSTAT; location / { stub_status; } }" > "$work/up/nginx.conf"
 nginx -c "$work/up/nginx.conf" -p "$work/up" &
@@ -45,9 +45,9 @@ wait_port "$UPS"
 # nginx proxy_pass over TLS on both sides.
 NGX=$(free_port); NGX_UNUSED=$(free_port)
 mkdir -p "$work/ngx"
-nginx_conf "$work/ngx" "$NGX_UNUSED" "  upstream up { server 127.0.0.1:$UPS; keepalive 128; keepalive_requests 100000; }
+nginx_conf "$work/ngx" "$NGX_UNUSED" "  upstream up { server 127.0.0.1:$UPS; keepalive 128; keepalive_requests 100000000; }
   server {
-    listen 127.0.0.1:$NGX ssl http2; $ssl keepalive_requests 100000;
+    listen 127.0.0.1:$NGX ssl http2; $ssl keepalive_requests 100000000;
     location / {
       proxy_pass https://up; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_ssl_verify on; proxy_ssl_trusted_certificate $certs/ca.crt; proxy_ssl_name localhost;

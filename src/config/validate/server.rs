@@ -42,7 +42,7 @@ pub(super) fn validate(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Pro
         ProcessSettings {
             listeners,
             threads,
-            work_stealing: s.work_stealing.unwrap_or(false),
+            work_stealing: s.work_stealing.unwrap_or(true),
             admin_listen,
             pid_file: s
                 .pid_file
