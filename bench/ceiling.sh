@@ -86,15 +86,8 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-rows=""
-for t in nginx pingora keygate; do rows+="$t ${ALL[$t]}"$'\n'; done
 python3 - <<PY
-import statistics
-rows = {}
-for line in """$rows""".strip().splitlines():
-    t, rest = line.split(" ", 1)
-    rows[t] = [list(map(float, r.split())) for r in rest.strip(";").split(";")]
-med = {t: [statistics.median(r[i] for r in rs) for i in range(5)] for t, rs in rows.items()}
+med = {l.split()[0]: list(map(float, l.split()[1:])) for l in """$(medians nginx pingora keygate)""".strip().splitlines()}
 print()
 print("per request, median of $ROUNDS rounds (wrk -t1 -c32, plain HTTP)")
 print("| path | req/s | CPU µs | syscalls | context switches | mallocs |")

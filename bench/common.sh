@@ -117,3 +117,14 @@ k6_fixed() {
 k6_latency() {
   python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; f=m['checks']; print(d['p(50)'], d['p(99)'], d['p(99.9)'], f.get('passes',0), f.get('fails',0))" "$1"
 }
+
+# medians NAME...: for each NAME, the medians, column by column, of its rounds in the caller's
+# associative array ALL (ALL[NAME] is "v1 v2 ...;" per round): one line "NAME m1 m2 ..." each.
+medians() {
+  for t in "$@"; do echo "$t ${ALL[$t]}"; done | python3 -c '
+import statistics, sys
+for line in sys.stdin:
+    t, rest = line.split(" ", 1)
+    rounds = [list(map(float, r.split())) for r in rest.strip().strip(";").split(";")]
+    print(t, *(statistics.median(c) for c in zip(*rounds)))'
+}

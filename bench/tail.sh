@@ -63,15 +63,8 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-rows=""
-for t in "${ORDER[@]}"; do rows+="$t ${ALL[$t]}"$'\n'; done
 python3 - <<PY
-import statistics
-rows = {}
-for line in """$rows""".strip().splitlines():
-    t, rest = line.split(" ", 1)
-    rows[t] = [list(map(float, r.split())) for r in rest.strip(";").split(";")]
-med = {t: [statistics.median(r[i] for r in rs) for i in range(4)] for t, rs in rows.items()}
+med = {l.split()[0]: list(map(float, l.split()[1:])) for l in """$(medians "${ORDER[@]}")""".strip().splitlines()}
 d = med["direct"]
 print()
 print(f"k6 at $RATE signed req/s, median of $ROUNDS rounds each (added = over direct's median)")
