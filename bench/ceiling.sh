@@ -22,12 +22,10 @@ trap 'perf probe -q -d probe_libc:malloc 2>/dev/null || true; for p in "${pids[@
 
 UP=$(free_port); UPSTAT=$(free_port)
 mkdir -p "$work/up"
-nginx_conf "$work/up" "$UP" "  server { listen 127.0.0.1:$UPSTAT; location / { stub_status; } }" > "$work/up/nginx.conf"
+nginx_conf "$work/up" "$UP" "$(stub_status "$UPSTAT")" > "$work/up/nginx.conf"
 nginx -c "$work/up/nginx.conf" -p "$work/up" &
 pids+=($!)
 wait_port "$UP"
-# Requests the upstream has answered so far.
-served() { curl -fs "http://127.0.0.1:$UPSTAT/" | awk 'NR == 3 {print $3}'; }
 
 NGX=$(free_port); NGX_UNUSED=$(free_port)
 mkdir -p "$work/ngx"
@@ -49,7 +47,7 @@ bench_config "$work" kg "$KG" "$UP" "$ADMIN"
 RUST_LOG=warn target/release/keygate serve -c "$work/kg.yaml" > "$work/kg.log" 2>&1 &
 kgpid=$!
 pids+=($kgpid)
-until curl -fs -o /dev/null "http://127.0.0.1:$ADMIN/readyz"; do sleep 0.05; done
+wait_ready "$ADMIN" "$kgpid" "$work/kg.log"
 
 declare -A URLS=(
   [nginx]="http://127.0.0.1:$NGX/v1/chat/completions"
@@ -62,9 +60,9 @@ declare -A PROC=([nginx]="$(pgrep -P "$ngxmaster" | head -1)" [pingora]="$barepi
 # then the requests the upstream answered meanwhile.
 window() {
   local s0 s1 counts
-  s0="$(served)"
+  s0="$(upstream_count requests)"
   counts="$(perf stat -x, -e "$2" -p "$1" -- sleep "$WINDOW" 2>&1 >/dev/null | awk -F, '{printf "%s,", $1}')"
-  s1="$(served)"
+  s1="$(upstream_count requests)"
   echo "$counts$((s1 - s0 - 1))"
 }
 

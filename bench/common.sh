@@ -128,3 +128,21 @@ for line in sys.stdin:
     rounds = [list(map(float, r.split())) for r in rest.strip().strip(";").split(";")]
     print(t, *(statistics.median(c) for c in zip(*rounds)))'
 }
+
+# stub_status PORT: an nginx server block (for nginx_conf's EXTRA) on PORT whose page counts
+# the connections and requests of that nginx. upstream_count accepts|requests reads it from
+# port $UPSTAT (the reading request itself included).
+stub_status() { echo "  server { listen 127.0.0.1:$1; location / { stub_status; } }"; }
+upstream_count() {
+  local field=1; [ "$1" = requests ] && field=3
+  curl -fs "http://127.0.0.1:$UPSTAT/" | awk -v f="$field" 'NR == 3 {print $f}'
+}
+
+# wait_ready ADMIN_PORT PID LOG: until keygate's /readyz answers 200; if PID ends first,
+# its LOG is shown and the script fails.
+wait_ready() {
+  until curl -fs -o /dev/null "http://127.0.0.1:$1/readyz"; do
+    kill -0 "$2" 2>/dev/null || { cat "$3" >&2; exit 1; }
+    sleep 0.01
+  done
+}

@@ -57,10 +57,7 @@ for round in $(seq "${BENCH_SITES_ROUNDS:-1}"); do
     RUST_LOG=info "$bin" serve -c "$work/kg.yaml" > "$work/kg.log" 2>&1 &
     pid=$!
     pids+=("$pid")
-    until curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz"; do
-      kill -0 "$pid" || { cat "$work/kg.log" >&2; exit 1; }
-      sleep 0.01
-    done
+    wait_ready "$admin" "$pid" "$work/kg.log"
     t1=$(now)
     start=$(elapsed "$t0" "$t1")
     rss_start=$(rss_mb "$pid")

@@ -17,11 +17,10 @@ RATE="${BENCH_RATE:-1000}"
 bench_setup
 
 UP=$(free_port); UPSTAT=$(free_port)
-nginx_conf "$work" "$UP" "  server { listen 127.0.0.1:$UPSTAT; location / { stub_status; } }" > "$work/nginx.conf"
+nginx_conf "$work" "$UP" "$(stub_status "$UPSTAT")" > "$work/nginx.conf"
 nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 wait_port "$UP"
-accepts() { curl -fs "http://127.0.0.1:$UPSTAT/" | awk 'NR == 3 {print $1}'; }
 
 declare -A URLS
 for steal in steal nosteal; do
@@ -44,7 +43,7 @@ open(path, "w").write(text)
 PY
   RUST_LOG=warn "$BIN" serve -c "$work/kg-$steal.yaml" > "$work/kg-$steal.log" 2>&1 &
   pids+=($!)
-  until curl -fs -o /dev/null "http://127.0.0.1:$admin/readyz"; do sleep 0.05; done
+  wait_ready "$admin" "$!" "$work/kg-$steal.log"
   URLS[keygate_$steal]="http://127.0.0.1:$port/openai/v1/chat/completions"
 done
 URLS[direct]="http://127.0.0.1:$UP/v1/chat/completions"
@@ -53,9 +52,9 @@ ORDER=(direct pingora_steal pingora_nosteal keygate_steal keygate_nosteal)
 declare -A ALL
 for round in $(seq "$ROUNDS"); do
   for t in "${ORDER[@]}"; do
-    a0="$(accepts)"
+    a0="$(upstream_count accepts)"
     k6_fixed "$t" "${URLS[$t]}" "$RATE" bench/latency.js "$work/k6.json"
-    conns=$(($(accepts) - a0 - 1))
+    conns=$(($(upstream_count accepts) - a0 - 1))
     read -r p50 p99 p999 _ failed < <(k6_latency "$work/k6.json")
     [ "${failed%.*}" = 0 ] || { echo "$t: $failed failed checks" >&2; exit 1; }
     echo "round $round $t: p50 $p50 ms, p99 $p99 ms, p99.9 $p999 ms, upstream connections opened $conns"

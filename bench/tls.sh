@@ -37,7 +37,7 @@ UP=$(free_port); UPS=$(free_port); UPSTAT=$(free_port)
 mkdir -p "$work/up"
 nginx_conf "$work/up" "$UP" "  server { listen 127.0.0.1:$UPS ssl http2; $ssl keepalive_requests 100000000;
     default_type application/json; location / { return 200 '$COMPLETION'; } }
-  server { listen 127.0.0.1:$UPSTAT; location / { stub_status; } }" > "$work/up/nginx.conf"
+$(stub_status "$UPSTAT")" > "$work/up/nginx.conf"
 nginx -c "$work/up/nginx.conf" -p "$work/up" &
 pids+=($!)
 wait_port "$UPS"
@@ -88,10 +88,7 @@ PY
 RUST_LOG=warn target/release/keygate serve -c "$work/kg.yaml" > "$work/kg.log" 2>&1 &
 kgpid=$!
 pids+=($kgpid)
-until curl -fs -o /dev/null "http://127.0.0.1:$ADMIN/readyz"; do
-  kill -0 "$kgpid" || { cat "$work/kg.log" >&2; exit 1; }
-  sleep 0.05
-done
+wait_ready "$ADMIN" "$kgpid" "$work/kg.log"
 BEARER="$(cat "$work/bearer")"
 
 declare -A URLS=(
@@ -152,18 +149,16 @@ PY
   esac
 }
 
-# Connections the upstream has accepted so far (this request's own included).
-accepts() { curl -fs "http://127.0.0.1:$UPSTAT/" | awk 'NR == 3 {print $1}'; }
 declare -A RPS P50 P99 CPU CONNS
 for shape in h1 h2 churn; do
   for round in $(seq "$ROUNDS"); do
     for t in direct nginx pingora keygate; do
       pid="${PROC[$t]:-}"; [ -n "$pid" ] && c0="$(cpu_ticks "$pid")"
-      a0="$(accepts)"
+      a0="$(upstream_count accepts)"
       read -r rps p50 p99 n < <(run "$shape" "$t") || exit 1
       cpu=""
       [ -n "$pid" ] && cpu="$(cpu_us_per_request "$c0" "$(cpu_ticks "$pid")" "$n")"
-      conns=$(($(accepts) - a0 - 1))
+      conns=$(($(upstream_count accepts) - a0 - 1))
       echo "$shape round $round $t: $rps req/s, p50 $p50 ms, p99 $p99 ms${cpu:+, CPU $cpu µs/request}, upstream accepted $conns connections for $n requests"
       k="$shape/$t"
       if [ -z "${RPS[$k]:-}" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1])>float(sys.argv[2]) else 1)" "$rps" "${RPS[$k]}"; then

@@ -50,6 +50,26 @@ impl Reloader {
         crate::alloc::release_free_memory();
         Ok(())
     }
+
+    /// What SIGHUP does: reload, then reopen the audit log.
+    fn hup(&self) {
+        match self.reload() {
+            Ok(()) => {
+                METRICS.config_reloads.with_label_values(&["ok"]).inc();
+                log::info!(
+                    "config reloaded (generation {})",
+                    self.state.runtime.load().generation
+                );
+            }
+            Err(e) => {
+                METRICS.config_reloads.with_label_values(&["error"]).inc();
+                log::error!("config reload failed, keeping the running config:\n{e}");
+            }
+        }
+        // logrotate sends SIGHUP too: reopen the audit log whatever the config did.
+        let path = self.state.runtime.load().process.audit_path.clone();
+        self.state.audit.reopen(path);
+    }
 }
 
 /// A SIGHUP that arrived before the maintenance service listens for signals (keygate
@@ -75,28 +95,6 @@ pub fn catch_early_hup() {
         if libc::sigaction(libc::SIGHUP, &sa, std::ptr::null_mut()) != 0 {
             log::warn!("cannot catch SIGHUP before the maintenance service runs");
         }
-    }
-}
-
-impl Reloader {
-    /// What SIGHUP does: reload, then reopen the audit log.
-    fn hup(&self) {
-        match self.reload() {
-            Ok(()) => {
-                METRICS.config_reloads.with_label_values(&["ok"]).inc();
-                log::info!(
-                    "config reloaded (generation {})",
-                    self.state.runtime.load().generation
-                );
-            }
-            Err(e) => {
-                METRICS.config_reloads.with_label_values(&["error"]).inc();
-                log::error!("config reload failed, keeping the running config:\n{e}");
-            }
-        }
-        // logrotate sends SIGHUP too: reopen the audit log whatever the config did.
-        let path = self.state.runtime.load().process.audit_path.clone();
-        self.state.audit.reopen(path);
     }
 }
 

@@ -18,8 +18,8 @@ pub struct RawConfig {
     pub tiers: BTreeMap<String, RawTier>,
     #[serde(default)]
     pub sites: Vec<RawSite>,
-    /// A directory of site files, each a YAML list of sites like `sites:` (README "Sites in
-    /// files"); their sites follow `sites:`, in file-name order.
+    /// A directory of site files, each a YAML (or JSON) list of sites like `sites:` (README
+    /// "Sites in files"); their sites follow `sites:`, in file-name order.
     #[serde(default)]
     pub sites_dir: Option<String>,
     /// Where each site file's sites sit in `sites`: (YAML path prefix, first index, count).
