@@ -5,8 +5,10 @@
 # bare Pingora proxy (2 threads) and keygate (make bench's config), each under the same wrk
 # load (-t1 -c32 POSTs, plain HTTP). Per request, from `perf stat` on the proxy process
 # during BENCH_CEILING_WINDOW seconds (default 5) of that load: CPU time (task-clock),
-# system calls, context switches; then, in a second window, calls to glibc's malloc (a
-# uprobe: it slows the process, so it gets a window of its own). This VM exposes no hardware
+# system calls, context switches; then, in a second window, allocations: calls to glibc's
+# malloc and to mimalloc's entry points in the Pingora binaries (keygate's global allocator,
+# which the bare proxy shares; OpenSSL still uses glibc's), uprobes: they slow the process,
+# so they get a window of their own. This VM exposes no hardware
 # counters (cycles, instructions), so CPU time stands for them. Needs root (perf probe).
 # BENCH_ROUNDS rounds (default 2), targets alternating; every round is printed.
 set -euo pipefail
@@ -17,8 +19,17 @@ ROUNDS="${BENCH_ROUNDS:-2}"
 . bench/common.sh
 bench_setup
 libc="$(ldconfig -p | awk '/libc.so.6 .*x86-64/ {print $NF; exit}')"
+trap 'perf probe -q -d "probe_libc:malloc" -d "alloc:*" 2>/dev/null || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
 perf probe -q -x "$libc" --add malloc
-trap 'perf probe -q -d probe_libc:malloc 2>/dev/null || true; for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
+declare -A ALLOCS=([nginx]=probe_libc:malloc)
+for t in keygate:target/release/keygate pingora:target/release/examples/bare_proxy; do
+  bin="${t#*:}"; event="alloc:${t%%:*}_"
+  ALLOCS[${t%%:*}]=probe_libc:malloc
+  for f in mi_malloc_aligned mi_zalloc_aligned; do
+    perf probe -q -x "$bin" --add "$event$f=$f"
+    ALLOCS[${t%%:*}]+=",$event$f"
+  done
+done
 
 UP=$(free_port); UPSTAT=$(free_port)
 mkdir -p "$work/up"
@@ -74,7 +85,7 @@ for round in $(seq "$ROUNDS"); do
     wrkpid=$!
     sleep 1
     IFS=, read -r clock syscalls switches n < <(window "${PROC[$t]}" task-clock,raw_syscalls:sys_enter,context-switches)
-    IFS=, read -r mallocs m < <(window "${PROC[$t]}" probe_libc:malloc)
+    read -r mallocs m < <(window "${PROC[$t]}" "${ALLOCS[$t]}" | python3 -c "import sys; c = sys.stdin.read().split(','); print(sum(map(float, c[:-1])), c[-1])")
     wait "$wrkpid"
     grep -q "Non-2xx" "$work/wrk.txt" && { echo "$t: non-2xx responses" >&2; cat "$work/wrk.txt" >&2; exit 1; }
     row="$(python3 -c "import sys; c, s, x, n, a, m = map(float, sys.argv[1:]); print(f'{c * 1000 / n:.1f} {s / n:.2f} {x / n:.3f} {a / m:.1f} {n / $WINDOW:.0f}')" "$clock" "$syscalls" "$switches" "$n" "$mallocs" "$m")"

@@ -6,6 +6,9 @@
 //! With `BARE_TLS_DIR` set (a directory made by `certs/gen-test-certs.sh`), it is the same
 //! proxy as production runs it: TLS from clients (HTTP/1.1 and HTTP/2, `server.crt`) and https
 //! to the upstream, its certificate verified against `ca.crt` for the name `localhost`.
+//!
+//! It links keygate's library for one thing, its global allocator (`keygate::alloc`), so
+//! that keygate / bare compares the two proxies' work, not two allocators.
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
@@ -14,6 +17,9 @@ use pingora::server::configuration::ServerConf;
 use pingora::tls::x509::X509;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+// keygate's global allocator, nothing else of the library.
+extern crate keygate;
 
 struct Bare {
     upstream: SocketAddr,

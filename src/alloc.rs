@@ -1,4 +1,4 @@
-//! The global allocator: the system's, except that blocks of 2 MiB and more (the nonce
+//! The global allocator: mimalloc, except that blocks of 2 MiB and more (the nonce
 //! store, the limiter's counters past about 260,000 sites) are mappings of their own,
 //! 2 MiB-aligned, rounded up to whole 2 MiB pages and marked for transparent huge pages
 //! (`MADV_HUGEPAGE`; the kernel's default `madvise` mode only backs marked memory with
@@ -11,8 +11,21 @@
 //! misses the TLB, and under virtualisation a page walk costs several memory reads; with
 //! 2 MiB pages a few TLB entries cover them. Measured with `cargo bench --bench limiter`
 //! (README, Benchmarks), when the site counters were 16 MiB of sketches.
+//!
+//! Why mimalloc for the rest: with work stealing (on by default) a request's task moves
+//! between worker threads, so much of what one thread allocates another frees. glibc's
+//! malloc takes the owning arena's lock for such a free; mimalloc queues it to the owning
+//! page without a lock. Same-run A/B with `bench/ab.sh` (make bench's config, wrk, 4 rounds):
+//! keygate 1.28× the requests a second at 0.77× the CPU per request; the bare Pingora proxy
+//! 1.16× (it links this allocator too, so keygate / bare compares the proxies). README,
+//! Benchmarks, "The allocator".
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[cfg(not(fuzzing))]
+use mimalloc::MiMalloc;
+// Under `cargo fuzz` the system's allocator, which AddressSanitizer watches.
+#[cfg(fuzzing)]
+use std::alloc::System as MiMalloc;
+use std::alloc::{GlobalAlloc, Layout};
 
 /// The size of a transparent huge page on x86-64 and aarch64 (4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
@@ -21,7 +34,7 @@ pub struct Allocator;
 
 /// The layout a large block is really allocated with; `None` for ordinary blocks.
 fn huge(layout: Layout) -> Option<Layout> {
-    // `map_huge` aligns to a huge page, no more: a larger alignment stays with `System`.
+    // `map_huge` aligns to a huge page, no more: a larger alignment stays with `MiMalloc`.
     if layout.size() < HUGE_PAGE || layout.align() > HUGE_PAGE {
         return None;
     }
@@ -68,12 +81,12 @@ const PAGE: usize = 4096;
 // SAFETY: blocks of the large class (`huge` is a pure function of the caller's layout) are
 // mappings of their own, `huge(layout).size()` bytes from the returned pointer, aligned to
 // 2 MiB when mapped and at least to a page after a move (callers asking more alignment
-// than a page are copied instead of moved); all other blocks are `System`'s.
+// than a page are copied instead of moved); all other blocks are `MiMalloc`'s.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match huge(layout) {
             Some(h) => map_huge(h),
-            None => unsafe { System.alloc(layout) },
+            None => unsafe { MiMalloc.alloc(layout) },
         }
     }
 
@@ -81,7 +94,7 @@ unsafe impl GlobalAlloc for Allocator {
         match huge(layout) {
             // A fresh anonymous mapping reads as zeros.
             Some(h) => map_huge(h),
-            None => unsafe { System.alloc_zeroed(layout) },
+            None => unsafe { MiMalloc.alloc_zeroed(layout) },
         }
     }
 
@@ -90,7 +103,7 @@ unsafe impl GlobalAlloc for Allocator {
             Some(h) => unsafe {
                 libc::munmap(p.cast(), h.size());
             },
-            None => unsafe { System.dealloc(p, layout) },
+            None => unsafe { MiMalloc.dealloc(p, layout) },
         }
     }
 
@@ -99,7 +112,7 @@ unsafe impl GlobalAlloc for Allocator {
             return std::ptr::null_mut();
         };
         match (huge(layout), huge(new)) {
-            (None, None) => return unsafe { System.realloc(p, layout, new_size) },
+            (None, None) => return unsafe { MiMalloc.realloc(p, layout, new_size) },
             (Some(old), Some(next)) if layout.align() <= PAGE => {
                 if old.size() == next.size() {
                     return p;
@@ -132,15 +145,15 @@ unsafe impl GlobalAlloc for Allocator {
 #[global_allocator]
 static GLOBAL: Allocator = Allocator;
 
-/// Hand freed heap memory back to the kernel. glibc keeps freed blocks mapped for
+/// Hand freed heap memory back to the kernel. The allocator keeps freed pages for
 /// reuse, so the temporary structures of a config load (the YAML tree and the raw
 /// config of 10,000 sites: about 10 MB) stayed resident for the life of the process.
-/// Called after a config is loaded and installed; takes each arena's lock briefly.
+/// Called after a config is loaded and installed, on the thread that loaded it.
 pub fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own heap, under glibc's own locks.
+    // SAFETY: mi_collect only walks and returns mimalloc's own free pages.
+    #[cfg(not(fuzzing))]
     unsafe {
-        libc::malloc_trim(0);
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
@@ -154,7 +167,6 @@ mod tests {
         pages * 4096
     }
 
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn freed_memory_goes_back_to_the_kernel() {
         let start = resident_bytes();
@@ -165,7 +177,7 @@ mod tests {
         let freed = resident_bytes();
         release_free_memory();
         let trimmed = resident_bytes();
-        // ~24 MB were allocated; glibc keeps most of it after `drop`, the trim returns it.
+        // ~24 MB were allocated; the allocator keeps it after `drop`, the collect returns it.
         assert!(
             before_free > start + (16 << 20),
             "{start} before, {before_free} with blocks"
