@@ -20,11 +20,12 @@
 //! 1.16× (it links this allocator too, so keygate / bare compares the proxies). README,
 //! Benchmarks, "The allocator".
 
+/// The allocator of ordinary blocks: mimalloc; under `cargo fuzz` the system's, which
+/// AddressSanitizer watches.
 #[cfg(not(fuzzing))]
-use mimalloc::MiMalloc;
-// Under `cargo fuzz` the system's allocator, which AddressSanitizer watches.
+use mimalloc::MiMalloc as Small;
 #[cfg(fuzzing)]
-use std::alloc::System as MiMalloc;
+use std::alloc::System as Small;
 use std::alloc::{GlobalAlloc, Layout};
 
 /// The size of a transparent huge page on x86-64 and aarch64 (4 KiB base pages).
@@ -34,7 +35,7 @@ pub struct Allocator;
 
 /// The layout a large block is really allocated with; `None` for ordinary blocks.
 fn huge(layout: Layout) -> Option<Layout> {
-    // `map_huge` aligns to a huge page, no more: a larger alignment stays with `MiMalloc`.
+    // `map_huge` aligns to a huge page, no more: a larger alignment stays with `Small`.
     if layout.size() < HUGE_PAGE || layout.align() > HUGE_PAGE {
         return None;
     }
@@ -81,12 +82,12 @@ const PAGE: usize = 4096;
 // SAFETY: blocks of the large class (`huge` is a pure function of the caller's layout) are
 // mappings of their own, `huge(layout).size()` bytes from the returned pointer, aligned to
 // 2 MiB when mapped and at least to a page after a move (callers asking more alignment
-// than a page are copied instead of moved); all other blocks are `MiMalloc`'s.
+// than a page are copied instead of moved); all other blocks are `Small`'s.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match huge(layout) {
             Some(h) => map_huge(h),
-            None => unsafe { MiMalloc.alloc(layout) },
+            None => unsafe { Small.alloc(layout) },
         }
     }
 
@@ -94,7 +95,7 @@ unsafe impl GlobalAlloc for Allocator {
         match huge(layout) {
             // A fresh anonymous mapping reads as zeros.
             Some(h) => map_huge(h),
-            None => unsafe { MiMalloc.alloc_zeroed(layout) },
+            None => unsafe { Small.alloc_zeroed(layout) },
         }
     }
 
@@ -103,7 +104,7 @@ unsafe impl GlobalAlloc for Allocator {
             Some(h) => unsafe {
                 libc::munmap(p.cast(), h.size());
             },
-            None => unsafe { MiMalloc.dealloc(p, layout) },
+            None => unsafe { Small.dealloc(p, layout) },
         }
     }
 
@@ -112,7 +113,7 @@ unsafe impl GlobalAlloc for Allocator {
             return std::ptr::null_mut();
         };
         match (huge(layout), huge(new)) {
-            (None, None) => return unsafe { MiMalloc.realloc(p, layout, new_size) },
+            (None, None) => return unsafe { Small.realloc(p, layout, new_size) },
             (Some(old), Some(next)) if layout.align() <= PAGE => {
                 if old.size() == next.size() {
                     return p;
