@@ -39,11 +39,13 @@ pub struct EdgeApp<A> {
 }
 
 impl<A> EdgeApp<A> {
-    pub fn new(inner: A, state: Arc<State>) -> Self {
+    /// `table`: the connections counted against the caps, shared by every worker's
+    /// service (the caps are the process's).
+    pub fn new(inner: A, state: Arc<State>, table: Arc<ConnTable>) -> Self {
         EdgeApp {
             inner: Arc::new(inner),
             state,
-            table: Arc::default(),
+            table,
         }
     }
 }

@@ -10,8 +10,9 @@ use crate::telemetry::admin::AdminApp;
 use crate::tls::reload::ReloadableCert;
 use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::protocols::http::v2::server::{default_h2_options, H2Options};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
@@ -65,6 +66,105 @@ fn h2_options(&(max_streams, max_header_bytes): &(u32, usize)) -> H2Options {
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(Some(H2_MAX_LOCAL_RESETS));
     o
+}
+
+/// What the client-facing services are built from.
+struct Edge<'a> {
+    listeners: &'a [crate::config::Listener],
+    state: &'a Arc<State>,
+    keepalive_requests: Option<u32>,
+    h2: (u32, usize),
+    /// Client connections counted against `max_connections*`, across all workers.
+    conns: Arc<crate::edge::ConnTable>,
+}
+
+type EdgeService = pingora::services::listening::Service<EdgeApp<HttpProxy<Gateway>>>;
+
+impl Edge<'_> {
+    /// The client-facing proxy services. With work stealing, one service on Pingora's
+    /// multi-threaded runtime. Without it, a worker per thread, as nginx and Envoy run
+    /// theirs: one service each on a single-threaded runtime, with its own listening
+    /// socket per address (`SO_REUSEPORT`: the kernel spreads new connections over the
+    /// workers' sockets) and its own upstream connection pool. On one thread, Pingora's
+    /// pool and its idle watcher cannot race (cloudflare/pingora#998) and a reuse needs
+    /// no wake-up across threads. A listener on port 0 keeps one service (each worker
+    /// would get a port of its own).
+    fn services(
+        &self,
+        conf: &Arc<ServerConf>,
+        gateway: Gateway,
+    ) -> Result<Vec<EdgeService>, String> {
+        let any_port = self.listeners.iter().any(|l| l.addr.port() == 0);
+        let workers = if conf.work_stealing || conf.threads < 2 || any_port {
+            1
+        } else {
+            conf.threads
+        };
+        (0..workers)
+            .map(|w| {
+                let mut svc = self.service(conf, gateway.worker(), (workers > 1).then_some(w))?;
+                if workers > 1 {
+                    svc.threads = Some(1);
+                }
+                Ok(svc)
+            })
+            .collect()
+    }
+
+    /// One proxy service; `worker`: its index when there is a worker per thread.
+    fn service(
+        &self,
+        conf: &Arc<ServerConf>,
+        gateway: Gateway,
+        worker: Option<usize>,
+    ) -> Result<EdgeService, String> {
+        let mut proxy = pingora::proxy::http_proxy(conf, gateway);
+        if let Some(n) = self.keepalive_requests {
+            let mut opts = pingora::apps::HttpServerOptions::default();
+            opts.keepalive_request_limit = Some(n);
+            proxy.server_options = Some(opts);
+        }
+        proxy.h2_options = Some(h2_options(&self.h2));
+        let mut svc = pingora::services::listening::Service::new(
+            "keygate".into(),
+            EdgeApp::new(proxy, self.state.clone(), self.conns.clone()),
+        );
+        for l in self.listeners {
+            let addr = l.addr.to_string();
+            let mut endpoint = ListenerConfig::tcp(match worker {
+                Some(w) => worker_addr(l.addr, w),
+                None => addr.clone(),
+            })
+            .l4_buffer(client_read_buffer(l.tls.is_some()));
+            if worker.is_some() {
+                let mut o = TcpSocketOptions::default();
+                o.so_reuseport = Some(true);
+                endpoint = endpoint.tcp_socket_options(o);
+            }
+            if l.tls.is_some() {
+                // The certificate is picked per handshake from the running config.
+                let callbacks = ReloadableCert::callbacks(l.addr, self.state.clone());
+                let mut tls = TlsSettings::with_callbacks(callbacks)
+                    .map_err(|e| format!("listener {addr}: {e}"))?;
+                tls.enable_h2();
+                endpoint = endpoint.tls(tls);
+            }
+            svc.add_listener(endpoint);
+        }
+        Ok(svc)
+    }
+}
+
+/// Worker `w`'s name for listening address `addr`: the same address, its port written
+/// with `w` leading zeros. Pingora keys the listening sockets it hands to a new binary
+/// (SIGQUIT upgrade) by this text, so each worker's socket needs a text of its own that
+/// still parses to `addr`; worker 0's is the plain address.
+fn worker_addr(addr: std::net::SocketAddr, w: usize) -> String {
+    let plain = addr.to_string();
+    match plain.rsplit_once(':') {
+        Some((host, port)) => format!("{host}:{}{port}", "0".repeat(w)),
+        None => plain,
+    }
 }
 
 /// Streams a client may reset before keygate accepted them, at one time.
@@ -175,32 +275,16 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         state: state.clone(),
         inbox: parking_lot::Mutex::new(Some(inbox)),
     };
-    let mut proxy = pingora::proxy::http_proxy(&server.configuration, gateway);
-    if let Some(n) = keepalive_requests {
-        let mut opts = pingora::apps::HttpServerOptions::default();
-        opts.keepalive_request_limit = Some(n);
-        proxy.server_options = Some(opts);
+    let edge = Edge {
+        listeners: &listeners,
+        state: &state,
+        keepalive_requests,
+        h2,
+        conns: Arc::default(),
+    };
+    for proxy in edge.services(&server.configuration, gateway)? {
+        server.add_service(proxy);
     }
-    proxy.h2_options = Some(h2_options(&h2));
-    let mut proxy = pingora::services::listening::Service::new(
-        "keygate".into(),
-        EdgeApp::new(proxy, state.clone()),
-    );
-    for l in &listeners {
-        let addr = l.addr.to_string();
-        let mut endpoint =
-            ListenerConfig::tcp(addr.clone()).l4_buffer(client_read_buffer(l.tls.is_some()));
-        if l.tls.is_some() {
-            // The certificate is picked per handshake from the running config.
-            let callbacks = ReloadableCert::callbacks(l.addr, state.clone());
-            let mut tls = TlsSettings::with_callbacks(callbacks)
-                .map_err(|e| format!("listener {addr}: {e}"))?;
-            tls.enable_h2();
-            endpoint = endpoint.tls(tls);
-        }
-        proxy.add_listener(endpoint);
-    }
-    server.add_service(proxy);
     if let Some(addr) = admin_listen {
         let mut admin = pingora::services::listening::Service::new(
             "keygate admin".into(),
@@ -244,4 +328,25 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     // audit lines still buffered.
     state.audit.flush_at_exit();
     std::process::exit(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_addr;
+    use std::net::{SocketAddr, ToSocketAddrs};
+
+    #[test]
+    fn each_worker_names_the_same_address_differently() {
+        for plain in ["127.0.0.1:8080", "[::1]:443", "0.0.0.0:9"] {
+            let addr: SocketAddr = plain.parse().unwrap();
+            assert_eq!(worker_addr(addr, 0), plain);
+            let names: Vec<String> = (0..4).map(|w| worker_addr(addr, w)).collect();
+            for (w, name) in names.iter().enumerate() {
+                // What Pingora binds: the name resolves to the address itself.
+                let bound: Vec<SocketAddr> = name.to_socket_addrs().unwrap().collect();
+                assert_eq!(bound, vec![addr], "worker {w}: {name}");
+                assert_eq!(names.iter().filter(|n| *n == name).count(), 1, "{name}");
+            }
+        }
+    }
 }

@@ -4,11 +4,13 @@
 //! sequential and concurrent clients) returns it to the pool: no new connection after
 //! warm-up.
 //!
-//! One worker thread: with two or more, Pingora 0.9's pool loses some connections to a
-//! race between the reusing request and the pooled connection's idle watcher when the
-//! watcher runs on another thread (cloudflare/pingora#998, README "Upstream connection
-//! reuse"), which this test is not about: it guards keygate's part (no `Connection:
-//! close`, no unread body, no hook that gives a connection up).
+//! With one worker thread and with two (a worker per thread, the default): Pingora 0.9's
+//! pool loses connections to a race between the reusing request and the pooled
+//! connection's idle watcher when the watcher runs on another thread
+//! (cloudflare/pingora#998, README "Upstream connection reuse"); keygate's workers each run
+//! on one thread with their own pool, so the watcher never does. The test also guards
+//! keygate's own part (no `Connection: close`, no unread body, no hook that gives a
+//! connection up).
 
 mod common;
 use common::*;
@@ -20,26 +22,36 @@ const STREAM: &str =
 
 #[tokio::test]
 async fn steady_traffic_opens_no_new_upstream_connection() {
+    steady_traffic(1, 2, 8).await
+}
+
+#[tokio::test]
+async fn steady_traffic_on_two_workers_opens_no_new_upstream_connection() {
+    // The kernel gives each new client connection to either worker (SO_REUSEPORT): one
+    // request at a time, so that each worker's pool needs one connection, and 20 of them
+    // to warm up (a worker is left without any once in 2^19 runs).
+    steady_traffic(2, 20, 1).await
+}
+
+/// `warm` bursts of `burst` concurrent requests, then 60 one after the other with a burst
+/// after every tenth.
+async fn steady_traffic(threads: usize, warm: usize, burst: usize) {
     let gw = Gateway::start_with(Options {
-        threads: 1,
+        threads,
         ..Options::default()
     });
-    // Warm-up: the pool gets its connections (up to 8 at once below).
-    let burst = |n: usize| {
-        let gw = &gw;
-        async move {
-            let all = (0..n).map(|_| gw.post_signed(CHAT, JSON, &[]));
-            for r in futures::future::join_all(all).await {
-                assert_eq!(r.status, 200, "{}", r.body);
-            }
-        }
-    };
+    // Warm-up: the pool gets its connections (up to `burst` at once below).
     // Each look at the mock's counters is a connection of its own.
     let before = gw.mock.connections();
-    burst(8).await;
-    burst(8).await;
-    let warm = gw.mock.connections();
-    assert!((1..=8).contains(&(warm - before - 1)), "{warm} - {before}");
+    for _ in 0..warm {
+        self::burst(&gw, burst).await;
+    }
+    let warmed = gw.mock.connections();
+    // Each worker keeps its own pool.
+    assert!(
+        (1..=(burst * threads) as u64).contains(&(warmed - before - 1)),
+        "{warmed} - {before}"
+    );
     for i in 0..60 {
         let (body, headers): (&str, &[(&str, &str)]) = match i {
             // A provider error passed on to the client, body and all (once: a run of
@@ -52,14 +64,22 @@ async fn steady_traffic_opens_no_new_upstream_connection() {
         let expected = if i == 30 { 500 } else { 200 };
         assert_eq!(r.status, expected, "{i}: {}", r.body);
         if i % 10 == 9 {
-            burst(8).await;
+            self::burst(&gw, burst).await;
         }
     }
     let after = gw.mock.connections();
     assert_eq!(
-        after - warm - 1,
+        after - warmed - 1,
         0,
         "upstream connections opened after warm-up"
     );
-    assert_eq!(gw.mock.count(), 2 * 8 + 60 + 6 * 8);
+    assert_eq!(gw.mock.count(), (warm * burst + 60 + 6 * burst) as u64);
+}
+
+/// `n` signed requests at once, all answered 200.
+async fn burst(gw: &Gateway, n: usize) {
+    let all = (0..n).map(|_| gw.post_signed(CHAT, JSON, &[]));
+    for r in futures::future::join_all(all).await {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
 }

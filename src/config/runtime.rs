@@ -225,7 +225,8 @@ pub struct ProcessSettings {
     pub listeners: Vec<Listener>,
     pub threads: usize,
     /// Whether an idle worker thread may take over another's requests (Pingora's
-    /// `work_stealing`). Off: each connection stays on the thread it was given at accept.
+    /// `work_stealing`). Off (the default): a worker per thread, each with its own
+    /// listening sockets and upstream pool; a connection stays on the worker that accepted it.
     pub work_stealing: bool,
     pub admin_listen: Option<SocketAddr>,
     pub pid_file: String,

@@ -93,14 +93,14 @@ fn wrong_type_is_named_with_path() {
 }
 
 #[test]
-fn work_stealing_is_on_unless_turned_off() {
+fn work_stealing_is_off_unless_turned_on() {
     let rt = load_str(GOOD, demo()).unwrap();
-    assert!(rt.process.work_stealing);
-    assert!(crate::server::pingora_conf(&rt, false).work_stealing);
-    let off = GOOD.replacen("  hostnames:", "  work_stealing: false\n  hostnames:", 1);
-    let rt = load_str(&off, demo()).unwrap();
     assert!(!rt.process.work_stealing);
     assert!(!crate::server::pingora_conf(&rt, false).work_stealing);
+    let on = GOOD.replacen("  hostnames:", "  work_stealing: true\n  hostnames:", 1);
+    let rt = load_str(&on, demo()).unwrap();
+    assert!(rt.process.work_stealing);
+    assert!(crate::server::pingora_conf(&rt, false).work_stealing);
     assert_error(
         "  hostnames:",
         "  work_stealing: sometimes\n  hostnames:",

@@ -8,26 +8,40 @@ use crate::upstream::dns::Resolver;
 use pingora::{Error, ErrorType};
 use std::sync::Arc;
 
-/// The gateway service: shared state plus the resolver cache.
+/// The gateway service: shared state plus the resolver cache. With a worker per thread
+/// (`server.work_stealing: false`) each worker has its own value ([`Gateway::worker`]),
+/// sharing everything but its connector.
 pub struct Gateway {
     pub state: Arc<State>,
-    pub resolver: Resolver,
+    pub resolver: Arc<Resolver>,
     /// Connections keygate opens itself (Realtime WebSockets), with the upstream's TLS.
     pub connector: pingora::connectors::TransportConnector,
     /// Self-service registration (set at start; answers only while `registration` is on).
     pub registrar: Option<Arc<crate::register::Registrar>>,
     /// The trace exporter, started on first use when `telemetry.otlp` is set at start.
-    pub tracing: std::sync::OnceLock<Option<crate::telemetry::trace::Tracing>>,
+    pub tracing: Arc<std::sync::OnceLock<Option<crate::telemetry::trace::Tracing>>>,
 }
 
 impl Gateway {
     pub fn new(state: Arc<State>) -> Self {
         Gateway {
             state,
-            resolver: Resolver::default(),
+            resolver: Arc::default(),
             connector: pingora::connectors::TransportConnector::new(None),
             registrar: None,
-            tracing: std::sync::OnceLock::new(),
+            tracing: Arc::default(),
+        }
+    }
+
+    /// Another worker's gateway: the same state, resolver cache, registrar and trace
+    /// exporter; its own connector (and so its own pooled connections).
+    pub fn worker(&self) -> Self {
+        Gateway {
+            state: self.state.clone(),
+            resolver: self.resolver.clone(),
+            connector: pingora::connectors::TransportConnector::new(None),
+            registrar: self.registrar.clone(),
+            tracing: self.tracing.clone(),
         }
     }
 

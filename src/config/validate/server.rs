@@ -42,7 +42,7 @@ pub(super) fn validate(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Pro
         ProcessSettings {
             listeners,
             threads,
-            work_stealing: s.work_stealing.unwrap_or(true),
+            work_stealing: s.work_stealing.unwrap_or(false),
             admin_listen,
             pid_file: s
                 .pid_file
