@@ -101,17 +101,12 @@ impl Edge<'_> {
             conf.threads
         };
         (0..workers)
-            .map(|w| {
-                let mut svc = self.service(conf, gateway.worker(), (workers > 1).then_some(w))?;
-                if workers > 1 {
-                    svc.threads = Some(1);
-                }
-                Ok(svc)
-            })
+            .map(|w| self.service(conf, gateway.worker(), (workers > 1).then_some(w)))
             .collect()
     }
 
-    /// One proxy service; `worker`: its index when there is a worker per thread.
+    /// One proxy service; `worker`: its index when there is a worker per thread (then
+    /// the service runs on one thread and its sockets are `SO_REUSEPORT`).
     fn service(
         &self,
         conf: &Arc<ServerConf>,
@@ -129,6 +124,9 @@ impl Edge<'_> {
             "keygate".into(),
             EdgeApp::new(proxy, self.state.clone(), self.conns.clone()),
         );
+        if worker.is_some() {
+            svc.threads = Some(1);
+        }
         for l in self.listeners {
             let addr = l.addr.to_string();
             let mut endpoint = ListenerConfig::tcp(match worker {
