@@ -18,6 +18,18 @@ pub const BUFFER_BOUND: usize = 8 << 20;
 /// How often the writer writes the buffered lines out.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The smallest buffer the writer prepares for the next batch.
+const SPARE_MIN: usize = 64 << 10;
+
+/// Capacity kept by a thread's line buffer between lines.
+const LINE_KEEP: usize = 16 << 10;
+
+thread_local! {
+    /// Each thread serializes its line here, outside the lock the workers share, which
+    /// is then held only to copy the line in.
+    static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 struct Inner {
     /// Lines not yet written, each ending in a newline.
     pending: Mutex<Vec<u8>>,
@@ -26,7 +38,15 @@ struct Inner {
     /// Set on SIGHUP: the output is reopened before the next write (logrotate).
     reopen: AtomicBool,
     /// The open output; held while writing, so writes never interleave.
-    out: Mutex<Output>,
+    out: Mutex<Writer>,
+}
+
+/// The writer's side: the output and the buffer last written out, emptied, which the
+/// next batch's lines go into.
+#[derive(Default)]
+struct Writer {
+    output: Output,
+    spare: Vec<u8>,
 }
 
 /// Where audit lines go.
@@ -56,13 +76,36 @@ fn open(path: &Option<String>) -> Box<dyn Write + Send> {
 
 type Output = Option<Box<dyn Write + Send>>;
 
+/// A written-out buffer made ready for the next batch: room for twice the last one
+/// (within [`BUFFER_BOUND`]), its pages touched here, on the writer's thread. A worker
+/// copies its line into the buffer under the lock the workers share; growing it there
+/// meant page faults under the lock (a huge page is zeroed on first touch), which
+/// stopped the other worker for tens of milliseconds when the faulting one was preempted.
+fn prepare(mut batch: Vec<u8>) -> Vec<u8> {
+    let want = (batch.len() * 2).clamp(SPARE_MIN, BUFFER_BOUND);
+    let before = (batch.as_ptr(), batch.capacity());
+    batch.clear();
+    if batch.capacity() > want {
+        batch.shrink_to(want);
+    } else if batch.capacity() < want {
+        batch.reserve_exact(want);
+    }
+    if (batch.as_ptr(), batch.capacity()) != before {
+        batch.resize(batch.capacity(), 0);
+        batch.clear();
+    }
+    batch
+}
+
 impl Inner {
     /// Write out what is buffered (one `write` for the whole batch). The output is locked
     /// before the batch is taken, so a batch taken is written before anyone else writes.
     fn drain(&self) {
         let mut out = self.out.lock();
-        let batch = std::mem::take(&mut *self.pending.lock());
-        self.write(&mut out, &batch);
+        let mut batch = std::mem::take(&mut out.spare);
+        std::mem::swap(&mut *self.pending.lock(), &mut batch);
+        self.write(&mut out.output, &batch);
+        out.spare = prepare(batch);
     }
 
     fn write(&self, out: &mut Output, batch: &[u8]) {
@@ -86,7 +129,7 @@ impl AuditLog {
                 pending: Mutex::new(Vec::new()),
                 path: Mutex::new(path),
                 reopen: AtomicBool::new(false),
-                out: Mutex::new(None),
+                out: Mutex::new(Writer::default()),
             }),
             writer: Once::new(),
         }
@@ -104,7 +147,7 @@ impl AuditLog {
     pub fn flush_at_exit(&self) {
         let mut out = self.inner.out.lock();
         let pending = self.inner.pending.lock();
-        self.inner.write(&mut out, &pending);
+        self.inner.write(&mut out.output, &pending);
         std::mem::forget(pending);
         std::mem::forget(out);
     }
@@ -125,21 +168,25 @@ impl AuditLog {
         });
     }
 
-    /// Append one line (serialised straight into the buffer), or count it dropped.
+    /// Append one line (serialised into this thread's buffer first, so the shared lock is
+    /// held only for the copy), or count it dropped.
     fn push(&self, line: &impl serde::Serialize) {
         self.start_writer();
-        let mut pending = self.inner.pending.lock();
-        if pending.len() >= BUFFER_BOUND {
-            // Counted in `keygate_audit_dropped_total`.
-            super::metrics::METRICS.audit_dropped.inc();
-            return;
-        }
-        let start = pending.len();
-        if serde_json::to_writer(&mut *pending, line).is_ok() {
-            pending.push(b'\n');
-        } else {
-            pending.truncate(start);
-        }
+        LINE.with_borrow_mut(|buf| {
+            buf.clear();
+            if serde_json::to_writer(&mut *buf, line).is_ok() {
+                buf.push(b'\n');
+                let mut pending = self.inner.pending.lock();
+                if pending.len() >= BUFFER_BOUND {
+                    drop(pending);
+                    // Counted in `keygate_audit_dropped_total`.
+                    super::metrics::METRICS.audit_dropped.inc();
+                } else {
+                    pending.extend_from_slice(buf);
+                }
+            }
+            buf.shrink_to(LINE_KEEP);
+        });
     }
 
     /// Record one finished request (the gateway builds the line: never a secret, a
@@ -282,6 +329,52 @@ mod tests {
         let cut = truncate(&long, USER_AGENT_MAX);
         assert!(cut.len() <= USER_AGENT_MAX && cut.len() >= USER_AGENT_MAX - 1);
         assert!(long.starts_with(cut));
+    }
+
+    #[test]
+    fn a_written_batch_leaves_its_buffer_to_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::new(Some(path.display().to_string()));
+        // No background writer: the test writes the batches out itself.
+        log.writer.call_once(|| {});
+        let batch = |from: usize| {
+            for n in from..from + 100 {
+                log.push(&serde_json::json!({ "n": n }));
+            }
+            log.inner.drain();
+        };
+        batch(0);
+        batch(100);
+        // The next batch goes into the buffer of the one before, already grown: it does
+        // not start from nothing and grow again every interval.
+        let pending = log.inner.pending.lock();
+        assert!(pending.is_empty());
+        assert!(pending.capacity() >= 100 * "{\"n\":0}\n".len());
+        drop(pending);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ns: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(ns, (0..200).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn the_next_batch_gets_room_for_twice_the_last_within_the_bound() {
+        let small = prepare(vec![b'x'; 10]);
+        assert!(small.is_empty() && small.capacity() >= SPARE_MIN);
+        let busy = prepare(vec![b'x'; 1 << 20]);
+        assert!(busy.is_empty() && busy.capacity() >= 2 << 20);
+        // A quiet interval after a busy one gives the room back.
+        let quiet = prepare(Vec::with_capacity(4 << 20));
+        assert!(quiet.capacity() >= SPARE_MIN && quiet.capacity() < 4 << 20);
+        let full = prepare(vec![b'x'; BUFFER_BOUND]);
+        assert!(full.capacity() >= BUFFER_BOUND && full.capacity() < 2 * BUFFER_BOUND);
     }
 
     #[test]
