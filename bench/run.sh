@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: one upstream (nginx serving a fixed chat completion) reached, alternating, in
 # one run: direct; through nginx proxy_pass; through a bare Pingora proxy (the engine's
-# ceiling); through keygate with the full chain (bearer auth for wrk, keygate-v1 signatures
+# ceiling, with work stealing, and `pingora_perthread`: a worker per thread, as keygate runs by
+# default); through keygate with the full chain (bearer auth for wrk, keygate-v1 signatures
 # for k6; limits, validation, metrics, audit log; 10,000 sites configured). When redis-server is
 # installed, a second keygate in fleet mode (same config plus `fleet.redis` on a local
 # redis-server) is measured with k6 too: the Redis round trip each signed request adds (its
@@ -35,6 +36,11 @@ target/release/examples/bare_proxy "127.0.0.1:$BARE" "127.0.0.1:$UP" 2 > "$work/
 barepid=$!
 pids+=($barepid)
 wait_port "$BARE"
+BAREP=$(free_port)
+target/release/examples/bare_proxy "127.0.0.1:$BAREP" "127.0.0.1:$UP" 2 perthread > "$work/bare-perthread.log" 2>&1 &
+barepid_pt=$!
+pids+=($barepid_pt)
+wait_port "$BAREP"
 # Streaming: keygate's mock provider (SSE chat completions), reached direct, through a second
 # bare Pingora proxy, and through keygate's /mock/ route.
 MOCK=$(free_port); BARES=$(free_port)
@@ -238,6 +244,7 @@ declare -A URLS=(
   [direct]="http://127.0.0.1:$UP/v1/chat/completions"
   [nginx]="http://127.0.0.1:$NGX/v1/chat/completions"
   [pingora]="http://127.0.0.1:$BARE/v1/chat/completions"
+  [pingora_perthread]="http://127.0.0.1:$BAREP/v1/chat/completions"
   [keygate]="http://127.0.0.1:$KG/openai/v1/chat/completions"
   [keygate_traced]="http://127.0.0.1:$KGT/openai/v1/chat/completions"
   [keygate_fleet]="http://127.0.0.1:${KGF:-0}/openai/v1/chat/completions"
@@ -250,13 +257,13 @@ declare -A STREAM_URLS=(
   [pingora]="http://127.0.0.1:$BARES/v1/chat/completions"
   [keygate]="http://127.0.0.1:$KG/mock/v1/chat/completions"
 )
-ORDER=(direct nginx pingora keygate keygate_traced "${PEERS[@]}")
+ORDER=(direct nginx pingora pingora_perthread keygate keygate_traced "${PEERS[@]}")
 to_ms() { python3 -c "import re,sys; v,u=re.match(r'([\d.]+)(us|ms|s)', sys.argv[1]).groups(); print(float(v)*{'us':0.001,'ms':1,'s':1000}[u])" "$1"; }
 declare -A RPS P50 P99 CPU
 # CPU time (user + system, from /proc) each proxy process spends per request: steadier than
 # req/s on a shared machine, and what fleet sizing needs. Loopback TCP work is charged to the
 # sending process, so this includes the kernel's share of both hops.
-declare -A PROC=([pingora]="$barepid" [keygate]="$kgpid" [keygate_traced]="$tracedpid" [litellm]="${llmpid:-}" [portkey]="${pkpid:-}")
+declare -A PROC=([pingora]="$barepid" [pingora_perthread]="$barepid_pt" [keygate]="$kgpid" [keygate_traced]="$tracedpid" [litellm]="${llmpid:-}" [portkey]="${pkpid:-}")
 for round in $(seq "$ROUNDS"); do
   for name in "${ORDER[@]}"; do
     bearer=""; [ "${name%_traced}" = keygate ] && bearer="$BEARER"; [ "$name" = litellm ] && bearer="$LLM_KEY"
@@ -384,9 +391,9 @@ fi
 
 python3 - "$rss_kb" <<PY
 import json, sys
-rps = {k: float(v) for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "pingora": "${RPS[pingora]}", "keygate": "${RPS[keygate]}"}.items()}
-p50 = {"direct": ${P50[direct]}, "nginx": ${P50[nginx]}, "pingora": ${P50[pingora]}, "keygate": ${P50[keygate]}}
-p99 = {"direct": ${P99[direct]}, "nginx": ${P99[nginx]}, "pingora": ${P99[pingora]}, "keygate": ${P99[keygate]}}
+rps = {k: float(v) for k, v in {"direct": "${RPS[direct]}", "nginx": "${RPS[nginx]}", "pingora": "${RPS[pingora]}", "pingora_perthread": "${RPS[pingora_perthread]}", "keygate": "${RPS[keygate]}"}.items()}
+p50 = {"direct": ${P50[direct]}, "nginx": ${P50[nginx]}, "pingora": ${P50[pingora]}, "pingora_perthread": ${P50[pingora_perthread]}, "keygate": ${P50[keygate]}}
+p99 = {"direct": ${P99[direct]}, "nginx": ${P99[nginx]}, "pingora": ${P99[pingora]}, "pingora_perthread": ${P99[pingora_perthread]}, "keygate": ${P99[keygate]}}
 peers = [k for k in "${PEERS[*]}".split() if k]
 peer_cpu = {}
 for k, r, a, b, c in [("litellm", "${RPS[litellm]:-}", "${P50[litellm]:-}", "${P99[litellm]:-}", "${CPU[litellm]:-}"),
@@ -399,10 +406,11 @@ streams = {t: dict(zip(["p50", "p99", "ttfb_p50", "ttfb_p99", "ok", "failed"], m
 if any(v["failed"] for v in streams.values()):
   sys.exit("some streams did not arrive whole: " + ", ".join(f"{t} {int(v['failed'])}" for t, v in streams.items()))
 rss_mb = int(sys.argv[1]) / 1024
-cpu = {"pingora": float("${CPU[pingora]}"), "keygate": float("${CPU[keygate]}"), "keygate_traced": float("${CPU[keygate_traced]}")}
+cpu = {"pingora": float("${CPU[pingora]}"), "pingora_perthread": float("${CPU[pingora_perthread]}"), "keygate": float("${CPU[keygate]}"), "keygate_traced": float("${CPU[keygate_traced]}")}
 res = {
   "wrk": {k: {"rps": rps[k], "p50_ms": p50[k], "p99_ms": p99[k]} for k in rps},
-  "ratios": {"keygate/pingora": rps["keygate"] / rps["pingora"], "keygate/nginx": rps["keygate"] / rps["nginx"]},
+  "ratios": {"keygate/pingora": rps["keygate"] / rps["pingora"], "keygate/nginx": rps["keygate"] / rps["nginx"],
+             "keygate/pingora_perthread": rps["keygate"] / rps["pingora_perthread"], "pingora_perthread/nginx": rps["pingora_perthread"] / rps["nginx"]},
   "k6_signed_${BENCH_RATE:-1000}rps": lat,
   "added_latency_ms": {"p50": lat["keygate"]["p50"] - lat["direct"]["p50"], "p99": lat["keygate"]["p99"] - lat["direct"]["p99"]},
   "added_by_bare_pingora_ms": {"p50": lat["pingora"]["p50"] - lat["direct"]["p50"], "p99": lat["pingora"]["p99"] - lat["direct"]["p99"]},
@@ -414,6 +422,7 @@ res = {
   "cpu_us_per_request": cpu,
 }
 res["ratios"]["cpu pingora/keygate"] = cpu["pingora"] / cpu["keygate"]
+res["ratios"]["cpu pingora_perthread/keygate"] = cpu["pingora_perthread"] / cpu["keygate"]
 trace_ratios = sorted(float(r) for r in "${TRACE_RATIOS[*]}".split())
 res["tracing_cpu_ratios"] = trace_ratios
 res["tracing_cpu_overhead"] = trace_ratios[len(trace_ratios) // 2] - 1 if len(trace_ratios) % 2 else (trace_ratios[len(trace_ratios) // 2 - 1] + trace_ratios[len(trace_ratios) // 2]) / 2 - 1
@@ -432,11 +441,13 @@ json.dump(res, open("target/bench/results.json", "w"), indent=2)
 print()
 print("| path (wrk -t1 -c32, POST) | req/s | p50 ms | p99 ms |")
 print("|---|---|---|---|")
-for k in ["direct", "nginx", "pingora", "keygate"] + peers:
+for k in ["direct", "nginx", "pingora", "pingora_perthread", "keygate"] + peers:
     print(f"| {k} | {rps[k]:.0f} | {p50[k]:.2f} | {p99[k]:.2f} |")
 print()
 print(f"keygate / bare Pingora: {res['ratios']['keygate/pingora']:.2f}   keygate / nginx proxy_pass: {res['ratios']['keygate/nginx']:.2f}")
 print(f"CPU per request (best round): bare Pingora {cpu['pingora']:.0f} µs, keygate {cpu['keygate']:.0f} µs; bare/keygate {res['ratios']['cpu pingora/keygate']:.2f}")
+r = res["ratios"]
+print(f"bare Pingora with a worker per thread (keygate's default model): keygate / it {r['keygate/pingora_perthread']:.2f}, it / nginx proxy_pass {r['pingora_perthread/nginx']:.2f}; CPU {cpu['pingora_perthread']:.0f} µs, it/keygate {r['cpu pingora_perthread/keygate']:.2f}")
 for k, title in [("litellm", "LiteLLM proxy (one uvicorn worker)"), ("portkey", "Portkey gateway (one Node process)")]:
   if k in peers:
     r = res["ratios"]

@@ -2,7 +2,8 @@
 # The tail (issue 30): where do keygate's slow requests come from? k6 at a fixed rate
 # (BENCH_RATE, default 1,000 signed requests a second, BENCH_K6_DURATION each, default 15s)
 # against one nginx upstream, direct and through the bare Pingora proxy and keygate, each
-# with Pingora's work stealing on (`steal`) and off (`nosteal`, keygate's default), in
+# with Pingora's work stealing on (`steal`) and off (`nosteal`: keygate's default, a worker
+# per thread; the bare proxy run the same way, its `perthread` mode), in
 # BENCH_ROUNDS alternating rounds (default 3). Per run: p50 / p99 / p99.9, and the upstream
 # connections opened during it (nginx stub_status, less k6's own for `direct`): a request
 # that finds no pooled connection pays a connect.
@@ -25,7 +26,8 @@ wait_port "$UP"
 declare -A URLS
 for steal in steal nosteal; do
   port=$(free_port)
-  target/release/examples/bare_proxy "127.0.0.1:$port" "127.0.0.1:$UP" 2 "$steal" > "$work/bare-$steal.log" 2>&1 &
+  mode=steal; [ "$steal" = steal ] || mode=perthread
+  target/release/examples/bare_proxy "127.0.0.1:$port" "127.0.0.1:$UP" 2 "$mode" > "$work/bare-$steal.log" 2>&1 &
   pids+=($!)
   wait_port "$port"
   URLS[pingora_$steal]="http://127.0.0.1:$port/v1/chat/completions"

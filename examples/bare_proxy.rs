@@ -1,7 +1,11 @@
 //! The engine's ceiling for `make bench`: a minimal Pingora proxy with no auth, limits,
 //! validation or logging, built from the same release profile as keygate.
 //!
-//!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM THREADS [steal|nosteal]
+//!   cargo run --release --example bare_proxy -- LISTEN UPSTREAM THREADS [steal|nosteal|perthread]
+//!
+//! `perthread` is the engine run as keygate runs it by default (`server.work_stealing:
+//! false`): one service per thread on a single-threaded runtime, each with its own
+//! `SO_REUSEPORT` listening socket and its own upstream pool.
 //!
 //! With `BARE_TLS_DIR` set (a directory made by `certs/gen-test-certs.sh`), it is the same
 //! proxy as production runs it: TLS from clients (HTTP/1.1 and HTTP/2, `server.crt`) and https
@@ -12,6 +16,7 @@
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::TcpSocketOptions;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 use pingora::tls::x509::X509;
@@ -52,7 +57,9 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| "127.0.0.1:8000".parse().unwrap());
     let threads: usize = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
-    let work_stealing = args.get(4).is_none_or(|w| w != "nosteal");
+    let mode = args.get(4).map_or("steal", String::as_str);
+    let work_stealing = mode == "steal";
+    let per_thread = mode == "perthread" && threads > 1;
     let conf = ServerConf {
         threads,
         work_stealing,
@@ -75,17 +82,39 @@ fn main() {
     });
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, Bare { upstream, ca });
-    match &tls_dir {
-        Some(d) => {
-            let (cert, key) = (format!("{d}/server.crt"), format!("{d}/server.key"));
-            let mut tls = TlsSettings::intermediate(&cert, &key).expect("server.crt and .key");
-            tls.enable_h2();
-            proxy.add_tls_with_settings(&listen, None, tls);
+    let workers = if per_thread { threads } else { 1 };
+    for w in 0..workers {
+        let bare = Bare {
+            upstream,
+            ca: ca.clone(),
+        };
+        let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, bare);
+        let mut sock = None;
+        let mut addr = listen.clone();
+        if per_thread {
+            proxy.threads = Some(1);
+            let mut o = TcpSocketOptions::default();
+            o.so_reuseport = Some(true);
+            sock = Some(o);
+            // A text of its own per worker for the same address (Pingora keys listening
+            // sockets by it): the port with w leading zeros.
+            if let Some((host, port)) = listen.rsplit_once(':') {
+                addr = format!("{host}:{}{port}", "0".repeat(w));
+            }
         }
-        None => proxy.add_tcp(&listen),
+        match &tls_dir {
+            Some(d) => {
+                let (cert, key) = (format!("{d}/server.crt"), format!("{d}/server.key"));
+                let mut tls = TlsSettings::intermediate(&cert, &key).expect("server.crt and .key");
+                tls.enable_h2();
+                proxy.add_tls_with_settings(&addr, sock, tls);
+            }
+            None => match sock {
+                Some(o) => proxy.add_tcp_with_settings(&addr, o),
+                None => proxy.add_tcp(&addr),
+            },
+        }
+        server.add_service(proxy);
     }
-    server.add_service(proxy);
     server.run_forever();
 }
