@@ -11,8 +11,9 @@
 //! proxy as production runs it: TLS from clients (HTTP/1.1 and HTTP/2, `server.crt`) and https
 //! to the upstream, its certificate verified against `ca.crt` for the name `localhost`.
 //!
-//! It links keygate's library for one thing, its global allocator (`keygate::alloc`), so
-//! that keygate / bare compares the two proxies' work, not two allocators.
+//! It links keygate's library for its global allocator (`keygate::alloc`), so that
+//! keygate / bare compares the two proxies' work, not two allocators, and in `perthread`
+//! mode for the name each worker's socket goes by (`keygate::server::worker_addr`).
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
@@ -23,7 +24,7 @@ use pingora::tls::x509::X509;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-// keygate's global allocator, nothing else of the library.
+// keygate's global allocator (and `server::worker_addr`).
 extern crate keygate;
 
 struct Bare {
@@ -58,6 +59,10 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:8000".parse().unwrap());
     let threads: usize = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
     let mode = args.get(4).map_or("steal", String::as_str);
+    if !matches!(mode, "steal" | "nosteal" | "perthread") {
+        eprintln!("bare_proxy: mode must be steal, nosteal or perthread, not {mode:?}");
+        std::process::exit(2);
+    }
     let work_stealing = mode == "steal";
     let per_thread = mode == "perthread" && threads > 1;
     let conf = ServerConf {
@@ -92,15 +97,12 @@ fn main() {
         let mut sock = None;
         let mut addr = listen.clone();
         if per_thread {
+            let parsed: SocketAddr = listen.parse().expect("LISTEN: an IP address and port");
+            addr = keygate::server::worker_addr(parsed, w);
             proxy.threads = Some(1);
             let mut o = TcpSocketOptions::default();
             o.so_reuseport = Some(true);
             sock = Some(o);
-            // A text of its own per worker for the same address (Pingora keys listening
-            // sockets by it): the port with w leading zeros.
-            if let Some((host, port)) = listen.rsplit_once(':') {
-                addr = format!("{host}:{}{port}", "0".repeat(w));
-            }
         }
         match &tls_dir {
             Some(d) => {

@@ -157,7 +157,7 @@ impl Edge<'_> {
 /// with `w` leading zeros. Pingora keys the listening sockets it hands to a new binary
 /// (SIGQUIT upgrade) by this text, so each worker's socket needs a text of its own that
 /// still parses to `addr`; worker 0's is the plain address.
-fn worker_addr(addr: std::net::SocketAddr, w: usize) -> String {
+pub fn worker_addr(addr: std::net::SocketAddr, w: usize) -> String {
     let plain = addr.to_string();
     match plain.rsplit_once(':') {
         Some((host, port)) => format!("{host}:{}{port}", "0".repeat(w)),
