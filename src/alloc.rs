@@ -1,8 +1,8 @@
 //! The global allocator: mimalloc, except that blocks of 2 MiB and more (the nonce
 //! store, the limiter's counters past about 260,000 sites) are mappings of their own,
-//! 2 MiB-aligned, rounded up to whole 2 MiB pages and marked for transparent huge pages
-//! (`MADV_HUGEPAGE`; the kernel's default `madvise` mode only backs marked memory with
-//! them). A large block that grows is moved with `mremap`, not copied: serde_yaml's event
+//! 2 MiB-aligned and rounded up to whole 2 MiB pages; those of the request path's hot
+//! tables ([`hot_tables`]) are marked for transparent huge pages (`MADV_HUGEPAGE`; the
+//! kernel's default `madvise` mode only backs marked memory with them). A large block that grows is moved with `mremap`, not copied: serde_yaml's event
 //! list of a 100,000-site config grows to hundreds of MB, and copying it at each doubling
 //! into freshly zeroed pages was a quarter of a config load. Freeing one unmaps it at once.
 //!
@@ -27,6 +27,7 @@ use mimalloc::MiMalloc as Small;
 #[cfg(fuzzing)]
 use std::alloc::System as Small;
 use std::alloc::{GlobalAlloc, Layout};
+use std::cell::Cell;
 
 /// The size of a transparent huge page on x86-64 and aarch64 (4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
@@ -71,9 +72,35 @@ fn map_huge(h: Layout) -> *mut u8 {
         if tail > 0 {
             libc::munmap(q.add(h.size()).cast(), tail);
         }
-        libc::madvise(q.cast(), h.size(), libc::MADV_HUGEPAGE);
+        if HOT.try_with(Cell::get).unwrap_or(false) {
+            libc::madvise(q.cast(), h.size(), libc::MADV_HUGEPAGE);
+        }
         q
     }
+}
+
+thread_local! {
+    /// Set while this thread runs [`hot_tables`].
+    static HOT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` with the large blocks this thread maps meanwhile marked for huge pages: for
+/// tables read at random on every request (the limiter's counters and sketches, the
+/// nonce store's shards), where a few huge pages spare the TLB misses of many small ones.
+/// Every other large block stays on ordinary pages: a huge page is zeroed whole when first
+/// touched, and on a virtual machine a fresh one is usually memory the host has never
+/// backed either. Marking every block of 2 MiB or more made the event list of a
+/// 100,000-site YAML file (about 240 MB, written once, read once, freed) cost
+/// `keygate check` 2.4–2.7 s, 80 % of it in the kernel clearing pages, against 0.5 s.
+pub fn hot_tables<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = HOT.try_with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(HOT.with(|s| s.replace(true)));
+    f()
 }
 
 /// The alignment a moved mapping keeps: a page (the caller's block may move anywhere).
@@ -204,6 +231,49 @@ mod tests {
         v.truncate(10);
         v.shrink_to_fit();
         assert_eq!(v[9], 9);
+    }
+
+    /// The `VmFlags` of the mapping holding `p`, from /proc/self/smaps.
+    fn vm_flags(p: *const u8) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let a = p as usize;
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((lo, hi)) = range.split_once('-') {
+                    if let (Ok(lo), Ok(hi)) =
+                        (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                    {
+                        inside = (lo..hi).contains(&a);
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(flags) = line.strip_prefix("VmFlags:") {
+                    return flags.to_string();
+                }
+            }
+        }
+        panic!("no mapping holds {a:#x}")
+    }
+
+    #[test]
+    fn only_the_hot_tables_are_marked_for_huge_pages() {
+        // `hg` in VmFlags: MADV_HUGEPAGE.
+        let huge = |p: *const u8| vm_flags(p).split_whitespace().any(|f| f == "hg");
+        let mut buffer = vec![1u8; 3 << 20];
+        let mut table = hot_tables(|| vec![2u8; 3 << 20]);
+        assert!(!huge(buffer.as_ptr()), "{}", vm_flags(buffer.as_ptr()));
+        assert!(huge(table.as_ptr()));
+        // A block keeps its kind as it grows (mremap moves the mapping with its flags).
+        buffer.resize(9 << 20, 3);
+        table.resize(9 << 20, 4);
+        assert!(!huge(buffer.as_ptr()));
+        assert!(huge(table.as_ptr()));
+        // The thread is back to ordinary pages.
+        let after = vec![5u8; 3 << 20];
+        assert!(!huge(after.as_ptr()));
     }
 
     /// A large buffer that grows (moved by `mremap`) and shrinks keeps its contents;

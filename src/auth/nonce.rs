@@ -120,7 +120,8 @@ impl NonceStore {
                 return Err(NonceError::Full);
             }
         }
-        s.entries.insert(key, expires_at);
+        // A growing shard's new table is a hot one.
+        crate::alloc::hot_tables(|| s.entries.insert(key, expires_at));
         Ok(())
     }
 

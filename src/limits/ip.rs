@@ -119,7 +119,10 @@ impl CooldownSketch {
                         rand::random(),
                         rand::random(),
                     );
-                    ((0..IP_SLOTS).map(|_| AtomicU64::new(0)).collect(), seeds)
+                    let row = crate::alloc::hot_tables(|| {
+                        (0..IP_SLOTS).map(|_| AtomicU64::new(0)).collect()
+                    });
+                    (row, seeds)
                 })
                 .collect(),
         }

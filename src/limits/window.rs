@@ -34,7 +34,7 @@ pub enum Cells {
 
 impl Cells {
     fn dense(slots: usize) -> Cells {
-        Cells::Dense((0..slots).map(|_| AtomicIsize::new(0)).collect())
+        crate::alloc::hot_tables(|| Cells::Dense((0..slots).map(|_| AtomicIsize::new(0)).collect()))
     }
 
     fn cell(d: &[AtomicIsize], key: u64) -> &AtomicIsize {
@@ -236,7 +236,7 @@ impl SlidingWindow {
 
     /// Count-min sketches over windows of `period`.
     pub fn over(period: Period, hashes: usize, slots: usize) -> Self {
-        let sketch = || Cells::Sketch(Estimator::new(hashes, slots));
+        let sketch = || Cells::Sketch(crate::alloc::hot_tables(|| Estimator::new(hashes, slots)));
         Self::with(period, hashes, slots, [sketch(), sketch()])
     }
 

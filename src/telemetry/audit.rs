@@ -79,7 +79,7 @@ type Output = Option<Box<dyn Write + Send>>;
 /// A written-out buffer made ready for the next batch: room for twice the last one
 /// (within [`BUFFER_BOUND`]), its pages touched here, on the writer's thread. A worker
 /// copies its line into the buffer under the lock the workers share; growing it there
-/// meant page faults under the lock (a huge page is zeroed on first touch), which
+/// meant page faults under the lock (a fresh page is zeroed on first touch), which
 /// stopped the other worker for tens of milliseconds when the faulting one was preempted.
 fn prepare(mut batch: Vec<u8>) -> Vec<u8> {
     let want = (batch.len() * 2).clamp(SPARE_MIN, BUFFER_BOUND);
