@@ -7,7 +7,8 @@
 //! [`raw`] mirrors the YAML; [`validate`] checks it, one file per section;
 //! [`runtime`] is the plain data a request runs on; [`files`] reads what the config
 //! names, bounded; [`secret`] resolves secret sources; [`inventory`] lists where the
-//! secrets are; [`site_files`] reads the sites of `sites_dir`.
+//! secrets are; [`site_files`] reads the sites of `sites_dir`; [`split`] parses a large file on every
+//! core.
 
 pub mod error;
 pub mod files;
@@ -17,6 +18,7 @@ pub mod raw;
 pub mod runtime;
 pub mod secret;
 pub mod site_files;
+pub mod split;
 pub mod validate;
 
 pub use error::{ConfigError, ConfigErrors};
@@ -69,8 +71,20 @@ pub fn parse_with_site_files(text: &str) -> Result<RawConfig, ConfigErrors> {
     Ok(raw)
 }
 
-/// Parse YAML into the raw structs; type errors and unknown keys name their path.
+/// Parse YAML into the raw structs; type errors and unknown keys name their path. A
+/// large file's sites are parsed on every core ([`split`]).
 pub fn parse(text: &str) -> Result<RawConfig, ConfigError> {
+    if text.len() >= split::PARALLEL_MIN_BYTES {
+        let runs = std::thread::available_parallelism().map_or(1, |n| n.get()) * 2;
+        if let Some(raw) = split::parse_in_parts(text, runs, |t| parse_whole(t).ok()) {
+            return Ok(raw);
+        }
+    }
+    parse_whole(text)
+}
+
+/// [`parse`] in one piece.
+pub fn parse_whole(text: &str) -> Result<RawConfig, ConfigError> {
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

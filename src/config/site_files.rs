@@ -12,7 +12,6 @@ use super::error::{ConfigError, ConfigErrors};
 use super::files::{read_text_bounded, MAX_CONFIG_BYTES};
 use super::raw::{RawConfig, RawSite};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Most site files read from one directory.
 pub const MAX_SITE_FILES: usize = 10_000;
@@ -72,38 +71,7 @@ fn list(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 
 /// Parse every file, on up to one thread per CPU; results in the files' order.
 fn parse_all(files: &[(String, PathBuf)]) -> Vec<Result<Vec<RawSite>, ConfigError>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(files.len());
-    if threads <= 1 {
-        return files.iter().map(|(n, p)| parse_file(n, p)).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut out: Vec<Option<Result<Vec<RawSite>, ConfigError>>> =
-        files.iter().map(|_| None).collect();
-    std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some((name, path)) = files.get(i) else {
-                            return done;
-                        };
-                        done.push((i, parse_file(name, path)));
-                    }
-                })
-            })
-            .collect();
-        for w in workers {
-            let done = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            for (i, r) in done {
-                out[i] = Some(r);
-            }
-        }
-    });
-    out.into_iter().flatten().collect()
+    super::split::parallel_map(files, |(name, path)| parse_file(name, path))
 }
 
 /// One site file: a YAML (or, named `*.json`, JSON) list of sites (an empty file holds none).
