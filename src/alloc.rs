@@ -87,7 +87,9 @@ thread_local! {
 /// Run `f` with the large blocks this thread maps meanwhile marked for huge pages: for
 /// tables read at random on every request (the limiter's counters and sketches, the
 /// nonce store's shards), where a few huge pages spare the TLB misses of many small ones.
-/// Every other large block stays on ordinary pages: a huge page is zeroed whole when first
+/// The config's own maps (sites, keys) are not marked although each request looks a key
+/// up: they are rebuilt on every reload, where faulting in fresh huge pages costs more than
+/// one lookup a request gains. Every other large block stays on ordinary pages: a huge page is zeroed whole when first
 /// touched, and on a virtual machine a fresh one is usually memory the host has never
 /// backed either. Marking every block of 2 MiB or more made the event list of a
 /// 100,000-site YAML file (about 240 MB, written once, read once, freed) cost

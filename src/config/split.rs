@@ -3,13 +3,15 @@
 //! joined in order. A load of 100,000 sites from one YAML file is mostly libyaml's
 //! scanner and serde_yaml's event list, which use one core.
 //!
-//! The cut is a fast path, never a second meaning: it is taken only for the plain form
-//! (one block `sites:` key at the start of a line, its items at one indentation, one
-//! document), and any failure (a part that does not parse, an alias to an anchor in
-//! another part, a `sites` key left in the rest) falls back to parsing the whole file in
-//! one piece, which names the mistake with its path and line as ever. A cut at a line that
-//! is not a new item (inside a quoted string or a flow collection) leaves the part before
-//! it unterminated, so that part fails and the whole file is parsed instead.
+//! The cut is a fast path, never a second meaning: it is taken only for the plain form (one
+//! block `sites:` key at the start of a line, its items at one indentation, one document;
+//! no anchors, explicit or tagged keys, tabs, or line ends other than `\n`). The text above
+//! the list and the text below it must each parse alone, and the rest of the file keeps
+//! `sites: []` in the list's place, so another `sites` key is a duplicate there as in the
+//! whole. Any failure (a part that does not parse, a mistake) falls back to parsing the
+//! whole file in one piece, which names the mistake with its path and line as ever. A cut
+//! at a line that is not a new item (inside a quoted string or a flow collection) leaves
+//! the part before it unterminated, so that part fails and the whole file is parsed instead.
 
 use super::raw::{RawConfig, RawSite};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,27 +28,28 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -
         return items.iter().map(f).collect();
     }
     let next = AtomicUsize::new(0);
+    let work = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else {
+                return done;
+            };
+            done.push((i, f(item)));
+        }
+    };
     let mut out: Vec<Option<R>> = items.iter().map(|_| None).collect();
     std::thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else {
-                            return done;
-                        };
-                        done.push((i, f(item)));
-                    }
-                })
-            })
+        // This thread works too: a thread that cannot be made leaves its share to it.
+        let helpers: Vec<_> = (1..threads)
+            .filter_map(|_| std::thread::Builder::new().spawn_scoped(s, work).ok())
             .collect();
-        for w in workers {
-            let done = w.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            for (i, r) in done {
-                out[i] = Some(r);
-            }
+        let mut all = work();
+        for h in helpers {
+            all.extend(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        for (i, r) in all {
+            out[i] = Some(r);
         }
     });
     out.into_iter().flatten().collect()
@@ -87,7 +90,8 @@ pub fn parse_in_parts(
         sites.push(s);
     }
     let mut raw = raw?;
-    // A second `sites` key (quoted, say) stayed in the rest: the whole file says how.
+    // The rest keeps `sites: []` in the list's place: any other `sites` key in it (however
+    // written) is a duplicate there, as in the whole file.
     if !raw.sites.is_empty() {
         return None;
     }
@@ -101,6 +105,13 @@ pub fn parse_in_parts(
 /// The file without its `sites:` list, and the list's items in up to `runs` runs of whole
 /// items; `None` unless the file is in the plain form.
 fn cut(text: &str, runs: usize) -> Option<(String, Vec<&str>)> {
+    // Anchors (an alias may name the last of several anchors of one name, above, inside or
+    // below the list), line ends other than `\n` (libyaml also ends lines at `\r`, NEL,
+    // U+2028 and U+2029, which would hide a line from this scan) and byte order marks
+    // (libyaml skips one at the start of any line): not the plain form.
+    if text.contains(['&', '\r', '\u{85}', '\u{2028}', '\u{2029}', '\u{feff}']) {
+        return None;
+    }
     let mut at = 0;
     let mut key_at = None; // where the `sites:` line starts
     let mut end = text.len(); // where the list ends
@@ -117,6 +128,9 @@ fn cut(text: &str, runs: usize) -> Option<(String, Vec<&str>)> {
         if body.contains('\t') {
             return None;
         }
+        if body.trim_start_matches(' ').starts_with(['?', '!']) {
+            return None;
+        }
         if key_at.is_none() {
             if let Some(tail) = body.strip_prefix("sites:") {
                 let tail = tail.trim_start();
@@ -130,6 +144,9 @@ fn cut(text: &str, runs: usize) -> Option<(String, Vec<&str>)> {
         let content = body.trim_start_matches(' ');
         if content.is_empty() || content.starts_with('#') {
             continue;
+        }
+        if content.starts_with("- ?") || content.starts_with("- !") {
+            return None;
         }
         let depth = body.len() - content.len();
         let item = content == "-" || content.starts_with("- ");
@@ -151,16 +168,11 @@ fn cut(text: &str, runs: usize) -> Option<(String, Vec<&str>)> {
         return None;
     }
     let (head, tail) = (&text[..key_at], &text[end..]);
-    // A `sites:` line inside a quoted string or a flow collection that began above it
-    // leaves the text above unterminated.
-    serde_yaml::from_str::<serde::de::IgnoredAny>(head).ok()?;
-    // Another `sites` key (a duplicate, perhaps quoted): the whole file names it.
-    let sites_key = |l: &str| {
-        let l = l.trim_start_matches(['"', '\'', '?', ' ']);
-        l.starts_with("sites") && !l[5..].starts_with('_')
-    };
-    if head.lines().chain(tail.lines()).any(sites_key) {
-        return None;
+    // The text above the list and the text below it each parse on their own: a `sites:`
+    // line inside a quoted string or a flow collection begun above leaves the text above
+    // unterminated, and a value below that belonged to a key above does not parse alone.
+    for side in [head, tail] {
+        serde_yaml::from_str::<serde::de::IgnoredAny>(side).ok()?;
     }
     let per = items.len().div_ceil(runs);
     let parts = items
@@ -168,7 +180,7 @@ fn cut(text: &str, runs: usize) -> Option<(String, Vec<&str>)> {
         .enumerate()
         .map(|(k, run)| &text[run[0]..items.get((k + 1) * per).copied().unwrap_or(end)])
         .collect();
-    Some((format!("{head}{tail}"), parts))
+    Some((format!("{head}sites: []\n{tail}"), parts))
 }
 
 #[cfg(test)]
@@ -257,6 +269,37 @@ mod tests {
         whole_only(&format!("%YAML 1.2\n---\n{plain}"));
         whole_only(&plain.replace("    tier: free\n", "\ttier: free\n"));
         whole_only(&plain.replace("  - id: s2", " - id: s2"));
+        // Found in review: an explicit key above the list whose value is below it (the
+        // whole file is refused; the parts would have set `sites_dir`).
+        whole_only(&format!("{HEAD}? sites_dir\nsites:\n{sites}: /tmp/other\n"));
+        // A line end libyaml sees and a `\n` scan does not: a site would have been lost.
+        whole_only(&format!(
+            "{HEAD}sites: #\r  - {{id: x, tier: free}}\n{sites}"
+        ));
+        whole_only(&format!(
+            "{HEAD}sites: #\u{2028}  - {{id: x, tier: free}}\n{sites}"
+        ));
+        // A second `sites` key, however written, with an empty list.
+        for dup in [
+            "&a sites: []",
+            "!!str sites: []",
+            "\"\\x73ites\": []",
+            "\u{feff}sites: []",
+        ] {
+            let text = format!("{plain}{dup}\n");
+            whole_only(&text);
+            assert!(crate::config::parse(&text).is_err() || dup.starts_with('\u{feff}'));
+        }
+        // The escaped duplicate gets past the line scan: the rest's `sites: []` refuses it.
+        let escaped = format!("{plain}\"\\x73ites\": []\n");
+        assert!(cut(&escaped, 2).is_some());
+        assert!(in_parts(&escaped, 2).is_none());
+        // An alias below the list to an anchor redefined inside it.
+        let redefined = format!(
+            "server: {{listen: [{{addr: &a \"127.0.0.1:8080\"}}]}}\ntiers: {{free: {{requests_per_minute: 10}}}}\nsites:\n  - {{id: &a s0, tier: free}}\n{}log: {{audit_path: *a}}\n",
+            site(1)
+        );
+        whole_only(&redefined);
         // Too few items to cut.
         whole_only(&format!("{HEAD}sites:\n{}", site(0)));
         // Through `parse`: the same mistake as ever.
@@ -273,7 +316,7 @@ mod tests {
         let sites: String = (0..5).map(site).collect();
         let text = format!("{HEAD}sites:\n{sites}{TAIL}");
         let (rest, parts) = cut(&text, 2).unwrap();
-        assert_eq!(rest, format!("{HEAD}{TAIL}"));
+        assert_eq!(rest, format!("{HEAD}sites: []\n{TAIL}"));
         assert_eq!(parts.len(), 2);
         assert_eq!(parts.concat(), sites);
         assert!(parts[1].starts_with("  - id: s3\n"));
@@ -290,29 +333,48 @@ mod tests {
         assert_eq!(seen(&a), seen(&b));
     }
 
-    /// Items in the forms YAML allows, some of them running over several lines in ways
-    /// that put an item-like line inside a string.
+    /// Items in plain forms: files of these are always cut.
+    const PLAIN: [&str; 6] = [
+        "  - id: a\n    tier: free\n",
+        "  - { id: b, tier: free }\n",
+        "  - { id: c,\n      tier: free }\n",
+        "  - id: \"d\n    e\"\n    tier: free\n",
+        "  - id: j\n    tier: free # - not an item\n\n",
+        "  - id: |\n      l\n      - m\n    tier: free\n",
+    ];
+
+    /// Items in the other forms YAML allows, some running over several lines in ways that
+    /// put an item-like line inside a string.
+    const OTHER: [&str; 6] = [
+        "  - id: 'f\n  - g'\n    tier: free\n",
+        "  - id: \"h\n  - i\"\n    tier: free\n",
+        "  # - id: k\n",
+        "  - id: &x n\n    tier: free\n",
+        "  - id: *x\n    tier: free\n",
+        "  - id: o\n    tier: free\n    keys:\n      - { id: p, hash: \"q\" }\n",
+    ];
+
+    fn plain_item() -> impl Strategy<Value = String> {
+        prop::sample::select(PLAIN.to_vec()).prop_map(String::from)
+    }
+
     fn item() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("  - id: a\n    tier: free\n".to_string()),
-            Just("  - { id: b, tier: free }\n".to_string()),
-            Just("  - { id: c,\n      tier: free }\n".to_string()),
-            Just("  - id: \"d\n    e\"\n    tier: free\n".to_string()),
-            Just("  - id: 'f\n  - g'\n    tier: free\n".to_string()),
-            Just("  - id: \"h\n  - i\"\n    tier: free\n".to_string()),
-            Just("  - id: j\n    tier: free # - not an item\n\n".to_string()),
-            Just("  # - id: k\n".to_string()),
-            Just("  - id: |\n      l\n      - m\n    tier: free\n".to_string()),
-            Just("  - id: &x n\n    tier: free\n".to_string()),
-            Just("  - id: *x\n    tier: free\n".to_string()),
-            Just(
-                "  - id: o\n    tier: free\n    keys:\n      - { id: p, hash: \"q\" }\n"
-                    .to_string()
-            ),
-        ]
+        prop::sample::select([PLAIN, OTHER].concat()).prop_map(String::from)
     }
 
     proptest! {
+        #[test]
+        fn plain_files_are_cut_and_read_as_in_one_piece(
+            items in prop::collection::vec(plain_item(), 6..12),
+            runs in 2usize..6,
+        ) {
+            let text = format!("{HEAD}sites:\n{}{TAIL}", items.concat());
+            let parts = in_parts(&text, runs);
+            prop_assert!(parts.is_some(), "not cut: {}", text);
+            let whole = parse_whole(&text).expect("parses whole");
+            prop_assert_eq!(seen(&parts.unwrap()), seen(&whole));
+        }
+
         /// Whenever a file is cut, its parts say what the whole says; whenever the whole
         /// fails, so does the cut (it is not taken).
         #[test]

@@ -94,7 +94,9 @@ pub struct LocalStore {
 impl LocalStore {
     /// Counters for these site keys; with USD counters when `spend`.
     pub fn new(sites: &[u64], spend: bool) -> Self {
-        let mut cells = HashMap::with_capacity_and_hasher(sites.len(), ahash::RandomState::new());
+        let mut cells = crate::alloc::hot_tables(|| {
+            HashMap::with_capacity_and_hasher(sites.len(), ahash::RandomState::new())
+        });
         for &site in sites {
             let next = cells.len() as u64;
             cells.entry(site).or_insert(next);
