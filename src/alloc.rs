@@ -188,6 +188,38 @@ pub fn release_free_memory() {
 }
 
 #[cfg(test)]
+/// The `VmFlags` of the mapping holding `p`, from /proc/self/smaps.
+pub(crate) fn vm_flags(p: *const u8) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let a = p as usize;
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) =
+                    (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+                {
+                    inside = (lo..hi).contains(&a);
+                    continue;
+                }
+            }
+        }
+        if inside {
+            if let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.to_string();
+            }
+        }
+    }
+    panic!("no mapping holds {a:#x}")
+}
+
+/// Whether the mapping holding `p` is marked for huge pages (`hg` in its VmFlags).
+#[cfg(test)]
+pub(crate) fn marked_huge(p: *const u8) -> bool {
+    vm_flags(p).split_whitespace().any(|f| f == "hg")
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -235,35 +267,10 @@ mod tests {
         assert_eq!(v[9], 9);
     }
 
-    /// The `VmFlags` of the mapping holding `p`, from /proc/self/smaps.
-    fn vm_flags(p: *const u8) -> String {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let a = p as usize;
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((lo, hi)) = range.split_once('-') {
-                    if let (Ok(lo), Ok(hi)) =
-                        (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-                    {
-                        inside = (lo..hi).contains(&a);
-                        continue;
-                    }
-                }
-            }
-            if inside {
-                if let Some(flags) = line.strip_prefix("VmFlags:") {
-                    return flags.to_string();
-                }
-            }
-        }
-        panic!("no mapping holds {a:#x}")
-    }
-
     #[test]
     fn only_the_hot_tables_are_marked_for_huge_pages() {
         // `hg` in VmFlags: MADV_HUGEPAGE.
-        let huge = |p: *const u8| vm_flags(p).split_whitespace().any(|f| f == "hg");
+        let huge = marked_huge;
         let mut buffer = vec![1u8; 3 << 20];
         let mut table = hot_tables(|| vec![2u8; 3 << 20]);
         assert!(!huge(buffer.as_ptr()), "{}", vm_flags(buffer.as_ptr()));

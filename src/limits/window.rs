@@ -564,4 +564,16 @@ mod tests {
             }
         }
     }
+
+    /// A site counter array past 2 MiB (about 260,000 sites) is on huge pages.
+    #[test]
+    fn large_dense_counters_are_a_hot_table() {
+        let w = SlidingWindow::dense(Period::every(Duration::from_secs(60)), 1 << 19);
+        for cells in &w.sketches {
+            let Cells::Dense(d) = cells else {
+                panic!("dense")
+            };
+            assert!(crate::alloc::marked_huge(d.as_ptr().cast()));
+        }
+    }
 }
