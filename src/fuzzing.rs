@@ -6,7 +6,7 @@
 use crate::auth::{sfv, signature};
 use crate::request::hygiene;
 use crate::response::sse::SseFramer;
-use crate::response::{usage, validate};
+use crate::response::{egress, usage, validate};
 
 /// A fuzz target's body.
 pub type Target = fn(&[u8]);
@@ -69,11 +69,27 @@ pub fn sse_framer(data: &[u8]) {
     }
 }
 
-/// Upstream JSON bodies through every endpoint's validator and the usage finder.
+/// Upstream JSON bodies through the body walk (egress and probe) and every endpoint's
+/// shape check, and the tree-based usage finder.
 pub fn response_json(data: &[u8]) {
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
         let _ = usage::find(&v);
     }
+    let secrets = validate::SecretScanner::new(&[]);
+    let rules = egress::Rules {
+        secrets: &secrets,
+        patterns: None,
+    };
+    let Ok(p) = egress::check_json(&rules, data) else {
+        return;
+    };
+    // The walk accepts strict JSON objects only.
+    let parsed = serde_json::from_slice::<serde_json::Value>(data);
+    assert!(
+        parsed.is_ok_and(|v| v.is_object()),
+        "the walk passed a non-object"
+    );
+    let _ = p.usage();
     for ep in [
         validate::Endpoint::ChatCompletions,
         validate::Endpoint::AnthropicMessages,
@@ -81,9 +97,7 @@ pub fn response_json(data: &[u8]) {
         validate::Endpoint::Embeddings,
         validate::Endpoint::Other,
     ] {
-        if let Ok(p) = validate::check_json_body(ep, 200, data) {
-            let _ = p.usage();
-        }
+        let _ = validate::check_shape(ep, 200, p.clone());
     }
 }
 

@@ -23,6 +23,7 @@
 //! one string at a time and open no channel; in a stream only `type` is (stream helpers
 //! join every other string of a delta, ids and names included).
 
+use crate::response::probe::{Probe, Reader, Role, Value as ProbeValue};
 use crate::response::validate::{Rejection, SecretScanner, Tail};
 use regex::bytes::RegexSet;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
@@ -82,8 +83,10 @@ impl Rules<'_> {
 
 /// Check a complete JSON body: raw bytes, then every string decoded, each text field
 /// joined across the array items a client joins, and unescaped once more; object keys
-/// on their own. A body that is not strict JSON is refused ([`Rejection::InvalidJson`]).
-pub fn check_json(rules: &Rules, body: &[u8]) -> Result<(), Rejection> {
+/// on their own. A body that is not a strict JSON object is refused
+/// ([`Rejection::InvalidJson`]). The same walk reads what [`Probe`] holds (the shape and
+/// usage), so the body is parsed once.
+pub fn check_json(rules: &Rules, body: &[u8]) -> Result<Probe, Rejection> {
     if let Some(r) = rules.hit(body) {
         return Err(r);
     }
@@ -95,12 +98,25 @@ pub fn check_json(rules: &Rules, body: &[u8]) -> Result<(), Rejection> {
         path: ROOT,
         key: None,
         hit: None,
+        role: Role::Body,
+        reader: Reader::default(),
     };
     let mut de = serde_json::Deserializer::from_slice(body);
     match de.deserialize_any(&mut walk).and_then(|()| de.end()) {
-        Ok(()) => Ok(()),
+        Ok(()) => walk.reader.finish().ok_or(Rejection::InvalidJson),
         Err(_) => Err(walk.hit.unwrap_or(Rejection::InvalidJson)),
     }
+}
+
+/// The probe of a body, no secret looked for (tests of what the walk reads).
+#[cfg(test)]
+pub fn probe(body: &[u8]) -> Option<Probe> {
+    let secrets = SecretScanner::new(&[]);
+    let rules = Rules {
+        secrets: &secrets,
+        patterns: None,
+    };
+    check_json(&rules, body).ok()
 }
 
 /// The hash of the empty path.
@@ -158,9 +174,19 @@ struct BodyWalk<'r, 'a> {
     /// The member whose value is being read (for [`is_identifier`]).
     key: Option<bool>,
     hit: Option<Rejection>,
+    /// What the value read next is to the probe, and what the probe has read.
+    role: Role,
+    reader: Reader,
 }
 
 impl BodyWalk<'_, '_> {
+    /// A value is entered: the probe sees it in the role it was given.
+    fn enter(&mut self, v: ProbeValue) -> Role {
+        let role = std::mem::take(&mut self.role);
+        self.reader.enter(role, v);
+        role
+    }
+
     fn stop<E: serde::de::Error>(&mut self, r: Result<(), Rejection>) -> Result<(), E> {
         match r {
             Err(r) => {
@@ -178,32 +204,40 @@ impl<'de> Visitor<'de> for &mut BodyWalk<'_, '_> {
         f.write_str("any JSON value")
     }
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        self.enter(ProbeValue::Other);
         Ok(())
     }
     fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.enter(ProbeValue::Other);
         Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+    fn visit_u64<E>(self, n: u64) -> Result<(), E> {
+        self.enter(ProbeValue::Count(n));
         Ok(())
     }
     fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.enter(ProbeValue::Other);
         Ok(())
     }
     fn visit_unit<E>(self) -> Result<(), E> {
+        self.enter(ProbeValue::Other);
         Ok(())
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        self.enter(ProbeValue::Str(v));
         let r = if self.key == Some(true) {
             match self.escapes {
                 true => self.rules.text(v).map_or(Ok(()), Err),
                 false => Ok(()),
             }
         } else {
-            self.channels.extend(self.rules, self.path, v)
+            self.channels
+                .extend(self.rules, self.path, v, !self.escapes)
         };
         self.stop(r)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        self.enter(ProbeValue::Array);
         let at = self.path;
         self.path = extend_path(at, ITEMS);
         while a.next_element_seed(&mut *self)?.is_some() {}
@@ -211,6 +245,7 @@ impl<'de> Visitor<'de> for &mut BodyWalk<'_, '_> {
         Ok(())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        let role = self.enter(ProbeValue::Object);
         let (at, key) = (self.path, self.key);
         while let Some(k) = a.next_key::<crate::json::Key<'de>>()? {
             if self.escapes {
@@ -219,9 +254,11 @@ impl<'de> Visitor<'de> for &mut BodyWalk<'_, '_> {
             }
             self.path = extend_path(at, hash_str(k.as_str()));
             self.key = Some(is_identifier(k.as_str()));
+            self.role = role.member(k.as_str());
             a.next_value_seed(&mut *self)?;
         }
         (self.path, self.key) = (at, key);
+        self.reader.leave_object(role);
         Ok(())
     }
 }
@@ -343,8 +380,10 @@ struct Channels {
 
 impl Channels {
     /// Extend the channel `path` by `s` and check it (and it unescaped once more).
+    /// `raw`: `s` stands in the bytes the raw scan checked as it is (no backslash there),
+    /// so a channel's first piece needs no check of its own, only what it joins.
     /// Past [`MAX_CHANNELS`] fields the answer is refused ([`Rejection::TooLarge`]).
-    fn extend(&mut self, rules: &Rules, path: u64, s: &str) -> Result<(), Rejection> {
+    fn extend(&mut self, rules: &Rules, path: u64, s: &str, raw: bool) -> Result<(), Rejection> {
         if s.is_empty() {
             return Ok(());
         }
@@ -365,8 +404,9 @@ impl Channels {
                 hit.is_some()
             });
         }
+        let seen = raw && ch.text.is_empty();
         ch.text.scan(s.as_bytes(), keep, |b| {
-            hit = hit.or(rules.hit(b));
+            hit = hit.or_else(|| (!seen).then(|| rules.hit(b)).flatten());
             hit.is_some()
         });
         hit.map_or(Ok(()), Err)
@@ -417,9 +457,9 @@ impl StreamText {
                 false => Ok(()),
             },
             Value::String(s) => {
-                self.channels.extend(rules, indexed, s)?;
+                self.channels.extend(rules, indexed, s, !escapes)?;
                 if joined != indexed {
-                    self.channels.extend(rules, joined, s)?;
+                    self.channels.extend(rules, joined, s, !escapes)?;
                 }
                 Ok(())
             }

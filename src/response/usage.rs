@@ -324,7 +324,7 @@ mod tests {
             };
             let u = find(&v).unwrap();
             proptest::prop_assert_eq!((u.input, u.output, u.cached, u.reasoning), want);
-            let probe = crate::response::probe::Probe::parse(v.to_string().as_bytes()).unwrap();
+            let probe = crate::response::egress::probe(v.to_string().as_bytes()).unwrap();
             proptest::prop_assert_eq!(probe.usage(), Some(u));
         }
     }

@@ -171,10 +171,10 @@ pub fn shape_ok(endpoint: Endpoint, p: &Probe) -> bool {
     }
 }
 
-/// Check a complete JSON body (an object). Provider error bodies (status ≥ 400) only
-/// need to be a JSON object; success bodies need their endpoint's shape.
-pub fn check_json_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Probe, Rejection> {
-    let p = Probe::parse(body).ok_or(Rejection::InvalidJson)?;
+/// Check what a complete JSON body said ([`Probe`], read by the egress walk). Provider
+/// error bodies (status ≥ 400) only need to be a JSON object; success bodies need their
+/// endpoint's shape.
+pub fn check_shape(endpoint: Endpoint, status: u16, p: Probe) -> Result<Probe, Rejection> {
     if status >= 400 || shape_ok(endpoint, &p) {
         Ok(p)
     } else {
@@ -243,6 +243,11 @@ pub struct Tail {
 }
 
 impl Tail {
+    /// Nothing held yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
     /// Append `chunk`, test `f` on (tail + chunk), keep the last `keep` bytes.
     pub fn scan(&mut self, chunk: &[u8], keep: usize, mut f: impl FnMut(&[u8]) -> bool) -> bool {
         if self.buf.is_empty() {
@@ -296,6 +301,12 @@ mod tests {
         assert_eq!(Rejection::Deadline.to_error().code.status(), 504);
     }
     use proptest::prelude::*;
+
+    /// A body's probe (no secrets looked for), then its shape.
+    fn check_json_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Probe, Rejection> {
+        let p = crate::response::egress::probe(body).ok_or(Rejection::InvalidJson)?;
+        check_shape(endpoint, status, p)
+    }
 
     #[test]
     fn shapes() {

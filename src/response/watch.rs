@@ -317,8 +317,9 @@ fn finish_json(
     status: u16,
     usage: &mut Option<Usage>,
 ) -> Result<Bytes, Refused> {
-    let probe = validate::check_json_body(endpoint, status, &buf).map_err(Refused::Rejected)?;
-    egress::check_json(&rules.egress, &buf).map_err(Refused::Rejected)?;
+    let probe = egress::check_json(&rules.egress, &buf)
+        .and_then(|p| validate::check_shape(endpoint, status, p))
+        .map_err(Refused::Rejected)?;
     *usage = probe.usage();
     // Placeholders back to the client's values (after the checks, which judge what
     // the provider sent).

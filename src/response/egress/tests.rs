@@ -1,4 +1,5 @@
 use super::*;
+use crate::response::probe::Kind;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -67,8 +68,9 @@ fn escaped_key_in_a_json_body_is_found() {
         check_json(
             &rules,
             br#"{"choices":[{"message":{"content":"sk-acc- nothing"}}]}"#
-        ),
-        Ok(())
+        )
+        .map(|p| p.choices),
+        Ok(Kind::Array)
     );
 }
 
@@ -131,7 +133,7 @@ fn long_keys_and_many_fields_stay_bounded() {
     let long = "k".repeat(1 << 20);
     let fields: Vec<String> = (0..100).map(|i| format!(r#""a{i}":"x""#)).collect();
     let body = format!(r#"{{"{long}":{{{}}}}}"#, fields.join(","));
-    assert_eq!(check_json(&rules, body.as_bytes()), Ok(()));
+    assert!(check_json(&rules, body.as_bytes()).is_ok());
     // More text fields than channels: refused, not merged (a merge would lose joins).
     let fields: Vec<String> = (0..=MAX_CHANNELS)
         .map(|i| format!(r#""a{i}":"x""#))
