@@ -21,7 +21,12 @@ pub(super) fn upstream_path(
 ) -> String {
     let rest = path.get(prefix.len()..).unwrap_or("");
     let rest = rest.trim_start_matches('/');
-    let mut out = format!("{}/{}", up.base_path, rest);
+    // Sized once, without the formatting machinery (this runs on every request).
+    let mut out =
+        String::with_capacity(up.base_path.len() + 1 + rest.len() + 1 + query.map_or(0, str::len));
+    out.push_str(&up.base_path);
+    out.push('/');
+    out.push_str(rest);
     if let Some(q) = query {
         let q = if up.kind == UpstreamKind::Gemini {
             strip_key_param(q)
