@@ -329,40 +329,47 @@ impl Line<'_> {
     /// the line's cost; here names are written as they are and a string is copied
     /// whole when nothing in it needs escaping (else serde_json writes it).
     pub fn write(&self, out: &mut Vec<u8>) {
-        let mut o = Members::new(out);
-        o.key("ts");
+        // `,"name":` as one literal per member (the first opens the object).
+        macro_rules! m {
+            ($name:literal) => {
+                concat!(",\"", $name, "\":")
+            };
+        }
+        out.reserve(640);
+        let mut o = Members { out };
+        o.key("{\"ts\":");
         o.quoted(&self.ts);
-        o.str("request_id", Some(self.request_id));
-        o.str("method", Some(self.method));
-        o.str("path", Some(self.path));
-        o.str("user_agent", self.user_agent);
-        o.str("site", self.site);
-        o.str("key_id", self.key_id);
-        o.str("route", self.route);
-        o.str("upstream", self.upstream);
-        o.str("model", self.model);
-        o.value("status", &self.status);
-        o.str("error_code", self.error_code);
-        o.value("duration_ms", &self.duration_ms);
-        o.value("upstream_ms", &self.upstream_ms);
-        o.value("upstream_header_ms", &self.upstream_header_ms);
-        o.value("tokens_in", &self.tokens_in);
-        o.value("tokens_out", &self.tokens_out);
-        o.value("tokens_estimated", &self.tokens_estimated);
-        o.value("tokens_cached", &self.tokens_cached);
-        o.value("tokens_cache_write", &self.tokens_cache_write);
-        o.value("tokens_reasoning", &self.tokens_reasoning);
-        o.value("cost_usd", &self.cost_usd);
-        o.key("client_ip");
+        o.str(m!("request_id"), Some(self.request_id));
+        o.str(m!("method"), Some(self.method));
+        o.str(m!("path"), Some(self.path));
+        o.str(m!("user_agent"), self.user_agent);
+        o.str(m!("site"), self.site);
+        o.str(m!("key_id"), self.key_id);
+        o.str(m!("route"), self.route);
+        o.str(m!("upstream"), self.upstream);
+        o.str(m!("model"), self.model);
+        o.value(m!("status"), &self.status);
+        o.str(m!("error_code"), self.error_code);
+        o.value(m!("duration_ms"), &self.duration_ms);
+        o.value(m!("upstream_ms"), &self.upstream_ms);
+        o.value(m!("upstream_header_ms"), &self.upstream_header_ms);
+        o.value(m!("tokens_in"), &self.tokens_in);
+        o.value(m!("tokens_out"), &self.tokens_out);
+        o.value(m!("tokens_estimated"), &self.tokens_estimated);
+        o.value(m!("tokens_cached"), &self.tokens_cached);
+        o.value(m!("tokens_cache_write"), &self.tokens_cache_write);
+        o.value(m!("tokens_reasoning"), &self.tokens_reasoning);
+        o.value(m!("cost_usd"), &self.cost_usd);
+        o.key(m!("client_ip"));
         match &self.client_ip {
             Some(ip) => o.quoted(ip),
             None => o.out.extend_from_slice(b"null"),
         }
-        o.str("auth", self.auth);
-        o.str("credential", self.credential);
-        o.value("pii", &self.pii);
+        o.str(m!("auth"), self.auth);
+        o.str(m!("credential"), self.credential);
+        o.value(m!("pii"), &self.pii);
         if let Some(attempts) = &self.attempts {
-            o.value("attempts", attempts);
+            o.value(m!("attempts"), attempts);
         }
         o.out.push(b'}');
     }
@@ -371,26 +378,17 @@ impl Line<'_> {
 /// The members of a JSON object being written.
 struct Members<'o> {
     out: &'o mut Vec<u8>,
-    first: bool,
 }
 
-impl<'o> Members<'o> {
-    fn new(out: &'o mut Vec<u8>) -> Self {
-        Members { out, first: true }
-    }
-
-    /// `"name":` (member names here are plain ASCII: nothing to escape).
-    fn key(&mut self, name: &'static str) {
-        self.out.push(if self.first { b'{' } else { b',' });
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(name.as_bytes());
-        self.out.extend_from_slice(b"\":");
+impl Members<'_> {
+    /// A member's start: `,"name":` (names here are plain ASCII: nothing to escape).
+    fn key(&mut self, start: &'static str) {
+        self.out.extend_from_slice(start.as_bytes());
     }
 
     /// A string member, or `null`.
-    fn str(&mut self, name: &'static str, v: Option<&str>) {
-        self.key(name);
+    fn str(&mut self, start: &'static str, v: Option<&str>) {
+        self.key(start);
         match v {
             Some(s) if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') => {
                 self.out.push(b'"');
@@ -411,8 +409,8 @@ impl<'o> Members<'o> {
     }
 
     /// Any other member, as serde_json writes its value.
-    fn value(&mut self, name: &'static str, v: &impl serde::Serialize) {
-        self.key(name);
+    fn value(&mut self, start: &'static str, v: &impl serde::Serialize) {
+        self.key(start);
         self.serde(v);
     }
 
