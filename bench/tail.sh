@@ -6,7 +6,9 @@
 # per thread; the bare proxy run the same way, its `perthread` mode), in
 # BENCH_ROUNDS alternating rounds (default 3). Per run: p50 / p99 / p99.9, and the upstream
 # connections opened during it (nginx stub_status, less k6's own for `direct`): a request
-# that finds no pooled connection pays a connect.
+# that finds no pooled connection pays a connect. Each run follows a warm-up of the same load
+# (k6_warm, BENCH_K6_WARMUP): a run measures the steady state, not the reconnects after a
+# proxy sat idle for its turn (keygate's pooled connections expire after 60 s idle).
 #   bench/tail.sh [KEYGATE_BINARY]      (default target/release/keygate)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -54,6 +56,7 @@ ORDER=(direct pingora_steal pingora_nosteal keygate_steal keygate_nosteal)
 declare -A ALL
 for round in $(seq "$ROUNDS"); do
   for t in "${ORDER[@]}"; do
+    k6_warm "$t" "${URLS[$t]}" "$RATE" bench/latency.js
     a0="$(upstream_count accepts)"
     k6_fixed "$t" "${URLS[$t]}" "$RATE" bench/latency.js "$work/k6.json"
     conns=$(($(upstream_count accepts) - a0 - 1))
