@@ -20,10 +20,11 @@
 //! 1.16× (it links this allocator too, so keygate / bare compares the proxies). README,
 //! Benchmarks, "The allocator".
 
-#[cfg(fuzzing)]
-use std::alloc::System as Small;
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
+
+#[cfg(fuzzing)]
+use std::alloc::System as Small;
 /// The allocator of ordinary blocks: mimalloc ([`Mi`]); under `cargo fuzz` the system's,
 /// which AddressSanitizer watches.
 #[cfg(not(fuzzing))]
@@ -377,19 +378,22 @@ mod tests {
     #[test]
     fn only_the_hot_tables_are_marked_for_huge_pages() {
         // `hg` in VmFlags: MADV_HUGEPAGE.
-        let huge = marked_huge;
         let mut buffer = vec![1u8; 3 << 20];
         let mut table = hot_tables(|| vec![2u8; 3 << 20]);
-        assert!(!huge(buffer.as_ptr()), "{}", vm_flags(buffer.as_ptr()));
-        assert!(huge(table.as_ptr()));
+        assert!(
+            !marked_huge(buffer.as_ptr()),
+            "{}",
+            vm_flags(buffer.as_ptr())
+        );
+        assert!(marked_huge(table.as_ptr()));
         // A block keeps its kind as it grows (mremap moves the mapping with its flags).
         buffer.resize(9 << 20, 3);
         table.resize(9 << 20, 4);
-        assert!(!huge(buffer.as_ptr()));
-        assert!(huge(table.as_ptr()));
+        assert!(!marked_huge(buffer.as_ptr()));
+        assert!(marked_huge(table.as_ptr()));
         // The thread is back to ordinary pages.
         let after = vec![5u8; 3 << 20];
-        assert!(!huge(after.as_ptr()));
+        assert!(!marked_huge(after.as_ptr()));
     }
 
     /// A large buffer that grows (moved by `mremap`) and shrinks keeps its contents;

@@ -97,7 +97,7 @@ pub fn response_json(data: &[u8]) {
         validate::Endpoint::Embeddings,
         validate::Endpoint::Other,
     ] {
-        let _ = validate::check_shape(ep, 200, p.clone());
+        let _ = validate::check_shape(ep, 200, &p);
     }
 }
 

@@ -174,9 +174,9 @@ pub fn shape_ok(endpoint: Endpoint, p: &Probe) -> bool {
 /// Check what a complete JSON body said ([`Probe`], read by the egress walk). Provider
 /// error bodies (status ≥ 400) only need to be a JSON object; success bodies need their
 /// endpoint's shape.
-pub fn check_shape(endpoint: Endpoint, status: u16, p: Probe) -> Result<Probe, Rejection> {
-    if status >= 400 || shape_ok(endpoint, &p) {
-        Ok(p)
+pub fn check_shape(endpoint: Endpoint, status: u16, p: &Probe) -> Result<(), Rejection> {
+    if status >= 400 || shape_ok(endpoint, p) {
+        Ok(())
     } else {
         Err(Rejection::Shape)
     }
@@ -305,7 +305,7 @@ mod tests {
     /// A body's probe (no secrets looked for), then its shape.
     fn check_json_body(endpoint: Endpoint, status: u16, body: &[u8]) -> Result<Probe, Rejection> {
         let p = crate::response::egress::probe(body).ok_or(Rejection::InvalidJson)?;
-        check_shape(endpoint, status, p)
+        check_shape(endpoint, status, &p).map(|()| p)
     }
 
     #[test]

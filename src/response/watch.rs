@@ -317,9 +317,8 @@ fn finish_json(
     status: u16,
     usage: &mut Option<Usage>,
 ) -> Result<Bytes, Refused> {
-    let probe = egress::check_json(&rules.egress, &buf)
-        .and_then(|p| validate::check_shape(endpoint, status, p))
-        .map_err(Refused::Rejected)?;
+    let probe = egress::check_json(&rules.egress, &buf).map_err(Refused::Rejected)?;
+    validate::check_shape(endpoint, status, &probe).map_err(Refused::Rejected)?;
     *usage = probe.usage();
     // Placeholders back to the client's values (after the checks, which judge what
     // the provider sent).
