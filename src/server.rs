@@ -216,6 +216,30 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// A fresh start (not `--upgrade`, which takes over the old process's listening sockets)
+/// first checks that every address it is to listen on is free, and refuses to start,
+/// naming the YAML path, when one is not, as nginx does. Left to Pingora, a taken address
+/// is retried for 30 s and then stops only the service that listens on it: keygate would
+/// run on without its admin listener (no `/healthz`, no `/metrics`) or without a client
+/// listener. The probe binds as Pingora does, with `SO_REUSEADDR` (std's default on
+/// Unix), so a connection of a previous run in TIME_WAIT does not count, and without
+/// `SO_REUSEPORT`, so a second keygate on the same port counts. Port 0 is always free.
+fn check_addresses_free(p: &crate::config::ProcessSettings) -> Result<(), String> {
+    let client = p
+        .listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (format!("server.listen[{i}].addr"), l.addr));
+    let admin = p
+        .admin_listen
+        .map(|a| ("server.admin_listen".to_string(), a));
+    for (path, addr) in client.chain(admin).filter(|(_, a)| a.port() != 0) {
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{path}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// Load the config (or the demo), start everything, never return on success.
 pub fn serve(opts: ServeOptions) -> Result<(), String> {
     crate::reload::catch_early_hup();
@@ -240,6 +264,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         .map_err(|e| format!("{}:\n{e}", opts.config.display()))?;
     for w in &rt.warnings {
         log::warn!("{w}");
+    }
+    if !opts.upgrade {
+        check_addresses_free(&rt.process)?;
     }
     crate::alloc::release_free_memory();
     let listeners = rt.process.listeners.clone();

@@ -107,3 +107,50 @@ fn tls_listener_refuses_tls_1_0() {
         "TLS 1.0 handshake succeeded"
     );
 }
+
+/// A second `keygate serve` on addresses the first one holds: it refuses to start at
+/// once, naming the YAML path, instead of retrying for 30 s and running on without the
+/// listener (Pingora's behaviour for a taken address). The first keeps serving.
+#[test]
+fn a_taken_address_stops_the_start_naming_its_yaml_path() {
+    let gw = Gateway::start();
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    let main = format!("127.0.0.1:{}", gw.port);
+    let admin = format!("127.0.0.1:{}", gw.admin_port);
+    assert!(text.contains(&main) && text.contains(&admin));
+    let free_main = format!("127.0.0.1:{}", free_port());
+    for (config, path, taken) in [
+        (text.clone(), "server.listen[0].addr", &main),
+        (
+            text.replace(&main, &free_main),
+            "server.admin_listen",
+            &admin,
+        ),
+    ] {
+        let cfg = gw.dir.path().join("second.yaml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = gw.dir.path().join("second.log");
+        let mut child = spawn_serve(&cfg, &log, "info");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "keygate started on the taken {taken}:\n{}",
+                    std::fs::read_to_string(&log).unwrap()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let out = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(status.code(), Some(1), "{out}");
+        assert!(
+            out.contains(&format!("keygate: {path}: cannot listen on {taken}: ")),
+            "{out}"
+        );
+    }
+    assert_eq!(gw.admin_get("/healthz").0, 200);
+}

@@ -489,14 +489,30 @@ sites:
         Ok(gw)
     }
 
-    /// Wait until keygate listens on its public and admin ports (the admin listener is
-    /// its own service and may bind a moment later); `Err(logs)` if it exits or never
-    /// listens.
+    /// Wait until keygate listens on its public port and answers `/healthz` on its admin
+    /// port (the admin listener is its own service and may bind a moment later);
+    /// `Err(logs)` if it exits or never listens.
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             let listening = |port: u16| TcpStream::connect(("127.0.0.1", port)).is_ok();
-            if listening(self.port) && listening(self.admin_port) {
+            // The admin port answers `/healthz` as keygate does: a port taken by another
+            // process (another test's keygate) is not mistaken for this one's.
+            let healthy = || {
+                let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.admin_port)) else {
+                    return false;
+                };
+                let mut out = String::new();
+                s.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
+                    && s.write_all(
+                        b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+                    )
+                    .is_ok()
+                    && s.read_to_string(&mut out).is_ok()
+                    && out.starts_with("HTTP/1.1 200")
+                    && out.contains("\r\n\r\nok\n")
+            };
+            if listening(self.port) && healthy() {
                 return Ok(());
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
