@@ -72,9 +72,8 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
 /// Parse JSON refusing duplicate keys at any depth (serde_json bounds nesting at 128).
 pub fn parse_strict(body: &[u8]) -> Result<Value, String> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let Strict(v) = Strict::deserialize(&mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
+    let Strict(v) = crate::json::read_whole(body, std::marker::PhantomData::<Strict>)
+        .map_err(|e| e.to_string())?;
     Ok(v)
 }
 

@@ -101,8 +101,7 @@ pub fn check_json(rules: &Rules, body: &[u8]) -> Result<Probe, Rejection> {
         role: Role::Body,
         reader: Reader::default(),
     };
-    let mut de = serde_json::Deserializer::from_slice(body);
-    match de.deserialize_any(&mut walk).and_then(|()| de.end()) {
+    match crate::json::read_whole(body, crate::json::Any(&mut walk)) {
         Ok(()) => walk.reader.finish().ok_or(Rejection::InvalidJson),
         Err(_) => Err(walk.hit.unwrap_or(Rejection::InvalidJson)),
     }

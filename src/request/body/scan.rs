@@ -156,9 +156,8 @@ impl<'de> Visitor<'de> for ScanV {
 
 /// Scan `body`: `Ok(None)` when it is valid JSON but not an object.
 pub fn top(body: &[u8]) -> Result<Option<Top<'_>>, String> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let Scanned(v) = Scanned::deserialize(&mut de).map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
+    let Scanned(v) = crate::json::read_whole(body, std::marker::PhantomData::<Scanned>)
+        .map_err(|e| e.to_string())?;
     Ok(match v {
         Seen::Object(top) => Some(top),
         _ => None,
