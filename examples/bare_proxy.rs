@@ -39,7 +39,19 @@ impl ProxyHttp for Bare {
     fn new_ctx(&self) {}
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let Some(ca) = &self.ca else {
-            return Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())));
+            let mut p = HttpPeer::new(self.upstream, false, String::new());
+            // BARE_TIMEOUTS: keygate's upstream timeouts (its defaults), to measure what
+            // Pingora's per-operation timers cost the engine itself.
+            if std::env::var_os("BARE_TIMEOUTS").is_some() {
+                use std::time::Duration;
+                let o = &mut p.options;
+                o.connection_timeout = Some(Duration::from_secs(5));
+                o.total_connection_timeout = Some(Duration::from_secs(7));
+                o.read_timeout = Some(Duration::from_secs(60));
+                o.write_timeout = Some(Duration::from_secs(30));
+                o.idle_timeout = Some(Duration::from_secs(60));
+            }
+            return Ok(Box::new(p));
         };
         let mut peer = HttpPeer::new(self.upstream, true, "localhost".into());
         peer.options.ca = Some(ca.clone());
