@@ -40,14 +40,15 @@ impl ProxyHttp for Bare {
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let Some(ca) = &self.ca else {
             let mut p = HttpPeer::new(self.upstream, false, String::new());
-            // BARE_TIMEOUTS: keygate's upstream timeouts (its defaults), to measure what
-            // Pingora's per-operation timers cost the engine itself.
+            // BARE_TIMEOUTS: the upstream timeouts keygate sets with its defaults
+            // (`upstream::peer`: connect 3 s, 5 s in all, read 120 s, write 30 s), to
+            // measure what Pingora's per-operation timers cost the engine itself.
             if std::env::var_os("BARE_TIMEOUTS").is_some() {
                 use std::time::Duration;
                 let o = &mut p.options;
-                o.connection_timeout = Some(Duration::from_secs(5));
-                o.total_connection_timeout = Some(Duration::from_secs(7));
-                o.read_timeout = Some(Duration::from_secs(60));
+                o.connection_timeout = Some(Duration::from_secs(3));
+                o.total_connection_timeout = Some(Duration::from_secs(5));
+                o.read_timeout = Some(Duration::from_secs(120));
                 o.write_timeout = Some(Duration::from_secs(30));
                 o.idle_timeout = Some(Duration::from_secs(60));
             }

@@ -499,18 +499,8 @@ sites:
             // The admin port answers `/healthz` as keygate does: a port taken by another
             // process (another test's keygate) is not mistaken for this one's.
             let healthy = || {
-                let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.admin_port)) else {
-                    return false;
-                };
-                let mut out = String::new();
-                s.set_read_timeout(Some(Duration::from_secs(2))).is_ok()
-                    && s.write_all(
-                        b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-                    )
-                    .is_ok()
-                    && s.read_to_string(&mut out).is_ok()
-                    && out.starts_with("HTTP/1.1 200")
-                    && out.contains("\r\n\r\nok\n")
+                self.try_admin_get("/healthz")
+                    .is_some_and(|(status, body)| status == 200 && body == "ok\n")
             };
             if listening(self.port) && healthy() {
                 return Ok(());
@@ -589,20 +579,27 @@ sites:
 
     /// GET a path on the admin listener (status, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        self.try_admin_get(path)
+            .unwrap_or_else(|| panic!("no answer on the admin port for {path}"))
+    }
+
+    /// [`Gateway::admin_get`], `None` when nothing answers (10 s to read the answer).
+    fn try_admin_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.admin_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
         )
-        .unwrap();
+        .ok()?;
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
+        s.read_to_string(&mut out).ok()?;
         let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
         let body = out
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
-        (status, body)
+        Some((status, body))
     }
 
     /// A metric's value on the admin listener (`name{labels}` exactly as exported).
