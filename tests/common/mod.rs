@@ -24,14 +24,26 @@ pub fn now() -> i64 {
 
 /// Poll `probe` until it yields, for up to 5 s. Metrics and audit lines are written by the
 /// `logging` hook, which runs after the client already has its answer.
-pub fn eventually<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(5);
+pub fn eventually<T>(what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll_until(Duration::from_secs(5), Duration::from_millis(20), probe)
+        .unwrap_or_else(|| panic!("timed out waiting for {what}"))
+}
+
+/// Poll `probe` every `every` until it yields, for up to `limit`; `None` when it never did.
+pub fn poll_until<T>(
+    limit: Duration,
+    every: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = probe() {
-            return v;
+            return Some(v);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(every);
     }
 }
 

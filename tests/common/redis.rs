@@ -5,7 +5,7 @@
 //! installs it). Without them the tests are skipped with a message, unless
 //! `KEYGATE_REQUIRE_REDIS` is set (`make test` sets it), in which case they fail.
 
-use super::{eventually, free_port, gen_certs};
+use super::{eventually, free_port, gen_certs, poll_until};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -264,19 +264,33 @@ impl RedisCluster {
     /// Every running node reports `cluster_state:ok`, the same number of primaries with
     /// slots as at the start, and every replica has finished its sync (a replica that has
     /// not cannot take over).
+    ///
+    /// Six `redis-server`s gossiping, syncing replicas and answering a `redis-cli` per probe
+    /// share two cores with the rest of the suite (the other cluster test starts six more),
+    /// so this waits up to 30 s, probing every 100 ms; the panic names the nodes not ready.
     pub fn wait_ok(&self) {
         let want = self.nodes.len() / 2;
-        eventually("cluster_state:ok everywhere, replicas in sync", || {
-            self.running()
-                .all(|p| {
+        let mut not_ready = vec![];
+        let mut primaries = vec![];
+        let ok = poll_until(Duration::from_secs(30), Duration::from_millis(100), || {
+            not_ready = self
+                .running()
+                .filter(|&p| {
                     let info = self.cli(p, &["INFO", "replication"]);
-                    self.cli(p, &["CLUSTER", "INFO"])
+                    !(self
+                        .cli(p, &["CLUSTER", "INFO"])
                         .contains("cluster_state:ok")
-                        && (info.contains("role:master") || info.contains("master_link_status:up"))
+                        && (info.contains("role:master") || info.contains("master_link_status:up")))
                 })
-                .then_some(())
-                .filter(|_| self.primaries().len() == want)
+                .collect();
+            primaries = self.primaries();
+            (not_ready.is_empty() && primaries.len() == want).then_some(())
         });
+        assert!(
+            ok.is_some(),
+            "timed out after 30 s waiting for cluster_state:ok everywhere with replicas in sync: \
+             nodes not ready {not_ready:?}, primaries {primaries:?} (want {want})"
+        );
     }
 
     fn running(&self) -> impl Iterator<Item = u16> + '_ {
