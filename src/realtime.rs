@@ -6,7 +6,7 @@
 
 use crate::response::egress::{self, Rules};
 use crate::response::usage::{self, Usage};
-use crate::response::validate::Rejection;
+use crate::response::validate::{Rejection, Tail};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,20 +84,47 @@ pub fn forwarded_subprotocols(headers: &http::HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// One text message from the provider: refused when it carries a secret or a blocked
-/// pattern (escapes and all, as any JSON answer); its usage when it is `response.done`.
-pub fn provider_event(text: &str, rules: &Rules) -> Result<Option<Usage>, Rejection> {
-    let bytes = text.as_bytes();
-    match serde_json::from_slice::<serde_json::Value>(bytes) {
-        Ok(v) => {
-            egress::check_json(rules, bytes)?;
-            let done = v.get("type").and_then(|t| t.as_str()) == Some("response.done");
-            Ok(if done { usage::find(&v) } else { None })
-        }
-        Err(_) => match rules.hit(bytes) {
-            Some(r) => Err(r),
-            None => Ok(None),
-        },
+/// What a session's provider has sent so far, as a client reads it: the text of each
+/// field joined across messages (a client appends `response.output_text.delta` after
+/// `response.output_text.delta`), and the tail of its binary messages. A secret cut over
+/// two messages is found in the one that completes it, which is not passed on.
+#[derive(Default)]
+pub struct ProviderWatch {
+    text: egress::StreamText,
+    binary: Tail,
+}
+
+impl ProviderWatch {
+    /// One text message: refused unless it is strict JSON (a lenient client parser could
+    /// read a secret from one keygate cannot parse, `"\ud800…"`), and when it carries a
+    /// secret or a blocked pattern, alone or joined with the messages before; its usage
+    /// when it is `response.done`.
+    pub fn text(&mut self, text: &str, rules: &Rules) -> Result<Option<Usage>, Rejection> {
+        let v =
+            serde_json::from_str::<serde_json::Value>(text).map_err(|_| Rejection::InvalidJson)?;
+        self.text.check(rules, text.as_bytes(), Some(&v))?;
+        let done = v.get("type").and_then(|t| t.as_str()) == Some("response.done");
+        Ok(if done { usage::find(&v) } else { None })
+    }
+
+    /// One binary message: its bytes, and the end of the ones before, hold no secret.
+    pub fn binary(&mut self, bytes: &[u8], rules: &Rules) -> Result<(), Rejection> {
+        let mut hit = None;
+        self.binary.scan(bytes, rules.keep(), |b| {
+            hit = rules.hit(b);
+            hit.is_some()
+        });
+        hit.map_or(Ok(()), Err)
+    }
+
+    /// The reason of the provider's close frame, which would reach the client as it is.
+    pub fn close_reason(&self, reason: &str, rules: &Rules) -> Result<(), Rejection> {
+        rules.text(reason).map_or(Ok(()), Err)
+    }
+
+    /// Text channels open (bounded by [`egress::MAX_CHANNELS`]).
+    pub fn channels(&self) -> usize {
+        self.text.channels()
     }
 }
 
@@ -293,16 +320,66 @@ mod tests {
             secrets: &scanner,
             patterns: None,
         };
+        let text = |t: &str| ProviderWatch::default().text(t, &rules);
         let done = r#"{"type":"response.done","response":{"usage":{"total_tokens":30,"input_tokens":10,"output_tokens":20}}}"#;
-        let u = provider_event(done, &rules).unwrap().unwrap();
+        let u = text(done).unwrap().unwrap();
         assert_eq!((u.input, u.output, u.estimated), (10, 20, false));
-        assert_eq!(
-            provider_event(r#"{"type":"session.created"}"#, &rules).unwrap(),
-            None
-        );
+        assert_eq!(text(r#"{"type":"session.created"}"#).unwrap(), None);
         let leak = r#"{"type":"response.output_text.delta","delta":"sk-secret-\u0030123456789"}"#;
-        assert_eq!(provider_event(leak, &rules), Err(Rejection::SecretEgress));
-        assert!(provider_event("not json sk-secret-0123456789", &rules).is_err());
+        assert_eq!(text(leak), Err(Rejection::SecretEgress));
+        assert!(text("not json sk-secret-0123456789").is_err());
+        // Not strict JSON (a lone surrogate): a lenient parser would still read the key.
+        let lone =
+            r#"{"type":"response.output_text.delta","delta":"\ud800 sk-secret-\u0030123456789"}"#;
+        assert_eq!(text(lone), Err(Rejection::InvalidJson));
+        // An earlier duplicate member, escaped: a parser that keeps the first reads it.
+        let dup = r#"{"type":"response.output_text.delta","delta":"sk-secret-\u0030123456789","delta":"x"}"#;
+        assert_eq!(text(dup), Err(Rejection::SecretEgress));
+    }
+
+    #[test]
+    fn a_secret_cut_over_messages_is_found_in_the_one_that_completes_it() {
+        let scanner = SecretScanner::new(&["sk-secret-0123456789".to_string()]);
+        let rules = Rules {
+            secrets: &scanner,
+            patterns: None,
+        };
+        let delta = |d: &str| {
+            format!(
+                r#"{{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":"{d}"}}"#
+            )
+        };
+        let mut w = ProviderWatch::default();
+        assert_eq!(w.text(&delta("here: sk-secret-01"), &rules), Ok(None));
+        assert_eq!(
+            w.text(&delta("23456789 done"), &rules),
+            Err(Rejection::SecretEgress)
+        );
+        // Function call arguments, one character escaped in the second half.
+        let args = |d: &str| {
+            format!(
+                r#"{{"type":"response.function_call_arguments.delta","output_index":1,"delta":"{d}"}}"#
+            )
+        };
+        let mut w = ProviderWatch::default();
+        assert_eq!(w.text(&args(r#"{\"k\":\"sk-secret-"#), &rules), Ok(None));
+        assert_eq!(
+            w.text(&args(r#"\\u0030123456789\"}"#), &rules),
+            Err(Rejection::SecretEgress)
+        );
+        // Binary messages.
+        let mut w = ProviderWatch::default();
+        assert_eq!(w.binary(b"\x00\x01sk-secret-012", &rules), Ok(()));
+        assert_eq!(
+            w.binary(b"3456789\x02", &rules),
+            Err(Rejection::SecretEgress)
+        );
+        // The close frame's reason, escaped or not.
+        assert_eq!(
+            w.close_reason("bye sk-secret-0123456789", &rules),
+            Err(Rejection::SecretEgress)
+        );
+        assert_eq!(w.close_reason("normal closure", &rules), Ok(()));
     }
 
     #[test]

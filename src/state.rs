@@ -110,9 +110,11 @@ impl State {
         let nonces = NonceStore::new(rt.process.nonce_store_capacity);
         let audit = AuditLog::new(rt.process.audit_path.clone());
         let live = Live::build(&rt, None);
+        let rt = Arc::new(rt);
+        crate::telemetry::logger::watch(rt.clone());
         Arc::new(State {
             live: ArcSwap::from_pointee(live),
-            runtime: ArcSwap::from_pointee(rt),
+            runtime: ArcSwap::new(rt),
             nonces,
             limiter: ArcSwap::from_pointee(limiter),
             auth_failures: AuthFailureLimiter::default(),
@@ -163,6 +165,7 @@ impl State {
         let live = Live::build(&rt, Some(&self.live.load()));
         self.live.store(Arc::new(live));
         let rt = Arc::new(rt);
+        crate::telemetry::logger::watch(rt.clone());
         self.runtime.store(rt.clone());
         // After the swap: a request still on the old config could otherwise bring a removed
         // site's baseline back.

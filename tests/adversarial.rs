@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use futures::StreamExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -64,18 +63,7 @@ async fn exchange(
     };
     let status = r.status().as_u16();
     let headers = r.headers().clone();
-    let mut bytes = Vec::new();
-    let mut cut = None;
-    let mut stream = r.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(c) => bytes.extend_from_slice(&c),
-            Err(e) => {
-                cut = Some(e.to_string());
-                break;
-            }
-        }
-    }
+    let (bytes, cut) = read_until_cut(r).await;
     let body = String::from_utf8_lossy(&bytes).to_string();
     (
         Resp {
@@ -256,15 +244,26 @@ fn all_headers<'a>(r: &'a Resp, name: &str) -> Vec<&'a str> {
 
 // Finding 1: a key with one character written as a JSON `\u` escape.
 
-#[tokio::test]
-async fn json_escaped_key_in_answer_is_withheld() {
-    let gw = Gateway::start();
+/// A signed chat answered in mock `mode`: refused as secret egress (counted), the
+/// provider key nowhere in what the client got.
+async fn assert_mode_refused(gw: &Gateway, mode: &str, what: &str) {
     let key = gw.secrets.provider.clone();
-    let (r, cut) = exchange(&gw, "POST", CHAT, BODY, &[("x-mock-mode", "escaped_key")]).await;
-    assert_refused(&r, cut.as_deref(), &key, "escaped key in a chat completion");
+    let (r, cut) = exchange(gw, "POST", CHAT, BODY, &[("x-mock-mode", mode)]).await;
+    assert_ne!(
+        r.status, 401,
+        "{what}: the provider's 401 passed: {}",
+        r.body
+    );
+    assert_refused(&r, cut.as_deref(), &key, what);
     eventually("the secret_egress refusal counted", || {
         gw.metric(EGRESS).filter(|n| *n >= 1.0)
     });
+}
+
+#[tokio::test]
+async fn json_escaped_key_in_answer_is_withheld() {
+    let gw = Gateway::start();
+    assert_mode_refused(&gw, "escaped_key", "escaped key in a chat completion").await;
     assert!(gw.logs().contains("response refused: secret_egress"));
     // The same route serves an ordinary answer.
     let (r, _) = exchange(&gw, "POST", CHAT, BODY, &[]).await;
@@ -274,20 +273,7 @@ async fn json_escaped_key_in_answer_is_withheld() {
 #[tokio::test]
 async fn json_escaped_key_in_provider_error_is_withheld() {
     let gw = Gateway::start();
-    let key = gw.secrets.provider.clone();
-    let (r, cut) = exchange(
-        &gw,
-        "POST",
-        CHAT,
-        BODY,
-        &[("x-mock-mode", "escaped_key_error")],
-    )
-    .await;
-    assert_ne!(r.status, 401, "the provider's 401 passed: {}", r.body);
-    assert_refused(&r, cut.as_deref(), &key, "escaped key in a provider 401");
-    eventually("the secret_egress refusal counted", || {
-        gw.metric(EGRESS).filter(|n| *n >= 1.0)
-    });
+    assert_mode_refused(&gw, "escaped_key_error", "escaped key in a provider 401").await;
 }
 
 // Finding 2: a key split across stream events, in every text-bearing field.
@@ -894,4 +880,86 @@ async fn pii_pseudonymize_keeps_the_newly_covered_fields_from_the_provider() {
         !logs.contains(EMAIL) && !logs.contains(PHONE),
         "a value was logged"
     );
+}
+
+// The second review (2026-12-04): places the provider key could still take to the client.
+
+/// The provider's status line: `HTTP/1.1 200 Bearer sk-…` reached HTTP/1 clients as it was.
+#[tokio::test]
+async fn a_key_in_the_status_line_never_reaches_the_client() {
+    let gw = Gateway::start();
+    let key = gw.secrets.provider.clone();
+    let req = format!(
+        "GET {MODELS} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\nx-mock-mode: key_reason\r\nConnection: close\r\n\r\n",
+        gw.port, gw.secrets.bearer
+    );
+    let resp = raw(gw.port, req.as_bytes());
+    let head: String = resp.chars().take(400).collect();
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(!resp.contains(&key), "{head}");
+    assert_eq!(gw.mock.last()["path"], "/v1/models");
+}
+
+/// A header name after an allowed prefix (`x-ratelimit-<key>`), which HTTP lower-cases.
+#[tokio::test]
+async fn a_key_in_a_response_header_name_is_refused() {
+    let gw = Gateway::start();
+    assert_mode_refused(&gw, "key_header_name", "a key in a header name").await;
+}
+
+/// Speech audio was passed unscanned: the key in the bytes, cut between two chunks.
+#[tokio::test]
+async fn a_key_in_speech_audio_is_cut_off() {
+    let gw = Gateway::start();
+    let key = gw.secrets.provider.clone();
+    let body = r#"{"model":"gpt-4o-mini-tts","voice":"alloy","input":"Hello there."}"#;
+    let r = client()
+        .post(gw.url("/openai/v1/audio/speech"))
+        .header("authorization", format!("Bearer {}", gw.secrets.bearer))
+        .header("content-type", "application/json")
+        .header("x-mock-mode", "echo_credential")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the header left before the audio");
+    let (got, cut) = read_until_cut(r).await;
+    assert!(
+        cut.is_some(),
+        "the transfer was not cut ({} bytes)",
+        got.len()
+    );
+    assert!(
+        !String::from_utf8_lossy(&got).contains(&key),
+        "the key reached the client"
+    );
+    assert!(got.len() < 4096, "{} bytes passed", got.len());
+    eventually("the secret_egress refusal counted", || {
+        gw.metric(EGRESS).filter(|n| *n >= 1.0)
+    });
+}
+
+/// Pingora's own error lines name the request: without its query, which is the client's
+/// (a key put there by mistake), and with keygate's request id.
+#[tokio::test]
+async fn pingora_error_lines_name_the_path_without_its_query() {
+    let gw = Gateway::start();
+    let path = format!("{MODELS}?note={}", gw.secrets.bearer);
+    let sent = client()
+        .get(gw.url(&path))
+        .header("authorization", format!("Bearer {}", gw.secrets.bearer))
+        .header("x-mock-mode", "reset_mid_body")
+        .send()
+        .await;
+    if let Ok(r) = sent {
+        let _ = r.bytes().await;
+    }
+    let line = eventually("Pingora's error line", || {
+        gw.logs()
+            .lines()
+            .find(|l| l.contains("Fail to proxy"))
+            .map(str::to_string)
+    });
+    assert!(line.contains("GET /openai/v1/models, request "), "{line}");
+    // Dropping the gateway checks that no secret, the bearer key included, was logged.
 }

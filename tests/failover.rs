@@ -5,7 +5,6 @@
 
 mod common;
 use common::*;
-use futures::StreamExt;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -124,22 +123,11 @@ async fn a_stream_cut_after_its_first_event_is_not_retried_and_looks_cut() {
     }
     let resp = rb.body(body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
-    let mut got = Vec::new();
-    let mut cut = false;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(b) => got.extend_from_slice(&b),
-            Err(_) => {
-                cut = true;
-                break;
-            }
-        }
-    }
+    let (got, cut) = read_until_cut(resp).await;
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("data: "), "the first events arrived: {text}");
     assert!(
-        cut,
+        cut.is_some(),
         "the client sees a failed transfer, not a clean end: {text}"
     );
     assert!(!text.contains("[DONE]"), "{text}");

@@ -201,6 +201,89 @@ async fn frames_are_bounded_and_a_secret_from_the_provider_ends_the_session() {
     );
 }
 
+/// What a client received after sending `message`, until the close: the `delta` of each
+/// text event joined (as an SDK joins them), every text message as sent, the binary
+/// messages joined, and the close frame.
+struct Received {
+    deltas: String,
+    texts: Vec<String>,
+    binary: Vec<u8>,
+    close: Option<(CloseCode, String)>,
+}
+
+async fn received_after(gw: &Gateway, message: Value) -> Received {
+    let (mut ws, _) = open(gw, REALTIME, &bearer(gw)).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    send(&mut ws, message).await;
+    let mut r = Received {
+        deltas: String::new(),
+        texts: vec![],
+        binary: vec![],
+        close: None,
+    };
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                    r.deltas.push_str(v["delta"].as_str().unwrap_or(""));
+                }
+                r.texts.push(t.to_string());
+            }
+            Ok(Some(Ok(Message::Binary(b)))) => r.binary.extend_from_slice(&b),
+            Ok(Some(Ok(Message::Close(f)))) => {
+                r.close = f.map(|f| (f.code, f.reason.to_string()));
+                return r;
+            }
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(_)) | None) => return r,
+            Err(_) => panic!("no message within 10 s"),
+        }
+    }
+}
+
+/// The second adversarial review (2026-12-04): the provider key hidden over two messages,
+/// in the close frame's reason, or behind a lone surrogate a lenient parser accepts. Each
+/// reached the client before: messages were checked one at a time, close frames not at all,
+/// and a text message that was not strict JSON was only scanned raw.
+#[tokio::test]
+async fn a_key_spread_over_messages_or_in_a_close_frame_never_reaches_the_client() {
+    let gw = Gateway::start();
+    let key = gw.secrets.provider.clone();
+    let r = received_after(&gw, json!({"type": "mock.split_key"})).await;
+    assert!(!r.deltas.contains(&key), "split over deltas: {}", r.deltas);
+    assert!(
+        r.deltas.starts_with("key "),
+        "the first half passed: {}",
+        r.deltas
+    );
+    assert_eq!(r.close.map(|c| c.0), Some(CloseCode::Error));
+
+    let r = received_after(&gw, json!({"type": "mock.split_key_binary"})).await;
+    let joined = String::from_utf8_lossy(&r.binary).to_string();
+    assert!(
+        !joined.contains(&key),
+        "split over binary messages: {joined:?}"
+    );
+    assert_eq!(r.close.map(|c| c.0), Some(CloseCode::Error));
+
+    let r = received_after(&gw, json!({"type": "mock.close_key"})).await;
+    let (code, reason) = r.close.expect("a close frame");
+    assert!(!reason.contains(&key[..20]), "close reason: {reason}");
+    assert_eq!(code, CloseCode::Error);
+
+    let r = received_after(&gw, json!({"type": "mock.lone_surrogate_key"})).await;
+    assert!(
+        r.texts.iter().all(|t| !t.contains("ud800")),
+        "a message that is not strict JSON passed: {:?}",
+        r.texts
+    );
+    assert_eq!(r.close.map(|c| c.0), Some(CloseCode::Error));
+    eventually("three secret_egress refusals counted", || {
+        gw.metric(r#"keygate_response_rejected_total{reason="secret_egress",upstream="openai"}"#)
+            .filter(|n| *n >= 3.0)
+    });
+}
+
 #[tokio::test]
 async fn a_reload_closes_only_the_sessions_whose_key_was_removed() {
     let gw = Gateway::start();

@@ -199,8 +199,10 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "[unparsable URL]".into();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
+    // The last `@` anywhere, not the first before a `/`: a password typed without
+    // percent-encoding may hold `/`, `?` or `#` (base64 does), and would otherwise be
+    // taken for the path and shown. A URL whose path holds an `@` loses its host too.
+    match rest.rfind('@') {
         Some(at) => {
             let userinfo = &rest[..at];
             // Without a colon the lone userinfo may be a password too: hide it all.
@@ -335,7 +337,7 @@ pub fn weakness(secret: &str) -> Option<String> {
 
 #[cfg(test)]
 mod weak_tests {
-    use super::weakness;
+    use super::{redact_url, weakness};
 
     #[test]
     fn weak_secrets_are_named() {
@@ -356,5 +358,23 @@ mod weak_tests {
         assert_eq!(weakness("sk-proj-Qw3rT9uYi0oPaS2dFgH4jKl6"), None);
         let msg = weakness("password-password-1").unwrap();
         assert!(!msg.contains("password-password-1"));
+    }
+
+    #[test]
+    fn url_passwords_are_hidden_whatever_they_hold() {
+        for (url, shown) in [
+            ("redis://:pw@10.0.0.5:6379", "redis://:***@10.0.0.5:6379"),
+            ("rediss://kg:pw@h:6380/0", "rediss://kg:***@h:6380/0"),
+            // Base64 passwords, typed without percent-encoding.
+            (
+                "redis://:Zx3/kq+A==@10.0.0.5:6379",
+                "redis://:***@10.0.0.5:6379",
+            ),
+            ("redis://kg:a?b#c/d@h:6379", "redis://kg:***@h:6379"),
+            ("redis://onlypassword@h", "redis://***@h"),
+            ("redis://h:6379/0", "redis://h:6379/0"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 }

@@ -482,6 +482,18 @@ impl ProxyHttp for Gateway {
         }
     }
 
+    /// What Pingora's own error and warning lines say of the request: without its query,
+    /// where a client may carry its key (Gemini's `?key=`), and with keygate's request id.
+    fn request_summary(&self, session: &Session, ctx: &Self::CTX) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, request {}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
+    }
+
     /// Last, for every request however it ended: metrics, the circuit outcome, the
     /// token charge if not made yet, the audit line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {

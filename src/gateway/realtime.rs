@@ -349,6 +349,15 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
+    /// The provider sent what the client must not get: counted, and the session ends.
+    fn refused(&self, r: crate::response::validate::Rejection) -> End {
+        METRICS
+            .response_rejected
+            .with_label_values(&[self.up.name.as_str(), r.reason()])
+            .inc();
+        End::Refused
+    }
+
     /// Charge one `response.done`'s usage to the site's budgets and the upstream's
     /// series, and price it.
     fn charge(&self, u: Usage, total: &mut Option<Usage>, cost: &mut Option<f64>) {
@@ -417,6 +426,7 @@ async fn bridge(
     let talk = async {
         let mut usage = None;
         let mut cost = None;
+        let mut seen = realtime::ProviderWatch::default();
         let deadline = tokio::time::sleep(relay.limits.max_session);
         tokio::pin!(deadline);
         let end = loop {
@@ -438,7 +448,7 @@ async fn bridge(
                     Some(Err(_)) | None => break End::ClientGone,
                 },
                 m = upstream_ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => match realtime::provider_event(&t, &relay.rules) {
+                    Some(Ok(Message::Text(t))) => match seen.text(&t, &relay.rules) {
                         Ok(u) => {
                             if let Some(u) = u {
                                 relay.charge(u, &mut usage, &mut cost);
@@ -447,27 +457,21 @@ async fn bridge(
                                 break End::ClientGone;
                             }
                         }
-                        Err(r) => {
-                            METRICS
-                                .response_rejected
-                                .with_label_values(&[relay.up.name.as_str(), r.reason()])
-                                .inc();
-                            break End::Refused;
-                        }
+                        Err(r) => break relay.refused(r),
                     },
                     Some(Ok(Message::Binary(b))) => {
-                        if let Some(r) = relay.rules.hit(&b) {
-                            METRICS
-                                .response_rejected
-                                .with_label_values(&[relay.up.name.as_str(), r.reason()])
-                                .inc();
-                            break End::Refused;
+                        if let Err(r) = seen.binary(&b, &relay.rules) {
+                            break relay.refused(r);
                         }
                         if client_ws.send(Message::Binary(b)).await.is_err() {
                             break End::ClientGone;
                         }
                     }
                     Some(Ok(Message::Close(f))) => {
+                        let reason = f.as_ref().map_or("", |f| f.reason.as_str());
+                        if let Err(r) = seen.close_reason(reason, &relay.rules) {
+                            break relay.refused(r);
+                        }
                         let _ = client_ws.send(Message::Close(f)).await;
                         break End::UpstreamClosed;
                     }

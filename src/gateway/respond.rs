@@ -41,20 +41,20 @@ fn http_date() -> HeaderValue {
 }
 
 /// Edit the upstream's response header as plain `http` parts, with room for [`ROOM`]
-/// more headers, then hand it back to Pingora without header case (and with the
-/// upstream's reason phrase).
+/// more headers, then hand it back to Pingora without header case and with the
+/// status's standard reason phrase.
 ///
 /// Why: Pingora sizes the upstream's two header maps (values, and the original case of
 /// each name) exactly, so each header keygate added grew both, and each name it added
 /// was allocated twice. The header is put back even when `f` fails.
+///
+/// The upstream's own reason phrase is dropped (as Envoy does): it is free text that no
+/// client needs, and a provider that wrote a credential there (`HTTP/1.1 200 Bearer sk-…`)
+/// would hand it to every HTTP/1 client on the status line, past the header checks.
 pub fn edit(
     resp: &mut ResponseHeader,
     f: impl FnOnce(&mut Parts) -> pingora::Result<()>,
 ) -> pingora::Result<()> {
-    let reason = resp
-        .get_reason_phrase()
-        .filter(|r| Some(*r) != resp.status.canonical_reason())
-        .map(str::to_owned);
     let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = Parts::from(std::mem::replace(resp, placeholder));
     let result = parts
@@ -63,7 +63,6 @@ pub fn edit(
         .map_err(too_many)
         .and_then(|()| f(&mut parts));
     *resp = ResponseHeader::from(parts);
-    resp.set_reason_phrase(reason.as_deref())?;
     result
 }
 
@@ -222,9 +221,10 @@ mod tests {
     }
 
     #[test]
-    fn edit_keeps_values_and_reason_and_adds_without_growing() {
+    fn edit_keeps_values_drops_the_reason_and_adds_without_growing() {
         let mut resp = ResponseHeader::build(200, Some(5)).unwrap();
-        resp.set_reason_phrase(Some("Fine")).unwrap();
+        resp.set_reason_phrase(Some("Bearer sk-from-the-status-line"))
+            .unwrap();
         resp.append_header("Server", "nginx").unwrap();
         resp.append_header("OpenAI-Processing-Ms", "12").unwrap();
         resp.append_header("Set-Cookie", "a=1").unwrap();
@@ -244,9 +244,10 @@ mod tests {
         })
         .unwrap();
         assert!(!resp.has_case());
-        assert_eq!(resp.get_reason_phrase(), Some("Fine"));
+        assert_eq!(resp.get_reason_phrase(), Some("OK"));
         assert_eq!(resp.status, 200);
         let text = wire(&resp);
+        assert!(!text.contains("sk-from"), "{text}");
         assert!(!text.contains("nginx") && !text.contains("a=1"), "{text}");
         assert!(text.contains("openai-processing-ms: 12\r\n"), "{text}");
         assert!(

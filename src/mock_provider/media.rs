@@ -42,7 +42,17 @@ pub(super) fn speech(req: &Value, parts: &http::request::Parts) -> Response<Body
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(4096);
-    let audio = audio_bytes(text, len);
+    let mut audio = audio_bytes(text, len);
+    if parts
+        .headers
+        .get("x-mock-mode")
+        .is_some_and(|m| m == "echo_credential")
+    {
+        // The credential in the audio, across the first two 1 KiB chunks.
+        let key = super::util::received_credential(&parts.headers);
+        let at = 1024usize.saturating_sub(key.len() / 2);
+        audio.splice(at..at, key.bytes());
+    }
     if req.get("stream_format").and_then(Value::as_str) == Some("sse") {
         use base64::Engine;
         let b64 = base64::engine::general_purpose::STANDARD;

@@ -39,7 +39,11 @@
 //! max-age=0`; and ones SDKs read: `x-ratelimit-remaining-requests: 99`,
 //! `openai-processing-ms: 12`, `request-id: req_mock123`), `dup_content_type` (a normal
 //! answer with a second `Content-Type: text/html` after `application/json`),
-//! `wrong_shape` (200 `{"id":"x","object":"thing"}` on any path).
+//! `wrong_shape` (200 `{"id":"x","object":"thing"}` on any path), `key_reason` (a normal
+//! answer whose status line reads `200 Bearer <credential>`), `key_header_name` (a normal
+//! answer with a header `x-ratelimit-<credential, lower-cased>: 1`); on
+//! `/v1/audio/speech`, `echo_credential` puts the credential in the audio bytes, across
+//! the first two chunks.
 //!
 //! Failover tests (issue #21) use `error_500`, `error_429` (`Retry-After: 2`), `slow` with a
 //! long `x-mock-delay-ms` (a stall before the header), `reset_mid_stream` (cut after its

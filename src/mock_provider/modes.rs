@@ -189,6 +189,24 @@ pub(super) fn add_mode_headers(
             h.insert(name, http::HeaderValue::from_static(value));
         }
     }
+    if mode == "key_reason" {
+        // The status line's reason phrase: `HTTP/1.1 200 Bearer <credential>`.
+        let reason = format!("Bearer {}", received_credential(&parts.headers));
+        if let Ok(reason) = hyper::ext::ReasonPhrase::try_from(reason) {
+            resp.extensions_mut().insert(reason);
+        }
+    }
+    if mode == "key_header_name" {
+        // An allowed prefix, the credential (lower-cased, as HTTP writes names) after it.
+        let name = format!(
+            "x-ratelimit-{}",
+            received_credential(&parts.headers).to_ascii_lowercase()
+        );
+        if let Ok(name) = http::HeaderName::from_bytes(name.as_bytes()) {
+            resp.headers_mut()
+                .insert(name, http::HeaderValue::from_static("1"));
+        }
+    }
     if mode == "dup_content_type" {
         // Browsers take the last one.
         resp.headers_mut()

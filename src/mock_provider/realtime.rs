@@ -2,7 +2,8 @@
 //! `session.created` on open; `session.update` → `session.updated`; `response.create` →
 //! `response.created`, a `response.output_text.delta`, then `response.done` with usage
 //! (10 in, 20 out). Test hooks: `mock.echo_key` answers with the credential it received
-//! in a delta; `mock.big` sends one message of `bytes` bytes.
+//! in a delta; `mock.big` sends one message of `bytes` bytes; the hostile ones of
+//! [`hostile`] hide it over messages, in a close frame or behind a lone surrogate.
 
 use super::util::{received_credential, Body, MockState};
 use bytes::Bytes;
@@ -100,7 +101,16 @@ where
             continue;
         };
         let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
-        let out: Vec<Value> = match v.get("type").and_then(Value::as_str).unwrap_or("") {
+        let kind = v.get("type").and_then(Value::as_str).unwrap_or("");
+        if let Some(raw) = hostile(kind, credential) {
+            for m in raw {
+                if ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+            continue;
+        }
+        let out: Vec<Value> = match kind {
             "session.update" => {
                 vec![json!({"type": "session.updated", "session": v.get("session")})]
             }
@@ -125,4 +135,53 @@ where
             }
         }
     }
+}
+
+/// Messages that hand the client the credential in a way no single message shows:
+/// `mock.split_key` (two `response.output_text.delta`s, a half each), `mock.split_key_binary`
+/// (two binary messages), `mock.close_key` (a close frame whose reason is the credential),
+/// `mock.lone_surrogate_key` (a delta that is not strict JSON, a lone `\ud800`, and then the
+/// credential with its 5th character escaped).
+fn hostile(kind: &str, credential: &str) -> Option<Vec<Message>> {
+    let half = credential.len() / 2;
+    let (a, b) = (&credential[..half], &credential[half..]);
+    let delta = |d: &str| {
+        Message::Text(
+            json!({"type": "response.output_text.delta", "response_id": "resp_1",
+                "output_index": 0, "content_index": 0, "delta": d})
+            .to_string()
+            .into(),
+        )
+    };
+    Some(match kind {
+        "mock.split_key" => vec![delta(&format!("key {a}")), delta(&format!("{b} end"))],
+        "mock.split_key_binary" => vec![
+            Message::Binary(Bytes::from(format!("\x00audio {a}").into_bytes())),
+            Message::Binary(Bytes::from(format!("{b}\x00").into_bytes())),
+        ],
+        "mock.close_key" => {
+            let reason: String = credential.chars().take(123).collect();
+            vec![Message::Close(Some(
+                tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                    code:
+                        tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+                    reason: reason.into(),
+                },
+            ))]
+        }
+        "mock.lone_surrogate_key" => {
+            let mut escaped = String::new();
+            for (i, c) in credential.chars().enumerate() {
+                match i {
+                    4 => escaped.push_str(&format!("\\u{:04x}", c as u32)),
+                    _ => escaped.push(c),
+                }
+            }
+            vec![Message::Text(
+                format!(r#"{{"type":"response.output_text.delta","delta":"\ud800 {escaped}"}}"#)
+                    .into(),
+            )]
+        }
+        _ => return None,
+    })
 }

@@ -57,7 +57,7 @@ impl Rules<'_> {
     }
 
     /// Bytes kept from the end of a text so a match split over pieces is found.
-    fn keep(&self) -> usize {
+    pub fn keep(&self) -> usize {
         let secrets = self.secrets.overlap();
         if self.patterns.is_some() {
             secrets.max(TEXT_WINDOW)
@@ -67,7 +67,7 @@ impl Rules<'_> {
     }
 
     /// Check `text` and, when it holds escapes, `text` unescaped once more.
-    fn text(&self, text: &str) -> Option<Rejection> {
+    pub fn text(&self, text: &str) -> Option<Rejection> {
         self.hit(text.as_bytes()).or_else(|| {
             if !text.contains('\\') {
                 return None;
@@ -433,7 +433,14 @@ impl StreamText {
         match parsed {
             Some(v) => {
                 // Without a backslash every string is its raw bytes (seen above).
-                let escapes = raw.contains(&b'\\') || rules.patterns.is_some();
+                let backslash = raw.contains(&b'\\');
+                // The parsed value keeps the last of duplicate members; a client parser
+                // may keep the first. With escapes, every string of the event as written
+                // is checked on its own too (the body walk reads each one).
+                if backslash && v.is_object() {
+                    check_json(rules, raw)?;
+                }
+                let escapes = backslash || rules.patterns.is_some();
                 self.walk(rules, v, escapes, (ROOT, ROOT), false)
             }
             None => Ok(()),

@@ -196,6 +196,9 @@ pub fn check_event_data(data: &str) -> Result<Option<Value>, Rejection> {
 /// Finds any configured secret in response bytes, also across chunk boundaries.
 pub struct SecretScanner {
     ac: Option<AhoCorasick>,
+    /// The same secrets, matched without regard to ASCII case: for header names, which
+    /// HTTP lower-cases on the way (a key in a name reaches the client folded).
+    folded: Option<AhoCorasick>,
     /// Longest secret, in bytes.
     max_len: usize,
 }
@@ -217,17 +220,38 @@ impl SecretScanner {
             .filter(|s| s.len() >= MIN_SCANNED_SECRET)
             .collect();
         let max_len = pats.iter().map(|s| s.len()).max().unwrap_or(0);
-        let ac = if pats.is_empty() {
-            None
+        let (ac, folded) = if pats.is_empty() {
+            (None, None)
         } else {
-            AhoCorasick::new(&pats).ok()
+            (
+                AhoCorasick::new(&pats).ok(),
+                AhoCorasick::builder()
+                    .ascii_case_insensitive(true)
+                    .build(&pats)
+                    .ok(),
+            )
         };
-        SecretScanner { ac, max_len }
+        SecretScanner {
+            ac,
+            folded,
+            max_len,
+        }
     }
 
     /// Does `bytes` contain a secret?
     pub fn contains(&self, bytes: &[u8]) -> bool {
         self.ac.as_ref().is_some_and(|ac| ac.is_match(bytes))
+    }
+
+    /// `text` with every secret in it written as `[REDACTED]`; `None` when it holds none.
+    pub fn redact(&self, text: &str) -> Option<String> {
+        let ac = self.ac.as_ref().filter(|ac| ac.is_match(text))?;
+        Some(ac.replace_all(text, &vec!["[REDACTED]"; ac.patterns_len()]))
+    }
+
+    /// Does `bytes` contain a secret in any ASCII case (a header name)?
+    pub fn contains_any_case(&self, bytes: &[u8]) -> bool {
+        self.folded.as_ref().is_some_and(|ac| ac.is_match(bytes))
     }
 
     /// Bytes to keep from the end of one chunk so a secret split across chunks is found.
@@ -369,6 +393,15 @@ mod tests {
         assert!(!tail.scan(b"...sk-super", s.overlap(), |b| s.contains(b)));
         assert!(tail.scan(b"secret-123...", s.overlap(), |b| s.contains(b)));
         assert!(format!("{s:?}").contains("REDACTED"));
+    }
+
+    #[test]
+    fn header_names_are_matched_in_any_case() {
+        let s = SecretScanner::new(&["AIzaSyMixedCase-123".to_string()]);
+        assert!(!s.contains(b"x-ratelimit-aizasymixedcase-123"));
+        assert!(s.contains_any_case(b"x-ratelimit-aizasymixedcase-123"));
+        assert!(!s.contains_any_case(b"x-ratelimit-remaining-requests"));
+        assert!(!SecretScanner::new(&[]).contains_any_case(b"anything"));
     }
 
     proptest! {

@@ -19,7 +19,7 @@ use super::egress::{self, Rules, StreamText};
 use super::model_name;
 use super::sse::{Event, SseFramer, DEFAULT_MAX_EVENT};
 use super::usage::{self, Usage};
-use super::validate::{self, Endpoint, Rejection};
+use super::validate::{self, Endpoint, Rejection, Tail};
 use crate::pii::stream::{event_bytes, StreamRestorer};
 use crate::pii::Pseudonyms;
 use bytes::Bytes;
@@ -75,8 +75,11 @@ pub enum ResponseWatch {
         endpoint: Endpoint,
     },
     /// Binary audio from a speech endpoint: passed as it comes, bounded by `limit` bytes
-    /// and the deadline (nothing in it is JSON or text to check).
-    Binary { limit: usize },
+    /// and the deadline. Nothing in it is JSON or text, but its raw bytes are scanned for
+    /// the configured secrets (not block patterns: audio is not text), `tail` holding the
+    /// end of the last chunk so a secret cut between chunks is found; the chunk that
+    /// completes one is not passed and the response is cut.
+    Binary { limit: usize, tail: Tail },
     /// A plain-text transcript, held back whole (up to `limit`) and scanned at its end.
     Text { buf: Vec<u8>, limit: usize },
     /// An event stream, checked event by event; `text` holds the tail of each text
@@ -103,8 +106,14 @@ pub fn start(
     if resp.status.is_redirection() {
         return Err(Rejected(Rejection::Redirect));
     }
-    for (_, v) in resp.headers.iter() {
-        if rules.egress.secrets.contains(v.as_bytes()) {
+    // Names too: an allowed prefix (`x-ratelimit-*`) leaves the rest of a name free.
+    for (name, v) in resp.headers.iter() {
+        if rules.egress.secrets.contains(v.as_bytes())
+            || rules
+                .egress
+                .secrets
+                .contains_any_case(name.as_str().as_bytes())
+        {
             return Err(Rejected(Rejection::SecretEgress));
         }
     }
@@ -130,6 +139,7 @@ pub fn start(
     if endpoint == Endpoint::AudioSpeech && resp.status.is_success() && validate::audio_type(&ct) {
         return Ok(ResponseWatch::Binary {
             limit: rules.max_bytes,
+            tail: Tail::default(),
         });
     }
     if endpoint == Endpoint::Transcription && validate::transcript_type(&ct) {
@@ -204,12 +214,16 @@ impl ResponseWatch {
                 *body = Some(data);
                 Ok(Seen::default())
             }
-            ResponseWatch::Binary { limit } => {
+            ResponseWatch::Binary { limit, tail } => {
                 if total > *limit {
                     return Err(Refused::Rejected(Rejection::TooLarge));
                 }
                 if rules.past_deadline() {
                     return Err(Refused::Rejected(Rejection::Deadline));
+                }
+                let secrets = rules.egress.secrets;
+                if tail.scan(&data, secrets.overlap(), |b| secrets.contains(b)) {
+                    return Err(Refused::Rejected(Rejection::SecretEgress));
                 }
                 *body = Some(data);
                 Ok(Seen::default())

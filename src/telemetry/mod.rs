@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod logger;
 pub mod metrics;
 pub mod otlp;
 mod span;

@@ -708,7 +708,12 @@ sites:
     pub fn assert_no_secret_in_logs(&self) {
         let logs = self.logs();
         for s in self.all_secrets() {
-            assert!(!logs.contains(s), "a secret appeared in the logs");
+            if let Some(line) = logs.lines().find(|l| l.contains(s)) {
+                panic!(
+                    "a secret appeared in the logs: {}",
+                    line.replace(s, "<SECRET>")
+                );
+            }
         }
     }
 
@@ -887,6 +892,21 @@ pub async fn send(
         headers,
         body,
     }
+}
+
+/// Read a response body to its end; what arrived, and the transfer error when it was
+/// cut (a response keygate aborts after its header went out).
+pub async fn read_until_cut(r: reqwest::Response) -> (Vec<u8>, Option<String>) {
+    use futures::StreamExt;
+    let mut got = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => got.extend_from_slice(&c),
+            Err(e) => return (got, Some(e.to_string())),
+        }
+    }
+    (got, None)
 }
 
 /// Send raw bytes and read the whole answer (the connection is closed by us or by keygate).
