@@ -48,12 +48,16 @@ pub fn is_handshake(req: &http::request::Parts) -> bool {
         && req.uri.path().trim_end_matches('/').ends_with("/realtime")
 }
 
-/// The `model` of a handshake's query (`?model=gpt-realtime`), decoded.
-pub fn model_of_query(query: &str) -> Option<String> {
-    form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == "model")
-        .map(|(_, v)| v.into_owned())
-        .filter(|m| !m.is_empty())
+/// The `model` of a handshake's query (`?model=gpt-realtime`), decoded. `Err` when the
+/// query names `model` twice: the query goes to the provider as it is, and a provider that
+/// reads the last would open a model keygate never admitted.
+pub fn model_of_query(query: &str) -> Result<Option<String>, &'static str> {
+    let mut models = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "model");
+    let first = models.next();
+    if models.next().is_some() {
+        return Err("the query names model more than once");
+    }
+    Ok(first.map(|(_, v)| v.into_owned()).filter(|m| !m.is_empty()))
 }
 
 /// The subprotocols the client offered, in order.
@@ -284,15 +288,18 @@ mod tests {
     #[test]
     fn the_model_comes_from_the_query() {
         assert_eq!(
-            model_of_query("model=gpt-realtime").as_deref(),
+            model_of_query("model=gpt-realtime").unwrap().as_deref(),
             Some("gpt-realtime")
         );
         assert_eq!(
-            model_of_query("a=1&model=gpt%2Drealtime%20x").as_deref(),
+            model_of_query("a=1&model=gpt%2Drealtime%20x")
+                .unwrap()
+                .as_deref(),
             Some("gpt-realtime x")
         );
-        assert_eq!(model_of_query("models=x"), None);
-        assert_eq!(model_of_query("model="), None);
+        assert_eq!(model_of_query("models=x"), Ok(None));
+        assert_eq!(model_of_query("model="), Ok(None));
+        assert!(model_of_query("model=gpt-realtime-mini&model=gpt-realtime").is_err());
     }
 
     #[test]

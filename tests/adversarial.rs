@@ -963,3 +963,60 @@ async fn pingora_error_lines_name_the_path_without_its_query() {
     assert!(line.contains("GET /openai/v1/models, request "), "{line}");
     // Dropping the gateway checks that no secret, the bearer key included, was logged.
 }
+
+// The second review's request side (2026-12-04): what keygate checks must be what the
+// provider reads.
+
+/// Two Content-Types, or a repeated `boundary`: keygate's multipart reader takes the first,
+/// a provider may take the last, and so read a `model` keygate never checked.
+#[tokio::test]
+async fn an_ambiguous_content_type_is_refused() {
+    let gw = Gateway::start();
+    let form =
+        "--AAA\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--AAA--\r\n";
+    let cases = [
+        vec!["multipart/form-data; boundary=AAA; boundary=BBB"],
+        vec![
+            "multipart/form-data; boundary=AAA",
+            "multipart/form-data; boundary=BBB",
+        ],
+        vec!["application/json", "text/plain"],
+    ];
+    for types in cases {
+        let mut req = format!(
+            "POST /openai/v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            gw.port,
+            gw.secrets.bearer,
+            form.len()
+        );
+        for t in &types {
+            req.push_str(&format!("Content-Type: {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(form);
+        let resp = raw(gw.port, req.as_bytes());
+        let head: String = resp.chars().take(300).collect();
+        assert!(resp.starts_with("HTTP/1.1 400"), "{types:?}: {head}");
+        assert!(
+            resp.contains("Content-Type is ambiguous"),
+            "{types:?}: {head}"
+        );
+    }
+    assert_eq!(gw.mock.count(), 0, "nothing reached the provider");
+}
+
+/// A Realtime handshake naming `model` twice: keygate admitted the first, the query went
+/// to the provider as it was.
+#[tokio::test]
+async fn a_realtime_query_naming_two_models_is_refused() {
+    let gw = Gateway::start();
+    let req = format!(
+        "GET /openai/v1/realtime?model=gpt-realtime&model=gpt-realtime-unlisted HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        gw.port, gw.secrets.bearer
+    );
+    let resp = raw(gw.port, req.as_bytes());
+    let head: String = resp.chars().take(300).collect();
+    assert!(resp.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(resp.contains("named twice"), "{head}");
+    assert_eq!(gw.mock.count(), 0, "nothing reached the provider");
+}

@@ -30,6 +30,12 @@ async fn request_accepted_by_one_node_is_refused_as_replayed_by_the_others() {
     // Only the first node's provider ever saw it.
     let seen: Vec<u64> = nodes.iter().map(|n| n.mock.count()).collect();
     assert_eq!(seen, vec![1, 0, 0]);
+    // Redis keeps the nonce a minute past the window (300 s): a node whose clock is a
+    // little behind Redis's still finds it.
+    let keys = redis.cli(&["--scan", "--pattern", "*:n:*"]);
+    let key = keys.lines().next().expect("the nonce key");
+    let ttl: i64 = redis.cli(&["TTL", key]).trim().parse().unwrap();
+    assert!((300 + 50..=300 + 60).contains(&ttl), "TTL {ttl}");
     // One signed request fired at every node at once, three times each: one success.
     let h = sign_fleet(&nodes[0], "GET", MODELS, b"", now());
     let racing = (0..3 * NODES).map(|i| send_signed(&nodes[i % NODES], &h, "GET", MODELS, ""));

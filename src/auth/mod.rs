@@ -130,7 +130,8 @@ pub struct NonceClaim {
     pub nonce: String,
     /// The signature's `created` (unix seconds).
     pub created: i64,
-    /// Unix second until which the signature could be fresh.
+    /// Unix second until which the nonce is remembered: the last second the signature
+    /// could be fresh, plus [`nonce::NONCE_GRACE_S`].
     pub expires_at: i64,
 }
 
@@ -326,7 +327,7 @@ fn authenticate_hmac(
         key_id: parsed.params.keyid.clone(),
         nonce: parsed.params.nonce.clone(),
         created: parsed.params.created,
-        expires_at: window_end,
+        expires_at: window_end.saturating_add(nonce::NONCE_GRACE_S),
     };
     let client = AuthedClient {
         key_id: key.id.clone(),

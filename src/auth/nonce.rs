@@ -47,6 +47,13 @@ impl Shard {
     }
 }
 
+/// Seconds a nonce is remembered past the last second its signature is fresh. In a fleet
+/// each node judges the window on its own clock while Redis expires the key on its own, so
+/// a node a little behind Redis would otherwise accept a replay in the seconds between;
+/// and a reload that widens `server.clock_skew_s` by up to this much opens no gap for the
+/// nonces recorded before it.
+pub const NONCE_GRACE_S: i64 = 60;
+
 /// Whether a nonce that may be replayed until `expires_at` must still be remembered at
 /// `now` (the last second of its window included).
 pub fn is_live(expires_at: i64, now: i64) -> bool {

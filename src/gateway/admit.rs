@@ -114,6 +114,10 @@ pub(super) fn precheck(
             ));
         }
     }
+    let types = req.headers.get_all(http::header::CONTENT_TYPE);
+    hygiene::check_content_type(types.iter().map(|v| v.as_bytes())).map_err(|d| {
+        GatewayError::bad_request("The request's Content-Type is ambiguous.").detail(d)
+    })?;
     let path = req.uri.path().to_string();
     hygiene::check_path(&path)
         .map_err(|d| GatewayError::bad_request("The request path is not allowed.").detail(d))?;

@@ -122,7 +122,8 @@ impl Gateway {
             ));
         }
         let req = session.req_header();
-        let model = req.uri.query().and_then(realtime::model_of_query);
+        let model = realtime::model_of_query(req.uri.query().unwrap_or(""))
+            .map_err(|d| GatewayError::bad_request("The model is named twice.").detail(d))?;
         crate::request::body::check_model(route, model.as_deref(), true)?;
         ctx.model = model;
         self.admit_model(ctx)?;

@@ -91,10 +91,83 @@ pub fn has_cl_and_te(raw_header: &[u8]) -> bool {
     cl && te
 }
 
+/// Refuse a `Content-Type` that two readers could take differently: two different ones, or
+/// a parameter named twice (`boundary=A; boundary=B`: keygate's multipart reader takes the
+/// first, some providers' the last, so the `model` keygate checked would not be the one the
+/// provider reads). The same value twice is one type. Quoted values may hold `;` and `"`.
+pub fn check_content_type<'a>(
+    mut values: impl Iterator<Item = &'a [u8]>,
+) -> Result<(), &'static str> {
+    let Some(ct) = values.next() else {
+        return Ok(());
+    };
+    if values.any(|v| v != ct) {
+        return Err("two different Content-Types");
+    }
+    let mut names: Vec<&[u8]> = Vec::new();
+    for param in split_params(ct).skip(1) {
+        let name = param
+            .split(|&c| c == b'=')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if names.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            return Err("a Content-Type parameter is repeated");
+        }
+        names.push(name);
+    }
+    Ok(())
+}
+
+/// `value` cut at each `;` outside a quoted string.
+fn split_params(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (mut quoted, mut escaped) = (false, false);
+    value.split(move |&c| {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (_, _, b'"') => quoted = !quoted,
+            (false, _, b';') => return true,
+            _ => {}
+        }
+        false
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn ambiguous_content_types_are_refused() {
+        let one = |v: &'static str| check_content_type(std::iter::once(v.as_bytes()));
+        assert_eq!(one("application/json"), Ok(()));
+        assert_eq!(one("multipart/form-data; boundary=XyZ"), Ok(()));
+        assert_eq!(
+            one(r#"multipart/form-data; boundary="a;boundary=b"; charset=utf-8"#),
+            Ok(())
+        );
+        assert_eq!(
+            one("multipart/form-data; boundary=AAA; boundary=BBB"),
+            Err("a Content-Type parameter is repeated")
+        );
+        assert_eq!(
+            one("multipart/form-data; Boundary=AAA;boundary=BBB"),
+            Err("a Content-Type parameter is repeated")
+        );
+        let two = [b"application/json".as_slice(), b"text/plain".as_slice()];
+        assert_eq!(
+            check_content_type(two.into_iter()),
+            Err("two different Content-Types")
+        );
+        let same = [
+            b"application/json".as_slice(),
+            b"application/json".as_slice(),
+        ];
+        assert_eq!(check_content_type(same.into_iter()), Ok(()));
+        assert_eq!(check_content_type(std::iter::empty()), Ok(()));
+    }
 
     #[test]
     fn plain_paths_pass() {

@@ -234,6 +234,11 @@ impl Streaming {
     /// One chunk in; what to forward now (the chunk before it). The `last` chunk is held
     /// with the one before it, for [`Streaming::finish`].
     pub fn push(&mut self, chunk: Bytes, last: bool) -> Result<Bytes, GatewayError> {
+        if chunk.is_empty() {
+            // Pingora passes empty chunks on (a chunked body's `0` line before its final
+            // CRLF): one must not take the held chunk's place, which would release it.
+            return Ok(Bytes::new());
+        }
         self.seen += chunk.len();
         if self.seen > self.limit {
             return Err(self.too_big.clone());
@@ -405,6 +410,32 @@ mod tests {
         };
         sent.extend_from_slice(&tail);
         assert_eq!(sent, body);
+        assert_eq!(model.as_deref(), Some("whisper-1"));
+    }
+
+    #[test]
+    fn an_empty_chunk_does_not_release_the_held_one() {
+        let body = form(&[
+            ("model", None, b"whisper-1"),
+            ("file", Some("a.wav"), &[1u8; 900]),
+        ]);
+        let too_big = GatewayError::bad_request("too big");
+        let mut s = Streaming::new("XyZ".into(), 1 << 20, None, None, too_big);
+        // The whole form in one chunk, then the chunked body's `0` line, then its end.
+        let sent = s.push(Bytes::copy_from_slice(&body), false).unwrap();
+        assert!(sent.is_empty());
+        assert!(
+            s.push(Bytes::new(), false).unwrap().is_empty(),
+            "released early"
+        );
+        assert!(
+            s.push(Bytes::new(), true).unwrap().is_empty(),
+            "released early"
+        );
+        let Ok((model, tail)) = s.finish() else {
+            panic!("refused")
+        };
+        assert_eq!(tail, body, "held until the checks");
         assert_eq!(model.as_deref(), Some("whisper-1"));
     }
 }
