@@ -118,6 +118,7 @@ impl BackgroundService for Reloader {
                 _ = hup.recv() => self.hup(),
                 _ = tick.tick() => {
                     self.state.nonces.sweep(crate::clock::now_s());
+                    self.state.admin_nonces.sweep(crate::clock::now_s());
                     METRICS.nonce_store_entries.set(self.state.nonces.len() as i64);
                     METRICS.nonce_store_capacity.set(self.state.nonces.capacity() as i64);
                     // Circuits whose open_s passed show half-open now, not at the next request.

@@ -64,6 +64,8 @@ pub struct State {
     /// The live state of `runtime`'s generation (swapped with it; see [`State::snapshot`]).
     pub live: ArcSwap<Live>,
     pub nonces: NonceStore,
+    /// The admin API's nonces, apart from the sites' ([`crate::auth::nonce::ADMIN_NONCE_CAPACITY`]).
+    pub admin_nonces: NonceStore,
     pub limiter: ArcSwap<Limiter>,
     pub auth_failures: AuthFailureLimiter,
     /// Browser tokens minted per client address.
@@ -116,6 +118,7 @@ impl State {
             live: ArcSwap::from_pointee(live),
             runtime: ArcSwap::new(rt),
             nonces,
+            admin_nonces: NonceStore::new(crate::auth::nonce::ADMIN_NONCE_CAPACITY),
             limiter: ArcSwap::from_pointee(limiter),
             auth_failures: AuthFailureLimiter::default(),
             token_mints: Default::default(),

@@ -284,6 +284,34 @@ async fn a_key_spread_over_messages_or_in_a_close_frame_never_reaches_the_client
     });
 }
 
+/// A client that stops reading while the provider streams: the relay's sends to it waited
+/// for good, past `max_session_s`, holding the site's concurrent slot (second review,
+/// 2026-12-04). Now the session ends on time and gives the slot back.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_at_max_session_s() {
+    let gw = Gateway::start_with(Options {
+        route_extra: "    realtime: { max_session_s: 2 }\n".into(),
+        ..Options::default()
+    });
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    // About 32 MB from the provider, more than the sockets and keygate's pipe hold;
+    // this client never reads another byte.
+    for _ in 0..32 {
+        send(&mut ws, json!({"type": "mock.big", "bytes": 1_000_000})).await;
+    }
+    let gauge = r#"keygate_realtime_sessions{route="/openai/"}"#;
+    let ended = poll_until(Duration::from_secs(15), Duration::from_millis(100), || {
+        (gw.metric(gauge) == Some(0.0)).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "the session is still open: {:?}",
+        gw.metric(gauge)
+    );
+    drop(ws);
+}
+
 #[tokio::test]
 async fn a_reload_closes_only_the_sessions_whose_key_was_removed() {
     let gw = Gateway::start();

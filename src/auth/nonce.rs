@@ -6,7 +6,10 @@
 //!   other yield exactly one success;
 //! - it is bounded: at most `capacity` live entries;
 //! - a live entry is never evicted: when full, inserts fail ([`NonceError::Full`])
-//!   until entries expire, so the store can refuse service but never forget a nonce.
+//!   until entries expire, so the store can refuse service but never forget a nonce;
+//! - one key id holds at most a quarter of it: the nonces of refused requests are kept
+//!   too (a replay of a request refused with 429 must stay refused), so one key's flood
+//!   of validly signed requests could otherwise fill the store for every site.
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
@@ -14,6 +17,10 @@ use std::collections::HashMap;
 
 /// Default capacity: one million live nonces (about 40 MB when full).
 pub const NONCE_DEFAULT_CAPACITY: usize = 1_000_000;
+
+/// Capacity of the admin API's own store: site traffic cannot fill it and lock the
+/// operator out of the API that would disable the site.
+pub const ADMIN_NONCE_CAPACITY: usize = 65_536;
 const SHARDS: usize = 64;
 
 /// Why a nonce was not accepted.
@@ -27,8 +34,10 @@ pub enum NonceError {
 
 #[derive(Default)]
 struct Shard {
-    /// Entry → unix second after which it may be forgotten.
-    entries: HashMap<[u8; 16], i64>,
+    /// Entry → (unix second after which it may be forgotten, its key id's hash).
+    entries: HashMap<[u8; 16], (i64, u64)>,
+    /// Live entries per key id hash.
+    per_key: HashMap<u64, u32>,
     /// Earliest expiry in `entries` as of the last sweep (no sweep helps before it).
     next_expiry: i64,
 }
@@ -37,13 +46,28 @@ impl Shard {
     /// Forget the entries that can no longer be replayed, and note the earliest expiry
     /// left (before it, pruning again frees nothing).
     fn prune(&mut self, now: i64) {
-        self.entries.retain(|_, exp| is_live(*exp, now));
+        let per_key = &mut self.per_key;
+        self.entries.retain(|_, (exp, owner)| {
+            let live = is_live(*exp, now);
+            if !live {
+                if let Some(n) = per_key.get_mut(owner) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            live
+        });
+        per_key.retain(|_, n| *n > 0);
         self.next_expiry = self
             .entries
             .values()
-            .copied()
+            .map(|(exp, _)| *exp)
             .min()
             .map_or(i64::MIN, |m| m + 1);
+    }
+
+    /// `owner`'s live entries here.
+    fn held_by(&self, owner: u64) -> usize {
+        self.per_key.get(&owner).map_or(0, |n| *n as usize)
     }
 }
 
@@ -64,16 +88,30 @@ pub fn is_live(expires_at: i64, now: i64) -> bool {
 pub struct NonceStore {
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
+    /// What one key id may hold of a shard.
+    per_key_shard: usize,
 }
 
+/// The share of the store one key id may hold: a quarter.
+const KEY_SHARE_DIVISOR: usize = 4;
+
 impl NonceStore {
-    /// A store holding at most about `capacity` live nonces.
+    /// A store holding at most about `capacity` live nonces, a quarter of them per key id.
     pub fn new(capacity: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         NonceStore {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard,
+            per_key_shard: (per_shard / KEY_SHARE_DIVISOR).max(1),
         }
+    }
+
+    /// The hash that counts a key id's entries.
+    fn owner(key_id: &str) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key_id.hash(&mut h);
+        h.finish()
     }
 
     /// Total capacity.
@@ -111,24 +149,35 @@ impl NonceStore {
         now: i64,
     ) -> Result<(), NonceError> {
         let key = Self::entry_key(key_id, nonce);
+        let owner = Self::owner(key_id);
         let shard = &self.shards[(key[0] as usize) % SHARDS];
         let mut s = shard.lock();
-        if let Some(&exp) = s.entries.get(&key) {
+        let old = s.entries.get(&key).copied();
+        if let Some((exp, _)) = old {
             if is_live(exp, now) {
                 return Err(NonceError::Replayed);
             }
         }
-        if s.entries.len() >= self.per_shard && !s.entries.contains_key(&key) {
+        let over =
+            |s: &Shard| s.entries.len() >= self.per_shard || s.held_by(owner) >= self.per_key_shard;
+        if old.is_none() && over(&s) {
             if now < s.next_expiry {
                 return Err(NonceError::Full);
             }
             s.prune(now);
-            if s.entries.len() >= self.per_shard {
+            if over(&s) {
                 return Err(NonceError::Full);
             }
         }
         // A growing shard's new table is a hot one.
-        crate::alloc::hot_tables(|| s.entries.insert(key, expires_at));
+        let replaced = crate::alloc::hot_tables(|| s.entries.insert(key, (expires_at, owner)));
+        if let Some((_, previous)) = replaced {
+            // An expired entry of the same pair: counted once.
+            if let Some(n) = s.per_key.get_mut(&previous) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        *s.per_key.entry(owner).or_insert(0) += 1;
         Ok(())
     }
 
@@ -189,6 +238,36 @@ mod tests {
         }
         // Once they expire, the store accepts again.
         assert_eq!(s.check_and_insert("k", "later-nonce", 2000, 1001), Ok(()));
+    }
+
+    #[test]
+    fn one_key_fills_at_most_a_quarter_and_the_others_still_record() {
+        let s = NonceStore::new(SHARDS * 40);
+        let mut accepted = 0;
+        for i in 0..(SHARDS * 40) {
+            if s.check_and_insert("flood", &format!("n{i}"), 1000, 10)
+                .is_ok()
+            {
+                accepted += 1;
+            }
+        }
+        assert!(
+            accepted <= s.capacity() / 4,
+            "{accepted} of {}",
+            s.capacity()
+        );
+        assert!(accepted >= s.capacity() / 5, "{accepted}");
+        // Another key still records (and is refused only past its own quarter).
+        for i in 0..SHARDS * 2 {
+            assert_eq!(
+                s.check_and_insert("other", &format!("n{i}"), 1000, 10),
+                Ok(())
+            );
+        }
+        // Expired, the flood's share is free again.
+        assert_eq!(s.check_and_insert("flood", "later", 2000, 1001), Ok(()));
+        s.sweep(1001);
+        assert_eq!(s.len(), 1);
     }
 
     #[test]

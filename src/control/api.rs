@@ -154,7 +154,7 @@ async fn authenticate(
     };
     auth::check_body_digest(&client, &body).map_err(fail)?;
     let fleet = control.state.fleet.as_deref();
-    crate::fleet::record_nonce(fleet, &control.state.nonces, &claim, now)
+    crate::fleet::record_nonce(fleet, &control.state.admin_nonces, &claim, now)
         .await
         .map_err(fail)?;
     Ok((client.key_id.0, body))

@@ -36,6 +36,29 @@ const PIPE_BYTES: usize = 64 * 1024;
 /// Longest wait for either side to take a message (or a close) keygate sends it.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a closing session waits to send a close frame and for the answer to it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Send `m` to the client, bounded by the write timeout (a client that stopped reading
+/// fills the pipe, and a send would wait for good) and by the session's deadline
+/// (`max_session_s` holds while a send waits).
+async fn to_client<S>(
+    ws: &mut WebSocketStream<S>,
+    m: Message,
+    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+) -> Result<(), End>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        sent = tokio::time::timeout(WRITE_TIMEOUT, ws.send(m)) => match sent {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(End::ClientGone),
+        },
+        _ = deadline => Err(End::TimeUp),
+    }
+}
+
 /// Before authentication: a key a browser sent as a subprotocol becomes its bearer
 /// credential (the subprotocol itself is never sent on).
 pub(super) fn subprotocol_key(session: &mut Session) {
@@ -395,6 +418,7 @@ async fn bridge(
     let (near, far) = tokio::io::duplex(PIPE_BYTES);
     let mut client_ws = WebSocketStream::from_raw_socket(far, Role::Server, Some(config)).await;
     let (mut near_r, mut near_w) = tokio::io::split(near);
+    let talked = tokio::sync::Notify::new();
 
     // The client's connection <-> the pipe. A shutdown reaches the relay through the
     // session registry (`relay.close`, `Sessions::shut_down`).
@@ -454,8 +478,8 @@ async fn bridge(
                             if let Some(u) = u {
                                 relay.charge(u, &mut usage, &mut cost);
                             }
-                            if client_ws.send(Message::Text(t)).await.is_err() {
-                                break End::ClientGone;
+                            if let Err(end) = to_client(&mut client_ws, Message::Text(t), deadline.as_mut()).await {
+                                break end;
                             }
                         }
                         Err(r) => break relay.refused(r),
@@ -464,8 +488,8 @@ async fn bridge(
                         if let Err(r) = seen.binary(&b, &relay.rules) {
                             break relay.refused(r);
                         }
-                        if client_ws.send(Message::Binary(b)).await.is_err() {
-                            break End::ClientGone;
+                        if let Err(end) = to_client(&mut client_ws, Message::Binary(b), deadline.as_mut()).await {
+                            break end;
                         }
                     }
                     Some(Ok(Message::Close(f))) => {
@@ -473,7 +497,7 @@ async fn bridge(
                         if let Err(r) = seen.close_reason(reason, &relay.rules) {
                             break relay.refused(r);
                         }
-                        let _ = client_ws.send(Message::Close(f)).await;
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, client_ws.send(Message::Close(f))).await;
                         break End::UpstreamClosed;
                     }
                     Some(Ok(_)) => {}
@@ -489,9 +513,10 @@ async fn bridge(
             }
         };
         if let Some(frame) = end.close() {
-            let _ = client_ws.send(Message::Close(Some(frame))).await;
+            let close = client_ws.send(Message::Close(Some(frame)));
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
             // The client's answer to the close, briefly.
-            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
                 while let Some(Ok(_)) = client_ws.next().await {}
             })
             .await;
@@ -502,9 +527,21 @@ async fn bridge(
         ) {
             let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.close(None)).await;
         }
-        let _ = tokio::time::timeout(WRITE_TIMEOUT, client_ws.close(None)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, client_ws.close(None)).await;
         drop(client_ws);
+        talked.notify_one();
         (end, usage, cost)
+    };
+    // The pump flushes what the relay wrote last, briefly: to a client that stopped reading
+    // it would write until the connection's write timeout.
+    let pump = async {
+        tokio::select! {
+            () = pump => {}
+            () = async {
+                talked.notified().await;
+                tokio::time::sleep(CLOSE_TIMEOUT).await;
+            } => {}
+        }
     };
     let ((), result) = tokio::join!(pump, talk);
     result
