@@ -124,3 +124,68 @@ async fn changes_through_one_node_reach_every_node_within_two_seconds_and_surviv
         .await;
     }
 }
+
+/// A change another node stored that this node's YAML cannot take (a tier only the other
+/// has, during a rolling deploy) is applied once a SIGHUP brings the YAML that can: before,
+/// the node took the version for seen and stayed on its old changes until the next admin
+/// change, revoked keys included (third review, 2026-12-04).
+#[tokio::test]
+async fn a_change_this_node_could_not_take_applies_after_its_yaml_catches_up() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let key = AdminKey::new();
+    let nodes = fleet(&redis, &key, None);
+    let gold = |t: String| {
+        t.replacen(
+            "tiers:\n",
+            "tiers:\n  gold: { requests_per_minute: 100000 }\n",
+            1,
+        )
+    };
+    nodes[0].reload_with(gold);
+    let (kid, secret) = create_site(&nodes[0], &key, "delta", "gold").await;
+    within("served where gold exists", TWO_S, || {
+        serves(&nodes[0], &kid, &secret)
+    })
+    .await;
+    eventually("node 1 says it cannot apply the change", || {
+        nodes[1]
+            .logs()
+            .contains("do not apply to this node's YAML")
+            .then_some(())
+    });
+    assert!(refused(&nodes[1], &kid, &secret).await);
+    nodes[1].reload_with(gold);
+    within("served on node 1 after its SIGHUP", TWO_S, || {
+        serves(&nodes[1], &kid, &secret)
+    })
+    .await;
+}
+
+/// The same site id created through two nodes, the second before it caught up with the
+/// first: it answered 201 and replaced the first site's record, taking its key away.
+#[tokio::test]
+async fn a_site_created_on_one_node_cannot_be_created_again_on_another() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let key = AdminKey::new();
+    let nodes = fleet(&redis, &key, None);
+    let (kid, secret) = create_site(&nodes[0], &key, "epsilon", "free").await;
+    let again = admin(
+        &nodes[1],
+        &key,
+        "POST",
+        "/admin/v1/sites",
+        r#"{"id":"epsilon","tier":"free"}"#,
+    )
+    .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    for n in &nodes {
+        within("the first site's key served", TWO_S, || {
+            serves(n, &kid, &secret)
+        })
+        .await;
+    }
+}

@@ -501,7 +501,11 @@ impl Control {
         cors_origins: Option<Vec<String>>,
     ) -> Result<(String, Zeroizing<String>), GatewayError> {
         self.change(|changes, rt| {
-            if rt.sites.iter().any(|s| s.id.0 == id) {
+            // The stored changes too: in a fleet another node may have created it in the
+            // half second before this node's config caught up, and replacing its record
+            // would take that site's key away.
+            let stored = changes.sites.get(id).is_some_and(|c| c.created);
+            if stored || rt.sites.iter().any(|s| s.id.0 == id) {
                 return Err(error(ErrorCode::Conflict, format!("Site \"{id}\" exists.")));
             }
             let key_id = free_key_id(rt, changes, id);

@@ -145,6 +145,9 @@ impl Control {
         *base = (text, base.1 + 1);
         drop(base);
         self.state.install(rt);
+        // A fleet version that did not apply to the old YAML may apply to this one: the
+        // next catch-up reads the store again instead of taking it for seen.
+        self.seen.store(changes.version, Ordering::Release);
         Ok(())
     }
 
@@ -203,6 +206,8 @@ impl Control {
             }
             Err(e) => {
                 // Remember the version: the error is logged once, not every half second.
+                // A SIGHUP forgets it (`reload`), so a YAML that now has what the changes
+                // need (a new tier) applies them at the next catch-up.
                 self.seen.store(next.version, Ordering::Release);
                 log::error!(
                     "admin: the fleet's site changes (version {}) do not apply to this node's YAML, keeping the config in force:\n{e}",
