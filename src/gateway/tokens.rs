@@ -40,7 +40,7 @@ impl Gateway {
         }
         // Per client address first (a spent allowance costs no signature check); only
         // mints that authenticate are counted, so nobody can spend a shared address's.
-        if let Some(ip) = ctx.client_ip {
+        if let Some(ip) = ctx.client_ip.as_ref().map(limits::ip::client_block) {
             let now_ms = crate::clock::now_ms();
             if let Err(wait) = self
                 .state
@@ -54,7 +54,7 @@ impl Gateway {
         let (client, _) = self
             .authenticate_client(session, ctx, &path, query.as_deref(), &method, false)
             .await?;
-        if let Some(ip) = ctx.client_ip {
+        if let Some(ip) = ctx.client_ip.as_ref().map(limits::ip::client_block) {
             self.state.token_mints.count(&ip, crate::clock::now_ms());
         }
         if client.mode != AuthMode::Hmac {

@@ -157,10 +157,26 @@ impl Default for AuthFailureLimiter {
     }
 }
 
+/// What a per-address limit counts a client as: its IPv4 address, or the /64 of its IPv6
+/// address. One IPv6 client holds a /64 (often far more), so counting /128s would let it
+/// take a fresh address per request and step past every per-address limit, or lock others
+/// out of a shared allowance (registration's pending list) from as many addresses as it likes.
+pub fn client_block(ip: &IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(*v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => *v4,
+    }
+}
+
 impl AuthFailureLimiter {
-    /// If `ip` is cooling down at `now_ms`, the time left.
+    /// If `ip` (its /64 for IPv6) is cooling down at `now_ms`, the time left.
     pub fn blocked(&self, ip: &IpAddr, now_ms: u64) -> Option<Duration> {
-        let until = self.cooldown.until(ip);
+        let until = self.cooldown.until(&client_block(ip));
         (until > now_ms).then(|| Duration::from_millis(until - now_ms))
     }
 
@@ -172,6 +188,7 @@ impl AuthFailureLimiter {
         cooldown: Duration,
         now_ms: u64,
     ) -> bool {
+        let ip = &client_block(ip);
         if self.failures.count(ip, now_ms) > per_minute as f64 {
             self.cooldown.set(ip, now_ms + cooldown.as_millis() as u64);
             true
@@ -253,6 +270,28 @@ mod tests {
             r.check(&b, 3, 1_000).is_ok(),
             "other addresses are not affected"
         );
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let block = |a: &str| client_block(&a.parse().unwrap()).to_string();
+        assert_eq!(block("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(block("2001:db8:1:2:ffff:ffff:ffff:ffff"), "2001:db8:1:2::");
+        assert_eq!(block("2001:db8:1:3::1"), "2001:db8:1:3::");
+        assert_eq!(block("192.0.2.7"), "192.0.2.7");
+        assert_eq!(block("::ffff:192.0.2.7"), "192.0.2.7");
+        // Failures from any address of one /64 cool the whole /64 down.
+        let l = AuthFailureLimiter::default();
+        for i in 0..6 {
+            let a: IpAddr = format!("2001:db8::{i:x}").parse().unwrap();
+            l.record_failure(&a, 5, Duration::from_secs(60), 1_000);
+        }
+        assert!(l
+            .blocked(&"2001:db8::ffff".parse().unwrap(), 1_000)
+            .is_some());
+        assert!(l
+            .blocked(&"2001:db8:0:1::1".parse().unwrap(), 1_000)
+            .is_none());
     }
 
     #[test]

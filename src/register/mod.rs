@@ -122,6 +122,8 @@ impl Registrar {
         };
         let now_ms = crate::clock::now_ms();
         let now = crate::clock::secs(now_ms);
+        // An IPv6 client counts by its /64: it can take a fresh address per request.
+        let ip = ip.as_ref().map(crate::limits::ip::client_block);
         if let Some(ip) = ip {
             if let Err(wait) = self.per_ip.check(&ip, reg.per_ip_per_hour, now_ms) {
                 counted("rate_limited");
