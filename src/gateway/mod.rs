@@ -416,6 +416,7 @@ impl ProxyHttp for Gateway {
             let none = headers::HeaderAllow::default();
             let extra = up.as_ref().map_or(&none, |u| &u.response_headers);
             headers::clean_response(&mut parts.headers, extra);
+            observe::check_names(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
             respond::add_standard_headers(&mut parts.headers, ctx)?;
             respond::add_ratelimit_headers(&mut parts.headers, ctx)?;
             ctx.status = parts.status.as_u16();

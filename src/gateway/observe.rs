@@ -54,6 +54,14 @@ fn rules(ctx: &Ctx) -> WatchRules<'_> {
     }
 }
 
+/// The names of the headers the client will get (after the allow-list) hold no secret.
+pub fn check_names(resp: &Parts, ctx: &Ctx) -> Result<(), GatewayError> {
+    match watch::secret_in_names(&resp.headers, &rules(ctx)) {
+        true => Err(reject(ctx, Rejection::SecretEgress)),
+        false => Ok(()),
+    }
+}
+
 /// Check the response header; decide how to watch the body.
 pub fn start(resp: &mut Parts, ctx: &mut Ctx) -> Result<(), GatewayError> {
     ctx.set_upstream_status(resp.status.as_u16());
