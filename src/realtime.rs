@@ -125,11 +125,6 @@ impl ProviderWatch {
     pub fn close_reason(&self, reason: &str, rules: &Rules) -> Result<(), Rejection> {
         rules.text(reason).map_or(Ok(()), Err)
     }
-
-    /// Text channels open (bounded by [`egress::MAX_CHANNELS`]).
-    pub fn channels(&self) -> usize {
-        self.text.channels()
-    }
 }
 
 /// Sessions open now, each with who opened it and how to close it.
@@ -320,13 +315,19 @@ mod tests {
         assert_eq!(key_from_subprotocols(&h), None);
     }
 
+    /// Rules that look for one secret, `sk-secret-0123456789`.
+    fn rules() -> Rules<'static> {
+        static SCANNER: std::sync::LazyLock<SecretScanner> =
+            std::sync::LazyLock::new(|| SecretScanner::new(&["sk-secret-0123456789".to_string()]));
+        Rules {
+            secrets: &SCANNER,
+            patterns: None,
+        }
+    }
+
     #[test]
     fn provider_events_give_usage_and_never_a_secret() {
-        let scanner = SecretScanner::new(&["sk-secret-0123456789".to_string()]);
-        let rules = Rules {
-            secrets: &scanner,
-            patterns: None,
-        };
+        let rules = rules();
         let text = |t: &str| ProviderWatch::default().text(t, &rules);
         let done = r#"{"type":"response.done","response":{"usage":{"total_tokens":30,"input_tokens":10,"output_tokens":20}}}"#;
         let u = text(done).unwrap().unwrap();
@@ -346,11 +347,7 @@ mod tests {
 
     #[test]
     fn a_secret_cut_over_messages_is_found_in_the_one_that_completes_it() {
-        let scanner = SecretScanner::new(&["sk-secret-0123456789".to_string()]);
-        let rules = Rules {
-            secrets: &scanner,
-            patterns: None,
-        };
+        let rules = rules();
         let delta = |d: &str| {
             format!(
                 r#"{{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":"{d}"}}"#
