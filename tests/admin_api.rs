@@ -290,3 +290,117 @@ fn the_cli_signs_and_calls_the_admin_api() {
         (Some(1), Some("not_found"))
     );
 }
+
+/// A SIGHUP that lands while a change is being made: the change is made on one YAML or
+/// the other, never stored on disk while memory (on the new YAML) refuses it. The YAML
+/// flips between a version that has tier `other` and one that does not while the API
+/// moves a site between `other` and `free`.
+#[tokio::test]
+async fn a_sighup_during_a_change_never_leaves_the_state_file_and_memory_apart() {
+    let key = AdminKey::new();
+    let gw = node(&key);
+    create_site(&gw, &key, "gamma", "free").await;
+    let path = gw.config_path();
+    let with = std::fs::read_to_string(&path).unwrap();
+    let without = with
+        .replace("  other: {", "  spare: {")
+        .replace("tier: other", "tier: spare");
+    assert_ne!(with, without);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, path, pid) = (stop.clone(), path.clone(), gw.pid().to_string());
+        let (with, without) = (with.clone(), without.clone());
+        std::thread::spawn(move || {
+            let mut flip = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                flip = !flip;
+                std::fs::write(&path, if flip { &without } else { &with }).unwrap();
+                let _ = std::process::Command::new("kill")
+                    .args(["-HUP", &pid])
+                    .status();
+            }
+        })
+    };
+    let gamma = "/admin/v1/sites/gamma";
+    let mut refused = 0;
+    for i in 0..150 {
+        let tier = if i % 2 == 0 { "other" } else { "free" };
+        let r = admin(
+            &gw,
+            &key,
+            "PATCH",
+            gamma,
+            &format!(r#"{{"tier":"{tier}"}}"#),
+        )
+        .await;
+        match r.status {
+            200 => {}
+            400 => refused += 1,
+            _ => panic!("PATCH {tier} answered {}: {}", r.status, r.body),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+    std::fs::write(&path, &with).unwrap();
+    gw.sighup();
+    // What memory holds is what the file holds.
+    let shown = admin(&gw, &key, "GET", gamma, "").await;
+    let tier = shown.json()["site"]["tier"].as_str().unwrap().to_string();
+    let state = std::fs::read_to_string(key.state_file("sites.yaml")).unwrap();
+    assert!(
+        state.contains(&format!("tier: {tier}")),
+        "memory has tier {tier}, the state file:\n{state}"
+    );
+    eprintln!("{refused} of 150 changes refused on the YAML without `other`");
+}
+
+/// Signed traffic that fills the request nonce store (four keys, each at its quarter of
+/// every shard) leaves the admin API working: its nonces are kept in a store of their own,
+/// so an operator can still disable the flooding sites.
+#[tokio::test]
+async fn a_full_request_nonce_store_leaves_the_admin_api_working() {
+    let key = AdminKey::new();
+    let gw = Gateway::start_with(Options {
+        config_extra: key.yaml("sites.yaml"),
+        server_extra: "  nonce_store_capacity: 1024\n".into(),
+        ..Options::default()
+    });
+    let mut flooders = vec![];
+    for i in 0..4 {
+        flooders.push(create_site(&gw, &key, &format!("flood{i}"), "other").await);
+    }
+    for (kid, secret) in &flooders {
+        // A key holds at most a quarter of the store: 256 nonces each fill it.
+        let (mut recorded, mut sent) = (0, 0);
+        while recorded < 256 {
+            sent += 1;
+            assert!(
+                sent < 5000,
+                "{kid} recorded only {recorded} nonces: something else holds part of the store"
+            );
+            match models_as(&gw, kid, secret, None).await.status {
+                200 => recorded += 1,
+                503 => {}
+                s => panic!("{kid}: {s}"),
+            }
+        }
+    }
+    // The store is full for every key, the YAML's too.
+    for _ in 0..5 {
+        gw.call("alpha.k1", "GET", "/openai/v1/models", "")
+            .await
+            .assert_error(503, "upstream_unavailable");
+    }
+    // The admin API still answers, and disables a flooder.
+    for i in 0..4 {
+        let r = admin(
+            &gw,
+            &key,
+            "POST",
+            &format!("/admin/v1/sites/flood{i}/disable"),
+            "",
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}

@@ -6,7 +6,7 @@
 use super::changes::{Changes, SiteChange, StoredKey};
 use super::Control;
 use crate::auth::{self, signature::normalize_authority, AuthInput, AuthMode};
-use crate::config::{secret, KeyId, Runtime, Site};
+use crate::config::{secret, ClientKey, KeyId, Runtime, Site};
 use crate::error::{ErrorCode, GatewayError};
 use crate::limits::Counter;
 use crate::telemetry::audit::AdminLine;
@@ -228,17 +228,25 @@ async fn route(
         ("GET", ["sites"]) => {
             let rt = control.state.runtime.load();
             let changes = control.changes();
+            // Keys grouped by site in one pass: the list costs sites + keys, not their product.
+            let mut keys: Vec<Vec<Value>> = vec![vec![]; rt.sites.len()];
+            for k in rt.keys.values() {
+                if let Some(list) = keys.get_mut(k.site) {
+                    list.push(key_view(k));
+                }
+            }
             let sites: Vec<Value> = rt
                 .sites
                 .iter()
-                .map(|s| site_view(&rt, s, &changes))
+                .zip(keys)
+                .map(|(s, keys)| site_view(&rt, s, keys, &changes))
                 .collect();
             Done::new(200, "list_sites", json!({ "sites": sites }))
         }
         ("GET", ["sites", id]) => {
             let rt = control.state.runtime.load();
             let site = find(&rt, id)?;
-            let mut v = site_view(&rt, site, &control.changes());
+            let mut v = one_site_view(&rt, site, &control.changes());
             v["usage"] = usage(control, site);
             Done::new(200, "show_site", json!({ "site": v }))
         }
@@ -277,21 +285,29 @@ fn find<'a>(rt: &'a Runtime, id: &str) -> Result<&'a Site, GatewayError> {
         .ok_or_else(|| error(ErrorCode::NotFound, format!("No site \"{id}\".")))
 }
 
-/// A site as the API shows it: its settings and keys, never a secret.
-fn site_view(rt: &Runtime, site: &Site, changes: &Changes) -> Value {
+/// A key as the API shows it: never its secret or hash.
+fn key_view(k: &ClientKey) -> Value {
+    json!({
+        "id": k.id.0,
+        "auth": k.auth.name(),
+        "expires_at": k.expires_at.map(rfc3339),
+    })
+}
+
+/// One site as the API shows it, its keys found by a scan of the key map.
+fn one_site_view(rt: &Runtime, site: &Site, changes: &Changes) -> Value {
     let index = rt.sites.iter().position(|s| std::ptr::eq(s, site));
-    let mut keys: Vec<Value> = rt
+    let keys = rt
         .keys
         .values()
         .filter(|k| Some(k.site) == index)
-        .map(|k| {
-            json!({
-                "id": k.id.0,
-                "auth": k.auth.name(),
-                "expires_at": k.expires_at.map(rfc3339),
-            })
-        })
+        .map(key_view)
         .collect();
+    site_view(rt, site, keys, changes)
+}
+
+/// A site as the API shows it: its settings and `keys` (its own), never a secret.
+fn site_view(rt: &Runtime, site: &Site, mut keys: Vec<Value>, changes: &Changes) -> Value {
     keys.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
     let mut routes: Option<Vec<&String>> = site.routes.as_ref().map(|r| r.iter().collect());
     if let Some(r) = &mut routes {
@@ -418,7 +434,7 @@ async fn create_site(control: &Control, req: NewSite) -> Result<Done, GatewayErr
         .create_site(&id, &req.tier, req.routes, req.cors_origins)
         .await?;
     let rt = control.state.runtime.load();
-    let site = site_view(&rt, find(&rt, &id)?, &control.changes());
+    let site = one_site_view(&rt, find(&rt, &id)?, &control.changes());
     let key = json!({ "id": shown.0, "auth": "hmac", "secret": shown.1.as_str() });
     let mut d = Done::new(201, "create_site", json!({ "site": site, "key": key }));
     d.site = Some(id);
@@ -486,7 +502,7 @@ async fn update(
         })
         .await?;
     let rt = control.state.runtime.load();
-    let v = site_view(&rt, find(&rt, site)?, &control.changes());
+    let v = one_site_view(&rt, find(&rt, site)?, &control.changes());
     Ok(Done::new(200, "update_site", json!({ "site": v })))
 }
 
@@ -521,59 +537,5 @@ impl Control {
             Ok((key_id, shown))
         })
         .await
-    }
-
-    /// Make one change: `f` edits a copy of the stored changes (read again from Redis in
-    /// a fleet), the result is validated with the YAML as one config (an invalid change
-    /// is 400 and nothing is stored), stored if nobody stored another version meanwhile
-    /// (else done again on that one), and installed.
-    pub async fn change<T>(
-        &self,
-        f: impl Fn(&mut Changes, &Runtime) -> Result<T, GatewayError>,
-    ) -> Result<T, GatewayError> {
-        let Some(store) = &self.store else {
-            return Err(error(ErrorCode::Unauthenticated, "The admin API is off."));
-        };
-        let unavailable = |e: String| {
-            error(
-                ErrorCode::UpstreamUnavailable,
-                "The site store is unavailable.",
-            )
-            .detail(e)
-        };
-        let _w = self.writing.lock().await;
-        for _ in 0..5 {
-            let current = match store {
-                super::Store::Redis(_) => store.load().await.map_err(unavailable)?,
-                super::Store::File(_) => self.changes(),
-            };
-            let rt = self.state.runtime.load_full();
-            let mut next = current.clone();
-            let out = f(&mut next, &rt)?;
-            next.version = current.version + 1;
-            let base = self.base.lock().clone();
-            let built = super::build(&base.0, &next, self.opts).map_err(|e| {
-                GatewayError::bad_request(format!("The change does not validate: {e}"))
-            })?;
-            if !store
-                .store(current.version, &next)
-                .await
-                .map_err(unavailable)?
-            {
-                continue;
-            }
-            self.install(built, next, base.1).map_err(|e| {
-                error(
-                    ErrorCode::Internal,
-                    "The change was stored but does not apply here.",
-                )
-                .detail(e)
-            })?;
-            return Ok(out);
-        }
-        Err(error(
-            ErrorCode::Conflict,
-            "Other changes kept landing first; try again.",
-        ))
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::config::raw::{RawConfig, RawKey, RawSite};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 /// Every change made through the API, with the version it was stored under (each
 /// stored change adds one; a node applies a version it has not seen).
@@ -80,10 +80,17 @@ impl Changes {
     /// Apply to the YAML's sites, in place. Returns the ids of records that had no site
     /// to apply to.
     pub fn apply(&self, raw: &mut RawConfig) -> Vec<String> {
+        // One pass to index the YAML's sites: a lookup per record, not a scan (tens of
+        // thousands of registered sites made every change cost seconds).
+        let mut at: HashMap<String, usize> = HashMap::with_capacity(raw.sites.len());
+        for (i, s) in raw.sites.iter().enumerate() {
+            // The first of a duplicated id (validation names the duplicate).
+            at.entry(s.id.clone()).or_insert(i);
+        }
         let mut dormant = vec![];
         for (id, ch) in &self.sites {
-            let site = match raw.sites.iter().position(|s| &s.id == id) {
-                Some(i) => &mut raw.sites[i],
+            let i = match at.get(id) {
+                Some(&i) => i,
                 None if ch.created => {
                     raw.sites.push(RawSite {
                         id: id.clone(),
@@ -94,14 +101,15 @@ impl Changes {
                         keys: vec![],
                         disabled: None,
                     });
-                    raw.sites.last_mut().expect("just pushed")
+                    at.insert(id.clone(), raw.sites.len() - 1);
+                    raw.sites.len() - 1
                 }
                 None => {
                     dormant.push(id.clone());
                     continue;
                 }
             };
-            ch.apply_to(site);
+            ch.apply_to(&mut raw.sites[i]);
         }
         dormant
     }

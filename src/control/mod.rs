@@ -13,13 +13,14 @@ pub mod client;
 pub mod store;
 
 use crate::config::{self, ConfigErrors, LoadOptions, Runtime};
+use crate::error::{ErrorCode, GatewayError};
 use crate::state::State;
 use changes::Changes;
 use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use store::Store;
+use store::{Store, Stored, MAX_STATE_BYTES};
 
 /// How often a fleet node checks Redis for changes made through other nodes.
 pub const CATCH_UP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -161,12 +162,98 @@ impl Control {
         } else {
             build(&base.0, &changes, self.opts).map_err(|e| e.to_string())?
         };
+        self.commit(rt, changes);
+        Ok(())
+    }
+
+    /// Put `rt` and its `changes` in force (the caller holds `installing`).
+    fn commit(&self, rt: Runtime, changes: Changes) {
         // The version in force, even a lower one (a Redis that lost its data): compared for
         // equality by `catch_up`, so a lower stored version is applied once, not every poll.
         self.seen.store(changes.version, Ordering::Release);
         *self.changes.lock() = changes;
         self.state.install(rt);
-        Ok(())
+    }
+
+    /// Make one change: `f` edits a copy of the stored changes (read again from Redis in
+    /// a fleet), the result is validated with the YAML as one config (an invalid change
+    /// is 400 and nothing is stored), stored if nobody stored another version meanwhile
+    /// (else done again on that one), and installed.
+    pub async fn change<T>(
+        &self,
+        f: impl Fn(&mut Changes, &Runtime) -> Result<T, GatewayError>,
+    ) -> Result<T, GatewayError> {
+        let Some(store) = &self.store else {
+            return Err(GatewayError::new(
+                ErrorCode::Unauthenticated,
+                "The admin API is off.",
+            ));
+        };
+        let unavailable = |e: String| {
+            GatewayError::new(
+                ErrorCode::UpstreamUnavailable,
+                "The site store is unavailable.",
+            )
+            .detail(e)
+        };
+        let full = || {
+            GatewayError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "The site store is full (its document would be over {} MiB): remove sites or keys first.",
+                    MAX_STATE_BYTES >> 20
+                ),
+            )
+        };
+        let _w = self.writing.lock().await;
+        for _ in 0..5 {
+            let current = match store {
+                Store::Redis(_) => store.load().await.map_err(unavailable)?,
+                Store::File(_) => self.changes(),
+            };
+            let rt = self.state.runtime.load_full();
+            let mut next = current.clone();
+            let out = f(&mut next, &rt)?;
+            next.version = current.version + 1;
+            let invalid = |e: crate::config::ConfigErrors| {
+                GatewayError::bad_request(format!("The change does not validate: {e}"))
+            };
+            if let Store::File(path) = store {
+                // This process is the file's only writer: the build, the write and the
+                // install under the install lock, so a SIGHUP cannot land between them
+                // (the file would hold a change that memory, on the new YAML, does not).
+                let _one = self.installing.lock();
+                let built = build(&self.base.lock().0, &next, self.opts).map_err(invalid)?;
+                if store::store_file(path, &next).map_err(unavailable)? == Stored::TooLarge {
+                    return Err(full());
+                }
+                self.commit(built, next);
+                return Ok(out);
+            }
+            let base = self.base.lock().clone();
+            let built = build(&base.0, &next, self.opts).map_err(invalid)?;
+            match store
+                .store(current.version, &next)
+                .await
+                .map_err(unavailable)?
+            {
+                Stored::Yes => {}
+                Stored::Raced => continue,
+                Stored::TooLarge => return Err(full()),
+            }
+            self.install(built, next, base.1).map_err(|e| {
+                GatewayError::new(
+                    ErrorCode::Internal,
+                    "The change was stored but does not apply here.",
+                )
+                .detail(e)
+            })?;
+            return Ok(out);
+        }
+        Err(GatewayError::new(
+            ErrorCode::Conflict,
+            "Other changes kept landing first; try again.",
+        ))
     }
 
     /// With a fleet: read the stored version, and when another node stored a newer one,

@@ -74,25 +74,54 @@ impl Store {
     }
 
     /// Store `next` (its version one more than `expected`) if the stored version is still
-    /// `expected`. `Ok(false)`: it is not (another node stored a change meanwhile).
-    pub async fn store(&self, expected: u64, next: &Changes) -> Result<bool, String> {
+    /// `expected` and the document fits in [`MAX_STATE_BYTES`] (a larger one would be
+    /// stored but could never be read back: the next start would fail).
+    pub async fn store(&self, expected: u64, next: &Changes) -> Result<Stored, String> {
         match self {
-            Store::File(path) => {
-                let text = serde_yaml::to_string(next).map_err(|e| e.to_string())?;
-                write_atomically(path, text.as_bytes())
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                Ok(true)
-            }
+            Store::File(path) => store_file(path, next),
             Store::Redis(fleet) => {
                 let (doc, version) = Store::keys(fleet);
                 let text = serde_json::to_string(next).map_err(|e| e.to_string())?;
+                if !fits(&text) {
+                    return Ok(Stored::TooLarge);
+                }
                 let mut inv = SCRIPT.prepare_invoke();
                 inv.key(&doc).key(&version).arg(expected).arg(text);
                 let stored: i64 = call(fleet, Req::Script(&inv)).await?;
-                Ok(stored >= 0)
+                Ok(if stored >= 0 {
+                    Stored::Yes
+                } else {
+                    Stored::Raced
+                })
             }
         }
     }
+}
+
+fn fits(text: &str) -> bool {
+    text.len() as u64 <= MAX_STATE_BYTES
+}
+
+/// Write `next` to the state file (without a fleet, this process is its only writer), if
+/// it fits in [`MAX_STATE_BYTES`].
+pub fn store_file(path: &Path, next: &Changes) -> Result<Stored, String> {
+    let text = serde_yaml::to_string(next).map_err(|e| e.to_string())?;
+    if !fits(&text) {
+        return Ok(Stored::TooLarge);
+    }
+    write_atomically(path, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(Stored::Yes)
+}
+
+/// What [`Store::store`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    Yes,
+    /// Not stored: another node stored a change meanwhile (retry on the newer one).
+    Raced,
+    /// Not stored: the document would be over [`MAX_STATE_BYTES`].
+    TooLarge,
 }
 
 /// One admin-store call to Redis (timed and bounded under `admin`).
@@ -158,7 +187,7 @@ mod tests {
             ..Changes::default()
         };
         c.site_mut("a").disabled = Some(true);
-        assert!(store.store(0, &c).await.unwrap());
+        assert_eq!(store.store(0, &c).await.unwrap(), Stored::Yes);
         assert_eq!(store.load().await.unwrap(), c);
         assert_eq!(store.version().await.unwrap(), 1);
         // No temporary file left beside it.
@@ -168,5 +197,26 @@ mod tests {
         );
         std::fs::write(&path, "sites: [").unwrap();
         assert!(store.load().await.unwrap_err().contains("does not parse"));
+    }
+
+    #[tokio::test]
+    async fn a_document_too_large_to_read_back_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sites.yaml");
+        let store = Store::File(path.clone());
+        let mut small = Changes {
+            version: 1,
+            ..Changes::default()
+        };
+        small.site_mut("a").disabled = Some(true);
+        assert_eq!(store.store(0, &small).await.unwrap(), Stored::Yes);
+        // One site whose routes make the document just over the bound.
+        let mut big = small.clone();
+        big.version = 2;
+        let route = format!("/{}", "r".repeat(1023));
+        big.site_mut("b").routes = Some(vec![route; (MAX_STATE_BYTES as usize >> 10) + 1]);
+        assert_eq!(store.store(1, &big).await.unwrap(), Stored::TooLarge);
+        // The file still holds the last change that fits, and reads back.
+        assert_eq!(store.load().await.unwrap(), small);
     }
 }
