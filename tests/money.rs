@@ -345,3 +345,65 @@ async fn a_usd_limit_without_prices_is_refused_by_check_and_by_reload() {
         "{err}"
     );
 }
+
+/// A token budget is charged for what the provider produced, whatever the client got: a
+/// client that leaves a stream at its first event, and an answer keygate refused at its
+/// end (`block_patterns`), both spend the budget. Before, both ended with a status outside
+/// 1..500 (0, 502) and were never charged: a client could read a whole answer and leave
+/// before `[DONE]`, unbilled.
+#[tokio::test]
+async fn a_stream_left_early_and_a_refused_answer_are_still_charged() {
+    let budget = "{ requests_per_minute: 100000, tokens_per_day: 1 }";
+    let stream = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let gw = priced(budget);
+    let h = gw.sign(
+        "alpha.k1",
+        &gw.secrets.alpha,
+        "POST",
+        CHAT,
+        stream.as_bytes(),
+    );
+    // Raw TCP, so that leaving closes the socket (an HTTP client library may keep reading).
+    let mut head = format!(
+        "POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-mock-event-delay-ms: 150\r\n",
+        gw.port,
+        stream.len()
+    );
+    for (k, v) in h.iter().filter(|(k, _)| !k.is_empty()) {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    use std::io::{Read, Write};
+    tcp.write_all(format!("{head}\r\n{stream}").as_bytes())
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("data: ") {
+        let n = tcp.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    drop(tcp);
+    let line = eventually("the left stream's audit line", || {
+        gw.audit_lines().into_iter().next()
+    });
+    assert!(line["tokens_in"].as_u64().unwrap_or(0) > 0, "{line}");
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.json()["error"]["limit"], "tokens_per_day");
+
+    let gw = priced(budget);
+    gw.reload_with(|t| {
+        t.replace(
+            "    max_tokens: 4096",
+            "    max_tokens: 4096\n    block_patterns: [\"(?i)mock provider\"]",
+        )
+    });
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    r.assert_error(429, "rate_limited");
+}

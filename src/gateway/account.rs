@@ -111,10 +111,15 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
 /// from the response's body filter as the body ends (before the client has the last byte, so
 /// the site's next request already meets the new total), or from `finish` for answers that
 /// ended any other way. Missing usage is estimated from the bytes.
+///
+/// Whether to charge is decided by what the provider answered, not by what the client got:
+/// a client that leaves a stream before its end (status 0), or an answer keygate refused
+/// after the provider produced it (`block_patterns`, a secret, a size or time limit), still
+/// spent the provider's tokens. A provider 5xx is not charged.
 pub fn charge(state: &State, ctx: &mut Ctx) {
     if ctx.charged
         || ctx.upstream_started.is_none()
-        || !(1..500).contains(&ctx.status)
+        || !ctx.upstream_status.is_some_and(|s| (1..500).contains(&s))
         || ctx.route().is_none()
     {
         return;
