@@ -282,11 +282,21 @@ pub fn credential_value(kind: UpstreamKind, secret: &SecretString) -> Option<Hea
     Some(v)
 }
 
-/// Drop the Gemini `key=` query parameter (a client credential) from a query string.
+/// Drop the query parameters Google reads a credential from (`key`, and OAuth's
+/// `access_token`) from a Gemini query string, whatever their name's encoding
+/// (`%6Bey=`, `ke%79=` are `key=` to Google's parser): a client's own credential never
+/// goes beside keygate's.
 pub fn strip_key_param(query: &str) -> String {
     query
         .split('&')
-        .filter(|p| !(p.starts_with("key=") || *p == "key"))
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or("");
+            let decoded = form_urlencoded::parse(name.as_bytes())
+                .next()
+                .map(|(k, _)| k)
+                .unwrap_or_default();
+            !matches!(&*decoded, "key" | "access_token")
+        })
         .collect::<Vec<_>>()
         .join("&")
 }
@@ -468,5 +478,15 @@ mod tests {
         assert_eq!(strip_key_param("key=abc&alt=sse"), "alt=sse");
         assert_eq!(strip_key_param("alt=sse&key=abc"), "alt=sse");
         assert_eq!(strip_key_param("keys=1"), "keys=1");
+        // However the name is encoded, and OAuth's token too.
+        for q in [
+            "%6Bey=abc",
+            "ke%79=abc",
+            "key",
+            "access_token=t",
+            "access%5Ftoken=t",
+        ] {
+            assert_eq!(strip_key_param(&format!("alt=sse&{q}")), "alt=sse", "{q}");
+        }
     }
 }
