@@ -333,3 +333,61 @@ async fn a_realtime_session_has_a_client_span_and_sends_its_traceparent() {
         )
     );
 }
+
+/// A collector that answers with a redirect never gets its headers (its API key) sent on:
+/// the exporter follows no redirect.
+#[tokio::test]
+async fn an_export_is_never_redirected_with_its_headers() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let elsewhere_port = elsewhere.local_addr().unwrap().port();
+    let followed = Arc::new(AtomicUsize::new(0));
+    let f = followed.clone();
+    tokio::spawn(async move {
+        while elsewhere.accept().await.is_ok() {
+            f.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = redirector.local_addr().unwrap().port();
+    let exports = Arc::new(AtomicUsize::new(0));
+    let e = exports.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = redirector.accept().await {
+            let e = e.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1 << 20];
+                // The head and at least part of the body; the answer does not wait for more.
+                let _ = sock.read(&mut buf).await;
+                e.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{elsewhere_port}/v1/traces\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let gw = Gateway::start_with(Options {
+        config_extra: format!(
+            "telemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:{port}\", sample_ratio: 1.0, headers: {{ x-api-key: otlp-key-123 }} }}\n"
+        ),
+        ..Options::default()
+    });
+    let r = gw.post_signed(CHAT, &chat_body(), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while exports.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "no export reached the collector");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        followed.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+}
+
+fn chat_body() -> String {
+    r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#.to_string()
+}

@@ -119,6 +119,8 @@ pub struct RawOtlp {
     pub sample_ratio: Option<f64>,
     /// Header values: literals, or `env:`/`file:` sources (an API key).
     pub headers: Option<BTreeMap<String, String>>,
+    /// Send `headers` over plain http to a collector that is not on loopback.
+    pub allow_plaintext: Option<bool>,
 }
 
 impl std::fmt::Debug for RawOtlp {

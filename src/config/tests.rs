@@ -555,4 +555,20 @@ fn an_https_otlp_endpoint_is_refused_and_an_http_one_loads() {
         "telemetry.otlp.endpoint: https is not supported",
     );
     assert!(errors_after(tiers, &with("http://127.0.0.1:4318")).is_empty());
+    // Headers (a collector's key) in clear text only to loopback, or when allowed.
+    let headed = |endpoint: &str, extra: &str| {
+        format!("tiers:\n  free: {{ requests_per_minute: 10 }}\ntelemetry:\n  otlp: {{ endpoint: \"{endpoint}\", headers: {{ x-api-key: abc }}{extra} }}")
+    };
+    assert_error(
+        tiers,
+        &headed("http://otel-collector:4318", ""),
+        "telemetry.otlp.headers: plain http to a collector off this machine",
+    );
+    for ok in [
+        headed("http://otel-collector:4318", ", allow_plaintext: true"),
+        headed("http://[::1]:4318", ""),
+        headed("http://localhost:4318", ""),
+    ] {
+        assert!(errors_after(tiers, &ok).is_empty(), "{ok}");
+    }
 }

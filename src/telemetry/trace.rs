@@ -142,6 +142,12 @@ impl Export {
     }
 }
 
+/// The exporter's HTTP client. No redirects: ureq would follow one to any host with the
+/// headers (the collector's API key) that are not `authorization` or `cookie`.
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().redirects(0).build()
+}
+
 /// The tracer, when `telemetry.otlp` is set.
 pub struct Tracing {
     queue: Arc<Queue>,
@@ -151,7 +157,7 @@ pub struct Tracing {
 impl Tracing {
     pub fn start(settings: &OtlpSettings) -> Result<Tracing, String> {
         let export = Export {
-            agent: ureq::AgentBuilder::new().build(),
+            agent: agent(),
             url: format!("{}/v1/traces", settings.endpoint.trim_end_matches('/')),
             headers: settings.headers.clone(),
             resource: Resource {
@@ -419,7 +425,7 @@ mod tests {
             });
         }
         let export = Export {
-            agent: ureq::AgentBuilder::new().build(),
+            agent: agent(),
             url: String::new(),
             headers: vec![],
             resource: Resource {

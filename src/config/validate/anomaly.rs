@@ -50,7 +50,15 @@ pub(super) fn otlp(raw: Option<&RawTelemetry>, errs: &mut Errors) -> Option<Otlp
     let o = raw?.otlp.as_ref()?;
     let p = "telemetry.otlp";
     match o.endpoint.parse::<http::Uri>() {
-        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {
+            let remote = !u.host().is_some_and(super::shared::is_loopback_host);
+            if remote && o.headers.as_ref().is_some_and(|h| !h.is_empty()) && o.allow_plaintext != Some(true) {
+                errs.push(
+                    format!("{p}.headers"),
+                    "plain http to a collector off this machine sends these headers (a collector's API key) in clear text: send to a collector on loopback, or set allow_plaintext: true",
+                );
+            }
+        }
         // The exporter's client has no TLS stack: an https collector would fail every
         // export. A local OpenTelemetry Collector forwards over TLS.
         Ok(u) if u.scheme_str() == Some("https") => errs.push(

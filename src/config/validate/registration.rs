@@ -122,10 +122,7 @@ fn smtp(
             "credentials go in username and password, not the URL",
         );
     }
-    let loopback = host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
+    let loopback = super::shared::is_loopback_host(&host);
     let password = s.password.as_ref().and_then(|v| {
         secret::resolve(v, SmtpSettings::PASSWORD_PLACE, master_keys, opts.demo)
             .map_err(|m| errs.push(format!("{p}.password"), m))

@@ -12,6 +12,16 @@ pub struct LoadOptions {
     pub demo: bool,
 }
 
+/// A URL host that stays on this machine (`localhost`, `127.0.0.0/8`, `[::1]`): plain
+/// text to it never crosses a network.
+pub(super) fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_matches(['[', ']']);
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Collects errors while validating.
 #[derive(Default)]
 pub(super) struct Errors(pub(super) Vec<ConfigError>);

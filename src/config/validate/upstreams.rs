@@ -89,11 +89,7 @@ impl Address {
     }
 
     fn is_loopback(&self) -> bool {
-        self.host == "localhost"
-            || self
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+        super::shared::is_loopback_host(&self.host)
     }
 }
 
