@@ -80,12 +80,31 @@ pub fn key_from_subprotocols(headers: &http::HeaderMap) -> Option<String> {
         .filter(|k| !k.is_empty())
 }
 
-/// The subprotocols to offer the provider: the client's, without the one carrying its key.
-pub fn forwarded_subprotocols(headers: &http::HeaderMap) -> Vec<String> {
-    subprotocols(headers)
-        .into_iter()
-        .filter(|p| !p.starts_with(KEY_SUBPROTOCOL))
-        .collect()
+/// The subprotocol form of OpenAI's beta header (`openai-beta.realtime-v1`).
+pub const BETA_SUBPROTOCOL: &str = "openai-beta.";
+
+/// The subprotocols to offer the provider, from the client's: `realtime`, and each beta
+/// the route allows (`routes[].betas`, as for the `OpenAI-Beta` header). Never the one
+/// carrying the client's key, nor `openai-organization.*` or `openai-project.*` (which
+/// would bill an organization or project of the client's choosing, as the HTTP path's
+/// dropped headers would), nor any other. `Err(beta)`: a beta the route does not allow
+/// (refused, as the header is).
+pub fn forwarded_subprotocols(
+    headers: &http::HeaderMap,
+    betas: &[String],
+) -> Result<Vec<String>, String> {
+    let mut out = vec![];
+    for p in subprotocols(headers) {
+        if let Some(beta) = p.strip_prefix(BETA_SUBPROTOCOL) {
+            if !betas.iter().any(|a| a == beta) {
+                return Err(beta.to_string());
+            }
+            out.push(p);
+        } else if p == "realtime" {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 /// What a session's provider has sent so far, as a client reads it: the text of each
@@ -136,9 +155,18 @@ pub struct Sessions {
     shutting_down: std::sync::atomic::AtomicBool,
 }
 
+/// Who opened a session and what it is connected through ([`crate::state::binding`]).
+pub struct Opened {
+    pub site: String,
+    pub key_id: String,
+    /// The upstream's name, the credential's id, and the binding of the two.
+    pub upstream: String,
+    pub credential: String,
+    pub binding: u64,
+}
+
 struct Entry {
-    site: String,
-    key_id: String,
+    who: Opened,
     close: Arc<Notify>,
 }
 
@@ -157,8 +185,8 @@ impl Drop for Registered<'_> {
 }
 
 impl Sessions {
-    /// Register a session opened by `key_id` of `site`.
-    pub fn open(&self, site: &str, key_id: &str) -> Registered<'_> {
+    /// Register a session.
+    pub fn open(&self, who: Opened) -> Registered<'_> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let close = Arc::new(Notify::new());
         let mut open = self.open.lock();
@@ -168,8 +196,7 @@ impl Sessions {
         open.insert(
             id,
             Entry {
-                site: site.to_string(),
-                key_id: key_id.to_string(),
+                who,
                 close: close.clone(),
             },
         );
@@ -181,13 +208,13 @@ impl Sessions {
         }
     }
 
-    /// Close every session whose site and key are no longer both configured
-    /// (`still(site, key_id)`); how many.
-    pub fn close_removed(&self, still: impl Fn(&str, &str) -> bool) -> usize {
+    /// Close every session that `still` no longer allows (its site or key removed, its
+    /// upstream's connection or credential changed); how many.
+    pub fn close_removed(&self, still: impl Fn(&Opened) -> bool) -> usize {
         let open = self.open.lock();
         let mut n = 0;
         for e in open.values() {
-            if !still(&e.site, &e.key_id) {
+            if !still(&e.who) {
                 // A permit is kept if the session is not waiting yet.
                 e.close.notify_one();
                 n += 1;
@@ -242,15 +269,15 @@ mod tests {
     fn shut_down_closes_open_sessions_and_later_ones() {
         use futures::FutureExt;
         let sessions = Sessions::default();
-        let a = sessions.open("alpha", "alpha.k1");
-        let b = sessions.open("beta", "beta.k1");
+        let a = sessions.open(opened("alpha", "alpha.k1"));
+        let b = sessions.open(opened("beta", "beta.k1"));
         assert!(a.close.notified().now_or_never().is_none());
         assert!(!sessions.is_shutting_down());
         assert_eq!(sessions.shut_down(), 2);
         assert!(sessions.is_shutting_down());
         assert!(a.close.notified().now_or_never().is_some());
         assert!(b.close.notified().now_or_never().is_some());
-        let late = sessions.open("alpha", "alpha.k2");
+        let late = sessions.open(opened("alpha", "alpha.k2"));
         assert!(late.close.notified().now_or_never().is_some());
     }
 
@@ -308,9 +335,19 @@ mod tests {
         );
         assert_eq!(key_from_subprotocols(&h).as_deref(), Some("kgt_abc"));
         assert_eq!(
-            forwarded_subprotocols(&h),
+            forwarded_subprotocols(&h, &["realtime-v1".into()]).unwrap(),
             vec!["realtime", "openai-beta.realtime-v1"]
         );
+        // A beta the route does not list is refused; organization, project and anything
+        // else are never offered.
+        assert_eq!(forwarded_subprotocols(&h, &[]).unwrap_err(), "realtime-v1");
+        h.insert(
+            "sec-websocket-protocol",
+            "realtime, openai-organization.org_x, openai-project.proj_x, other"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(forwarded_subprotocols(&h, &[]).unwrap(), vec!["realtime"]);
         h.insert("sec-websocket-protocol", "realtime".parse().unwrap());
         assert_eq!(key_from_subprotocols(&h), None);
     }
@@ -389,13 +426,23 @@ mod tests {
     #[test]
     fn a_reload_closes_only_the_sessions_of_removed_sites_and_keys() {
         let s = Sessions::default();
-        let a = s.open("alpha", "alpha.k1");
-        let b = s.open("beta", "beta.k1");
-        assert_eq!(s.close_removed(|site, _| site == "alpha"), 1);
+        let a = s.open(opened("alpha", "alpha.k1"));
+        let b = s.open(opened("beta", "beta.k1"));
+        assert_eq!(s.close_removed(|o| o.site == "alpha"), 1);
         let notified = b.close.notified();
         futures_lite_now(notified);
         drop(a);
         assert_eq!(s.len(), 1);
+    }
+
+    fn opened(site: &str, key_id: &str) -> Opened {
+        Opened {
+            site: site.into(),
+            key_id: key_id.into(),
+            upstream: "openai".into(),
+            credential: "prod-1".into(),
+            binding: 0,
+        }
     }
 
     /// The notification is already there: the future is ready at once.

@@ -176,16 +176,10 @@ impl State {
             rt.sites.iter().map(|s| s.limit_key).collect();
         self.anomalies.retain(|site| configured.contains(&site));
         let now = crate::clock::now_s();
-        let closed = self.realtime.close_removed(|site, key| {
-            rt.keys
-                .get(&crate::config::KeyId(key.to_string()))
-                .filter(|k| k.usable(&rt.sites, now))
-                .and_then(|k| rt.sites.get(k.site))
-                .is_some_and(|s| s.id.0 == site)
-        });
+        let closed = self.realtime.close_removed(|o| still_allowed(&rt, o, now));
         if closed > 0 {
             log::info!(
-                "config change: closing {closed} Realtime session(s) whose site or key was removed, disabled or expired"
+                "config change: closing {closed} Realtime session(s) whose site or key was removed, disabled or expired, or whose upstream's address, pins or credential changed"
             );
         }
     }
@@ -202,6 +196,45 @@ impl State {
             std::hint::spin_loop();
         }
     }
+}
+
+/// What a session's provider connection was made with: the upstream's address, TLS, pins
+/// and trust anchors, and the credential's value, hashed with a key of this process's. A
+/// reload that changes any of them (pins rotated, a credential replaced) closes the
+/// session: it must not run on for `max_session_s` over what the operator took away.
+pub fn binding(up: &crate::config::Upstream, credential: &crate::config::Credential) -> u64 {
+    static KEYS: std::sync::LazyLock<ahash::RandomState> =
+        std::sync::LazyLock::new(ahash::RandomState::new);
+    KEYS.hash_one((
+        up.tls,
+        &up.host,
+        up.port,
+        up.group_key,
+        &credential.id,
+        credential.header.as_bytes(),
+    ))
+}
+
+/// Whether `rt` (a config now in force) still lets the session `o` run: its key usable
+/// and of its site, its upstream and credential there with the same [`binding`].
+pub fn still_allowed(rt: &Runtime, o: &crate::realtime::Opened, now: i64) -> bool {
+    let client = rt
+        .keys
+        .get(&crate::config::KeyId(o.key_id.clone()))
+        .filter(|k| k.usable(&rt.sites, now))
+        .and_then(|k| rt.sites.get(k.site))
+        .is_some_and(|s| s.id.0 == o.site);
+    client
+        && rt
+            .upstreams
+            .iter()
+            .find(|u| u.name == o.upstream)
+            .is_some_and(|u| {
+                u.credentials
+                    .iter()
+                    .find(|c| c.id == o.credential)
+                    .is_some_and(|c| binding(u, c) == o.binding)
+            })
 }
 
 #[cfg(test)]

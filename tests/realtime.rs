@@ -121,7 +121,7 @@ async fn a_browser_token_in_the_subprotocol_opens_a_session_and_a_signature_does
     let h = vec![
         (
             "sec-websocket-protocol".to_string(),
-            format!("realtime, openai-insecure-api-key.{token}, openai-beta.realtime-v1"),
+            format!("realtime, openai-insecure-api-key.{token}, openai-project.proj_theirs"),
         ),
         ("origin".to_string(), "https://shop.example".to_string()),
     ];
@@ -131,9 +131,15 @@ async fn a_browser_token_in_the_subprotocol_opens_a_session_and_a_signature_does
         next_event(&mut ws).await.unwrap()["type"],
         "session.created"
     );
+    // The provider is offered `realtime` only: not the key, not a project the client
+    // chose to bill.
     let hs = gw.mock.last();
+    assert_eq!(hs["headers"]["sec-websocket-protocol"], "realtime", "{hs}");
     assert!(!hs.to_string().contains(&token), "{hs}");
-    assert!(!hs.to_string().contains("openai-insecure-api-key"), "{hs}");
+    // A beta subprotocol the route does not list is refused, as the header is.
+    let mut beta = h.clone();
+    beta[0].1 = format!("realtime, openai-insecure-api-key.{token}, openai-beta.realtime-v1");
+    assert_eq!(open(&gw, REALTIME, &beta).await.err(), Some(403));
     // An origin the site does not allow is refused at the handshake.
     let mut bad = h.clone();
     bad[1].1 = "https://evil.example".into();
@@ -326,14 +332,39 @@ async fn a_reload_closes_only_the_sessions_whose_key_was_removed() {
             .collect::<Vec<_>>()
             .join("\n")
     });
-    let (code, reason) = next_event(&mut by_bearer)
-        .await
-        .unwrap_err()
-        .expect("a close frame");
-    assert_eq!((code, reason.as_str()), (CloseCode::Policy, "key removed"));
+    assert_revoked(&mut by_bearer).await;
     // The other session goes on.
     let done = respond(&mut by_hmac).await;
     assert_eq!(done["type"], "response.done");
+}
+
+/// The session is closed as revoked by a config change (1008).
+async fn assert_revoked(ws: &mut Ws) {
+    let (code, reason) = next_event(ws).await.unwrap_err().expect("a close frame");
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Policy, "revoked by a config change")
+    );
+}
+
+/// A reload that replaces the provider credential a session was opened with (a leaked key
+/// rotated) closes it; a new session uses the new one.
+#[tokio::test]
+async fn a_reload_that_replaces_the_sessions_provider_credential_closes_it() {
+    let gw = Gateway::start();
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    // The same YAML, the credential's file holding a new key.
+    let rotated = random_secret("sk-");
+    std::fs::write(gw.dir.path().join("provider.key"), &rotated).unwrap();
+    gw.sighup();
+    assert_revoked(&mut ws).await;
+    let (mut again, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    assert_eq!(
+        next_event(&mut again).await.unwrap()["type"],
+        "session.created"
+    );
+    assert!(gw.mock.last().to_string().contains(&rotated));
 }
 
 #[tokio::test]

@@ -243,10 +243,7 @@ impl Gateway {
             &session.req_header().headers,
             &route.betas,
         ) {
-            return Err(GatewayError::forbidden(format!(
-                "The beta \"{}\" is not allowed on this route.",
-                bad.chars().take(100).collect::<String>()
-            )));
+            return Err(unlisted_beta(bad));
         }
         Self::first_attempt(ctx)?;
         let now_ms = crate::clock::now_ms();
@@ -537,6 +534,14 @@ impl Gateway {
         self.admit_model(ctx)?;
         Ok(outcome.rewritten)
     }
+}
+
+/// 403 for a beta the route does not list (`routes[].betas`), named (cut at 100 characters).
+pub(super) fn unlisted_beta(bad: &str) -> GatewayError {
+    GatewayError::forbidden(format!(
+        "The beta \"{}\" is not allowed on this route.",
+        bad.chars().take(100).collect::<String>()
+    ))
 }
 
 #[cfg(test)]

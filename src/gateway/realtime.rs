@@ -99,7 +99,7 @@ impl End {
             End::TooBig => (CloseCode::Size, "message too big"),
             End::Refused => (CloseCode::Error, "provider message refused"),
             End::TimeUp => (CloseCode::Policy, "max_session_s reached"),
-            End::Revoked => (CloseCode::Policy, "key removed"),
+            End::Revoked => (CloseCode::Policy, "revoked by a config change"),
             End::ShuttingDown => (CloseCode::Away, "gateway shutting down"),
         };
         Some(CloseFrame {
@@ -155,7 +155,8 @@ impl Gateway {
             .get(http::header::SEC_WEBSOCKET_KEY)
             .map(|k| ws::handshake::derive_accept_key(k.as_bytes()))
             .ok_or_else(|| GatewayError::bad_request("The WebSocket handshake has no key."))?;
-        let offered = realtime::forwarded_subprotocols(&req.headers);
+        let offered = realtime::forwarded_subprotocols(&req.headers, &route.betas)
+            .map_err(|beta| super::admit::unlisted_beta(&beta))?;
         let beta = req.headers.get("openai-beta").cloned();
 
         ctx.upstream_path = super::attempt::path(ctx, &up);
@@ -167,6 +168,18 @@ impl Gateway {
             .await?;
         ctx.upstream_answered = Some(std::time::Instant::now());
         ctx.set_upstream_status(101);
+        let credential = up
+            .credentials
+            .iter()
+            .find(|c| ctx.credential_id.as_ref() == Some(&c.id))
+            .ok_or_else(|| internal("No credential."))?;
+        let opened = realtime::Opened {
+            site: site.id.0.clone(),
+            key_id: client.key_id.0.clone(),
+            upstream: up.name.clone(),
+            credential: credential.id.clone(),
+            binding: crate::state::binding(&up, credential),
+        };
 
         let mut resp = ResponseHeader::build(101, Some(6)).map_err(|_| internal("101"))?;
         let headers = [
@@ -194,7 +207,14 @@ impl Gateway {
         // A client that stops reading does not hold the session past its limits.
         session.set_write_timeout(Some(WRITE_TIMEOUT));
 
-        let registered = self.state.realtime.open(&site.id.0, &client.key_id.0);
+        // A reload since this request's config was loaded: its sweep did not see this
+        // session, so the config in force now is asked too.
+        let allowed =
+            crate::state::still_allowed(&self.state.runtime.load(), &opened, crate::clock::now_s());
+        let registered = self.state.realtime.open(opened);
+        if !allowed {
+            registered.close.notify_one();
+        }
         let gauge = METRICS
             .realtime_sessions
             .with_label_values(&[&route.prefix]);

@@ -182,7 +182,7 @@ pub struct Secrets {
     pub anthropic: String,
 }
 
-fn random_secret(prefix: &str) -> String {
+pub fn random_secret(prefix: &str) -> String {
     format!("{prefix}{}", signature::random_nonce())
 }
 
