@@ -346,28 +346,16 @@ async fn a_usd_limit_without_prices_is_refused_by_check_and_by_reload() {
     );
 }
 
-/// A token budget is charged for what the provider produced, whatever the client got: a
-/// client that leaves a stream at its first event, and an answer keygate refused at its
-/// end (`block_patterns`), both spend the budget. Before, both ended with a status outside
-/// 1..500 (0, 502) and were never charged: a client could read a whole answer and leave
-/// before `[DONE]`, unbilled.
-#[tokio::test]
-async fn a_stream_left_early_and_a_refused_answer_are_still_charged() {
-    let budget = "{ requests_per_minute: 100000, tokens_per_day: 1 }";
-    let stream = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let gw = priced(budget);
-    let h = gw.sign(
-        "alpha.k1",
-        &gw.secrets.alpha,
-        "POST",
-        CHAT,
-        stream.as_bytes(),
-    );
-    // Raw TCP, so that leaving closes the socket (an HTTP client library may keep reading).
+/// Send a signed stream request over raw TCP (an HTTP client library may keep reading
+/// after it is dropped) with events 150 ms apart, read until the first event, close the
+/// socket; the request's audit line.
+fn leave_after_first_event(gw: &Gateway, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let h = gw.sign("alpha.k1", &gw.secrets.alpha, "POST", path, body.as_bytes());
     let mut head = format!(
-        "POST {CHAT} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-mock-event-delay-ms: 150\r\n",
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1:{}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-mock-event-delay-ms: 150\r\n",
         gw.port,
-        stream.len()
+        body.len()
     );
     for (k, v) in h.iter().filter(|(k, _)| !k.is_empty()) {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -375,8 +363,7 @@ async fn a_stream_left_early_and_a_refused_answer_are_still_charged() {
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .unwrap();
-    use std::io::{Read, Write};
-    tcp.write_all(format!("{head}\r\n{stream}").as_bytes())
+    tcp.write_all(format!("{head}\r\n{body}").as_bytes())
         .unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -387,13 +374,39 @@ async fn a_stream_left_early_and_a_refused_answer_are_still_charged() {
     }
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
     drop(tcp);
-    let line = eventually("the left stream's audit line", || {
-        gw.audit_lines().into_iter().next()
-    });
+    eventually("the left stream's audit line", || {
+        gw.audit_lines()
+            .into_iter()
+            .find(|l| l["path"] == path && l["status"] == 0)
+    })
+}
+
+/// A token budget is charged for what the provider produced, whatever the client got: a
+/// client that leaves a stream at its first event, and an answer keygate refused at its
+/// end (`block_patterns`), both spend the budget. Before, both ended with a status outside
+/// 1..500 (0, 502) and were never charged: a client could read a whole answer and leave
+/// before `[DONE]`, unbilled. And a stream cut after Anthropic's `message_start` (which
+/// reports 1 output token) is charged at least the output read, not that first count.
+#[tokio::test]
+async fn a_stream_left_early_and_a_refused_answer_are_still_charged() {
+    let budget = "{ requests_per_minute: 100000, tokens_per_day: 1 }";
+    let stream = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let gw = priced(budget);
+    let line = leave_after_first_event(&gw, CHAT, stream);
     assert!(line["tokens_in"].as_u64().unwrap_or(0) > 0, "{line}");
     let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
     r.assert_error(429, "rate_limited");
     assert_eq!(r.json()["error"]["limit"], "tokens_per_day");
+
+    let gw = priced("{ requests_per_minute: 100000 }");
+    let messages = "/anthropic/v1/messages";
+    let line = leave_after_first_event(
+        &gw,
+        messages,
+        r#"{"model":"claude-x","max_tokens":100,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    assert!(line["tokens_out"].as_u64().unwrap_or(0) > 1, "{line}");
+    assert_eq!(line["tokens_estimated"], true, "{line}");
 
     let gw = priced(budget);
     gw.reload_with(|t| {

@@ -11,12 +11,18 @@ use pingora::proxy::Session;
 
 /// Settle one finished request.
 pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
+    // One clock read for every duration below (the metrics' and the audit line's).
+    let end = std::time::Instant::now();
     match ctx.route_series() {
         Some(series) => {
             series.count(ctx.status);
-            series.duration.observe(ctx.started.elapsed().as_secs_f64());
+            series
+                .duration
+                .observe(end.saturating_duration_since(ctx.started).as_secs_f64());
             if let (Some(t), Some(up)) = (ctx.upstream_started, ctx.upstream_live()) {
-                up.series().duration.observe(t.elapsed().as_secs_f64());
+                up.series()
+                    .duration
+                    .observe(end.saturating_duration_since(t).as_secs_f64());
             }
         }
         None => metrics::count_unrouted(ctx.status),
@@ -31,7 +37,7 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
         }
     }
     settle_circuit(state, ctx);
-    state.audit.record(&audit_line(session, ctx));
+    state.audit.record(&audit_line(session, ctx, end));
 }
 
 /// Tell the attempt's circuit breaker how it ended, once: when the answer is complete
@@ -51,7 +57,7 @@ pub fn settle_circuit(state: &State, ctx: &mut Ctx) {
 
 /// The audit line of a finished request (SPEC §6): ids, outcome, timings and usage;
 /// never a secret, a signature or a body.
-fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
+fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx, end: std::time::Instant) -> audit::Line<'a> {
     let client = ctx.client.as_ref();
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     audit::Line {
@@ -72,8 +78,10 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx) -> audit::Line<'a> {
         model: ctx.model.as_deref(),
         status: ctx.status,
         error_code: ctx.error.as_ref().map(|e| e.code.as_str()),
-        duration_ms: ms(ctx.started.elapsed()),
-        upstream_ms: ctx.upstream_started.map(|t| ms(t.elapsed())),
+        duration_ms: ms(end.saturating_duration_since(ctx.started)),
+        upstream_ms: ctx
+            .upstream_started
+            .map(|t| ms(end.saturating_duration_since(t))),
         upstream_header_ms: ctx
             .upstream_started
             .zip(ctx.upstream_answered)
@@ -125,9 +133,21 @@ pub fn charge(state: &State, ctx: &mut Ctx) {
         return;
     }
     ctx.charged = true;
-    let usage = ctx
-        .usage
-        .unwrap_or_else(|| Usage::estimate(ctx.request_bytes, ctx.response_bytes));
+    let estimate = Usage::estimate(ctx.request_bytes, ctx.response_bytes);
+    let usage = match ctx.usage {
+        None => estimate,
+        Some(u) if ctx.answer_complete => u,
+        // The answer stopped before its end: the report so far may be a first count
+        // (Anthropic's `message_start` says 1 output token), so the output is at least
+        // what was read.
+        Some(mut u) => {
+            if estimate.output > u.output {
+                u.output = estimate.output;
+                u.estimated = true;
+            }
+            u
+        }
+    };
     ctx.usage = Some(usage);
     let micro_usd = price(ctx, &usage);
     let Some(up) = ctx.upstream_live() else {

@@ -63,6 +63,9 @@ pub struct Ctx {
     pub cost_usd: Option<f64>,
     /// The site's token budget has been charged for this request.
     pub charged: bool,
+    /// The attempt's answer reached its end (the body filter's `end_of_stream`); an answer
+    /// cut before may hold only a first usage report.
+    pub answer_complete: bool,
     /// The answer's first body byte arrived (time to first token observed).
     pub first_token_seen: bool,
     /// Trace ids (with `telemetry.otlp`), made at the first upstream attempt or the end.
@@ -112,6 +115,7 @@ impl Ctx {
             credential_id: None,
             response: ResponseWatch::None,
             response_bytes: 0,
+            answer_complete: false,
             usage: None,
             cost_usd: None,
             charged: false,
@@ -173,6 +177,7 @@ impl Ctx {
         self.credential_id = None;
         self.response = ResponseWatch::None;
         self.response_bytes = 0;
+        self.answer_complete = false;
         self.usage = None;
     }
 

@@ -25,6 +25,7 @@ mod header_map;
 mod observe;
 mod realtime;
 mod register;
+mod relay;
 pub mod respond;
 mod service;
 mod tokens;
@@ -434,6 +435,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
+        ctx.answer_complete |= end_of_stream;
         observe::chunk(body, end_of_stream, ctx).map_err(|e| Self::abort(ctx, e))?;
         if end_of_stream {
             account::charge(&self.state, ctx);
