@@ -192,8 +192,8 @@ impl Registrar {
         };
         let address = email.to_string().to_ascii_lowercase();
         // Stored either way, so that its poll answers alike (202 pending) whether its
-        // e-mail went out or the address had had too many this hour.
-        let address_key = sha256_hex(&address);
+        // e-mail went out or the mailbox had had too many this hour.
+        let address_key = sha256_hex(&mailbox(&address));
         let send = self
             .per_address
             .check(&address_key, PER_ADDRESS_PER_HOUR, now_ms)
@@ -396,5 +396,32 @@ impl Registrar {
                 ))
             }
         }
+    }
+}
+
+/// The mailbox an address reaches, for the per-address limit: lowercased, and a `+tag` of
+/// the local part dropped (`a+1@x.example` and `a+2@x.example` are one inbox; without this,
+/// each tag had its own hourly allowance of mail to the same person).
+fn mailbox(address: &str) -> String {
+    let address = address.to_ascii_lowercase();
+    match address.rsplit_once('@') {
+        Some((local, domain)) => {
+            let local = local.split_once('+').map_or(local, |(l, _)| l);
+            format!("{local}@{domain}")
+        }
+        None => address,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mailbox;
+
+    #[test]
+    fn tagged_addresses_share_one_mailbox() {
+        assert_eq!(mailbox("Ann+1@Shop.example"), "ann@shop.example");
+        assert_eq!(mailbox("ann+a+b@shop.example"), "ann@shop.example");
+        assert_eq!(mailbox("ann@shop.example"), "ann@shop.example");
+        assert_ne!(mailbox("ann@shop.example"), mailbox("bob@shop.example"));
     }
 }
