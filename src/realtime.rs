@@ -115,6 +115,9 @@ pub fn forwarded_subprotocols(
 pub struct ProviderWatch {
     text: egress::StreamText,
     binary: Tail,
+    /// Bytes the provider sent since its last `response.created`, while that response has
+    /// no `response.done` yet: a session that ends then is charged an estimate.
+    in_flight: Option<usize>,
 }
 
 impl ProviderWatch {
@@ -126,12 +129,31 @@ impl ProviderWatch {
         let v =
             serde_json::from_str::<serde_json::Value>(text).map_err(|_| Rejection::InvalidJson)?;
         self.text.check(rules, text.as_bytes(), Some(&v))?;
-        let done = v.get("type").and_then(|t| t.as_str()) == Some("response.done");
-        Ok(if done { usage::find(&v) } else { None })
+        if let Some(n) = &mut self.in_flight {
+            *n += text.len();
+        }
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("response.created") => self.in_flight = Some(text.len()),
+            Some("response.done") => {
+                self.in_flight = None;
+                return Ok(usage::find(&v));
+            }
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    /// The provider's bytes of a response it began and has not finished (the session
+    /// ended in the middle of one), if there is one.
+    pub fn in_flight(&self) -> Option<usize> {
+        self.in_flight
     }
 
     /// One binary message: its bytes, and the end of the ones before, hold no secret.
     pub fn binary(&mut self, bytes: &[u8], rules: &Rules) -> Result<(), Rejection> {
+        if let Some(n) = &mut self.in_flight {
+            *n += bytes.len();
+        }
         let mut hit = None;
         self.binary.scan(bytes, rules.keep(), |b| {
             hit = rules.hit(b);

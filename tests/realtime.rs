@@ -66,7 +66,12 @@ async fn a_session_relays_events_and_its_usage_is_charged() {
         let done = respond(&mut ws).await;
         assert_eq!(done["response"]["usage"]["total_tokens"], 30);
     }
-    ws.close(None).await.unwrap();
+    // 60 of 50 tokens: the answer that spent the budget arrived, then the session ends.
+    let (code, reason) = next_event(&mut ws)
+        .await
+        .unwrap_err()
+        .expect("a close frame");
+    assert_eq!((code, reason.as_str()), (CloseCode::Policy, "budget spent"));
     while ws.next().await.is_some() {}
     let line = gw.audit_lines_at_least(1)[0].clone();
     assert_eq!(line["status"], 101, "{line}");
@@ -90,14 +95,7 @@ async fn a_session_relays_events_and_its_usage_is_charged() {
     );
     assert!(!hs.to_string().contains(&gw.secrets.bearer));
     // 60 tokens charged against 50 a day: the next request is over the budget.
-    let r = gw
-        .post_signed(
-            "/openai/v1/chat/completions",
-            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
-            &[],
-        )
-        .await;
-    r.assert_error(429, "rate_limited");
+    assert_over_budget(&gw).await;
 }
 
 #[tokio::test]
@@ -111,20 +109,53 @@ async fn a_handshake_without_credentials_or_with_a_bad_model_is_refused() {
     assert_eq!(gw.mock.count(), 0, "the provider never saw a handshake");
 }
 
-#[tokio::test]
-async fn a_browser_token_in_the_subprotocol_opens_a_session_and_a_signature_does_too() {
-    let gw = Gateway::start();
+/// The site's token budget is spent: a chat request is refused.
+async fn assert_over_budget(gw: &Gateway) {
     let r = gw
-        .call("alpha.k1", "POST", "/keygate/v1/tokens", r#"{"ttl_s":60}"#)
+        .post_signed(
+            "/openai/v1/chat/completions",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
+    r.assert_error(429, "rate_limited");
+}
+
+/// A gateway with `opts` and a session on it opened with the bearer key, past its
+/// `session.created`.
+async fn session_with(opts: Options) -> (Gateway, Ws) {
+    let gw = Gateway::start_with(opts);
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    (gw, ws)
+}
+
+/// A browser's handshake: a `kgt_` token of `ttl_s` minted by alpha.k1, sent as the
+/// key subprotocol after `realtime` (then `more`), from an origin alpha allows.
+async fn browser(gw: &Gateway, ttl_s: u64, more: &str) -> (String, Vec<(String, String)>) {
+    let r = gw
+        .call(
+            "alpha.k1",
+            "POST",
+            "/keygate/v1/tokens",
+            &format!(r#"{{"ttl_s":{ttl_s}}}"#),
+        )
         .await;
     let token = r.json()["token"].as_str().unwrap().to_string();
     let h = vec![
         (
             "sec-websocket-protocol".to_string(),
-            format!("realtime, openai-insecure-api-key.{token}, openai-project.proj_theirs"),
+            format!("realtime, openai-insecure-api-key.{token}{more}"),
         ),
         ("origin".to_string(), "https://shop.example".to_string()),
     ];
+    (token, h)
+}
+
+#[tokio::test]
+async fn a_browser_token_in_the_subprotocol_opens_a_session_and_a_signature_does_too() {
+    let gw = Gateway::start();
+    let (token, h) = browser(&gw, 60, ", openai-project.proj_theirs").await;
     let (mut ws, headers) = open(&gw, REALTIME, &h).await.unwrap();
     assert_eq!(headers["sec-websocket-protocol"], "realtime");
     assert_eq!(
@@ -295,12 +326,11 @@ async fn a_key_spread_over_messages_or_in_a_close_frame_never_reaches_the_client
 /// 2026-12-04). Now the session ends on time and gives the slot back.
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_at_max_session_s() {
-    let gw = Gateway::start_with(Options {
+    let (gw, mut ws) = session_with(Options {
         route_extra: "    realtime: { max_session_s: 2 }\n".into(),
         ..Options::default()
-    });
-    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
-    next_event(&mut ws).await.unwrap();
+    })
+    .await;
     // About 32 MB from the provider, more than the sockets and keygate's pipe hold;
     // this client never reads another byte.
     for _ in 0..32 {
@@ -369,12 +399,11 @@ async fn a_reload_that_replaces_the_sessions_provider_credential_closes_it() {
 
 #[tokio::test]
 async fn a_session_holds_a_concurrent_slot_while_open() {
-    let gw = Gateway::start_with(Options {
+    let (gw, mut ws) = session_with(Options {
         tier: "{ requests_per_minute: 1000, concurrent: 1 }".into(),
         ..Options::default()
-    });
-    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
-    next_event(&mut ws).await.unwrap();
+    })
+    .await;
     assert_eq!(open(&gw, REALTIME, &bearer(&gw)).await.err(), Some(429));
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
@@ -449,4 +478,46 @@ async fn a_shutdown_closes_open_sessions_with_going_away() {
         .unwrap_err()
         .expect("a close frame");
     assert_eq!(code, CloseCode::Away);
+}
+
+/// A session opened with a browser token ends when the token expires, not at
+/// `max_session_s`.
+#[tokio::test]
+async fn a_token_session_ends_when_its_token_expires() {
+    let gw = Gateway::start();
+    let (_, h) = browser(&gw, 2, "").await;
+    let (mut ws, _) = open(&gw, REALTIME, &h).await.unwrap();
+    next_event(&mut ws).await.unwrap();
+    let t = std::time::Instant::now();
+    let (code, reason) = next_event(&mut ws)
+        .await
+        .unwrap_err()
+        .expect("a close frame");
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Policy, "token expired")
+    );
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+/// A response the client leaves before its `response.done` is still charged (an estimate:
+/// nothing reported its usage). Before, it cost nothing.
+#[tokio::test]
+async fn a_response_left_unfinished_is_charged() {
+    let (gw, mut ws) = session_with(Options {
+        tier: "{ requests_per_minute: 1000, tokens_per_day: 1 }".into(),
+        ..Options::default()
+    })
+    .await;
+    send(&mut ws, json!({"type": "mock.unfinished"})).await;
+    assert_eq!(
+        next_event(&mut ws).await.unwrap()["type"],
+        "response.created"
+    );
+    drop(ws);
+    let line = gw.audit_lines_at_least(1)[0].clone();
+    assert_eq!(line["status"], 101, "{line}");
+    assert!(line["tokens_out"].as_u64().unwrap_or(0) > 0, "{line}");
+    assert_eq!(line["tokens_estimated"], true, "{line}");
+    assert_over_budget(&gw).await;
 }

@@ -4,60 +4,28 @@
 //!
 //! keygate opens the provider's WebSocket itself (Pingora's connector: the upstream's
 //! TLS, CA and SPKI pins; then the provider credential on the handshake), answers the
-//! client 101 only once the provider accepted, and relays messages with `tungstenite`
-//! on both sides: frames and messages bounded by `max_frame_bytes`, the session closed
-//! after `max_session_s`, on shutdown, or when a reload removed its site or key. Every
-//! provider message is checked for secrets; usage from `response.done` is charged to the
-//! site's token budget as it comes.
+//! client 101 only once the provider accepted, and hands the session to the relay
+//! ([`super::relay`]): messages on both sides through `tungstenite`, frames and messages
+//! bounded by `max_frame_bytes`, every provider message checked for secrets, usage charged
+//! as it comes, and the session closed after `max_session_s` (or its browser token's
+//! expiry), once a budget is spent, on shutdown, or when a reload took its key, site,
+//! upstream or credential away.
 
 use super::ctx::Ctx;
+use super::relay::{bridge, Relay, WRITE_TIMEOUT};
 use super::service::Gateway;
 use crate::error::{ErrorCode, GatewayError};
 use crate::realtime::{self, Limits};
 use crate::response::egress::Rules;
-use crate::response::usage::Usage;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream;
 use crate::upstream::failure::Failure;
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{self as ws, Message};
+use tokio_tungstenite::tungstenite as ws;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
-
-/// The bytes between the client's connection and the WebSocket codec, buffered.
-const PIPE_BYTES: usize = 64 * 1024;
-
-/// Longest wait for either side to take a message (or a close) keygate sends it.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a closing session waits to send a close frame and for the answer to it.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Send `m` to the client, bounded by the write timeout (a client that stopped reading
-/// fills the pipe, and a send would wait for good) and by the session's deadline
-/// (`max_session_s` holds while a send waits).
-async fn to_client<S>(
-    ws: &mut WebSocketStream<S>,
-    m: Message,
-    deadline: std::pin::Pin<&mut tokio::time::Sleep>,
-) -> Result<(), End>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    tokio::select! {
-        sent = tokio::time::timeout(WRITE_TIMEOUT, ws.send(m)) => match sent {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::ClientGone),
-        },
-        _ = deadline => Err(End::TimeUp),
-    }
-}
 
 /// Before authentication: a key a browser sent as a subprotocol becomes its bearer
 /// credential (the subprotocol itself is never sent on).
@@ -73,39 +41,6 @@ pub(super) fn subprotocol_key(session: &mut Session) {
         let _ = session
             .req_header_mut()
             .insert_header(http::header::AUTHORIZATION, v);
-    }
-}
-
-/// How a session ended, and the close code the client gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum End {
-    ClientClosed,
-    ClientGone,
-    UpstreamClosed,
-    UpstreamGone,
-    TooBig,
-    Refused,
-    TimeUp,
-    Revoked,
-    ShuttingDown,
-}
-
-impl End {
-    /// The close frame for the client, when keygate ends the session.
-    fn close(self) -> Option<CloseFrame> {
-        let (code, reason) = match self {
-            End::ClientClosed | End::ClientGone | End::UpstreamClosed => return None,
-            End::UpstreamGone => (CloseCode::Error, "provider connection lost"),
-            End::TooBig => (CloseCode::Size, "message too big"),
-            End::Refused => (CloseCode::Error, "provider message refused"),
-            End::TimeUp => (CloseCode::Policy, "max_session_s reached"),
-            End::Revoked => (CloseCode::Policy, "revoked by a config change"),
-            End::ShuttingDown => (CloseCode::Away, "gateway shutting down"),
-        };
-        Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })
     }
 }
 
@@ -223,6 +158,14 @@ impl Gateway {
             secrets: &rt.scanner,
             patterns: route.block_patterns.as_ref(),
         };
+        // A browser token's session ends when the token does.
+        let max_session = route.realtime.max_session;
+        let token_left = client
+            .token
+            .as_ref()
+            .map(|t| Duration::from_secs((t.exp - crate::clock::now_s()).max(0) as u64));
+        let token_first = token_left.is_some_and(|left| left < max_session);
+        let lifetime = token_left.map_or(max_session, |left| left.min(max_session));
         let price = ctx
             .model
             .as_deref()
@@ -237,7 +180,9 @@ impl Gateway {
             limit_key: site.limit_key,
             model_limit: ctx.model_limit,
             rules,
-            limits: route.realtime,
+            tier: site.tier.clone(),
+            lifetime,
+            token_first,
             close: registered.close.clone(),
         };
         let (end, usage, cost) = bridge(session, upstream_ws, relay, config).await;
@@ -374,195 +319,4 @@ impl Gateway {
             }
         }
     }
-}
-
-/// What the relay needs of the request.
-struct Relay<'a> {
-    /// The model's `prices:` key and price, when it has one.
-    price: Option<(String, crate::limits::price::Price)>,
-    route: String,
-    state: &'a crate::state::State,
-    ctx_live: std::sync::Arc<crate::state::Live>,
-    up: std::sync::Arc<crate::config::Upstream>,
-    limit_key: u64,
-    /// The tier's `models:` entry the session's model was admitted under.
-    model_limit: Option<crate::limits::tier::ModelLimit>,
-    rules: Rules<'a>,
-    limits: Limits,
-    close: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl Relay<'_> {
-    /// The provider sent what the client must not get: counted, and the session ends.
-    fn refused(&self, r: crate::response::validate::Rejection) -> End {
-        METRICS
-            .response_rejected
-            .with_label_values(&[self.up.name.as_str(), r.reason()])
-            .inc();
-        End::Refused
-    }
-
-    /// Charge one `response.done`'s usage to the site's budgets and the upstream's
-    /// series, and price it.
-    fn charge(&self, u: Usage, total: &mut Option<Usage>, cost: &mut Option<f64>) {
-        let mut micro_usd = 0;
-        if let Some((key, p)) = &self.price {
-            let c = p.cost(&u);
-            crate::telemetry::metrics::count_cost(&self.route, key, c);
-            *cost.get_or_insert(0.0) += c;
-            micro_usd = p.micro_usd(&u);
-        }
-        let spend = crate::limits::Spend {
-            tokens: u.total(),
-            micro_usd,
-        };
-        let now_ms = crate::clock::now_ms();
-        let limiter = self.state.limiter.load();
-        limiter.charge(self.limit_key, self.model_limit.as_ref(), spend, now_ms);
-        if let Some(l) = self.ctx_live.upstream_for(&self.up) {
-            l.series().tokens_in.inc_by(u.input);
-            l.series().tokens_out.inc_by(u.output);
-        }
-        total.get_or_insert_with(Usage::default).add(u);
-    }
-}
-
-/// Run the session: the client's bytes through a pipe into the WebSocket codec, messages
-/// relayed both ways until one side ends or a limit is met. How it ended, and its usage.
-async fn bridge(
-    session: &mut Session,
-    mut upstream_ws: WebSocketStream<pingora::protocols::Stream>,
-    relay: Relay<'_>,
-    config: WebSocketConfig,
-) -> (End, Option<Usage>, Option<f64>) {
-    let (near, far) = tokio::io::duplex(PIPE_BYTES);
-    let mut client_ws = WebSocketStream::from_raw_socket(far, Role::Server, Some(config)).await;
-    let (mut near_r, mut near_w) = tokio::io::split(near);
-    let talked = tokio::sync::Notify::new();
-
-    // The client's connection <-> the pipe. A shutdown reaches the relay through the
-    // session registry (`relay.close`, `Sessions::shut_down`).
-    let pump = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            tokio::select! {
-                r = session.read_request_body() => match r {
-                    Ok(Some(b)) => {
-                        if near_w.write_all(&b).await.is_err() {
-                            break;
-                        }
-                    }
-                    _ => break,
-                },
-                n = near_r.read(&mut buf) => match n {
-                    Ok(n) if n > 0 => {
-                        let out = Bytes::copy_from_slice(&buf[..n]);
-                        if session.write_response_body(Some(out), false).await.is_err() {
-                            break;
-                        }
-                    }
-                    _ => break,
-                },
-            }
-        }
-        let _ = near_w.shutdown().await;
-    };
-
-    let talk = async {
-        let mut usage = None;
-        let mut cost = None;
-        let mut seen = realtime::ProviderWatch::default();
-        let deadline = tokio::time::sleep(relay.limits.max_session);
-        tokio::pin!(deadline);
-        let end = loop {
-            tokio::select! {
-                m = client_ws.next() => match m {
-                    Some(Ok(Message::Close(f))) => {
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(Message::Close(f))).await;
-                        break End::ClientClosed;
-                    }
-                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                        let sent = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(m)).await;
-                        if !matches!(sent, Ok(Ok(()))) {
-                            break End::UpstreamGone;
-                        }
-                    }
-                    // Pings are answered by the codec on each side.
-                    Some(Ok(_)) => {}
-                    Some(Err(ws::Error::Capacity(_))) => break End::TooBig,
-                    Some(Err(_)) | None => break End::ClientGone,
-                },
-                m = upstream_ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => match seen.text(&t, &relay.rules) {
-                        Ok(u) => {
-                            if let Some(u) = u {
-                                relay.charge(u, &mut usage, &mut cost);
-                            }
-                            if let Err(end) = to_client(&mut client_ws, Message::Text(t), deadline.as_mut()).await {
-                                break end;
-                            }
-                        }
-                        Err(r) => break relay.refused(r),
-                    },
-                    Some(Ok(Message::Binary(b))) => {
-                        if let Err(r) = seen.binary(&b, &relay.rules) {
-                            break relay.refused(r);
-                        }
-                        if let Err(end) = to_client(&mut client_ws, Message::Binary(b), deadline.as_mut()).await {
-                            break end;
-                        }
-                    }
-                    Some(Ok(Message::Close(f))) => {
-                        let reason = f.as_ref().map_or("", |f| f.reason.as_str());
-                        if let Err(r) = seen.close_reason(reason, &relay.rules) {
-                            break relay.refused(r);
-                        }
-                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, client_ws.send(Message::Close(f))).await;
-                        break End::UpstreamClosed;
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(ws::Error::Capacity(_))) => break End::TooBig,
-                    Some(Err(_)) | None => break End::UpstreamGone,
-                },
-                _ = &mut deadline => break End::TimeUp,
-                _ = relay.close.notified() => break if relay.state.realtime.is_shutting_down() {
-                    End::ShuttingDown
-                } else {
-                    End::Revoked
-                },
-            }
-        };
-        if let Some(frame) = end.close() {
-            let close = client_ws.send(Message::Close(Some(frame)));
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
-            // The client's answer to the close, briefly.
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                while let Some(Ok(_)) = client_ws.next().await {}
-            })
-            .await;
-        }
-        if !matches!(
-            end,
-            End::UpstreamClosed | End::UpstreamGone | End::ClientClosed
-        ) {
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.close(None)).await;
-        }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, client_ws.close(None)).await;
-        drop(client_ws);
-        talked.notify_one();
-        (end, usage, cost)
-    };
-    // The pump flushes what the relay wrote last, briefly: to a client that stopped reading
-    // it would write until the connection's write timeout.
-    let pump = async {
-        tokio::select! {
-            () = pump => {}
-            () = async {
-                talked.notified().await;
-                tokio::time::sleep(CLOSE_TIMEOUT).await;
-            } => {}
-        }
-    };
-    let ((), result) = tokio::join!(pump, talk);
-    result
 }

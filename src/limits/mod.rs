@@ -372,6 +372,29 @@ impl Limiter {
             })
     }
 
+    /// Whether a budget of site `site` is spent now: the tier's tokens or USD, or those of
+    /// the `models:` entry `model`. Nothing is counted. A long session (Realtime) asks
+    /// after each charge, and ends when one is.
+    pub fn budget_spent(
+        &self,
+        site: u64,
+        tier: &Tier,
+        model: Option<&ModelLimit>,
+        now_ms: u64,
+    ) -> bool {
+        let budgets_only = |mut q: Quotas| {
+            for w in &mut q.requests {
+                w.3 = None;
+            }
+            q
+        };
+        let store = self.store();
+        let tier_key = store.local().key(site);
+        let spent = |key, q| self.check(store, key, &budgets_only(q), now_ms).is_err();
+        spent(tier_key, Quotas::of_tier(tier))
+            || model.is_some_and(|m| spent(store.local().key(m.key(site)), Quotas::of_model(m)))
+    }
+
     /// Check `quotas` of `key`: budgets (read), then request windows (counted, and
     /// refunded on a refusal). The window closest to exhaustion, for the header.
     fn check(

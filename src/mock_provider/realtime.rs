@@ -1,7 +1,8 @@
 //! The mock's Realtime WebSocket (`GET /v1/realtime?model=M`, OpenAI's event shapes):
 //! `session.created` on open; `session.update` → `session.updated`; `response.create` →
 //! `response.created`, a `response.output_text.delta`, then `response.done` with usage
-//! (10 in, 20 out). Test hooks: `mock.echo_key` answers with the credential it received
+//! (10 in, 20 out). Test hooks: `mock.unfinished` begins a response and never ends it;
+//! `mock.echo_key` answers with the credential it received
 //! in a delta; `mock.big` sends one message of `bytes` bytes; the hostile ones of
 //! [`hostile`] hide it over messages, in a close frame or behind a lone surrogate.
 
@@ -119,6 +120,11 @@ where
                 json!({"type": "response.output_text.delta", "response_id": "resp_1", "delta": "Hello from the mock."}),
                 json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed",
                     "usage": {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20}}}),
+            ],
+            // A response begun and never finished (no `response.done`).
+            "mock.unfinished" => vec![
+                json!({"type": "response.created", "response": {"id": "resp_2", "status": "in_progress"}}),
+                json!({"type": "response.output_text.delta", "response_id": "resp_2", "delta": "Half an ans"}),
             ],
             "mock.echo_key" => vec![
                 json!({"type": "response.output_text.delta", "delta": format!("key {credential}")}),
