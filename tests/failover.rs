@@ -424,3 +424,31 @@ async fn a_pin_mismatch_fails_over_before_any_request_byte() {
     assert_eq!(backup.count(), 1);
     assert_eq!(fallbacks(&gw, "tls"), 1.0);
 }
+
+/// A fallback whose `model_map` serves another model is priced at the model it served
+/// (what its provider bills), not at the client's.
+#[tokio::test]
+async fn a_mapped_model_is_priced_as_the_model_served() {
+    let (gw, _backup) = with_backup(
+        "    model_map: { \"gpt-4o\": \"dear-model\" }\n",
+        Options {
+            config_extra: "prices:\n  \"gpt-4o\": { input: 1, output: 1 }\n  \"dear-model\": { input: 100000, output: 0 }\n".into(),
+            ..Options::default()
+        },
+    );
+    let r = gw.post_signed(CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = gw
+        .post_signed(CHAT, BODY, &[("x-mock-mode", "error_500")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let direct = last_audit(&gw, 1);
+    let mapped = last_audit(&gw, 2);
+    let tokens_in = mapped["tokens_in"].as_f64().unwrap();
+    assert!(direct["cost_usd"].as_f64().unwrap() < 0.001, "{direct}");
+    // 0.1 USD a token in.
+    assert!(
+        (mapped["cost_usd"].as_f64().unwrap() - tokens_in / 10.0).abs() < 1e-9,
+        "{mapped}"
+    );
+}

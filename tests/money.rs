@@ -420,3 +420,38 @@ async fn a_stream_left_early_and_a_refused_answer_are_still_charged() {
     let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
     r.assert_error(429, "rate_limited");
 }
+
+/// Work the provider bills outside the request (a batch, a fine-tuning job, a background
+/// response) never reports its usage through keygate: under a tier with a budget it is
+/// refused before the provider; without one it passes.
+#[tokio::test]
+async fn deferred_work_is_refused_under_a_budget() {
+    // The Anthropic route lists no models: a batch naming none reaches the budget check.
+    let batch = r#"{"requests":[{"custom_id":"a","params":{"model":"claude-x","max_tokens":9000,"messages":[{"role":"user","content":"hi"}]}}]}"#;
+    let background = r#"{"model":"gpt-4o","input":"hi","background":true}"#;
+    let gw = priced("{ requests_per_minute: 100000, tokens_per_day: 100000 }");
+    for (path, body) in [
+        ("/anthropic/v1/messages/batches", batch),
+        ("/openai/v1/responses", background),
+    ] {
+        let r = gw.post_signed(path, body, &[]).await;
+        r.assert_error(403, "forbidden");
+        assert!(r.body.contains("cannot be charged"), "{}", r.body);
+    }
+    assert_eq!(gw.mock.count(), 0, "the provider never saw them");
+    // The same background request without `background` is an ordinary one.
+    let r = gw
+        .post_signed(
+            "/openai/v1/responses",
+            r#"{"model":"gpt-4o","input":"hi"}"#,
+            &[],
+        )
+        .await;
+    assert_ne!(r.status, 403, "{}", r.body);
+    let gw = priced("{ requests_per_minute: 100000 }");
+    let r = gw
+        .post_signed("/anthropic/v1/messages/batches", batch, &[])
+        .await;
+    assert_ne!(r.status, 403, "{}", r.body);
+    assert_eq!(gw.mock.count(), 1);
+}

@@ -176,7 +176,13 @@ pub fn price(ctx: &mut Ctx, usage: &Usage) -> u64 {
     let (Some(model), Some(route)) = (ctx.model.as_deref(), ctx.route()) else {
         return 0;
     };
-    let Some((key, p)) = ctx.rt.prices.find(model) else {
+    // The model the provider served and bills: the answering upstream's `model_map` name
+    // when it has a price (a fallback may serve a dearer model), else the client's.
+    let served = ctx
+        .upstream()
+        .and_then(|u| u.model_map.get(model))
+        .and_then(|m| ctx.rt.prices.find(m));
+    let Some((key, p)) = served.or_else(|| ctx.rt.prices.find(model)) else {
         return 0;
     };
     let cost = p.cost(usage);

@@ -514,6 +514,17 @@ impl Gateway {
             .and_then(|v| v.to_str().ok());
         let pii = route.pii_policy(rt.sites.get(client.site));
         let outcome = body::check_with(route, pii, method, &ctx.upstream_path, content_type, body)?;
+        if outcome.deferred
+            && rt
+                .sites
+                .get(client.site)
+                .is_some_and(|s| s.tier.has_budgets())
+        {
+            // Its usage never comes back through keygate: a budget could not be charged.
+            return Err(GatewayError::forbidden(
+                "Batches, fine-tuning jobs and background responses are not available to a site whose tier has a token or USD budget: their usage cannot be charged.",
+            ));
+        }
         if upload::boundary(&ctx.upstream_path, content_type).is_some() {
             // Audio and images are not tokens: usage comes from the answer.
             ctx.request_bytes = 0;

@@ -55,6 +55,13 @@ impl Tier {
             || self.models.iter().any(|(_, m)| m.usd_per_day.is_some())
     }
 
+    /// Whether the tier has a token or USD budget anywhere (its own or a `models:` entry's).
+    pub fn has_budgets(&self) -> bool {
+        self.spends_usd()
+            || self.tokens_per_day.is_some()
+            || self.models.iter().any(|(_, m)| m.tokens_per_day.is_some())
+    }
+
     /// Every key counted for `site` under this tier: its own and one per `models:` entry.
     pub fn limit_keys(&self, site: u64) -> impl Iterator<Item = u64> + '_ {
         std::iter::once(site).chain(self.models.iter().map(move |(_, m)| m.key(site)))

@@ -88,6 +88,9 @@ pub struct BodyOutcome {
     pub stream: bool,
     /// What the PII policy found or replaced (`None`: no policy, or nothing found).
     pub pii: Option<crate::pii::Outcome>,
+    /// Work the provider runs after this request's answer (batches, fine-tuning jobs,
+    /// `"background": true`): its usage never comes back through keygate.
+    pub deferred: bool,
 }
 
 fn is_json_content_type(ct: &str) -> bool {
@@ -143,6 +146,7 @@ fn check_inner(
     // Bodies are read in the format of the endpoint, which is not always the upstream's
     // own (Gemini and Anthropic also serve OpenAI's chat completions).
     let kind = body_format(route.upstream.kind, path_only);
+    out.deferred = method == "POST" && is_deferred(path_only);
     if is_batch(path_only) && (route.max_tokens.is_some() || pii.is_some()) {
         return Err(GatewayError::bad_request(
             "Batch endpoints are not available on routes with max_tokens or pii: their requests cannot be checked here.",
@@ -190,6 +194,7 @@ fn check_inner(
             }
             out.stream = t.stream;
         }
+        out.deferred |= t.background;
         top = Some(t);
     } else if method == "POST" && route.max_tokens.is_some() && needs_output_cap(kind, path_only) {
         return Err(GatewayError::bad_request(
@@ -358,6 +363,15 @@ pub fn body_format(kind: UpstreamKind, path: &str) -> UpstreamKind {
 }
 
 /// Endpoints that carry many requests in one body (not checked request by request).
+/// Endpoints whose work the provider bills later, outside the request: batches and
+/// fine-tuning jobs.
+fn is_deferred(path: &str) -> bool {
+    is_batch(path)
+        || path.ends_with("/batches")
+        || path.contains("/fine_tuning/jobs")
+        || path.ends_with(":batchGenerateContent")
+}
+
 fn is_batch(path: &str) -> bool {
     path.ends_with("/messages/batches")
         || path.ends_with(":batchGenerateContent")

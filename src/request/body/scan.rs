@@ -39,6 +39,8 @@ pub struct Top<'de> {
     pub stream_usage: bool,
     /// `n` or `best_of` is present (several choices share the output cap).
     pub choices: bool,
+    /// `"background": true` (OpenAI Responses: the work runs after the answer).
+    pub background: bool,
     /// This object's own `"include_usage": true`.
     include_usage: bool,
 }
@@ -132,6 +134,7 @@ impl<'de> Visitor<'de> for ScanV {
                 ("model", _) => top.model = Model::Other,
                 ("stream", v) => top.stream = matches!(v, Seen::True),
                 ("n" | "best_of", _) => top.choices = true,
+                ("background", v) => top.background = matches!(v, Seen::True),
                 ("include_usage", v) => top.include_usage = matches!(v, Seen::True),
                 ("stream_options", v) => {
                     top.stream_usage = matches!(v, Seen::Object(o) if o.include_usage)
@@ -195,6 +198,9 @@ mod tests {
         assert_eq!(t.model, Model::Str(Key("gpt-4o".into())));
         assert!(t.stream && t.stream_usage);
         assert_eq!(t.caps, [Int::U64(7), Int::Absent, Int::Null]);
+        assert!(!t.background);
+        assert!(top(br#"{"background":true}"#).unwrap().unwrap().background);
+        assert!(!top(br#"{"background":"yes"}"#).unwrap().unwrap().background);
         assert!(t.caps_within(&[0, 1, 2], 7));
         assert!(!t.caps_within(&[0], 6));
         assert!(!t.caps_within(&[1], 100));
