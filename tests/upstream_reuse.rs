@@ -64,6 +64,11 @@ async fn steady_traffic(threads: usize, warm: usize, burst: usize) {
         let expected = if i == 30 { 500 } else { 200 };
         assert_eq!(r.status, expected, "{i}: {}", r.body);
         if i % 10 == 9 {
+            // The client has the last byte a moment before keygate's worker has put the
+            // upstream connection back in its pool; a burst sent in that moment needs one
+            // more connection than the pool holds (seen once in a full-suite run on a busy
+            // machine). Reuse in steady state is what this test is about.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             self::burst(&gw, burst).await;
         }
     }

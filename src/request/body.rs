@@ -212,7 +212,10 @@ fn check_inner(
     let cap = route
         .max_tokens
         .filter(|_| needs_output_cap(kind, path_only));
-    let stream_usage = out.stream && kind == UpstreamKind::OpenAi;
+    // Only Chat Completions (and legacy Completions) take `stream_options`; a Responses
+    // stream always ends with its usage (`response.completed`) and has no such option.
+    let stream_usage =
+        out.stream && kind == UpstreamKind::OpenAi && path_only.ends_with("/completions");
     let untouched = !force_tree
         && pii.is_none()
         && cap.is_none_or(|c| {

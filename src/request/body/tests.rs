@@ -418,3 +418,16 @@ mod scan_agrees_with_tree {
         }
     }
 }
+
+#[test]
+fn stream_usage_is_asked_for_on_chat_completions_only() {
+    let rt = rt("openai", "", "");
+    let route = &rt.routes[0];
+    let body = br#"{"model":"gpt-4o","stream":true,"input":"hi"}"#;
+    let out = check(route, "POST", "/v1/chat/completions", CT, body).unwrap();
+    let v: Value = serde_json::from_slice(&out.rewritten.unwrap()).unwrap();
+    assert_eq!(v["stream_options"]["include_usage"], true);
+    // A Responses stream reports its usage by itself and takes no `stream_options`.
+    let out = check(route, "POST", "/v1/responses", CT, body).unwrap();
+    assert!(out.rewritten.is_none());
+}
