@@ -205,6 +205,9 @@ impl Control {
                 ),
             )
         };
+        let invalid = |e: crate::config::ConfigErrors| {
+            GatewayError::bad_request(format!("The change does not validate: {e}"))
+        };
         let _w = self.writing.lock().await;
         for _ in 0..5 {
             let current = match store {
@@ -215,9 +218,6 @@ impl Control {
             let mut next = current.clone();
             let out = f(&mut next, &rt)?;
             next.version = current.version + 1;
-            let invalid = |e: crate::config::ConfigErrors| {
-                GatewayError::bad_request(format!("The change does not validate: {e}"))
-            };
             if let Store::File(path) = store {
                 // This process is the file's only writer: the build, the write and the
                 // install under the install lock, so a SIGHUP cannot land between them

@@ -369,8 +369,8 @@ pub fn body_format(kind: UpstreamKind, path: &str) -> UpstreamKind {
 /// Endpoints whose work the provider bills later, outside the request: batches and
 /// fine-tuning jobs.
 fn is_deferred(path: &str) -> bool {
-    is_batch(path)
-        || path.ends_with("/batches")
+    // `/batches` covers Anthropic's `/messages/batches` ([`is_batch`]) too.
+    path.ends_with("/batches")
         || path.contains("/fine_tuning/jobs")
         || path.ends_with(":batchGenerateContent")
 }
