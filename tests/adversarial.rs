@@ -1026,3 +1026,59 @@ async fn a_realtime_query_naming_two_models_is_refused() {
     assert!(resp.contains("named twice"), "{head}");
     assert_eq!(gw.mock.count(), 0, "nothing reached the provider");
 }
+
+/// Every site on a route shares the provider's account: what it stores (files, batches,
+/// stored responses, cached contents, ...) must not be listed, read or deleted through
+/// keygate by another site, unless the route opts in to every endpoint.
+#[tokio::test]
+async fn stored_objects_of_the_shared_provider_account_are_not_reachable() {
+    let stored = [
+        ("GET", "/openai/v1/files", ""),
+        ("GET", "/openai/v1/files/file-abc/content", ""),
+        ("DELETE", "/openai/v1/files/file-abc", ""),
+        ("GET", "/openai/v1/batches", ""),
+        (
+            "POST",
+            "/openai/v1/vector_stores/vs_1/search",
+            r#"{"query":"x"}"#,
+        ),
+        ("GET", "/openai/v1/responses/resp_1", ""),
+        ("DELETE", "/openai/v1/responses/resp_1", ""),
+        ("GET", "/openai/v1/chat/completions/chatcmpl-1/messages", ""),
+        ("GET", "/anthropic/v1/messages/batches", ""),
+        ("GET", "/gemini/v1beta/cachedContents", ""),
+        ("GET", "/gemini/v1beta/batches/b1", ""),
+    ];
+    let gw = Gateway::start();
+    for (method, path, body) in stored {
+        let r = gw.call("alpha.k1", method, path, body).await;
+        r.assert_error(403, "forbidden");
+        assert!(
+            r.body.contains("not served on this route"),
+            "{method} {path}: {}",
+            r.body
+        );
+    }
+    assert_eq!(gw.mock.count(), 0, "the provider never saw them");
+    // The stateless endpoints are served as before.
+    let ok = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let chat = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
+    let ok = gw
+        .post_signed("/openai/v1/chat/completions", chat, &[])
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+
+    // A route that opts in (`stored_objects: true`) forwards them.
+    let gw = Gateway::start_with(Options {
+        route_extra: "    stored_objects: true\n".into(),
+        ..Options::default()
+    });
+    // (The OpenAI route lists models: a body that names none is refused for that.)
+    let bodiless: Vec<_> = stored.iter().filter(|(_, _, b)| b.is_empty()).collect();
+    for (method, path, _) in &bodiless {
+        let r = gw.call("alpha.k1", method, path, "").await;
+        assert_ne!(r.status, 403, "{method} {path}: {}", r.body);
+    }
+    assert_eq!(gw.mock.count(), bodiless.len() as u64);
+}

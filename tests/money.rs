@@ -429,7 +429,16 @@ async fn deferred_work_is_refused_under_a_budget() {
     // The Anthropic route lists no models: a batch naming none reaches the budget check.
     let batch = r#"{"requests":[{"custom_id":"a","params":{"model":"claude-x","max_tokens":9000,"messages":[{"role":"user","content":"hi"}]}}]}"#;
     let background = r#"{"model":"gpt-4o","input":"hi","background":true}"#;
-    let gw = priced("{ requests_per_minute: 100000, tokens_per_day: 100000 }");
+    // Batches are stored objects: served only where a route opts in to every endpoint.
+    let stored = |tier: &str| {
+        Gateway::start_with(Options {
+            tier: tier.into(),
+            config_extra: DEAR.into(),
+            route_extra: "    stored_objects: true\n".into(),
+            ..Options::default()
+        })
+    };
+    let gw = stored("{ requests_per_minute: 100000, tokens_per_day: 100000 }");
     for (path, body) in [
         ("/anthropic/v1/messages/batches", batch),
         ("/openai/v1/responses", background),
@@ -448,7 +457,7 @@ async fn deferred_work_is_refused_under_a_budget() {
         )
         .await;
     assert_ne!(r.status, 403, "{}", r.body);
-    let gw = priced("{ requests_per_minute: 100000 }");
+    let gw = stored("{ requests_per_minute: 100000 }");
     let r = gw
         .post_signed("/anthropic/v1/messages/batches", batch, &[])
         .await;

@@ -343,6 +343,10 @@ pub struct RawRoute {
     pub fallbacks: Vec<String>,
     /// Realtime WebSocket sessions on this route (SPEC §8.1).
     pub realtime: Option<RawRealtime>,
+    /// Serve every endpoint, those of objects the provider stores under the shared key
+    /// (files, batches, vector stores, ...) too; default: the stateless ones only.
+    #[serde(default)]
+    pub stored_objects: bool,
 }
 
 #[derive(Debug, Deserialize)]

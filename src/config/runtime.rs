@@ -107,6 +107,9 @@ pub struct Route {
     pub fallbacks: Vec<Arc<Upstream>>,
     /// `routes[].realtime`: the limits of a Realtime session.
     pub realtime: crate::realtime::Limits,
+    /// `routes[].stored_objects`: every endpoint is served, not only the stateless ones
+    /// ([`crate::request::endpoints`]).
+    pub stored_objects: bool,
 }
 
 /// A validated site.

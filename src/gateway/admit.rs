@@ -183,6 +183,14 @@ impl Gateway {
         let (client, deferred) = self
             .authenticate_client(session, ctx, &path, query.as_deref(), &method, true)
             .await?;
+        if !route.stored_objects
+            && !crate::request::endpoints::stateless(method.as_str(), &ctx.upstream_path)
+        {
+            // Before the fleet counts it: refused like a route the key may not use.
+            return Err(GatewayError::forbidden(
+                "This endpoint is not served on this route.",
+            ));
+        }
         // The nonce's round trip decides the admission too (fleet.exact_limits).
         let decision = match deferred {
             Some(claim) => self.fleet_admission(ctx, &client, &claim).await?,

@@ -101,6 +101,7 @@ fn route(
         betas: r.betas.clone(),
         fallbacks,
         realtime,
+        stored_objects: r.stored_objects,
     })
 }
 
