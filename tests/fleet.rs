@@ -359,3 +359,29 @@ async fn browser_token_max_requests_holds_across_nodes() {
         "two uses in the whole fleet"
     );
 }
+
+/// A tier with no request window and no budget gives the admission script nothing to
+/// read: that must not be an error that marks Redis down for every site on the node.
+#[tokio::test]
+async fn a_tier_without_request_limits_keeps_exact_limits_working() {
+    let Some(redis) = Redis::start() else { return };
+    let nodes = start_fleet(&redis, "{ concurrent: 50 }");
+    for i in 0..2 * NODES {
+        let r = models(&nodes[i % NODES]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let h = sign_fleet(&nodes[0], "GET", MODELS, b"", now());
+    let r = send_signed(&nodes[0], &h, "GET", MODELS, "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The nonce went to Redis: another node refuses the replay.
+    send_signed(&nodes[1], &h, "GET", MODELS, "")
+        .await
+        .assert_error(401, "replayed");
+    for n in &nodes {
+        assert_eq!(n.metric("keygate_redis_up"), Some(1.0));
+        let errors = n
+            .metric("keygate_redis_errors_total{op=\"nonce\"}")
+            .unwrap_or(0.0);
+        assert_eq!(errors, 0.0, "no failed admission script");
+    }
+}

@@ -21,6 +21,10 @@ if not redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[1]) then
   return {0}
 end
 local nb, nr = tonumber(ARGV[2]), tonumber(ARGV[3])
+if nb + nr == 0 then
+  -- A tier without request windows or budgets: nothing to read (MGET of no key is an error).
+  return {1}
+end
 local counts = redis.call('MGET', unpack(KEYS, 2))
 local out, ok, k, a = {1}, true, 1, 4
 for i = 1, nb + nr do

@@ -13,7 +13,7 @@ use super::conn::{RedisDown, Req};
 use super::Fleet;
 use crate::auth::NonceClaim;
 use crate::limits::tier::Tier;
-use crate::limits::Counter;
+use crate::limits::{Counter, LimitName, Refusal};
 use parking_lot::Mutex;
 use std::sync::Arc;
 
@@ -38,6 +38,10 @@ pub struct Decision {
     pub windows: Vec<(Counter, i64, i64)>,
     /// What to take back if the request is refused after all (once).
     refund: Mutex<Option<Refund>>,
+    /// The time the script decided at: the node replays the decision at the same time
+    /// (a later one weighs the previous window less, and could admit what the fleet
+    /// refused and never counted).
+    pub now_ms: u64,
 }
 
 struct Refund {
@@ -54,6 +58,27 @@ impl Decision {
             .chain(&self.windows)
             .find(|(c, ..)| *c == counter)
             .map(|&(_, p, c)| (p, c))
+    }
+
+    /// The node's replay of the decision, held to it: a replay that would admit what the
+    /// fleet refused (and so never counted) is refused too, on the first window or budget
+    /// the fleet decided.
+    pub fn confirm<A>(&self, replay: Result<A, Refusal>) -> Result<A, Refusal> {
+        match replay {
+            Ok(_) if !self.admitted => {
+                log::warn!(
+                    "fleet: the limiter's replay admitted a request the fleet refused; refused"
+                );
+                let limit = self
+                    .windows
+                    .iter()
+                    .chain(&self.budgets)
+                    .next()
+                    .map_or(LimitName::RequestsPerMinute, |(c, ..)| c.limit_name());
+                Err(Refusal::of(limit, Some(std::time::Duration::from_secs(1))))
+            }
+            other => other,
+        }
     }
 
     /// Whether `counter` is one of the request windows the script counted in.
@@ -156,6 +181,7 @@ pub async fn claim_and_admit(
             site,
             now_ms,
         })),
+        now_ms,
     }))
 }
 
@@ -163,4 +189,36 @@ pub async fn claim_and_admit(
 /// double, so Lua computes bit for bit what the limiter computes.
 fn weight(w: f64) -> String {
     format!("{w:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(windows: Vec<(Counter, i64, i64)>, budgets: Vec<(Counter, i64, i64)>) -> Decision {
+        Decision {
+            admitted: false,
+            budgets,
+            windows,
+            refund: Mutex::new(None),
+            now_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_replay_never_admits_what_the_fleet_refused() {
+        let d = refused(vec![(Counter::RequestsHour, 60, 30)], vec![]);
+        let r = d.confirm(Ok(())).unwrap_err();
+        assert_eq!(r.limit, LimitName::RequestsPerHour);
+        assert!(r.retry_after.is_some());
+        let d = refused(vec![], vec![(Counter::UsdDay, 0, 9)]);
+        assert_eq!(d.confirm(Ok(())).unwrap_err().limit, LimitName::UsdPerDay);
+        // The replay's own refusal (with its Retry-After and RateLimit) is kept.
+        let own = Refusal::of(LimitName::RequestsPerMinute, None);
+        assert!(d.confirm::<()>(Err(own)).unwrap_err().retry_after.is_none());
+        // An admission the fleet made passes.
+        let mut d = refused(vec![(Counter::RequestsMinute, 0, 0)], vec![]);
+        d.admitted = true;
+        assert!(d.confirm(Ok(())).is_ok());
+    }
 }

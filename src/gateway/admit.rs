@@ -254,14 +254,15 @@ impl Gateway {
             return Err(unlisted_beta(bad));
         }
         Self::first_attempt(ctx)?;
-        let now_ms = crate::clock::now_ms();
+        // A fleet decision is replayed at the time it was made.
+        let now_ms = decision.map_or_else(crate::clock::now_ms, |d| d.now_ms);
         super::anomaly::request(&self.state, &rt, site, now_ms)?;
         let tier = &site.tier;
         let limiter = self.state.limiter.load();
         let admission = match decision {
             Some(d) => {
                 let decided = crate::fleet::store::Decided::new(limiter.store(), d);
-                limiter.admit_on(&decided, site.limit_key, tier, now_ms)
+                d.confirm(limiter.admit_on(&decided, site.limit_key, tier, now_ms))
             }
             None => limiter.admit(site.limit_key, tier, now_ms),
         };

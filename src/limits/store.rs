@@ -41,6 +41,19 @@ impl Counter {
         }
     }
 
+    /// The limit a refusal on this counter names.
+    pub fn limit_name(self) -> super::name::LimitName {
+        use super::name::LimitName as L;
+        match self {
+            Counter::RequestsMinute => L::RequestsPerMinute,
+            Counter::RequestsHour => L::RequestsPerHour,
+            Counter::RequestsDay => L::RequestsPerDay,
+            Counter::TokensDay => L::TokensPerDay,
+            Counter::UsdDay => L::UsdPerDay,
+            Counter::UsdMonth => L::UsdPerMonth,
+        }
+    }
+
     /// Whether the counter counts micro-USD.
     pub fn is_usd(self) -> bool {
         matches!(self, Counter::UsdDay | Counter::UsdMonth)
