@@ -3,6 +3,7 @@
 //! body validation per route; the endpoints a route serves ([`endpoints`]); multipart uploads read as they pass ([`upload`]).
 
 pub mod body;
+pub mod disposition;
 pub mod endpoints;
 pub mod hygiene;
 pub mod plan;

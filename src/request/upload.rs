@@ -49,6 +49,21 @@ fn malformed(e: impl std::fmt::Display) -> GatewayError {
     GatewayError::bad_request("The multipart body is malformed.").detail(e.to_string())
 }
 
+/// A part's name as multer read it is its name by the RFC: its `Content-Disposition`
+/// is strictly well formed ([`super::disposition`]) and names the same field. (multer keeps
+/// the last of a part's repeated headers, so a repeat is not seen here.)
+fn strictly_named(field: &multer::Field<'_>) -> Result<(), GatewayError> {
+    let Some(raw) = field.headers().get(http::header::CONTENT_DISPOSITION) else {
+        return Err(malformed("a part has no Content-Disposition"));
+    };
+    let name = super::disposition::form_data_name(raw.as_bytes())
+        .map_err(|e| malformed(format!("a part's Content-Disposition is refused: {e}")))?;
+    if field.name() != Some(name.as_str()) {
+        return Err(malformed("a part's Content-Disposition is ambiguous"));
+    }
+    Ok(())
+}
+
 /// The bytes handed to the parser so far, and whether the body ended.
 #[derive(Default)]
 struct Feed {
@@ -79,6 +94,12 @@ type Parse = Pin<Box<dyn Future<Output = Result<Option<String>, GatewayError>> +
 
 /// One form being read: push its bytes as they pass, then `finish` for its `model`.
 pub struct Form {
+    /// `--boundary`, which the body must begin with (no preamble: a parser that looks
+    /// for the first boundary anywhere, as multer does, and one that wants it at the
+    /// start of a line could read different parts).
+    opening: Vec<u8>,
+    /// How much of `opening` has been seen.
+    opened: usize,
     feed: Arc<Mutex<Feed>>,
     parse: Mutex<Parse>,
     result: Option<Result<Option<String>, GatewayError>>,
@@ -98,6 +119,7 @@ impl Form {
         let parse: Parse = Box::pin(async move {
             let mut model: Option<String> = None;
             while let Some(mut field) = mp.next_field().await.map_err(malformed)? {
+                strictly_named(&field)?;
                 if field.name() == Some("model") {
                     if model.is_some() {
                         return Err(GatewayError::bad_request(
@@ -112,6 +134,8 @@ impl Form {
             Ok(model)
         });
         Form {
+            opening: format!("--{boundary}").into_bytes(),
+            opened: 0,
             feed,
             parse: Mutex::new(parse),
             result: None,
@@ -135,6 +159,14 @@ impl Form {
 
     /// The next bytes of the body; `Err` as soon as the form is known to be malformed.
     pub fn push(&mut self, chunk: Bytes) -> Result<(), GatewayError> {
+        if self.opened < self.opening.len() && self.result.is_none() {
+            let want = &self.opening[self.opened..];
+            let n = want.len().min(chunk.len());
+            if chunk[..n] != want[..n] {
+                self.result = Some(Err(malformed("the body must begin with its boundary")));
+            }
+            self.opened += n;
+        }
         if let Ok(mut feed) = self.feed.lock() {
             feed.queue.push_back(chunk);
         }
@@ -295,6 +327,52 @@ mod tests {
         }
         out.extend_from_slice(b"--XyZ--\r\n");
         out
+    }
+
+    /// A form whose parts carry these raw `Content-Disposition` values.
+    fn raw_form(dispositions: &[&str]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (i, d) in dispositions.iter().enumerate() {
+            out.extend_from_slice(
+                format!("--XyZ\r\nContent-Disposition: {d}\r\n\r\nv{i}\r\n").as_bytes(),
+            );
+        }
+        out.extend_from_slice(b"--XyZ--\r\n");
+        out
+    }
+
+    #[test]
+    fn a_model_field_only_a_lenient_parser_finds_is_refused() {
+        // The review's form: multer reads the first part as `model` (whisper-1, allowed), an
+        // RFC parser reads it as `prompt` and the second part as `model`.
+        let smuggled = raw_form(&[
+            r#"form-data; x=" name=model;"; name="prompt""#,
+            r#"form-data; x=" name=skip;"; name="model""#,
+        ]);
+        let e = read_whole("XyZ", &smuggled, 1 << 20).unwrap_err();
+        assert_eq!(e.code.status(), 400);
+        // A parameter name multer does not read (it matches `name` in lower case only).
+        let upper = raw_form(&[r#"form-data; name="prompt""#, r#"form-data; NAME="model""#]);
+        assert!(read_whole("XyZ", &upper, 1 << 20).is_err());
+        // A preamble: multer would find a boundary that is not at the start of a line.
+        let mut preamble = b"x--XyZ\r\n".to_vec();
+        preamble.extend_from_slice(&form(&[("model", None, b"whisper-1")]));
+        assert!(read_whole("XyZ", &preamble, 1 << 20).is_err());
+        // The same forms, well made, pass; a boundary split across chunks too.
+        let ok = raw_form(&[
+            r#"form-data; name="prompt""#,
+            r#"form-data; name="model"; filename="m""#,
+        ]);
+        assert_eq!(
+            read_whole("XyZ", &ok, 1 << 20).unwrap().as_deref(),
+            Some("v1")
+        );
+        let mut f = Form::new("XyZ", 1 << 20);
+        let body = form(&[("model", None, b"whisper-1")]);
+        for b in body.chunks(2) {
+            f.push(Bytes::copy_from_slice(b)).unwrap();
+        }
+        assert_eq!(f.finish().unwrap().as_deref(), Some("whisper-1"));
     }
 
     #[test]
