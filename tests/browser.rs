@@ -64,6 +64,23 @@ async fn a_token_works_in_scope_and_expires() {
     let other_model = r#"{"model":"gpt-4o","messages":[]}"#;
     let r = with_token(&gw, &token, CHAT, Some(other_model), None).await;
     assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
+    // A body that names no model would get the provider's default one: 403 too, on a
+    // route that lists no models (the Anthropic one; this token is scoped to it below).
+    let scoped = mint(
+        &gw,
+        r#"{"routes": ["/anthropic/"], "models": ["claude-x"]}"#,
+    )
+    .await;
+    let unnamed = r#"{"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+    let seen = gw.mock.count();
+    let r = with_token(&gw, &scoped, "/anthropic/v1/messages", Some(unnamed), None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.body
+    );
+    assert_eq!(gw.mock.count(), seen, "the provider never saw it");
     // Another route: 403.
     let r = with_token(&gw, &token, "/anthropic/v1/models", None, None).await;
     assert_eq!((r.status, r.code().as_str()), (403, "forbidden"));
@@ -253,4 +270,52 @@ async fn tokens_minted_under_the_previous_key_stay_valid() {
             .status,
         200
     );
+}
+
+/// A Realtime client secret works straight at the provider, outside keygate's limits: one
+/// minted with a browser token lives no longer than the token.
+#[tokio::test]
+async fn a_client_secret_minted_with_a_token_ends_with_the_token() {
+    let gw = Gateway::start();
+    let token = mint(&gw, r#"{"ttl_s": 60, "routes": ["/openai/"]}"#).await;
+    const SECRETS: &str = "/openai/v1/realtime/client_secrets";
+    let sent_seconds = |gw: &Gateway| {
+        let body: serde_json::Value =
+            serde_json::from_str(gw.mock.last()["body"].as_str().unwrap()).unwrap();
+        assert_eq!(body["session"]["model"], "gpt-realtime", "{body}");
+        assert_eq!(body["expires_after"]["anchor"], "created_at", "{body}");
+        body["expires_after"]["seconds"].as_i64().unwrap()
+    };
+    for body in [
+        r#"{"expires_after":{"anchor":"created_at","seconds":7200},"session":{"type":"realtime","model":"gpt-realtime"}}"#,
+        // No lifetime asked for: OpenAI's default (10 minutes) is longer than the token.
+        r#"{"session":{"type":"realtime","model":"gpt-realtime"}}"#,
+    ] {
+        let r = with_token(&gw, &token, SECRETS, Some(body), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let s = sent_seconds(&gw);
+        assert!((10..=60).contains(&s), "the provider was asked for {s} s");
+    }
+    // A shorter lifetime is kept as it is.
+    let short = r#"{"expires_after":{"anchor":"created_at","seconds":30},"session":{"type":"realtime","model":"gpt-realtime"}}"#;
+    assert_eq!(
+        with_token(&gw, &token, SECRETS, Some(short), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(sent_seconds(&gw), 30);
+    // A top-level model beside the session's (which is the one checked) is refused.
+    let two = r#"{"model":"gpt-4o","session":{"type":"realtime","model":"gpt-realtime"}}"#;
+    let r = with_token(&gw, &token, SECRETS, Some(two), None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (400, "bad_request"),
+        "{}",
+        r.body
+    );
+    // A site's backend (signed) asks for what it wants.
+    let long = r#"{"expires_after":{"anchor":"created_at","seconds":7200},"session":{"type":"realtime","model":"gpt-realtime"}}"#;
+    assert_eq!(gw.call("alpha.k1", "POST", SECRETS, long).await.status, 200);
+    assert_eq!(sent_seconds(&gw), 7200);
 }

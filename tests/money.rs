@@ -302,6 +302,16 @@ async fn an_unpriced_model_under_a_usd_limit_is_refused_before_the_provider() {
         )
         .await;
     r.assert_error(403, "model_not_allowed");
+    // A body that names no model would get the provider's default one, unpriced.
+    let r = gw
+        .post_signed(
+            "/anthropic/v1/messages",
+            r#"{"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
+    r.assert_error(403, "model_not_allowed");
+    assert!(r.body.contains("names no model"), "{}", r.body);
     // The Gemini model is in the path; this one is priced by the glob, that one is not.
     let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
     let r = gw

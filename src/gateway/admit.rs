@@ -148,21 +148,6 @@ pub(super) fn client_ip(session: &Session, rt: &Runtime) -> IpAddr {
     limits::ip::client_ip(peer, &xff, &rt.server.trusted_proxies)
 }
 
-/// A browser token may name the models it is good for.
-pub(super) fn token_allows_model(
-    client: &AuthedClient,
-    model: Option<&str>,
-) -> Result<(), GatewayError> {
-    if let (Some(claims), Some(model)) = (&client.token, model) {
-        if !claims.models.is_empty() && !claims.models.iter().any(|m| m.as_str() == model) {
-            return Err(GatewayError::forbidden(
-                "This token is not valid for this model.",
-            ));
-        }
-    }
-    Ok(())
-}
-
 impl Gateway {
     /// Decide whether the request may go upstream. On `Ok`, `ctx` holds the route,
     /// the client and the body plan; for small bodies the body has been read and verified.
@@ -460,44 +445,8 @@ impl Gateway {
             .ok_or_else(|| GatewayError::new(ErrorCode::Internal, "No route."))?;
         body::check_model(route, model.as_deref(), true)?;
         ctx.model = model;
-        self.admit_model(ctx)?;
+        self.admit_model(ctx, true)?;
         Ok(tail)
-    }
-
-    /// The request's model (`ctx.model`, known once the body is verified) may go ahead:
-    /// a browser token names it; it has a price if the site's tier limits spend
-    /// (`model_not_allowed` otherwise: a model is never free by accident); and the tier's
-    /// `models:` entry for it, if any, has room (counted here, charged after the answer).
-    pub(super) fn admit_model(&self, ctx: &mut Ctx) -> Result<(), GatewayError> {
-        let (Some(client), Some(model)) = (&ctx.client, ctx.model.as_deref()) else {
-            return Ok(());
-        };
-        token_allows_model(client, Some(model))?;
-        let Some(site) = ctx.rt.sites.get(client.site) else {
-            return Ok(());
-        };
-        let tier = &site.tier;
-        let entry = tier.models.find(model);
-        let spends = tier.spends_usd();
-        if spends && ctx.rt.prices.find(model).is_none() {
-            return Err(GatewayError::new(
-                ErrorCode::ModelNotAllowed,
-                "This model has no price, and this site's spend is limited.",
-            )
-            .detail(format!(
-                "model {:?} matches no `prices:` entry",
-                model.chars().take(100).collect::<String>()
-            )));
-        }
-        if let Some((glob, m)) = entry {
-            let now_ms = crate::clock::now_ms();
-            let limiter = self.state.limiter.load();
-            if let Err(r) = limiter.admit_model(site.limit_key, glob, m, now_ms) {
-                return Err(rate_limited(None, r));
-            }
-            ctx.model_limit = Some(*m);
-        }
-        Ok(())
     }
 
     /// Digest and JSON checks on a complete body. Returns a replacement body, if any.
@@ -551,8 +500,14 @@ impl Gateway {
             }
             None => {}
         }
-        self.admit_model(ctx)?;
-        Ok(outcome.rewritten)
+        self.admit_model(ctx, !body.is_empty())?;
+        let sent = outcome.rewritten.as_deref().unwrap_or(body);
+        let now = crate::clock::now_s();
+        match super::model_gate::client_secret_within_token(client, &ctx.upstream_path, sent, now)?
+        {
+            Some(clamped) => Ok(Some(clamped)),
+            None => Ok(outcome.rewritten),
+        }
     }
 }
 

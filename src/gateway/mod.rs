@@ -22,6 +22,7 @@ pub mod ctx;
 mod failover;
 mod fleet_nonce;
 mod header_map;
+mod model_gate;
 mod observe;
 mod realtime;
 mod register;

@@ -84,7 +84,7 @@ impl Gateway {
             .map_err(|d| GatewayError::bad_request("The model is named twice.").detail(d))?;
         crate::request::body::check_model(route, model.as_deref(), true)?;
         ctx.model = model;
-        self.admit_model(ctx)?;
+        self.admit_model(ctx, true)?;
         let client_key = req
             .headers
             .get(http::header::SEC_WEBSOCKET_KEY)

@@ -182,6 +182,14 @@ fn check_inner(
         let t = scan::top(body)
             .map_err(invalid_json)?
             .ok_or_else(|| GatewayError::bad_request("The request body must be a JSON object."))?;
+        if path_only.ends_with("/realtime/client_secrets")
+            && !matches!(t.model, scan::Model::Absent)
+        {
+            // The session's model is the one checked; a top-level one could be read instead.
+            return Err(GatewayError::bad_request(
+                "A client secret's model is named in \"session\".\"model\" only.",
+            ));
+        }
         if kind != UpstreamKind::Gemini {
             match &t.model {
                 scan::Model::Str(m) => out.model = Some(m.as_str().to_string()),

@@ -282,10 +282,13 @@ pub fn credential_value(kind: UpstreamKind, secret: &SecretString) -> Option<Hea
     Some(v)
 }
 
-/// Drop the query parameters Google reads a credential from (`key`, and OAuth's
-/// `access_token`) from a Gemini query string, whatever their name's encoding
-/// (`%6Bey=`, `ke%79=` are `key=` to Google's parser): a client's own credential never
-/// goes beside keygate's.
+/// Drop the query parameters Google reads a credential from (`key`, OAuth's
+/// `access_token` and `oauth_token`) from a Gemini query string, whatever their name's
+/// encoding (`%6Bey=`, `ke%79=` are `key=` to Google's parser): a client's own credential
+/// never goes beside keygate's. Also the parameters that do what the headers keygate never
+/// forwards do: Google's system parameters (`$httpMethod`, `$ct`, `$userProject`, ...: a
+/// method or content type other than the one keygate checked), and the billing project
+/// and quota user (`userProject`, `quotaUser`).
 pub fn strip_key_param(query: &str) -> String {
     query
         .split('&')
@@ -295,7 +298,10 @@ pub fn strip_key_param(query: &str) -> String {
                 .next()
                 .map(|(k, _)| k)
                 .unwrap_or_default();
-            !matches!(&*decoded, "key" | "access_token")
+            !matches!(
+                &*decoded,
+                "key" | "access_token" | "oauth_token" | "userProject" | "quotaUser"
+            ) && !decoded.starts_with('$')
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -485,6 +491,14 @@ mod tests {
             "key",
             "access_token=t",
             "access%5Ftoken=t",
+            "oauth_token=t",
+            // Method and content-type overrides, another billing project, a quota user.
+            "$httpMethod=DELETE",
+            "%24httpMethod=DELETE",
+            "$ct=text/plain",
+            "$userProject=p",
+            "userProject=p",
+            "quotaUser=u",
         ] {
             assert_eq!(strip_key_param(&format!("alt=sse&{q}")), "alt=sse", "{q}");
         }
