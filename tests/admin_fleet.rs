@@ -143,6 +143,12 @@ async fn a_change_this_node_could_not_take_applies_after_its_yaml_catches_up() {
             1,
         )
     };
+    // A site both nodes serve, whose key is revoked after the change node 1 cannot take.
+    let (eta_kid, eta_secret) = create_site(&nodes[0], &key, "eta", "free").await;
+    within("eta served on node 1", TWO_S, || {
+        serves(&nodes[1], &eta_kid, &eta_secret)
+    })
+    .await;
     nodes[0].reload_with(gold);
     let (kid, secret) = create_site(&nodes[0], &key, "delta", "gold").await;
     within("served where gold exists", TWO_S, || {
@@ -156,6 +162,20 @@ async fn a_change_this_node_could_not_take_applies_after_its_yaml_catches_up() {
             .then_some(())
     });
     assert!(refused(&nodes[1], &kid, &secret).await);
+    // The revocation still reaches node 1, though the document it comes in does not build.
+    let gone = admin(
+        &nodes[0],
+        &key,
+        "DELETE",
+        &format!("/admin/v1/sites/eta/keys/{eta_kid}"),
+        "",
+    )
+    .await;
+    assert!(gone.status < 300, "{}", gone.body);
+    within("eta's key refused on node 1", TWO_S, || {
+        refused(&nodes[1], &eta_kid, &eta_secret)
+    })
+    .await;
     nodes[1].reload_with(gold);
     within("served on node 1 after its SIGHUP", TWO_S, || {
         serves(&nodes[1], &kid, &secret)

@@ -144,6 +144,47 @@ impl SiteChange {
     }
 }
 
+impl Changes {
+    /// What of `next` takes something away, on top of `self` (the changes in force, whose
+    /// version it keeps: `next` itself has not applied): sites disabled, keys removed or
+    /// replaced, created sites gone. A node that cannot build all of `next` (its YAML lacks
+    /// a tier a new site names, or a master key a new secret is sealed with) still applies
+    /// these: a key revoked through another node must not keep working here.
+    pub fn revocations(&self, next: &Changes) -> Changes {
+        let mut out = self.clone();
+        out.sites
+            .retain(|id, c| !c.created || next.sites.contains_key(id));
+        for (id, now) in &mut out.sites {
+            let Some(n) = next.sites.get(id) else {
+                continue;
+            };
+            if n.disabled == Some(true) {
+                now.disabled = Some(true);
+            }
+            for k in &n.removed_keys {
+                if !now.removed_keys.contains(k) {
+                    now.removed_keys.push(k.clone());
+                }
+            }
+            now.keys.retain(|k| n.keys.contains(k));
+        }
+        for (id, n) in &next.sites {
+            if out.sites.contains_key(id) || n.created {
+                continue;
+            }
+            let taken = SiteChange {
+                disabled: (n.disabled == Some(true)).then_some(true),
+                removed_keys: n.removed_keys.clone(),
+                ..SiteChange::default()
+            };
+            if taken != SiteChange::default() {
+                out.sites.insert(id.clone(), taken);
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +204,48 @@ mod tests {
             hash: Some(format!("sha256:{}", "ab".repeat(32))),
             expires_at: None,
         }
+    }
+
+    #[test]
+    fn revocations_take_what_the_next_changes_take_and_add_nothing() {
+        let mut now = Changes {
+            version: 3,
+            ..Changes::default()
+        };
+        now.site_mut("made").created = true;
+        now.site_mut("made").keys = vec![bearer("made.k1"), bearer("made.k2")];
+        now.site_mut("gone").created = true;
+        now.site_mut("yaml").tier = Some("free".into());
+        let mut next = now.clone();
+        next.version = 5;
+        next.sites.remove("gone");
+        next.site_mut("made").keys.retain(|k| k.id != "made.k2");
+        next.site_mut("made").removed_keys.push("made.k2".into());
+        next.site_mut("yaml").disabled = Some(true);
+        next.site_mut("yaml").tier = Some("gold".into());
+        next.site_mut("other").removed_keys.push("other.k1".into());
+        let fresh = next.site_mut("new");
+        fresh.created = true;
+        fresh.tier = Some("gold".into());
+        fresh.keys.push(bearer("new.k1"));
+
+        let only = now.revocations(&next);
+        assert_eq!(
+            only.version, 3,
+            "the version in force: the next one did not apply"
+        );
+        assert!(!only.sites.contains_key("gone"), "a created site removed");
+        assert!(!only.sites.contains_key("new"), "no site added");
+        let made = &only.sites["made"];
+        assert_eq!(made.keys, vec![bearer("made.k1")]);
+        assert_eq!(made.removed_keys, ["made.k2"]);
+        let yaml = &only.sites["yaml"];
+        assert_eq!(yaml.disabled, Some(true));
+        assert_eq!(yaml.tier.as_deref(), Some("free"), "no other field taken");
+        assert_eq!(only.sites["other"].removed_keys, ["other.k1"]);
+        // Nothing taken away: the changes in force.
+        let same = now.revocations(&now);
+        assert_eq!(same.sites, now.sites);
     }
 
     #[test]

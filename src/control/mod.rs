@@ -297,12 +297,40 @@ impl Control {
                 // need (a new tier) applies them at the next catch-up.
                 self.seen.store(next.version, Ordering::Release);
                 log::error!(
-                    "admin: the fleet's site changes (version {}) do not apply to this node's YAML, keeping the config in force:\n{e}",
+                    "admin: the fleet's site changes (version {}) do not apply to this node's YAML, keeping the config in force with only their revocations:\n{e}",
                     next.version
                 );
+                self.revoke_only(&base, &next);
             }
         }
         self.loaded.store(true, Ordering::Release);
+    }
+}
+
+impl Control {
+    /// `next` does not build here: apply at least what it takes away (disabled sites,
+    /// removed keys) on top of the changes in force.
+    fn revoke_only(&self, base: &(String, u64), next: &Changes) {
+        let current = self.changes.lock().clone();
+        let only = current.revocations(next);
+        if only.sites == current.sites {
+            return;
+        }
+        match build(&base.0, &only, self.opts) {
+            Ok(rt) => match self.install(rt, only, base.1) {
+                Ok(()) => {
+                    // Seen, not applied: polled again only after a SIGHUP (`reload` sets
+                    // the version in force, which is older), which may take it whole.
+                    self.seen.store(next.version, Ordering::Release);
+                    log::warn!(
+                        "admin: the revocations of site changes version {} applied; the rest waits for a YAML that takes it",
+                        next.version
+                    )
+                }
+                Err(e) => log::error!("admin: the revocations do not apply either:\n{e}"),
+            },
+            Err(e) => log::error!("admin: the revocations do not apply either:\n{e}"),
+        }
     }
 }
 
