@@ -1059,6 +1059,12 @@ async fn stored_objects_of_the_shared_provider_account_are_not_reachable() {
             r.body
         );
     }
+    // A background response is read back later, from a stored response.
+    let background = r#"{"model":"gpt-4o","input":"hi","background":true}"#;
+    let r = gw
+        .post_signed("/openai/v1/responses", background, &[])
+        .await;
+    r.assert_error(403, "forbidden");
     assert_eq!(gw.mock.count(), 0, "the provider never saw them");
     // The stateless endpoints are served as before.
     let ok = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;

@@ -290,12 +290,45 @@ async fn a_client_secret_minted_with_a_token_ends_with_the_token() {
         r#"{"expires_after":{"anchor":"created_at","seconds":7200},"session":{"type":"realtime","model":"gpt-realtime"}}"#,
         // No lifetime asked for: OpenAI's default (10 minutes) is longer than the token.
         r#"{"session":{"type":"realtime","model":"gpt-realtime"}}"#,
+        // Not a whole number (unit test `model_gate::tests`: rewritten however long).
+        r#"{"expires_after":{"anchor":"created_at","seconds":7200.0},"session":{"type":"realtime","model":"gpt-realtime"}}"#,
     ] {
         let r = with_token(&gw, &token, SECRETS, Some(body), None).await;
         assert_eq!(r.status, 200, "{}", r.body);
         let s = sent_seconds(&gw);
         assert!((10..=60).contains(&s), "the provider was asked for {s} s");
     }
+    // An empty body is a session of the provider's default model: not in a scoped token's.
+    let scoped = mint(
+        &gw,
+        r#"{"routes": ["/openai/"], "models": ["gpt-4o-mini"]}"#,
+    )
+    .await;
+    let seen = gw.mock.count();
+    let r = with_token(&gw, &scoped, SECRETS, Some(""), None).await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.body
+    );
+    assert_eq!(gw.mock.count(), seen);
+    // The older sessions endpoint sets the lifetime in `client_secret`: dropped (its
+    // default is a minute).
+    let longer = mint(&gw, r#"{"ttl_s": 120, "routes": ["/openai/"]}"#).await;
+    let session = r#"{"model":"gpt-realtime","client_secret":{"expires_after":{"anchor":"created_at","seconds":7200}}}"#;
+    let r = with_token(
+        &gw,
+        &longer,
+        "/openai/v1/realtime/sessions",
+        Some(session),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let sent: serde_json::Value =
+        serde_json::from_str(gw.mock.last()["body"].as_str().unwrap()).unwrap();
+    assert_eq!(sent, serde_json::json!({"model": "gpt-realtime"}));
     // A shorter lifetime is kept as it is.
     let short = r#"{"expires_after":{"anchor":"created_at","seconds":30},"session":{"type":"realtime","model":"gpt-realtime"}}"#;
     assert_eq!(

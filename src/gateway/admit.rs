@@ -472,6 +472,12 @@ impl Gateway {
             .and_then(|v| v.to_str().ok());
         let pii = route.pii_policy(rt.sites.get(client.site));
         let outcome = body::check_with(route, pii, method, &ctx.upstream_path, content_type, body)?;
+        if outcome.deferred && !route.stored_objects {
+            // A background response is read back later, from a stored object.
+            return Err(GatewayError::forbidden(
+                "Background responses are served only on a route with stored_objects: their results are stored objects.",
+            ));
+        }
         if outcome.deferred
             && rt
                 .sites
@@ -500,7 +506,8 @@ impl Gateway {
             }
             None => {}
         }
-        self.admit_model(ctx, !body.is_empty())?;
+        let mint = crate::request::endpoints::realtime_mint(&ctx.upstream_path).is_some();
+        self.admit_model(ctx, !body.is_empty() || mint)?;
         let sent = outcome.rewritten.as_deref().unwrap_or(body);
         let now = crate::clock::now_s();
         match super::model_gate::client_secret_within_token(client, &ctx.upstream_path, sent, now)?

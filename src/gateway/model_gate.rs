@@ -88,14 +88,18 @@ impl Gateway {
 }
 
 /// OpenAI's lifetime of a Realtime client secret when none is asked for, and the least
-/// it accepts (seconds).
+/// it accepts (seconds); the older `sessions` endpoints' default (one minute).
 const SECRET_DEFAULT_S: i64 = 600;
 const SECRET_MIN_S: i64 = 10;
+const SESSION_SECRET_S: i64 = 60;
 
 /// A Realtime client secret minted with a browser token lives no longer than the token:
 /// the secret works straight at the provider, outside keygate's limits, so a 60-second
-/// token must not buy a 2-hour key. The body's `expires_after` is set to the token's
-/// remaining life when it asks for more (or for OpenAI's default). `None`: sent as it is.
+/// token must not buy a 2-hour key. On `client_secrets` the body's `expires_after` is set
+/// to the token's remaining life when it asks for more (or for OpenAI's default, or for a
+/// lifetime that is not a whole number); on the older `sessions` endpoints the body's
+/// `client_secret` (which sets the lifetime there) is dropped, leaving their one-minute
+/// default. `None`: the body goes as it is.
 pub(super) fn client_secret_within_token(
     client: &AuthedClient,
     upstream_path: &str,
@@ -105,15 +109,16 @@ pub(super) fn client_secret_within_token(
     let Some(claims) = &client.token else {
         return Ok(None);
     };
-    let path = upstream_path.split('?').next().unwrap_or(upstream_path);
-    if !path
-        .trim_end_matches('/')
-        .ends_with("/realtime/client_secrets")
-    {
+    let Some(mint) = crate::request::endpoints::realtime_mint(upstream_path) else {
         return Ok(None);
-    }
+    };
     let left = claims.exp - now_s;
-    if left < SECRET_MIN_S {
+    let least = if mint == "client_secrets" {
+        SECRET_MIN_S
+    } else {
+        SESSION_SECRET_S
+    };
+    if left < least {
         return Err(GatewayError::forbidden(
             "This token expires too soon to mint a client secret.",
         ));
@@ -123,26 +128,89 @@ pub(super) fn client_secret_within_token(
         // An empty body asks for the defaults; anything else was refused before.
         _ => serde_json::Map::new(),
     };
-    let asked = obj
-        .get("expires_after")
-        .and_then(|e| e.get("seconds"))
-        .and_then(serde_json::Value::as_i64)
-        .unwrap_or(SECRET_DEFAULT_S);
-    let anchored = obj
-        .get("expires_after")
-        .and_then(|e| e.get("anchor"))
-        .is_none_or(|a| a == "created_at");
-    if asked <= left && anchored && obj.contains_key("expires_after") {
-        return Ok(None);
+    if mint != "client_secrets" {
+        if obj.remove("client_secret").is_none() {
+            return Ok(None);
+        }
+    } else {
+        let expires = obj.get("expires_after");
+        let asked = match expires.and_then(|e| e.get("seconds")) {
+            None => SECRET_DEFAULT_S,
+            // A number that is not whole, or not a number: rewritten, whatever it says.
+            Some(v) => v.as_i64().unwrap_or(i64::MAX),
+        };
+        let anchored = expires
+            .and_then(|e| e.get("anchor"))
+            .is_none_or(|a| a == "created_at");
+        if asked <= left && anchored && expires.is_some() {
+            return Ok(None);
+        }
+        obj.insert(
+            "expires_after".into(),
+            serde_json::json!({"anchor": "created_at", "seconds": asked.clamp(SECRET_MIN_S, left)}),
+        );
     }
-    obj.insert(
-        "expires_after".into(),
-        serde_json::json!({"anchor": "created_at", "seconds": asked.clamp(SECRET_MIN_S, left)}),
-    );
     serde_json::to_vec(&obj)
         .map(|b| Some(bytes::Bytes::from(b)))
         .map_err(|e| {
             GatewayError::bad_request("The request body cannot be re-encoded.")
                 .detail(e.to_string())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{token::Claims, AuthMode};
+
+    fn token_client(exp: i64) -> AuthedClient {
+        AuthedClient {
+            key_id: crate::config::KeyId("a.k1".into()),
+            site: 0,
+            mode: AuthMode::Token,
+            body_digest: None,
+            token: Some(std::sync::Arc::new(Claims {
+                kid: "k".into(),
+                site: "a".into(),
+                key: "a.k1".into(),
+                exp,
+                routes: vec![],
+                models: vec![],
+                max: 0,
+                jti: "j".into(),
+            })),
+        }
+    }
+
+    fn seconds(body: &bytes::Bytes) -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(body).unwrap()["expires_after"]["seconds"]
+            .clone()
+    }
+
+    #[test]
+    fn a_lifetime_that_is_not_a_whole_number_is_rewritten() {
+        // A token with an hour left: a 10-minute secret is within it, as asked.
+        let c = token_client(1_000 + 3_600);
+        let p = "/v1/realtime/client_secrets";
+        let within = br#"{"expires_after":{"anchor":"created_at","seconds":600}}"#;
+        assert!(client_secret_within_token(&c, p, within, 1_000)
+            .unwrap()
+            .is_none());
+        for odd in [r#"7200.0"#, r#""7200""#, "1e4", "null"] {
+            let body = format!(r#"{{"expires_after":{{"anchor":"created_at","seconds":{odd}}}}}"#);
+            let sent = client_secret_within_token(&c, p, body.as_bytes(), 1_000).unwrap();
+            let s = seconds(&sent.expect("rewritten")).as_i64().unwrap();
+            assert!((10..=3_600).contains(&s), "{odd}: {s}");
+        }
+        // Another anchor is replaced too; a signed client's body is left alone.
+        let other = br#"{"expires_after":{"anchor":"later","seconds":60}}"#;
+        assert!(client_secret_within_token(&c, p, other, 1_000)
+            .unwrap()
+            .is_some());
+        let mut signed = token_client(0);
+        signed.token = None;
+        assert!(client_secret_within_token(&signed, p, b"{}", 1_000)
+            .unwrap()
+            .is_none());
+    }
 }

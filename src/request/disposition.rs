@@ -84,6 +84,96 @@ fn parameter(s: &str) -> Result<(&str, String, &str), &'static str> {
     }
 }
 
+/// Longest header block of one part read (multer's own bound is 32 headers).
+const HEAD_MAX: usize = 16 * 1024;
+
+/// Each part's raw header block, read as the form's bytes pass: a header a part repeats
+/// is refused, since multer keeps the last of them (its header map inserts) and another
+/// parser may read the first (Go's `mime/multipart`, busboy). Only `Content-Disposition`
+/// decides a part's name, so only its repeat is refused.
+pub struct PartHeads {
+    /// `\r\n--boundary`: what begins every part.
+    delimiter: Vec<u8>,
+    /// Bytes not yet judged: a tail that may hold the start of a delimiter, or the header
+    /// block read so far.
+    buf: Vec<u8>,
+    in_head: bool,
+    /// The closing delimiter was seen: the epilogue is not read.
+    done: bool,
+}
+
+impl PartHeads {
+    pub fn new(boundary: &str) -> PartHeads {
+        PartHeads {
+            delimiter: format!("\r\n--{boundary}").into_bytes(),
+            // The body begins with its boundary (checked by the form): a delimiter.
+            buf: b"\r\n".to_vec(),
+            in_head: false,
+            done: false,
+        }
+    }
+
+    /// The next bytes of the form.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), &'static str> {
+        if self.done {
+            return Ok(());
+        }
+        self.buf.extend_from_slice(chunk);
+        loop {
+            if self.in_head {
+                if self.buf.len() < 2 {
+                    return Ok(());
+                }
+                if self.buf.starts_with(b"--") {
+                    self.done = true;
+                    self.buf = Vec::new();
+                    return Ok(());
+                }
+                let Some(end) = memchr::memmem::find(&self.buf, b"\r\n\r\n") else {
+                    return match self.buf.len() > HEAD_MAX {
+                        true => Err("part headers that are too long"),
+                        false => Ok(()),
+                    };
+                };
+                one_disposition(&self.buf[..end])?;
+                self.buf.drain(..end + 4);
+                self.in_head = false;
+            } else {
+                match memchr::memmem::find(&self.buf, &self.delimiter) {
+                    Some(i) => {
+                        self.buf.drain(..i + self.delimiter.len());
+                        self.in_head = true;
+                    }
+                    None => {
+                        let keep = self.delimiter.len() - 1;
+                        let cut = self.buf.len().saturating_sub(keep);
+                        self.buf.drain(..cut);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A header block (after the delimiter: the rest of its line, then the headers) with at
+/// most one `Content-Disposition`.
+fn one_disposition(block: &[u8]) -> Result<(), &'static str> {
+    let dispositions = block
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter(|line| {
+            let name = line.split(|&b| b == b':').next().unwrap_or_default();
+            name.trim_ascii()
+                .eq_ignore_ascii_case(b"content-disposition")
+        })
+        .count();
+    match dispositions {
+        0 | 1 => Ok(()),
+        _ => Err("a part with two Content-Disposition headers"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::form_data_name;
@@ -128,5 +218,26 @@ mod tests {
             assert!(form_data_name(raw.as_bytes()).is_err(), "{raw}");
         }
         assert!(form_data_name(b"form-data; name=\"\xff\"").is_err());
+    }
+
+    #[test]
+    fn a_repeated_disposition_is_found_however_the_bytes_are_cut() {
+        use super::PartHeads;
+        let body = b"--B\r\nContent-Disposition: form-data; name=\"model\"\r\ncontent-disposition : form-data; name=\"prompt\"\r\n\r\nx\r\n--B--\r\n";
+        let ok = b"--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nContent-Disposition: in the data\r\n\r\n--B\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Type: text/plain\r\n\r\nm\r\n--B--\r\nepilogue";
+        for size in [1, 2, 3, 7, 64, 4096] {
+            let mut p = PartHeads::new("B");
+            let r: Result<(), _> = body.chunks(size).try_for_each(|c| p.push(c));
+            assert!(r.is_err(), "cut every {size}");
+            let mut p = PartHeads::new("B");
+            assert!(
+                ok.chunks(size).try_for_each(|c| p.push(c)).is_ok(),
+                "cut every {size}"
+            );
+        }
+        // A header block that never ends is bounded.
+        let mut p = PartHeads::new("B");
+        p.push(b"--B\r\nX-A: ").unwrap();
+        assert!((0..20).try_for_each(|_| p.push(&[b'a'; 1024])).is_err());
     }
 }

@@ -68,28 +68,43 @@ const STORED: &[&str] = &[
     "generatedFiles",
 ];
 
-/// Whether `method` on `path` (the provider's path; a query and a trailing slash are
-/// ignored) is one of the endpoints every route serves.
+/// Whether `method` on `path` (the provider's path; a query and empty segments, a
+/// trailing slash among them, are ignored) is one of the endpoints every route serves.
 pub fn stateless(method: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    STATELESS
+        .iter()
+        .any(|(m, tail)| *m == method && ends_with(path, tail))
+}
+
+/// Whether `path`'s last segments match `tail` and none before them is a stored
+/// collection (read from the end, without allocating: this runs on every request).
+fn ends_with(path: &str, tail: &[&str]) -> bool {
+    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
+    tail.iter()
+        .rev()
+        .all(|t| segments.next().is_some_and(|s| matches(s, t)))
+        && !segments.any(stored)
+}
+
+/// A stored collection's name, in any case (a provider's router may ignore case).
+fn stored(segment: &str) -> bool {
+    STORED.iter().any(|c| c.eq_ignore_ascii_case(segment))
+}
+
+/// The endpoints that mint a Realtime client secret (an `ek_` key that works at the
+/// provider): `client_secrets`, and the older `sessions` and `transcription_sessions`.
+pub fn realtime_mint(path: &str) -> Option<&'static str> {
     let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    STATELESS.iter().any(|(m, tail)| {
-        *m == method
-            && segments.len() >= tail.len()
-            && segments[segments.len() - tail.len()..]
-                .iter()
-                .zip(tail.iter())
-                .all(|(s, t)| matches(s, t))
-            && !segments[..segments.len() - tail.len()]
-                .iter()
-                .any(|s| STORED.contains(s))
-    })
+    ["client_secrets", "sessions", "transcription_sessions"]
+        .into_iter()
+        .find(|e| ends_with(path, &["realtime", e]))
 }
 
 fn matches(segment: &str, pattern: &str) -> bool {
     match pattern.strip_prefix('*') {
         None => segment == pattern,
-        Some("") => !STORED.contains(&segment),
+        Some("") => !stored(segment),
         Some(action) => segment
             .strip_suffix(action)
             .is_some_and(|model| !model.is_empty() && !model.contains(':')),
@@ -133,6 +148,22 @@ mod tests {
     }
 
     #[test]
+    fn realtime_mints_are_known() {
+        use super::realtime_mint;
+        assert_eq!(
+            realtime_mint("/v1/realtime/client_secrets/"),
+            Some("client_secrets")
+        );
+        assert_eq!(realtime_mint("/v1/realtime/sessions?x=1"), Some("sessions"));
+        assert_eq!(
+            realtime_mint("/v1/realtime/transcription_sessions"),
+            Some("transcription_sessions")
+        );
+        assert_eq!(realtime_mint("/v1/realtime"), None);
+        assert_eq!(realtime_mint("/v1/chat/completions"), None);
+    }
+
+    #[test]
     fn stored_objects_are_not() {
         for (m, p) in [
             // Lists and reads of what another site stored under the shared key.
@@ -170,6 +201,7 @@ mod tests {
             // A stateless name under a stored collection, and names that only end alike.
             ("POST", "/v1/files/x/chat/completions"),
             ("GET", "/v1/models/files"),
+            ("POST", "/v1/Threads/thread_1/messages"),
             ("POST", "/v1/chat/completionsx"),
             ("POST", "/v1beta/models/:generateContent"),
             ("POST", "/v1beta/models/a:b:generateContent"),

@@ -51,7 +51,8 @@ fn malformed(e: impl std::fmt::Display) -> GatewayError {
 
 /// A part's name as multer read it is its name by the RFC: its `Content-Disposition`
 /// is strictly well formed ([`super::disposition`]) and names the same field. (multer keeps
-/// the last of a part's repeated headers, so a repeat is not seen here.)
+/// the last of a part's repeated headers: a repeat is refused from the raw bytes, by
+/// [`super::disposition::PartHeads`].)
 fn strictly_named(field: &multer::Field<'_>) -> Result<(), GatewayError> {
     let Some(raw) = field.headers().get(http::header::CONTENT_DISPOSITION) else {
         return Err(malformed("a part has no Content-Disposition"));
@@ -100,6 +101,8 @@ pub struct Form {
     opening: Vec<u8>,
     /// How much of `opening` has been seen.
     opened: usize,
+    /// Each part's raw headers (a repeated `Content-Disposition`).
+    heads: super::disposition::PartHeads,
     feed: Arc<Mutex<Feed>>,
     parse: Mutex<Parse>,
     result: Option<Result<Option<String>, GatewayError>>,
@@ -136,6 +139,7 @@ impl Form {
         Form {
             opening: format!("--{boundary}").into_bytes(),
             opened: 0,
+            heads: super::disposition::PartHeads::new(boundary),
             feed,
             parse: Mutex::new(parse),
             result: None,
@@ -166,6 +170,11 @@ impl Form {
                 self.result = Some(Err(malformed("the body must begin with its boundary")));
             }
             self.opened += n;
+        }
+        if self.result.is_none() {
+            if let Err(e) = self.heads.push(&chunk) {
+                self.result = Some(Err(malformed(format!("the form has {e}"))));
+            }
         }
         if let Ok(mut feed) = self.feed.lock() {
             feed.queue.push_back(chunk);
@@ -354,6 +363,9 @@ mod tests {
         // A parameter name multer does not read (it matches `name` in lower case only).
         let upper = raw_form(&[r#"form-data; name="prompt""#, r#"form-data; NAME="model""#]);
         assert!(read_whole("XyZ", &upper, 1 << 20).is_err());
+        // Two dispositions in one part: multer keeps the last, Go and busboy read the first.
+        let two = b"--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\ngpt-4o-transcribe\r\n--XyZ\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--XyZ--\r\n";
+        assert!(read_whole("XyZ", two, 1 << 20).is_err());
         // A preamble: multer would find a boundary that is not at the start of a line.
         let mut preamble = b"x--XyZ\r\n".to_vec();
         preamble.extend_from_slice(&form(&[("model", None, b"whisper-1")]));
