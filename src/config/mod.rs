@@ -88,7 +88,7 @@ pub fn parse_whole(text: &str) -> Result<RawConfig, ConfigError> {
     let de = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
+        let inner = error::without_values(&e.into_inner().to_string());
         // serde_yaml appends " at line L column C"; keep it, it helps.
         ConfigError {
             path: if path == "." { String::new() } else { path },

@@ -102,7 +102,7 @@ fn parse_file(name: &str, path: &Path) -> Result<Vec<RawSite>, ConfigError> {
 /// A parse error of the file `label` at its path inside the file.
 fn located<E: std::fmt::Display>(label: &str, e: serde_path_to_error::Error<E>) -> ConfigError {
     let inner = e.path().to_string();
-    let message = e.into_inner().to_string();
+    let message = super::error::without_values(&e.into_inner().to_string());
     // serde_yaml starts a nested error with its own path from the file's root
     // (".[1]: unknown field"): name the file there too, as `sites[1]: ` does.
     let message = match message.strip_prefix('.') {

@@ -93,6 +93,35 @@ fn wrong_type_is_named_with_path() {
 }
 
 #[test]
+fn a_secret_in_the_wrong_place_is_not_repeated_in_the_error() {
+    for (from, to) in [
+        // OTEL_EXPORTER_OTLP_HEADERS's format where a map is expected.
+        (
+            "tiers:",
+            "telemetry: { otlp: { endpoint: \"http://127.0.0.1:4318\", headers: \"x-api-key=S3CRET-otlp\" } }\ntiers:",
+        ),
+        // A Redis URL with its password where the `redis:` mapping is expected.
+        ("tiers:", "fleet: { redis: \"redis://:S3CRET-redis@10.0.0.5:6379\" }\ntiers:"),
+        // A provider key where the list of credentials is expected.
+        (
+            "credentials:\n      - { id: prod-1, secret: \"sk-literal-for-tests-000000000000\" }",
+            "credentials: \"sk-S3CRET-provider\"",
+        ),
+        // A site secret where the auth mode is expected.
+        ("auth: hmac", "auth: kgs_S3CRET_site"),
+        // A key in the URL's query, as Gemini's examples write it.
+        (
+            "url: \"http://127.0.0.1:9999\"",
+            "url: \"https://generativelanguage.googleapis.com/v1beta?key=AIzaS3CRET\"",
+        ),
+    ] {
+        let errs = errors_after(from, to);
+        assert!(!errs.is_empty(), "{to} was accepted");
+        assert!(errs.iter().all(|e| !e.contains("S3CRET")), "{errs:?}");
+    }
+}
+
+#[test]
 fn work_stealing_is_off_unless_turned_on() {
     let rt = load_str(GOOD, demo()).unwrap();
     assert!(!rt.process.work_stealing);
@@ -200,7 +229,7 @@ fn unknown_auth_is_named() {
     assert_error(
         "auth: hmac",
         "auth: password",
-        r#"sites[0].keys[0].auth: unknown auth "password""#,
+        "sites[0].keys[0].auth: unknown auth mode of 8 characters",
     );
 }
 

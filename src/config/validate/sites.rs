@@ -165,8 +165,10 @@ fn key(
         other => {
             errs.push(
                 format!("{kp}.auth"),
+                // The value is not repeated: it may be a secret written in the wrong place.
                 format!(
-                    "unknown auth \"{other}\" (expected hmac, bearer or legacy-site-timestamp)"
+                    "unknown auth mode of {} characters (expected hmac, bearer or legacy-site-timestamp)",
+                    other.chars().count()
                 ),
             );
             None

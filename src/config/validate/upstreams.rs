@@ -118,7 +118,9 @@ fn upstream(
     match &address {
         None => errs.push(
             format!("{p}.url"),
-            format!("\"{}\" is not an http(s)://host[:port][/path] URL", u.url),
+            // Not repeated: a URL with a query or user info may carry a key
+            // (`?key=…`, as Gemini's examples do).
+            "is not an http(s)://host[:port][/path] URL (no user info, query or fragment)",
         ),
         Some(a) if !a.tls && !a.is_loopback() => match u.allow_plaintext {
             Some(true) => warnings.push(format!(
