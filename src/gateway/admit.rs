@@ -506,8 +506,12 @@ impl Gateway {
             }
             None => {}
         }
-        let mint = crate::request::endpoints::realtime_mint(&ctx.upstream_path).is_some();
-        self.admit_model(ctx, !body.is_empty() || mint)?;
+        let names_model = !body.is_empty()
+            || crate::request::endpoints::realtime_mint(&ctx.upstream_path).is_some();
+        self.admit_model(ctx, names_model)?;
+        if client.token.is_none() {
+            return Ok(outcome.rewritten);
+        }
         let sent = outcome.rewritten.as_deref().unwrap_or(body);
         let now = crate::clock::now_s();
         match super::model_gate::client_secret_within_token(client, &ctx.upstream_path, sent, now)?

@@ -211,12 +211,10 @@ fn check_inner(
     }
 
     // A Realtime mint with no body still gets a session: of the provider's default model.
-    let mint = crate::request::endpoints::realtime_mint(path_only).is_some();
-    check_model(
-        route,
-        out.model.as_deref(),
-        out.model.is_some() || top.is_some() || mint,
-    )?;
+    let names_model = out.model.is_some()
+        || top.is_some()
+        || crate::request::endpoints::realtime_mint(path_only).is_some();
+    check_model(route, out.model.as_deref(), names_model)?;
 
     let Some(top) = top else { return Ok(out) };
     let cap = route

@@ -71,34 +71,72 @@ const STORED: &[&str] = &[
 /// Whether `method` on `path` (the provider's path; a query and empty segments, a
 /// trailing slash among them, are ignored) is one of the endpoints every route serves.
 pub fn stateless(method: &str, path: &str) -> bool {
-    let path = path.split('?').next().unwrap_or(path);
-    STATELESS
-        .iter()
-        .any(|(m, tail)| *m == method && ends_with(path, tail))
+    Segments::of(path).serves(method)
 }
 
-/// Whether `path`'s last segments match `tail` and none before them is a stored
-/// collection (read from the end, without allocating: this runs on every request).
-fn ends_with(path: &str, tail: &[&str]) -> bool {
-    let mut segments = path.rsplit('/').filter(|s| !s.is_empty());
-    tail.iter()
-        .rev()
-        .all(|t| segments.next().is_some_and(|s| matches(s, t)))
-        && !segments.any(stored)
+/// The longest tail a pattern has.
+const TAIL_MAX: usize = 2;
+
+/// A path read once from its end (this runs on every request): its last segments, how
+/// many it has, and how far from the end the furthest stored collection lies.
+struct Segments<'a> {
+    last: [&'a str; TAIL_MAX],
+    count: usize,
+    /// Index from the end (0: the last segment) of the furthest stored collection.
+    furthest_stored: Option<usize>,
 }
 
-/// A stored collection's name, in any case (a provider's router may ignore case).
-fn stored(segment: &str) -> bool {
-    STORED.iter().any(|c| c.eq_ignore_ascii_case(segment))
+impl<'a> Segments<'a> {
+    fn of(path: &'a str) -> Segments<'a> {
+        let path = path.split('?').next().unwrap_or(path);
+        let mut out = Segments {
+            last: [""; TAIL_MAX],
+            count: 0,
+            furthest_stored: None,
+        };
+        for (i, s) in path.rsplit('/').filter(|s| !s.is_empty()).enumerate() {
+            if let Some(slot) = out.last.get_mut(i) {
+                *slot = s;
+            }
+            if stored(s) {
+                out.furthest_stored = Some(i);
+            }
+            out.count = i + 1;
+        }
+        out
+    }
+
+    fn serves(&self, method: &str) -> bool {
+        STATELESS
+            .iter()
+            .any(|(m, tail)| *m == method && self.ends_with(tail))
+    }
+
+    /// The last segments match `tail`, and no segment before them is a stored collection.
+    fn ends_with(&self, tail: &[&str]) -> bool {
+        let k = tail.len();
+        k <= self.count
+            && tail
+                .iter()
+                .rev()
+                .zip(self.last.iter())
+                .all(|(t, s)| matches(s, t))
+            && self.furthest_stored.is_none_or(|i| i < k)
+    }
 }
 
 /// The endpoints that mint a Realtime client secret (an `ek_` key that works at the
 /// provider): `client_secrets`, and the older `sessions` and `transcription_sessions`.
 pub fn realtime_mint(path: &str) -> Option<&'static str> {
-    let path = path.split('?').next().unwrap_or(path).trim_end_matches('/');
+    let segments = Segments::of(path);
     ["client_secrets", "sessions", "transcription_sessions"]
         .into_iter()
-        .find(|e| ends_with(path, &["realtime", e]))
+        .find(|e| segments.ends_with(&["realtime", e]))
+}
+
+/// A stored collection's name, in any case (a provider's router may ignore case).
+fn stored(segment: &str) -> bool {
+    STORED.iter().any(|c| c.eq_ignore_ascii_case(segment))
 }
 
 fn matches(segment: &str, pattern: &str) -> bool {
@@ -114,6 +152,13 @@ fn matches(segment: &str, pattern: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::stateless;
+
+    #[test]
+    fn every_pattern_fits_what_a_path_keeps() {
+        assert!(super::STATELESS
+            .iter()
+            .all(|(_, tail)| (1..=super::TAIL_MAX).contains(&tail.len())));
+    }
 
     #[test]
     fn generation_endpoints_are_served() {
