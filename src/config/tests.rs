@@ -122,6 +122,20 @@ fn a_secret_in_the_wrong_place_is_not_repeated_in_the_error() {
 }
 
 #[test]
+fn an_upstream_url_with_user_info_and_a_braced_key_prefix_are_refused() {
+    assert_error(
+        "url: \"http://127.0.0.1:9999\"",
+        "url: \"http://user:pass@127.0.0.1:9999\"",
+        "upstreams.openai.url: is not an http(s)://host[:port][/path] URL",
+    );
+    assert_error(
+        "tiers:",
+        "fleet: { redis: { url: \"redis://127.0.0.1:6379\", key_prefix: \"a{b\" } }\ntiers:",
+        "fleet.redis.key_prefix: must be at most 64 characters without spaces or braces",
+    );
+}
+
+#[test]
 fn work_stealing_is_off_unless_turned_on() {
     let rt = load_str(GOOD, demo()).unwrap();
     assert!(!rt.process.work_stealing);

@@ -77,11 +77,13 @@ fn settings(
     if key_prefix.len() > 64
         || key_prefix
             .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
+            .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
     {
+        // A brace would make a hash tag of the prefix: in a cluster a request's nonce
+        // and counts would then fall in different slots, which its script refuses.
         errs.push(
             "fleet.redis.key_prefix",
-            "must be at most 64 characters without spaces",
+            "must be at most 64 characters without spaces or braces",
         );
     }
     let settings = FleetSettings {

@@ -60,7 +60,8 @@ impl Address {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
-        if uri.query().is_some() {
+        // A query, or user info (which would be dropped, not sent): refused.
+        if uri.query().is_some() || uri.authority()?.as_str().contains('@') {
             return None;
         }
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
