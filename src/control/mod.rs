@@ -316,19 +316,19 @@ impl Control {
         if only.sites == current.sites {
             return;
         }
-        match build(&base.0, &only, self.opts) {
-            Ok(rt) => match self.install(rt, only, base.1) {
-                Ok(()) => {
-                    // Seen, not applied: polled again only after a SIGHUP (`reload` sets
-                    // the version in force, which is older), which may take it whole.
-                    self.seen.store(next.version, Ordering::Release);
-                    log::warn!(
-                        "admin: the revocations of site changes version {} applied; the rest waits for a YAML that takes it",
-                        next.version
-                    )
-                }
-                Err(e) => log::error!("admin: the revocations do not apply either:\n{e}"),
-            },
+        let installed = build(&base.0, &only, self.opts)
+            .map_err(|e| e.to_string())
+            .and_then(|rt| self.install(rt, only, base.1));
+        match installed {
+            Ok(()) => {
+                // Seen, not applied: polled again only after a SIGHUP (`reload` sets the
+                // version in force, which is older), which may take it whole.
+                self.seen.store(next.version, Ordering::Release);
+                log::warn!(
+                    "admin: the revocations of site changes version {} applied; the rest waits for a YAML that takes it",
+                    next.version
+                )
+            }
             Err(e) => log::error!("admin: the revocations do not apply either:\n{e}"),
         }
     }

@@ -506,9 +506,7 @@ impl Gateway {
             }
             None => {}
         }
-        let names_model = !body.is_empty()
-            || crate::request::endpoints::realtime_mint(&ctx.upstream_path).is_some();
-        self.admit_model(ctx, names_model)?;
+        self.admit_model(ctx, outcome.names_model)?;
         if client.token.is_none() {
             return Ok(outcome.rewritten);
         }

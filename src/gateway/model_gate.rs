@@ -6,6 +6,7 @@ use super::ctx::Ctx;
 use super::service::Gateway;
 use crate::auth::AuthedClient;
 use crate::error::{ErrorCode, GatewayError};
+use crate::request::endpoints::Mint;
 
 /// A browser token may name the models it is good for.
 pub(super) fn token_allows_model(
@@ -113,10 +114,9 @@ pub(super) fn client_secret_within_token(
         return Ok(None);
     };
     let left = claims.exp - now_s;
-    let least = if mint == "client_secrets" {
-        SECRET_MIN_S
-    } else {
-        SESSION_SECRET_S
+    let least = match mint {
+        Mint::ClientSecrets => SECRET_MIN_S,
+        Mint::Sessions => SESSION_SECRET_S,
     };
     if left < least {
         return Err(GatewayError::forbidden(
@@ -128,7 +128,7 @@ pub(super) fn client_secret_within_token(
         // An empty body asks for the defaults; anything else was refused before.
         _ => serde_json::Map::new(),
     };
-    if mint != "client_secrets" {
+    if mint == Mint::Sessions {
         if obj.remove("client_secret").is_none() {
             return Ok(None);
         }

@@ -91,6 +91,9 @@ pub struct BodyOutcome {
     /// Work the provider runs after this request's answer (batches, fine-tuning jobs,
     /// `"background": true`): its usage never comes back through keygate.
     pub deferred: bool,
+    /// The request could name a model (a JSON body, a form, a Realtime mint): one that
+    /// names none gets the provider's default model.
+    pub names_model: bool,
 }
 
 fn is_json_content_type(ct: &str) -> bool {
@@ -157,6 +160,7 @@ fn check_inner(
             return Err(no_uploads_with_pii());
         }
         out.model = crate::request::upload::read_whole(&boundary, body, body.len() + 1)?;
+        out.names_model = true;
         check_model(route, out.model.as_deref(), true)?;
         return Ok(out);
     }
@@ -211,10 +215,10 @@ fn check_inner(
     }
 
     // A Realtime mint with no body still gets a session: of the provider's default model.
-    let names_model = out.model.is_some()
+    out.names_model = out.model.is_some()
         || top.is_some()
         || crate::request::endpoints::realtime_mint(path_only).is_some();
-    check_model(route, out.model.as_deref(), names_model)?;
+    check_model(route, out.model.as_deref(), out.names_model)?;
 
     let Some(top) = top else { return Ok(out) };
     let cap = route

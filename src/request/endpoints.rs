@@ -125,13 +125,27 @@ impl<'a> Segments<'a> {
     }
 }
 
-/// The endpoints that mint a Realtime client secret (an `ek_` key that works at the
-/// provider): `client_secrets`, and the older `sessions` and `transcription_sessions`.
-pub fn realtime_mint(path: &str) -> Option<&'static str> {
+/// An endpoint that mints a Realtime client secret (an `ek_` key that works at the
+/// provider).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mint {
+    /// `…/realtime/client_secrets`: the lifetime is `expires_after`.
+    ClientSecrets,
+    /// The older `…/realtime/sessions` and `…/realtime/transcription_sessions`: the
+    /// lifetime is in `client_secret`.
+    Sessions,
+}
+
+/// Which mint `path` is, if any.
+pub fn realtime_mint(path: &str) -> Option<Mint> {
     let segments = Segments::of(path);
-    ["client_secrets", "sessions", "transcription_sessions"]
-        .into_iter()
-        .find(|e| segments.ends_with(&["realtime", e]))
+    [
+        ("client_secrets", Mint::ClientSecrets),
+        ("sessions", Mint::Sessions),
+        ("transcription_sessions", Mint::Sessions),
+    ]
+    .into_iter()
+    .find_map(|(e, mint)| segments.ends_with(&["realtime", e]).then_some(mint))
 }
 
 /// A stored collection's name, in any case (a provider's router may ignore case).
@@ -194,15 +208,18 @@ mod tests {
 
     #[test]
     fn realtime_mints_are_known() {
-        use super::realtime_mint;
+        use super::{realtime_mint, Mint};
         assert_eq!(
             realtime_mint("/v1/realtime/client_secrets/"),
-            Some("client_secrets")
+            Some(Mint::ClientSecrets)
         );
-        assert_eq!(realtime_mint("/v1/realtime/sessions?x=1"), Some("sessions"));
+        assert_eq!(
+            realtime_mint("/v1/realtime/sessions?x=1"),
+            Some(Mint::Sessions)
+        );
         assert_eq!(
             realtime_mint("/v1/realtime/transcription_sessions"),
-            Some("transcription_sessions")
+            Some(Mint::Sessions)
         );
         assert_eq!(realtime_mint("/v1/realtime"), None);
         assert_eq!(realtime_mint("/v1/chat/completions"), None);
