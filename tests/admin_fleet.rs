@@ -209,3 +209,50 @@ async fn a_site_created_on_one_node_cannot_be_created_again_on_another() {
         .await;
     }
 }
+
+/// A change document over the 16 MiB bound, stored by a writer other than keygate (Redis
+/// allows 512 MB): each catch-up read it whole, every half second, and logged it each time.
+/// Now at most one byte over the bound is read, the node keeps the changes in force, and
+/// the refusal is logged once.
+#[tokio::test]
+async fn a_change_document_over_the_bound_is_not_read_whole() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let key = AdminKey::new();
+    let nodes = fleet(&redis, &key, None);
+    let (kid, secret) = create_site(&nodes[0], &key, "theta", "free").await;
+    within("the new site on node 1", TWO_S, || {
+        serves(&nodes[1], &kid, &secret)
+    })
+    .await;
+    let big = (256usize << 20).to_string();
+    redis.cli(&["SETRANGE", "kgtest:{admin}:sites", &big, "}"]);
+    redis.cli(&["INCR", "kgtest:{admin}:version"]);
+    let refusal = "cannot use the fleet's site changes";
+    eventually("the refusal logged", || {
+        nodes[1].logs().contains(refusal).then_some(())
+    });
+    // Several catch-ups later (one every 500 ms).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", nodes[1].pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 128 << 10,
+        "peak RSS {peak_kib} KiB: the document was read whole"
+    );
+    assert_eq!(
+        nodes[1].logs().matches(refusal).count(),
+        1,
+        "{}",
+        nodes[1].logs()
+    );
+    assert!(
+        serves(&nodes[1], &kid, &secret).await,
+        "the changes in force were dropped"
+    );
+}

@@ -110,7 +110,7 @@ async fn a_redis_certificate_from_another_ca_marks_redis_down_and_the_outage_pol
 
 /// The ACL a production keygate needs (README "Fleet mode"): its keys and its commands.
 const ACL: &str =
-    "~kgtest:* resetchannels -@all +ping +set +get +mget +incr +incrby +expire +expireat +evalsha +script|load +getdel";
+    "~kgtest:* resetchannels -@all +ping +set +get +mget +incr +incrby +expire +expireat +evalsha +script|load +getdel +getrange";
 
 #[tokio::test]
 async fn an_acl_user_with_a_password_from_enc_v1_carries_the_fleet() {

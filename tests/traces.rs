@@ -367,9 +367,14 @@ async fn an_export_is_never_redirected_with_its_headers() {
             });
         }
     });
+    // The collector's key, from a file as outside --demo it must be.
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("otlp.key");
+    std::fs::write(&key_file, "otlp-key-123\n").unwrap();
     let gw = Gateway::start_with(Options {
         config_extra: format!(
-            "telemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:{port}\", sample_ratio: 1.0, headers: {{ x-api-key: otlp-key-123 }} }}\n"
+            "telemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:{port}\", sample_ratio: 1.0, headers: {{ x-api-key: \"file:{}\" }} }}\n",
+            key_file.display()
         ),
         ..Options::default()
     });

@@ -3,7 +3,6 @@
 
 use super::raw::RawConfig;
 use super::runtime::{KeyAuth, Runtime};
-use std::collections::BTreeSet;
 
 /// Every `enc:v1` value of a raw config with its place name (the AAD) and YAML path.
 pub fn encrypted_values(raw: &RawConfig) -> Vec<(String, String, String)> {
@@ -59,7 +58,24 @@ pub fn encrypted_values(raw: &RawConfig) -> Vec<(String, String, String)> {
             ));
         }
     }
+    for (name, v) in otlp_headers(raw) {
+        if v.starts_with("enc:") {
+            out.push((
+                format!("telemetry.otlp.headers.{name}"),
+                crate::telemetry::otlp::OtlpHeader::place(name),
+                v.clone(),
+            ));
+        }
+    }
     out
+}
+
+/// `telemetry.otlp.headers` as written.
+fn otlp_headers(raw: &RawConfig) -> impl Iterator<Item = (&String, &String)> {
+    raw.telemetry
+        .iter()
+        .flat_map(|t| t.otlp.iter())
+        .flat_map(|o| o.headers.iter().flatten())
 }
 
 /// Files holding secret material that a config refers to, with their YAML paths.
@@ -98,6 +114,9 @@ pub fn sensitive_files(raw: &RawConfig) -> Vec<(String, std::path::PathBuf)> {
     {
         file("registration.smtp.password".into(), v);
     }
+    for (name, v) in otlp_headers(raw) {
+        file(format!("telemetry.otlp.headers.{name}"), v);
+    }
     if let Some(r) = raw.fleet.as_ref().and_then(|f| f.redis.as_ref()) {
         if let Some(v) = &r.password {
             file("fleet.redis.password".into(), v);
@@ -118,20 +137,16 @@ pub fn sensitive_files(raw: &RawConfig) -> Vec<(String, std::path::PathBuf)> {
 }
 
 /// Every secret string of a runtime (client secrets and provider credentials), for
-/// leak checks in tests and egress scanning.
-pub fn all_secret_strings(rt: &Runtime) -> Vec<String> {
+/// leak checks in tests and egress scanning. The copies are zeroed when dropped.
+pub fn all_secret_strings(rt: &Runtime) -> zeroize::Zeroizing<Vec<String>> {
     use secrecy::ExposeSecret;
-    let mut out = BTreeSet::new();
+    let mut exposed: Vec<&str> = vec![];
     for u in &rt.upstreams {
-        for c in &u.credentials {
-            out.insert(c.secret.expose_secret().to_string());
-        }
+        exposed.extend(u.credentials.iter().map(|c| c.secret.expose_secret()));
     }
     for k in rt.keys.values() {
         match &k.auth {
-            KeyAuth::Hmac(s) | KeyAuth::LegacySiteTimestamp(s) => {
-                out.insert(s.expose_secret().to_string());
-            }
+            KeyAuth::Hmac(s) | KeyAuth::LegacySiteTimestamp(s) => exposed.push(s.expose_secret()),
             KeyAuth::Bearer(_) => {}
         }
     }
@@ -140,15 +155,20 @@ pub fn all_secret_strings(rt: &Runtime) -> Vec<String> {
         .as_ref()
         .and_then(|r| r.smtp.password.as_ref())
     {
-        out.insert(p.expose_secret().to_string());
+        exposed.push(p.expose_secret());
     }
     for k in rt.admin.iter().flat_map(|a| a.keys.values()) {
         if let KeyAuth::Hmac(s) = &k.auth {
-            out.insert(s.expose_secret().to_string());
+            exposed.push(s.expose_secret());
         }
     }
     if let Some(p) = rt.fleet.as_ref().and_then(|f| f.password.as_ref()) {
-        out.insert(p.expose_secret().to_string());
+        exposed.push(p.expose_secret());
     }
-    out.into_iter().collect()
+    let otlp = rt.otlp.iter().flat_map(|o| o.headers.iter());
+    exposed.extend(otlp.filter(|h| h.secret).map(|h| h.value.expose_secret()));
+    // Deduplicated on the borrowed text, so no copy is made only to be dropped.
+    exposed.sort_unstable();
+    exposed.dedup();
+    zeroize::Zeroizing::new(exposed.into_iter().map(str::to_string).collect())
 }

@@ -379,13 +379,21 @@ impl FleetSettings {
     /// start); timeouts, the sync interval, `nodes` and `on_redis_down` apply on reload.
     pub fn restart_needed(&self, next: &FleetSettings) -> Vec<&'static str> {
         use secrecy::ExposeSecret;
-        let secret = |s: &Option<SecretString>| s.as_ref().map(|s| s.expose_secret().to_string());
-        let tls = |t: &Option<RedisTls>| {
+        // Compared in place: a copy of a secret would be freed without being zeroed.
+        fn secret(s: &Option<SecretString>) -> Option<&str> {
+            s.as_ref().map(|s| s.expose_secret())
+        }
+        type Files<'a> = (
+            &'a Option<Vec<u8>>,
+            &'a Option<Vec<u8>>,
+            Option<&'a Vec<u8>>,
+        );
+        fn tls(t: &Option<RedisTls>) -> Option<Files<'_>> {
             t.as_ref().map(|t| {
-                let key = t.client_key.as_ref().map(|k| k.expose_secret().clone());
-                (t.ca.clone(), t.client_cert.clone(), key)
+                let key = t.client_key.as_ref().map(|k| k.expose_secret());
+                (&t.ca, &t.client_cert, key)
             })
-        };
+        }
         let mut changed = vec![];
         if self.url.expose_secret() != next.url.expose_secret() {
             changed.push("fleet.redis.url");

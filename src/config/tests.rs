@@ -615,3 +615,92 @@ fn an_https_otlp_endpoint_is_refused_and_an_http_one_loads() {
         assert!(errors_after(tiers, &ok).is_empty(), "{ok}");
     }
 }
+
+#[test]
+fn otlp_header_values_are_secrets_when_they_carry_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("master.key");
+    std::fs::write(&key, secret::MasterKey::generate_base64().as_bytes()).unwrap();
+    let master = secret::MasterKey::from_base64(&std::fs::read_to_string(&key).unwrap()).unwrap();
+    let token = dir.path().join("otlp.token");
+    std::fs::write(&token, "hny-S3CRET-from-file\n").unwrap();
+    let sealed = secret::encrypt(
+        "mk1",
+        &master,
+        "telemetry/otlp/headers/x-api-key",
+        b"S3CRET-sealed-otlp",
+    );
+    let for_other_place = secret::encrypt("mk1", &master, "fleet/redis/password", b"S3CRET-moved");
+    let with = |headers: &str| {
+        format!(
+            "master_keys:\n  - {{ id: mk1, source: \"file:{}\" }}\ntelemetry:\n  otlp: {{ endpoint: \"http://127.0.0.1:4318\", headers: {{ {headers} }} }}\ntiers:",
+            key.display()
+        )
+    };
+    // A literal credential is refused outside --demo, by its YAML path, without its value.
+    let text = GOOD.replacen(
+        "tiers:",
+        &with("x-api-key: S3CRET-literal, x-honeycomb-dataset: keygate"),
+        1,
+    );
+    let e = load_str(&text, LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("telemetry.otlp.headers.x-api-key: this header carries a credential"),
+        "{e}"
+    );
+    assert!(!e.contains("S3CRET"), "{e}");
+    assert!(
+        !e.contains("x-honeycomb-dataset"),
+        "a plain setting is not a secret: {e}"
+    );
+    // An `enc:v1` value sealed for another place does not open here.
+    let text = GOOD.replacen(
+        "tiers:",
+        &with(&format!("x-api-key: \"{for_other_place}\"")),
+        1,
+    );
+    let e = load_str(&text, demo()).unwrap_err().to_string();
+    assert!(
+        e.contains("telemetry.otlp.headers.x-api-key: cannot decrypt"),
+        "{e}"
+    );
+    // Sealed and file values are secrets: scanned for and redacted like any other.
+    let headers = format!(
+        "x-api-key: \"{sealed}\", x-honeycomb-team: \"file:{}\", x-honeycomb-dataset: keygate",
+        token.display()
+    );
+    let rt = load_str(&GOOD.replacen("tiers:", &with(&headers), 1), demo()).unwrap();
+    let secrets = all_secret_strings(&rt);
+    assert!(
+        secrets.iter().any(|s| s == "S3CRET-sealed-otlp"),
+        "sealed value is not scanned for"
+    );
+    assert!(
+        secrets.iter().any(|s| s == "hny-S3CRET-from-file"),
+        "file value is not scanned for"
+    );
+    assert!(
+        !secrets.iter().any(|s| s == "keygate"),
+        "a literal setting is scanned for"
+    );
+    let debug = format!("{:?}", rt.otlp);
+    assert!(!debug.contains("S3CRET"), "{debug}");
+    let raw: raw::RawConfig =
+        serde_yaml::from_str(&GOOD.replacen("tiers:", &with(&headers), 1)).unwrap();
+    let places: Vec<_> = encrypted_values(&raw)
+        .into_iter()
+        .map(|(path, place, _)| (path, place))
+        .collect();
+    assert!(
+        places.contains(&(
+            "telemetry.otlp.headers.x-api-key".to_string(),
+            "telemetry/otlp/headers/x-api-key".to_string()
+        )),
+        "{places:?}"
+    );
+    assert!(sensitive_files(&raw)
+        .iter()
+        .any(|(p, _)| p == "telemetry.otlp.headers.x-honeycomb-team"));
+}

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use store::{Store, Stored, MAX_STATE_BYTES};
+use store::{Store, Stored, Unread, MAX_STATE_BYTES};
 
 /// How often a fleet node checks Redis for changes made through other nodes.
 pub const CATCH_UP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
@@ -211,7 +211,7 @@ impl Control {
         let _w = self.writing.lock().await;
         for _ in 0..5 {
             let current = match store {
-                Store::Redis(_) => store.load().await.map_err(unavailable)?,
+                Store::Redis(_) => store.load().await.map_err(|e| unavailable(e.to_string()))?,
                 Store::File(_) => self.changes(),
             };
             let rt = self.state.runtime.load_full();
@@ -274,6 +274,16 @@ impl Control {
         let _w = self.writing.lock().await;
         let next = match store.load().await {
             Ok(c) => c,
+            Err(e @ Unread::Unusable(_)) => {
+                // Not read (up to 16 MiB) and logged every half second once the node is
+                // loaded: the next version stored is read again. Logged once a version.
+                if self.seen.swap(version, Ordering::AcqRel) != version {
+                    log::error!(
+                        "admin: cannot use the fleet's site changes (version {version}): {e}"
+                    );
+                }
+                return;
+            }
             Err(e) => {
                 log::warn!("admin: cannot read the fleet's site changes: {e}");
                 return;

@@ -40,22 +40,30 @@ impl Store {
     }
 
     /// Read the stored changes (none stored yet: empty, version 0).
-    pub async fn load(&self) -> Result<Changes, String> {
+    pub async fn load(&self) -> Result<Changes, Unread> {
         match self {
-            Store::File(path) => load_file(path),
+            Store::File(path) => load_file(path).map_err(Unread::Unusable),
             Store::Redis(fleet) => {
                 let (doc, _) = Store::keys(fleet);
-                let text: Option<String> =
-                    call(fleet, Req::Cmd(redis::cmd("GET").arg(&doc))).await?;
-                match text {
-                    None => Ok(Changes::default()),
-                    Some(t) if t.len() as u64 > MAX_STATE_BYTES => {
-                        Err(format!("{doc} is over {MAX_STATE_BYTES} bytes"))
-                    }
-                    Some(t) => {
-                        serde_json::from_str(&t).map_err(|e| format!("{doc} does not parse: {e}"))
-                    }
+                // At most one byte over the bound is read (GETRANGE's end is inclusive): a
+                // larger document, which only a writer other than keygate can store, is
+                // refused without being read whole (Redis allows 512 MB).
+                let text: Vec<u8> = call(
+                    fleet,
+                    Req::Cmd(redis::cmd("GETRANGE").arg(&doc).arg(0).arg(MAX_STATE_BYTES)),
+                )
+                .await
+                .map_err(|_| Unread::Unreachable)?;
+                if text.len() as u64 > MAX_STATE_BYTES {
+                    return Err(Unread::Unusable(format!(
+                        "{doc} is over {MAX_STATE_BYTES} bytes"
+                    )));
                 }
+                if text.is_empty() {
+                    return Ok(Changes::default());
+                }
+                serde_json::from_slice(&text)
+                    .map_err(|e| Unread::Unusable(format!("{doc} does not parse: {e}")))
             }
         }
     }
@@ -112,6 +120,25 @@ pub fn store_file(path: &Path, next: &Changes) -> Result<Stored, String> {
     write_atomically(path, text.as_bytes())
         .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     Ok(Stored::Yes)
+}
+
+/// Why [`Store::load`] has no changes to give.
+#[derive(Debug)]
+pub enum Unread {
+    /// Redis did not answer (in time): try again later.
+    Unreachable,
+    /// The stored document cannot be used (too large, or does not parse): reading the
+    /// same version again will not change that.
+    Unusable(String),
+}
+
+impl std::fmt::Display for Unread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unread::Unreachable => f.write_str("Redis is unreachable"),
+            Unread::Unusable(e) => f.write_str(e),
+        }
+    }
 }
 
 /// What [`Store::store`] did.
@@ -196,7 +223,12 @@ mod tests {
             1
         );
         std::fs::write(&path, "sites: [").unwrap();
-        assert!(store.load().await.unwrap_err().contains("does not parse"));
+        assert!(store
+            .load()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("does not parse"));
     }
 
     #[tokio::test]

@@ -85,7 +85,7 @@ struct Export {
     /// One agent for every export, so the collector connection is kept between them.
     agent: ureq::Agent,
     url: String,
-    headers: Vec<(String, String)>,
+    headers: Vec<super::otlp::OtlpHeader>,
     /// `service.name` and the instrumentation scope, the same for every export.
     resource: Resource,
     scope: InstrumentationScope,
@@ -124,8 +124,8 @@ impl Export {
             .post(&self.url)
             .timeout(EXPORT_TIMEOUT)
             .set("content-type", "application/x-protobuf");
-        for (name, value) in &self.headers {
-            req = req.set(name, value);
+        for h in &self.headers {
+            req = req.set(&h.name, secrecy::ExposeSecret::expose_secret(&h.value));
         }
         let result = match req.send_bytes(&body) {
             Ok(resp) => {

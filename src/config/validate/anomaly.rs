@@ -1,10 +1,13 @@
 //! `anomaly:` → [`AnomalySettings`], and `telemetry.otlp:` → [`OtlpSettings`].
 
-use super::shared::Errors;
+use super::shared::{Errors, LoadOptions};
 use crate::config::raw::RawAnomaly;
 use crate::config::raw::RawTelemetry;
+use crate::config::secret::{self, MasterKey};
 use crate::limits::anomaly::{Action, AnomalySettings};
-use crate::telemetry::otlp::OtlpSettings;
+use crate::telemetry::otlp::{OtlpHeader, OtlpSettings};
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
 use std::time::Duration;
 
 pub(super) fn validate(raw: Option<&RawAnomaly>, errs: &mut Errors) -> Option<AnomalySettings> {
@@ -46,7 +49,12 @@ pub(super) fn validate(raw: Option<&RawAnomaly>, errs: &mut Errors) -> Option<An
     })
 }
 
-pub(super) fn otlp(raw: Option<&RawTelemetry>, errs: &mut Errors) -> Option<OtlpSettings> {
+pub(super) fn otlp(
+    raw: Option<&RawTelemetry>,
+    master_keys: &HashMap<String, MasterKey>,
+    opts: LoadOptions,
+    errs: &mut Errors,
+) -> Option<OtlpSettings> {
     let o = raw?.otlp.as_ref()?;
     let p = "telemetry.otlp";
     match o.endpoint.parse::<http::Uri>() {
@@ -76,13 +84,29 @@ pub(super) fn otlp(raw: Option<&RawTelemetry>, errs: &mut Errors) -> Option<Otlp
     }
     let mut headers = vec![];
     for (name, v) in o.headers.iter().flatten() {
+        let path = format!("{p}.headers.{name}");
         if http::HeaderName::try_from(name.as_str()).is_err() {
-            errs.push(format!("{p}.headers.{name}"), "not a header name");
+            errs.push(path, "not a header name");
+            continue;
         }
-        match crate::config::secret::read_source(v) {
-            Ok(Some(s)) => headers.push((name.clone(), s.to_string())),
-            Ok(None) => headers.push((name.clone(), v.clone())),
-            Err(m) => errs.push(format!("{p}.headers.{name}"), m),
+        let literal = !v.starts_with("enc:") && !v.starts_with("env:") && !v.starts_with("file:");
+        if literal && !opts.demo && OtlpHeader::names_a_credential(name) {
+            errs.push(
+                path,
+                "this header carries a credential: plain-text secrets are refused outside --demo; use enc:v1:…, env:NAME or file:/path",
+            );
+            continue;
+        }
+        match secret::resolve(v, &OtlpHeader::place(name), master_keys, true) {
+            Ok(value) if http::HeaderValue::from_str(value.expose_secret()).is_ok() => headers
+                .push(OtlpHeader {
+                    name: name.clone(),
+                    value,
+                    secret: !literal,
+                }),
+            // The value is not repeated: it may be a key.
+            Ok(_) => errs.push(path, "not a valid header value"),
+            Err(m) => errs.push(path, m),
         }
     }
     Some(OtlpSettings {

@@ -61,7 +61,7 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         &mut errs,
     );
     let anomaly = anomaly::validate(raw.anomaly.as_ref(), &mut errs);
-    let otlp = anomaly::otlp(raw.telemetry.as_ref(), &mut errs);
+    let otlp = anomaly::otlp(raw.telemetry.as_ref(), &master_keys, opts, &mut errs);
 
     if !errs.0.is_empty() {
         return Err(ConfigErrors(errs.0));
