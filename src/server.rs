@@ -332,11 +332,13 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             fleet: fleet.clone(),
         };
         server.add_service(background_service("keygate fleet sync", sync));
-        let catch_up = crate::control::CatchUp {
-            control: control.clone(),
-        };
-        server.add_service(background_service("keygate site changes", catch_up));
     }
+    // Changes stored by another node (a fleet's Redis) or another process (the state file
+    // during `serve -u`).
+    let catch_up = crate::control::CatchUp {
+        control: control.clone(),
+    };
+    server.add_service(background_service("keygate site changes", catch_up));
     let reloader = Reloader {
         path: (!opts.demo).then_some(opts.config.clone()),
         state: state.clone(),

@@ -535,6 +535,7 @@ fn systemd_unit_verifies_when_systemd_is_present() {
         "NoNewPrivileges=yes",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "LimitNOFILE=",
+        "StateDirectory=keygate",
     ] {
         assert!(text.contains(line), "unit lacks {line}");
     }

@@ -88,7 +88,18 @@ pub async fn handle(
             serde_json::to_vec(&d.body).unwrap_or_default(),
             Some(d),
         ),
-        Err(e) => (e.code.status(), e.body(&request_id), None),
+        Err(e) => {
+            // A 5xx's cause (a state file that cannot be written, Redis unreachable) is
+            // the operator's to see: the caller gets the code only.
+            if e.code.status() >= 500 {
+                log::error!(
+                    "admin: {method} {} failed: {}",
+                    crate::telemetry::audit::truncate(&path, crate::telemetry::audit::PATH_MAX),
+                    e.detail.as_deref().unwrap_or(&e.message)
+                );
+            }
+            (e.code.status(), e.body(&request_id), None)
+        }
     };
     control.state.audit.record_event(&AdminLine {
         ts: humantime::format_rfc3339_millis(std::time::SystemTime::now()),

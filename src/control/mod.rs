@@ -25,6 +25,9 @@ use store::{Store, Stored, Unread, MAX_STATE_BYTES};
 /// How often a fleet node checks Redis for changes made through other nodes.
 pub const CATCH_UP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How soon stored changes that did not apply here are tried again.
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The YAML in force and the API's changes to it.
 pub struct Control {
     pub state: Arc<State>,
@@ -43,6 +46,10 @@ pub struct Control {
     loaded: AtomicBool,
     /// Last version seen in the store (for the catch-up check).
     seen: AtomicU64,
+    /// The state file as last read (identity, size, time), to read it only when replaced.
+    file_sig: Mutex<Option<store::FileSig>>,
+    /// A version that did not apply here, and when to try it again.
+    retry: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
 /// The config for `base` with `changes` applied, validated as one file.
@@ -112,6 +119,8 @@ impl Control {
             writing: tokio::sync::Mutex::new(()),
             installing: Mutex::new(()),
             loaded: AtomicBool::new(file),
+            file_sig: Mutex::new(None),
+            retry: Mutex::new(None),
         }
     }
 
@@ -210,17 +219,21 @@ impl Control {
         };
         let _w = self.writing.lock().await;
         for _ in 0..5 {
-            let current = match store {
-                Store::Redis(_) => store.load().await.map_err(|e| unavailable(e.to_string()))?,
-                Store::File(_) => self.changes(),
+            // The state file may have another writer: the old process during `serve -u`,
+            // which takes admin changes until it exits. Read, changed and written under a
+            // lock both take, so neither change is lost.
+            let _file = match store {
+                Store::File(path) => Some(store::lock_dir(path).map_err(unavailable)?),
+                Store::Redis(_) => None,
             };
+            let current = store.load().await.map_err(|e| unavailable(e.to_string()))?;
             let rt = self.state.runtime.load_full();
             let mut next = current.clone();
             let out = f(&mut next, &rt)?;
             next.version = current.version + 1;
             if let Store::File(path) = store {
-                // This process is the file's only writer: the build, the write and the
-                // install under the install lock, so a SIGHUP cannot land between them
+                // The build, the write and the install under the install lock, so a SIGHUP
+                // cannot land between them
                 // (the file would hold a change that memory, on the new YAML, does not).
                 let _one = self.installing.lock();
                 let built = build(&self.base.lock().0, &next, self.opts).map_err(invalid)?;
@@ -256,91 +269,136 @@ impl Control {
         ))
     }
 
-    /// With a fleet: read the stored version, and when another node stored a newer one,
-    /// its changes, and apply them. Called every [`CATCH_UP_INTERVAL`].
+    /// Read the stored version, and when another node (a fleet's) or another process (the
+    /// old one during `serve -u`, which takes admin changes until it exits) stored a newer
+    /// one, its changes, and apply them. Called every [`CATCH_UP_INTERVAL`].
     pub async fn catch_up(&self) {
-        let Some(store @ Store::Redis(fleet)) = &self.store else {
+        let Some(store) = &self.store else {
             return;
         };
-        if !fleet.is_up() {
-            return;
-        }
-        let Ok(version) = store.version().await else {
-            return;
+        let version = match store {
+            Store::Redis(fleet) => {
+                if !fleet.is_up() {
+                    return;
+                }
+                let Ok(version) = store.version().await else {
+                    return;
+                };
+                if (self.is_loaded() && version == self.seen.load(Ordering::Acquire))
+                    || self.waiting(version)
+                {
+                    return;
+                }
+                Some(version)
+            }
+            Store::File(path) => {
+                // Read only when the file was replaced (this process's own writes too).
+                let sig = store::file_signature(path);
+                let mut last = self.file_sig.lock();
+                if *last == sig {
+                    return;
+                }
+                *last = sig;
+                None
+            }
         };
-        if self.is_loaded() && version == self.seen.load(Ordering::Acquire) {
-            return;
-        }
         let _w = self.writing.lock().await;
         let next = match store.load().await {
             Ok(c) => c,
             Err(e @ Unread::Unusable(_)) => {
                 // Not read (up to 16 MiB) and logged every half second once the node is
                 // loaded: the next version stored is read again. Logged once a version.
-                if self.seen.swap(version, Ordering::AcqRel) != version {
-                    log::error!(
-                        "admin: cannot use the fleet's site changes (version {version}): {e}"
-                    );
+                let first = version.is_none_or(|v| self.seen.swap(v, Ordering::AcqRel) != v);
+                if first {
+                    log::error!("admin: cannot use the stored site changes: {e}");
                 }
                 return;
             }
             Err(e) => {
-                log::warn!("admin: cannot read the fleet's site changes: {e}");
+                log::warn!("admin: cannot read the stored site changes: {e}");
                 return;
             }
         };
-        let base = self.base.lock().clone();
-        match build(&base.0, &next, self.opts) {
-            Ok(rt) => {
-                let v = next.version;
-                if let Err(e) = self.install(rt, next, base.1) {
-                    log::error!(
-                        "admin: the fleet's site changes (version {v}) do not apply here:\n{e}"
-                    );
-                    return;
-                }
-                log::info!("admin: site changes version {v} applied");
-            }
-            Err(e) => {
-                // Remember the version: the error is logged once, not every half second.
-                // A SIGHUP forgets it (`reload`), so a YAML that now has what the changes
-                // need (a new tier) applies them at the next catch-up.
-                self.seen.store(next.version, Ordering::Release);
-                log::error!(
-                    "admin: the fleet's site changes (version {}) do not apply to this node's YAML, keeping the config in force with only their revocations:\n{e}",
-                    next.version
-                );
-                self.revoke_only(&base, &next);
-            }
+        if (self.is_loaded() && next.version == self.seen.load(Ordering::Acquire))
+            || self.waiting(next.version)
+        {
+            return;
         }
+        let v = next.version;
+        let base = self.base.lock().clone();
+        let failed = match build(&base.0, &next, self.opts) {
+            Ok(rt) => match self.install(rt, next, base.1) {
+                Ok(()) => {
+                    log::info!("admin: site changes version {v} applied");
+                    None
+                }
+                Err(e) => Some(format!(
+                    "admin: the site changes (version {v}) do not apply here:\n{e}"
+                )),
+            },
+            Err(e) => {
+                let message = format!(
+                    "admin: the site changes (version {v}) do not apply to this node's YAML, keeping the config in force with only their revocations:\n{e}"
+                );
+                match self.revoke_only(&base, &next) {
+                    // Seen, not applied: polled again only after a SIGHUP (`reload` sets
+                    // the version in force, which is older), which may take it whole.
+                    Ok(()) => {
+                        if self.retry.lock().take().is_none_or(|(rv, _)| rv != v) {
+                            log::error!("{message}");
+                        }
+                        self.seen.store(v, Ordering::Release);
+                        None
+                    }
+                    Err(e) => Some(format!(
+                        "{message}\nand the revocations do not apply either:\n{e}"
+                    )),
+                }
+            }
+        };
+        if let Some(message) = failed {
+            // Tried again in a while: what failed may be a file the build reads (a
+            // `sites_dir` file being rewritten, a `file:` secret), and a revocation must
+            // not wait for a SIGHUP. Logged once a version.
+            let retry_at = std::time::Instant::now() + CATCH_UP_RETRY;
+            if self
+                .retry
+                .lock()
+                .replace((v, retry_at))
+                .is_none_or(|(rv, _)| rv != v)
+            {
+                log::error!("{message}");
+            }
+            *self.file_sig.lock() = None;
+            return;
+        }
+        *self.retry.lock() = None;
         self.loaded.store(true, Ordering::Release);
+    }
+
+    /// A version whose changes did not apply here, not yet due to be tried again.
+    fn waiting(&self, version: u64) -> bool {
+        matches!(*self.retry.lock(), Some((v, at)) if v == version && std::time::Instant::now() < at)
     }
 }
 
 impl Control {
     /// `next` does not build here: apply at least what it takes away (disabled sites,
     /// removed keys) on top of the changes in force.
-    fn revoke_only(&self, base: &(String, u64), next: &Changes) {
+    fn revoke_only(&self, base: &(String, u64), next: &Changes) -> Result<(), String> {
         let current = self.changes.lock().clone();
         let only = current.revocations(next);
         if only.sites == current.sites {
-            return;
+            return Ok(());
         }
-        let installed = build(&base.0, &only, self.opts)
+        build(&base.0, &only, self.opts)
             .map_err(|e| e.to_string())
-            .and_then(|rt| self.install(rt, only, base.1));
-        match installed {
-            Ok(()) => {
-                // Seen, not applied: polled again only after a SIGHUP (`reload` sets the
-                // version in force, which is older), which may take it whole.
-                self.seen.store(next.version, Ordering::Release);
-                log::warn!(
-                    "admin: the revocations of site changes version {} applied; the rest waits for a YAML that takes it",
-                    next.version
-                )
-            }
-            Err(e) => log::error!("admin: the revocations do not apply either:\n{e}"),
-        }
+            .and_then(|rt| self.install(rt, only, base.1))?;
+        log::warn!(
+            "admin: the revocations of site changes version {} applied; the rest waits for a YAML that takes it",
+            next.version
+        );
+        Ok(())
     }
 }
 

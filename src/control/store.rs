@@ -169,14 +169,39 @@ pub fn load_file(path: &Path) -> Result<Changes, String> {
     }
 }
 
+/// The state file's identity, size and time: replaced (by this process or another) when
+/// it differs from the last one read.
+pub type FileSig = (u64, u64, u64, i64, i64);
+
+pub fn file_signature(path: &Path) -> Option<FileSig> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+}
+
+/// An exclusive advisory lock (`flock`) on the state file's directory, held while a
+/// change is read, made and written: the file itself is replaced by each write, so it
+/// cannot carry the lock. Released when the returned handle is dropped.
+pub fn lock_dir(path: &Path) -> Result<std::fs::File, String> {
+    let dir = parent(path);
+    let locked = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::File::open(dir))
+        .and_then(|f| f.lock().map(|()| f));
+    locked.map_err(|e| format!("cannot lock {}: {e}", dir.display()))
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Write `bytes` to `path` so that a reader (or a crash) sees the old file or the new
 /// one, never a part: a temporary file beside it, fsync, rename, fsync the directory.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
+    let dir = parent(path);
     std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()

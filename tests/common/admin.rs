@@ -94,6 +94,12 @@ pub async fn add_key(gw: &Gateway, key: &AdminKey, site: &str, auth: &str) -> (S
     )
 }
 
+/// Remove key `kid` of `site` through `gw`'s admin API.
+pub async fn remove_key(gw: &Gateway, key: &AdminKey, site: &str, kid: &str) -> Resp {
+    let path = format!("/admin/v1/sites/{site}/keys/{kid}");
+    admin(gw, key, "DELETE", &path, "").await
+}
+
 /// A signed GET of the models list on `gw` with any key (`host`: the signed authority,
 /// `None` for the node's own address).
 pub async fn models_as(gw: &Gateway, key_id: &str, secret: &str, host: Option<&str>) -> Resp {
