@@ -543,3 +543,57 @@ async fn a_body_sent_one_byte_at_a_time_is_cut_at_the_body_deadline() {
     assert_eq!(r.status, 200);
     assert_eq!(gw.mock.count(), 1);
 }
+
+/// A client that stops reading a stream: Pingora sets no write timeout, so the request,
+/// with the site's only concurrency slot and its upstream connection, stayed until the
+/// kernel gave up on the connection (the total deadline is checked only as chunks pass,
+/// and none pass while the write is blocked).
+#[tokio::test]
+async fn a_client_that_stops_reading_frees_its_slot_at_the_send_timeout() {
+    use std::io::Write;
+    use std::time::Duration;
+    let gw = Gateway::start_with(Options {
+        tier: "{ requests_per_minute: 1000, concurrent: 1 }".into(),
+        server_extra: "  send_timeout_s: 1".into(),
+        upstream_extra: "    max_response_bytes: 1073741824\n".into(),
+        ..Options::default()
+    });
+    let body = r#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A small window: keygate's writes block soon, not after megabytes of kernel buffer.
+    sock.set_recv_buffer_size(4096).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}x-mock-mode: endless_stream\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        gw.port,
+        signed_lines(&gw, "POST", CHAT, body.as_bytes()),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // Never read. While the stream is held, the site's one slot is taken.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (429, "rate_limited"),
+        "{}",
+        r.body
+    );
+    // Freed once a write has made no progress for send_timeout_s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot is still held: {}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(s);
+}

@@ -555,3 +555,24 @@ fn systemd_unit_verifies_when_systemd_is_present() {
         Err(_) => eprintln!("systemd-analyze not installed: static checks only"),
     }
 }
+
+/// The client names the model, up to a body long: an audit line carried it whole, so a
+/// few such requests filled the audit buffer and other lines were dropped.
+#[tokio::test]
+async fn a_long_model_name_is_cut_in_the_audit_line() {
+    let gw = Gateway::start();
+    let model = "m".repeat(100_000);
+    // A route without `models:` passes any name on.
+    let body = format!(r#"{{"model":"{model}","max_tokens":16,"messages":[]}}"#);
+    let r = gw
+        .call("alpha.k1", "POST", "/anthropic/v1/messages", &body)
+        .await;
+    assert!(r.status < 500, "{} {}", r.status, r.body);
+    let lines = gw.audit_lines_at_least(1);
+    let logged = lines[0]["model"].as_str().unwrap();
+    assert!(
+        logged.len() <= 256 && logged.starts_with("mmm"),
+        "{} bytes",
+        logged.len()
+    );
+}

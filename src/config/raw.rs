@@ -233,6 +233,8 @@ pub struct RawServer {
     pub max_headers: Option<usize>,
     /// Idle time allowed between requests on a kept-alive client connection.
     pub keepalive_timeout_s: Option<u64>,
+    /// Time allowed for one write to the client to make progress (nginx `send_timeout`).
+    pub send_timeout_s: Option<u64>,
     /// Requests served on one client connection before it is closed.
     pub keepalive_requests: Option<u32>,
     /// Time allowed to send a whole request header block (HTTP/1).

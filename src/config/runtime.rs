@@ -212,6 +212,9 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub keepalive_timeout: Duration,
+    /// `server.send_timeout_s`: a write to the client that makes no progress for this
+    /// long ends the request (a client that stops reading, an HTTP/2 window never opened).
+    pub send_timeout: Duration,
     pub auth_failure_limit: Option<AuthFailureLimit>,
     /// Deadline for a whole HTTP/1 request header block, from the connection's start
     /// (first request) or the request's first byte (later ones).

@@ -704,3 +704,15 @@ fn otlp_header_values_are_secrets_when_they_carry_credentials() {
         .iter()
         .any(|(p, _)| p == "telemetry.otlp.headers.x-honeycomb-team"));
 }
+
+#[test]
+fn a_send_timeout_out_of_range_is_named() {
+    for bad in ["0", "3601"] {
+        assert_error(
+            "  hostnames:",
+            &format!("  send_timeout_s: {bad}\n  hostnames:"),
+            "server.send_timeout_s: must be between 1 and 3600",
+        );
+    }
+    assert!(errors_after("  hostnames:", "  send_timeout_s: 5\n  hostnames:").is_empty());
+}

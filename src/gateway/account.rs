@@ -75,7 +75,10 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx, end: std::time::Instant) -
         key_id: client.map(|c| c.key_id.0.as_str()),
         route: ctx.route().map(|r| r.prefix.as_str()),
         upstream: ctx.upstream().map(|u| u.name.as_str()),
-        model: ctx.model.as_deref(),
+        model: ctx
+            .model
+            .as_deref()
+            .map(|m| audit::truncate(m, audit::MODEL_MAX)),
         status: ctx.status,
         error_code: ctx.error.as_ref().map(|e| e.code.as_str()),
         duration_ms: ms(end.saturating_duration_since(ctx.started)),

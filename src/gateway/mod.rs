@@ -93,6 +93,10 @@ impl ProxyHttp for Gateway {
         ctx.request_id = request_id(session);
         // Idle time allowed before the next request on this connection.
         session.set_keepalive(Some(ctx.rt.server.keepalive_timeout.as_secs()));
+        // Pingora sets no write timeout: a client that stops reading (a zero TCP window,
+        // an HTTP/2 stream window never opened) held the request, its concurrency slot
+        // and its upstream connection for as long as the kernel kept the connection.
+        session.set_write_timeout(Some(ctx.rt.server.send_timeout));
         ctx.tls = session
             .as_downstream()
             .digest()

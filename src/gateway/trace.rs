@@ -101,7 +101,10 @@ impl Gateway {
             site: ctx.site().map(|s| s.id.0.as_str()),
             route: route.map(|r| r.prefix.as_str()),
             system: route.map(|r| r.upstream.kind.as_str()),
-            model: ctx.model.as_deref(),
+            model: ctx
+                .model
+                .as_deref()
+                .map(|m| crate::telemetry::audit::truncate(m, crate::telemetry::audit::MODEL_MAX)),
             tokens: ctx.usage.map(|u| (u.input, u.output)),
         };
         t.record(&ids, &server, &ctx.attempt_spans);

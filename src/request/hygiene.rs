@@ -91,6 +91,9 @@ pub fn has_cl_and_te(raw_header: &[u8]) -> bool {
     cl && te
 }
 
+/// The most parameters a `Content-Type` may have.
+const MAX_CONTENT_TYPE_PARAMS: usize = 16;
+
 /// Refuse a `Content-Type` that two readers could take differently: two different ones, or
 /// a parameter named twice (`boundary=A; boundary=B`: keygate's multipart reader takes the
 /// first, some providers' the last, so the `model` keygate checked would not be the one the
@@ -106,6 +109,11 @@ pub fn check_content_type<'a>(
     }
     let mut names: Vec<&[u8]> = Vec::new();
     for param in split_params(ct).skip(1) {
+        // Real types carry one or two (`charset`, `boundary`); the check of each against
+        // those before is quadratic, so thousands in a 32 KiB header would pin a worker.
+        if names.len() == MAX_CONTENT_TYPE_PARAMS {
+            return Err("a Content-Type with too many parameters");
+        }
         let name = param
             .split(|&c| c == b'=')
             .next()
@@ -167,6 +175,25 @@ mod tests {
         ];
         assert_eq!(check_content_type(same.into_iter()), Ok(()));
         assert_eq!(check_content_type(std::iter::empty()), Ok(()));
+    }
+
+    #[test]
+    fn a_content_type_with_thousands_of_parameters_is_refused_at_once() {
+        let with = |n: usize| {
+            let params: String = (0..n).map(|i| format!(";p{i}")).collect();
+            format!("application/json{params}")
+        };
+        let check = |v: &str| check_content_type(std::iter::once(v.as_bytes()));
+        assert_eq!(check(&with(MAX_CONTENT_TYPE_PARAMS)), Ok(()));
+        assert_eq!(
+            check(&with(MAX_CONTENT_TYPE_PARAMS + 1)),
+            Err("a Content-Type with too many parameters")
+        );
+        // What fits in a 32 KiB header: refused after 16 comparisons' worth of work.
+        assert_eq!(
+            check(&with(5_000)),
+            Err("a Content-Type with too many parameters")
+        );
     }
 
     #[test]

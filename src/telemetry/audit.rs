@@ -255,6 +255,10 @@ pub struct AnomalyLine<'a> {
 
 /// Longest `User-Agent` kept in an audit line (bytes, cut at a character boundary).
 pub const USER_AGENT_MAX: usize = 256;
+
+/// The longest `model` an audit line or a span carries: the client names it, up to a body
+/// long, and a route without `models:` passes any name on (the provider refuses it).
+pub const MODEL_MAX: usize = 256;
 /// Longest path kept in an audit line: a flood of long paths must not fill the buffer
 /// and push out the lines that matter.
 pub const PATH_MAX: usize = 512;

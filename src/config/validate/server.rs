@@ -35,6 +35,7 @@ pub(super) fn validate(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Pro
             max_header_bytes: s.max_header_bytes.unwrap_or(32 * 1024),
             max_headers: s.max_headers.unwrap_or(100),
             keepalive_timeout: Duration::from_secs(s.keepalive_timeout_s.unwrap_or(60)),
+            send_timeout: Duration::from_secs(s.send_timeout_s.unwrap_or(60)),
             header_timeout: Duration::from_millis(conn.header_timeout),
             max_connections: conn.max_connections,
             max_connections_per_ip: conn.max_per_ip,
@@ -284,6 +285,9 @@ fn connections(s: &RawServer, errs: &mut Errors) -> Connections {
     }
     if s.keepalive_timeout_s.is_some_and(|n| n == 0 || n > 3600) {
         errs.push("server.keepalive_timeout_s", "must be between 1 and 3600");
+    }
+    if s.send_timeout_s.is_some_and(|n| n == 0 || n > 3600) {
+        errs.push("server.send_timeout_s", "must be between 1 and 3600");
     }
     if s.keepalive_requests == Some(0) {
         errs.push("server.keepalive_requests", "must be at least 1");
