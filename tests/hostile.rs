@@ -597,3 +597,72 @@ async fn a_client_that_stops_reading_frees_its_slot_at_the_send_timeout() {
     }
     drop(s);
 }
+
+/// Send a signed chat body of 70,000 bytes (over the 64 KiB replay buffer: held back
+/// whole) over 3 s in 20 pieces on a raw connection; then the answer's first bytes.
+fn trickle_large_body(gw: &Gateway) -> std::thread::JoinHandle<String> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let pad = "x".repeat(70_000);
+    let body = format!(r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{pad}"}}]}}"#);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        gw.port,
+        signed_lines(gw, "POST", CHAT, body.as_bytes()),
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    std::thread::spawn(move || {
+        for piece in body.as_bytes().chunks(body.len() / 20 + 1) {
+            if s.write_all(piece).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = s.read(&mut out).unwrap_or(0);
+        String::from_utf8_lossy(&out[..n]).to_string()
+    })
+}
+
+/// A body over the 64 KiB replay buffer is held back whole while the upstream's header
+/// timer runs: trickled in, it ran out on the client's account, was counted as the
+/// provider's timeout, and two such requests opened the circuit for every site.
+#[tokio::test]
+async fn a_trickled_body_is_the_clients_timeout_not_the_providers() {
+    let gw = Gateway::start_with(Options {
+        // The test config's read_timeout_ms is 2000: shorter than the trickle.
+        upstream_extra:
+            "    circuit_breaker: { failures: 2, open_s: 60, half_open_successes: 1 }\n".into(),
+        ..Options::default()
+    });
+    let slow = [trickle_large_body(&gw), trickle_large_body(&gw)];
+    for t in slow {
+        let answer = t.join().unwrap();
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "{answer}"
+        );
+    }
+    let r = gw.call("alpha.k1", "POST", CHAT, BODY).await;
+    assert_eq!(
+        r.status, 200,
+        "the circuit opened on the clients' slowness: {}",
+        r.body
+    );
+}
+
+/// A held-back body is bounded like a pre-read one: `body_timeout_ms` (only pre-read
+/// bodies were).
+#[tokio::test]
+async fn a_held_back_body_is_cut_at_the_body_deadline() {
+    let gw = Gateway::start_with(Options {
+        server_extra: "  body_timeout_ms: 1000".into(),
+        ..Options::default()
+    });
+    let answer = trickle_large_body(&gw).join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("body was not received in time"), "{answer}");
+}

@@ -174,13 +174,19 @@ async fn stream_passes_event_by_event_and_is_charged() {
     assert_eq!(audit[0]["tokens_estimated"], false);
 }
 
+/// A gateway whose provider's circuit opens after `failures` and probes after 1 s.
+fn with_circuit(failures: u32) -> Gateway {
+    Gateway::start_with(Options {
+        upstream_extra: format!(
+            "    circuit_breaker: {{ failures: {failures}, open_s: 1, half_open_successes: 1 }}\n"
+        ),
+        ..Options::default()
+    })
+}
+
 #[tokio::test]
 async fn circuit_opens_after_failures_and_a_probe_closes_it() {
-    let gw = Gateway::start_with(Options {
-        upstream_extra: "    circuit_breaker: { failures: 3, open_s: 1, half_open_successes: 1 }\n"
-            .into(),
-        ..Options::default()
-    });
+    let gw = with_circuit(3);
     for _ in 0..3 {
         let r = send_mode(&gw, BODY, &[("x-mock-mode", "error_500")])
             .await
@@ -212,6 +218,42 @@ async fn circuit_opens_after_failures_and_a_probe_closes_it() {
         "closed again"
     );
     assert_eq!(gw.mock.count(), 5);
+}
+
+/// A stream (or a Realtime session) as the half-open circuit's probe: its permit was
+/// settled only at the stream's end, so every other request to that upstream, from every
+/// site, was refused 503 while it lasted. The probe settles at the answer's header now.
+#[tokio::test]
+async fn a_stream_as_the_probe_does_not_hold_the_circuit_half_open() {
+    let gw = with_circuit(1);
+    let r = send_mode(&gw, BODY, &[("x-mock-mode", "error_500")])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 500);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The probe: an endless stream, read only up to its first event and kept open.
+    let mut h = gw.sign(
+        "alpha.k1",
+        &gw.secrets.alpha,
+        "POST",
+        CHAT,
+        STREAM.as_bytes(),
+    );
+    h.push(("x-mock-mode".into(), "endless_stream".into()));
+    let mut rb = client()
+        .post(gw.url(CHAT))
+        .header("content-type", "application/json")
+        .body(STREAM);
+    for (k, v) in &h {
+        rb = rb.header(k.as_str(), v.as_str());
+    }
+    let probe = rb.send().await.unwrap();
+    assert_eq!(probe.status(), 200);
+    let mut stream = probe.bytes_stream();
+    assert!(stream.next().await.is_some_and(|c| c.is_ok()));
+    let r = send_mode(&gw, BODY, &[]).await.unwrap();
+    assert_eq!(r.status, 200, "refused while the stream probes: {}", r.body);
+    drop(stream);
 }
 
 #[tokio::test]

@@ -40,6 +40,18 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
     state.audit.record(&audit_line(session, ctx, end));
 }
 
+/// A half-open circuit's probe is settled when the upstream's answer header arrives (a
+/// status under 500: the upstream answers). Held to the end, a stream or a Realtime
+/// session kept the one probe, and so refused every other request to that upstream, from
+/// every site, for its whole life.
+pub fn settle_probe(state: &State, ctx: &mut Ctx) {
+    if ctx.circuit == Some(crate::upstream::circuit::Permit::Probe)
+        && ctx.upstream_status.is_some_and(|s| s < 500)
+    {
+        super::failover::record_circuit(state, ctx, Outcome::Success);
+    }
+}
+
 /// Tell the attempt's circuit breaker how it ended, once: when the answer is complete
 /// (from the body filter, before the client has its last byte, so that a client's next
 /// request after a good half-open probe meets the circuit closed), or at the end of a

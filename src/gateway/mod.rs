@@ -239,7 +239,7 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let failed_over = std::mem::take(&mut ctx.retrying)
             || (ctx.error.is_none()
-                && match upstream::failure::classify(&e) {
+                && match classify(session, &e) {
                     upstream::failure::Class::Upstream(f) => {
                         self.fail_over(session, ctx, Reason::of_failure(f), Some(f))
                     }
@@ -345,7 +345,18 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        let full = match ctx.body.on_chunk(body, end_of_stream) {
+        let step = ctx.body.on_chunk(body, end_of_stream);
+        // A body trickled in: held back whole, it is bounded like a pre-read one
+        // (`body_timeout_ms`); streamed on (an upload), by the route's total deadline.
+        let due = match step {
+            Ok(Step::Hold) => Some(ctx.started + ctx.rt.server.body_timeout),
+            _ => ctx.deadline(),
+        };
+        if !end_of_stream && due.is_some_and(|d| std::time::Instant::now() >= d) {
+            let late = GatewayError::bad_request("The request body was not received in time.");
+            return Err(Self::abort(ctx, late));
+        }
+        let full = match step {
             Ok(Step::Pass | Step::Hold) => return Ok(()),
             Ok(Step::Complete(full)) => full,
             Ok(Step::Release) => {
@@ -417,7 +428,7 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
-        respond::edit(resp, |parts| {
+        let edited = respond::edit(resp, |parts| {
             observe::start(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
             let none = headers::HeaderAllow::default();
             let extra = up.as_ref().map_or(&none, |u| &u.response_headers);
@@ -427,7 +438,9 @@ impl ProxyHttp for Gateway {
             respond::add_ratelimit_headers(&mut parts.headers, ctx)?;
             ctx.status = parts.status.as_u16();
             Ok(())
-        })
+        });
+        account::settle_probe(&self.state, ctx);
+        edited
     }
 
     /// Each chunk of the response body: JSON held back and checked at its end, SSE
@@ -462,7 +475,7 @@ impl ProxyHttp for Gateway {
         Ctx: Send + Sync,
     {
         if ctx.error.is_none() {
-            let class = upstream::failure::classify(e);
+            let class = classify(session, e);
             if let upstream::failure::Class::Upstream(failure) = class {
                 ctx.upstream_failed = true;
                 if let Some(up) = ctx.upstream() {
@@ -507,5 +520,20 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {
         account::finish(&self.state, session, ctx);
         self.trace_finish(session, ctx);
+    }
+}
+
+/// Whose fault Pingora's error `e` is. A timeout while the client's body is still coming
+/// is the client's: the upstream's timer ran while keygate held the body back (or passed
+/// on a trickle), and counted against the provider it opened circuits for every site.
+fn classify(session: &mut Session, e: &Error) -> upstream::failure::Class {
+    use upstream::failure::{Class, Failure};
+    match upstream::failure::classify(e) {
+        Class::Upstream(Failure::Timeout) | Class::Unattributed(Failure::Timeout)
+            if !session.as_downstream_mut().is_body_done() =>
+        {
+            Class::Client { timed_out: true }
+        }
+        class => class,
     }
 }

@@ -103,6 +103,7 @@ impl Gateway {
             .await?;
         ctx.upstream_answered = Some(std::time::Instant::now());
         ctx.set_upstream_status(101);
+        super::account::settle_probe(&self.state, ctx);
         let credential = up
             .credentials
             .iter()

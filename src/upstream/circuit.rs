@@ -30,9 +30,17 @@ impl Default for CircuitConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum St {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { successes: u32, probing: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// `probe`: when the probe in flight was let through.
+    HalfOpen {
+        successes: u32,
+        probe: Option<Instant>,
+    },
 }
 
 /// What `admit` granted.
@@ -111,7 +119,7 @@ impl CircuitBreaker {
             St::Open { until } if now >= until => {
                 let next = St::HalfOpen {
                     successes: 0,
-                    probing: false,
+                    probe: None,
                 };
                 self.set(&mut st, next, || {
                     "open_s passed; the next request probes".into()
@@ -130,7 +138,7 @@ impl CircuitBreaker {
         *self.st.lock() = match *old.st.lock() {
             St::HalfOpen { successes, .. } => St::HalfOpen {
                 successes,
-                probing: false,
+                probe: None,
             },
             s => s,
         };
@@ -155,19 +163,23 @@ impl CircuitBreaker {
             St::Open { .. } => {
                 let next = St::HalfOpen {
                     successes: 0,
-                    probing: true,
+                    probe: Some(now),
                 };
                 self.set(&mut st, next, || "open_s passed; probing".into());
                 Ok(Permit::Probe)
             }
-            St::HalfOpen { probing: true, .. } => Err(Duration::from_secs(1)),
+            // One probe at a time, but not for ever: a probe that has not settled within
+            // `open_s` (a client trickling its body, an answer that never comes) lets
+            // another through, as the circuit would have after opening again.
             St::HalfOpen {
-                successes,
-                probing: false,
-            } => {
+                probe: Some(since), ..
+            } if now < since + self.cfg.open => {
+                Err((since + self.cfg.open - now).max(Duration::from_secs(1)))
+            }
+            St::HalfOpen { successes, .. } => {
                 *st = St::HalfOpen {
                     successes,
-                    probing: true,
+                    probe: Some(now),
                 };
                 Ok(Permit::Probe)
             }
@@ -187,7 +199,7 @@ impl CircuitBreaker {
             (s, _, Outcome::NotTried) => match s {
                 St::HalfOpen { successes, .. } if permit == Permit::Probe => St::HalfOpen {
                     successes,
-                    probing: false,
+                    probe: None,
                 },
                 s => s,
             },
@@ -209,7 +221,7 @@ impl CircuitBreaker {
                 } else {
                     St::HalfOpen {
                         successes: successes + 1,
-                        probing: false,
+                        probe: None,
                     }
                 }
             }
@@ -283,6 +295,25 @@ mod tests {
         let p = c.admit(later).unwrap();
         c.record(p, Outcome::Success, later);
         assert_eq!(c.state_code(), 0);
+    }
+
+    #[test]
+    fn a_probe_that_never_settles_lets_another_through_after_open_s() {
+        let c = cb();
+        let t = Instant::now();
+        for _ in 0..3 {
+            c.record(Permit::Normal, Outcome::Failure, t);
+        }
+        let half = t + Duration::from_secs(10);
+        assert_eq!(c.admit(half), Ok(Permit::Probe));
+        assert_eq!(
+            c.admit(half + Duration::from_secs(4)),
+            Err(Duration::from_secs(6))
+        );
+        // The first probe is still out `open_s` later: another may probe.
+        let later = half + Duration::from_secs(10);
+        assert_eq!(c.admit(later), Ok(Permit::Probe));
+        assert!(c.admit(later).is_err(), "still one at a time");
     }
 
     #[test]
