@@ -133,6 +133,27 @@ pub struct NonceClaim {
     /// Unix second until which the nonce is remembered: the last second the signature
     /// could be fresh, plus [`nonce::NONCE_GRACE_S`].
     pub expires_at: i64,
+    /// The most nonces the site's tier lets it have live at once ([`nonce_share`]).
+    pub share: Option<usize>,
+}
+
+/// The most nonces a site may hold in the local store: what its request limits let it
+/// send in a nonce's lifetime, twice over (requests its tier refuses are recorded too, so
+/// that they cannot be replayed later). Without request limits, a quarter of the store.
+/// A site that floods past it gets 503 for its own requests; others are not touched.
+pub fn nonce_share(tier: &crate::limits::tier::Tier, lifetime_s: i64) -> Option<usize> {
+    let minutes = (lifetime_s.max(0) as u64).div_ceil(60) + 1;
+    let bounds = [
+        tier.requests_per_minute.map(|n| n.saturating_mul(minutes)),
+        tier.requests_per_hour,
+        tier.requests_per_day,
+    ];
+    let least = bounds.into_iter().flatten().min()?;
+    Some(
+        usize::try_from(least.saturating_mul(2))
+            .unwrap_or(usize::MAX)
+            .max(64),
+    )
 }
 
 /// The failure for a nonce seen before.
@@ -164,7 +185,11 @@ pub fn stale(detail: &'static str) -> AuthFailure {
 
 /// Record a claim in the process-local store.
 pub fn record_local(nonces: &NonceStore, claim: &NonceClaim, now: i64) -> Result<(), AuthFailure> {
-    match nonces.check_and_insert(&claim.key_id, &claim.nonce, claim.expires_at, now) {
+    let owner = nonce::Owner {
+        id: claim.site_key,
+        share: claim.share,
+    };
+    match nonces.check_and_insert_for(owner, &claim.key_id, &claim.nonce, claim.expires_at, now) {
         Ok(()) => Ok(()),
         Err(NonceError::Replayed) => Err(replayed()),
         Err(NonceError::Full) => Err(nonce_store_unavailable(AuthReason::NonceStoreFull)),
@@ -322,12 +347,15 @@ fn authenticate_hmac(
             ))
         }
     };
+    let expires_at = window_end.saturating_add(nonce::NONCE_GRACE_S);
+    let site = rt.sites.get(key.site);
     let claim = NonceClaim {
-        site_key: rt.sites.get(key.site).map_or(0, |s| s.limit_key),
+        site_key: site.map_or(0, |s| s.limit_key),
+        share: site.and_then(|s| nonce_share(&s.tier, expires_at - req.now)),
         key_id: parsed.params.keyid.clone(),
         nonce: parsed.params.nonce.clone(),
         created: parsed.params.created,
-        expires_at: window_end.saturating_add(nonce::NONCE_GRACE_S),
+        expires_at,
     };
     let client = AuthedClient {
         key_id: key.id.clone(),
@@ -504,6 +532,25 @@ mod tests {
             1300
         );
         assert!(window_check(1000, Some(999), 1000, (300, 60)).is_err());
+    }
+
+    #[test]
+    fn a_sites_nonce_share_is_what_its_limits_let_it_send_twice_over() {
+        use crate::limits::tier::Tier;
+        let tier = |rpm, rph| Tier {
+            requests_per_minute: rpm,
+            requests_per_hour: rph,
+            ..Tier::default()
+        };
+        // 420 s of life: 8 minutes' worth, twice over.
+        assert_eq!(nonce_share(&tier(Some(100), None), 420), Some(1600));
+        assert_eq!(nonce_share(&tier(Some(100), Some(300)), 420), Some(600));
+        assert_eq!(
+            nonce_share(&tier(Some(1), None), 420),
+            Some(64),
+            "at least 64"
+        );
+        assert_eq!(nonce_share(&tier(None, None), 420), None);
     }
 
     #[test]

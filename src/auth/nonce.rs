@@ -95,6 +95,14 @@ pub struct NonceStore {
 /// The share of the store one key id may hold: a quarter.
 const KEY_SHARE_DIVISOR: usize = 4;
 
+/// Whose nonce is recorded, and the most live nonces it may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub id: u64,
+    /// What its limits let it send in a nonce's lifetime (`None`: a quarter of the store).
+    pub share: Option<usize>,
+}
+
 impl NonceStore {
     /// A store holding at most about `capacity` live nonces, a quarter of them per key id.
     pub fn new(capacity: usize) -> Self {
@@ -148,8 +156,29 @@ impl NonceStore {
         expires_at: i64,
         now: i64,
     ) -> Result<(), NonceError> {
+        let owner = Owner {
+            id: Self::owner(key_id),
+            share: None,
+        };
+        self.check_and_insert_for(owner, key_id, nonce, expires_at, now)
+    }
+
+    /// [`NonceStore::check_and_insert`] counted against `owner` (a site: its keys share
+    /// one share, so a site with four keys cannot take the whole store).
+    pub fn check_and_insert_for(
+        &self,
+        owner: Owner,
+        key_id: &str,
+        nonce: &str,
+        expires_at: i64,
+        now: i64,
+    ) -> Result<(), NonceError> {
         let key = Self::entry_key(key_id, nonce);
-        let owner = Self::owner(key_id);
+        let per_owner = owner.share.map_or(self.per_key_shard, |n| {
+            // Spread over the shards at random: twice the mean, and a few, per shard.
+            (n.div_ceil(SHARDS) * 2 + 4).min(self.per_key_shard)
+        });
+        let owner = owner.id;
         let shard = &self.shards[(key[0] as usize) % SHARDS];
         let mut s = shard.lock();
         let old = s.entries.get(&key).copied();
@@ -158,8 +187,7 @@ impl NonceStore {
                 return Err(NonceError::Replayed);
             }
         }
-        let over =
-            |s: &Shard| s.entries.len() >= self.per_shard || s.held_by(owner) >= self.per_key_shard;
+        let over = |s: &Shard| s.entries.len() >= self.per_shard || s.held_by(owner) >= per_owner;
         if old.is_none() && over(&s) {
             if now < s.next_expiry {
                 return Err(NonceError::Full);
@@ -297,5 +325,47 @@ mod tests {
         assert_eq!(s.len(), 100);
         s.sweep(6);
         assert!(s.is_empty());
+    }
+
+    /// Four keys of one site took a quarter of the store each, and so all of it: every
+    /// other site's signed requests got 503. A site's keys share its one share, and a
+    /// site whose tier sends little gets a share the size of what it may send.
+    #[test]
+    fn a_sites_keys_share_one_share_and_a_small_tier_a_small_one() {
+        let s = NonceStore::new(64 * 64);
+        let site = Owner { id: 1, share: None };
+        let mut held = 0;
+        for k in 0..4 {
+            for i in 0..2000 {
+                let key = format!("flood.k{k}");
+                if s.check_and_insert_for(site, &key, &format!("n{i}"), 1000, 10)
+                    .is_ok()
+                {
+                    held += 1;
+                }
+            }
+        }
+        assert!(
+            held <= s.capacity() / KEY_SHARE_DIVISOR,
+            "{held} of {}",
+            s.capacity()
+        );
+        let other = Owner { id: 2, share: None };
+        assert_eq!(
+            s.check_and_insert_for(other, "other.k1", "n", 1000, 10),
+            Ok(())
+        );
+        // A share of 64 live nonces: a few per shard, far under a quarter.
+        let small = Owner {
+            id: 3,
+            share: Some(64),
+        };
+        let held = (0..2000)
+            .filter(|i| {
+                s.check_and_insert_for(small, "small.k1", &format!("n{i}"), 1000, 10)
+                    .is_ok()
+            })
+            .count();
+        assert!((64..=6 * SHARDS).contains(&held), "{held}");
     }
 }

@@ -199,11 +199,11 @@ pub async fn admit_token_use(
     now_ms: u64,
 ) -> bool {
     let Some(fleet) = fleet else {
-        return local.admit(&claims.jti, claims.max, now_ms);
+        return local.admit(&claims.jti, claims.max, claims.exp, now_ms);
     };
     let share = claims.max.div_ceil(fleet.settings().nodes);
     if !fleet.is_up() {
-        return local.admit(&claims.jti, share, now_ms);
+        return local.admit(&claims.jti, share, claims.exp, now_ms);
     }
     let key = format!("{}u:{{{}}}", fleet.counters.prefix(), claims.jti);
     let mut pipe = redis::pipe();
@@ -212,10 +212,10 @@ pub async fn admit_token_use(
     match fleet.redis.call::<(u64,)>("token", Req::Pipe(&pipe)).await {
         Ok((uses,)) => {
             // Keep this node's count in step for the fallback.
-            local.admit(&claims.jti, u64::MAX, now_ms);
+            local.admit(&claims.jti, u64::MAX, claims.exp, now_ms);
             uses <= claims.max
         }
-        Err(RedisDown) => local.admit(&claims.jti, share, now_ms),
+        Err(RedisDown) => local.admit(&claims.jti, share, claims.exp, now_ms),
     }
 }
 
@@ -278,6 +278,7 @@ mod tests {
             nonce: nonce.into(),
             created,
             expires_at: created + 300,
+            share: None,
         }
     }
 

@@ -27,7 +27,10 @@ pub mod name;
 pub mod price;
 mod store;
 pub mod tier;
+mod token_uses;
 pub mod window;
+
+pub use token_uses::TokenUses;
 
 pub use name::LimitName;
 use pingora_limits::inflight::{Guard, Inflight};
@@ -35,9 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 pub use store::{Copied, Counter, CounterStore, LocalStore, SiteKey};
 use tier::{ModelLimit, Tier};
-use window::{Counts, SlidingWindow};
-
-const DAY: Duration = Duration::from_secs(86_400);
+use window::Counts;
 
 /// A refusal by a limit.
 #[derive(Debug, Clone)]
@@ -521,40 +522,6 @@ pub struct Spend {
     pub tokens: u64,
     /// Zero when the model has no price.
     pub micro_usd: u64,
-}
-
-/// Uses of browser tokens with `max_requests`, counted by token id in a sketch (bounded;
-/// it can only overcount, so a token never gets more than its uses). Tokens live at most a
-/// day, so the previous and current day windows together hold all of a token's uses.
-pub struct TokenUses {
-    window: SlidingWindow,
-    hasher: ahash::RandomState,
-    stripes: Stripes,
-}
-
-impl Default for TokenUses {
-    fn default() -> Self {
-        TokenUses {
-            window: SlidingWindow::new(DAY, window::HASHES, 1 << 16),
-            hasher: ahash::RandomState::new(),
-            stripes: Stripes::default(),
-        }
-    }
-}
-
-impl TokenUses {
-    /// Count one use of token `jti`; false (and not counted) when it has no uses left.
-    pub fn admit(&self, jti: &str, max: u64, now_ms: u64) -> bool {
-        let key = self.hasher.hash_one(jti);
-        let _serial = self.stripes.lock(key);
-        let c = self.window.add(key, 1, now_ms);
-        if (c.prev.max(0) + c.curr.max(0)) as u64 > max {
-            self.window.add(key, -1, now_ms);
-            false
-        } else {
-            true
-        }
-    }
 }
 
 #[cfg(test)]

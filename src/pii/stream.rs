@@ -11,13 +11,24 @@
 
 use super::mapping::Pseudonyms;
 use serde_json::Value;
+use std::sync::Arc;
+
+/// The most text fields held at once. Real streams have one per choice or content block;
+/// an upstream that sends an event with thousands of fields each ending in `[` made each
+/// hold a copy of the whole event (gigabytes from one 1 MiB event). Past it, text is sent
+/// as it is: a placeholder cut across deltas in such a field reaches the client in halves
+/// (keygate's own token, not the private text).
+const MAX_HELD: usize = 32;
+
+/// The event held text is sent in (name, JSON), shared by every field it carried.
+type Template = Arc<(Option<String>, Value)>;
 
 /// One text field with held-back text.
 struct Held {
     path: Vec<PathPart>,
     text: String,
-    /// The last event that carried this field (name, JSON), to send held text in.
-    template: (Option<String>, Value),
+    /// The last event that carried this field, to send held text in.
+    template: Option<Template>,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -60,9 +71,13 @@ impl StreamRestorer {
         if !has_text {
             before = self.flush(map);
         } else {
-            // Remember where held text goes, with this event as its envelope.
-            for h in self.held.iter_mut().filter(|h| h.template.1.is_null()) {
-                h.template = (name.map(str::to_string), v.clone());
+            // Remember where held text goes, with this event as its envelope (one copy
+            // for every field it carried).
+            let mut template: Option<Template> = None;
+            for h in self.held.iter_mut().filter(|h| h.template.is_none()) {
+                let t =
+                    template.get_or_insert_with(|| Arc::new((name.map(str::to_string), v.clone())));
+                h.template = Some(t.clone());
             }
         }
         (before, changed)
@@ -122,14 +137,14 @@ impl StreamRestorer {
         // Hold back a trailing `[…` that could still become an issued placeholder.
         let cut = joined
             .rfind('[')
-            .filter(|&i| map.is_issued_prefix(&joined[i..]))
+            .filter(|&i| self.held.len() < MAX_HELD && map.is_issued_prefix(&joined[i..]))
             .unwrap_or(joined.len());
         let (send, hold) = joined.split_at(cut);
         if !hold.is_empty() {
             self.held.push(Held {
                 path: path.to_vec(),
                 text: hold.to_string(),
-                template: (None, Value::Null),
+                template: None,
             });
         }
         let restored = map.restore(send);
@@ -143,20 +158,32 @@ impl StreamRestorer {
 
     /// Events carrying all held text (at the end of the stream, or before an event
     /// without text). Held text is not a complete placeholder: it is sent as is.
+    /// Fields held from one event go out together, in one copy of it.
     pub fn flush(&mut self, map: &Pseudonyms) -> Vec<u8> {
         let mut out = Vec::new();
-        for h in std::mem::take(&mut self.held) {
-            let (name, mut v) = h.template;
-            if v.is_null() {
+        let mut held = std::mem::take(&mut self.held);
+        while let Some(first) = held.first() {
+            let Some(template) = first.template.clone() else {
+                held.remove(0);
                 continue;
-            }
+            };
+            let (name, mut v) = (template.0.clone(), template.1.clone());
             strip_for_flush(&mut v);
             blank_text(&mut v);
-            set_path(
-                &mut v,
-                &h.path,
-                Value::String(map.restore(&h.text).into_owned()),
-            );
+            held.retain(|h| {
+                let same = h
+                    .template
+                    .as_ref()
+                    .is_some_and(|t| Arc::ptr_eq(t, &template));
+                if same {
+                    set_path(
+                        &mut v,
+                        &h.path,
+                        Value::String(map.restore(&h.text).into_owned()),
+                    );
+                }
+                !same
+            });
             out.extend_from_slice(&event_bytes(name.as_deref(), &v.to_string()));
         }
         out
@@ -295,6 +322,23 @@ mod tests {
         let (_, changed) = r.event(Some("content_block_delta"), &mut v, &map);
         assert!(!changed);
         assert!(r.held.is_empty());
+    }
+
+    /// An upstream's event with 70,000 text fields, each a placeholder's start: each
+    /// held a copy of the whole event.
+    #[test]
+    fn an_event_with_thousands_of_held_fields_holds_a_few() {
+        let (map, _) = map_for("jane@example.com");
+        let choices: Vec<Value> = (0..70_000)
+            .map(|i| json!({"index": i, "text": "["}))
+            .collect();
+        let mut v = json!({ "choices": choices });
+        let mut r = StreamRestorer::default();
+        r.event(None, &mut v, &map);
+        assert_eq!(r.held.len(), MAX_HELD);
+        let flushed = r.flush(&map);
+        // One copy of the event carries every held field.
+        assert_eq!(flushed.windows(6).filter(|w| w == b"data: ").count(), 1);
     }
 
     proptest! {
