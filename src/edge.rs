@@ -84,10 +84,7 @@ impl<A> EdgeApp<A> {
         let ip = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
-        let per_ip = match ip {
-            Some(ip) if !rt.server.trusted_proxies.iter().any(|c| c.contains(&ip)) => Some(ip),
-            _ => None,
-        };
+        let per_ip = ip.and_then(|ip| per_client(ip, &rt.server.trusted_proxies));
         let slot = match self.table.acquire(
             per_ip,
             rt.server.max_connections,
@@ -104,7 +101,17 @@ impl<A> EdgeApp<A> {
             }
         };
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        Some(Guarded::new(stream, slot, (!h2).then_some(header_timeout)))
+        Some(Guarded::new(stream, slot, header_timeout, h2))
+    }
+}
+
+/// What a connection from `ip` is counted under: its client block (an IPv6 /64, as the
+/// other per-client limits: one host holds a whole /64 and could take every connection
+/// under its full addresses), or nothing for a trusted proxy.
+fn per_client(ip: IpAddr, trusted_proxies: &[crate::limits::ip::Cidr]) -> Option<IpAddr> {
+    match trusted_proxies.iter().any(|c| c.contains(&ip)) {
+        true => None,
+        false => Some(crate::limits::ip::client_block(&ip)),
     }
 }
 
@@ -178,8 +185,12 @@ impl Drop for Slot {
 /// Where an HTTP/1 connection is in its current request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// HTTP/2, or the header is complete: no deadline.
+    /// The header is complete, or HTTP/2 past its preface: no deadline.
     Off,
+    /// HTTP/2 before the client's connection preface (the bytes of it read): Pingora's h2
+    /// handshake has no timeout, so a client that negotiated h2 and then sent nothing
+    /// held its connection for good. After it, `h2_idle_timeout` bounds an idle one.
+    Preface(usize),
     /// Between requests: the deadline starts at the next byte.
     Idle,
     /// Reading a header; the state of the end-of-header matcher (see [`blank_line`]).
@@ -204,7 +215,7 @@ pub struct Guarded {
     inner: Stream,
     _slot: Slot,
     phase: Phase,
-    /// `None` on HTTP/2 (the h2 layer bounds its own frames).
+    /// `None` on HTTP/2 once its preface is in (the h2 layer bounds its own frames).
     timeout: Option<Duration>,
     deadline: Pin<Box<Sleep>>,
 }
@@ -219,19 +230,19 @@ impl std::fmt::Debug for Guarded {
 }
 
 impl Guarded {
-    fn new(inner: Stream, slot: Slot, timeout: Option<Duration>) -> Guarded {
+    fn new(inner: Stream, slot: Slot, timeout: Duration, h2: bool) -> Guarded {
         // The first request's deadline runs from the accept: connecting and sending
-        // nothing is held to it too.
-        let deadline = Box::pin(tokio::time::sleep_until(deadline_after(timeout)));
+        // nothing is held to it too. On HTTP/2, the preface is.
+        let deadline = Box::pin(tokio::time::sleep_until(deadline_after(Some(timeout))));
         Guarded {
             inner,
             _slot: slot,
-            phase: if timeout.is_some() {
-                Phase::Header(0)
+            phase: if h2 {
+                Phase::Preface(0)
             } else {
-                Phase::Off
+                Phase::Header(0)
             },
-            timeout,
+            timeout: (!h2).then_some(timeout),
             deadline,
         }
     }
@@ -247,6 +258,14 @@ impl Guarded {
 
     /// Follow the header block through bytes just read.
     fn observe(&mut self, bytes: &[u8]) {
+        if let Phase::Preface(n) = self.phase {
+            let n = n + bytes.len();
+            self.phase = match n >= H2_PREFACE_LEN {
+                true => Phase::Off,
+                false => Phase::Preface(n),
+            };
+            return;
+        }
         if self.phase == Phase::Idle && !bytes.is_empty() {
             self.deadline.as_mut().reset(deadline_after(self.timeout));
             self.phase = Phase::Header(0);
@@ -265,6 +284,9 @@ impl Guarded {
     }
 }
 
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113 §3.4).
+const H2_PREFACE_LEN: usize = 24;
+
 fn deadline_after(timeout: Option<Duration>) -> Instant {
     let now = Instant::now();
     // HTTP/2 never arms the deadline; a year stands in for "never".
@@ -278,7 +300,9 @@ impl AsyncRead for Guarded {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if matches!(this.phase, Phase::Header(_)) && this.deadline.as_mut().poll(cx).is_ready() {
+        if matches!(this.phase, Phase::Header(_) | Phase::Preface(_))
+            && this.deadline.as_mut().poll(cx).is_ready()
+        {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "request header deadline passed",
@@ -402,6 +426,19 @@ mod tests {
         assert_eq!(t.open(), 2);
         assert!(t.acquire(Some(a), 3, 2).is_ok());
         assert_eq!(t.inner.lock().per_ip.len(), 2);
+    }
+
+    #[test]
+    fn a_v6_host_is_counted_by_its_64_and_a_trusted_proxy_not_at_all() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(per_client(a, &[]), per_client(b, &[]));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_ne!(per_client(a, &[]), per_client(other, &[]));
+        let v4: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(per_client(v4, &[]), Some(v4));
+        let proxy = crate::limits::ip::Cidr::parse("10.0.0.0/8").unwrap();
+        assert_eq!(per_client(v4, &[proxy]), None);
     }
 
     fn ends(text: &[u8]) -> Option<usize> {

@@ -73,6 +73,8 @@ struct Edge<'a> {
     listeners: &'a [crate::config::Listener],
     state: &'a Arc<State>,
     keepalive_requests: Option<u32>,
+    /// `server.keepalive_timeout_s` at start: how long an HTTP/2 connection may be idle.
+    h2_idle: std::time::Duration,
     h2: (u32, usize),
     /// Client connections counted against `max_connections*`, across all workers.
     conns: Arc<crate::edge::ConnTable>,
@@ -114,11 +116,12 @@ impl Edge<'_> {
         worker: Option<usize>,
     ) -> Result<EdgeService, String> {
         let mut proxy = pingora::proxy::http_proxy(conf, gateway);
-        if let Some(n) = self.keepalive_requests {
-            let mut opts = pingora::apps::HttpServerOptions::default();
-            opts.keepalive_request_limit = Some(n);
-            proxy.server_options = Some(opts);
-        }
+        let mut opts = pingora::apps::HttpServerOptions::default();
+        opts.keepalive_request_limit = self.keepalive_requests;
+        // An HTTP/2 connection with no stream open is closed like an idle HTTP/1 one
+        // (Pingora's default keeps it for good).
+        opts.h2_idle_timeout = Some(self.h2_idle);
+        proxy.server_options = Some(opts);
         proxy.h2_options = Some(h2_options(&self.h2));
         let mut svc = pingora::services::listening::Service::new(
             "keygate".into(),
@@ -272,6 +275,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
     let listeners = rt.process.listeners.clone();
     let admin_listen = rt.process.admin_listen;
     let keepalive_requests = rt.process.keepalive_requests;
+    let h2_idle = rt.server.keepalive_timeout;
     let h2 = (
         rt.process.h2_max_concurrent_streams,
         rt.server.max_header_bytes,
@@ -304,6 +308,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
         listeners: &listeners,
         state: &state,
         keepalive_requests,
+        h2_idle,
         h2,
         conns: Arc::default(),
     };

@@ -442,13 +442,9 @@ async fn connection_caps_close_extra_connections_and_free_slots_on_close() {
     drop(other);
 }
 
-#[tokio::test]
-async fn h2_rapid_reset_closes_the_attacker_and_spares_other_clients() {
+/// A TLS connection to `gw` that negotiated HTTP/2, before any HTTP/2 byte.
+async fn tls_h2(gw: &Gateway) -> tokio_openssl::SslStream<tokio::net::TcpStream> {
     use openssl::ssl::{SslConnector, SslMethod};
-    let gw = Gateway::start_with(Options {
-        tls: true,
-        ..Options::default()
-    });
     let ca = gw.dir.path().join("certs/ca.crt");
     let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
     b.set_ca_file(&ca).unwrap();
@@ -465,6 +461,47 @@ async fn h2_rapid_reset_closes_the_attacker_and_spares_other_clients() {
     let mut tls = tokio_openssl::SslStream::new(ssl, tcp).unwrap();
     std::pin::Pin::new(&mut tls).connect().await.unwrap();
     assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    tls
+}
+
+/// Pingora's HTTP/2 handshake has no timeout and its idle timeout was unset: a client
+/// that negotiated h2 and then sent nothing, or opened no stream, held its connection
+/// (and a connection slot) for good.
+#[tokio::test]
+async fn a_silent_or_idle_h2_connection_is_closed() {
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let gw = Gateway::start_with(Options {
+        tls: true,
+        server_extra: "  header_timeout_ms: 1000\n  keepalive_timeout_s: 2".into(),
+        ..Options::default()
+    });
+    // Silent after TLS: cut at the header deadline.
+    let mut silent = tls_h2(&gw).await;
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while silent.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    assert!(
+        closed.await.is_ok(),
+        "a silent h2 connection still open after 5 s"
+    );
+    // Preface and settings, then no stream: closed at the keep-alive timeout.
+    let (_client, conn) = h2::client::handshake(tls_h2(&gw).await).await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(6), conn);
+    assert!(
+        ended.await.is_ok(),
+        "an idle h2 connection still open after 6 s"
+    );
+}
+
+#[tokio::test]
+async fn h2_rapid_reset_closes_the_attacker_and_spares_other_clients() {
+    let gw = Gateway::start_with(Options {
+        tls: true,
+        ..Options::default()
+    });
+    let tls = tls_h2(&gw).await;
     let (mut h2, conn) = h2::client::handshake(tls).await.unwrap();
     let conn = tokio::spawn(conn);
 

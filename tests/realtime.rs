@@ -192,17 +192,40 @@ async fn a_session_past_max_session_s_is_closed() {
         route_extra: "    realtime: { max_session_s: 1 }\n".into(),
         ..Options::default()
     });
-    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    let (code, reason) = closed_by_keygate_within(&gw, Duration::from_secs(3)).await;
+    assert_eq!(code, CloseCode::Policy);
+    assert!(reason.contains("max_session_s"), "{reason}");
+}
+
+/// A new session, left alone after `session.created`: the close keygate sends within
+/// `limit`.
+async fn closed_by_keygate_within(gw: &Gateway, limit: Duration) -> (CloseCode, String) {
+    let (mut ws, _) = open(gw, REALTIME, &bearer(gw)).await.unwrap();
     assert_eq!(
         next_event(&mut ws).await.unwrap()["type"],
         "session.created"
     );
     let t = std::time::Instant::now();
     let closed = next_event(&mut ws).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-    let (code, reason) = closed.expect("a close frame");
-    assert_eq!(code, CloseCode::Policy);
-    assert!(reason.contains("max_session_s"), "{reason}");
+    assert!(t.elapsed() < limit, "{:?}", t.elapsed());
+    closed.expect("a close frame")
+}
+
+/// A key with `expires_at` was checked only when the session opened: the session ran on
+/// for up to `max_session_s` (24 h at most) after the key stopped working.
+#[tokio::test]
+async fn a_session_ends_when_its_key_expires() {
+    let gw = Gateway::start();
+    let at =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3));
+    gw.reload_with(|c| {
+        c.replace(
+            "{ id: alpha.sdk, auth: bearer,",
+            &format!("{{ id: alpha.sdk, expires_at: \"{at}\", auth: bearer,"),
+        )
+    });
+    let (code, reason) = closed_by_keygate_within(&gw, Duration::from_secs(6)).await;
+    assert_eq!((code, reason.as_str()), (CloseCode::Policy, "key expired"));
 }
 
 /// A new session that sends `message` after `session.created`: the code it is closed with.

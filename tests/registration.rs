@@ -258,6 +258,27 @@ async fn expired_codes_bad_input_and_a_burst_from_one_address_are_refused() {
     assert!(r.headers.contains_key("retry-after"));
 }
 
+/// A site that cannot be created (the config does not build: here a `file:` secret of the
+/// YAML is missing) is 503 to whoever holds the link, which is anyone: the answer carried
+/// every config error, with its file paths and other sites' ids.
+#[tokio::test]
+async fn a_site_that_cannot_be_created_tells_the_link_holder_nothing_of_the_config() {
+    let smtp = Smtp::start();
+    let (gw, _key) = node(smtp.port, "");
+    register(&gw, "owner@shop.example").await;
+    let link = smtp.link(1, 10);
+    let beta = gw.dir.path().join("beta.secret");
+    std::fs::rename(&beta, gw.dir.path().join("beta.secret.aside")).unwrap();
+    let r = get(&gw, &link, None).await;
+    r.assert_error(503, "upstream_unavailable");
+    assert!(
+        !r.body.contains("beta") && !r.body.contains("secret"),
+        "{}",
+        r.body
+    );
+    assert!(gw.logs().contains("could not be created"), "{}", gw.logs());
+}
+
 #[tokio::test]
 async fn a_relay_that_is_down_leaves_the_registration_pending_and_retried() {
     let mut smtp = Smtp {

@@ -17,8 +17,12 @@ pub fn posture(rt: &Runtime) -> Vec<String> {
         }
     }
     if let Some(a) = rt.process.admin_listen.filter(|a| !a.ip().is_loopback()) {
+        let what = match rt.admin.is_some() {
+            true => "the admin API (with admin.allow_plaintext: new client secrets in clear), /metrics and the health endpoints are",
+            false => "/metrics and the health endpoints are",
+        };
         out.push(format!(
-            "server.admin_listen: {a} is not loopback: /metrics and the health endpoints are reachable from the network"
+            "server.admin_listen: {a} is not loopback: {what} reachable from the network"
         ));
     }
     if rt.server.auth_failure_limit.is_none() {

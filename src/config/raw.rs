@@ -179,6 +179,8 @@ pub struct RawAdmin {
     #[serde(default)]
     pub keys: Vec<RawAdminKey>,
     pub state_file: Option<String>,
+    /// Serve the admin API on a `server.admin_listen` that is not loopback, in clear.
+    pub allow_plaintext: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -716,3 +716,24 @@ fn a_send_timeout_out_of_range_is_named() {
     }
     assert!(errors_after("  hostnames:", "  send_timeout_s: 5\n  hostnames:").is_empty());
 }
+
+#[test]
+fn the_admin_api_in_clear_off_loopback_is_refused_unless_allowed() {
+    let admin = |extra: &str| {
+        format!("  admin_listen: \"0.0.0.0:9100\"\n  hostnames:|admin: {{ keys: [{{ id: ops, secret: \"kga_literal_for_tests_00000000000000\" }}]{extra} }}\ntiers:")
+    };
+    let with = |extra: &str| {
+        let a = admin(extra);
+        let (server, rest) = a.split_once('|').unwrap();
+        GOOD.replacen("  hostnames:", server, 1)
+            .replacen("tiers:", rest, 1)
+    };
+    let e = load_str(&with(""), demo()).unwrap_err().to_string();
+    assert!(e.contains("admin.keys: the admin API answers with new client secrets, in clear on server.admin_listen 0.0.0.0:9100"), "{e}");
+    let rt = load_str(&with(", allow_plaintext: true"), demo()).unwrap();
+    let found = super::posture::posture(&rt);
+    assert!(
+        found.iter().any(|f| f.contains("the admin API")),
+        "{found:?}"
+    );
+}

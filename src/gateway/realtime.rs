@@ -12,7 +12,7 @@
 //! upstream or credential away.
 
 use super::ctx::Ctx;
-use super::relay::{bridge, Relay, WRITE_TIMEOUT};
+use super::relay::{bridge, End, Relay, WRITE_TIMEOUT};
 use super::service::Gateway;
 use crate::error::{ErrorCode, GatewayError};
 use crate::realtime::{self, Limits};
@@ -159,14 +159,24 @@ impl Gateway {
             secrets: &rt.scanner,
             patterns: route.block_patterns.as_ref(),
         };
-        // A browser token's session ends when the token does.
-        let max_session = route.realtime.max_session;
-        let token_left = client
-            .token
-            .as_ref()
-            .map(|t| Duration::from_secs((t.exp - crate::clock::now_s()).max(0) as u64));
-        let token_first = token_left.is_some_and(|left| left < max_session);
-        let lifetime = token_left.map_or(max_session, |left| left.min(max_session));
+        // A session ends when the browser token or the key it was opened with does.
+        let now = crate::clock::now_s();
+        let left = |until: i64| Duration::from_secs((until - now).max(0) as u64);
+        let token_left = client.token.as_ref().map(|t| left(t.exp));
+        let key_left = rt
+            .keys
+            .get(&client.key_id)
+            .and_then(|k| k.expires_at)
+            .map(left);
+        let (lifetime, at_end_of_life) = [
+            (Some(route.realtime.max_session), End::TimeUp),
+            (token_left, End::TokenExpired),
+            (key_left, End::KeyExpired),
+        ]
+        .into_iter()
+        .filter_map(|(d, end)| Some((d?, end)))
+        .min_by_key(|(d, _)| *d)
+        .unwrap_or((route.realtime.max_session, End::TimeUp));
         let price = ctx
             .model
             .as_deref()
@@ -183,7 +193,7 @@ impl Gateway {
             rules,
             tier: site.tier.clone(),
             lifetime,
-            token_first,
+            at_end_of_life,
             close: registered.close.clone(),
         };
         let (end, usage, cost) = bridge(session, upstream_ws, relay, config).await;

@@ -61,6 +61,8 @@ pub(super) enum End {
     BudgetSpent,
     /// The browser token the session was opened with has expired.
     TokenExpired,
+    /// The key the session was opened with has passed its `expires_at`.
+    KeyExpired,
     ShuttingDown,
 }
 
@@ -76,6 +78,7 @@ impl End {
             End::Revoked => (CloseCode::Policy, "revoked by a config change"),
             End::BudgetSpent => (CloseCode::Policy, "budget spent"),
             End::TokenExpired => (CloseCode::Policy, "token expired"),
+            End::KeyExpired => (CloseCode::Policy, "key expired"),
             End::ShuttingDown => (CloseCode::Away, "gateway shutting down"),
         };
         Some(CloseFrame {
@@ -99,10 +102,10 @@ pub(super) struct Relay<'a> {
     pub(super) rules: Rules<'a>,
     /// The site's tier (its budgets, re-checked after each charge).
     pub(super) tier: std::sync::Arc<crate::limits::tier::Tier>,
-    /// How long the session may last: `max_session_s`, or less when the browser token it
-    /// was opened with expires first (`token_first`).
+    /// How long the session may last: `max_session_s`, or less when the browser token or
+    /// the key it was opened with expires first; and how it ends then.
     pub(super) lifetime: Duration,
-    pub(super) token_first: bool,
+    pub(super) at_end_of_life: End,
     pub(super) close: std::sync::Arc<tokio::sync::Notify>,
 }
 
@@ -254,7 +257,7 @@ pub(super) async fn bridge(
                     Some(Err(ws::Error::Capacity(_))) => break End::TooBig,
                     Some(Err(_)) | None => break End::UpstreamGone,
                 },
-                _ = &mut deadline => break if relay.token_first { End::TokenExpired } else { End::TimeUp },
+                _ = &mut deadline => break relay.at_end_of_life,
                 _ = relay.close.notified() => break if relay.state.realtime.is_shutting_down() {
                     End::ShuttingDown
                 } else {

@@ -273,6 +273,16 @@ impl Registrar {
             Err(e) => {
                 // Not created: the link works again (the code goes back, pending).
                 let _ = self.store.put(&id, &code_hash, &rec).await;
+                // The caller is anyone with the link: why the config does not build
+                // with the new site (file paths, other sites' ids, tiers) is the
+                // operator's to read, in the log.
+                if e.code == ErrorCode::BadRequest || e.code.status() >= 500 {
+                    log::error!(
+                        "registration: site {site_id} could not be created: {}",
+                        e.detail.as_deref().unwrap_or(&e.message)
+                    );
+                    return Err(Self::unavailable());
+                }
                 return Err(e);
             }
         };

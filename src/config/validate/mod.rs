@@ -60,6 +60,14 @@ pub fn validate(raw: RawConfig, opts: LoadOptions) -> Result<Runtime, ConfigErro
         opts,
         &mut errs,
     );
+    if let (Some(a), Some(addr)) = (&raw.admin, process.admin_listen) {
+        if !addr.ip().is_loopback() && a.allow_plaintext != Some(true) {
+            errs.push(
+                "admin.keys",
+                format!("the admin API answers with new client secrets, in clear on server.admin_listen {addr}, which is not loopback: keep admin_listen on loopback (reach it over SSH or through a TLS-terminating proxy on the same host), or set admin.allow_plaintext: true for a network you trust"),
+            );
+        }
+    }
     let anomaly = anomaly::validate(raw.anomaly.as_ref(), &mut errs);
     let otlp = anomaly::otlp(raw.telemetry.as_ref(), &master_keys, opts, &mut errs);
 
