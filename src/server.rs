@@ -263,7 +263,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), String> {
             LoadOptions::default(),
         )
     };
-    let (rt, changes) = crate::control::load_at_start(&base, load)
+    let (rt, changes, base) = crate::control::load_at_start(base, load)
         .map_err(|e| format!("{}:\n{e}", opts.config.display()))?;
     for w in &rt.warnings {
         log::warn!("{w}");

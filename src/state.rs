@@ -143,6 +143,16 @@ impl State {
             ),
         }
         rt.generation = old.generation + 1;
+        let secs = |d: std::time::Duration| d.as_secs() as i64;
+        rt.server.earlier_skews = crate::auth::carry_skews(
+            &old.server.earlier_skews,
+            secs(old.server.clock_skew),
+            (
+                secs(rt.server.clock_skew),
+                secs(rt.server.clock_skew_future),
+            ),
+            crate::clock::now_s(),
+        );
         let sites = site_keys(&rt);
         let old_limiter = self.limiter.load_full();
         if !old_limiter.local_store().covers(&sites, spends(&rt)) {

@@ -464,3 +464,38 @@ async fn a_change_that_cannot_be_stored_says_why_in_the_log() {
         "{logs}"
     );
 }
+
+/// Every admin change rebuilt the config from the YAML text and read `sites_dir` again: a
+/// site file written since the last SIGHUP (unreviewed, perhaps half written) went live
+/// with any admin change, and a broken one made every admin change fail with its error.
+#[tokio::test]
+async fn an_admin_change_puts_no_site_file_in_force_that_no_sighup_loaded() {
+    let key = AdminKey::new();
+    let gw = node(&key);
+    let dir = gw.dir.path().join("sites.d");
+    std::fs::create_dir(&dir).unwrap();
+    gw.reload_with(|t| format!("sites_dir: \"{}\"\n{t}", dir.display()));
+    let secret = format!("kgs_{}", keygate::auth::signature::random_nonce());
+    let path = gw.dir.path().join("sneaky.secret");
+    std::fs::write(&path, &secret).unwrap();
+    let sneaky = format!(
+        "- id: sneaky\n  tier: free\n  keys:\n    - {{ id: sneaky.k1, auth: hmac, secret: \"file:{}\" }}\n",
+        path.display()
+    );
+    // Written after the last load.
+    std::fs::write(dir.join("b.yaml"), sneaky).unwrap();
+    std::fs::write(dir.join("c.yaml"), "- { id: broken, tier: gold }\n").unwrap();
+    let (kid, made) = create_site(&gw, &key, "lambda", "free").await;
+    assert_eq!(models_as(&gw, &kid, &made, None).await.status, 200);
+    assert_eq!(models_as(&gw, "sneaky.k1", &secret, None).await.status, 401);
+    // A SIGHUP reads the directory.
+    std::fs::remove_file(dir.join("c.yaml")).unwrap();
+    gw.sighup();
+    assert_eq!(
+        models_as(&gw, "sneaky.k1", &secret, None).await.status,
+        200,
+        "{}",
+        gw.logs()
+    );
+    assert_eq!(models_as(&gw, &kid, &made, None).await.status, 200);
+}

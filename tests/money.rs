@@ -427,6 +427,8 @@ async fn a_stream_left_early_and_a_refused_answer_are_still_charged() {
     });
     let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
     assert_eq!(r.status, 502, "{}", r.body);
+    // Charged as the request ends, just after its answer: its audit line says it is done.
+    gw.audit_lines_at_least(1);
     let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
     r.assert_error(429, "rate_limited");
 }

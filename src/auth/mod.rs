@@ -11,6 +11,9 @@ pub mod reason;
 pub mod sfv;
 pub mod signature;
 pub mod token;
+mod window;
+
+pub use window::carry_skews;
 
 use crate::config::{ClientKey, KeyAuth, KeyId, Site};
 use crate::error::{ErrorCode, GatewayError};
@@ -212,9 +215,18 @@ pub struct Keys<'a> {
     pub clock_skew: i64,
     /// How far (seconds) in the future `created` may be (`server.clock_skew_future_s`).
     pub clock_skew_future: i64,
+    /// Smaller skews in force before a reload raised it (`ServerSettings::earlier_skews`).
+    pub earlier_skews: &'a [(i64, i64)],
 }
 
 impl<'a> Keys<'a> {
+    /// The window a signature created at `created` is checked against
+    /// ([`window::skew_for`]).
+    fn window(&self, created: i64, expires: Option<i64>, now: i64) -> Result<i64, AuthFailure> {
+        let skew = window::skew_for(self.clock_skew, self.earlier_skews, created);
+        window::window_check(created, expires, now, (skew, self.clock_skew_future)).map_err(stale)
+    }
+
     /// The key `id` if it may authenticate now: an expired key, or a key of a disabled
     /// site, is treated exactly like an unknown one (same answer, same time spent).
     fn usable_key(&self, id: &KeyId, now: i64) -> Option<&'a ClientKey> {
@@ -261,30 +273,6 @@ fn bearer_token(h: &http::HeaderMap) -> Result<Option<&str>, AuthFailure> {
     single(h, "x-goog-api-key")
 }
 
-/// `created` within `[now - skew, now + future]`, not past `expires`; returns the last
-/// second the signature is fresh (until then its nonce is remembered).
-fn window_check(
-    created: i64,
-    expires: Option<i64>,
-    now: i64,
-    (skew, future): (i64, i64),
-) -> Result<i64, AuthFailure> {
-    if created < now - skew {
-        return Err(stale("created too old"));
-    }
-    if created > now + future {
-        return Err(stale("created in the future"));
-    }
-    let mut end = created.saturating_add(skew);
-    if let Some(exp) = expires {
-        if exp < now {
-            return Err(stale("expired"));
-        }
-        end = end.min(exp);
-    }
-    Ok(end)
-}
-
 /// A key of the same length as real secrets, used to spend the same time on unknown keys.
 const DUMMY_KEY: &[u8] = b"kgs_unknown_key_dummy_0000000000000000000";
 
@@ -312,12 +300,7 @@ fn authenticate_hmac(
             ));
         }
     }
-    let window_end = window_check(
-        parsed.params.created,
-        parsed.params.expires,
-        req.now,
-        (rt.clock_skew, rt.clock_skew_future),
-    )?;
+    let window_end = rt.window(parsed.params.created, parsed.params.expires, req.now)?;
     let digest_header = single(h, "content-digest")?
         .ok_or_else(|| AuthFailure::unauth(AuthReason::Malformed, "Content-Digest missing"))?;
     let body_digest = signature::parse_content_digest(digest_header)
@@ -441,7 +424,7 @@ fn authenticate_legacy(rt: &Keys<'_>, req: &AuthInput<'_>) -> Result<AuthedClien
     let ts: i64 = ts_text
         .parse()
         .map_err(|_| AuthFailure::unauth(AuthReason::Malformed, "bad X-Timestamp"))?;
-    window_check(ts, None, req.now, (rt.clock_skew, rt.clock_skew_future))?;
+    rt.window(ts, None, req.now)?;
     let given = hex::decode(sig_hex)
         .map_err(|_| AuthFailure::unauth(AuthReason::BadSignature, "X-Signature is not hex"))?;
     let key = rt.usable_key(&KeyId(id.to_string()), req.now);
@@ -514,25 +497,6 @@ impl DigestCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn window_rules() {
-        assert!(window_check(1000, None, 1000, (300, 60)).is_ok());
-        assert_eq!(window_check(1000, None, 1000, (300, 60)).unwrap(), 1300);
-        assert!(window_check(699, None, 1000, (300, 60)).is_err());
-        assert!(window_check(1061, None, 1000, (300, 60)).is_err());
-        assert!(window_check(1060, None, 1000, (300, 60)).is_ok());
-        assert_eq!(
-            window_check(1000, Some(1100), 1000, (300, 60)).unwrap(),
-            1100,
-            "expires only shortens"
-        );
-        assert_eq!(
-            window_check(1000, Some(5000), 1000, (300, 60)).unwrap(),
-            1300
-        );
-        assert!(window_check(1000, Some(999), 1000, (300, 60)).is_err());
-    }
 
     #[test]
     fn a_sites_nonce_share_is_what_its_limits_let_it_send_twice_over() {

@@ -19,8 +19,19 @@ pub const MAX_SITE_FILES: usize = 10_000;
 /// Append the sites of every file in `raw.sites_dir` to `raw.sites` and record where
 /// each file's sites are ([`RawConfig::site_path`]). Every file's mistakes are reported.
 pub fn expand(raw: &mut RawConfig) -> Result<(), ConfigErrors> {
+    read(raw)?.append(raw)
+}
+
+/// The files of a `sites_dir` as read at one load: their names and texts. Builds until
+/// the next load parse these, not the directory again, so a file written meanwhile (an
+/// unreviewed edit, one half written) waits for a SIGHUP as the YAML does.
+#[derive(Debug, Clone, Default)]
+pub struct SiteTexts(Vec<(String, String)>);
+
+/// Read the site files of `raw.sites_dir` (none without one).
+pub fn read(raw: &RawConfig) -> Result<SiteTexts, ConfigErrors> {
     let Some(dir) = raw.sites_dir.clone() else {
-        return Ok(());
+        return Ok(SiteTexts::default());
     };
     let one = |message: String| {
         ConfigErrors(vec![ConfigError {
@@ -35,21 +46,45 @@ pub fn expand(raw: &mut RawConfig) -> Result<(), ConfigErrors> {
             files.len()
         )));
     }
-    let mut errs = Vec::new();
-    for ((name, _), parsed) in files.iter().zip(parse_all(&files)) {
-        match parsed {
-            Ok(sites) => {
-                let label = format!("sites_dir/{name}");
-                raw.site_files.push((label, raw.sites.len(), sites.len()));
-                raw.sites.extend(sites);
-            }
-            Err(e) => errs.push(e),
-        }
+    let read = super::split::parallel_map(&files, |(name, path)| {
+        read_text_bounded(path, MAX_CONFIG_BYTES)
+            .map(|text| (name.clone(), text))
+            .map_err(|e| ConfigError {
+                path: format!("sites_dir/{name}"),
+                message: format!("cannot read {}: {e}", path.display()),
+            })
+    });
+    let (texts, errs): (Vec<_>, Vec<_>) = read.into_iter().partition(Result::is_ok);
+    if !errs.is_empty() {
+        return Err(ConfigErrors(
+            errs.into_iter().filter_map(Result::err).collect(),
+        ));
     }
-    if errs.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errs))
+    Ok(SiteTexts(
+        texts.into_iter().filter_map(Result::ok).collect(),
+    ))
+}
+
+impl SiteTexts {
+    /// Parse every file (in parallel) and append its sites to `raw.sites`, recording where
+    /// each file's sites are. Every file's mistakes are reported.
+    pub fn append(&self, raw: &mut RawConfig) -> Result<(), ConfigErrors> {
+        let parsed = super::split::parallel_map(&self.0, |(name, text)| parse_file(name, text));
+        let mut errs = Vec::new();
+        for ((name, _), parsed) in self.0.iter().zip(parsed) {
+            match parsed {
+                Ok(sites) => {
+                    let label = format!("sites_dir/{name}");
+                    raw.site_files.push((label, raw.sites.len(), sites.len()));
+                    raw.sites.extend(sites);
+                }
+                Err(e) => errs.push(e),
+            }
+        }
+        match errs.is_empty() {
+            true => Ok(()),
+            false => Err(ConfigErrors(errs)),
+        }
     }
 }
 
@@ -69,22 +104,13 @@ fn list(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-/// Parse every file, on up to one thread per CPU; results in the files' order.
-fn parse_all(files: &[(String, PathBuf)]) -> Vec<Result<Vec<RawSite>, ConfigError>> {
-    super::split::parallel_map(files, |(name, path)| parse_file(name, path))
-}
-
 /// One site file: a YAML (or, named `*.json`, JSON) list of sites (an empty file holds none).
-fn parse_file(name: &str, path: &Path) -> Result<Vec<RawSite>, ConfigError> {
+fn parse_file(name: &str, text: &str) -> Result<Vec<RawSite>, ConfigError> {
     let label = format!("sites_dir/{name}");
-    let text = read_text_bounded(path, MAX_CONFIG_BYTES).map_err(|e| ConfigError {
-        path: label.clone(),
-        message: format!("cannot read {}: {e}", path.display()),
-    })?;
     let sites: Option<Vec<RawSite>> = if text.trim().is_empty() {
         None
     } else if name.ends_with(".json") {
-        let mut de = serde_json::Deserializer::from_str(&text);
+        let mut de = serde_json::Deserializer::from_str(text);
         let sites = serde_path_to_error::deserialize(&mut de).map_err(|e| located(&label, e))?;
         // Nothing may follow the list (serde_json's own `from_str` checks this too).
         de.end().map_err(|e| ConfigError {
@@ -93,7 +119,7 @@ fn parse_file(name: &str, path: &Path) -> Result<Vec<RawSite>, ConfigError> {
         })?;
         sites
     } else {
-        let de = serde_yaml::Deserializer::from_str(&text);
+        let de = serde_yaml::Deserializer::from_str(text);
         serde_path_to_error::deserialize(de).map_err(|e| located(&label, e))?
     };
     Ok(sites.unwrap_or_default())

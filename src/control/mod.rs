@@ -32,8 +32,9 @@ const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 pub struct Control {
     pub state: Arc<State>,
     opts: LoadOptions,
-    /// The YAML text last loaded (the base the changes apply to), and a count of loads.
-    base: Mutex<(String, u64)>,
+    /// The YAML last loaded with its site files (the base the changes apply to), and a
+    /// count of loads.
+    base: Mutex<(Arc<Base>, u64)>,
     /// The changes in force (their version is the one stored).
     changes: Mutex<Changes>,
     /// Where changes persist; `None`: the API is off (no `admin:` and no fleet at start).
@@ -52,9 +53,39 @@ pub struct Control {
     retry: Mutex<Option<(u64, std::time::Instant)>>,
 }
 
+/// The YAML text last loaded and its `sites_dir` files as read then. Every build until
+/// the next load (a SIGHUP) starts from these: an admin change, a registration or a
+/// fleet catch-up puts no site file written meanwhile in force (an unreviewed edit, one
+/// half written), and a file broken meanwhile does not make them fail.
+#[derive(Debug, Clone)]
+pub struct Base {
+    text: String,
+    files: config::site_files::SiteTexts,
+}
+
+impl Base {
+    /// Read the site files `text` names; with the config parsed (their sites appended),
+    /// for the first build.
+    pub fn load(text: String) -> Result<(Base, config::raw::RawConfig), ConfigErrors> {
+        let mut raw = config::parse(&text).map_err(|e| ConfigErrors(vec![e]))?;
+        let files = config::site_files::read(&raw)?;
+        files.append(&mut raw)?;
+        Ok((Base { text, files }, raw))
+    }
+}
+
 /// The config for `base` with `changes` applied, validated as one file.
-pub fn build(base: &str, changes: &Changes, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
-    let mut raw = config::parse_with_site_files(base)?;
+pub fn build(base: &Base, changes: &Changes, opts: LoadOptions) -> Result<Runtime, ConfigErrors> {
+    let mut raw = config::parse(&base.text).map_err(|e| ConfigErrors(vec![e]))?;
+    base.files.append(&mut raw)?;
+    build_raw(raw, changes, opts)
+}
+
+fn build_raw(
+    mut raw: config::raw::RawConfig,
+    changes: &Changes,
+    opts: LoadOptions,
+) -> Result<Runtime, ConfigErrors> {
     let dormant = changes.apply(&mut raw);
     let mut rt = config::validate(raw, opts)?;
     for id in dormant {
@@ -74,18 +105,23 @@ pub fn read_yaml(path: &Path) -> Result<String, String> {
 /// The config to start with: the YAML, and without a fleet the state file's changes
 /// (read now: a site disabled through the API must not serve for a moment at start).
 /// With a fleet the changes come from Redis once it answers; the node is not ready before.
-pub fn load_at_start(base: &str, opts: LoadOptions) -> Result<(Runtime, Changes), String> {
-    let yaml_only = build(base, &Changes::default(), opts).map_err(|e| e.to_string())?;
+pub fn load_at_start(
+    text: String,
+    opts: LoadOptions,
+) -> Result<(Runtime, Changes, Arc<Base>), String> {
+    let (base, raw) = Base::load(text).map_err(|e| e.to_string())?;
+    let base = Arc::new(base);
+    let yaml_only = build_raw(raw, &Changes::default(), opts).map_err(|e| e.to_string())?;
     let Some(file) = state_file(&yaml_only) else {
-        return Ok((yaml_only, Changes::default()));
+        return Ok((yaml_only, Changes::default(), base));
     };
     let changes = store::load_file(&file)?;
     if changes.sites.is_empty() {
-        return Ok((yaml_only, changes));
+        return Ok((yaml_only, changes, base));
     }
-    let rt = build(base, &changes, opts)
+    let rt = build(&base, &changes, opts)
         .map_err(|e| format!("the config with the changes in {}:\n{e}", file.display()))?;
-    Ok((rt, changes))
+    Ok((rt, changes, base))
 }
 
 /// Where changes persist without a fleet: `admin.state_file`, or its default when only
@@ -102,7 +138,7 @@ fn state_file(rt: &Runtime) -> Option<std::path::PathBuf> {
 }
 
 impl Control {
-    pub fn new(state: Arc<State>, base: String, changes: Changes, opts: LoadOptions) -> Control {
+    pub fn new(state: Arc<State>, base: Arc<Base>, changes: Changes, opts: LoadOptions) -> Control {
         let rt = state.runtime.load();
         let store = match &state.fleet {
             Some(f) => Some(Store::Redis(f.clone())),
@@ -150,9 +186,11 @@ impl Control {
         let text = read_yaml(path)?;
         let _one = self.installing.lock();
         let changes = self.changes.lock().clone();
-        let rt = build(&text, &changes, self.opts).map_err(|e| e.to_string())?;
+        // The site files are read again here, and only here (and at start).
+        let (loaded, raw) = Base::load(text).map_err(|e| e.to_string())?;
+        let rt = build_raw(raw, &changes, self.opts).map_err(|e| e.to_string())?;
         let mut base = self.base.lock();
-        *base = (text, base.1 + 1);
+        *base = (Arc::new(loaded), base.1 + 1);
         drop(base);
         self.state.install(rt);
         // A fleet version that did not apply to the old YAML may apply to this one: the
@@ -385,7 +423,7 @@ impl Control {
 impl Control {
     /// `next` does not build here: apply at least what it takes away (disabled sites,
     /// removed keys) on top of the changes in force.
-    fn revoke_only(&self, base: &(String, u64), next: &Changes) -> Result<(), String> {
+    fn revoke_only(&self, base: &(Arc<Base>, u64), next: &Changes) -> Result<(), String> {
         let current = self.changes.lock().clone();
         let only = current.revocations(next);
         if only.sites == current.sites {
