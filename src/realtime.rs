@@ -181,6 +181,9 @@ pub struct Sessions {
 pub struct Opened {
     pub site: String,
     pub key_id: String,
+    /// The key's [`crate::config::ClientKey::binding`]: a session ends when its key's
+    /// secret is replaced.
+    pub key_binding: String,
     /// The upstream's name, the credential's id, and the binding of the two.
     pub upstream: String,
     pub credential: String,
@@ -461,6 +464,7 @@ mod tests {
         Opened {
             site: site.into(),
             key_id: key_id.into(),
+            key_binding: String::new(),
             upstream: "openai".into(),
             credential: "prod-1".into(),
             binding: 0,

@@ -231,7 +231,7 @@ pub fn still_allowed(rt: &Runtime, o: &crate::realtime::Opened, now: i64) -> boo
     let client = rt
         .keys
         .get(&crate::config::KeyId(o.key_id.clone()))
-        .filter(|k| k.usable(&rt.sites, now))
+        .filter(|k| k.usable(&rt.sites, now) && k.binding() == o.key_binding)
         .and_then(|k| rt.sites.get(k.site))
         .is_some_and(|s| s.id.0 == o.site);
     client

@@ -272,6 +272,34 @@ async fn tokens_minted_under_the_previous_key_stay_valid() {
     );
 }
 
+/// A token named only its issuing key's id: after the key's secret was rotated (it leaked),
+/// tokens minted with the old secret kept working until they expired (up to a day).
+#[tokio::test]
+async fn a_token_dies_with_the_secret_it_was_minted_under() {
+    let gw = Gateway::start();
+    let token = mint(&gw, r#"{"ttl_s": 120}"#).await;
+    let models = |t: String| {
+        let gw = &gw;
+        async move {
+            with_token(gw, &t, "/openai/v1/models", None, None)
+                .await
+                .status
+        }
+    };
+    assert_eq!(models(token.clone()).await, 200);
+    // Another reload that leaves the key alone keeps its tokens.
+    gw.sighup();
+    assert_eq!(models(token.clone()).await, 200);
+    let rotated = format!("kgs_{}", keygate::auth::signature::random_nonce());
+    std::fs::write(gw.dir.path().join("alpha.secret"), &rotated).unwrap();
+    gw.sighup();
+    assert_eq!(models(token).await, 401);
+    let r = gw.call_as("alpha.k1", &rotated, "POST", TOKENS, "{}").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let fresh = r.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(models(fresh).await, 200);
+}
+
 /// A Realtime client secret works straight at the provider, outside keygate's limits: one
 /// minted with a browser token lives no longer than the token.
 #[tokio::test]

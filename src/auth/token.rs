@@ -37,6 +37,11 @@ pub struct Claims {
     pub max: u64,
     /// Random id (counts `max` uses).
     pub jti: String,
+    /// The issuing key's binding ([`crate::config::ClientKey::binding`]): a token dies
+    /// with the secret it was minted under (a rotated secret, a key id given again). Empty
+    /// in tokens minted before it existed, which are taken until they expire.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kb: String,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -162,6 +167,7 @@ mod tests {
             models: vec![],
             max: 3,
             jti: "abc".into(),
+            kb: String::new(),
         }
     }
 

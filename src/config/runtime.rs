@@ -172,6 +172,21 @@ impl ClientKey {
     pub fn usable(&self, sites: &[Site], now: i64) -> bool {
         self.expires_at.is_none_or(|t| now < t) && sites.get(self.site).is_none_or(|s| !s.disabled)
     }
+
+    /// What ties a browser token or a Realtime session to this key's credential: 16 hex
+    /// digits of an HMAC under the secret (or of a bearer key's hash). It changes with the
+    /// secret, so a token minted under a secret since rotated, or under a key id since
+    /// given to another key, stops working. Reveals nothing of the secret.
+    pub fn binding(&self) -> String {
+        use secrecy::ExposeSecret;
+        let tag = match &self.auth {
+            KeyAuth::Hmac(s) | KeyAuth::LegacySiteTimestamp(s) => {
+                crate::auth::signature::mac(s.expose_secret().as_bytes(), "keygate:key-binding:v1")
+            }
+            KeyAuth::Bearer(hash) => crate::auth::signature::mac(hash, "keygate:key-binding:v1"),
+        };
+        hex::encode(&tag[..8])
+    }
 }
 
 /// `admin:` (SPEC §8.4): the keys that sign `/admin/v1/` calls, and where changes made

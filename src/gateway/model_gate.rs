@@ -178,6 +178,7 @@ mod tests {
                 models: vec![],
                 max: 0,
                 jti: "j".into(),
+                kb: String::new(),
             })),
         }
     }

@@ -112,6 +112,11 @@ impl Gateway {
         let opened = realtime::Opened {
             site: site.id.0.clone(),
             key_id: client.key_id.0.clone(),
+            key_binding: rt
+                .keys
+                .get(&client.key_id)
+                .map(crate::config::ClientKey::binding)
+                .unwrap_or_default(),
             upstream: up.name.clone(),
             credential: credential.id.clone(),
             binding: crate::state::binding(&up, credential),

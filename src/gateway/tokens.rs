@@ -134,6 +134,11 @@ impl Gateway {
             models: req.models.unwrap_or_default(),
             max: req.max_requests.unwrap_or(0),
             jti: crate::auth::signature::random_nonce(),
+            kb: rt
+                .keys
+                .get(&client.key_id)
+                .map(crate::config::ClientKey::binding)
+                .unwrap_or_default(),
         };
         let token = rt.tokens.mint(claims).ok_or_else(|| {
             GatewayError::new(ErrorCode::Internal, "The token could not be minted.")

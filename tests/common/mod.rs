@@ -723,6 +723,18 @@ sites:
             "beta.k1" => &self.secrets.beta,
             _ => &self.secrets.alpha,
         };
+        self.call_as(key_id, secret, method, path, body).await
+    }
+
+    /// [`Gateway::call`] signed with `secret`.
+    pub async fn call_as(
+        &self,
+        key_id: &str,
+        secret: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> Resp {
         let h = self.sign(key_id, secret, method, path, body.as_bytes());
         let body = (!body.is_empty()).then(|| body.as_bytes().to_vec());
         send(&client(), method, &self.url(path), &h, body).await
