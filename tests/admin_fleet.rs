@@ -136,10 +136,12 @@ async fn a_change_this_node_could_not_take_applies_after_its_yaml_catches_up() {
             1,
         )
     };
-    // A site both nodes serve, whose key is revoked after the change node 1 cannot take.
+    // Sites both nodes serve, whose keys are revoked after the change node 1 cannot take.
     let (eta_kid, eta_secret) = create_site(&nodes[0], &key, "eta", "free").await;
-    within("eta served on node 1", TWO_S, || {
-        serves(&nodes[1], &eta_kid, &eta_secret)
+    let (zeta_kid, zeta_secret) = create_site(&nodes[0], &key, "zeta", "free").await;
+    within("eta and zeta served on node 1", TWO_S, || async {
+        serves(&nodes[1], &eta_kid, &eta_secret).await
+            && serves(&nodes[1], &zeta_kid, &zeta_secret).await
     })
     .await;
     nodes[0].reload_with(gold);
@@ -162,6 +164,16 @@ async fn a_change_this_node_could_not_take_applies_after_its_yaml_catches_up() {
         refused(&nodes[1], &eta_kid, &eta_secret)
     })
     .await;
+    // A revocation made through the node that is behind: it was refused (400, naming
+    // delta's tier), so an emergency key removal failed on another site's record.
+    let gone = remove_key(&nodes[1], &key, "zeta", &zeta_kid).await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    for n in &nodes {
+        within("zeta's key refused on every node", TWO_S, || {
+            refused(n, &zeta_kid, &zeta_secret)
+        })
+        .await;
+    }
     nodes[1].reload_with(gold);
     within("served on node 1 after its SIGHUP", TWO_S, || {
         serves(&nodes[1], &kid, &secret)

@@ -536,6 +536,7 @@ fn systemd_unit_verifies_when_systemd_is_present() {
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "LimitNOFILE=",
         "StateDirectory=keygate",
+        "RuntimeDirectoryPreserve=yes",
     ] {
         assert!(text.contains(line), "unit lacks {line}");
     }

@@ -282,7 +282,20 @@ impl Control {
                 return Ok(out);
             }
             let base = self.base.lock().clone();
-            let built = build(&base.0, &next, self.opts).map_err(invalid)?;
+            let built = match build(&base.0, &next, self.opts) {
+                Ok(rt) => Some(rt),
+                // This node is behind the fleet (the stored changes need what its YAML
+                // lacks: a tier another node has) and the change only takes away (a key
+                // removed, a site disabled): an emergency revocation must not fail on
+                // another site's record. Stored, and its revocations applied here.
+                Err(_)
+                    if current.revocations(&next).sites == next.sites
+                        && build(&base.0, &current, self.opts).is_err() =>
+                {
+                    None
+                }
+                Err(e) => return Err(invalid(e)),
+            };
             match store
                 .store(current.version, &next)
                 .await
@@ -292,7 +305,11 @@ impl Control {
                 Stored::Raced => continue,
                 Stored::TooLarge => return Err(full()),
             }
-            self.install(built, next, base.1).map_err(|e| {
+            let installed = match built {
+                Some(built) => self.install(built, next, base.1),
+                None => self.revoke_only(&base, &next),
+            };
+            installed.map_err(|e| {
                 GatewayError::new(
                     ErrorCode::Internal,
                     "The change was stored but does not apply here.",

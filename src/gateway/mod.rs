@@ -97,6 +97,10 @@ impl ProxyHttp for Gateway {
         // an HTTP/2 stream window never opened) held the request, its concurrency slot
         // and its upstream connection for as long as the kernel kept the connection.
         session.set_write_timeout(Some(ctx.rt.server.send_timeout));
+        // A body left unread (a refusal answered before it) is drained before the
+        // connection is kept: for at most `body_timeout_ms` in all (Pingora: no limit, so a
+        // client trickling it held the connection after its answer).
+        session.set_total_drain_timeout(Some(ctx.rt.server.body_timeout));
         ctx.tls = session
             .as_downstream()
             .digest()

@@ -22,6 +22,7 @@
 //! tokens) use pingora-limits' count-min sketches (four rows) instead.
 
 pub mod anomaly;
+mod inflight;
 pub mod ip;
 pub mod name;
 pub mod price;
@@ -32,8 +33,8 @@ pub mod window;
 
 pub use token_uses::TokenUses;
 
+use inflight::{Guard, InFlight};
 pub use name::LimitName;
-use pingora_limits::inflight::{Guard, Inflight};
 use std::sync::Arc;
 use std::time::Duration;
 pub use store::{Copied, Counter, CounterStore, LocalStore, SiteKey};
@@ -277,7 +278,7 @@ pub struct Limiter {
     store: Box<dyn CounterStore>,
     /// Shared with the limiter this one replaced on a reload (in-flight guards of
     /// requests admitted before it still release into it).
-    inflight: Arc<Inflight>,
+    inflight: Arc<InFlight>,
     stripes: Arc<Stripes>,
 }
 
@@ -291,7 +292,7 @@ impl Limiter {
     pub fn with_store(store: Box<dyn CounterStore>) -> Self {
         Limiter {
             store,
-            inflight: Arc::new(Inflight::new()),
+            inflight: Arc::default(),
             stripes: Arc::default(),
         }
     }
@@ -336,8 +337,8 @@ impl Limiter {
         store.local().touch(key, quotas.limited());
         let inflight = match tier.concurrent {
             Some(max) => {
-                let (guard, n) = self.inflight.incr(site, 1);
-                if n as u64 > max {
+                let (guard, n) = self.inflight.incr(site);
+                if n > max {
                     return Err(Refusal::of(
                         LimitName::Concurrent,
                         Some(Duration::from_secs(1)),
