@@ -313,19 +313,27 @@ async fn a_stalled_redis_costs_at_most_the_timeout_then_recovers() {
     assert_eq!(models(&gw).await.status, 200);
     // Every client of this Redis now waits 1.5 s for any answer.
     assert_eq!(redis.command("CLIENT PAUSE 1500 ALL"), "+OK");
-    let started = std::time::Instant::now();
-    let r = models(&gw).await;
-    let took = started.elapsed();
-    assert_eq!(r.status, 200, "the local fallback answered: {}", r.body);
-    assert!(
-        took < Duration::from_millis(750),
-        "took {took:?}: not cut off by timeout_ms"
-    );
+    for i in 0..3 {
+        let started = std::time::Instant::now();
+        let r = models(&gw).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, 200, "the local fallback answered: {}", r.body);
+        assert!(
+            took < Duration::from_millis(750),
+            "took {took:?}: not cut off by timeout_ms"
+        );
+        if i == 0 {
+            // One slow answer fails its own call only: taken for down at once, every
+            // signed request of the node got the outage policy until the next sync.
+            assert_eq!(gw.metric("keygate_redis_up"), Some(1.0));
+        }
+    }
     assert!(
         gw.metric("keygate_redis_errors_total{op=\"nonce\"}")
             .unwrap_or(0.0)
-            >= 1.0
+            >= 3.0
     );
+    // Three in a row: down.
     assert_eq!(gw.metric("keygate_redis_up"), Some(0.0));
     // Back once the pause ends, without a restart.
     wait_redis_up(std::slice::from_ref(&gw), 1.0);

@@ -93,9 +93,20 @@ pub struct Redis {
     /// replaced ([`local`]).
     epoch: AtomicU64,
     up: AtomicBool,
+    /// Calls failed in a row since the last that succeeded.
+    failures: AtomicU64,
     /// The sync service has tried to reach Redis at least once.
     tried: AtomicBool,
 }
+
+/// Calls that must fail in a row before Redis is taken for down. One slow answer (a
+/// timeout under a burst) fails its own call only: taken for down, every signed request
+/// of the node got the outage policy (503 with `fail_closed`) until the next sync.
+const DOWN_AFTER: u64 = 3;
+
+/// The sync's own bound: it sends every view touched lately in one pipeline per slot,
+/// which the request path's few-millisecond timeout was not made for.
+const SYNC_TIMEOUT_MIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Redis {
     pub fn new(settings: FleetSettings) -> Redis {
@@ -106,6 +117,7 @@ impl Redis {
             token: Arc::new(()),
             epoch: AtomicU64::new(0),
             up: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
             tried: AtomicBool::new(false),
         }
     }
@@ -208,6 +220,9 @@ impl Redis {
 
     /// Record whether Redis answered (logged once per change, and the `redis_up` gauge).
     pub fn set_up(&self, up: bool) {
+        if up {
+            self.failures.store(0, Ordering::Relaxed);
+        }
         if self.up.swap(up, Ordering::AcqRel) != up {
             let s = self.settings();
             if up {
@@ -228,8 +243,9 @@ impl Redis {
         METRICS.redis_up.set(i64::from(up));
     }
 
-    /// Run one Redis command or pipeline with the configured timeout, timing it under
-    /// `op`. Any error marks Redis down.
+    /// Run one Redis command or pipeline with the configured timeout (the sync's at least
+    /// [`SYNC_TIMEOUT_MIN`]), timing it under `op`. [`DOWN_AFTER`] errors in a row mark
+    /// Redis down; each failed call is `Err` to its caller either way.
     pub async fn call<T: redis::FromRedisValue>(
         &self,
         op: &'static str,
@@ -239,7 +255,10 @@ impl Redis {
             return Err(RedisDown);
         };
         let started = Instant::now();
-        let timeout = self.settings.load().timeout;
+        let timeout = match op {
+            "sync" => self.settings.load().timeout.max(SYNC_TIMEOUT_MIN),
+            _ => self.settings.load().timeout,
+        };
         let result = match conn {
             Conn::Single { client, config } => {
                 match local(
@@ -263,10 +282,21 @@ impl Redis {
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
         let failure = match result {
-            Ok(Ok(v)) => return Ok(v),
+            Ok(Ok(v)) => {
+                if self.failures.load(Ordering::Relaxed) != 0 {
+                    self.failures.store(0, Ordering::Relaxed);
+                }
+                return Ok(v);
+            }
             Ok(Err(e)) => format!("{:?}", e.kind()),
             Err(_) => "timeout".to_string(),
         };
+        METRICS.redis_errors.with_label_values(&[op]).inc();
+        let in_a_row = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.is_up() && in_a_row < DOWN_AFTER {
+            log::debug!("fleet: Redis {op} failed ({in_a_row} in a row): {failure}");
+            return Err(RedisDown);
+        }
         if self.is_up() {
             // Why it went down (a timeout, a refused connection, NOPERM from an ACL
             // missing a command keygate sends); repeats while down stay at debug.
@@ -274,7 +304,6 @@ impl Redis {
         } else {
             log::debug!("fleet: Redis {op} failed: {failure}");
         }
-        METRICS.redis_errors.with_label_values(&[op]).inc();
         self.set_up(false);
         Err(RedisDown)
     }

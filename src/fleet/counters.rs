@@ -21,6 +21,9 @@ use crate::limits::Counter;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 
+/// The most counters one sync pipeline reads or flushes.
+const SYNC_PIPELINE_ITEMS: usize = 256;
+
 /// Sites served by this node within this time are read back at every sync.
 pub const REFRESH_HORIZON_MS: u64 = 5 * 60 * 1000;
 
@@ -226,7 +229,18 @@ impl FleetCounters {
             }))
             .collect();
         let groups = redis.groups(items, |(key, _)| key.as_str());
-        let calls = groups.into_iter().map(|group| async move {
+        // Pipelines of a bounded size: one of every view touched lately would hold the
+        // connection (which the request path's nonce calls share) for its whole run.
+        let groups = groups.into_iter().flat_map(|mut group| {
+            let mut parts = Vec::new();
+            while group.len() > SYNC_PIPELINE_ITEMS {
+                let rest = group.split_off(SYNC_PIPELINE_ITEMS);
+                parts.push(std::mem::replace(&mut group, rest));
+            }
+            parts.push(group);
+            parts
+        });
+        let calls = groups.map(|group| async move {
             let mut pipe = redis::pipe();
             for (key, op) in &group {
                 match op {
@@ -246,10 +260,20 @@ impl FleetCounters {
                 .await;
             (totals, group)
         });
-        let mut all = true;
-        for (totals, group) in futures::future::join_all(calls).await {
+        // One pipeline at a time, so that a nonce call waits behind one at most; after a
+        // failure the rest wait for the next sync (their deltas stay to be flushed).
+        let mut done = Vec::new();
+        for call in calls {
+            let (totals, group) = call.await;
+            let failed = totals.is_err();
+            done.push((totals, group));
+            if failed {
+                break;
+            }
+        }
+        let all = done.iter().all(|(totals, _)| totals.is_ok());
+        for (totals, group) in done {
             let Ok(totals) = totals else {
-                all = false;
                 continue;
             };
             let mut g = self.inner.lock();
