@@ -184,6 +184,8 @@ pub struct Opened {
     /// The key's [`crate::config::ClientKey::binding`]: a session ends when its key's
     /// secret is replaced.
     pub key_binding: String,
+    /// The key's `expires_at` when the session opened (its lifetime ends there).
+    pub key_expires_at: Option<i64>,
     /// The upstream's name, the credential's id, and the binding of the two.
     pub upstream: String,
     pub credential: String,
@@ -465,6 +467,7 @@ mod tests {
             site: site.into(),
             key_id: key_id.into(),
             key_binding: String::new(),
+            key_expires_at: None,
             upstream: "openai".into(),
             credential: "prod-1".into(),
             binding: 0,

@@ -146,11 +146,11 @@ impl State {
         let secs = |d: std::time::Duration| d.as_secs() as i64;
         rt.server.earlier_skews = crate::auth::carry_skews(
             &old.server.earlier_skews,
-            secs(old.server.clock_skew),
             (
-                secs(rt.server.clock_skew),
-                secs(rt.server.clock_skew_future),
+                secs(old.server.clock_skew),
+                secs(old.server.clock_skew_future),
             ),
+            secs(rt.server.clock_skew),
             crate::clock::now_s(),
         );
         let sites = site_keys(&rt);
@@ -231,7 +231,9 @@ pub fn still_allowed(rt: &Runtime, o: &crate::realtime::Opened, now: i64) -> boo
     let client = rt
         .keys
         .get(&crate::config::KeyId(o.key_id.clone()))
-        .filter(|k| k.usable(&rt.sites, now) && k.binding() == o.key_binding)
+        .filter(|k| k.usable(&rt.sites, now) && k.binding_is(&o.key_binding))
+        // An expiry a reload moved earlier: the session's lifetime was set from the old.
+        .filter(|k| k.expires_at.unwrap_or(i64::MAX) >= o.key_expires_at.unwrap_or(i64::MAX))
         .and_then(|k| rt.sites.get(k.site))
         .is_some_and(|s| s.id.0 == o.site);
     client

@@ -703,3 +703,52 @@ async fn a_held_back_body_is_cut_at_the_body_deadline() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("body was not received in time"), "{answer}");
 }
+
+/// Pingora bounds the write of a whole chunk by the write timeout, and a held-back JSON
+/// answer goes out as one chunk: with `send_timeout_s: 1`, a client reading 12 MiB at a
+/// few MB/s was cut though it never stopped reading.
+#[tokio::test]
+async fn a_large_answer_read_at_a_modest_rate_is_not_cut_by_the_send_timeout() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let gw = Gateway::start_with(Options {
+        server_extra: "  send_timeout_s: 1".into(),
+        upstream_extra: "    max_response_bytes: 16777216\n".into(),
+        ..Options::default()
+    });
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: std::net::TcpStream = sock.into();
+    let head = format!(
+        "POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}x-mock-mode: huge\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        gw.port,
+        signed_lines(&gw, "POST", CHAT, BODY.as_bytes()),
+        BODY.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = 0usize;
+    let mut first = Vec::new();
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if first.len() < 512 {
+                    first.extend_from_slice(&buf[..n.min(512)]);
+                }
+                got += n
+            }
+        }
+        // About 3 MB/s: 12 MiB takes some 4 s.
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let head = String::from_utf8_lossy(&first[..first.len().min(512)]);
+    assert!(
+        got > 12 * 1024 * 1024,
+        "cut after {got} bytes: {head} {}",
+        gw.logs()
+    );
+}

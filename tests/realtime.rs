@@ -197,6 +197,38 @@ async fn a_session_past_max_session_s_is_closed() {
     assert!(reason.contains("max_session_s"), "{reason}");
 }
 
+/// A reload that moves a key's `expires_at` earlier: the session's lifetime was set from
+/// the old expiry, and the reload's check saw the key still valid, so it ran on past it.
+#[tokio::test]
+async fn a_reload_that_shortens_a_keys_expiry_ends_its_sessions() {
+    let gw = Gateway::start();
+    let at = |s: u64| {
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(s))
+            .to_string()
+    };
+    let (far, near) = (at(3600), at(600));
+    gw.reload_with(|c| {
+        c.replace(
+            "{ id: alpha.sdk, auth: bearer,",
+            &format!("{{ id: alpha.sdk, expires_at: \"{far}\", auth: bearer,"),
+        )
+    });
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    assert_eq!(
+        next_event(&mut ws).await.unwrap()["type"],
+        "session.created"
+    );
+    gw.reload_with(|c| c.replace(&far, &near));
+    let (code, reason) = next_event(&mut ws)
+        .await
+        .unwrap_err()
+        .expect("a close frame");
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Policy, "revoked by a config change")
+    );
+}
+
 /// A new session, left alone after `session.created`: the close keygate sends within
 /// `limit`.
 async fn closed_by_keygate_within(gw: &Gateway, limit: Duration) -> (CloseCode, String) {

@@ -387,7 +387,7 @@ fn authenticate_token(rt: &Keys<'_>, token: &str, now: i64) -> Result<AuthedClie
     let key = rt
         .usable_key(&KeyId(claims.key.clone()), now)
         .filter(|k| rt.sites.get(k.site).is_some_and(|s| s.id.0 == claims.site))
-        .filter(|k| claims.kb.is_empty() || claims.kb == k.binding())
+        .filter(|k| claims.kb.is_empty() || k.binding_is(&claims.kb))
         .ok_or_else(|| {
             AuthFailure::unauth(
                 AuthReason::BadSignature,

@@ -9,24 +9,25 @@ pub fn skew_for(skew: i64, earlier: &[(i64, i64)], created: i64) -> i64 {
     earlier.map(|(_, s)| *s).fold(skew, i64::min)
 }
 
-/// `earlier_skews` after a reload from `old` to a `new` skew at `now` (unix seconds): a
-/// raise remembers the old skew; an entry no signature can reach any more is dropped.
+/// `earlier_skews` after a reload at `now` (unix seconds) from the `old` `(skew, future
+/// skew)` to a `new_skew`: a raise remembers the old skew for every `created` a signature
+/// verified before the reload can carry (up to `now + future`: a client clock ahead);
+/// an entry no signature can reach any more is dropped.
 pub fn carry_skews(
-    old: &[(i64, i64)],
-    old_skew: i64,
-    new: (i64, i64),
+    earlier: &[(i64, i64)],
+    (old_skew, old_future): (i64, i64),
+    new_skew: i64,
     now: i64,
 ) -> Vec<(i64, i64)> {
-    let (new_skew, future) = new;
-    let mut out: Vec<(i64, i64)> = old
+    let mut out: Vec<(i64, i64)> = earlier
         .iter()
         .copied()
         // A signature created before `until` is fresh under the new skew until
-        // `until + new_skew` at most (its `created` may be up to `future` ahead).
-        .filter(|(until, _)| now <= until + new_skew + future)
+        // `until + new_skew` at most.
+        .filter(|(until, _)| now <= until + new_skew)
         .collect();
     if new_skew > old_skew {
-        out.push((now, old_skew));
+        out.push((now + old_future + 1, old_skew));
     }
     out
 }
@@ -82,18 +83,21 @@ mod tests {
     /// nonce was remembered for 60 s (and the grace), be replayed once that was forgotten.
     #[test]
     fn a_raised_skew_holds_older_signatures_to_the_window_they_were_made_in() {
-        let carried = carry_skews(&[], 60, (3600, 60), 10_000);
-        assert_eq!(carried, vec![(10_000, 60)]);
+        let carried = carry_skews(&[], (60, 60), 3600, 10_000);
+        assert_eq!(carried, vec![(10_061, 60)]);
         let window = |created: i64, now: i64| {
             let skew = skew_for(3600, &carried, created);
             window_check(created, None, now, (skew, 60))
         };
         // Made before the reload: 60 s, whatever the new skew.
         assert!(window(9_990, 10_200).is_err());
+        // Verified just before it with a clock 55 s ahead (its nonce kept for 60 s and
+        // the grace): still held to 60 s.
+        assert!(window(10_055, 10_300).is_err());
         // Made after it: the new skew.
-        assert!(window(10_010, 12_000).is_ok());
+        assert!(window(10_070, 12_000).is_ok());
         // Lowering keeps nothing new; an entry no signature can reach is dropped.
-        assert_eq!(carry_skews(&carried, 3600, (60, 60), 10_100), carried);
-        assert!(carry_skews(&carried, 3600, (3600, 60), 20_000).is_empty());
+        assert_eq!(carry_skews(&carried, (3600, 60), 60, 10_100), carried);
+        assert!(carry_skews(&carried, (3600, 60), 3600, 20_000).is_empty());
     }
 }

@@ -164,9 +164,31 @@ pub struct ClientKey {
     pub auth: KeyAuth,
     /// `keys[].expires_at` (unix seconds): from then on the key answers like an unknown key.
     pub expires_at: Option<i64>,
+    /// What ties browser tokens and Realtime sessions to this key's credential
+    /// ([`ClientKey::binding`]), computed once.
+    binding: [u8; 8],
 }
 
 impl ClientKey {
+    pub fn new(id: KeyId, site: usize, auth: KeyAuth, expires_at: Option<i64>) -> ClientKey {
+        use secrecy::ExposeSecret;
+        let tag = match &auth {
+            KeyAuth::Hmac(s) | KeyAuth::LegacySiteTimestamp(s) => {
+                crate::auth::signature::mac(s.expose_secret().as_bytes(), "keygate:key-binding:v1")
+            }
+            KeyAuth::Bearer(hash) => crate::auth::signature::mac(hash, "keygate:key-binding:v1"),
+        };
+        let mut binding = [0u8; 8];
+        binding.copy_from_slice(&tag[..8]);
+        ClientKey {
+            id,
+            site,
+            auth,
+            expires_at,
+            binding,
+        }
+    }
+
     /// Whether the key may authenticate at `now` (unix seconds): not expired, and its
     /// site not disabled. Otherwise it answers exactly like an unknown key.
     pub fn usable(&self, sites: &[Site], now: i64) -> bool {
@@ -176,16 +198,17 @@ impl ClientKey {
     /// What ties a browser token or a Realtime session to this key's credential: 16 hex
     /// digits of an HMAC under the secret (or of a bearer key's hash). It changes with the
     /// secret, so a token minted under a secret since rotated, or under a key id since
-    /// given to another key, stops working. Reveals nothing of the secret.
+    /// given to another key, stops working. A token shows it to its holder: 64 bits of a
+    /// MAC under the secret, against which a guess of the secret could be checked offline
+    /// (weak secrets are refused at load; `keygate secret new` makes 192-bit ones).
     pub fn binding(&self) -> String {
-        use secrecy::ExposeSecret;
-        let tag = match &self.auth {
-            KeyAuth::Hmac(s) | KeyAuth::LegacySiteTimestamp(s) => {
-                crate::auth::signature::mac(s.expose_secret().as_bytes(), "keygate:key-binding:v1")
-            }
-            KeyAuth::Bearer(hash) => crate::auth::signature::mac(hash, "keygate:key-binding:v1"),
-        };
-        hex::encode(&tag[..8])
+        hex::encode(self.binding)
+    }
+
+    /// Whether `hex` is this key's [`ClientKey::binding`] (no allocation).
+    pub fn binding_is(&self, hex: &str) -> bool {
+        let mut mine = [0u8; 16];
+        hex::encode_to_slice(self.binding, &mut mine).is_ok() && mine == hex.as_bytes()
     }
 }
 

@@ -666,10 +666,14 @@ fn otlp_header_values_are_secrets_when_they_carry_credentials() {
         e.contains("telemetry.otlp.headers.x-api-key: cannot decrypt"),
         "{e}"
     );
-    // Sealed and file values are secrets: scanned for and redacted like any other.
+    // Sealed values and those under a credential's name are secrets: scanned for and
+    // redacted like any other. A tenant name from a file is a setting.
+    let tenant = dir.path().join("tenant");
+    std::fs::write(&tenant, "tenant-prod-eu\n").unwrap();
     let headers = format!(
-        "x-api-key: \"{sealed}\", x-honeycomb-team: \"file:{}\", x-honeycomb-dataset: keygate",
-        token.display()
+        "x-api-key: \"{sealed}\", x-honeycomb-team: \"file:{}\", x-honeycomb-dataset: keygate, x-scope-orgid: \"file:{}\"",
+        token.display(),
+        tenant.display()
     );
     let rt = load_str(&GOOD.replacen("tiers:", &with(&headers), 1), demo()).unwrap();
     let secrets = all_secret_strings(&rt);
@@ -682,8 +686,10 @@ fn otlp_header_values_are_secrets_when_they_carry_credentials() {
         "file value is not scanned for"
     );
     assert!(
-        !secrets.iter().any(|s| s == "keygate"),
-        "a literal setting is scanned for"
+        !secrets
+            .iter()
+            .any(|s| s == "keygate" || s == "tenant-prod-eu"),
+        "a setting is scanned for"
     );
     let debug = format!("{:?}", rt.otlp);
     assert!(!debug.contains("S3CRET"), "{debug}");

@@ -199,11 +199,11 @@ pub async fn admit_token_use(
     now_ms: u64,
 ) -> bool {
     let Some(fleet) = fleet else {
-        return local.admit(&claims.jti, claims.max, claims.exp, now_ms);
+        return local.admit(&claims.jti, &claims.site, claims.max, claims.exp, now_ms);
     };
     let share = claims.max.div_ceil(fleet.settings().nodes);
     if !fleet.is_up() {
-        return local.admit(&claims.jti, share, claims.exp, now_ms);
+        return local.admit(&claims.jti, &claims.site, share, claims.exp, now_ms);
     }
     let key = format!("{}u:{{{}}}", fleet.counters.prefix(), claims.jti);
     let mut pipe = redis::pipe();
@@ -212,10 +212,10 @@ pub async fn admit_token_use(
     match fleet.redis.call::<(u64,)>("token", Req::Pipe(&pipe)).await {
         Ok((uses,)) => {
             // Keep this node's count in step for the fallback.
-            local.admit(&claims.jti, u64::MAX, claims.exp, now_ms);
+            local.admit(&claims.jti, &claims.site, u64::MAX, claims.exp, now_ms);
             uses <= claims.max
         }
-        Err(RedisDown) => local.admit(&claims.jti, share, claims.exp, now_ms),
+        Err(RedisDown) => local.admit(&claims.jti, &claims.site, share, claims.exp, now_ms),
     }
 }
 

@@ -53,6 +53,8 @@ pub struct Ctx {
     /// Status sent to the client (for the audit log).
     pub status: u16,
     pub upstream_started: Option<Instant>,
+    /// When the first chunk of the client's body reached the body filter.
+    pub body_started: Option<Instant>,
     /// When the upstream's response header arrived (its time to first byte, in the audit log).
     pub upstream_answered: Option<Instant>,
     pub credential_id: Option<String>,
@@ -111,6 +113,7 @@ impl Ctx {
             error: None,
             status: 0,
             upstream_started: None,
+            body_started: None,
             upstream_answered: None,
             credential_id: None,
             response: ResponseWatch::None,

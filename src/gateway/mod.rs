@@ -351,9 +351,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let step = ctx.body.on_chunk(body, end_of_stream);
         // A body trickled in: held back whole, it is bounded like a pre-read one
-        // (`body_timeout_ms`); streamed on (an upload), by the route's total deadline.
+        // (`body_timeout_ms`, from its first chunk: the upstream's connect comes before);
+        // streamed on (an upload), by the route's total deadline.
+        let first_chunk = *ctx.body_started.get_or_insert_with(std::time::Instant::now);
         let due = match step {
-            Ok(Step::Hold) => Some(ctx.started + ctx.rt.server.body_timeout),
+            Ok(Step::Hold) => Some(first_chunk + ctx.rt.server.body_timeout),
             _ => ctx.deadline(),
         };
         if !end_of_stream && due.is_some_and(|d| std::time::Instant::now() >= d) {
@@ -452,13 +454,24 @@ impl ProxyHttp for Gateway {
     /// charged. `Err` aborts the response (the client sees a failed transfer).
     fn response_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
         ctx.answer_complete |= end_of_stream;
         observe::chunk(body, end_of_stream, ctx).map_err(|e| Self::abort(ctx, e))?;
+        // Pingora bounds the write of a whole chunk by the write timeout, and a held-back
+        // answer goes out as one (up to `max_response_bytes`): a client reading it at a
+        // modest rate was cut. A large chunk gets time for its size on top.
+        if let Some(len) = body
+            .as_ref()
+            .map(Bytes::len)
+            .filter(|n| *n > SLOW_CLIENT_BYTES)
+        {
+            let for_size = std::time::Duration::from_secs((len / SLOW_CLIENT_BYTES) as u64);
+            session.set_write_timeout(Some(ctx.rt.server.send_timeout + for_size));
+        }
         if end_of_stream {
             account::charge(&self.state, ctx);
             account::settle_circuit(&self.state, ctx);
@@ -533,11 +546,17 @@ impl ProxyHttp for Gateway {
 fn classify(session: &mut Session, e: &Error) -> upstream::failure::Class {
     use upstream::failure::{Class, Failure};
     match upstream::failure::classify(e) {
+        // Only waiting for the answer: an upstream that stops reading an upload (a write
+        // timeout, the client's body held up by the back-pressure) is the upstream's.
         Class::Upstream(Failure::Timeout) | Class::Unattributed(Failure::Timeout)
-            if !session.as_downstream_mut().is_body_done() =>
+            if e.etype() == &ErrorType::ReadTimedout
+                && !session.as_downstream_mut().is_body_done() =>
         {
             Class::Client { timed_out: true }
         }
         class => class,
     }
 }
+
+/// The slowest client rate a large answer is given time for: 16 KiB a second.
+const SLOW_CLIENT_BYTES: usize = 16 * 1024;

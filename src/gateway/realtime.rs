@@ -117,6 +117,7 @@ impl Gateway {
                 .get(&client.key_id)
                 .map(crate::config::ClientKey::binding)
                 .unwrap_or_default(),
+            key_expires_at: rt.keys.get(&client.key_id).and_then(|k| k.expires_at),
             upstream: up.name.clone(),
             credential: credential.id.clone(),
             binding: crate::state::binding(&up, credential),

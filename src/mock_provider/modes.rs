@@ -130,11 +130,9 @@ pub(super) async fn failure_answer(
             ))
         }
         "huge" => {
-            let filler = "x".repeat(12 * 1024 * 1024);
-            return Some(json_response(
-                StatusCode::OK,
-                &json!({"id": "chatcmpl-huge", "object": "chat.completion", "filler": filler}),
-            ));
+            // A well-formed answer of 12 MiB (over the default `max_response_bytes`).
+            let text = "x".repeat(12 * 1024 * 1024);
+            return Some(json_response(StatusCode::OK, &openai_chat("gpt-4o", &text)));
         }
         _ => {}
     }

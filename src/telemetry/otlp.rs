@@ -15,8 +15,9 @@ pub struct OtlpSettings {
 pub struct OtlpHeader {
     pub name: String,
     pub value: secrecy::SecretString,
-    /// Read from a secret source (`enc:v1`, `env:`, `file:`): redacted and scanned for
-    /// like every other secret. A literal is a plain setting (e.g. a dataset name).
+    /// Sealed (`enc:v1`), or under a credential's name ([`OtlpHeader::names_a_credential`]):
+    /// redacted and scanned for like every other secret. Otherwise a plain setting (a
+    /// dataset or tenant name, literal or from `env:`/`file:`).
     pub secret: bool,
 }
 

@@ -39,12 +39,7 @@ pub(super) fn validate(
             .and_then(|s| strong_enough(s, opts))
         {
             Ok(s) => {
-                let key = ClientKey {
-                    id: id.clone(),
-                    site: 0,
-                    auth: KeyAuth::Hmac(s),
-                    expires_at: None,
-                };
+                let key = ClientKey::new(id.clone(), 0, KeyAuth::Hmac(s), None);
                 keys.insert(id, key);
             }
             Err(m) => errs.push(format!("{p}.secret"), m),

@@ -102,7 +102,9 @@ pub(super) fn otlp(
                 .push(OtlpHeader {
                     name: name.clone(),
                     value,
-                    secret: !literal,
+                    // A sealed value, or one under a credential's name: a tenant or
+                    // dataset name from `env:` is not scanned for in answers.
+                    secret: v.starts_with("enc:") || OtlpHeader::names_a_credential(name),
                 }),
             // The value is not repeated: it may be a key.
             Ok(_) => errs.push(path, "not a valid header value"),

@@ -182,12 +182,7 @@ fn key(
         }
     });
     if let Some(auth) = auth {
-        let key = ClientKey {
-            id: id.clone(),
-            site,
-            auth,
-            expires_at,
-        };
+        let key = ClientKey::new(id.clone(), site, auth, expires_at);
         clients.keys.insert(id, key);
     }
 }
