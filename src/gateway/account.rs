@@ -45,8 +45,10 @@ pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
 /// session kept the one probe, and so refused every other request to that upstream, from
 /// every site, for its whole life.
 pub fn settle_probe(state: &State, ctx: &mut Ctx) {
-    if ctx.circuit == Some(crate::upstream::circuit::Permit::Probe)
-        && ctx.upstream_status.is_some_and(|s| s < 500)
+    if matches!(
+        ctx.circuit,
+        Some(crate::upstream::circuit::Permit::Probe(_))
+    ) && ctx.upstream_status.is_some_and(|s| s < 500)
     {
         super::failover::record_circuit(state, ctx, Outcome::Success);
     }

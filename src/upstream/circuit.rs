@@ -47,8 +47,9 @@ enum St {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Permit {
     Normal,
-    /// The one request allowed through a half-open circuit.
-    Probe,
+    /// The one request allowed through a half-open circuit, and when it was let through
+    /// (a probe that aged out and reports late must not free a newer probe's slot).
+    Probe(Instant),
 }
 
 /// How a request that held a permit ended.
@@ -166,7 +167,7 @@ impl CircuitBreaker {
                     probe: Some(now),
                 };
                 self.set(&mut st, next, || "open_s passed; probing".into());
-                Ok(Permit::Probe)
+                Ok(Permit::Probe(now))
             }
             // One probe at a time, but not for ever: a probe that has not settled within
             // `open_s` (a client trickling its body, an answer that never comes) lets
@@ -181,7 +182,7 @@ impl CircuitBreaker {
                     successes,
                     probe: Some(now),
                 };
-                Ok(Permit::Probe)
+                Ok(Permit::Probe(now))
             }
         }
     }
@@ -195,11 +196,16 @@ impl CircuitBreaker {
             _ if outcome == Outcome::Failure => "the probe failed".to_string(),
             _ => format!("{} probes succeeded", self.cfg.half_open_successes),
         };
+        // The probe slot this permit held, if it still holds it.
+        let current = |probe: Option<Instant>| match permit {
+            Permit::Probe(since) if probe == Some(since) => None,
+            _ => probe,
+        };
         let next = match (*st, permit, outcome) {
             (s, _, Outcome::NotTried) => match s {
-                St::HalfOpen { successes, .. } if permit == Permit::Probe => St::HalfOpen {
+                St::HalfOpen { successes, probe } => St::HalfOpen {
                     successes,
-                    probe: None,
+                    probe: current(probe),
                 },
                 s => s,
             },
@@ -215,17 +221,17 @@ impl CircuitBreaker {
                     }
                 }
             }
-            (St::HalfOpen { successes, .. }, Permit::Probe, Outcome::Success) => {
+            (St::HalfOpen { successes, probe }, Permit::Probe(_), Outcome::Success) => {
                 if successes + 1 >= self.cfg.half_open_successes {
                     St::Closed { failures: 0 }
                 } else {
                     St::HalfOpen {
                         successes: successes + 1,
-                        probe: None,
+                        probe: current(probe),
                     }
                 }
             }
-            (St::HalfOpen { .. }, Permit::Probe, Outcome::Failure) => St::Open {
+            (St::HalfOpen { .. }, Permit::Probe(_), Outcome::Failure) => St::Open {
                 until: now + self.cfg.open,
             },
             // Requests admitted before the circuit changed state do not move it.
@@ -248,12 +254,12 @@ mod tests {
             old.record(p, Outcome::Failure, t);
         }
         let later = t + Duration::from_secs(3600);
-        assert_eq!(old.admit(later), Ok(Permit::Probe));
+        assert!(matches!(old.admit(later), Ok(Permit::Probe(_))));
         // A reload while that probe is out: the new breaker probes again.
         let new = cb();
         new.inherit(&old);
         assert_eq!(new.state_code(), 2);
-        assert_eq!(new.admit(later), Ok(Permit::Probe));
+        assert!(matches!(new.admit(later), Ok(Permit::Probe(_))));
     }
 
     fn cb() -> CircuitBreaker {
@@ -289,7 +295,7 @@ mod tests {
         );
         let later = t + Duration::from_secs(10);
         let p = c.admit(later).unwrap();
-        assert_eq!(p, Permit::Probe);
+        assert!(matches!(p, Permit::Probe(_)));
         assert!(c.admit(later).is_err(), "one probe at a time");
         c.record(p, Outcome::Success, later);
         let p = c.admit(later).unwrap();
@@ -305,15 +311,25 @@ mod tests {
             c.record(Permit::Normal, Outcome::Failure, t);
         }
         let half = t + Duration::from_secs(10);
-        assert_eq!(c.admit(half), Ok(Permit::Probe));
+        assert!(matches!(c.admit(half), Ok(Permit::Probe(_))));
         assert_eq!(
             c.admit(half + Duration::from_secs(4)),
             Err(Duration::from_secs(6))
         );
         // The first probe is still out `open_s` later: another may probe.
         let later = half + Duration::from_secs(10);
-        assert_eq!(c.admit(later), Ok(Permit::Probe));
+        let second = c.admit(later).unwrap();
+        assert!(matches!(second, Permit::Probe(_)));
         assert!(c.admit(later).is_err(), "still one at a time");
+        // The first reports late: the second still holds the slot.
+        let first = Permit::Probe(half);
+        c.record(first, Outcome::NotTried, later);
+        assert!(
+            c.admit(later).is_err(),
+            "a late probe freed a newer probe's slot"
+        );
+        c.record(second, Outcome::NotTried, later);
+        assert!(c.admit(later).is_ok());
     }
 
     #[test]
