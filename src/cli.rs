@@ -209,6 +209,17 @@ fn dispatch(cmd: Cmd) -> Result<i32, String> {
         Cmd::Check { config, strict } => {
             match config::check_file(&config, LoadOptions::default()) {
                 Ok((rt, secret_files)) => {
+                    // What starts is the YAML with the admin API's changes (the state
+                    // file, without a fleet): a YAML that drops a tier an API-made site
+                    // uses passed `check` and failed the start.
+                    let with_changes = crate::control::read_yaml(&config).and_then(|text| {
+                        crate::control::load_at_start(text, LoadOptions::default())
+                    });
+                    if let Err(e) = with_changes {
+                        eprintln!("{}: invalid configuration", config.display());
+                        eprintln!("  {e}");
+                        return Ok(1);
+                    }
                     let mut warnings = rt.warnings.clone();
                     warnings.extend(config::posture::posture(&rt));
                     warnings.extend(permission_warnings(&config, secret_files));

@@ -499,3 +499,35 @@ async fn an_admin_change_puts_no_site_file_in_force_that_no_sighup_loaded() {
     );
     assert_eq!(models_as(&gw, &kid, &made, None).await.status, 200);
 }
+
+/// `keygate check` (the unit's `ExecStartPre`) read the YAML alone: a YAML that drops a
+/// tier a site made through the API uses passed it, and the start then failed naming
+/// `sites[N]`, a list entry the YAML does not have.
+#[tokio::test]
+async fn check_validates_the_yaml_with_the_admin_apis_changes() {
+    let key = AdminKey::new();
+    let gw = node(&key);
+    gw.reload_with(|t| {
+        t.replacen(
+            "tiers:\n",
+            "tiers:\n  extra: { requests_per_minute: 10 }\n",
+            1,
+        )
+    });
+    create_site(&gw, &key, "gamma", "extra").await;
+    let path = gw.config_path();
+    let path = path.to_str().unwrap();
+    assert_eq!(keygate(&["check", "-c", path], "").0, 0);
+    let text = std::fs::read_to_string(path).unwrap();
+    std::fs::write(
+        path,
+        text.replacen("  extra: { requests_per_minute: 10 }\n", "", 1),
+    )
+    .unwrap();
+    let (code, _, err) = keygate(&["check", "-c", path], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(r#"admin API site "gamma".tier: unknown tier "extra""#),
+        "{err}"
+    );
+}

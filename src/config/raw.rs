@@ -100,9 +100,16 @@ where
 #[derive(Clone, Copy)]
 pub struct SitePath<'a>(&'a str, usize);
 
+/// How a site made through the admin API is named in errors (`admin API site "gamma"`).
+pub const API_SITE: &str = "admin API site ";
+
 impl std::fmt::Display for SitePath<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.0, self.1)
+        match self.0.starts_with(API_SITE) {
+            // A site made through the admin API is a list of one: its name says it all.
+            true => f.write_str(self.0),
+            false => write!(f, "{}[{}]", self.0, self.1),
+        }
     }
 }
 

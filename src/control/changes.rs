@@ -92,6 +92,10 @@ impl Changes {
             let i = match at.get(id) {
                 Some(&i) => i,
                 None if ch.created => {
+                    // Named in errors as made through the API, not as `sites[N]` of a
+                    // list the YAML does not have.
+                    let label = format!("{}\"{id}\"", crate::config::raw::API_SITE);
+                    raw.site_files.push((label, raw.sites.len(), 1));
                     raw.sites.push(RawSite {
                         id: id.clone(),
                         tier: String::new(),
