@@ -261,7 +261,14 @@ impl Control {
             // which takes admin changes until it exits. Read, changed and written under a
             // lock both take, so neither change is lost.
             let _file = match store {
-                Store::File(path) => Some(store::lock_dir(path).map_err(unavailable)?),
+                // `flock` blocks until the other process is done: off the worker thread.
+                Store::File(path) => {
+                    let path = path.clone();
+                    let locked = tokio::task::spawn_blocking(move || store::lock_dir(&path))
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    Some(locked.map_err(unavailable)?)
+                }
                 Store::Redis(_) => None,
             };
             let current = store.load().await.map_err(|e| unavailable(e.to_string()))?;
