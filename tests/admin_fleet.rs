@@ -295,3 +295,40 @@ async fn a_revocation_that_could_not_apply_for_a_moment_applies_once_it_can() {
         "{logs}"
     );
 }
+
+/// A node that starts while the stored change document is over the bound never becomes
+/// ready (it cannot know what was revoked), and read the document again, 16 MiB each
+/// time, every half second.
+#[tokio::test]
+async fn a_starting_node_reads_an_unusable_document_once_a_version() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let big = (64usize << 20).to_string();
+    redis.cli(&["SETRANGE", "kgtest:{admin}:sites", &big, "}"]);
+    redis.cli(&["SET", "kgtest:{admin}:version", "1"]);
+    let key = AdminKey::new();
+    let mut opts = node_options(&redis, "{ requests_per_minute: 100000 }");
+    opts.config_extra += &key.yaml("unused.yaml");
+    let node = Gateway::start_with(opts);
+    eventually("the refusal logged", || {
+        node.logs()
+            .contains("cannot use the stored site changes")
+            .then_some(())
+    });
+    // Several catch-ups later (one every 500 ms).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_ne!(
+        node.admin_get("/readyz").0,
+        200,
+        "ready without the fleet's changes"
+    );
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    let reads: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_getrange:calls="))
+        .and_then(|v| v.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(reads, 1, "{stats}");
+}

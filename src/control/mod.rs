@@ -51,6 +51,9 @@ pub struct Control {
     file_sig: Mutex<Option<store::FileSig>>,
     /// A version that did not apply here, and when to try it again.
     retry: Mutex<Option<(u64, std::time::Instant)>>,
+    /// A stored version whose document cannot be used (too large, unparsable): not read
+    /// again. `u64::MAX`: none.
+    unusable: AtomicU64,
 }
 
 /// The YAML text last loaded and its `sites_dir` files as read then. Every build until
@@ -157,6 +160,7 @@ impl Control {
             loaded: AtomicBool::new(file),
             file_sig: Mutex::new(None),
             retry: Mutex::new(None),
+            unusable: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -348,6 +352,7 @@ impl Control {
                 };
                 if (self.is_loaded() && version == self.seen.load(Ordering::Acquire))
                     || self.waiting(version)
+                    || version == self.unusable.load(Ordering::Acquire)
                 {
                     return;
                 }
@@ -368,12 +373,13 @@ impl Control {
         let next = match store.load().await {
             Ok(c) => c,
             Err(e @ Unread::Unusable(_)) => {
-                // Not read (up to 16 MiB) and logged every half second once the node is
-                // loaded: the next version stored is read again. Logged once a version.
-                let first = version.is_none_or(|v| self.seen.swap(v, Ordering::AcqRel) != v);
-                if first {
-                    log::error!("admin: cannot use the stored site changes: {e}");
+                // Not read again (up to 16 MiB every half second, loaded or not) nor
+                // logged again: the next version stored is. In file mode the file's
+                // signature does the same.
+                if let Some(v) = version {
+                    self.unusable.store(v, Ordering::Release);
                 }
+                log::error!("admin: cannot use the stored site changes: {e}");
                 return;
             }
             Err(e) => {
