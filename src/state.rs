@@ -66,6 +66,10 @@ pub struct State {
     pub nonces: NonceStore,
     /// The admin API's nonces, apart from the sites' ([`crate::auth::nonce::ADMIN_NONCE_CAPACITY`]).
     pub admin_nonces: NonceStore,
+    /// Smaller `clock_skew_s` values in force before a reload raised it, as `(until, skew)`
+    /// in unix seconds: a signature created before `until` is held to `skew` (its nonce was
+    /// remembered only that long). Kept by [`State::install`] ([`crate::auth::carry_skews`]).
+    pub earlier_skews: ArcSwap<Vec<(i64, i64)>>,
     pub limiter: ArcSwap<Limiter>,
     pub auth_failures: AuthFailureLimiter,
     /// Browser tokens minted per client address.
@@ -119,6 +123,7 @@ impl State {
             runtime: ArcSwap::new(rt),
             nonces,
             admin_nonces: NonceStore::new(crate::auth::nonce::ADMIN_NONCE_CAPACITY),
+            earlier_skews: ArcSwap::default(),
             limiter: ArcSwap::from_pointee(limiter),
             auth_failures: AuthFailureLimiter::default(),
             token_mints: Default::default(),
@@ -144,15 +149,16 @@ impl State {
         }
         rt.generation = old.generation + 1;
         let secs = |d: std::time::Duration| d.as_secs() as i64;
-        rt.server.earlier_skews = crate::auth::carry_skews(
-            &old.server.earlier_skews,
+        // Before the new config is in force: a request on it must meet them.
+        self.earlier_skews.store(Arc::new(crate::auth::carry_skews(
+            &self.earlier_skews.load(),
             (
                 secs(old.server.clock_skew),
                 secs(old.server.clock_skew_future),
             ),
             secs(rt.server.clock_skew),
             crate::clock::now_s(),
-        );
+        )));
         let sites = site_keys(&rt);
         let old_limiter = self.limiter.load_full();
         if !old_limiter.local_store().covers(&sites, spends(&rt)) {

@@ -215,7 +215,7 @@ pub struct Keys<'a> {
     pub clock_skew: i64,
     /// How far (seconds) in the future `created` may be (`server.clock_skew_future_s`).
     pub clock_skew_future: i64,
-    /// Smaller skews in force before a reload raised it (`ServerSettings::earlier_skews`).
+    /// Smaller skews in force before a reload raised it (`State::earlier_skews`).
     pub earlier_skews: &'a [(i64, i64)],
 }
 

@@ -242,11 +242,6 @@ pub struct ServerSettings {
     pub clock_skew: Duration,
     /// How far in the future `created` may be (`server.clock_skew_future_s`).
     pub clock_skew_future: Duration,
-    /// Smaller `clock_skew_s` values in force before a reload raised it, as `(until,
-    /// skew)` in unix seconds: a signature created before `until` is held to `skew` (its
-    /// nonce was remembered only that long, so the larger window would let it be replayed).
-    /// Kept by [`crate::state::State::install`], not read from the YAML.
-    pub earlier_skews: Vec<(i64, i64)>,
     /// Header names (lower-case) a client may sign in addition to the required components.
     pub signed_headers: HashSet<String>,
     pub body_timeout: Duration,

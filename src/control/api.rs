@@ -149,7 +149,7 @@ async fn authenticate(
         hostnames: None,
         clock_skew: rt.server.clock_skew.as_secs() as i64,
         clock_skew_future: rt.server.clock_skew_future.as_secs() as i64,
-        earlier_skews: &rt.server.earlier_skews,
+        earlier_skews: &control.state.earlier_skews.load(),
     };
     let input = AuthInput {
         headers: &req.headers,

@@ -283,7 +283,7 @@ impl Gateway {
             hostnames: rt.server.hostnames.as_ref(),
             clock_skew: rt.server.clock_skew.as_secs() as i64,
             clock_skew_future: rt.server.clock_skew_future.as_secs() as i64,
-            earlier_skews: &rt.server.earlier_skews,
+            earlier_skews: &self.state.earlier_skews.load(),
         };
         let authed = auth::verify(
             &keys,

@@ -109,15 +109,14 @@ impl Gateway {
             .iter()
             .find(|c| ctx.credential_id.as_ref() == Some(&c.id))
             .ok_or_else(|| internal("No credential."))?;
+        let key = rt.keys.get(&client.key_id);
         let opened = realtime::Opened {
             site: site.id.0.clone(),
             key_id: client.key_id.0.clone(),
-            key_binding: rt
-                .keys
-                .get(&client.key_id)
+            key_binding: key
                 .map(crate::config::ClientKey::binding)
                 .unwrap_or_default(),
-            key_expires_at: rt.keys.get(&client.key_id).and_then(|k| k.expires_at),
+            key_expires_at: key.and_then(|k| k.expires_at),
             upstream: up.name.clone(),
             credential: credential.id.clone(),
             binding: crate::state::binding(&up, credential),
@@ -169,20 +168,18 @@ impl Gateway {
         let now = crate::clock::now_s();
         let left = |until: i64| Duration::from_secs((until - now).max(0) as u64);
         let token_left = client.token.as_ref().map(|t| left(t.exp));
-        let key_left = rt
-            .keys
-            .get(&client.key_id)
-            .and_then(|k| k.expires_at)
-            .map(left);
-        let (lifetime, at_end_of_life) = [
-            (Some(route.realtime.max_session), End::TimeUp),
-            (token_left, End::TokenExpired),
-            (key_left, End::KeyExpired),
-        ]
-        .into_iter()
-        .filter_map(|(d, end)| Some((d?, end)))
-        .min_by_key(|(d, _)| *d)
-        .unwrap_or((route.realtime.max_session, End::TimeUp));
+        let key_left = key.and_then(|k| k.expires_at).map(left);
+        let ends = [(token_left, End::TokenExpired), (key_left, End::KeyExpired)];
+        let (lifetime, at_end_of_life) = ends
+            .into_iter()
+            .filter_map(|(d, end)| Some((d?, end)))
+            .fold((route.realtime.max_session, End::TimeUp), |a, b| {
+                if b.0 < a.0 {
+                    b
+                } else {
+                    a
+                }
+            });
         let price = ctx
             .model
             .as_deref()

@@ -28,7 +28,6 @@ pub(super) fn validate(s: &RawServer, errs: &mut Errors) -> (ServerSettings, Pro
             max_upload_bytes: request.max_upload as usize,
             clock_skew: Duration::from_secs(request.skew),
             clock_skew_future: Duration::from_secs(request.future),
-            earlier_skews: Vec::new(),
             signed_headers: request.signed_headers,
             body_timeout: Duration::from_millis(conn.body_timeout),
             trusted_proxies,
