@@ -179,7 +179,7 @@ pub fn pii(data: &[u8]) {
     let chars: Vec<char> = sent.chars().collect();
     for piece in chars.chunks(step) {
         let mut v = serde_json::json!({"delta": {"text": piece.iter().collect::<String>()}});
-        let (before, _) = r.event(None, &mut v, &map);
+        let (before, _) = r.event(None, &mut v, piece.len(), &map);
         assert!(before.is_empty(), "text events never flush");
         got.push_str(v["delta"]["text"].as_str().unwrap_or(""));
     }

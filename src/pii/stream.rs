@@ -20,8 +20,20 @@ use std::sync::Arc;
 /// (keygate's own token, not the private text).
 const MAX_HELD: usize = 32;
 
-/// The event held text is sent in (name, JSON), shared by every field it carried.
-type Template = Arc<(Option<String>, Value)>;
+/// The most event bytes held as envelopes at once (each distinct event counted once, by
+/// its data's size). Fields held from 32 different events held 32 copies of events up to
+/// the SSE event bound each (32 MiB a stream). Past it, text held from earlier events is
+/// sent before the event that would pass it.
+const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// The event held text is sent in, shared by every field it carried.
+struct Envelope {
+    name: Option<String>,
+    value: Value,
+    /// The event's data size as received.
+    size: usize,
+}
+type Template = Arc<Envelope>;
 
 /// One text field with held-back text.
 struct Held {
@@ -55,12 +67,13 @@ fn is_text_key(k: &str) -> bool {
 }
 
 impl StreamRestorer {
-    /// Restore one event's JSON in place. Returns events to send *before* this one
-    /// (held text flushed), and whether `v` changed.
+    /// Restore one event's JSON (`size` bytes of data as received) in place. Returns
+    /// events to send *before* this one (held text flushed), and whether `v` changed.
     pub fn event(
         &mut self,
         name: Option<&str>,
         v: &mut Value,
+        size: usize,
         map: &Pseudonyms,
     ) -> (Vec<u8>, bool) {
         let mut before = Vec::new();
@@ -70,17 +83,33 @@ impl StreamRestorer {
         self.walk(v, &mut path, map, &mut has_text, &mut changed);
         if !has_text {
             before = self.flush(map);
-        } else {
+        } else if self.held.iter().any(|h| h.template.is_none()) {
             // Remember where held text goes, with this event as its envelope (one copy
-            // for every field it carried).
-            let mut template: Option<Template> = None;
+            // for every field it carried), within the bound on envelopes.
+            if self.envelope_bytes().saturating_add(size) > MAX_TEMPLATE_BYTES {
+                before = self.flush(map);
+            }
+            let t = Arc::new(Envelope {
+                name: name.map(str::to_string),
+                value: v.clone(),
+                size,
+            });
             for h in self.held.iter_mut().filter(|h| h.template.is_none()) {
-                let t =
-                    template.get_or_insert_with(|| Arc::new((name.map(str::to_string), v.clone())));
                 h.template = Some(t.clone());
             }
         }
         (before, changed)
+    }
+
+    /// The bytes of the distinct events held as envelopes.
+    fn envelope_bytes(&self) -> usize {
+        let mut seen: Vec<&Template> = Vec::new();
+        for t in self.held.iter().filter_map(|h| h.template.as_ref()) {
+            if !seen.iter().any(|s| Arc::ptr_eq(s, t)) {
+                seen.push(t);
+            }
+        }
+        seen.iter().map(|t| t.size).sum()
     }
 
     fn walk(
@@ -156,18 +185,18 @@ impl StreamRestorer {
         }
     }
 
-    /// Events carrying all held text (at the end of the stream, or before an event
-    /// without text). Held text is not a complete placeholder: it is sent as is.
-    /// Fields held from one event go out together, in one copy of it.
+    /// Events carrying all held text that has its envelope (at the end of the stream,
+    /// before an event without text, or to stay within [`MAX_TEMPLATE_BYTES`]). Held text
+    /// is not a complete placeholder: it is sent as is. Fields held from one event go out
+    /// together, in one copy of it. Text held from the event being read stays.
     pub fn flush(&mut self, map: &Pseudonyms) -> Vec<u8> {
         let mut out = Vec::new();
-        let mut held = std::mem::take(&mut self.held);
-        while let Some(first) = held.first() {
-            let Some(template) = first.template.clone() else {
-                held.remove(0);
-                continue;
-            };
-            let (name, mut v) = (template.0.clone(), template.1.clone());
+        let (mut held, current): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.template.is_some());
+        self.held = current;
+        while let Some(template) = held.first().and_then(|h| h.template.clone()) {
+            let (name, mut v) = (template.name.clone(), template.value.clone());
             strip_for_flush(&mut v);
             blank_text(&mut v);
             held.retain(|h| {
@@ -273,12 +302,12 @@ mod tests {
         let mut events = Vec::new();
         for d in deltas {
             let mut v = json!({"choices":[{"index":0,"delta":{"content": d}}]});
-            let (before, _) = r.event(None, &mut v, map);
+            let (before, _) = r.event(None, &mut v, d.len(), map);
             events.extend_from_slice(&before);
             events.extend_from_slice(&event_bytes(None, &v.to_string()));
         }
         let mut usage = json!({"choices":[],"usage":{"total_tokens":3}});
-        let (before, _) = r.event(None, &mut usage, map);
+        let (before, _) = r.event(None, &mut usage, 40, map);
         events.extend_from_slice(&before);
         events.extend_from_slice(&r.flush(map));
         let mut framer = crate::response::sse::SseFramer::new(1 << 20);
@@ -319,7 +348,7 @@ mod tests {
         let (map, _) = map_for("jane@example.com");
         let mut r = StreamRestorer::default();
         let mut v = json!({"delta":{"text":"a [link"}});
-        let (_, changed) = r.event(Some("content_block_delta"), &mut v, &map);
+        let (_, changed) = r.event(Some("content_block_delta"), &mut v, 30, &map);
         assert!(!changed);
         assert!(r.held.is_empty());
     }
@@ -334,11 +363,50 @@ mod tests {
             .collect();
         let mut v = json!({ "choices": choices });
         let mut r = StreamRestorer::default();
-        r.event(None, &mut v, &map);
+        r.event(None, &mut v, 1 << 20, &map);
         assert_eq!(r.held.len(), MAX_HELD);
         let flushed = r.flush(&map);
         // One copy of the event carries every held field.
         assert_eq!(flushed.windows(6).filter(|w| w == b"data: ").count(), 1);
+    }
+
+    /// Fields held from many different large events: each held its own copy of its
+    /// event (32 × the SSE event bound a stream). Older ones are sent to stay in bound,
+    /// and no held text is lost.
+    #[test]
+    fn envelopes_of_many_large_events_stay_within_the_bound() {
+        let (map, _) = map_for("jane@example.com");
+        let pad = "p".repeat(100 * 1024);
+        let mut r = StreamRestorer::default();
+        let mut out = Vec::new();
+        for i in 0..40 {
+            // Choice i's text, at its own path (earlier choices carry none here).
+            let mut choices: Vec<Value> = (0..i).map(|j| json!({ "index": j })).collect();
+            choices.push(json!({"index": i, "delta": {"content": format!("t{i}[")}}));
+            let mut v = json!({"pad": pad, "choices": choices});
+            let size = v.to_string().len();
+            let (before, _) = r.event(None, &mut v, size, &map);
+            out.extend_from_slice(&before);
+            out.extend_from_slice(&event_bytes(None, &v.to_string()));
+            assert!(
+                r.envelope_bytes() <= 1 << 20,
+                "event {i}: {} bytes held",
+                r.envelope_bytes()
+            );
+        }
+        out.extend_from_slice(&r.flush(&map));
+        let mut framer = crate::response::sse::SseFramer::new(1 << 20);
+        let mut text = String::new();
+        for ev in framer.push(&out).unwrap() {
+            let v: Value = serde_json::from_str(&ev.data).unwrap();
+            for c in v["choices"].as_array().into_iter().flatten() {
+                text.push_str(c["delta"]["content"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(text.matches('[').count(), 40, "no held text is lost");
+        for i in 0..40 {
+            assert!(text.contains(&format!("t{i}")));
+        }
     }
 
     proptest! {

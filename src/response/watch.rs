@@ -441,7 +441,7 @@ fn restore_event(
         out.extend_from_slice(&ev.raw);
         return;
     };
-    let (before, changed) = r.event(ev.event.as_deref(), &mut v, map);
+    let (before, changed) = r.event(ev.event.as_deref(), &mut v, ev.data.len(), map);
     out.extend_from_slice(&before);
     if changed || renamed {
         out.extend_from_slice(&event_bytes(ev.event.as_deref(), &v.to_string()));
