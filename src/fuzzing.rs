@@ -223,7 +223,14 @@ pub fn egress(data: &[u8]) {
         };
         for e in events {
             let parsed = validate::check_event_data(&e.data).ok().flatten();
-            if text.check(&rules, &e.raw, parsed.as_ref()).is_err() {
+            if text
+                .check(
+                    &rules,
+                    &e.raw,
+                    parsed.as_ref().map(|v| (e.data.as_bytes(), v)),
+                )
+                .is_err()
+            {
                 return;
             }
             assert!(text.channels() <= MAX_CHANNELS);

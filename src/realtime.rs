@@ -128,7 +128,8 @@ impl ProviderWatch {
     pub fn text(&mut self, text: &str, rules: &Rules) -> Result<Option<Usage>, Rejection> {
         let v =
             serde_json::from_str::<serde_json::Value>(text).map_err(|_| Rejection::InvalidJson)?;
-        self.text.check(rules, text.as_bytes(), Some(&v))?;
+        self.text
+            .check(rules, text.as_bytes(), Some((text.as_bytes(), &v)))?;
         if let Some(n) = &mut self.in_flight {
             *n += text.len();
         }

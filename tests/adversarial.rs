@@ -312,6 +312,22 @@ async fn key_split_across_events_is_caught_in_every_text_field() {
         assert_ends_with_error_event(&r.body, field);
     }
     assert_eq!(gw.mock.count(), cases.len() as u64);
+    // Each for the key it carried, not as invalid JSON (the escaped cases were refused
+    // for their escapes alone when the duplicate-member check parsed the framed event).
+    let rejected = |reason: &str| -> f64 {
+        ["openai", "anthropic", "gemini"]
+            .iter()
+            .filter_map(|u| {
+                gw.metric(&format!(
+                    "keygate_response_rejected_total{{reason=\"{reason}\",upstream=\"{u}\"}}"
+                ))
+            })
+            .sum()
+    };
+    eventually("every case counted", || {
+        (rejected("secret_egress") == cases.len() as f64).then_some(())
+    });
+    assert_eq!(rejected("invalid_json"), 0.0);
 }
 
 /// A body keygate's strict parser refuses (a lone surrogate) cannot carry a key past the

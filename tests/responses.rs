@@ -369,3 +369,58 @@ async fn an_upstream_reset_mid_body_never_passes_as_complete() {
     let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
     assert_eq!(r.status, 200);
 }
+
+/// Real answers are full of escapes: `\n` in text, `\"` in tool arguments, `\uXXXX` for
+/// non-ASCII. Every streamed event with one was refused as invalid JSON (the duplicate-
+/// member check parsed the framed event, `data: {…}`, as a JSON document), so a stream
+/// ended at its first line break or quote. Three providers' stream shapes.
+#[tokio::test]
+async fn streamed_text_with_escapes_reaches_the_client_whole() {
+    let gw = Gateway::start();
+    let prompt = "line one\nline two \"quoted\" caf\u{e9} \\ tab\tend";
+    let cases = [
+        (
+            CHAT,
+            serde_json::json!({"model": "gpt-4o", "stream": true,
+                "messages": [{"role": "user", "content": prompt}]}),
+        ),
+        (
+            "/anthropic/v1/messages",
+            serde_json::json!({"model": "claude-x", "max_tokens": 100, "stream": true,
+                "messages": [{"role": "user", "content": prompt}]}),
+        ),
+        (
+            "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+            serde_json::json!({"contents": [{"role": "user", "parts": [{"text": prompt}]}]}),
+        ),
+    ];
+    for (path, body) in cases {
+        let r = gw
+            .post_signed(path, &body.to_string(), &[("x-mock-mode", "echo")])
+            .await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+        assert!(!r.body.contains("event: error"), "{path}: {}", r.body);
+        let mut text = String::new();
+        for data in r.body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            for p in [
+                "/choices/0/delta/content",
+                "/delta/text",
+                "/candidates/0/content/parts/0/text",
+            ] {
+                if let Some(s) = v.pointer(p).and_then(serde_json::Value::as_str) {
+                    text.push_str(s);
+                }
+            }
+        }
+        assert_eq!(text, prompt, "{path}");
+    }
+    let (_, metrics) = gw.admin_get("/metrics");
+    let refused: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("keygate_response_rejected_total{") && !l.ends_with(" 0"))
+        .collect();
+    assert!(refused.is_empty(), "answers were refused: {refused:?}");
+}

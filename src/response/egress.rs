@@ -419,26 +419,29 @@ pub struct StreamText {
 }
 
 impl StreamText {
-    /// Check one event: its raw bytes, then (when it is JSON) every string in it, each
+    /// Check one event: its raw bytes (an SSE event as framed, `data: ` lines and all),
+    /// then, when it is JSON, every string of `parsed` (the JSON text and its value), each
     /// extending its channels' text. `Err` at the first rule broken.
     pub fn check(
         &mut self,
         rules: &Rules,
         raw: &[u8],
-        parsed: Option<&Value>,
+        parsed: Option<(&[u8], &Value)>,
     ) -> Result<(), Rejection> {
         if let Some(r) = rules.hit(raw) {
             return Err(r);
         }
         match parsed {
-            Some(v) => {
+            Some((json, v)) => {
                 // Without a backslash every string is its raw bytes (seen above).
-                let backslash = raw.contains(&b'\\');
+                let backslash = json.contains(&b'\\');
                 // The parsed value keeps the last of duplicate members; a client parser
-                // may keep the first. With escapes, every string of the event as written
-                // is checked on its own too (the body walk reads each one).
+                // may keep the first. With escapes, every string of the JSON as written
+                // is checked on its own too (the body walk reads each one). The JSON
+                // text, not the framed event: `data: {…}` is no JSON document, and every
+                // event with an escape (a newline, a quote, non-ASCII) was refused.
                 if backslash && v.is_object() {
-                    check_json(rules, raw)?;
+                    check_json(rules, json)?;
                 }
                 let escapes = backslash || rules.patterns.is_some();
                 self.walk(rules, v, escapes, (ROOT, ROOT), false)

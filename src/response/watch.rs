@@ -412,7 +412,11 @@ impl SseWatch<'_, '_> {
         self.text.check(
             rules,
             &ev.raw,
-            parsed.as_ref().ok().and_then(Option::as_ref),
+            parsed
+                .as_ref()
+                .ok()
+                .and_then(Option::as_ref)
+                .map(|v| (ev.data.as_bytes(), v)),
         )?;
         let parsed = parsed?;
         if let Some(u) = parsed.as_ref().and_then(usage::find) {

@@ -118,9 +118,9 @@ fn a_key_split_across_choices_is_found_both_ways() {
         ),
     ] {
         let mut st = StreamText::default();
-        assert_eq!(st.check(&rules, b"", Some(&first)), Ok(()));
+        assert_eq!(st.check(&rules, b"", Some((b"", &first))), Ok(()));
         assert_eq!(
-            st.check(&rules, b"", Some(&second)),
+            st.check(&rules, b"", Some((b"", &second))),
             Err(Rejection::SecretEgress)
         );
     }
@@ -147,7 +147,7 @@ fn long_keys_and_many_fields_stay_bounded() {
     let mut st = StreamText::default();
     for i in 0..100u64 {
         let ev = json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":i,"id":format!("call_{i}"),"type":"function","function":{"name":"f","arguments":"{}"}}]}}]});
-        assert_eq!(st.check(&rules, b"", Some(&ev)), Ok(()));
+        assert_eq!(st.check(&rules, b"", Some((b"", &ev))), Ok(()));
     }
     assert!(st.channels() <= MAX_CHANNELS, "{}", st.channels());
 }
@@ -159,9 +159,9 @@ fn a_key_split_across_tool_call_names_is_found() {
     let (a, b) = KEY.split_at(8);
     let mut st = StreamText::default();
     let ev = |n: &str| json!({"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"name":n}}]}}]});
-    assert_eq!(st.check(&rules, b"", Some(&ev(a))), Ok(()));
+    assert_eq!(st.check(&rules, b"", Some((b"", &ev(a)))), Ok(()));
     assert_eq!(
-        st.check(&rules, b"", Some(&ev(b))),
+        st.check(&rules, b"", Some((b"", &ev(b)))),
         Err(Rejection::SecretEgress)
     );
 }
@@ -273,7 +273,8 @@ proptest! {
             for ev in events_for(field, &["@@P@@".to_string()]) {
                 let wire = ev.to_string().replace("@@P@@", &source);
                 let parsed: Value = serde_json::from_str(&wire).unwrap();
-                if st.check(&rules, wire.as_bytes(), Some(&parsed)).is_err() {
+                let framed = format!("data: {wire}\n\n");
+                if st.check(&rules, framed.as_bytes(), Some((wire.as_bytes(), &parsed))).is_err() {
                     found = true;
                 }
             }
@@ -302,8 +303,10 @@ proptest! {
         let rules = rules();
         let mut st = StreamText::default();
         for ev in events_for(field, &texts) {
+            // As the SSE framer hands an event over: framed bytes, and the data's JSON.
             let wire = ev.to_string();
-            prop_assert!(st.check(&rules, wire.as_bytes(), Some(&ev)).is_ok());
+            let framed = format!("data: {wire}\n\n");
+            prop_assert!(st.check(&rules, framed.as_bytes(), Some((wire.as_bytes(), &ev))).is_ok());
         }
         prop_assert!(st.channels() <= 4);
     }
@@ -316,7 +319,7 @@ fn a_stream_with_too_many_channels_is_stopped() {
     let mut refused = false;
     for i in 0..=MAX_CHANNELS as u64 {
         let ev = json!({"choices":[{"index": i, "delta": {"content": "x"}}]});
-        if st.check(&rules, b"", Some(&ev)).is_err() {
+        if st.check(&rules, b"", Some((b"", &ev))).is_err() {
             refused = true;
         }
     }
@@ -334,6 +337,9 @@ fn block_patterns_split_over_events_in_a_tool_call_are_found() {
     };
     let mut st = StreamText::default();
     let evs = events_for(1, &["forbid".into(), "den phrase".into()]);
-    let verdicts: Vec<_> = evs.iter().map(|e| st.check(&rules, b"", Some(e))).collect();
+    let verdicts: Vec<_> = evs
+        .iter()
+        .map(|e| st.check(&rules, b"", Some((b"", e))))
+        .collect();
     assert!(verdicts.contains(&Err(Rejection::BlockedPattern)));
 }
