@@ -300,6 +300,40 @@ async fn a_token_dies_with_the_secret_it_was_minted_under() {
     assert_eq!(models(fresh).await, 200);
 }
 
+/// An empty mint from an unscoped token on a route without a model list: keygate's body
+/// (the token's lifetime) goes. It did not (the client sent no chunk for keygate to
+/// replace), the upstream's `Content-Length` was never met, and each such mint counted as
+/// the provider's failure: five opened the circuit for every site.
+#[tokio::test]
+async fn an_empty_mint_sends_keygates_body_and_opens_no_circuit() {
+    let gw = Gateway::start_with(Options {
+        // A second OpenAI route, without `models:`.
+        route_extra_for: vec![(
+            "/gemini/",
+            "  - prefix: \"/any/\"\n    upstream: openai\n".into(),
+        )],
+        ..Options::default()
+    });
+    let token = mint(&gw, r#"{"ttl_s": 60, "routes": ["/any/"]}"#).await;
+    for _ in 0..6 {
+        let r = with_token(
+            &gw,
+            &token,
+            "/any/v1/realtime/client_secrets",
+            Some(""),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let body: serde_json::Value =
+            serde_json::from_str(gw.mock.last()["body"].as_str().unwrap()).unwrap();
+        let s = body["expires_after"]["seconds"].as_i64().unwrap();
+        assert!((10..=60).contains(&s), "the provider was asked for {s} s");
+    }
+    let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
 /// A Realtime client secret works straight at the provider, outside keygate's limits: one
 /// minted with a browser token lives no longer than the token.
 #[tokio::test]

@@ -424,6 +424,7 @@ impl Gateway {
         ctx.body = BodyPlan::Buffered {
             body: outcome.unwrap_or(buf),
             attempt: None,
+            sent: false,
         };
         Ok(())
     }

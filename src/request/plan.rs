@@ -162,8 +162,12 @@ pub enum BodyPlan {
     /// Read and verified in `request_filter`. Pingora replays the client's bytes from
     /// its retry buffer for each attempt; they are replaced by `body` (the verified body,
     /// or its rewrite when validation changed it), or by `attempt` when this attempt's
-    /// upstream renames the model.
-    Buffered { body: Bytes, attempt: Option<Bytes> },
+    /// upstream renames the model. `sent`: this attempt's body has gone.
+    Buffered {
+        body: Bytes,
+        attempt: Option<Bytes>,
+        sent: bool,
+    },
     /// Held back in `request_body_filter`, verified at the end, then emitted whole.
     HoldBack(Accumulator),
     /// A large multipart upload, forwarded as it passes one chunk behind; the last chunk
@@ -212,7 +216,12 @@ impl BodyPlan {
     /// again); a pre-read one is sent as `attempt` when that is given.
     pub fn begin_attempt(&mut self, attempt: Option<Bytes>) {
         match self {
-            BodyPlan::Buffered { attempt: a, .. } => *a = attempt,
+            BodyPlan::Buffered {
+                attempt: a, sent, ..
+            } => {
+                *a = attempt;
+                *sent = false;
+            }
             BodyPlan::HoldBack(acc) => acc.buf.clear(),
             BodyPlan::Stream(s) => s.restart(),
             BodyPlan::Undecided => {}
@@ -223,7 +232,7 @@ impl BodyPlan {
     /// announced with `Content-Length: 0`).
     pub fn framing(&self, method: &http::Method) -> Result<Framing, GatewayError> {
         match self {
-            BodyPlan::Buffered { body, attempt } => {
+            BodyPlan::Buffered { body, attempt, .. } => {
                 let n = attempt.as_ref().unwrap_or(body).len();
                 if n > 0 || method != http::Method::GET {
                     Ok(Framing::Length(n))
@@ -247,11 +256,18 @@ impl BodyPlan {
             BodyPlan::Buffered {
                 body: verified,
                 attempt,
+                sent,
             } => {
                 // Pingora replays the client's body from its retry buffer as one chunk,
-                // once per attempt.
-                if body.is_some() {
-                    *body = Some(attempt.as_ref().unwrap_or(verified).clone());
+                // once per attempt. An empty client body comes as no chunk at all, only
+                // its end: a body keygate made (a token's mint with its lifetime) must
+                // still go, or the upstream's `Content-Length` is never met.
+                let ours = attempt.as_ref().unwrap_or(verified);
+                if *sent {
+                    *body = None;
+                } else if body.is_some() || (end_of_stream && !ours.is_empty()) {
+                    *body = Some(ours.clone());
+                    *sent = true;
                 }
                 Ok(Step::Pass)
             }
@@ -370,15 +386,21 @@ mod tests {
         let mut plan = BodyPlan::Buffered {
             body: Bytes::from_static(b"rewritten"),
             attempt: None,
+            sent: false,
         };
         assert_eq!(
             plan.framing(&http::Method::POST).unwrap(),
             Framing::Length(9)
         );
         for _ in 0..2 {
+            plan.begin_attempt(None);
             let mut body = Some(Bytes::from_static(b"hello"));
             assert_eq!(plan.on_chunk(&mut body, true).unwrap(), Step::Pass);
             assert_eq!(body.as_deref(), Some(&b"rewritten"[..]), "every attempt");
+            // Once a body has gone, nothing more does in this attempt.
+            let mut end = None;
+            plan.on_chunk(&mut end, true).unwrap();
+            assert_eq!(end, None);
         }
         plan.begin_attempt(Some(Bytes::from_static(b"renamed body")));
         assert_eq!(
@@ -388,9 +410,22 @@ mod tests {
         let mut body = Some(Bytes::from_static(b"hello"));
         plan.on_chunk(&mut body, true).unwrap();
         assert_eq!(body.as_deref(), Some(&b"renamed body"[..]));
+        // The client sent no body (Pingora calls with its end only); keygate's goes.
+        let mut made = BodyPlan::Buffered {
+            body: Bytes::from_static(b"{\"expires_after\":{}}"),
+            attempt: None,
+            sent: false,
+        };
+        for _ in 0..2 {
+            made.begin_attempt(None);
+            let mut none = None;
+            made.on_chunk(&mut none, true).unwrap();
+            assert_eq!(none.as_deref(), Some(&b"{\"expires_after\":{}}"[..]));
+        }
         let empty_get = BodyPlan::Buffered {
             body: Bytes::new(),
             attempt: None,
+            sent: false,
         };
         assert_eq!(
             empty_get.framing(&http::Method::GET).unwrap(),

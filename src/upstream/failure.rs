@@ -99,6 +99,11 @@ pub fn classify(e: &pingora::Error) -> Class {
             _ => Class::Client { timed_out: false },
         };
     }
+    // keygate's own request body shorter than the length it announced: never the
+    // provider's doing, so never counted against its circuit.
+    if matches!(etype, Custom("PrematureBodyEnd")) {
+        return Class::Internal;
+    }
     let from_upstream = matches!(e.esource(), ErrorSource::Upstream);
     // Connecting and the TLS handshake are the provider's whatever source Pingora set.
     let connecting = matches!(
@@ -138,6 +143,8 @@ mod tests {
         let down = |t| classify(&Error::new_down(t));
         let up = |t| classify(&Error::new_up(t));
         assert_eq!(down(ErrorType::ConnectionClosed), Class::ClientGone);
+        // keygate's own body short of its announced length: not the provider's.
+        assert_eq!(up(ErrorType::Custom("PrematureBodyEnd")), Class::Internal);
         assert_eq!(
             down(ErrorType::ReadTimedout),
             Class::Client { timed_out: true }
