@@ -258,3 +258,55 @@ async fn uploads_are_refused_before_the_provider_has_them_whole() {
     // The provider never received a single one of these requests whole.
     assert_eq!(gw.mock.count(), 0, "{}", gw.mock.requests());
 }
+
+/// A transcription answer in any mode but a successful transcript is checked as JSON:
+/// a provider 401 as `text/plain` echoing the key with one JSON escape passed the raw
+/// scan (clients read error bodies as JSON whatever their type, and decode it). A text
+/// transcript is scanned with its escapes decoded too. Coded answers (a content coding,
+/// a transfer coding beside chunked, a charset other than UTF-8), which keygate would scan
+/// in their coded form, are refused.
+#[tokio::test]
+async fn transcription_text_and_coded_answers_cannot_carry_the_key() {
+    let gw = Gateway::start();
+    let (ct, body) = form(&[("model", "whisper-1")], &wav(100));
+    let send = |mode: &'static str, coding: &'static str| {
+        let (gw, ct, body) = (&gw, ct.clone(), body.clone());
+        async move {
+            let mut rb = client()
+                .post(gw.url(TRANSCRIBE))
+                .header("content-type", ct)
+                .header("x-mock-mode", mode)
+                .header("x-mock-coding", coding);
+            for (k, v) in gw.sign("alpha.k1", &gw.secrets.alpha, "POST", TRANSCRIBE, &body) {
+                rb = rb.header(k, v);
+            }
+            let r = rb.body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+    };
+    let key = gw.secrets.provider.clone();
+    for mode in ["escaped_key_error_text", "escaped_key_text"] {
+        let (status, text) = send(mode, "").await;
+        assert_eq!(status, 502, "{mode}: {text}");
+        assert!(!text.contains(&key[4..]), "{mode}: {text}");
+    }
+    let series = |reason: &str| {
+        gw.metric(&format!(
+            "keygate_response_rejected_total{{reason=\"{reason}\",upstream=\"openai\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    // The error as text is no JSON answer (refused for its type); the transcript for
+    // the key it decodes to.
+    eventually("both counted", || {
+        (series("content_type") == 1.0 && series("secret_egress") == 1.0).then_some(())
+    });
+    for coding in ["gzip", "br", "te:gzip", "charset:utf-16"] {
+        let (status, text) = send("coded", coding).await;
+        assert_eq!(status, 502, "{coding}: {text}");
+    }
+    eventually("the coded answers counted", || {
+        (series("content_type") == 5.0).then_some(())
+    });
+}

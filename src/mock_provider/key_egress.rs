@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 use super::stream::sse;
-use super::util::{full, header_ms, received_credential, Body};
+use super::util::{full, header_ms, header_str, received_credential, Body};
 
 /// `s` as a quoted JSON string.
 fn json_str(s: &str) -> String {
@@ -75,12 +75,46 @@ pub(super) fn key_egress_answer(
             );
             Some(full(StatusCode::UNAUTHORIZED, "application/json", body))
         }
+        // The same error as text (on a transcription path a transcript may be text).
+        "escaped_key_error_text" => {
+            let body = format!(
+                r#"{{"error":{{"message":"Incorrect API key provided: {key}","type":"invalid_request_error"}}}}"#,
+                key = json_inner_escaping(&key, 4),
+            );
+            Some(full(StatusCode::UNAUTHORIZED, "text/plain", body))
+        }
+        // A transcript as text whose key is written with one JSON escape.
+        "escaped_key_text" => Some(full(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            format!("I received the key {}", json_inner_escaping(&key, 4)),
+        )),
+        // A coded answer (`x-mock-coding`: its `Content-Encoding`, or `Transfer-Encoding`
+        // beside chunked with `te:`), or text in UTF-16 (`charset:utf-16`).
+        "coded" => {
+            let coding = header_str(parts, "x-mock-coding", "gzip");
+            let mut r = full(StatusCode::OK, "application/json", "{}");
+            let h = r.headers_mut();
+            if let Some(te) = coding.strip_prefix("te:") {
+                h.insert(
+                    "transfer-encoding",
+                    http::HeaderValue::from_str(&format!("{te}, chunked")).ok()?,
+                );
+            } else if let Some(cs) = coding.strip_prefix("charset:") {
+                h.insert(
+                    "content-type",
+                    http::HeaderValue::from_str(&format!("text/plain; charset={cs}")).ok()?,
+                );
+            } else {
+                h.insert(
+                    "content-encoding",
+                    http::HeaderValue::from_str(coding).ok()?,
+                );
+            }
+            Some(r)
+        }
         "split_key" => {
-            let field = parts
-                .headers
-                .get("x-mock-field")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("content");
+            let field = header_str(parts, "x-mock-field", "content");
             // A pause between events, so each arrives in its own read.
             let delay = Duration::from_millis(header_ms(parts, "x-mock-event-delay-ms", 5));
             Some(sse(split_key_events(field, model, &key), delay))

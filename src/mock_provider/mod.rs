@@ -161,9 +161,6 @@ async fn handle(
     if let Some(r) = failure_answer(&mode, &parts, event_delay).await {
         return Ok(r);
     }
-    if let Some(r) = media::upload(&path, &parts, &body).await {
-        return Ok(r);
-    }
     let req_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let model = req_json
         .get("model")
@@ -171,6 +168,9 @@ async fn handle(
         .unwrap_or("mock-model")
         .to_string();
     if let Some(r) = key_egress_answer(&mode, &parts, &model) {
+        return Ok(r);
+    }
+    if let Some(r) = media::upload(&path, &parts, &body).await {
         return Ok(r);
     }
     if let Some(r) = media::answer(&path, &req_json, &parts) {

@@ -36,10 +36,18 @@ pub(super) fn received_credential(headers: &http::HeaderMap) -> String {
 }
 
 pub(super) fn header_ms(req: &http::request::Parts, name: &str, default: u64) -> u64 {
+    header_str(req, name, "").parse().unwrap_or(default)
+}
+
+/// A request header's text, or `default`.
+pub(super) fn header_str<'a>(
+    req: &'a http::request::Parts,
+    name: &str,
+    default: &'a str,
+) -> &'a str {
     req.headers
         .get(name)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 

@@ -126,6 +126,20 @@ pub fn audio_type(ct: &str) -> bool {
     mime_in(ct, &AUDIO_TYPES)
 }
 
+/// Does `ct` name no charset, or UTF-8 (or its subset US-ASCII)? Text in another
+/// (UTF-16: a key's bytes apart) would be scanned in a form the client does not read.
+pub fn charset_ok(ct: &str) -> bool {
+    ct.split(';').skip(1).all(|p| match p.split_once('=') {
+        Some((k, v)) if k.trim().eq_ignore_ascii_case("charset") => {
+            let v = v.trim().trim_matches('"');
+            ["utf-8", "utf8", "us-ascii"]
+                .iter()
+                .any(|c| v.eq_ignore_ascii_case(c))
+        }
+        _ => true,
+    })
+}
+
 /// Is `ct` one of [`TRANSCRIPT_TYPES`] (parameters ignored)?
 pub fn transcript_type(ct: &str) -> bool {
     mime_in(ct, &TRANSCRIPT_TYPES)
@@ -304,6 +318,25 @@ pub fn error_event(request_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_utf8_text_is_taken() {
+        for ok in [
+            "application/json",
+            "text/plain; charset=utf-8",
+            "text/plain;charset=\"UTF-8\"",
+            "text/event-stream; charset=us-ascii",
+            "text/vtt; foo=bar",
+        ] {
+            assert!(charset_ok(ok), "{ok}");
+        }
+        for bad in [
+            "text/plain; charset=utf-16",
+            "application/json; charset=latin1",
+        ] {
+            assert!(!charset_ok(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn all_lists_every_rejection_once() {

@@ -142,13 +142,33 @@ pub fn start(
         .unwrap_or("")
         .to_ascii_lowercase();
     let empty = declared == Some(0) || status == 204 || status == 304;
+    // A coded body (gzip, or a coding beside `chunked`) would be scanned in its coded
+    // form, which the client decodes: keygate asks for none, and takes none. Text in a
+    // charset other than UTF-8 likewise.
+    let coded = |name, plain: &str| {
+        resp.headers.get_all(name).iter().any(|v| {
+            !v.to_str()
+                .is_ok_and(|v| v.trim().eq_ignore_ascii_case(plain))
+        })
+    };
+    if coded(http::header::CONTENT_ENCODING, "identity")
+        || coded(http::header::TRANSFER_ENCODING, "chunked")
+        || !validate::charset_ok(&ct)
+    {
+        return Err(Rejected(Rejection::ContentType));
+    }
     if endpoint == Endpoint::AudioSpeech && resp.status.is_success() && validate::audio_type(&ct) {
         return Ok(ResponseWatch::Binary {
             limit: rules.max_bytes,
             tail: Tail::default(),
         });
     }
-    if endpoint == Endpoint::Transcription && validate::transcript_type(&ct) {
+    // A transcript as text on success only: an error is JSON, checked as JSON (a
+    // provider's error echoing the key JSON-escaped is read decoded by clients).
+    if endpoint == Endpoint::Transcription
+        && resp.status.is_success()
+        && validate::transcript_type(&ct)
+    {
         return Ok(ResponseWatch::Text {
             buf: Vec::new(),
             limit: rules.max_bytes,
@@ -236,7 +256,10 @@ impl ResponseWatch {
             }
             ResponseWatch::Text { buf, limit } => {
                 if let Some(whole) = hold(buf, *limit, &data, end_of_stream, rules)? {
-                    if let Some(r) = rules.egress.hit(&whole) {
+                    // As text, escapes decoded once too (a client may read it as JSON).
+                    let text = std::str::from_utf8(&whole)
+                        .map_err(|_| Refused::Rejected(Rejection::ContentType))?;
+                    if let Some(r) = rules.egress.text(text) {
                         return Err(Refused::Rejected(r));
                     }
                     *body = Some(Bytes::from(whole));
