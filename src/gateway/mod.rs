@@ -434,6 +434,20 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
+        if matches!(status, 401 | 403) {
+            // The provider refused keygate's credential, and no other attempt is left.
+            // Its answer is not the client's: it names the key (OpenAI: its prefix and
+            // last four characters) and its account, and a client reads a 401 as its own
+            // key failing.
+            log::warn!(
+                "upstream {} refused credential {} with {status}",
+                up.as_ref().map_or("?", |u| u.name.as_str()),
+                ctx.credential_id.as_deref().unwrap_or("?")
+            );
+            account::settle_probe(&self.state, ctx);
+            let refused = GatewayError::upstream("The provider refused the gateway's credential.");
+            return Err(Self::abort(ctx, refused));
+        }
         let edited = respond::edit(resp, |parts| {
             observe::start(parts, ctx).map_err(|e| Self::abort(ctx, e))?;
             let none = headers::HeaderAllow::default();

@@ -73,7 +73,7 @@ pub(super) fn key_egress_answer(
                 r#"{{"error":{{"message":"Incorrect API key provided: {key}","type":"invalid_request_error"}}}}"#,
                 key = json_inner_escaping(&key, 4),
             );
-            Some(full(StatusCode::UNAUTHORIZED, "application/json", body))
+            Some(full(StatusCode::BAD_REQUEST, "application/json", body))
         }
         // The same error as text (on a transcription path a transcript may be text).
         "escaped_key_error_text" => {

@@ -17,7 +17,7 @@
 //! Hostile answers (issue #28), built by hand where serde would not write the escape:
 //! `escaped_key` (a 200 chat completion whose text is "I received the key " and the
 //! credential with its 5th character written as a JSON `\u00XX` escape: the raw bytes
-//! never hold the key, a JSON parser yields it), `escaped_key_error` (the same in a 401
+//! never hold the key, a JSON parser yields it), `escaped_key_error` (the same in a 400
 //! `{"error":{"message":"Incorrect API key provided: …"}}`), `surrogate_key` (a lone
 //! `\ud800` escape before the escaped key), `split_key` (a 200 SSE
 //! stream with the credential cut in two halves over two events, each event its own

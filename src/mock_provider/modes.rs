@@ -45,6 +45,25 @@ pub(super) async fn failure_answer(
                 &json!({"error": {"message": "mock failure", "type": "server_error"}}),
             ))
         }
+        // OpenAI's answers to a key it refuses: the key masked to its prefix and last
+        // four characters, and the account it belongs to.
+        "error_401" | "error_403" => {
+            let key = super::util::received_credential(&parts.headers);
+            let masked = format!(
+                "{}****{}",
+                key.get(..8).unwrap_or(""),
+                key.get(key.len().saturating_sub(4)..).unwrap_or("")
+            );
+            let (status, message) = if mode == "error_401" {
+                (StatusCode::UNAUTHORIZED, format!("Incorrect API key provided: {masked}. You can find your API key at https://platform.openai.com/account/api-keys."))
+            } else {
+                (StatusCode::FORBIDDEN, "Project `proj_mock123` does not have access to model `gpt-4o` in organization org-mock123.".to_string())
+            };
+            return Some(json_response(
+                status,
+                &json!({"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            ));
+        }
         "error_429" => {
             let mut r = json_response(
                 StatusCode::TOO_MANY_REQUESTS,
