@@ -61,11 +61,13 @@ impl Usage {
 
     /// `self` plus `other` (separate answers, e.g. a Realtime session's responses).
     pub fn add(&mut self, other: Usage) {
-        self.input += other.input;
-        self.output += other.output;
-        self.cached += other.cached;
-        self.cache_write += other.cache_write;
-        self.reasoning += other.reasoning;
+        // Counts come from the provider: saturating, never wrapping (or, in a debug
+        // build, panicking the worker) on absurd ones.
+        self.input = self.input.saturating_add(other.input);
+        self.output = self.output.saturating_add(other.output);
+        self.cached = self.cached.saturating_add(other.cached);
+        self.cache_write = self.cache_write.saturating_add(other.cache_write);
+        self.reasoning = self.reasoning.saturating_add(other.reasoning);
         self.estimated |= other.estimated;
     }
 }
@@ -150,8 +152,11 @@ impl Report {
         let write = self.get(Field::CacheWriteBeside);
         let thoughts = self.get(Field::ReasoningBeside);
         Some(Usage {
-            input: self.get(Field::Input) + read_beside + write,
-            output: self.get(Field::Output) + thoughts,
+            input: self
+                .get(Field::Input)
+                .saturating_add(read_beside)
+                .saturating_add(write),
+            output: self.get(Field::Output).saturating_add(thoughts),
             cached: self.get(Field::CachedWithin).max(read_beside),
             cache_write: write,
             reasoning: self.get(Field::ReasoningWithin).max(thoughts),
@@ -294,6 +299,19 @@ mod tests {
             (u.input, u.cached, u.cache_write, u.output),
             (1062, 1000, 50, 9)
         );
+    }
+
+    /// A provider's absurd counts saturate: they wrapped to 0 in a release build and
+    /// panicked the worker in a debug one.
+    #[test]
+    fn absurd_counts_saturate() {
+        let v = json!({"type": "message", "content": [], "usage": {"input_tokens": u64::MAX,
+            "cache_read_input_tokens": 1, "output_tokens": 1}});
+        let u = find(&v).unwrap();
+        assert_eq!(u.input, u64::MAX);
+        let mut total = u;
+        total.add(u);
+        assert_eq!(total.input, u64::MAX);
     }
 
     proptest::proptest! {
