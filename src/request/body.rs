@@ -106,11 +106,21 @@ fn is_json_content_type(ct: &str) -> bool {
             && mime.to_ascii_lowercase().ends_with("+json"))
 }
 
-/// The Gemini model in `/v1beta/models/<model>:<method>`.
-fn gemini_model(path: &str) -> Option<&str> {
-    let after = path.split("/models/").nth(1)?;
-    let model = after.split(':').next()?;
-    (!model.is_empty()).then_some(model)
+/// The Gemini model in `/v1beta/models/<model>:<method>`: one segment after the one
+/// `models` segment. `Err` for a path naming more (`…/models/a/models/b:generateContent`),
+/// where keygate would check one model and a proxy routing on the last segment serve
+/// another.
+fn gemini_model(path: &str) -> Result<Option<&str>, GatewayError> {
+    let Some((_, after)) = path.split_once("/models/") else {
+        return Ok(None);
+    };
+    let model = after.split(':').next().unwrap_or(after);
+    if model.contains('/') {
+        return Err(GatewayError::bad_request(
+            "A Gemini path names one model, once.",
+        ));
+    }
+    Ok((!model.is_empty()).then_some(model))
 }
 
 /// Validate a request body for `route` under the PII policy `pii` (the site's may replace
@@ -173,7 +183,7 @@ fn check_inner(
             .map(str::to_string);
     }
     if kind == UpstreamKind::Gemini {
-        out.model = gemini_model(path_only).map(str::to_string);
+        out.model = gemini_model(path_only)?.map(str::to_string);
         out.stream = path_only.ends_with(":streamGenerateContent");
     }
     let mut top = None;
@@ -245,6 +255,9 @@ fn check_inner(
     };
     let mut changed = false;
     if let Some(cap) = cap {
+        if kind == UpstreamKind::Gemini {
+            refuse_gemini_aliases(&obj)?;
+        }
         // Each choice may use the output limit: the route's cap holds for all of them.
         let n = choices(kind, &obj)?;
         let per_choice = cap / n;
@@ -309,7 +322,8 @@ fn invalid_json(detail: String) -> GatewayError {
 /// The output-token fields `kind` clamps, as indexes into [`scan::CAP_FIELDS`].
 fn cap_fields(kind: UpstreamKind) -> &'static [usize] {
     match kind {
-        UpstreamKind::Anthropic => &[0],
+        // `max_tokens_to_sample`: the legacy Text Completions API (`/v1/complete`).
+        UpstreamKind::Anthropic => &[0, 3],
         _ => &[0, 1, 2],
     }
 }
@@ -330,6 +344,31 @@ fn request_stream_usage(obj: &mut Map<String, Value>) -> Result<bool, GatewayErr
     }
     opts.insert("include_usage".into(), Value::Bool(true));
     Ok(true)
+}
+
+/// Gemini's JSON parser also takes a field's proto name (`generation_config`,
+/// `candidate_count`, `max_output_tokens`): keygate reads the JSON names only, so a body
+/// giving the proto names would pass the route's output cap (eight candidates of the
+/// whole cap each), or name a field twice with the provider choosing which wins.
+fn refuse_gemini_aliases(obj: &Map<String, Value>) -> Result<(), GatewayError> {
+    let config = obj.get("generationConfig").and_then(Value::as_object);
+    let alias = [("generation_config", "generationConfig")]
+        .into_iter()
+        .find(|(a, _)| obj.contains_key(*a))
+        .or_else(|| {
+            [
+                ("candidate_count", "candidateCount"),
+                ("max_output_tokens", "maxOutputTokens"),
+            ]
+            .into_iter()
+            .find(|(a, _)| config.is_some_and(|c| c.contains_key(*a)))
+        });
+    match alias {
+        Some((a, name)) => Err(GatewayError::bad_request(format!(
+            "\"{a}\" is not taken on this route; use \"{name}\"."
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// How many outputs one request asks for: OpenAI `n` and `best_of` (legacy completions
@@ -400,7 +439,7 @@ fn needs_output_cap(kind: UpstreamKind, path: &str) -> bool {
         UpstreamKind::Gemini => {
             path.ends_with(":generateContent") || path.ends_with(":streamGenerateContent")
         }
-        UpstreamKind::Anthropic => path.ends_with("/messages"),
+        UpstreamKind::Anthropic => path.ends_with("/messages") || path.ends_with("/complete"),
         UpstreamKind::OpenAi | UpstreamKind::OpenAiCompatible => {
             path.ends_with("/chat/completions")
                 || path.ends_with("/completions")
@@ -468,6 +507,8 @@ fn cap_output_tokens(
             "max_output_tokens"
         } else if kind == UpstreamKind::OpenAi && path.ends_with("/chat/completions") {
             "max_completion_tokens"
+        } else if kind == UpstreamKind::Anthropic && path.ends_with("/complete") {
+            "max_tokens_to_sample"
         } else {
             "max_tokens"
         };

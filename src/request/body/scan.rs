@@ -34,7 +34,7 @@ pub struct Top<'de> {
     /// `"stream": true`.
     pub stream: bool,
     /// `max_tokens`, `max_completion_tokens`, `max_output_tokens`, in that order.
-    pub caps: [Int; 3],
+    pub caps: [Int; 4],
     /// `"stream_options": {"include_usage": true}`.
     pub stream_usage: bool,
     /// `n` or `best_of` is present (several choices share the output cap).
@@ -46,7 +46,12 @@ pub struct Top<'de> {
 }
 
 /// The output-token field names, in [`Top::caps`] order.
-pub const CAP_FIELDS: [&str; 3] = ["max_tokens", "max_completion_tokens", "max_output_tokens"];
+pub const CAP_FIELDS: [&str; 4] = [
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "max_tokens_to_sample",
+];
 
 /// A value, as far as [`Top`] cares.
 enum Seen<'de> {
@@ -197,7 +202,7 @@ mod tests {
         .unwrap();
         assert_eq!(t.model, Model::Str(Key("gpt-4o".into())));
         assert!(t.stream && t.stream_usage);
-        assert_eq!(t.caps, [Int::U64(7), Int::Absent, Int::Null]);
+        assert_eq!(t.caps, [Int::U64(7), Int::Absent, Int::Null, Int::Absent]);
         assert!(!t.background);
         assert!(top(br#"{"background":true}"#).unwrap().unwrap().background);
         assert!(!top(br#"{"background":"yes"}"#).unwrap().unwrap().background);

@@ -223,6 +223,16 @@ fn several_choices_share_the_output_cap() {
     .unwrap();
     let v: Value = serde_json::from_slice(&out.rewritten.unwrap()).unwrap();
     assert_eq!(v["generationConfig"]["maxOutputTokens"], 25);
+    // Gemini takes the proto names too; keygate, reading the JSON names, would pass
+    // eight candidates of the whole cap each.
+    for alias in [
+        &br#"{"contents":[],"generationConfig":{"candidate_count":8,"maxOutputTokens":100}}"#[..],
+        br#"{"contents":[],"generationConfig":{"max_output_tokens":100000}}"#,
+        br#"{"contents":[],"generation_config":{"candidateCount":8}}"#,
+    ] {
+        let path = "/v1beta/models/g:generateContent";
+        assert_eq!(refused(&rt.routes[0], path, alias), 400);
+    }
 }
 
 #[test]
@@ -430,4 +440,53 @@ fn stream_usage_is_asked_for_on_chat_completions_only() {
     // A Responses stream reports its usage by itself and takes no `stream_options`.
     let out = check(route, "POST", "/v1/responses", CT, body).unwrap();
     assert!(out.rewritten.is_none());
+}
+
+/// Anthropic's legacy Text Completions (`/v1/complete`) takes `max_tokens_to_sample`:
+/// the route's cap skipped it.
+#[test]
+fn anthropic_text_completions_take_the_cap() {
+    let rt = rt("anthropic", "", "    max_tokens: 1024\n");
+    let route = &rt.routes[0];
+    for (body, want) in [
+        (&br#"{"model":"m","prompt":"\n\nHuman: hi\n\nAssistant:","max_tokens_to_sample":100000}"#[..], 1024),
+        (br#"{"model":"m","prompt":"\n\nHuman: hi\n\nAssistant:"}"#, 1024),
+        (br#"{"model":"m","prompt":"x","max_tokens_to_sample":10}"#, 10),
+    ] {
+        let out = check(route, "POST", "/v1/complete", CT, body).unwrap();
+        let v: Value = out
+            .rewritten
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap_or_else(|| serde_json::from_slice(body).unwrap());
+        assert_eq!(v["max_tokens_to_sample"], want, "{v}");
+        assert!(v.get("max_tokens").is_none(), "{v}");
+    }
+}
+
+/// A Gemini path with two `models` segments: keygate read the first, the endpoint filter
+/// matched the last two, and a proxy routing on the last would serve that one.
+#[test]
+fn a_gemini_path_names_one_model() {
+    let rt = rt("gemini", "    models: [\"gemini-flash\"]\n", "");
+    let route = &rt.routes[0];
+    let body = br#"{"contents":[]}"#;
+    let path = "/v1beta/models/gemini-flash/models/gemini-ultra:generateContent";
+    assert_eq!(refused(route, path, body), 400);
+    let out = check(
+        route,
+        "POST",
+        "/v1beta/models/gemini-flash:generateContent",
+        CT,
+        body,
+    )
+    .unwrap();
+    assert_eq!(out.model.as_deref(), Some("gemini-flash"));
+}
+
+/// The status of a POST `check` refuses.
+fn refused(route: &Route, path: &str, body: &[u8]) -> u16 {
+    check(route, "POST", path, CT, body)
+        .unwrap_err()
+        .code
+        .status()
 }
