@@ -109,6 +109,31 @@ async fn a_handshake_without_credentials_or_with_a_bad_model_is_refused() {
     assert_eq!(gw.mock.count(), 0, "the provider never saw a handshake");
 }
 
+/// A route with `pii` checks what goes to the provider; a Realtime session's text and
+/// audio, and a minted client secret's (used at the provider directly), pass no check:
+/// both are refused before the provider is asked.
+#[tokio::test]
+async fn realtime_is_refused_on_a_route_with_pii() {
+    let gw = Gateway::start_with(Options {
+        route_extra: "    pii: { mode: block }\n".into(),
+        ..Options::default()
+    });
+    assert_eq!(open(&gw, REALTIME, &bearer(&gw)).await.err(), Some(400));
+    for body in [
+        r#"{"session":{"type":"realtime","model":"gpt-realtime"}}"#,
+        "",
+    ] {
+        for path in [
+            "/openai/v1/realtime/client_secrets",
+            "/openai/v1/realtime/sessions",
+        ] {
+            let r = gw.post_signed(path, body, &[]).await;
+            assert_eq!(r.status, 400, "{path} {body:?}: {}", r.body);
+        }
+    }
+    assert_eq!(gw.mock.count(), 0, "the provider was never asked");
+}
+
 /// The site's token budget is spent: a chat request is refused.
 async fn assert_over_budget(gw: &Gateway) {
     let r = gw

@@ -79,6 +79,9 @@ impl Gateway {
                 "Realtime sessions need HTTP/1.1 (WebSocket upgrade).",
             ));
         }
+        if route.pii_policy(Some(site)).is_some() {
+            return Err(crate::request::body::no_realtime_with_pii());
+        }
         let req = session.req_header();
         let model = realtime::model_of_query(req.uri.query().unwrap_or(""))
             .map_err(|d| GatewayError::bad_request("The model is named twice.").detail(d))?;

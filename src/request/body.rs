@@ -165,6 +165,9 @@ fn check_inner(
             "Batch endpoints are not available on routes with max_tokens or pii: their requests cannot be checked here.",
         ));
     }
+    if pii.is_some() && is_realtime_mint(path_only) {
+        return Err(no_realtime_with_pii());
+    }
     if let Some(boundary) = crate::request::upload::boundary(path_only, content_type) {
         if pii.is_some() {
             return Err(no_uploads_with_pii());
@@ -286,6 +289,22 @@ fn check_inner(
 }
 
 /// Uploads carry audio and images keygate cannot look into for personal data.
+/// The Realtime endpoints that mint a secret the browser then uses at the provider
+/// directly (no keygate in between).
+fn is_realtime_mint(path: &str) -> bool {
+    ["client_secrets", "sessions", "transcription_sessions"]
+        .iter()
+        .any(|e| path.ends_with(&format!("/realtime/{e}")))
+}
+
+/// Realtime on a route (or site) with `pii`: a session's text and audio pass no check,
+/// and a minted secret is used at the provider without keygate.
+pub fn no_realtime_with_pii() -> GatewayError {
+    GatewayError::bad_request(
+        "Realtime sessions are not available on routes with pii: their content cannot be checked here.",
+    )
+}
+
 pub fn no_uploads_with_pii() -> GatewayError {
     GatewayError::bad_request(
         "Uploads are not available on routes with pii: their content cannot be checked here.",
