@@ -134,10 +134,18 @@ impl ProviderWatch {
             *n += text.len();
         }
         match v.get("type").and_then(|t| t.as_str()) {
-            Some("response.created") => self.in_flight = Some(text.len()),
+            // A second response before the first's `response.done` keeps the first's
+            // bytes in the count (they were counted above).
+            Some("response.created") => {
+                self.in_flight = Some(self.in_flight.unwrap_or(text.len()));
+            }
             Some("response.done") => {
-                self.in_flight = None;
-                return Ok(usage::find(&v));
+                let answer = self.in_flight.take().unwrap_or(text.len());
+                // A `response.done` without usage (`"usage": null`) is estimated from
+                // the answer's bytes (marked estimated: the caller adds the input).
+                return Ok(Some(
+                    usage::find(&v).unwrap_or_else(|| Usage::estimate(0, answer)),
+                ));
             }
             _ => {}
         }
@@ -449,6 +457,42 @@ mod tests {
             Err(Rejection::SecretEgress)
         );
         assert_eq!(w.close_reason("normal closure", &rules), Ok(()));
+    }
+
+    /// A `response.done` without usage charged nothing, and a second `response.created`
+    /// before the first's end dropped the first's bytes.
+    #[test]
+    fn a_response_without_usage_is_estimated_from_its_bytes() {
+        let rules = rules();
+        let mut w = ProviderWatch::default();
+        let created = r#"{"type":"response.created"}"#;
+        let delta = format!(
+            r#"{{"type":"response.output_text.delta","delta":"{}"}}"#,
+            "word ".repeat(200)
+        );
+        assert_eq!(w.text(created, &rules), Ok(None));
+        assert_eq!(w.text(&delta, &rules), Ok(None));
+        assert_eq!(w.text(created, &rules), Ok(None));
+        let done = w
+            .text(
+                r#"{"type":"response.done","response":{"usage":null}}"#,
+                &rules,
+            )
+            .unwrap()
+            .expect("charged");
+        assert!(done.estimated && done.output > 250, "{done:?}");
+        // A reported usage is taken as it is.
+        let reported = w
+            .text(
+                r#"{"type":"response.done","response":{"usage":{"input_tokens":5,"output_tokens":7}}}"#,
+                &rules,
+            )
+            .unwrap()
+            .expect("reported");
+        assert_eq!(
+            (reported.input, reported.output, reported.estimated),
+            (5, 7, false)
+        );
     }
 
     #[test]

@@ -752,3 +752,72 @@ async fn a_large_answer_read_at_a_modest_rate_is_not_cut_by_the_send_timeout() {
         gw.logs()
     );
 }
+
+/// An upstream's interim answer (103 Early Hints) before its real one. The mock (hyper)
+/// cannot send one, so a scripted socket stands in for the provider here. The interim
+/// header went through the answer's checks: no `Content-Type`, so the request got 502,
+/// and it would have settled a half-open circuit's probe before the real answer.
+#[tokio::test]
+async fn an_interim_answer_before_the_real_one_passes_without_its_headers() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { return };
+            // The request: its head, then the body its Content-Length names.
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let body_len = loop {
+                let Ok(n) = s.read(&mut buf) else { break None };
+                if n == 0 {
+                    break None;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let cl = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    break Some(end + 4 + cl);
+                }
+            };
+            let Some(want) = body_len else { continue };
+            while got.len() < want {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let answer = r#"{"id":"c","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+            let _ = write!(
+                s,
+                "HTTP/1.1 103 Early Hints\r\nlink: </tracker.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    let gw = Gateway::start_with(Options {
+        extra_upstreams: format!(
+            "  scripted:\n    kind: openai\n    url: \"http://{addr}\"\n    credentials:\n      - {{ id: s-1, secret: \"file:{{dir}}/provider2.key\" }}\n"
+        ),
+        // A route to it, without a model list.
+        route_extra_for: vec![(
+            "/gemini/",
+            "  - prefix: \"/scripted/\"\n    upstream: scripted\n".into(),
+        )],
+        ..Options::default()
+    });
+    let r = gw
+        .post_signed(
+            "/scripted/v1/chat/completions",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "hi");
+    assert!(r.headers.get("link").is_none());
+}

@@ -260,7 +260,7 @@ async fn uploads_are_refused_before_the_provider_has_them_whole() {
 }
 
 /// A transcription answer in any mode but a successful transcript is checked as JSON:
-/// a provider 401 as `text/plain` echoing the key with one JSON escape passed the raw
+/// a provider error as `text/plain` echoing the key with one JSON escape passed the raw
 /// scan (clients read error bodies as JSON whatever their type, and decode it). A text
 /// transcript is scanned with its escapes decoded too. Coded answers (a content coding,
 /// a transfer coding beside chunked, a charset other than UTF-8), which keygate would scan

@@ -476,3 +476,47 @@ async fn deferred_work_is_refused_under_a_budget() {
     assert_ne!(r.status, 403, "{}", r.body);
     assert_eq!(gw.mock.count(), 1);
 }
+
+/// A stream keygate stopped (here a blocked pattern near its end) ended with its later
+/// events dropped unread, the final usage report among them: it was charged from the first
+/// report alone (Anthropic's `message_start`: 1 output token), though the client had the
+/// whole answer up to the phrase. Now at least the output read.
+#[tokio::test]
+async fn a_stream_keygate_stopped_is_charged_for_what_was_read() {
+    let gw = Gateway::start_with(Options {
+        route_extra_for: vec![(
+            "/anthropic/",
+            "    block_patterns: [\"FORBIDDEN PHRASE\"]\n".into(),
+        )],
+        ..Options::default()
+    });
+    let prompt = format!("{} FORBIDDEN PHRASE", "many words here".repeat(60));
+    let body = serde_json::json!({"model": "claude-x", "max_tokens": 100, "stream": true,
+        "messages": [{"role": "user", "content": prompt}]})
+    .to_string();
+    let r = gw
+        .post_signed("/anthropic/v1/messages", &body, &[("x-mock-mode", "echo")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("event: error"), "{}", r.body);
+    let line = gw.audit_lines_at_least(1).remove(0);
+    let out = line["tokens_out"].as_u64().unwrap_or(0);
+    assert!(out > 100, "charged {out} output tokens: {line}");
+    assert_eq!(line["tokens_estimated"], true, "{line}");
+}
+
+/// An attempt the provider took and never answered in time (its header timed out) is
+/// billed by the provider, for the input at least; it was never charged, so a client could
+/// send large prompts that time out, unbilled, as often as its request limits allowed.
+#[tokio::test]
+async fn an_attempt_the_provider_never_answered_is_charged_its_input() {
+    let gw = priced("{ requests_per_minute: 100000, tokens_per_day: 1 }");
+    let slow = [("x-mock-mode", "slow"), ("x-mock-delay-ms", "3000")];
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &slow).await;
+    r.assert_error(504, "upstream_timeout");
+    let line = gw.audit_lines_at_least(1).remove(0);
+    assert!(line["tokens_in"].as_u64().unwrap_or(0) > 0, "{line}");
+    let r = gw.post_signed(CHAT, &chat("gpt-4o"), &[]).await;
+    r.assert_error(429, "rate_limited");
+    assert_eq!(r.json()["error"]["limit"], "tokens_per_day");
+}

@@ -7,7 +7,23 @@ use crate::state::State;
 use crate::telemetry::audit;
 use crate::telemetry::metrics::{self, METRICS};
 use crate::upstream::circuit::Outcome;
+use crate::upstream::failure::{Class, Failure};
 use pingora::proxy::Session;
+
+/// The attempt's request reached the provider, which did not answer it in time (the
+/// answer's header timed out): the provider bills its input (and usually the generation it
+/// went on with) though no answer came. Noted once per attempt, whichever hook sees the
+/// error first; [`charge`] charges the request's input for each.
+pub(super) fn note_unanswered(ctx: &mut Ctx, class: &Class, e: &pingora::Error) {
+    let attempt = ctx.attempts.started;
+    if matches!(class, Class::Upstream(Failure::Timeout))
+        && e.etype() == &pingora::ErrorType::ReadTimedout
+        && ctx.upstream_status.is_none()
+        && ctx.unanswered.1 != attempt
+    {
+        ctx.unanswered = (ctx.unanswered.0 + 1, attempt);
+    }
+}
 
 /// Settle one finished request.
 pub fn finish(state: &State, session: &Session, ctx: &mut Ctx) {
@@ -142,16 +158,22 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx, end: std::time::Instant) -
 /// after the provider produced it (`block_patterns`, a secret, a size or time limit), still
 /// spent the provider's tokens. A provider 5xx is not charged.
 pub fn charge(state: &State, ctx: &mut Ctx) {
+    let answered = ctx.upstream_status.is_some_and(|s| (1..500).contains(&s));
+    let unanswered = u64::from(ctx.unanswered.0);
     if ctx.charged
         || ctx.upstream_started.is_none()
-        || !ctx.upstream_status.is_some_and(|s| (1..500).contains(&s))
+        || !(answered || unanswered > 0)
         || ctx.route().is_none()
     {
         return;
     }
     ctx.charged = true;
     let estimate = Usage::estimate(ctx.request_bytes, ctx.response_bytes);
-    let usage = match ctx.usage {
+    let mut usage = match ctx.usage {
+        _ if !answered => Usage {
+            estimated: true,
+            ..Usage::default()
+        },
         None => estimate,
         Some(u) if ctx.answer_complete => u,
         // The answer stopped before its end: the report so far may be a first count
@@ -165,6 +187,12 @@ pub fn charge(state: &State, ctx: &mut Ctx) {
             u
         }
     };
+    // Attempts the provider took and never answered in time: their input at least.
+    if unanswered > 0 {
+        let input = Usage::estimate(ctx.request_bytes, 0).input;
+        usage.input = usage.input.saturating_add(input.saturating_mul(unanswered));
+        usage.estimated = true;
+    }
     ctx.usage = Some(usage);
     let micro_usd = price(ctx, &usage);
     let Some(up) = ctx.upstream_live() else {

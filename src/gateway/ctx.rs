@@ -65,6 +65,9 @@ pub struct Ctx {
     pub cost_usd: Option<f64>,
     /// The site's token budget has been charged for this request.
     pub charged: bool,
+    /// Attempts whose request the provider had and never answered in time (the answer's
+    /// header timed out), and the last such attempt's number (counted once each).
+    pub unanswered: (u32, usize),
     /// The attempt's answer reached its end (the body filter's `end_of_stream`); an answer
     /// cut before may hold only a first usage report.
     pub answer_complete: bool,
@@ -122,6 +125,7 @@ impl Ctx {
             usage: None,
             cost_usd: None,
             charged: false,
+            unanswered: (0, 0),
             first_token_seen: false,
             trace: None,
             attempt_spans: Vec::new(),

@@ -242,13 +242,16 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let failed_over = std::mem::take(&mut ctx.retrying)
-            || (ctx.error.is_none()
-                && match classify(session, &e) {
+            || (ctx.error.is_none() && {
+                let class = classify(session, &e);
+                account::note_unanswered(ctx, &class, &e);
+                match class {
                     upstream::failure::Class::Upstream(f) => {
                         self.fail_over(session, ctx, Reason::of_failure(f), Some(f))
                     }
                     _ => false,
-                });
+                }
+            });
         if failed_over {
             e.set_retry(true);
         } else if !session.req_header().method.is_idempotent()
@@ -417,6 +420,16 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        if resp.status.is_informational() {
+            // An interim answer (100 Continue, 103 Early Hints) before the real one: it
+            // settles nothing (status, failover, a circuit's probe), is not checked as
+            // an answer, and passes without the provider's headers (103's `Link`).
+            let names: Vec<_> = resp.headers.keys().cloned().collect();
+            for name in names {
+                resp.remove_header(&name);
+            }
+            return Ok(());
+        }
         let up = ctx.upstream().cloned();
         // A credential's rest goes to the state in force now (a reload may have come
         // since the request started).
@@ -473,8 +486,8 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
-        ctx.answer_complete |= end_of_stream;
         observe::chunk(body, end_of_stream, ctx).map_err(|e| Self::abort(ctx, e))?;
+        ctx.answer_complete |= end_of_stream && !ctx.response.cut_short();
         // Pingora bounds the write of a whole chunk by the write timeout, and a held-back
         // answer goes out as one (up to `max_response_bytes`): a client reading it at a
         // modest rate was cut. A large chunk gets time for its size on top.
@@ -507,6 +520,7 @@ impl ProxyHttp for Gateway {
     {
         if ctx.error.is_none() {
             let class = classify(session, e);
+            account::note_unanswered(ctx, &class, e);
             if let upstream::failure::Class::Upstream(failure) = class {
                 ctx.upstream_failed = true;
                 if let Some(up) = ctx.upstream() {

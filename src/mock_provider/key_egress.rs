@@ -81,7 +81,7 @@ pub(super) fn key_egress_answer(
                 r#"{{"error":{{"message":"Incorrect API key provided: {key}","type":"invalid_request_error"}}}}"#,
                 key = json_inner_escaping(&key, 4),
             );
-            Some(full(StatusCode::UNAUTHORIZED, "text/plain", body))
+            Some(full(StatusCode::BAD_REQUEST, "text/plain", body))
         }
         // A transcript as text whose key is written with one JSON escape.
         "escaped_key_text" => Some(full(
