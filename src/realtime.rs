@@ -118,6 +118,9 @@ pub struct ProviderWatch {
     /// Bytes the provider sent since its last `response.created`, while that response has
     /// no `response.done` yet: a session that ends then is charged an estimate.
     in_flight: Option<usize>,
+    /// Bytes of output text (not audio) in those responses, for a `response.done` that
+    /// reports no usage.
+    output_text: usize,
 }
 
 impl ProviderWatch {
@@ -133,18 +136,28 @@ impl ProviderWatch {
         if let Some(n) = &mut self.in_flight {
             *n += text.len();
         }
-        match v.get("type").and_then(|t| t.as_str()) {
+        let kind = v.get("type").and_then(|t| t.as_str());
+        if !kind.is_some_and(|t| t.ends_with("audio.delta")) {
+            for k in ["delta", "transcript", "text", "arguments"] {
+                if let Some(s) = v.get(k).and_then(|s| s.as_str()) {
+                    self.output_text += s.len();
+                }
+            }
+        }
+        match kind {
             // A second response before the first's `response.done` keeps the first's
             // bytes in the count (they were counted above).
-            Some("response.created") => {
-                self.in_flight = Some(self.in_flight.unwrap_or(text.len()));
+            Some("response.created") if self.in_flight.is_none() => {
+                self.in_flight = Some(text.len());
+                self.output_text = 0;
             }
             Some("response.done") => {
-                let answer = self.in_flight.take().unwrap_or(text.len());
-                // A `response.done` without usage (`"usage": null`) is estimated from
-                // the answer's bytes (marked estimated: the caller adds the input).
+                self.in_flight = None;
+                let output = std::mem::take(&mut self.output_text);
+                // A `response.done` without usage (`"usage": null`): its output text,
+                // estimated (its audio and its input are not known here).
                 return Ok(Some(
-                    usage::find(&v).unwrap_or_else(|| Usage::estimate(0, answer)),
+                    usage::find(&v).unwrap_or_else(|| Usage::estimate(0, output)),
                 ));
             }
             _ => {}
@@ -470,8 +483,14 @@ mod tests {
             r#"{{"type":"response.output_text.delta","delta":"{}"}}"#,
             "word ".repeat(200)
         );
+        // Audio is not text: base64 PCM counted as text was hundreds of times its cost.
+        let audio = format!(
+            r#"{{"type":"response.output_audio.delta","delta":"{}"}}"#,
+            "QUFB".repeat(5000)
+        );
         assert_eq!(w.text(created, &rules), Ok(None));
         assert_eq!(w.text(&delta, &rules), Ok(None));
+        assert_eq!(w.text(&audio, &rules), Ok(None));
         assert_eq!(w.text(created, &rules), Ok(None));
         let done = w
             .text(
@@ -480,7 +499,8 @@ mod tests {
             )
             .unwrap()
             .expect("charged");
-        assert!(done.estimated && done.output > 250, "{done:?}");
+        // The text's 1,000 bytes, not the messages' framing or the audio.
+        assert!(done.estimated && done.output == 250, "{done:?}");
         // A reported usage is taken as it is.
         let reported = w
             .text(

@@ -325,10 +325,11 @@ async fn an_empty_mint_sends_keygates_body_and_opens_no_circuit() {
         )
         .await;
         assert_eq!(r.status, 200, "{}", r.body);
-        let body: serde_json::Value =
-            serde_json::from_str(gw.mock.last()["body"].as_str().unwrap()).unwrap();
+        let sent = gw.mock.last();
+        let body: serde_json::Value = serde_json::from_str(sent["body"].as_str().unwrap()).unwrap();
         let s = body["expires_after"]["seconds"].as_i64().unwrap();
         assert!((10..=60).contains(&s), "the provider was asked for {s} s");
+        assert_eq!(sent["headers"]["content-type"], "application/json");
     }
     let r = gw.call("alpha.k1", "GET", "/openai/v1/models", "").await;
     assert_eq!(r.status, 200, "{}", r.body);

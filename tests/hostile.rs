@@ -753,22 +753,19 @@ async fn a_large_answer_read_at_a_modest_rate_is_not_cut_by_the_send_timeout() {
     );
 }
 
-/// An upstream's interim answer (103 Early Hints) before its real one. The mock (hyper)
-/// cannot send one, so a scripted socket stands in for the provider here. The interim
-/// header went through the answer's checks: no `Content-Type`, so the request got 502,
-/// and it would have settled a half-open circuit's probe before the real answer.
-#[tokio::test]
-async fn an_interim_answer_before_the_real_one_passes_without_its_headers() {
+/// A scripted provider on a socket: for each request (head, then the body its
+/// Content-Length names), the bytes `answer` gives for its request line. For answers the
+/// mock (hyper) cannot send: interim 1xx headers.
+fn scripted_upstream(answer: fn(&str) -> String) -> std::net::SocketAddr {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut s) = conn else { return };
-            // The request: its head, then the body its Content-Length names.
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
-            let body_len = loop {
+            let want = loop {
                 let Ok(n) = s.read(&mut buf) else { break None };
                 if n == 0 {
                     break None;
@@ -784,40 +781,71 @@ async fn an_interim_answer_before_the_real_one_passes_without_its_headers() {
                     break Some(end + 4 + cl);
                 }
             };
-            let Some(want) = body_len else { continue };
+            let Some(want) = want else { continue };
             while got.len() < want {
                 match s.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => got.extend_from_slice(&buf[..n]),
                 }
             }
-            let answer = r#"{"id":"c","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
-            let _ = write!(
-                s,
-                "HTTP/1.1 103 Early Hints\r\nlink: </tracker.js>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-                answer.len()
-            );
+            let head = String::from_utf8_lossy(&got);
+            let line = head.lines().next().unwrap_or("").to_string();
+            let _ = s.write_all(answer(&line).as_bytes());
         }
     });
-    let gw = Gateway::start_with(Options {
+    addr
+}
+
+/// A gateway whose `/scripted/` route (no model list) goes to `addr`.
+fn gateway_to(addr: std::net::SocketAddr) -> Gateway {
+    Gateway::start_with(Options {
         extra_upstreams: format!(
             "  scripted:\n    kind: openai\n    url: \"http://{addr}\"\n    credentials:\n      - {{ id: s-1, secret: \"file:{{dir}}/provider2.key\" }}\n"
         ),
-        // A route to it, without a model list.
         route_extra_for: vec![(
             "/gemini/",
             "  - prefix: \"/scripted/\"\n    upstream: scripted\n".into(),
         )],
         ..Options::default()
-    });
+    })
+}
+
+/// An upstream's interim answer (103 Early Hints) before its real one went through the
+/// answer's checks (no `Content-Type`: 502) and would have settled a circuit's probe. Passed
+/// on, it also counted as the answer written: after it, no failover and no error answer
+/// (the client saw the 103, then the connection closed). And a 101 the upstream was not
+/// asked for would have passed its bytes unchecked.
+#[tokio::test]
+async fn an_interim_answer_passes_without_its_headers_and_leaves_room_for_the_real_one() {
+    fn answer(line: &str) -> String {
+        const CHAT_JSON: &str = r#"{"id":"c","object":"chat.completion","model":"gpt-4o","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
+        let hints = "HTTP/1.1 103 Early Hints\r\nlink: </tracker.js>; rel=preload\r\n\r\n";
+        if line.contains("?html") {
+            format!("{hints}HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 5\r\n\r\n<p>x</p>")
+        } else if line.contains("?switch") {
+            "HTTP/1.1 101 Switching Protocols\r\ncontent-length: 2\r\n\r\n{}".to_string()
+        } else {
+            format!(
+                "{hints}HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{CHAT_JSON}",
+                CHAT_JSON.len()
+            )
+        }
+    }
+    let gw = gateway_to(scripted_upstream(answer));
+    let chat = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#;
     let r = gw
-        .post_signed(
-            "/scripted/v1/chat/completions",
-            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
-            &[],
-        )
+        .post_signed("/scripted/v1/chat/completions", chat, &[])
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["choices"][0]["message"]["content"], "hi");
     assert!(r.headers.get("link").is_none());
+    // After the 103, an answer keygate refuses: its error answer still goes out.
+    let r = gw
+        .post_signed("/scripted/v1/chat/completions?html", chat, &[])
+        .await;
+    r.assert_error(502, "upstream_error");
+    let r = gw
+        .post_signed("/scripted/v1/chat/completions?switch", chat, &[])
+        .await;
+    r.assert_error(502, "upstream_error");
 }

@@ -309,4 +309,6 @@ async fn transcription_text_and_coded_answers_cannot_carry_the_key() {
     eventually("the coded answers counted", || {
         (series("content_type") == 5.0).then_some(())
     });
+    // And keygate asks for no coding.
+    assert_eq!(gw.mock.last()["headers"]["accept-encoding"], "identity");
 }

@@ -168,7 +168,9 @@ pub fn charge(state: &State, ctx: &mut Ctx) {
         return;
     }
     ctx.charged = true;
-    let estimate = Usage::estimate(ctx.request_bytes, ctx.response_bytes);
+    // A stream's output is its text, not its framing.
+    let output_bytes = ctx.response.output_bytes().unwrap_or(ctx.response_bytes);
+    let estimate = Usage::estimate(ctx.request_bytes, output_bytes);
     let mut usage = match ctx.usage {
         _ if !answered => Usage {
             estimated: true,

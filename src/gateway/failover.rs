@@ -136,7 +136,7 @@ impl Gateway {
         reason: Reason,
         failure: Option<Failure>,
     ) -> bool {
-        if session.response_written().is_some()
+        if super::respond::final_header_written(session)
             || session.as_downstream().retry_buffer_truncated()
             || !ctx.attempts.may_retry()
             || ctx.deadline().is_some_and(|d| Instant::now() >= d)
@@ -182,5 +182,26 @@ impl Gateway {
         move_to(ctx, next, Some(reason));
         ctx.begin_attempt();
         true
+    }
+}
+
+/// Whose fault Pingora's error `e` is. A timeout while the client's body is still coming
+/// is the client's: the upstream's timer ran while keygate held the body back (or passed
+/// on a trickle), and counted against the provider it opened circuits for every site.
+pub(super) fn classify(
+    session: &mut Session,
+    e: &pingora::Error,
+) -> crate::upstream::failure::Class {
+    use crate::upstream::failure::{Class, Failure};
+    match crate::upstream::failure::classify(e) {
+        // Only waiting for the answer: an upstream that stops reading an upload (a write
+        // timeout, the client's body held up by the back-pressure) is the upstream's.
+        Class::Upstream(Failure::Timeout) | Class::Unattributed(Failure::Timeout)
+            if e.etype() == &pingora::ErrorType::ReadTimedout
+                && !session.as_downstream_mut().is_body_done() =>
+        {
+            Class::Client { timed_out: true }
+        }
+        class => class,
     }
 }

@@ -243,7 +243,7 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let failed_over = std::mem::take(&mut ctx.retrying)
             || (ctx.error.is_none() && {
-                let class = classify(session, &e);
+                let class = failover::classify(session, &e);
                 account::note_unanswered(ctx, &class, &e);
                 match class {
                     upstream::failure::Class::Upstream(f) => {
@@ -330,7 +330,12 @@ impl ProxyHttp for Gateway {
         self.trace_header(req, ctx);
         match ctx.body.framing(&req.method) {
             Ok(Framing::Length(n)) => {
-                req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?
+                req.insert_header(http::header::CONTENT_LENGTH, n.to_string())?;
+                // A body with no type is one keygate made for a client that sent none
+                // (a token's Realtime mint): JSON (a client's body must have a type).
+                if n > 0 && !req.headers.contains_key(http::header::CONTENT_TYPE) {
+                    req.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+                }
             }
             Ok(Framing::Chunked) => {
                 req.insert_header(http::header::TRANSFER_ENCODING, "chunked")?
@@ -420,6 +425,12 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            // keygate asks no upstream to switch (Realtime connects its own WebSocket):
+            // what would follow is no answer keygate can check.
+            let e = GatewayError::upstream("The upstream switched protocols unasked.");
+            return Err(Self::abort(ctx, e));
+        }
         if resp.status.is_informational() {
             // An interim answer (100 Continue, 103 Early Hints) before the real one: it
             // settles nothing (status, failover, a circuit's probe), is not checked as
@@ -447,16 +458,19 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
-        if matches!(status, 401 | 403) {
+        if status == 401 {
             // The provider refused keygate's credential, and no other attempt is left.
             // Its answer is not the client's: it names the key (OpenAI: its prefix and
-            // last four characters) and its account, and a client reads a 401 as its own
-            // key failing.
+            // last four characters), and a client reads a 401 as its own key failing.
+            // (A 403 passes: it may be the client's, e.g. a stored file it cannot read.)
+            // The upstream answered: its circuit and probe see that.
             log::warn!(
                 "upstream {} refused credential {} with {status}",
                 up.as_ref().map_or("?", |u| u.name.as_str()),
                 ctx.credential_id.as_deref().unwrap_or("?")
             );
+            ctx.set_upstream_status(status);
+            ctx.upstream_answered = Some(std::time::Instant::now());
             account::settle_probe(&self.state, ctx);
             let refused = GatewayError::upstream("The provider refused the gateway's credential.");
             return Err(Self::abort(ctx, refused));
@@ -519,7 +533,7 @@ impl ProxyHttp for Gateway {
         Ctx: Send + Sync,
     {
         if ctx.error.is_none() {
-            let class = classify(session, e);
+            let class = failover::classify(session, e);
             account::note_unanswered(ctx, &class, e);
             if let upstream::failure::Class::Upstream(failure) = class {
                 ctx.upstream_failed = true;
@@ -532,7 +546,7 @@ impl ProxyHttp for Gateway {
         let mut code = 0;
         if let Some(err) = ctx.error.clone() {
             code = err.code.status();
-            if session.response_written().is_none() {
+            if !respond::final_header_written(session) {
                 if let Err(we) = respond::send_error(session, ctx, &err).await {
                     log::debug!(
                         "request {}: cannot write error response: {we}",
@@ -565,24 +579,6 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {
         account::finish(&self.state, session, ctx);
         self.trace_finish(session, ctx);
-    }
-}
-
-/// Whose fault Pingora's error `e` is. A timeout while the client's body is still coming
-/// is the client's: the upstream's timer ran while keygate held the body back (or passed
-/// on a trickle), and counted against the provider it opened circuits for every site.
-fn classify(session: &mut Session, e: &Error) -> upstream::failure::Class {
-    use upstream::failure::{Class, Failure};
-    match upstream::failure::classify(e) {
-        // Only waiting for the answer: an upstream that stops reading an upload (a write
-        // timeout, the client's body held up by the back-pressure) is the upstream's.
-        Class::Upstream(Failure::Timeout) | Class::Unattributed(Failure::Timeout)
-            if e.etype() == &ErrorType::ReadTimedout
-                && !session.as_downstream_mut().is_body_done() =>
-        {
-            Class::Client { timed_out: true }
-        }
-        class => class,
     }
 }
 

@@ -224,11 +224,7 @@ pub(super) async fn bridge(
                 m = upstream_ws.next() => match m {
                     Some(Ok(Message::Text(t))) => match seen.text(&t, &relay.rules) {
                         Ok(u) => {
-                            if let Some(mut u) = u {
-                                if u.estimated {
-                                    // No report: the input is the conversation so far.
-                                    u.input = u.input.max(Usage::estimate(client_bytes, 0).input);
-                                }
+                            if let Some(u) = u {
                                 relay.charge(u, &mut usage, &mut cost);
                             }
                             if let Err(end) = to_client(&mut client_ws, Message::Text(t), deadline.as_mut()).await {

@@ -114,12 +114,12 @@ fn gemini_model(path: &str) -> Result<Option<&str>, GatewayError> {
     let Some((_, after)) = path.split_once("/models/") else {
         return Ok(None);
     };
-    let model = after.split(':').next().unwrap_or(after);
-    if model.contains('/') {
+    if after.contains("/models/") {
         return Err(GatewayError::bad_request(
             "A Gemini path names one model, once.",
         ));
     }
+    let model = after.split(':').next().unwrap_or(after);
     Ok((!model.is_empty()).then_some(model))
 }
 
@@ -244,7 +244,9 @@ fn check_inner(
     let untouched = !force_tree
         && pii.is_none()
         && cap.is_none_or(|c| {
-            kind != UpstreamKind::Gemini && !top.choices && top.caps_within(cap_fields(kind), c)
+            kind != UpstreamKind::Gemini
+                && !top.choices
+                && top.caps_within(cap_fields(kind, path_only), c)
         })
         && (!stream_usage || top.stream_usage);
     if untouched {
@@ -295,6 +297,9 @@ fn is_realtime_mint(path: &str) -> bool {
     ["client_secrets", "sessions", "transcription_sessions"]
         .iter()
         .any(|e| path.ends_with(&format!("/realtime/{e}")))
+        // WebRTC and SIP calls (`/realtime/calls`, `…/calls/{id}/accept`): their audio
+        // goes to the provider directly.
+        || path.contains("/realtime/calls")
 }
 
 /// Realtime on a route (or site) with `pii`: a session's text and audio pass no check,
@@ -339,10 +344,12 @@ fn invalid_json(detail: String) -> GatewayError {
 }
 
 /// The output-token fields `kind` clamps, as indexes into [`scan::CAP_FIELDS`].
-fn cap_fields(kind: UpstreamKind) -> &'static [usize] {
+fn cap_fields(kind: UpstreamKind, path: &str) -> &'static [usize] {
     match kind {
-        // `max_tokens_to_sample`: the legacy Text Completions API (`/v1/complete`).
-        UpstreamKind::Anthropic => &[0, 3],
+        // `max_tokens_to_sample`: the legacy Text Completions API (`/v1/complete`) only;
+        // on Messages it is no output limit, and must not stand in for `max_tokens`.
+        UpstreamKind::Anthropic if path.ends_with("/complete") => &[3],
+        UpstreamKind::Anthropic => &[0],
         _ => &[0, 1, 2],
     }
 }
@@ -515,7 +522,7 @@ fn cap_output_tokens(
     }
     let mut changed = false;
     let mut present = false;
-    for &i in cap_fields(kind) {
+    for &i in cap_fields(kind, path) {
         if let Some(c) = clamp_field(obj, scan::CAP_FIELDS[i], cap)? {
             present = true;
             changed |= c;

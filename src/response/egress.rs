@@ -416,7 +416,25 @@ impl Channels {
 #[derive(Debug, Default)]
 pub struct StreamText {
     channels: Channels,
+    /// Bytes of model output read ([`OUTPUT_KEYS`]): a stream cut short of its usage
+    /// report is estimated from these, not from its framing (an Anthropic text delta is
+    /// about 130 bytes of event for one or two tokens).
+    output_bytes: usize,
 }
+
+/// Members whose string value is model output in the providers' stream events (text,
+/// tool-call arguments, reasoning, refusals, transcripts).
+const OUTPUT_KEYS: [&str; 9] = [
+    "content",
+    "text",
+    "delta",
+    "partial_json",
+    "arguments",
+    "thinking",
+    "refusal",
+    "transcript",
+    "reasoning_content",
+];
 
 impl StreamText {
     /// Check one event: its raw bytes (an SSE event as framed, `data: ` lines and all),
@@ -490,6 +508,11 @@ impl StreamText {
                     if let Some(r) = escapes.then(|| rules.text(k)).flatten() {
                         return Err(r);
                     }
+                    if let Value::String(s) = x {
+                        if OUTPUT_KEYS.contains(&k.as_str()) {
+                            self.output_bytes += s.len();
+                        }
+                    }
                     let c = hash_str(k);
                     let (i, j) = (extend_path(here, c), extend_path(joined, c));
                     // Stream helpers (openai-python's `accumulate_delta`) join every
@@ -500,6 +523,11 @@ impl StreamText {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Bytes of model output read so far.
+    pub fn output_bytes(&self) -> usize {
+        self.output_bytes
     }
 
     /// Channels open (at most [`MAX_CHANNELS`]).

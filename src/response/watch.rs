@@ -154,9 +154,10 @@ pub fn start(
                 .is_ok_and(|v| v.trim().eq_ignore_ascii_case(plain))
         })
     };
-    if coded(http::header::CONTENT_ENCODING, "identity")
-        || coded(http::header::TRANSFER_ENCODING, "chunked")
-        || !validate::charset_ok(&ct)
+    if !empty
+        && (coded(http::header::CONTENT_ENCODING, "identity")
+            || coded(http::header::TRANSFER_ENCODING, "chunked")
+            || !validate::charset_ok(&ct))
     {
         return Err(Rejected(Rejection::ContentType));
     }
@@ -214,6 +215,15 @@ impl ResponseWatch {
     /// first count (Anthropic's `message_start`: 1 output token).
     pub fn cut_short(&self) -> bool {
         matches!(self, ResponseWatch::Sse { stopped, errored, .. } if *stopped || *errored)
+    }
+
+    /// A stream's bytes of model output read (what an estimate counts); `None` for
+    /// other answers, whose body is the output.
+    pub fn output_bytes(&self) -> Option<usize> {
+        match self {
+            ResponseWatch::Sse { text, .. } => Some(text.output_bytes()),
+            _ => None,
+        }
     }
 }
 
@@ -463,7 +473,8 @@ impl SseWatch<'_, '_> {
             if let Some(u) = usage::find(v) {
                 usage::merge(self.usage, u);
             }
-            if v.get("type").and_then(|t| t.as_str()) == Some("error") || v.get("error").is_some() {
+            let error = v.get("error").is_some_and(|e| !e.is_null());
+            if error || v.get("type").and_then(|t| t.as_str()) == Some("error") {
                 *self.errored = true;
             }
         }

@@ -205,6 +205,12 @@ pub fn prepare_upstream_request(
     })?;
     req.set_uri(uri);
     req.insert_header(http::header::HOST, up.authority.as_str())?;
+    // No content coding: keygate checks answers as the client reads them, and refuses a
+    // coded one (an absent header would allow any coding).
+    req.insert_header(
+        http::header::ACCEPT_ENCODING,
+        http::HeaderValue::from_static("identity"),
+    )?;
     // The client's own user agent may identify the end user's browser: keygate's instead.
     req.insert_header(
         http::header::USER_AGENT,

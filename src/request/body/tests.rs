@@ -461,6 +461,11 @@ fn anthropic_text_completions_take_the_cap() {
         assert_eq!(v["max_tokens_to_sample"], want, "{v}");
         assert!(v.get("max_tokens").is_none(), "{v}");
     }
+    // On Messages it is no output limit: `max_tokens` is still inserted.
+    let body = br#"{"model":"m","messages":[],"max_tokens_to_sample":1}"#;
+    let out = check(route, "POST", "/v1/messages", CT, body).unwrap();
+    let v: Value = serde_json::from_slice(&out.rewritten.unwrap()).unwrap();
+    assert_eq!(v["max_tokens"], 1024, "{v}");
 }
 
 /// A Gemini path with two `models` segments: keygate read the first, the endpoint filter
@@ -470,8 +475,16 @@ fn a_gemini_path_names_one_model() {
     let rt = rt("gemini", "    models: [\"gemini-flash\"]\n", "");
     let route = &rt.routes[0];
     let body = br#"{"contents":[]}"#;
-    let path = "/v1beta/models/gemini-flash/models/gemini-ultra:generateContent";
-    assert_eq!(refused(route, path, body), 400);
+    for path in [
+        "/v1beta/models/gemini-flash/models/gemini-ultra:generateContent",
+        "/v1beta/models/gemini-flash:generateContent/models/gemini-ultra:generateContent",
+    ] {
+        assert_eq!(refused(route, path, body), 400, "{path}");
+    }
+    // A long-running operation is polled under its model (a route without a list).
+    let open = rt_gemini_capped();
+    let poll = "/v1beta/models/veo-3/operations/op-1";
+    assert!(check(&open.routes[0], "GET", poll, None, b"").is_ok());
     let out = check(
         route,
         "POST",
