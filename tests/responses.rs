@@ -424,3 +424,33 @@ async fn streamed_text_with_escapes_reaches_the_client_whole() {
         .collect();
     assert!(refused.is_empty(), "answers were refused: {refused:?}");
 }
+
+/// Gemini's model list (`GET /v1beta/models`, what google-genai's `models.list()` calls)
+/// is `{"models": […]}`: it was refused for lacking OpenAI's `data` array (502 `shape`).
+#[tokio::test]
+async fn gemini_lists_its_models_in_its_own_shape() {
+    let gw = Gateway::start();
+    let r = gw
+        .call("alpha.k1", "GET", "/gemini/v1beta/models", "")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["models"][0]["name"], "models/gemini-2.0-flash");
+}
+
+/// Stream events that carry an image or audio are several MiB each (gpt-image-1's partial
+/// images, the Responses API's image tool, Gemini's inline data over `alt=sse`): a fixed
+/// 1 MiB bound on one event stopped them. An event is bounded by `max_response_bytes`.
+#[tokio::test]
+async fn a_stream_event_of_several_mib_passes() {
+    let gw = Gateway::start_with(Options {
+        upstream_extra: "    max_response_bytes: 16777216\n".into(),
+        ..Options::default()
+    });
+    let r = gw
+        .post_signed(CHAT, STREAM, &[("x-mock-mode", "big_event")])
+        .await;
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains("event: error"), "stopped");
+    assert!(r.body.len() > 3 << 20, "{} bytes", r.body.len());
+    assert!(r.body.ends_with("data: [DONE]\n\n"));
+}

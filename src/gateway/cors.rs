@@ -10,9 +10,15 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
 const ALLOW_METHODS: &str = "GET, POST, OPTIONS";
-const ALLOW_HEADERS: &str =
-    "authorization, content-type, x-request-id, x-api-key, x-goog-api-key, anthropic-version";
-const EXPOSE_HEADERS: &str = "x-request-id, retry-after, ratelimit, ratelimit-policy";
+/// Any request header (the wildcard holds because keygate never allows credentials), and
+/// `authorization`, which the wildcard does not cover. The providers' browser SDKs send
+/// their own (`x-stainless-*`, `anthropic-dangerous-direct-browser-access`,
+/// `x-goog-api-client`): a fixed list refused them at the preflight. What reaches the
+/// provider is still keygate's allow-list.
+const ALLOW_HEADERS: &str = "*, authorization";
+/// Every response header keygate returns (its allow-list decides which): the SDKs read
+/// the provider's retry hints and rate-limit headers.
+const EXPOSE_HEADERS: &str = "*";
 
 fn origin(session: &Session) -> Option<String> {
     session

@@ -261,6 +261,17 @@ async fn handle(
             StatusCode::OK,
             &body_of(gemini_response(&gemini_model(&path), &text)),
         )
+    } else if path.trim_end_matches('/').ends_with("/v1beta/models")
+        && parts.method == http::Method::GET
+    {
+        // Gemini's own list shape.
+        json_response(
+            StatusCode::OK,
+            &json!({"models": [
+            {"name": "models/gemini-2.0-flash", "displayName": "Gemini 2.0 Flash",
+             "supportedGenerationMethods": ["generateContent", "countTokens"]}],
+            "nextPageToken": "tok"}),
+        )
     } else if path.trim_end_matches('/').ends_with("/models") && parts.method == http::Method::GET {
         json_response(
             StatusCode::OK,

@@ -81,6 +81,14 @@ pub(super) async fn failure_answer(
             );
             return Some(r);
         }
+        // One stream event of 3 MiB (an image's base64, as gpt-image-1's partial images
+        // and Gemini's inline data come), then the end.
+        "big_event" => {
+            let big = json!({"id": "chatcmpl-big", "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": "x".repeat(3 << 20)}}]});
+            let events = vec![format!("data: {big}\n\n"), "data: [DONE]\n\n".to_string()];
+            return Some(super::stream::sse(events, Duration::ZERO));
+        }
         "html" => {
             return Some(full(
                 StatusCode::OK,

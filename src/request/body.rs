@@ -160,7 +160,10 @@ fn check_inner(
     // own (Gemini and Anthropic also serve OpenAI's chat completions).
     let kind = body_format(route.upstream.kind, path_only);
     out.deferred = method == "POST" && is_deferred(path_only);
-    if is_batch(path_only) && (route.max_tokens.is_some() || pii.is_some()) {
+    // An embedding batch generates no output: the cap is no reason to refuse it
+    // (google-genai sends every `embed_content` as `:batchEmbedContents`).
+    let embeds = path_only.ends_with(":batchEmbedContents");
+    if is_batch(path_only) && ((route.max_tokens.is_some() && !embeds) || pii.is_some()) {
         return Err(GatewayError::bad_request(
             "Batch endpoints are not available on routes with max_tokens or pii: their requests cannot be checked here.",
         ));
@@ -541,7 +544,34 @@ fn cap_output_tokens(
         obj.insert(field.into(), Value::from(cap));
         changed = true;
     }
+    if changed && kind == UpstreamKind::Anthropic {
+        fit_thinking_budget(obj, cap)?;
+    }
     Ok(changed)
+}
+
+/// Anthropic requires extended thinking's `budget_tokens` below `max_tokens` (and at
+/// least 1,024): a `max_tokens` lowered to the cap under a larger budget made a request
+/// the provider refused, naming a `max_tokens` the client never sent. The budget is
+/// lowered with it; under a cap too small for any budget, keygate refuses in its words.
+fn fit_thinking_budget(obj: &mut Map<String, Value>, cap: u64) -> Result<(), GatewayError> {
+    const MIN_BUDGET: u64 = 1024;
+    let Some(thinking) = obj.get_mut("thinking").and_then(Value::as_object_mut) else {
+        return Ok(());
+    };
+    let Some(budget) = thinking.get("budget_tokens").and_then(Value::as_u64) else {
+        return Ok(());
+    };
+    if budget < cap {
+        return Ok(());
+    }
+    if cap <= MIN_BUDGET {
+        return Err(GatewayError::bad_request(format!(
+            "Extended thinking needs an output limit above {MIN_BUDGET} tokens; this route's cap is {cap}."
+        )));
+    }
+    thinking.insert("budget_tokens".into(), Value::from(cap - 1));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -422,6 +422,18 @@ pub struct StreamText {
     output_bytes: usize,
 }
 
+/// Members that say which choice, block, output item, part or annotation an event is
+/// about (OpenAI, Anthropic, Gemini, the Responses API). Not every `…_index`: a citation's
+/// `start_index`/`end_index` are character offsets, and taken for positions each opened
+/// new text fields, so a stream with some dozens of citations ran out of them.
+const POSITION_KEYS: [&str; 5] = [
+    "index",
+    "output_index",
+    "content_index",
+    "summary_index",
+    "annotation_index",
+];
+
 /// Members whose string value is model output in the providers' stream events (text,
 /// tool-call arguments, reasoning, refusals, transcripts).
 const OUTPUT_KEYS: [&str; 9] = [
@@ -500,7 +512,7 @@ impl StreamText {
                 // Members that say which choice, tool call, block or item this is.
                 let mut here = indexed;
                 for (k, x) in m {
-                    if let (true, Some(n)) = (k == "index" || k.ends_with("_index"), x.as_u64()) {
+                    if let (true, Some(n)) = (POSITION_KEYS.contains(&k.as_str()), x.as_u64()) {
                         here = extend_path(extend_path(here, hash_str(k)), n);
                     }
                 }

@@ -34,9 +34,6 @@ pub struct SseFramer {
 /// the first event is read as a client reads it.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-/// Default bound for one event.
-pub const DEFAULT_MAX_EVENT: usize = 1024 * 1024;
-
 impl SseFramer {
     pub fn new(max_event: usize) -> Self {
         SseFramer {

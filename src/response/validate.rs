@@ -156,6 +156,9 @@ impl Endpoint {
                 Endpoint::GeminiGenerate
             }
             UpstreamKind::Anthropic if p.ends_with("/messages") => Endpoint::AnthropicMessages,
+            // Gemini lists models as `{"models": […]}`, not OpenAI's `data` (its
+            // OpenAI-compatible list under `/openai/` has no shape checked either).
+            UpstreamKind::Gemini if p.ends_with("/models") => Endpoint::Other,
             _ if p.ends_with("/audio/speech") => Endpoint::AudioSpeech,
             _ if p.ends_with("/audio/transcriptions") || p.ends_with("/audio/translations") => {
                 Endpoint::Transcription

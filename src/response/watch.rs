@@ -17,7 +17,7 @@
 
 use super::egress::{self, Rules, StreamText};
 use super::model_name;
-use super::sse::{Event, SseFramer, DEFAULT_MAX_EVENT};
+use super::sse::{Event, SseFramer};
 use super::usage::{self, Usage};
 use super::validate::{self, Endpoint, Rejection, Tail};
 use crate::pii::stream::{event_bytes, StreamRestorer};
@@ -187,7 +187,9 @@ pub fn start(
         // keygate may end the stream with its own error event: length is not fixed.
         send_chunked(&mut resp.headers)?;
         ResponseWatch::Sse {
-            framer: SseFramer::new(DEFAULT_MAX_EVENT),
+            // An event is bounded by the answer's bound: images and audio come in events
+            // of several MiB (gpt-image-1's partial images, Gemini's inline data).
+            framer: SseFramer::new(rules.max_bytes),
             text: StreamText::default(),
             stopped: false,
             dropped_after_stop: 0,

@@ -264,15 +264,19 @@ fn openai_endpoints_of_other_providers_are_read_as_openai_bodies() {
         UpstreamKind::OpenAi
     );
     // Batches carry requests keygate does not check one by one: refused under a cap.
-    let e = check(
+    let path = "/v1beta/models/g:batchGenerateContent";
+    assert_eq!(refused(route, path, br#"{"batch":{}}"#), 400);
+    // An embedding batch generates nothing to cap (google-genai sends every
+    // `embed_content` so): it passes.
+    let embed = br#"{"requests":[{"model":"models/g","content":{"parts":[{"text":"hi"}]}}]}"#;
+    assert!(check(
         route,
         "POST",
-        "/v1beta/models/g:batchGenerateContent",
+        "/v1beta/models/g:batchEmbedContents",
         CT,
-        br#"{"batch":{}}"#,
+        embed
     )
-    .unwrap_err();
-    assert_eq!(e.code.status(), 400);
+    .is_ok());
 }
 
 fn rt_gemini_capped() -> Runtime {
@@ -502,4 +506,26 @@ fn refused(route: &Route, path: &str, body: &[u8]) -> u16 {
         .unwrap_err()
         .code
         .status()
+}
+
+/// Anthropic requires `thinking.budget_tokens` below `max_tokens`: lowering `max_tokens`
+/// to the cap under a larger budget made a request the provider refused.
+#[test]
+fn a_thinking_budget_is_lowered_with_the_cap() {
+    let capped = rt("anthropic", "", "    max_tokens: 4096\n");
+    let route = &capped.routes[0];
+    let body = br#"{"model":"m","max_tokens":16000,"thinking":{"type":"enabled","budget_tokens":10000},"messages":[]}"#;
+    let out = check(route, "POST", "/v1/messages", CT, body).unwrap();
+    let v: Value = serde_json::from_slice(&out.rewritten.unwrap()).unwrap();
+    assert_eq!(v["max_tokens"], 4096);
+    assert_eq!(v["thinking"]["budget_tokens"], 4095);
+    // A budget already below the cap is left alone.
+    let body = br#"{"model":"m","max_tokens":16000,"thinking":{"type":"enabled","budget_tokens":2000},"messages":[]}"#;
+    let out = check(route, "POST", "/v1/messages", CT, body).unwrap();
+    let v: Value = serde_json::from_slice(&out.rewritten.unwrap()).unwrap();
+    assert_eq!(v["thinking"]["budget_tokens"], 2000);
+    // A cap with no room for the smallest budget: keygate's own 400.
+    let small = rt("anthropic", "", "    max_tokens: 1000\n");
+    let body = br#"{"model":"m","max_tokens":16000,"thinking":{"type":"enabled","budget_tokens":2000},"messages":[]}"#;
+    assert_eq!(refused(&small.routes[0], "/v1/messages", body), 400);
 }

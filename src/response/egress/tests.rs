@@ -343,3 +343,37 @@ fn block_patterns_split_over_events_in_a_tool_call_are_found() {
         .collect();
     assert!(verdicts.contains(&Err(Rejection::BlockedPattern)));
 }
+
+/// A Responses stream citing many sources: the events that repeat the answer at its end
+/// (`response.content_part.done`, `response.output_item.done`, `response.completed`)
+/// carry every citation, whose `start_index`/`end_index` (character offsets) were taken
+/// for positions: each citation's `url` and `title` became text fields of their own, and
+/// a web-search answer with some dozens of citations was stopped as too large.
+#[test]
+fn a_stream_with_many_citations_keeps_within_the_channels() {
+    let rules = rules();
+    let mut st = StreamText::default();
+    let annotations: Vec<Value> = (0..100u64)
+        .map(|i| {
+            json!({"type": "url_citation", "start_index": i * 17, "end_index": i * 17 + 9,
+            "url": format!("https://example.com/{i}"), "title": format!("Source {i}")})
+        })
+        .collect();
+    let part = json!({"type": "output_text", "text": "cited", "annotations": annotations});
+    let events = [
+        json!({"type": "response.content_part.done", "output_index": 0, "content_index": 0, "part": part}),
+        json!({"type": "response.output_item.done", "output_index": 0,
+            "item": {"type": "message", "content": [part]}}),
+        json!({"type": "response.completed",
+            "response": {"output": [{"type": "message", "content": [part]}]}}),
+    ];
+    for ev in events {
+        let text = ev.to_string();
+        assert_eq!(
+            st.check(&rules, text.as_bytes(), Some((text.as_bytes(), &ev))),
+            Ok(()),
+            "{}",
+            ev["type"]
+        );
+    }
+}
