@@ -454,3 +454,45 @@ async fn a_stream_event_of_several_mib_passes() {
     assert!(r.body.len() > 3 << 20, "{} bytes", r.body.len());
     assert!(r.body.ends_with("data: [DONE]\n\n"));
 }
+
+/// keygate asks OpenAI for a stream's usage (it charges budgets from it). The usage comes
+/// in a last chunk with `"choices": []`, which clients that index `choices[0]` of every
+/// chunk trip on: passed on only to a client that asked for it.
+#[tokio::test]
+async fn the_usage_chunk_keygate_asked_for_is_not_passed_on() {
+    let gw = Gateway::start();
+    let r = gw.post_signed(CHAT, STREAM, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(!r.body.contains(r#""choices":[]"#), "{}", r.body);
+    assert!(r.body.ends_with("data: [DONE]\n\n"));
+    // Charged from the usage it read, not estimated.
+    let line = gw.audit_lines_at_least(1).remove(0);
+    assert_eq!(line["tokens_estimated"], false, "{line}");
+    assert!(line["tokens_out"].as_u64().unwrap_or(0) > 0, "{line}");
+    // A client that asked gets it.
+    let asked = r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let r = gw.post_signed(CHAT, asked, &[]).await;
+    assert!(r.body.contains(r#""choices":[]"#), "{}", r.body);
+}
+
+/// Without `alt=sse`, Gemini's `streamGenerateContent` answers one JSON array of chunks
+/// (google-api-core's REST streaming: the older SDK with `transport="rest"`, curl): it
+/// was refused as invalid JSON, since a body had to be an object. Each chunk is checked as
+/// an answer, and usage is read from them.
+#[tokio::test]
+async fn gemini_streams_as_a_json_array_pass() {
+    let gw = Gateway::start();
+    let path = "/gemini/v1beta/models/gemini-2.0-flash:streamGenerateContent";
+    let body = r#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+    let r = gw.post_signed(path, body, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chunks: Vec<serde_json::Value> = serde_json::from_str(&r.body).unwrap();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c.pointer("/candidates/0/content/parts/0/text"))
+        .filter_map(serde_json::Value::as_str)
+        .collect();
+    assert_eq!(text.trim(), "Hello from the keygate mock provider.");
+    let line = gw.audit_lines_at_least(1).remove(0);
+    assert_eq!(line["tokens_estimated"], false, "{line}");
+}

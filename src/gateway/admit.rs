@@ -496,6 +496,7 @@ impl Gateway {
             ctx.request_bytes = 0;
         }
         ctx.model = outcome.model;
+        ctx.hide_usage_chunk = outcome.usage_asked_for_client;
         match outcome.pii {
             Some(crate::pii::Outcome::Found(found)) => {
                 let e = crate::pii::refusal(&found);

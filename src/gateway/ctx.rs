@@ -65,6 +65,8 @@ pub struct Ctx {
     pub cost_usd: Option<f64>,
     /// The site's token budget has been charged for this request.
     pub charged: bool,
+    /// keygate asked for the stream's usage chunk for itself: not passed on.
+    pub hide_usage_chunk: bool,
     /// Attempts whose request the provider had and never answered in time (the answer's
     /// header timed out), and the last such attempt's number (counted once each).
     pub unanswered: (u32, usize),
@@ -125,6 +127,7 @@ impl Ctx {
             usage: None,
             cost_usd: None,
             charged: false,
+            hide_usage_chunk: false,
             unanswered: (0, 0),
             first_token_seen: false,
             trace: None,

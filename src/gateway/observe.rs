@@ -51,6 +51,7 @@ fn rules(ctx: &Ctx) -> WatchRules<'_> {
         request_id: &ctx.request_id,
         pii: ctx.pii.as_ref(),
         client_model: super::attempt::client_model(ctx),
+        hide_usage_chunk: ctx.hide_usage_chunk,
     }
 }
 

@@ -251,11 +251,23 @@ async fn handle(
             json_response(StatusCode::OK, &body_of(anthropic_message(&model, &text)))
         }
     } else if path.ends_with(":streamGenerateContent") {
-        let words: Vec<String> = pieces(&text, echo, true)
+        let chunks: Vec<Value> = pieces(&text, echo, true)
             .iter()
-            .map(|w| format!("data: {}\n\n", gemini_response(&gemini_model(&path), w)))
+            .map(|w| gemini_response(&gemini_model(&path), w))
             .collect();
-        sse(words, event_delay)
+        let alt_sse = parts
+            .uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "alt=sse"));
+        if alt_sse {
+            sse(
+                chunks.iter().map(|c| format!("data: {c}\n\n")).collect(),
+                event_delay,
+            )
+        } else {
+            // Without `alt=sse` Gemini streams one JSON array, an element at a time.
+            stream::json_array(&chunks, event_delay)
+        }
     } else if path.ends_with(":generateContent") {
         json_response(
             StatusCode::OK,

@@ -36,6 +36,22 @@ pub(super) fn sse(events: Vec<String>, delay: Duration) -> Response<Body> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
 }
 
+/// A JSON array written an element at a time (Gemini's `streamGenerateContent` without
+/// `alt=sse`, as google-api-core's REST streaming reads it).
+pub(super) fn json_array(items: &[serde_json::Value], delay: Duration) -> Response<Body> {
+    let mut pieces: Vec<String> = items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{}{v}", if i == 0 { "[" } else { ",\r\n" }))
+        .collect();
+    pieces.push("]".into());
+    Response::builder()
+        .status(200)
+        .header("content-type", "application/json; charset=UTF-8")
+        .body(BodyExt::boxed(StreamBody::new(async_stream(pieces, delay))))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed()))
+}
+
 pub(super) fn async_stream<T: Into<Bytes> + Send + 'static>(
     events: Vec<T>,
     delay: Duration,

@@ -94,6 +94,9 @@ pub struct BodyOutcome {
     /// The request could name a model (a JSON body, a form, a Realtime mint): one that
     /// names none gets the provider's default model.
     pub names_model: bool,
+    /// keygate asked for the stream's usage chunk (`stream_options.include_usage`) where
+    /// the client had not: the chunk (`"choices": []`) is read, not passed on.
+    pub usage_asked_for_client: bool,
 }
 
 fn is_json_content_type(ct: &str) -> bool {
@@ -277,7 +280,9 @@ fn check_inner(
         changed |= cap_output_tokens(kind, path_only, &mut obj, per_choice)?;
     }
     if stream_usage {
-        changed |= request_stream_usage(&mut obj)?;
+        let added = request_stream_usage(&mut obj)?;
+        out.usage_asked_for_client = added;
+        changed |= added;
     }
     if let Some(policy) = pii {
         out.pii = crate::pii::apply(policy, kind, &mut obj, body);

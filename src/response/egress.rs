@@ -87,6 +87,29 @@ impl Rules<'_> {
 /// ([`Rejection::InvalidJson`]). The same walk reads what [`Probe`] holds (the shape and
 /// usage), so the body is parsed once.
 pub fn check_json(rules: &Rules, body: &[u8]) -> Result<Probe, Rejection> {
+    walk_json(rules, body)?
+        .finish()
+        .ok_or(Rejection::InvalidJson)
+}
+
+/// A JSON array of answers (Gemini's `streamGenerateContent` without `alt=sse`): the
+/// whole walked as [`check_json`] walks a body (text joined across the items as a client
+/// joins it), then each item, which must be an object, for its probe.
+pub fn check_json_items(rules: &Rules, body: &[u8]) -> Result<Vec<Probe>, Rejection> {
+    walk_json(rules, body)?;
+    let items: Vec<Value> = serde_json::from_slice(body).map_err(|_| Rejection::InvalidJson)?;
+    items
+        .iter()
+        .map(|item| {
+            let bytes = serde_json::to_vec(item).map_err(|_| Rejection::InvalidJson)?;
+            check_json(rules, &bytes)
+        })
+        .collect()
+}
+
+/// Walk any JSON document (an array too): secrets and patterns in its raw bytes, its
+/// strings decoded and joined; the reader of its shape and usage.
+fn walk_json(rules: &Rules, body: &[u8]) -> Result<Reader, Rejection> {
     if let Some(r) = rules.hit(body) {
         return Err(r);
     }
@@ -102,7 +125,7 @@ pub fn check_json(rules: &Rules, body: &[u8]) -> Result<Probe, Rejection> {
         reader: Reader::default(),
     };
     match crate::json::read_whole(body, crate::json::Any(&mut walk)) {
-        Ok(()) => walk.reader.finish().ok_or(Rejection::InvalidJson),
+        Ok(()) => Ok(walk.reader),
         Err(_) => Err(walk.hit.unwrap_or(Rejection::InvalidJson)),
     }
 }

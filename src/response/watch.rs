@@ -42,6 +42,10 @@ pub struct WatchRules<'a> {
     /// The model the client asked for, when `model_map` sent the request under another
     /// name: the answer names this one ([`super::model_name`]).
     pub client_model: Option<&'a str>,
+    /// The stream's usage chunk was asked for by keygate, not the client: read, not
+    /// passed on (a last chunk with `"choices": []` breaks clients that index
+    /// `choices[0]` of every chunk).
+    pub hide_usage_chunk: bool,
 }
 
 impl WatchRules<'_> {
@@ -388,9 +392,26 @@ fn finish_json(
     status: u16,
     usage: &mut Option<Usage>,
 ) -> Result<Bytes, Refused> {
-    let probe = egress::check_json(&rules.egress, &buf).map_err(Refused::Rejected)?;
-    validate::check_shape(endpoint, status, &probe).map_err(Refused::Rejected)?;
-    *usage = probe.usage();
+    let array = endpoint == Endpoint::GeminiGenerate
+        && buf.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    if array {
+        // Gemini's `streamGenerateContent` without `alt=sse`: the chunks an event stream
+        // would carry, as one JSON array (held whole here). Each must be an answer.
+        let probes = egress::check_json_items(&rules.egress, &buf).map_err(Refused::Rejected)?;
+        if probes.is_empty() {
+            return Err(Refused::Rejected(Rejection::Shape));
+        }
+        for p in &probes {
+            validate::check_shape(endpoint, status, p).map_err(Refused::Rejected)?;
+            if let Some(u) = p.usage() {
+                usage::merge(usage, u);
+            }
+        }
+    } else {
+        let probe = egress::check_json(&rules.egress, &buf).map_err(Refused::Rejected)?;
+        validate::check_shape(endpoint, status, &probe).map_err(Refused::Rejected)?;
+        *usage = probe.usage();
+    }
     // Placeholders back to the client's values (after the checks, which judge what
     // the provider sent).
     let buf = match rules.pii.and_then(|m| m.restore_json(&buf)) {
@@ -429,6 +450,7 @@ impl SseWatch<'_, '_> {
         let mut out = Vec::with_capacity(data.len());
         for ev in events {
             match self.check(&ev) {
+                Ok(Some(v)) if self.rules.hide_usage_chunk && is_usage_chunk(&v) => {}
                 Ok(mut parsed) => {
                     let renamed = match (self.rules.client_model, parsed.as_mut()) {
                         (Some(client), Some(v)) => model_name::rename(v, client),
@@ -482,6 +504,14 @@ impl SseWatch<'_, '_> {
         }
         Ok(parsed)
     }
+}
+
+/// OpenAI's usage chunk: no choices, the usage.
+fn is_usage_chunk(v: &serde_json::Value) -> bool {
+    v.get("choices")
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| c.is_empty())
+        && v.get("usage").is_some_and(|u| u.is_object())
 }
 
 /// Forward one checked event with placeholders restored: held text first, then the

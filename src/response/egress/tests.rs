@@ -377,3 +377,22 @@ fn a_stream_with_many_citations_keeps_within_the_channels() {
         );
     }
 }
+
+/// Gemini's JSON-array stream: a key cut across two chunks is found (a client joins their
+/// text), and each chunk is read for its own probe.
+#[test]
+fn a_key_split_across_a_json_arrays_items_is_found() {
+    let rules = rules();
+    let (a, b) = KEY.split_at(KEY.len() / 2);
+    let item = |t: &str| json!({"candidates": [{"content": {"parts": [{"text": t}]}}]});
+    let body = json!([item(a), item(b)]).to_string();
+    assert_eq!(
+        check_json_items(&rules, body.as_bytes()).err(),
+        Some(Rejection::SecretEgress)
+    );
+    let clean = json!([item("hello"), item(" world")]).to_string();
+    assert_eq!(
+        check_json_items(&rules, clean.as_bytes()).map(|p| p.len()),
+        Ok(2)
+    );
+}

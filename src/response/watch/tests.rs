@@ -14,6 +14,7 @@ fn rules(scanner: &SecretScanner) -> WatchRules<'_> {
         request_id: "req-1",
         pii: None,
         client_model: None,
+        hide_usage_chunk: false,
     }
 }
 
