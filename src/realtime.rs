@@ -4,6 +4,8 @@
 //! ones whose site or key was removed. The gateway runs the session
 //! (`gateway/realtime.rs`); WebSocket framing is `tungstenite`'s.
 
+pub mod cap;
+
 use crate::response::egress::{self, Rules};
 use crate::response::usage::{self, Usage};
 use crate::response::validate::{Rejection, Tail};
@@ -165,10 +167,11 @@ impl ProviderWatch {
         Ok(None)
     }
 
-    /// The provider's bytes of a response it began and has not finished (the session
-    /// ended in the middle of one), if there is one.
+    /// The output text (not audio) of a response the provider began and has not finished
+    /// (the session ended in the middle of one), in bytes, if there is one: what its
+    /// output is estimated from, as for a `response.done` without usage.
     pub fn in_flight(&self) -> Option<usize> {
-        self.in_flight
+        self.in_flight.map(|_| self.output_text)
     }
 
     /// One binary message: its bytes, and the end of the ones before, hold no secret.

@@ -67,11 +67,7 @@ async fn a_session_relays_events_and_its_usage_is_charged() {
         assert_eq!(done["response"]["usage"]["total_tokens"], 30);
     }
     // 60 of 50 tokens: the answer that spent the budget arrived, then the session ends.
-    let (code, reason) = next_event(&mut ws)
-        .await
-        .unwrap_err()
-        .expect("a close frame");
-    assert_eq!((code, reason.as_str()), (CloseCode::Policy, "budget spent"));
+    assert_closed(&mut ws, CloseCode::Policy, "budget spent").await;
     while ws.next().await.is_some() {}
     let line = gw.audit_lines_at_least(1)[0].clone();
     assert_eq!(line["status"], 101, "{line}");
@@ -244,14 +240,7 @@ async fn a_reload_that_shortens_a_keys_expiry_ends_its_sessions() {
         "session.created"
     );
     gw.reload_with(|c| c.replace(&far, &near));
-    let (code, reason) = next_event(&mut ws)
-        .await
-        .unwrap_err()
-        .expect("a close frame");
-    assert_eq!(
-        (code, reason.as_str()),
-        (CloseCode::Policy, "revoked by a config change")
-    );
+    assert_closed(&mut ws, CloseCode::Policy, "revoked by a config change").await;
 }
 
 /// A new session, left alone after `session.created`: the close keygate sends within
@@ -450,11 +439,7 @@ async fn a_reload_closes_only_the_sessions_whose_key_was_removed() {
 
 /// The session is closed as revoked by a config change (1008).
 async fn assert_revoked(ws: &mut Ws) {
-    let (code, reason) = next_event(ws).await.unwrap_err().expect("a close frame");
-    assert_eq!(
-        (code, reason.as_str()),
-        (CloseCode::Policy, "revoked by a config change")
-    );
+    assert_closed(ws, CloseCode::Policy, "revoked by a config change").await;
 }
 
 /// A reload that replaces the provider credential a session was opened with (a leaked key
@@ -569,14 +554,7 @@ async fn a_token_session_ends_when_its_token_expires() {
     let (mut ws, _) = open(&gw, REALTIME, &h).await.unwrap();
     next_event(&mut ws).await.unwrap();
     let t = std::time::Instant::now();
-    let (code, reason) = next_event(&mut ws)
-        .await
-        .unwrap_err()
-        .expect("a close frame");
-    assert_eq!(
-        (code, reason.as_str()),
-        (CloseCode::Policy, "token expired")
-    );
+    assert_closed(&mut ws, CloseCode::Policy, "token expired").await;
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
 
@@ -589,15 +567,86 @@ async fn a_response_left_unfinished_is_charged() {
         ..Options::default()
     })
     .await;
+    // 400 KB of base64 audio in, 40 KB out, and a few words: the estimate counts the
+    // words (a quarter of the audio's bytes would be some 110,000 tokens).
+    let audio = "AAAA".repeat(100_000);
+    send(
+        &mut ws,
+        json!({"type": "input_audio_buffer.append", "audio": audio}),
+    )
+    .await;
     send(&mut ws, json!({"type": "mock.unfinished"})).await;
     assert_eq!(
         next_event(&mut ws).await.unwrap()["type"],
         "response.created"
     );
+    until(&mut ws, "response.output_audio.delta").await;
     drop(ws);
     let line = gw.audit_lines_at_least(1)[0].clone();
     assert_eq!(line["status"], 101, "{line}");
-    assert!(line["tokens_out"].as_u64().unwrap_or(0) > 0, "{line}");
+    let tokens = |k: &str| line[k].as_u64().unwrap_or(0);
+    assert!(tokens("tokens_out") > 0, "{line}");
+    assert!(tokens("tokens_in") + tokens("tokens_out") < 100, "{line}");
     assert_eq!(line["tokens_estimated"], true, "{line}");
     assert_over_budget(&gw).await;
+}
+
+/// The next message is keygate's close frame, with `code` and `reason`.
+async fn assert_closed(ws: &mut Ws, code: CloseCode, reason: &str) {
+    let (got, why) = next_event(ws).await.unwrap_err().expect("a close frame");
+    assert_eq!((got, why.as_str()), (code, reason));
+}
+
+/// The next event of `kind`, skipping others.
+async fn until(ws: &mut Ws, kind: &str) -> Value {
+    loop {
+        let e = next_event(ws).await.expect("events");
+        if e["type"] == kind {
+            return e;
+        }
+    }
+}
+
+/// A route's `max_tokens` holds in a session (the test route's cap is 4096): keygate sets
+/// the session's output limit before the client speaks (the provider's answer to that is
+/// not the client's), a client's limit over the cap or `"inf"` is lowered, one within it
+/// passes, and an event keygate cannot read ends the session.
+#[tokio::test]
+async fn a_routes_max_tokens_holds_in_a_session() {
+    let (_gw, mut ws) = session_with(Options::default()).await;
+    send(&mut ws, json!({"type": "response.create"})).await;
+    let created = next_event(&mut ws).await.unwrap();
+    assert_eq!(
+        created["type"], "response.created",
+        "the first event after the client's: {created}"
+    );
+    assert_eq!(created["response"]["max_output_tokens"], 4096, "{created}");
+    until(&mut ws, "response.done").await;
+
+    let update = json!({"type": "session.update",
+        "session": {"type": "realtime", "max_output_tokens": "inf", "instructions": "Be brief."}});
+    send(&mut ws, update).await;
+    let updated = until(&mut ws, "session.updated").await;
+    assert_eq!(updated["session"]["max_output_tokens"], 4096, "{updated}");
+    assert_eq!(updated["session"]["instructions"], "Be brief.");
+    for (asked, ran) in [
+        (json!(100_000), 4096),
+        (json!(50), 50),
+        (json!("inf"), 4096),
+    ] {
+        send(
+            &mut ws,
+            json!({"type": "response.create", "response": {"max_output_tokens": asked}}),
+        )
+        .await;
+        let created = until(&mut ws, "response.created").await;
+        assert_eq!(
+            created["response"]["max_output_tokens"], ran,
+            "asked {asked}"
+        );
+        until(&mut ws, "response.done").await;
+    }
+    let twice = r#"{"type":"conversation.item.create","type":"session.update","session":{"max_output_tokens":"inf"}}"#;
+    ws.send(Message::Text(twice.into())).await.unwrap();
+    assert_closed(&mut ws, CloseCode::Policy, "client event not valid JSON").await;
 }

@@ -20,11 +20,13 @@ use crate::response::egress::Rules;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream;
 use crate::upstream::failure::Failure;
+use futures::SinkExt;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite as ws;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 /// Before authentication: a key a browser sent as a subprotocol becomes its bearer
@@ -96,6 +98,10 @@ impl Gateway {
         let offered = realtime::forwarded_subprotocols(&req.headers, &route.betas)
             .map_err(|beta| super::admit::unlisted_beta(&beta))?;
         let beta = req.headers.get("openai-beta").cloned();
+        let beta_names = beta
+            .as_ref()
+            .and_then(|b| b.to_str().ok())
+            .is_some_and(|b| b.contains("realtime=v1"));
 
         ctx.upstream_path = super::attempt::path(ctx, &up);
         let config = ws_config(&route.realtime);
@@ -107,6 +113,18 @@ impl Gateway {
         ctx.upstream_answered = Some(std::time::Instant::now());
         ctx.set_upstream_status(101);
         super::account::settle_probe(&self.state, ctx);
+        // A capped route's limit is the session's before the client may send anything.
+        if let Some(cap) = route.max_tokens {
+            let update = Message::Text(realtime::cap::opening_update(cap, beta_names).into());
+            if !matches!(
+                tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(update)).await,
+                Ok(Ok(()))
+            ) {
+                return Err(GatewayError::upstream(
+                    "The provider's Realtime session could not be given the route's max_tokens.",
+                ));
+            }
+        }
         let credential = up
             .credentials
             .iter()
@@ -201,6 +219,7 @@ impl Gateway {
             lifetime,
             at_end_of_life,
             close: registered.close.clone(),
+            cap: route.max_tokens,
         };
         let (end, usage, cost) = bridge(session, upstream_ws, relay, config).await;
         ctx.cost_usd = cost;

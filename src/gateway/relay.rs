@@ -64,6 +64,10 @@ pub(super) enum End {
     /// The key the session was opened with has passed its `expires_at`.
     KeyExpired,
     ShuttingDown,
+    /// A client event on a capped route that keygate cannot read ([`realtime::cap`]).
+    ClientRefused,
+    /// The provider refused keygate's opening `session.update` (the route's `max_tokens`).
+    CapRefused,
 }
 
 impl End {
@@ -80,6 +84,8 @@ impl End {
             End::TokenExpired => (CloseCode::Policy, "token expired"),
             End::KeyExpired => (CloseCode::Policy, "key expired"),
             End::ShuttingDown => (CloseCode::Away, "gateway shutting down"),
+            End::ClientRefused => (CloseCode::Policy, "client event not valid JSON"),
+            End::CapRefused => (CloseCode::Error, "provider refused max_tokens"),
         };
         Some(CloseFrame {
             code,
@@ -107,6 +113,9 @@ pub(super) struct Relay<'a> {
     pub(super) lifetime: Duration,
     pub(super) at_end_of_life: End,
     pub(super) close: std::sync::Arc<tokio::sync::Notify>,
+    /// The route's `max_tokens`: keygate's opening `session.update` has set it, and the
+    /// client's events are clamped to it ([`realtime::cap`]).
+    pub(super) cap: Option<u64>,
 }
 
 impl Relay<'_> {
@@ -200,6 +209,8 @@ pub(super) async fn bridge(
         let mut cost = None;
         let mut seen = realtime::ProviderWatch::default();
         let mut client_bytes = 0usize;
+        // The provider's answer to keygate's opening update is still to come.
+        let mut opening = relay.cap.is_some();
         let deadline = tokio::time::sleep(relay.lifetime);
         tokio::pin!(deadline);
         let end = loop {
@@ -209,8 +220,23 @@ pub(super) async fn bridge(
                         let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(Message::Close(f))).await;
                         break End::ClientClosed;
                     }
-                    Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                        client_bytes += m.len();
+                    Some(Ok(mut m @ (Message::Text(_) | Message::Binary(_)))) => {
+                        if let Message::Text(t) = &m {
+                            let kind = realtime::cap::event_kind(t);
+                            let kind = kind.as_deref();
+                            // The input of an unfinished response is estimated from text:
+                            // base64 audio is not tokens at a quarter of its bytes.
+                            if kind != Some("input_audio_buffer.append") {
+                                client_bytes += t.len();
+                            }
+                            if let Some(cap) = relay.cap {
+                                match realtime::cap::client_event(t, kind, cap) {
+                                    Ok(None) => {}
+                                    Ok(Some(clamped)) => m = Message::Text(clamped.into()),
+                                    Err(_) => break End::ClientRefused,
+                                }
+                            }
+                        }
                         let sent = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(m)).await;
                         if !matches!(sent, Ok(Ok(()))) {
                             break End::UpstreamGone;
@@ -222,7 +248,11 @@ pub(super) async fn bridge(
                     Some(Err(_)) | None => break End::ClientGone,
                 },
                 m = upstream_ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => match seen.text(&t, &relay.rules) {
+                    Some(Ok(Message::Text(t))) => match opening.then(|| realtime::cap::answer_to_opening(&t)).flatten() {
+                        // The answer to keygate's own update: not the client's to read.
+                        Some(Ok(())) => opening = false,
+                        Some(Err(())) => break End::CapRefused,
+                        None => match seen.text(&t, &relay.rules) {
                         Ok(u) => {
                             if let Some(u) = u {
                                 relay.charge(u, &mut usage, &mut cost);
@@ -236,6 +266,7 @@ pub(super) async fn bridge(
                             }
                         }
                         Err(r) => break relay.refused(r),
+                    },
                     },
                     Some(Ok(Message::Binary(b))) => {
                         if let Err(r) = seen.binary(&b, &relay.rules) {

@@ -1,9 +1,9 @@
 //! The mock's Realtime WebSocket (`GET /v1/realtime?model=M`, OpenAI's event shapes):
 //! `session.created` on open; `session.update` → `session.updated`; `response.create` →
-//! `response.created`, a `response.output_text.delta`, then `response.done` with usage
-//! (10 in, 20 out). Test hooks: `mock.unfinished` begins a response and never ends it;
-//! `mock.echo_key` answers with the credential it received
-//! in a delta; `mock.big` sends one message of `bytes` bytes; the hostile ones of
+//! `response.created` (naming the output limit it runs under), a
+//! `response.output_text.delta`, then `response.done` with usage (10 in, 20 out). Test
+//! hooks: `mock.unfinished` begins a response and never ends it; `mock.echo_key` answers
+//! with the credential it received in a delta; `mock.big` sends one message of `bytes` bytes; the hostile ones of
 //! [`hostile`] hide it over messages, in a close frame or behind a lone surrogate.
 
 use super::util::{received_credential, Body, MockState};
@@ -93,6 +93,9 @@ where
     if ws.send(send(created)).await.is_err() {
         return;
     }
+    // The session's output limit, as a `session.update` set it; each response reports
+    // the limit it ran under (its own, else the session's) in `response.created`.
+    let mut session_limit = json!("inf");
     while let Some(Ok(msg)) = ws.next().await {
         let Message::Text(t) = msg else {
             if let Message::Close(_) = msg {
@@ -113,10 +116,16 @@ where
         }
         let out: Vec<Value> = match kind {
             "session.update" => {
+                for f in ["max_output_tokens", "max_response_output_tokens"] {
+                    if let Some(l) = v.get("session").and_then(|s| s.get(f)) {
+                        session_limit = l.clone();
+                    }
+                }
                 vec![json!({"type": "session.updated", "session": v.get("session")})]
             }
             "response.create" => vec![
-                json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}}),
+                json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress",
+                    "max_output_tokens": v.pointer("/response/max_output_tokens").unwrap_or(&session_limit)}}),
                 json!({"type": "response.output_text.delta", "response_id": "resp_1", "delta": "Hello from the mock."}),
                 json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed",
                     "usage": {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20}}}),
@@ -125,6 +134,7 @@ where
             "mock.unfinished" => vec![
                 json!({"type": "response.created", "response": {"id": "resp_2", "status": "in_progress"}}),
                 json!({"type": "response.output_text.delta", "response_id": "resp_2", "delta": "Half an ans"}),
+                json!({"type": "response.output_audio.delta", "response_id": "resp_2", "delta": "UklG".repeat(10_000)}),
             ],
             "mock.echo_key" => vec![
                 json!({"type": "response.output_text.delta", "delta": format!("key {credential}")}),

@@ -1,0 +1,185 @@
+//! A route's `max_tokens` in a Realtime session. A session's output limit is a session
+//! setting (`session.max_output_tokens`; `max_response_output_tokens` in the beta
+//! interface), `"inf"` by default, and each `response.create` may set its own; with
+//! server-side turn detection the provider starts responses by itself, under the session's
+//! setting. So on a capped route keygate sets the session's limit first (before the
+//! client's 101: [`opening_update`]), takes the provider's answer to it out of the
+//! client's stream ([`answer_to_opening`]), and clamps the limits in the client's
+//! `session.update` and `response.create` events ([`client_event`]).
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use std::borrow::Cow;
+
+/// The `event_id` of keygate's own `session.update`: the provider names it in an error
+/// about that event.
+pub const EVENT_ID: &str = "keygate_max_tokens";
+
+/// The names of an output limit, in a session or a response: the interface's and the
+/// beta's. Both are clamped whichever the session speaks.
+const FIELDS: [&str; 2] = ["max_output_tokens", "max_response_output_tokens"];
+
+/// keygate's first event to the provider on a capped route: the session's output limit,
+/// named as the interface the client asked for names it (`OpenAI-Beta: realtime=v1`).
+pub fn opening_update(cap: u64, beta: bool) -> String {
+    let session = if beta {
+        json!({"max_response_output_tokens": cap})
+    } else {
+        json!({"type": "realtime", "max_output_tokens": cap})
+    };
+    json!({"type": "session.update", "event_id": EVENT_ID, "session": session}).to_string()
+}
+
+/// What a provider event says about keygate's opening update: `Some(Ok(()))` for the
+/// `session.updated` that answers it (not passed to the client, which did not ask),
+/// `Some(Err(()))` for an error about it (the provider did not take the limit: the session
+/// cannot be held to it), `None` for any other event (passed as usual).
+pub fn answer_to_opening(text: &str) -> Option<Result<(), ()>> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    match v.get("type").and_then(Value::as_str)? {
+        "session.updated" => Some(Ok(())),
+        "error" if v.pointer("/error/event_id").and_then(Value::as_str) == Some(EVENT_ID) => {
+            Some(Err(()))
+        }
+        _ => None,
+    }
+}
+
+/// The one member keygate reads of every client event. Its other members are skipped
+/// unread; a second `type` is refused (serde's duplicate-field check), so keygate and the
+/// provider read the same kind.
+#[derive(Deserialize)]
+struct Kind<'a> {
+    /// Borrowed from the text unless escaped (`borrow` on a `Cow` field).
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+}
+
+/// The `type` of a client's text event, read without building the rest (an audio
+/// append is mostly one long base64 string); `None` when it is not a JSON object with
+/// exactly one `type` string.
+pub fn event_kind(text: &str) -> Option<Cow<'_, str>> {
+    crate::json::read_whole(text.as_bytes(), std::marker::PhantomData::<Kind>)
+        .ok()
+        .map(|k| k.kind)
+}
+
+/// A client's text event on a capped route, of kind `kind` ([`event_kind`]): `Ok(None)`
+/// to pass it as it is, `Ok(Some)` with the event rewritten (a limit over the cap,
+/// `"inf"`, or anything but a count lowered to the cap), `Err` for an event keygate
+/// cannot read (the session ends: the provider might read a limit in it that keygate
+/// did not).
+pub fn client_event(text: &str, kind: Option<&str>, cap: u64) -> Result<Option<String>, String> {
+    let kind = kind.ok_or("not a JSON event with one type")?;
+    let outer = match kind {
+        "session.update" => "session",
+        "response.create" => "response",
+        _ => return Ok(None),
+    };
+    let mut v = crate::request::body::parse_strict(text.as_bytes())?;
+    let Some(obj) = v.get_mut(outer) else {
+        return Ok(None);
+    };
+    let obj: &mut Map<String, Value> = match obj {
+        Value::Object(o) => o,
+        Value::Null => return Ok(None),
+        _ => return Err(format!("\"{outer}\" is not an object")),
+    };
+    let mut changed = false;
+    for field in FIELDS {
+        if let Some(limit) = obj.get_mut(field) {
+            if limit.as_u64().is_none_or(|n| n > cap) {
+                *limit = Value::from(cap);
+                changed = true;
+            }
+        }
+    }
+    Ok(changed.then(|| v.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_event(text: &str, cap: u64) -> Result<Option<String>, String> {
+        let kind = event_kind(text);
+        super::client_event(text, kind.as_deref(), cap)
+    }
+
+    fn limits(text: &str, cap: u64) -> Value {
+        let out = client_event(text, cap)
+            .unwrap()
+            .unwrap_or_else(|| text.into());
+        serde_json::from_str(&out).unwrap()
+    }
+
+    #[test]
+    fn limits_over_the_cap_or_unbounded_are_lowered_in_both_names() {
+        let v = limits(
+            r#"{"type":"session.update","session":{"max_output_tokens":"inf","max_response_output_tokens":9000,"instructions":"hi"}}"#,
+            500,
+        );
+        assert_eq!(v["session"]["max_output_tokens"], 500);
+        assert_eq!(v["session"]["max_response_output_tokens"], 500);
+        assert_eq!(v["session"]["instructions"], "hi");
+        let v = limits(
+            r#"{"type":"response.create","response":{"max_output_tokens":-1}}"#,
+            500,
+        );
+        assert_eq!(v["response"]["max_output_tokens"], 500);
+        // An escaped kind is the same kind to the provider.
+        let v = limits(
+            r#"{"type":"response\u002ecreate","response":{"max_output_tokens":4.5e9}}"#,
+            500,
+        );
+        assert_eq!(v["response"]["max_output_tokens"], 500);
+    }
+
+    #[test]
+    fn events_within_the_cap_or_of_other_kinds_pass_untouched() {
+        for text in [
+            r#"{"type":"session.update","session":{"max_output_tokens":200}}"#,
+            r#"{"type":"session.update","session":{"instructions":"x"}}"#,
+            r#"{"type":"response.create"}"#,
+            r#"{"type":"response.create","response":null}"#,
+            r#"{"type":"input_audio_buffer.append","audio":"AAAA","max_output_tokens":"inf"}"#,
+        ] {
+            assert_eq!(client_event(text, 500), Ok(None), "{text}");
+        }
+    }
+
+    #[test]
+    fn events_keygate_cannot_read_are_refused() {
+        for text in [
+            "not json",
+            r#"{"type":"conversation.item.create","type":"session.update"}"#,
+            r#"{"type":"session.update","session":{"max_output_tokens":1,"max_output_tokens":"inf"}}"#,
+            r#"{"type":"session.update","session":"inf"}"#,
+            r#"{"type":"session.update","session":{"instructions":"\ud800"}}"#,
+            r#"{"type":"session.update"} trailing"#,
+            r#"{"event_id":"e1"}"#,
+        ] {
+            assert!(client_event(text, 500).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_opening_update_and_its_answers() {
+        let ga: Value = serde_json::from_str(&opening_update(300, false)).unwrap();
+        assert_eq!(ga["session"]["max_output_tokens"], 300);
+        assert_eq!(ga["session"]["type"], "realtime");
+        let beta: Value = serde_json::from_str(&opening_update(300, true)).unwrap();
+        assert_eq!(beta["session"]["max_response_output_tokens"], 300);
+        assert_eq!(
+            answer_to_opening(r#"{"type":"session.updated","session":{}}"#),
+            Some(Ok(()))
+        );
+        let refused = format!(r#"{{"type":"error","error":{{"event_id":"{EVENT_ID}"}}}}"#);
+        assert_eq!(answer_to_opening(&refused), Some(Err(())));
+        assert_eq!(
+            answer_to_opening(r#"{"type":"error","error":{"event_id":"client_1"}}"#),
+            None
+        );
+        assert_eq!(answer_to_opening(r#"{"type":"session.created"}"#), None);
+    }
+}
