@@ -196,7 +196,8 @@ pub fn pii(data: &[u8]) {
 /// never grows past the channel bound, and a stream whose event text holds the key
 /// is refused by some event.
 pub fn egress(data: &[u8]) {
-    use crate::response::egress::{check_json, Rules, StreamText, MAX_CHANNELS};
+    use crate::response::egress::stream_text::StreamText;
+    use crate::response::egress::{check_json, Rules, MAX_CHANNELS};
     use crate::response::validate::SecretScanner;
     use std::sync::OnceLock;
     const KEY: &str = "sk-fuzz-0123456789";

@@ -115,7 +115,7 @@ pub fn forwarded_subprotocols(
 /// two messages is found in the one that completes it, which is not passed on.
 #[derive(Default)]
 pub struct ProviderWatch {
-    text: egress::StreamText,
+    text: egress::stream_text::StreamText,
     binary: Tail,
     /// Bytes the provider sent since its last `response.created`, while that response has
     /// no `response.done` yet: a session that ends then is charged an estimate.

@@ -282,22 +282,47 @@ async fn json_escaped_key_in_provider_error_is_withheld() {
 /// reads a 401 as its own key failing. A 502 in keygate's words.
 #[tokio::test]
 async fn a_providers_refusal_of_the_credential_is_keygates_502() {
-    let gw = Gateway::start();
+    let gw = Gateway::start_with(Options {
+        tier: "{ requests_per_minute: 1000, tokens_per_day: 40 }".into(),
+        route_extra: "    stored_objects: true\n".into(),
+        ..Options::default()
+    });
     let key = gw.secrets.provider.clone();
-    let (r, _) = exchange(&gw, "POST", CHAT, BODY, &[("x-mock-mode", "error_401")]).await;
-    assert_eq!(r.status, 502, "{}", r.body);
-    assert_eq!(r.code(), "upstream_error");
-    for leaked in [&key[key.len() - 4..], &key[..8]] {
-        assert!(!r.body.contains(leaked), "{leaked} in {}", r.body);
+    // A body of some 600 estimated input tokens each: charged, the first would spend
+    // the day's 40.
+    let big = format!(
+        r#"{{"model":"gpt-4o","messages":[{{"role":"user","content":"{}"}}]}}"#,
+        "word ".repeat(500)
+    );
+    for mode in ["error_401", "error_403"] {
+        let (r, _) = exchange(&gw, "POST", CHAT, &big, &[("x-mock-mode", mode)]).await;
+        assert_eq!(r.status, 502, "{mode}: {}", r.body);
+        assert_eq!(r.code(), "upstream_error", "{mode}");
+        for leaked in [
+            &key[key.len() - 4..],
+            &key[..8],
+            "org-mock123",
+            "proj_mock123",
+        ] {
+            assert!(!r.body.contains(leaked), "{mode}: {leaked} in {}", r.body);
+        }
     }
     assert!(gw.logs().contains("refused credential prod-1 with 401"));
+    assert!(gw.logs().contains("refused credential prod-1 with 403"));
     // The upstream answered: its circuit counts no failure.
     assert_eq!(
         gw.metric("keygate_circuit_state{upstream=\"openai\"}"),
         Some(0.0)
     );
-    // A 403 may be the client's own (a stored object it cannot read): it passes.
-    let (r, _) = exchange(&gw, "POST", CHAT, BODY, &[("x-mock-mode", "error_403")]).await;
+    // Nothing the provider produced or bills: nothing charged.
+    for line in gw.audit_lines_at_least(2) {
+        assert_eq!(line["tokens_in"].as_u64().unwrap_or(0), 0, "{line}");
+    }
+    let (r, _) = exchange(&gw, "POST", CHAT, BODY, &[]).await;
+    assert_eq!(r.status, 200, "the budget is whole: {}", r.body);
+    // On a stored object a 403 may be the client's own (a file it may not read): it passes.
+    let file = "/openai/v1/files/file-abc";
+    let (r, _) = exchange(&gw, "GET", file, "", &[("x-mock-mode", "error_403")]).await;
     assert_eq!(r.status, 403, "{}", r.body);
 }
 

@@ -98,6 +98,27 @@ async fn a_500_a_429_and_a_stall_before_the_header_each_fail_over() {
     assert_eq!(backup.count(), 3, "{}", r.body);
 }
 
+/// A client that sent `Expect: 100-continue` has keygate's `100 Continue`, an interim
+/// answer: a failed attempt after it still fails over, and keygate's own error answer
+/// (a provider refusing keygate's credential: 502) is still sent.
+#[tokio::test]
+async fn after_100_continue_a_failed_attempt_still_fails_over_or_is_answered() {
+    let (gw, backup) = with_backup("", Options::default());
+    let (key, secret) = ("alpha.k1", gw.secrets.alpha.clone());
+    let mode = |m| [("x-mock-mode", m)];
+    let rest = gw.send_after_continue_with(key, &secret, CHAT, BODY.as_bytes(), &mode("error_500"));
+    assert!(rest.starts_with("HTTP/1.1 200"), "{rest}");
+    assert!(rest.contains("chat.completion"), "{rest}");
+    assert_eq!((gw.mock.count(), backup.count()), (1, 1));
+    assert_eq!(fallbacks(&gw, "5xx"), 1.0);
+
+    let gw = Gateway::start();
+    let secret = gw.secrets.alpha.clone();
+    let rest = gw.send_after_continue_with(key, &secret, CHAT, BODY.as_bytes(), &mode("error_401"));
+    assert!(rest.starts_with("HTTP/1.1 502"), "{rest}");
+    assert!(rest.contains("upstream_error"), "{rest}");
+}
+
 #[tokio::test]
 async fn without_a_fallback_the_providers_answer_reaches_the_client() {
     let gw = Gateway::start();
@@ -373,6 +394,19 @@ async fn gemini_model_map_renames_the_path_and_the_answer_names_the_clients_mode
         "/v1beta/models/fast:generateContent"
     );
     assert_eq!(r.json()["modelVersion"], "fast", "{}", r.body);
+    // A stream as one JSON array (no `alt=sse`): every chunk names the client's model.
+    let path = "/gemini/v1beta/models/fast:streamGenerateContent";
+    let r = gw
+        .post_signed(path, body, &[("x-mock-mode", "error_500")])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chunks: Vec<Value> = serde_json::from_str(&r.body).unwrap();
+    assert!(chunks.len() > 1, "{}", r.body);
+    assert!(
+        chunks.iter().all(|c| c["modelVersion"] == "fast"),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]

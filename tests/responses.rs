@@ -493,6 +493,9 @@ async fn gemini_streams_as_a_json_array_pass() {
         .filter_map(serde_json::Value::as_str)
         .collect();
     assert_eq!(text.trim(), "Hello from the keygate mock provider.");
+    // The last chunk carries only the usage (no candidates): it passes, and is read.
+    assert!(chunks.last().unwrap().get("candidates").is_none());
     let line = gw.audit_lines_at_least(1).remove(0);
     assert_eq!(line["tokens_estimated"], false, "{line}");
+    assert_eq!(line["tokens_out"], 27, "{line}");
 }

@@ -156,9 +156,11 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx, end: std::time::Instant) -
 /// Whether to charge is decided by what the provider answered, not by what the client got:
 /// a client that leaves a stream before its end (status 0), or an answer keygate refused
 /// after the provider produced it (`block_patterns`, a secret, a size or time limit), still
-/// spent the provider's tokens. A provider 5xx is not charged.
+/// spent the provider's tokens. A provider 5xx is not charged, nor its refusal of
+/// keygate's own credential.
 pub fn charge(state: &State, ctx: &mut Ctx) {
-    let answered = ctx.upstream_status.is_some_and(|s| (1..500).contains(&s));
+    let answered =
+        ctx.upstream_status.is_some_and(|s| (1..500).contains(&s)) && !ctx.credential_refused;
     let unanswered = u64::from(ctx.unanswered.0);
     if ctx.charged
         || ctx.upstream_started.is_none()

@@ -65,6 +65,9 @@ pub struct Ctx {
     pub cost_usd: Option<f64>,
     /// The site's token budget has been charged for this request.
     pub charged: bool,
+    /// The provider refused keygate's credential (its 401): an answer, but nothing the
+    /// provider produced or bills, so nothing is charged for it.
+    pub credential_refused: bool,
     /// keygate asked for the stream's usage chunk for itself: not passed on.
     pub hide_usage_chunk: bool,
     /// Attempts whose request the provider had and never answered in time (the answer's
@@ -127,6 +130,7 @@ impl Ctx {
             usage: None,
             cost_usd: None,
             charged: false,
+            credential_refused: false,
             hide_usage_chunk: false,
             unanswered: (0, 0),
             first_token_seen: false,

@@ -14,6 +14,7 @@
 use super::ctx::Ctx;
 use super::service::Gateway;
 use crate::error::{ErrorCode, GatewayError};
+use crate::response::validate::Endpoint;
 use crate::state::State;
 use crate::telemetry::metrics::METRICS;
 use crate::upstream::circuit::{Outcome, Permit};
@@ -183,6 +184,19 @@ impl Gateway {
         ctx.begin_attempt();
         true
     }
+}
+
+/// Is the provider's answer `status` its refusal of keygate's credential (a 401), or of
+/// the account's access to a stateless endpoint or a model (a 403 there)? Such an answer
+/// is not the client's: it names the key (OpenAI: its prefix and last four characters),
+/// the organization and the project, and a client reads it as its own key failing; it
+/// becomes keygate's 502 and is not charged. A 403 on any other endpoint passes: on a
+/// `stored_objects` route it may be the client's (a stored file it may not read).
+pub(super) fn refuses_credential(ctx: &Ctx, status: u16) -> bool {
+    let endpoint = ctx.upstream().map_or(Endpoint::Other, |u| {
+        Endpoint::of(u.kind, &ctx.upstream_path)
+    });
+    status == 401 || (status == 403 && endpoint != Endpoint::Other)
 }
 
 /// Whose fault Pingora's error `e` is. A timeout while the client's body is still coming

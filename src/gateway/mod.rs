@@ -458,18 +458,16 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
-        if status == 401 {
-            // The provider refused keygate's credential, and no other attempt is left.
-            // Its answer is not the client's: it names the key (OpenAI: its prefix and
-            // last four characters), and a client reads a 401 as its own key failing.
-            // (A 403 passes: it may be the client's, e.g. a stored file it cannot read.)
-            // The upstream answered: its circuit and probe see that.
+        if failover::refuses_credential(ctx, status) {
+            // No other attempt is left. The upstream answered: its circuit and probe
+            // see that.
             log::warn!(
                 "upstream {} refused credential {} with {status}",
                 up.as_ref().map_or("?", |u| u.name.as_str()),
                 ctx.credential_id.as_deref().unwrap_or("?")
             );
             ctx.set_upstream_status(status);
+            ctx.credential_refused = true;
             ctx.upstream_answered = Some(std::time::Instant::now());
             account::settle_probe(&self.state, ctx);
             let refused = GatewayError::upstream("The provider refused the gateway's credential.");

@@ -174,8 +174,6 @@ async fn send(
     Ok(())
 }
 
-/// The 429 for any limit's refusal, with SPEC §4's headers (`policy`: the tier's
-/// `RateLimit-Policy`, for tier limits), counted in `keygate_rate_limited_total`.
 /// Has the client been sent a final response header? An interim one (keygate's own
 /// `100 Continue`, a provider's `103 Early Hints`) leaves room for failover and for
 /// keygate's error answer.
@@ -185,6 +183,8 @@ pub(super) fn final_header_written(session: &Session) -> bool {
         .is_some_and(|h| !h.status.is_informational())
 }
 
+/// The 429 for any limit's refusal, with SPEC §4's headers (`policy`: the tier's
+/// `RateLimit-Policy`, for tier limits), counted in `keygate_rate_limited_total`.
 pub(super) fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusal) -> GatewayError {
     let name = r.limit.as_str();
     METRICS.rate_limited.with_label_values(&[name]).inc();

@@ -265,7 +265,12 @@ async fn handle(
                 event_delay,
             )
         } else {
-            // Without `alt=sse` Gemini streams one JSON array, an element at a time.
+            // Without `alt=sse` Gemini streams one JSON array, an element at a time; the
+            // last chunk may carry only the usage (no candidates).
+            let mut chunks = chunks;
+            chunks.push(json!({"usageMetadata": {"promptTokenCount": 12,
+                "candidatesTokenCount": 27, "totalTokenCount": 39},
+                "modelVersion": gemini_model(&path)}));
             stream::json_array(&chunks, event_delay)
         }
     } else if path.ends_with(":generateContent") {

@@ -122,7 +122,8 @@ fn gemini_model(path: &str) -> Result<Option<&str>, GatewayError> {
             "A Gemini path names one model, once.",
         ));
     }
-    let model = after.split(':').next().unwrap_or(after);
+    // One segment: `…/models/veo-3/operations/op-1` polls an operation of `veo-3`.
+    let model = after.split([':', '/']).next().unwrap_or(after);
     Ok((!model.is_empty()).then_some(model))
 }
 

@@ -15,7 +15,8 @@
 //! the whole JSON body (sent chunked, its length changes) or event by event
 //! ([`crate::pii::stream`]).
 
-use super::egress::{self, Rules, StreamText};
+use super::egress::stream_text::{self, StreamText};
+use super::egress::{self, Rules};
 use super::model_name;
 use super::sse::{Event, SseFramer};
 use super::usage::{self, Usage};
@@ -396,16 +397,19 @@ fn finish_json(
         && buf.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     if array {
         // Gemini's `streamGenerateContent` without `alt=sse`: the chunks an event stream
-        // would carry, as one JSON array (held whole here). Each must be an answer.
-        let probes = egress::check_json_items(&rules.egress, &buf).map_err(Refused::Rejected)?;
-        if probes.is_empty() {
-            return Err(Refused::Rejected(Rejection::Shape));
-        }
+        // would carry, as one JSON array (held whole here). Some must be an answer; a
+        // chunk may carry only usage (as an event may), which is read from every chunk.
+        let probes =
+            stream_text::check_json_items(&rules.egress, &buf).map_err(Refused::Rejected)?;
+        let mut answered = false;
         for p in &probes {
-            validate::check_shape(endpoint, status, p).map_err(Refused::Rejected)?;
+            answered |= validate::check_shape(endpoint, status, p).is_ok();
             if let Some(u) = p.usage() {
                 usage::merge(usage, u);
             }
+        }
+        if !answered {
+            return Err(Refused::Rejected(Rejection::Shape));
         }
     } else {
         let probe = egress::check_json(&rules.egress, &buf).map_err(Refused::Rejected)?;
@@ -420,7 +424,14 @@ fn finish_json(
     };
     if let Some(client) = rules.client_model {
         if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&buf) {
-            if model_name::rename(&mut v, client) {
+            // An array's chunks each name the model.
+            let renamed = match &mut v {
+                serde_json::Value::Array(items) if array => items
+                    .iter_mut()
+                    .fold(false, |any, item| model_name::rename(item, client) | any),
+                v => model_name::rename(v, client),
+            };
+            if renamed {
                 return Ok(Bytes::from(v.to_string()));
             }
         }

@@ -562,6 +562,18 @@ sites:
         path: &str,
         body: &[u8],
     ) -> String {
+        self.send_after_continue_with(key_id, secret, path, body, &[])
+    }
+
+    /// [`Gateway::send_after_continue`] with `extra` headers (not signed).
+    pub fn send_after_continue_with(
+        &self,
+        key_id: &str,
+        secret: &str,
+        path: &str,
+        body: &[u8],
+        extra: &[(&str, &str)],
+    ) -> String {
         use std::io::{Read, Write};
         let h = self.sign(key_id, secret, "POST", path, body);
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
@@ -572,6 +584,9 @@ sites:
             body.len()
         );
         for (k, v) in &h {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        for (k, v) in extra {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         head.push_str("\r\n");

@@ -485,10 +485,15 @@ fn a_gemini_path_names_one_model() {
     ] {
         assert_eq!(refused(route, path, body), 400, "{path}");
     }
-    // A long-running operation is polled under its model (a route without a list).
+    // A long-running operation is polled under its model, which is the one segment
+    // (a route with a list, and one without).
     let open = rt_gemini_capped();
     let poll = "/v1beta/models/veo-3/operations/op-1";
     assert!(check(&open.routes[0], "GET", poll, None, b"").is_ok());
+    let listed = "/v1beta/models/gemini-flash/operations/op-1";
+    assert!(check(route, "GET", listed, None, b"").is_ok());
+    let unlisted = check(route, "GET", poll, None, b"").unwrap_err();
+    assert_eq!(unlisted.code.status(), 403);
     let out = check(
         route,
         "POST",

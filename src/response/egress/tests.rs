@@ -1,7 +1,8 @@
+use super::stream_text::{check_json_items, StreamText};
 use super::*;
 use crate::response::probe::Kind;
 use proptest::prelude::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 const KEY: &str = "sk-acc-0123456789abcdefXYZ";
 
@@ -394,5 +395,19 @@ fn a_key_split_across_a_json_arrays_items_is_found() {
     assert_eq!(
         check_json_items(&rules, clean.as_bytes()).map(|p| p.len()),
         Ok(2)
+    );
+    // Two candidates (the first without an `index`, as Gemini sends index 0): a client
+    // joining candidates[0] across the chunks reads the key, which one path for every
+    // candidate (first's half, the second's text, the rest) would not show.
+    let two = |first: &str, second: &str| {
+        json!({"candidates": [
+            {"content": {"parts": [{"text": first}]}},
+            {"index": 1, "content": {"parts": [{"text": second}]}}
+        ]})
+    };
+    let body = json!([two(a, "foo"), item(b)]).to_string();
+    assert_eq!(
+        check_json_items(&rules, body.as_bytes()).err(),
+        Some(Rejection::SecretEgress)
     );
 }
