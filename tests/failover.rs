@@ -54,6 +54,10 @@ async fn a_refused_primary_fails_over_and_the_audit_names_both() {
     let line = last_audit(&gw, 1);
     assert_eq!(line["upstream"], "backup", "{line}");
     assert_eq!(line["credential"], "backup-1", "{line}");
+    // The answering provider's own request id, for its support; the client has keygate's.
+    assert_eq!(line["upstream_request_id"], "req_mock_1", "{line}");
+    let id = r.headers.get("x-request-id").and_then(|v| v.to_str().ok());
+    assert_eq!(id, line["request_id"].as_str());
     assert_eq!(
         line["attempts"],
         serde_json::json!([

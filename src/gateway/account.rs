@@ -136,6 +136,7 @@ fn audit_line<'a>(session: &'a Session, ctx: &'a Ctx, end: std::time::Instant) -
         }),
         auth: client.map(|c| c.mode.as_str()),
         credential: ctx.credential_id.as_deref(),
+        upstream_request_id: ctx.upstream_request_id.as_deref(),
         pii: ctx.pii_counts.as_ref(),
         attempts: ctx.upstream().and_then(|u| {
             let outcome = match (ctx.upstream_status, &ctx.error) {

@@ -68,6 +68,8 @@ pub struct Ctx {
     /// The provider refused keygate's credential (its 401): an answer, but nothing the
     /// provider produced or bills, so nothing is charged for it.
     pub credential_refused: bool,
+    /// The answering provider's id of the request ([`super::respond::provider_request_id`]).
+    pub upstream_request_id: Option<String>,
     /// keygate asked for the stream's usage chunk for itself: not passed on.
     pub hide_usage_chunk: bool,
     /// Attempts whose request the provider had and never answered in time (the answer's
@@ -131,6 +133,7 @@ impl Ctx {
             cost_usd: None,
             charged: false,
             credential_refused: false,
+            upstream_request_id: None,
             hide_usage_chunk: false,
             unanswered: (0, 0),
             first_token_seen: false,

@@ -449,6 +449,7 @@ impl ProxyHttp for Gateway {
         upstream::note_credential_answer(resp, up_live, ctx.credential_id.as_deref());
         let status = resp.status.as_u16();
         ctx.note_attempt_status(status);
+        ctx.upstream_request_id = respond::provider_request_id(&resp.headers);
         if let Some(reason) = Reason::of_status(status) {
             if self.fail_over(session, ctx, reason, None) {
                 ctx.retrying = true;

@@ -174,6 +174,17 @@ async fn send(
     Ok(())
 }
 
+/// The provider's own id of a request, from its answer's `x-request-id` (OpenAI) or
+/// `request-id` (Anthropic): at most 128 characters of `[A-Za-z0-9._:-]`, else none (it
+/// goes into the audit line as it is).
+pub(super) fn provider_request_id(h: &http::HeaderMap) -> Option<String> {
+    let v = h.get("x-request-id").or_else(|| h.get("request-id"))?;
+    let b = v.as_bytes();
+    let plain = |c: &u8| c.is_ascii_alphanumeric() || b"._:-".contains(c);
+    (!b.is_empty() && b.len() <= 128 && b.iter().all(plain))
+        .then(|| String::from_utf8_lossy(b).into_owned())
+}
+
 /// Has the client been sent a final response header? An interim one (keygate's own
 /// `100 Continue`, a provider's `103 Early Hints`) leaves room for failover and for
 /// keygate's error answer.

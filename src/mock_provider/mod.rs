@@ -89,7 +89,24 @@ use util::{full, header_ms, json_response, received_credential, Body, MockState}
 /// Largest request body the mock reads.
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// An answer, with the provider's own request id (`x-request-id: req_mock_<n>`, as OpenAI
+/// sends) unless the answer names one.
 async fn handle(
+    state: Arc<MockState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let n = state.count.load(std::sync::atomic::Ordering::SeqCst) + 1;
+    let mut r = answer(state, req).await?;
+    let h = r.headers_mut();
+    if !h.contains_key("x-request-id") && !h.contains_key("request-id") {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("req_mock_{n}")) {
+            h.insert("x-request-id", v);
+        }
+    }
+    Ok(r)
+}
+
+async fn answer(
     state: Arc<MockState>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {

@@ -317,6 +317,9 @@ pub struct Line<'a> {
     pub client_ip: Option<std::net::IpAddr>,
     pub auth: Option<&'static str>,
     pub credential: Option<&'a str>,
+    /// The answering provider's own id of the request (`x-request-id`, Anthropic's
+    /// `request-id`), which its support asks for; the client's `X-Request-Id` is keygate's.
+    pub upstream_request_id: Option<&'a str>,
     /// Personal data found per kind (replaced, or refused in `block` mode); no values.
     pub pii: Option<&'a crate::pii::Counts>,
     /// Every upstream attempt, when there was more than one (SPEC §8.2): the ones given
@@ -371,6 +374,7 @@ impl Line<'_> {
         }
         o.str(m!("auth"), self.auth);
         o.str(m!("credential"), self.credential);
+        o.str(m!("upstream_request_id"), self.upstream_request_id);
         o.value(m!("pii"), &self.pii);
         if let Some(attempts) = &self.attempts {
             o.value(m!("attempts"), attempts);
@@ -553,6 +557,7 @@ mod tests {
                 client_ip: some[10].then(|| std::net::IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, n as u16])),
                 auth: pick(11, "bearer"),
                 credential: t(9),
+                upstream_request_id: t(2),
                 pii: some[0].then_some(&counts),
                 attempts: some[1].then(|| vec![crate::upstream::failover::Attempt {
                     upstream: text[9].clone(),
