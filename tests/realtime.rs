@@ -648,5 +648,63 @@ async fn a_routes_max_tokens_holds_in_a_session() {
     }
     let twice = r#"{"type":"conversation.item.create","type":"session.update","session":{"max_output_tokens":"inf"}}"#;
     ws.send(Message::Text(twice.into())).await.unwrap();
-    assert_closed(&mut ws, CloseCode::Policy, "client event not valid JSON").await;
+    assert_closed(&mut ws, CloseCode::Policy, "client event not readable").await;
+}
+
+/// The cap in the sessions a capped route's clients open otherwise: a browser asking for
+/// the beta interface by subprotocol gets the beta's name of the limit (the GA name is an
+/// unknown parameter there, and the session would end); a transcription session, which
+/// makes no responses, is sent no update; a binary message, which keygate does not read
+/// for limits, ends the session.
+#[tokio::test]
+async fn the_cap_holds_in_beta_sessions_and_skips_transcription_sessions() {
+    let gw = Gateway::start_with(Options {
+        route_extra_for: vec![("/openai/", "    betas: [\"realtime-v1\"]\n".into())],
+        ..Options::default()
+    });
+    let mut beta = bearer(&gw);
+    beta.push((
+        "sec-websocket-protocol".into(),
+        "realtime, openai-beta.realtime-v1".into(),
+    ));
+    let (mut ws, _) = open(&gw, REALTIME, &beta).await.unwrap();
+    send(&mut ws, json!({"type": "response.create"})).await;
+    let created = until(&mut ws, "response.created").await;
+    assert_eq!(created["response"]["max_output_tokens"], 4096, "{created}");
+
+    let transcription = format!("{REALTIME}&intent=transcription");
+    let (mut ws, _) = open(&gw, &transcription, &bearer(&gw)).await.unwrap();
+    send(&mut ws, json!({"type": "response.create"})).await;
+    let created = until(&mut ws, "response.created").await;
+    assert_eq!(created["response"]["max_output_tokens"], "inf", "{created}");
+
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    until(&mut ws, "session.created").await;
+    let update = r#"{"type":"session.update","session":{"max_output_tokens":"inf"}}"#;
+    ws.send(Message::Binary(update.as_bytes().to_vec().into()))
+        .await
+        .unwrap();
+    assert_closed(&mut ws, CloseCode::Policy, "client event not readable").await;
+}
+
+/// A client that leaves between an answer and its `response.done` (which reports the
+/// usage) is charged what the provider reports once keygate cancels the response, not
+/// an estimate from the text it had.
+#[tokio::test]
+async fn a_client_that_leaves_mid_answer_is_charged_what_the_provider_reports() {
+    let (gw, mut ws) = session_with(Options::default()).await;
+    send(
+        &mut ws,
+        json!({"type": "mock.unfinished", "cancel_reports": true}),
+    )
+    .await;
+    until(&mut ws, "response.output_audio.delta").await;
+    ws.close(None).await.unwrap();
+    let line = gw.audit_lines_at_least(1)[0].clone();
+    assert_eq!(
+        (line["tokens_in"].as_u64(), line["tokens_out"].as_u64()),
+        (Some(10), Some(2000)),
+        "{line}"
+    );
+    assert_eq!(line["tokens_estimated"], false, "{line}");
 }

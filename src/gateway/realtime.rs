@@ -98,10 +98,8 @@ impl Gateway {
         let offered = realtime::forwarded_subprotocols(&req.headers, &route.betas)
             .map_err(|beta| super::admit::unlisted_beta(&beta))?;
         let beta = req.headers.get("openai-beta").cloned();
-        let beta_names = beta
-            .as_ref()
-            .and_then(|b| b.to_str().ok())
-            .is_some_and(|b| b.contains("realtime=v1"));
+        let beta_names = realtime::cap::beta_names(beta.as_ref(), &offered);
+        let cap = realtime::cap::session_cap(route.max_tokens, req.uri.query().unwrap_or(""));
 
         ctx.upstream_path = super::attempt::path(ctx, &up);
         let config = ws_config(&route.realtime);
@@ -114,7 +112,7 @@ impl Gateway {
         ctx.set_upstream_status(101);
         super::account::settle_probe(&self.state, ctx);
         // A capped route's limit is the session's before the client may send anything.
-        if let Some(cap) = route.max_tokens {
+        if let Some(cap) = cap {
             let update = Message::Text(realtime::cap::opening_update(cap, beta_names).into());
             if !matches!(
                 tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(update)).await,
@@ -219,7 +217,7 @@ impl Gateway {
             lifetime,
             at_end_of_life,
             close: registered.close.clone(),
-            cap: route.max_tokens,
+            cap,
         };
         let (end, usage, cost) = bridge(session, upstream_ws, relay, config).await;
         ctx.cost_usd = cost;

@@ -46,6 +46,48 @@ where
     }
 }
 
+/// How long a session that ends with a response in flight reads the provider for that
+/// response's `response.done` after asking it to cancel.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A response in flight when the session ended (the client left, or keygate ended it):
+/// the provider is asked to cancel it, and its `response.done` read for a moment. That
+/// reports what it produced: a client that leaves between an answer's audio and its
+/// `response.done` had the audio in full, which an estimate from text does not count.
+/// Nothing read here reaches the client.
+async fn settle_in_flight<S>(
+    ws: &mut WebSocketStream<S>,
+    seen: &mut realtime::ProviderWatch,
+    rules: &Rules<'_>,
+) -> Option<Usage>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let cancel = Message::Text(r#"{"type":"response.cancel"}"#.into());
+    tokio::time::timeout(CLOSE_TIMEOUT, ws.send(cancel))
+        .await
+        .ok()?
+        .ok()?;
+    let report = async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Text(t) => {
+                    if let Ok(Some(u)) = seen.text(&t, rules) {
+                        return Some(u);
+                    }
+                }
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+        None
+    };
+    tokio::time::timeout(SETTLE_TIMEOUT, report)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// How a session ended, and the close code the client gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
@@ -84,7 +126,7 @@ impl End {
             End::TokenExpired => (CloseCode::Policy, "token expired"),
             End::KeyExpired => (CloseCode::Policy, "key expired"),
             End::ShuttingDown => (CloseCode::Away, "gateway shutting down"),
-            End::ClientRefused => (CloseCode::Policy, "client event not valid JSON"),
+            End::ClientRefused => (CloseCode::Policy, "client event not readable"),
             End::CapRefused => (CloseCode::Error, "provider refused max_tokens"),
         };
         Some(CloseFrame {
@@ -209,6 +251,7 @@ pub(super) async fn bridge(
         let mut cost = None;
         let mut seen = realtime::ProviderWatch::default();
         let mut client_bytes = 0usize;
+        let mut client_close = None;
         // The provider's answer to keygate's opening update is still to come.
         let mut opening = relay.cap.is_some();
         let deadline = tokio::time::sleep(relay.lifetime);
@@ -216,10 +259,14 @@ pub(super) async fn bridge(
         let end = loop {
             tokio::select! {
                 m = client_ws.next() => match m {
+                    // Passed on once a response in flight is settled (below).
                     Some(Ok(Message::Close(f))) => {
-                        let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(Message::Close(f))).await;
+                        client_close = f;
                         break End::ClientClosed;
                     }
+                    // On a capped route keygate reads every event for its limits; the
+                    // provider might read JSON in a binary message too.
+                    Some(Ok(Message::Binary(_))) if relay.cap.is_some() => break End::ClientRefused,
                     Some(Ok(mut m @ (Message::Text(_) | Message::Binary(_)))) => {
                         if let Message::Text(t) = &m {
                             let kind = realtime::cap::event_kind(t);
@@ -248,7 +295,7 @@ pub(super) async fn bridge(
                     Some(Err(_)) | None => break End::ClientGone,
                 },
                 m = upstream_ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => match opening.then(|| realtime::cap::answer_to_opening(&t)).flatten() {
+                    Some(Ok(Message::Text(t))) => match relay.cap.filter(|_| opening).and_then(|cap| realtime::cap::answer_to_opening(&t, cap)) {
                         // The answer to keygate's own update: not the client's to read.
                         Some(Ok(())) => opening = false,
                         Some(Err(())) => break End::CapRefused,
@@ -296,9 +343,16 @@ pub(super) async fn bridge(
                 },
             }
         };
-        // A response the provider began and never finished (the client left, or the
-        // session was ended): its input is the whole conversation, and nothing reported
-        // it. Charged as estimated from the bytes: the client's so far and the answer's.
+        // A response the provider began and has not finished (the client left, or the
+        // session was ended): the provider is asked to cancel it, and its report read.
+        let provider_there = !matches!(end, End::UpstreamClosed | End::UpstreamGone);
+        if seen.in_flight().is_some() && provider_there {
+            if let Some(u) = settle_in_flight(&mut upstream_ws, &mut seen, &relay.rules).await {
+                relay.charge(u, &mut usage, &mut cost);
+            }
+        }
+        // Still nothing reported: its input is the whole conversation. Charged as
+        // estimated from the text: the client's so far and the answer's.
         if let Some(answer) = seen.in_flight() {
             relay.charge(Usage::estimate(client_bytes, answer), &mut usage, &mut cost);
         }
@@ -311,11 +365,9 @@ pub(super) async fn bridge(
             })
             .await;
         }
-        if !matches!(
-            end,
-            End::UpstreamClosed | End::UpstreamGone | End::ClientClosed
-        ) {
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.close(None)).await;
+        if provider_there {
+            let close = upstream_ws.send(Message::Close(client_close));
+            let _ = tokio::time::timeout(WRITE_TIMEOUT, close).await;
         }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, client_ws.close(None)).await;
         drop(client_ws);

@@ -53,18 +53,19 @@ pub(super) fn accept(state: Arc<MockState>, mut req: Request<Incoming>) -> Respo
         .get("sec-websocket-key")
         .map(|k| derive_accept_key(k.as_bytes()))
         .unwrap_or_default();
-    let realtime_offered = req
+    let offered = crate::realtime::subprotocols(req.headers());
+    let realtime_offered = offered.iter().any(|p| p == "realtime");
+    // The beta interface, asked for by header or (browsers) subprotocol.
+    let beta = req
         .headers()
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|p| p.trim() == "realtime");
+        .get("openai-beta")
+        .is_some_and(|v| v.as_bytes() == b"realtime=v1")
+        || offered.iter().any(|p| p == "openai-beta.realtime-v1");
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         if let Ok(up) = upgrade.await {
             let ws = WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
-            session(ws, &model, &credential).await;
+            session(ws, &model, &credential, beta).await;
         }
     });
     let mut b = Response::builder()
@@ -83,7 +84,7 @@ pub(super) fn accept(state: Arc<MockState>, mut req: Request<Incoming>) -> Respo
     .unwrap_or_else(|_| Response::new(Empty::new().map_err(|never| match never {}).boxed()))
 }
 
-async fn session<S>(mut ws: WebSocketStream<S>, model: &str, credential: &str)
+async fn session<S>(mut ws: WebSocketStream<S>, model: &str, credential: &str, beta: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -96,6 +97,9 @@ where
     // The session's output limit, as a `session.update` set it; each response reports
     // the limit it ran under (its own, else the session's) in `response.created`.
     let mut session_limit = json!("inf");
+    // `mock.unfinished` with `"cancel_reports": true`: a `response.cancel` then ends the
+    // response with a `response.done` reporting 10 tokens in, 2,000 out.
+    let mut cancel_reports = false;
     while let Some(Ok(msg)) = ws.next().await {
         let Message::Text(t) = msg else {
             if let Message::Close(_) = msg {
@@ -115,13 +119,26 @@ where
             continue;
         }
         let out: Vec<Value> = match kind {
+            // Each interface knows its own name of the limit only (as OpenAI's: the other
+            // is an unknown parameter).
             "session.update" => {
-                for f in ["max_output_tokens", "max_response_output_tokens"] {
-                    if let Some(l) = v.get("session").and_then(|s| s.get(f)) {
+                let (name, other) = match beta {
+                    true => ("max_response_output_tokens", "max_output_tokens"),
+                    false => ("max_output_tokens", "max_response_output_tokens"),
+                };
+                let session = v.get("session");
+                if session.and_then(|s| s.get(other)).is_some() {
+                    vec![
+                        json!({"type": "error", "error": {"type": "invalid_request_error",
+                        "message": format!("Unknown parameter: 'session.{other}'."),
+                        "event_id": v.get("event_id")}}),
+                    ]
+                } else {
+                    if let Some(l) = session.and_then(|s| s.get(name)) {
                         session_limit = l.clone();
                     }
+                    vec![json!({"type": "session.updated", "session": session})]
                 }
-                vec![json!({"type": "session.updated", "session": v.get("session")})]
             }
             "response.create" => vec![
                 json!({"type": "response.created", "response": {"id": "resp_1", "status": "in_progress",
@@ -130,12 +147,19 @@ where
                 json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed",
                     "usage": {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20}}}),
             ],
-            // A response begun and never finished (no `response.done`).
-            "mock.unfinished" => vec![
-                json!({"type": "response.created", "response": {"id": "resp_2", "status": "in_progress"}}),
-                json!({"type": "response.output_text.delta", "response_id": "resp_2", "delta": "Half an ans"}),
-                json!({"type": "response.output_audio.delta", "response_id": "resp_2", "delta": "UklG".repeat(10_000)}),
+            "response.cancel" if cancel_reports => vec![
+                json!({"type": "response.done", "response": {"id": "resp_2", "status": "cancelled",
+                    "usage": {"total_tokens": 2010, "input_tokens": 10, "output_tokens": 2000}}}),
             ],
+            // A response begun and never finished (no `response.done`).
+            "mock.unfinished" => {
+                cancel_reports = v.get("cancel_reports") == Some(&Value::Bool(true));
+                vec![
+                    json!({"type": "response.created", "response": {"id": "resp_2", "status": "in_progress"}}),
+                    json!({"type": "response.output_text.delta", "response_id": "resp_2", "delta": "Half an ans"}),
+                    json!({"type": "response.output_audio.delta", "response_id": "resp_2", "delta": "UklG".repeat(10_000)}),
+                ]
+            }
             "mock.echo_key" => vec![
                 json!({"type": "response.output_text.delta", "delta": format!("key {credential}")}),
             ],

@@ -19,6 +19,27 @@ pub const EVENT_ID: &str = "keygate_max_tokens";
 /// beta's. Both are clamped whichever the session speaks.
 const FIELDS: [&str; 2] = ["max_output_tokens", "max_response_output_tokens"];
 
+/// The cap a session is held to: the route's `max_tokens`, except in a transcription
+/// session (`?intent=transcription`), which makes no responses and takes no
+/// `session.update` of a conversation's shape.
+pub fn session_cap(route_cap: Option<u64>, query: &str) -> Option<u64> {
+    let transcription = form_urlencoded::parse(query.as_bytes())
+        .any(|(k, v)| k == "intent" && v == "transcription");
+    route_cap.filter(|_| !transcription)
+}
+
+/// Does the session speak the beta interface? Asked for with the `OpenAI-Beta:
+/// realtime=v1` header, or (browsers) the `openai-beta.realtime-v1` subprotocol offered
+/// to the provider.
+pub fn beta_names(header: Option<&http::HeaderValue>, offered: &[String]) -> bool {
+    header
+        .and_then(|b| b.to_str().ok())
+        .is_some_and(|b| b.contains("realtime=v1"))
+        || offered
+            .iter()
+            .any(|p| p.strip_prefix(super::BETA_SUBPROTOCOL) == Some("realtime-v1"))
+}
+
 /// keygate's first event to the provider on a capped route: the session's output limit,
 /// named as the interface the client asked for names it (`OpenAI-Beta: realtime=v1`).
 pub fn opening_update(cap: u64, beta: bool) -> String {
@@ -31,13 +52,23 @@ pub fn opening_update(cap: u64, beta: bool) -> String {
 }
 
 /// What a provider event says about keygate's opening update: `Some(Ok(()))` for the
-/// `session.updated` that answers it (not passed to the client, which did not ask),
-/// `Some(Err(()))` for an error about it (the provider did not take the limit: the session
-/// cannot be held to it), `None` for any other event (passed as usual).
-pub fn answer_to_opening(text: &str) -> Option<Result<(), ()>> {
+/// `session.updated` that answers it with the limit in force (not passed to the client,
+/// which did not ask), `Some(Err(()))` for one without it (a provider that ignored the
+/// field) or an error about the update (the session cannot be held to the cap), `None`
+/// for any other event (passed as usual).
+pub fn answer_to_opening(text: &str, cap: u64) -> Option<Result<(), ()>> {
     let v: Value = serde_json::from_str(text).ok()?;
     match v.get("type").and_then(Value::as_str)? {
-        "session.updated" => Some(Ok(())),
+        "session.updated" => {
+            let session = v.get("session");
+            let held = FIELDS.iter().any(|f| {
+                session
+                    .and_then(|s| s.get(*f))
+                    .and_then(Value::as_u64)
+                    .is_some_and(|n| n <= cap)
+            });
+            Some(if held { Ok(()) } else { Err(()) })
+        }
         "error" if v.pointer("/error/event_id").and_then(Value::as_str) == Some(EVENT_ID) => {
             Some(Err(()))
         }
@@ -164,22 +195,60 @@ mod tests {
     }
 
     #[test]
+    fn transcription_sessions_are_not_capped_and_browsers_name_the_beta() {
+        assert_eq!(session_cap(Some(50), "model=gpt-realtime"), Some(50));
+        assert_eq!(session_cap(Some(50), "intent=transcription"), None);
+        assert_eq!(session_cap(None, "model=m"), None);
+        let offered = [
+            "realtime".to_string(),
+            "openai-beta.realtime-v1".to_string(),
+        ];
+        assert!(beta_names(None, &offered));
+        assert!(!beta_names(None, &offered[..1]));
+        let h = http::HeaderValue::from_static("realtime=v1");
+        assert!(beta_names(Some(&h), &[]));
+    }
+
+    #[test]
     fn the_opening_update_and_its_answers() {
         let ga: Value = serde_json::from_str(&opening_update(300, false)).unwrap();
         assert_eq!(ga["session"]["max_output_tokens"], 300);
         assert_eq!(ga["session"]["type"], "realtime");
         let beta: Value = serde_json::from_str(&opening_update(300, true)).unwrap();
         assert_eq!(beta["session"]["max_response_output_tokens"], 300);
-        assert_eq!(
-            answer_to_opening(r#"{"type":"session.updated","session":{}}"#),
-            Some(Ok(()))
-        );
+        let updated =
+            |session: &str| format!(r#"{{"type":"session.updated","session":{session}}}"#);
+        for held in [
+            r#"{"max_output_tokens":300}"#,
+            r#"{"max_response_output_tokens":20}"#,
+        ] {
+            assert_eq!(
+                answer_to_opening(&updated(held), 300),
+                Some(Ok(())),
+                "{held}"
+            );
+        }
+        // A provider that took the update and ignored the limit: the cap does not hold.
+        for ignored in [
+            "{}",
+            r#"{"max_output_tokens":"inf"}"#,
+            r#"{"max_output_tokens":301}"#,
+        ] {
+            assert_eq!(
+                answer_to_opening(&updated(ignored), 300),
+                Some(Err(())),
+                "{ignored}"
+            );
+        }
         let refused = format!(r#"{{"type":"error","error":{{"event_id":"{EVENT_ID}"}}}}"#);
-        assert_eq!(answer_to_opening(&refused), Some(Err(())));
+        assert_eq!(answer_to_opening(&refused, 300), Some(Err(())));
         assert_eq!(
-            answer_to_opening(r#"{"type":"error","error":{"event_id":"client_1"}}"#),
+            answer_to_opening(r#"{"type":"error","error":{"event_id":"client_1"}}"#, 300),
             None
         );
-        assert_eq!(answer_to_opening(r#"{"type":"session.created"}"#), None);
+        assert_eq!(
+            answer_to_opening(r#"{"type":"session.created"}"#, 300),
+            None
+        );
     }
 }
