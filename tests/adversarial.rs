@@ -284,7 +284,6 @@ async fn json_escaped_key_in_provider_error_is_withheld() {
 async fn a_providers_refusal_of_the_credential_is_keygates_502() {
     let gw = Gateway::start_with(Options {
         tier: "{ requests_per_minute: 1000, tokens_per_day: 40 }".into(),
-        route_extra: "    stored_objects: true\n".into(),
         ..Options::default()
     });
     let key = gw.secrets.provider.clone();
@@ -307,8 +306,8 @@ async fn a_providers_refusal_of_the_credential_is_keygates_502() {
             assert!(!r.body.contains(leaked), "{mode}: {leaked} in {}", r.body);
         }
     }
-    assert!(gw.logs().contains("refused credential prod-1 with 401"));
-    assert!(gw.logs().contains("refused credential prod-1 with 403"));
+    assert!(gw.logs().contains("answered 401 to credential prod-1"));
+    assert!(gw.logs().contains("answered 403 to credential prod-1"));
     // The upstream answered: its circuit counts no failure.
     assert_eq!(
         gw.metric("keygate_circuit_state{upstream=\"openai\"}"),
@@ -320,10 +319,20 @@ async fn a_providers_refusal_of_the_credential_is_keygates_502() {
     }
     let (r, _) = exchange(&gw, "POST", CHAT, BODY, &[]).await;
     assert_eq!(r.status, 200, "the budget is whole: {}", r.body);
-    // On a stored object a 403 may be the client's own (a file it may not read): it passes.
-    let file = "/openai/v1/files/file-abc";
-    let (r, _) = exchange(&gw, "GET", file, "", &[("x-mock-mode", "error_403")]).await;
-    assert_eq!(r.status, 403, "{}", r.body);
+    // On a route that serves stored objects a 403 may be the client's own (a file it
+    // may not read, or names in a request): it passes.
+    let gw = Gateway::start_with(Options {
+        route_extra: "    stored_objects: true\n".into(),
+        ..Options::default()
+    });
+    let forbidden = [("x-mock-mode", "error_403")];
+    for (method, path, body) in [
+        ("GET", "/openai/v1/files/file-abc", ""),
+        ("POST", CHAT, BODY),
+    ] {
+        let (r, _) = exchange(&gw, method, path, body, &forbidden).await;
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+    }
 }
 
 // Finding 2: a key split across stream events, in every text-bearing field.

@@ -123,6 +123,21 @@ async fn after_100_continue_a_failed_attempt_still_fails_over_or_is_answered() {
     assert!(rest.contains("upstream_error"), "{rest}");
 }
 
+/// The provider's request id in the audit line is the answering attempt's: an attempt
+/// given up (a 429) names none when the next one never got an answer.
+#[tokio::test]
+async fn the_audit_names_no_request_id_of_an_attempt_given_up() {
+    let (gw, mut backup) = with_backup("", Options::default());
+    backup.stop();
+    let r = gw
+        .post_signed(CHAT, BODY, &[("x-mock-mode", "error_429")])
+        .await;
+    assert_ne!(r.status, 200, "{}", r.body);
+    let line = last_audit(&gw, 1);
+    assert_eq!(line["attempts"][0]["outcome"], "429", "{line}");
+    assert!(line["upstream_request_id"].is_null(), "{line}");
+}
+
 #[tokio::test]
 async fn without_a_fallback_the_providers_answer_reaches_the_client() {
     let gw = Gateway::start();

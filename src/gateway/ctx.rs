@@ -196,6 +196,7 @@ impl Ctx {
         self.response_bytes = 0;
         self.answer_complete = false;
         self.usage = None;
+        self.upstream_request_id = None;
     }
 
     /// The matched route's metric series.

@@ -190,13 +190,15 @@ impl Gateway {
 /// the account's access to a stateless endpoint or a model (a 403 there)? Such an answer
 /// is not the client's: it names the key (OpenAI: its prefix and last four characters),
 /// the organization and the project, and a client reads it as its own key failing; it
-/// becomes keygate's 502 and is not charged. A 403 on any other endpoint passes: on a
-/// `stored_objects` route it may be the client's (a stored file it may not read).
+/// becomes keygate's 502 and is not charged. A 403 passes on any other endpoint, and on a
+/// `stored_objects` route: there it may be the client's (a stored file it may not read,
+/// or name in a request).
 pub(super) fn refuses_credential(ctx: &Ctx, status: u16) -> bool {
     let endpoint = ctx.upstream().map_or(Endpoint::Other, |u| {
         Endpoint::of(u.kind, &ctx.upstream_path)
     });
-    status == 401 || (status == 403 && endpoint != Endpoint::Other)
+    let stored = ctx.route().is_some_and(|r| r.stored_objects);
+    status == 401 || (status == 403 && endpoint != Endpoint::Other && !stored)
 }
 
 /// Whose fault Pingora's error `e` is. A timeout while the client's body is still coming

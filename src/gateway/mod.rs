@@ -449,7 +449,7 @@ impl ProxyHttp for Gateway {
         upstream::note_credential_answer(resp, up_live, ctx.credential_id.as_deref());
         let status = resp.status.as_u16();
         ctx.note_attempt_status(status);
-        ctx.upstream_request_id = respond::provider_request_id(&resp.headers);
+        ctx.upstream_request_id = respond::provider_request_id(&resp.headers, &ctx.rt.scanner);
         if let Some(reason) = Reason::of_status(status) {
             if self.fail_over(session, ctx, reason, None) {
                 ctx.retrying = true;
@@ -463,7 +463,7 @@ impl ProxyHttp for Gateway {
             // No other attempt is left. The upstream answered: its circuit and probe
             // see that.
             log::warn!(
-                "upstream {} refused credential {} with {status}",
+                "upstream {} answered {status} to credential {} (the credential, or its account's access, refused)",
                 up.as_ref().map_or("?", |u| u.name.as_str()),
                 ctx.credential_id.as_deref().unwrap_or("?")
             );

@@ -175,13 +175,17 @@ async fn send(
 }
 
 /// The provider's own id of a request, from its answer's `x-request-id` (OpenAI) or
-/// `request-id` (Anthropic): at most 128 characters of `[A-Za-z0-9._:-]`, else none (it
-/// goes into the audit line as it is).
-pub(super) fn provider_request_id(h: &http::HeaderMap) -> Option<String> {
+/// `request-id` (Anthropic): at most 128 characters of `[A-Za-z0-9._:-]` holding no
+/// configured secret (an upstream that echoes its credential there), else none (it goes
+/// into the audit line as it is).
+pub(super) fn provider_request_id(
+    h: &http::HeaderMap,
+    secrets: &crate::response::validate::SecretScanner,
+) -> Option<String> {
     let v = h.get("x-request-id").or_else(|| h.get("request-id"))?;
     let b = v.as_bytes();
     let plain = |c: &u8| c.is_ascii_alphanumeric() || b"._:-".contains(c);
-    (!b.is_empty() && b.len() <= 128 && b.iter().all(plain))
+    (!b.is_empty() && b.len() <= 128 && b.iter().all(plain) && !secrets.contains(b))
         .then(|| String::from_utf8_lossy(b).into_owned())
 }
 
@@ -233,6 +237,30 @@ pub(super) fn rate_limited(policy: Option<&http::HeaderValue>, r: limits::Refusa
 mod tests {
     use super::*;
     use pingora::{Error, ErrorType};
+
+    #[test]
+    fn a_provider_request_id_is_plain_short_and_holds_no_secret() {
+        let scanner =
+            crate::response::validate::SecretScanner::new(&["sk-provider-0123456789".into()]);
+        let id = |name: &'static str, v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(name, http::HeaderValue::from_str(v).unwrap());
+            provider_request_id(&h, &scanner)
+        };
+        assert_eq!(
+            id("x-request-id", "req_abc-1.2:3").as_deref(),
+            Some("req_abc-1.2:3")
+        );
+        assert_eq!(id("request-id", "req_011CV").as_deref(), Some("req_011CV"));
+        for bad in [
+            "a b",
+            "a\"b",
+            &"x".repeat(129),
+            "req_sk-provider-0123456789",
+        ] {
+            assert_eq!(id("x-request-id", bad), None, "{bad}");
+        }
+    }
 
     fn wire(resp: &ResponseHeader) -> String {
         let mut buf = Vec::new();

@@ -26,6 +26,17 @@ pub fn check_json_items(rules: &Rules, body: &[u8]) -> Result<Vec<Probe>, Reject
         .collect()
 }
 
+/// What a member's value is to the walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Member {
+    /// Text a client joins.
+    Text,
+    /// A label (`type`): checked alone, opens no channel.
+    Identifier,
+    /// Gemini's `candidates`: its items are told apart by `index`, 0 when left out.
+    Candidates,
+}
+
 /// The text fields of a stream, each concatenated across events.
 #[derive(Debug, Default)]
 pub struct StreamText {
@@ -88,7 +99,7 @@ impl StreamText {
                     check_json(rules, json)?;
                 }
                 let escapes = backslash || rules.patterns.is_some();
-                self.walk(rules, v, escapes, (ROOT, ROOT), false)
+                self.walk(rules, v, escapes, (ROOT, ROOT), Member::Text)
             }
             None => Ok(()),
         }
@@ -102,10 +113,10 @@ impl StreamText {
         v: &Value,
         escapes: bool,
         (indexed, joined): (u64, u64),
-        identifier: bool,
+        of: Member,
     ) -> Result<(), Rejection> {
         match v {
-            Value::String(s) if identifier => match escapes {
+            Value::String(s) if of == Member::Identifier => match escapes {
                 true => rules.text(s).map_or(Ok(()), Err),
                 false => Ok(()),
             },
@@ -118,15 +129,10 @@ impl StreamText {
             }
             Value::Array(items) => {
                 let (i, j) = (extend_path(indexed, ITEMS), extend_path(joined, ITEMS));
-                items.iter().try_for_each(|x| {
-                    let item = match x {
-                        Value::Object(m) => Some(m),
-                        _ => None,
-                    };
-                    match item {
-                        Some(m) => self.walk_object(rules, m, escapes, (i, j), true),
-                        None => self.walk(rules, x, escapes, (i, j), false),
-                    }
+                let candidates = of == Member::Candidates;
+                items.iter().try_for_each(|x| match x {
+                    Value::Object(m) => self.walk_object(rules, m, escapes, (i, j), candidates),
+                    _ => self.walk(rules, x, escapes, (i, j), Member::Text),
                 })
             }
             Value::Object(m) => self.walk_object(rules, m, escapes, (indexed, joined), false),
@@ -134,21 +140,23 @@ impl StreamText {
         }
     }
 
-    /// [`StreamText::walk`] of an object; `item`: it is an array's item.
+    /// [`StreamText::walk`] of an object; `candidate`: it is an item of Gemini's
+    /// `candidates`.
     fn walk_object(
         &mut self,
         rules: &Rules,
         m: &serde_json::Map<String, Value>,
         escapes: bool,
         (indexed, joined): (u64, u64),
-        item: bool,
+        candidate: bool,
     ) -> Result<(), Rejection> {
-        // Members that say which choice, tool call, block or item this is. An
-        // item's `index` first, 0 when it has none: Gemini (proto3 JSON) leaves
-        // out a candidate's index 0, and candidate 0 must not share the joined
-        // path that every candidate's text extends.
+        // Members that say which choice, tool call, block or item this is: `index`
+        // first, 0 for a candidate that has none. Gemini (proto3 JSON) leaves out a
+        // candidate's index 0, and candidate 0 must not share the joined path that every
+        // candidate's text extends. (Only there: for every other item an implied index
+        // would open a second channel per field, where one serves.)
         let index = m.get("index").and_then(Value::as_u64);
-        let mut here = match (index, item) {
+        let mut here = match (index, candidate) {
             (None, false) => indexed,
             (n, _) => extend_path(extend_path(indexed, hash_str("index")), n.unwrap_or(0)),
         };
@@ -173,7 +181,12 @@ impl StreamText {
             let (i, j) = (extend_path(here, c), extend_path(joined, c));
             // Stream helpers (openai-python's `accumulate_delta`) join every
             // string of a delta but `type`: ids and names are text here too.
-            self.walk(rules, x, escapes, (i, j), k == "type")?;
+            let of = match k.as_str() {
+                "type" => Member::Identifier,
+                "candidates" => Member::Candidates,
+                _ => Member::Text,
+            };
+            self.walk(rules, x, escapes, (i, j), of)?;
         }
         Ok(())
     }

@@ -411,3 +411,24 @@ fn a_key_split_across_a_json_arrays_items_is_found() {
         Some(Rejection::SecretEgress)
     );
 }
+
+/// An event echoing a request's tools (a Responses stream's `response.created`) holds a
+/// text field per parameter description: one channel each, not two (an implied index on
+/// every array item opened a second), so 300 of them stay within the bound.
+#[test]
+fn tools_echoed_in_an_event_take_one_channel_a_field() {
+    let rules = rules();
+    let properties: serde_json::Map<String, Value> = (0..300)
+        .map(|i| {
+            let p = json!({"type": "string", "description": format!("parameter {i}")});
+            (format!("p{i}"), p)
+        })
+        .collect();
+    let event = json!({"type": "response.created", "response": {"tools": [
+        {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": properties}}
+    ]}});
+    let bytes = serde_json::to_vec(&event).unwrap();
+    let mut st = StreamText::default();
+    assert_eq!(st.check(&rules, &bytes, Some((&bytes, &event))), Ok(()));
+    assert!(st.channels() < 400, "{} channels", st.channels());
+}
