@@ -702,7 +702,6 @@ sites:
         ]
     }
 
-    /// The audit log lines (JSON objects on stdout), parsed.
     /// The audit lines, once there are at least `n`.
     pub fn audit_lines_at_least(&self, n: usize) -> Vec<Value> {
         eventually(&format!("{n} audit lines"), || {
@@ -711,10 +710,12 @@ sites:
         })
     }
 
+    /// The audit log lines (JSON objects on stdout) written whole so far, parsed (a line
+    /// read while the writer is still writing it is left for the next read).
     pub fn audit_lines(&self) -> Vec<Value> {
         self.logs()
-            .lines()
-            .filter(|l| l.starts_with('{'))
+            .split_inclusive('\n')
+            .filter(|l| l.starts_with('{') && l.ends_with('\n'))
             .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
             .collect()
     }
