@@ -117,11 +117,12 @@ pub fn forwarded_subprotocols(
 pub struct ProviderWatch {
     text: egress::stream_text::StreamText,
     binary: Tail,
-    /// Bytes the provider sent since its last `response.created`, while that response has
-    /// no `response.done` yet: a session that ends then is charged an estimate.
-    in_flight: Option<usize>,
-    /// Bytes of output text (not audio) in those responses, for a `response.done` that
-    /// reports no usage.
+    /// The response the provider began and has not finished (with its id, when it named
+    /// one of at most 128 bytes): a session that ends then has it cancelled and its
+    /// report read, or is charged an estimate.
+    in_flight: Option<Option<String>>,
+    /// Bytes of output text (not audio) since that response began, for a `response.done`
+    /// that reports no usage.
     output_text: usize,
 }
 
@@ -135,9 +136,6 @@ impl ProviderWatch {
             serde_json::from_str::<serde_json::Value>(text).map_err(|_| Rejection::InvalidJson)?;
         self.text
             .check(rules, text.as_bytes(), Some((text.as_bytes(), &v)))?;
-        if let Some(n) = &mut self.in_flight {
-            *n += text.len();
-        }
         let kind = v.get("type").and_then(|t| t.as_str());
         if !kind.is_some_and(|t| t.ends_with("audio.delta")) {
             for k in ["delta", "transcript", "text", "arguments"] {
@@ -146,12 +144,22 @@ impl ProviderWatch {
                 }
             }
         }
+        let id = v
+            .pointer("/response/id")
+            .and_then(|i| i.as_str())
+            .filter(|i| i.len() <= 128);
         match kind {
             // A second response before the first's `response.done` keeps the first's
             // bytes in the count (they were counted above).
             Some("response.created") if self.in_flight.is_none() => {
-                self.in_flight = Some(text.len());
+                self.in_flight = Some(id.map(str::to_string));
                 self.output_text = 0;
+            }
+            // Another response's end (an out-of-band response begun meanwhile): its own
+            // report; the first is still in flight.
+            Some("response.done") if matches!((self.in_flight_id(), id), (Some(a), Some(b)) if a != b) =>
+            {
+                return Ok(Some(usage::find(&v).unwrap_or_default()));
             }
             Some("response.done") => {
                 self.in_flight = None;
@@ -171,14 +179,16 @@ impl ProviderWatch {
     /// (the session ended in the middle of one), in bytes, if there is one: what its
     /// output is estimated from, as for a `response.done` without usage.
     pub fn in_flight(&self) -> Option<usize> {
-        self.in_flight.map(|_| self.output_text)
+        self.in_flight.as_ref().map(|_| self.output_text)
+    }
+
+    /// The id of the response in flight, when it named one.
+    pub fn in_flight_id(&self) -> Option<&str> {
+        self.in_flight.as_ref().and_then(|id| id.as_deref())
     }
 
     /// One binary message: its bytes, and the end of the ones before, hold no secret.
     pub fn binary(&mut self, bytes: &[u8], rules: &Rules) -> Result<(), Rejection> {
-        if let Some(n) = &mut self.in_flight {
-            *n += bytes.len();
-        }
         let mut hit = None;
         self.binary.scan(bytes, rules.keep(), |b| {
             hit = rules.hit(b);

@@ -654,10 +654,10 @@ async fn a_routes_max_tokens_holds_in_a_session() {
 /// The cap in the sessions a capped route's clients open otherwise: a browser asking for
 /// the beta interface by subprotocol gets the beta's name of the limit (the GA name is an
 /// unknown parameter there, and the session would end); a transcription session, which
-/// makes no responses, is sent no update; a binary message, which keygate does not read
-/// for limits, ends the session.
+/// makes no responses, stays one; a binary message, which keygate does not read for
+/// limits, ends the session.
 #[tokio::test]
-async fn the_cap_holds_in_beta_sessions_and_skips_transcription_sessions() {
+async fn the_cap_holds_in_beta_and_transcription_sessions() {
     let gw = Gateway::start_with(Options {
         route_extra_for: vec![("/openai/", "    betas: [\"realtime-v1\"]\n".into())],
         ..Options::default()
@@ -672,11 +672,27 @@ async fn the_cap_holds_in_beta_sessions_and_skips_transcription_sessions() {
     let created = until(&mut ws, "response.created").await;
     assert_eq!(created["response"]["max_output_tokens"], 4096, "{created}");
 
+    // A transcription session passes its own updates, and makes no response (a
+    // `response.create`, or an update to a conversation, ends it); an intent named twice
+    // is refused (the provider might read the other).
     let transcription = format!("{REALTIME}&intent=transcription");
-    let (mut ws, _) = open(&gw, &transcription, &bearer(&gw)).await.unwrap();
-    send(&mut ws, json!({"type": "response.create"})).await;
-    let created = until(&mut ws, "response.created").await;
-    assert_eq!(created["response"]["max_output_tokens"], "inf", "{created}");
+    for refused in [
+        json!({"type": "response.create", "response": {"max_output_tokens": "inf"}}),
+        json!({"type": "session.update", "session": {"type": "realtime"}}),
+    ] {
+        let (mut ws, _) = open(&gw, &transcription, &bearer(&gw)).await.unwrap();
+        until(&mut ws, "session.created").await;
+        send(
+            &mut ws,
+            json!({"type": "session.update", "session": {"type": "transcription"}}),
+        )
+        .await;
+        until(&mut ws, "session.updated").await;
+        send(&mut ws, refused).await;
+        assert_closed(&mut ws, CloseCode::Policy, "client event not readable").await;
+    }
+    let twice = format!("{transcription}&intent=conversation");
+    assert_eq!(open(&gw, &twice, &bearer(&gw)).await.err(), Some(400));
 
     let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
     until(&mut ws, "session.created").await;
@@ -689,7 +705,8 @@ async fn the_cap_holds_in_beta_sessions_and_skips_transcription_sessions() {
 
 /// A client that leaves between an answer and its `response.done` (which reports the
 /// usage) is charged what the provider reports once keygate cancels the response, not
-/// an estimate from the text it had.
+/// an estimate from the text it had; a second, small response finished meanwhile does
+/// not stand in for the first. The client's close is answered at once.
 #[tokio::test]
 async fn a_client_that_leaves_mid_answer_is_charged_what_the_provider_reports() {
     let (gw, mut ws) = session_with(Options::default()).await;
@@ -699,11 +716,19 @@ async fn a_client_that_leaves_mid_answer_is_charged_what_the_provider_reports() 
     )
     .await;
     until(&mut ws, "response.output_audio.delta").await;
+    // An out-of-band response (10 in, 20 out) begun and finished while the first runs.
+    send(&mut ws, json!({"type": "response.create"})).await;
+    until(&mut ws, "response.done").await;
     ws.close(None).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(reply, Ok(Some(Ok(Message::Close(_))))),
+        "the close is answered: {reply:?}"
+    );
     let line = gw.audit_lines_at_least(1)[0].clone();
     assert_eq!(
         (line["tokens_in"].as_u64(), line["tokens_out"].as_u64()),
-        (Some(10), Some(2000)),
+        (Some(20), Some(2020)),
         "{line}"
     );
     assert_eq!(line["tokens_estimated"], false, "{line}");

@@ -99,7 +99,8 @@ impl Gateway {
             .map_err(|beta| super::admit::unlisted_beta(&beta))?;
         let beta = req.headers.get("openai-beta").cloned();
         let beta_names = realtime::cap::beta_names(beta.as_ref(), &offered);
-        let cap = realtime::cap::session_cap(route.max_tokens, req.uri.query().unwrap_or(""));
+        let cap = realtime::cap::session_cap(route.max_tokens, req.uri.query().unwrap_or(""))
+            .map_err(|d| GatewayError::bad_request("The intent is named twice.").detail(d))?;
 
         ctx.upstream_path = super::attempt::path(ctx, &up);
         let config = ws_config(&route.realtime);
@@ -112,8 +113,8 @@ impl Gateway {
         ctx.set_upstream_status(101);
         super::account::settle_probe(&self.state, ctx);
         // A capped route's limit is the session's before the client may send anything.
-        if let Some(cap) = cap {
-            let update = Message::Text(realtime::cap::opening_update(cap, beta_names).into());
+        if let Some(held) = cap.filter(|c| !c.transcription) {
+            let update = Message::Text(realtime::cap::opening_update(held.cap, beta_names).into());
             if !matches!(
                 tokio::time::timeout(WRITE_TIMEOUT, upstream_ws.send(update)).await,
                 Ok(Ok(()))

@@ -51,41 +51,52 @@ where
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A response in flight when the session ended (the client left, or keygate ended it):
-/// the provider is asked to cancel it, and its `response.done` read for a moment. That
-/// reports what it produced: a client that leaves between an answer's audio and its
-/// `response.done` had the audio in full, which an estimate from text does not count.
-/// Nothing read here reaches the client.
+/// the provider is asked to cancel it (by id), and its `response.done` read for a moment,
+/// with any other response's that comes first. That reports what it produced: a client
+/// that leaves between an answer's audio and its `response.done` had the audio in full,
+/// which an estimate from text does not count. A report without usage adds the input
+/// estimated from the client's `client_bytes` of text. Nothing read here reaches the
+/// client. The reports read, if any (the response may still be in flight after them).
 async fn settle_in_flight<S>(
     ws: &mut WebSocketStream<S>,
     seen: &mut realtime::ProviderWatch,
     rules: &Rules<'_>,
+    client_bytes: usize,
 ) -> Option<Usage>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let cancel = Message::Text(r#"{"type":"response.cancel"}"#.into());
+    let cancel = match seen.in_flight_id() {
+        Some(id) => serde_json::json!({"type": "response.cancel", "response_id": id}),
+        None => serde_json::json!({"type": "response.cancel"}),
+    };
+    let cancel = Message::Text(cancel.to_string().into());
     tokio::time::timeout(CLOSE_TIMEOUT, ws.send(cancel))
         .await
         .ok()?
         .ok()?;
-    let report = async {
+    let mut reported: Option<Usage> = None;
+    let read = async {
         while let Some(Ok(m)) = ws.next().await {
             match m {
                 Message::Text(t) => {
-                    if let Ok(Some(u)) = seen.text(&t, rules) {
-                        return Some(u);
+                    if let Ok(Some(mut u)) = seen.text(&t, rules) {
+                        if u.estimated {
+                            u.input = u.input.max(Usage::estimate(client_bytes, 0).input);
+                        }
+                        reported.get_or_insert_with(Usage::default).add(u);
+                        if seen.in_flight().is_none() {
+                            return;
+                        }
                     }
                 }
-                Message::Close(_) => return None,
+                Message::Close(_) => return,
                 _ => {}
             }
         }
-        None
     };
-    tokio::time::timeout(SETTLE_TIMEOUT, report)
-        .await
-        .ok()
-        .flatten()
+    let _ = tokio::time::timeout(SETTLE_TIMEOUT, read).await;
+    reported
 }
 
 /// How a session ended, and the close code the client gets.
@@ -157,7 +168,7 @@ pub(super) struct Relay<'a> {
     pub(super) close: std::sync::Arc<tokio::sync::Notify>,
     /// The route's `max_tokens`: keygate's opening `session.update` has set it, and the
     /// client's events are clamped to it ([`realtime::cap`]).
-    pub(super) cap: Option<u64>,
+    pub(super) cap: Option<realtime::cap::SessionCap>,
 }
 
 impl Relay<'_> {
@@ -253,14 +264,16 @@ pub(super) async fn bridge(
         let mut client_bytes = 0usize;
         let mut client_close = None;
         // The provider's answer to keygate's opening update is still to come.
-        let mut opening = relay.cap.is_some();
+        let mut opening = relay.cap.is_some_and(|c| !c.transcription);
         let deadline = tokio::time::sleep(relay.lifetime);
         tokio::pin!(deadline);
         let end = loop {
             tokio::select! {
                 m = client_ws.next() => match m {
-                    // Passed on once a response in flight is settled (below).
+                    // Answered at once (the codec queued the reply); passed on to the
+                    // provider once a response in flight is settled (below).
                     Some(Ok(Message::Close(f))) => {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::flush(&mut client_ws)).await;
                         client_close = f;
                         break End::ClientClosed;
                     }
@@ -295,7 +308,7 @@ pub(super) async fn bridge(
                     Some(Err(_)) | None => break End::ClientGone,
                 },
                 m = upstream_ws.next() => match m {
-                    Some(Ok(Message::Text(t))) => match relay.cap.filter(|_| opening).and_then(|cap| realtime::cap::answer_to_opening(&t, cap)) {
+                    Some(Ok(Message::Text(t))) => match relay.cap.filter(|_| opening).and_then(|c| realtime::cap::answer_to_opening(&t, c.cap)) {
                         // The answer to keygate's own update: not the client's to read.
                         Some(Ok(())) => opening = false,
                         Some(Err(())) => break End::CapRefused,
@@ -347,7 +360,8 @@ pub(super) async fn bridge(
         // session was ended): the provider is asked to cancel it, and its report read.
         let provider_there = !matches!(end, End::UpstreamClosed | End::UpstreamGone);
         if seen.in_flight().is_some() && provider_there {
-            if let Some(u) = settle_in_flight(&mut upstream_ws, &mut seen, &relay.rules).await {
+            let settled = settle_in_flight(&mut upstream_ws, &mut seen, &relay.rules, client_bytes);
+            if let Some(u) = settled.await {
                 relay.charge(u, &mut usage, &mut cost);
             }
         }
@@ -367,9 +381,12 @@ pub(super) async fn bridge(
         }
         if provider_there {
             let close = upstream_ws.send(Message::Close(client_close));
-            let _ = tokio::time::timeout(WRITE_TIMEOUT, close).await;
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
         }
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, client_ws.close(None)).await;
+        // Either side's close handshake finished: a reply the codec queued to a close it
+        // read is sent here (`SinkExt::close` flushes it; the inherent `close` would not).
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut upstream_ws)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut client_ws)).await;
         drop(client_ws);
         talked.notify_one();
         (end, usage, cost)

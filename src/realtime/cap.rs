@@ -19,13 +19,30 @@ pub const EVENT_ID: &str = "keygate_max_tokens";
 /// beta's. Both are clamped whichever the session speaks.
 const FIELDS: [&str; 2] = ["max_output_tokens", "max_response_output_tokens"];
 
-/// The cap a session is held to: the route's `max_tokens`, except in a transcription
-/// session (`?intent=transcription`), which makes no responses and takes no
-/// `session.update` of a conversation's shape.
-pub fn session_cap(route_cap: Option<u64>, query: &str) -> Option<u64> {
-    let transcription = form_urlencoded::parse(query.as_bytes())
-        .any(|(k, v)| k == "intent" && v == "transcription");
-    route_cap.filter(|_| !transcription)
+/// The cap a session on a capped route is held to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCap {
+    /// The route's `max_tokens`.
+    pub cap: u64,
+    /// A transcription session (`?intent=transcription`): it makes no responses and takes
+    /// no `session.update` of a conversation's shape, so keygate sends it none, and
+    /// refuses the client's events that would make it a conversation.
+    pub transcription: bool,
+}
+
+/// The cap of a session whose handshake has `query`, on a route capped at `route_cap`.
+/// `Err` when the query names `intent` more than once (it goes to the provider as it is,
+/// and a provider reading another than keygate would run a conversation uncapped).
+pub fn session_cap(
+    route_cap: Option<u64>,
+    query: &str,
+) -> Result<Option<SessionCap>, &'static str> {
+    let mut intents = form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k == "intent");
+    let transcription = intents.next().is_some_and(|(_, v)| v == "transcription");
+    if intents.next().is_some() {
+        return Err("the query names intent more than once");
+    }
+    Ok(route_cap.map(|cap| SessionCap { cap, transcription }))
 }
 
 /// Does the session speak the beta interface? Asked for with the `OpenAI-Beta:
@@ -99,9 +116,17 @@ pub fn event_kind(text: &str) -> Option<Cow<'_, str>> {
 /// to pass it as it is, `Ok(Some)` with the event rewritten (a limit over the cap,
 /// `"inf"`, or anything but a count lowered to the cap), `Err` for an event keygate
 /// cannot read (the session ends: the provider might read a limit in it that keygate
-/// did not).
-pub fn client_event(text: &str, kind: Option<&str>, cap: u64) -> Result<Option<String>, String> {
+/// did not), and in a transcription session for one that asks for a response or makes
+/// the session a conversation (whose limit keygate never set).
+pub fn client_event(
+    text: &str,
+    kind: Option<&str>,
+    cap: SessionCap,
+) -> Result<Option<String>, String> {
     let kind = kind.ok_or("not a JSON event with one type")?;
+    if cap.transcription && kind == "response.create" {
+        return Err("a transcription session makes no responses".into());
+    }
     let outer = match kind {
         "session.update" => "session",
         "response.create" => "response",
@@ -116,11 +141,14 @@ pub fn client_event(text: &str, kind: Option<&str>, cap: u64) -> Result<Option<S
         Value::Null => return Ok(None),
         _ => return Err(format!("\"{outer}\" is not an object")),
     };
+    if cap.transcription && obj.get("type").is_some_and(|t| t != "transcription") {
+        return Err("a transcription session stays one".into());
+    }
     let mut changed = false;
     for field in FIELDS {
         if let Some(limit) = obj.get_mut(field) {
-            if limit.as_u64().is_none_or(|n| n > cap) {
-                *limit = Value::from(cap);
+            if limit.as_u64().is_none_or(|n| n > cap.cap) {
+                *limit = Value::from(cap.cap);
                 changed = true;
             }
         }
@@ -134,6 +162,10 @@ mod tests {
 
     fn client_event(text: &str, cap: u64) -> Result<Option<String>, String> {
         let kind = event_kind(text);
+        let cap = SessionCap {
+            cap,
+            transcription: false,
+        };
         super::client_event(text, kind.as_deref(), cap)
     }
 
@@ -195,10 +227,37 @@ mod tests {
     }
 
     #[test]
-    fn transcription_sessions_are_not_capped_and_browsers_name_the_beta() {
-        assert_eq!(session_cap(Some(50), "model=gpt-realtime"), Some(50));
-        assert_eq!(session_cap(Some(50), "intent=transcription"), None);
-        assert_eq!(session_cap(None, "model=m"), None);
+    fn transcription_sessions_stay_transcriptions_and_browsers_name_the_beta() {
+        let cap = |transcription| {
+            Ok(Some(SessionCap {
+                cap: 50,
+                transcription,
+            }))
+        };
+        assert_eq!(session_cap(Some(50), "model=gpt-realtime"), cap(false));
+        assert_eq!(session_cap(Some(50), "intent=transcription"), cap(true));
+        assert_eq!(session_cap(None, "model=m"), Ok(None));
+        let twice = "intent=transcription&intent=conversation";
+        assert!(session_cap(Some(50), twice).is_err());
+        // A transcription session takes no response and does not become a conversation.
+        let held = SessionCap {
+            cap: 50,
+            transcription: true,
+        };
+        for text in [
+            r#"{"type":"response.create"}"#,
+            r#"{"type":"session.update","session":{"type":"realtime"}}"#,
+        ] {
+            assert!(
+                super::client_event(text, event_kind(text).as_deref(), held).is_err(),
+                "{text}"
+            );
+        }
+        let own = r#"{"type":"session.update","session":{"type":"transcription"}}"#;
+        assert_eq!(
+            super::client_event(own, event_kind(own).as_deref(), held),
+            Ok(None)
+        );
         let offered = [
             "realtime".to_string(),
             "openai-beta.realtime-v1".to_string(),

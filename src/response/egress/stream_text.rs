@@ -33,8 +33,9 @@ enum Member {
     Text,
     /// A label (`type`): checked alone, opens no channel.
     Identifier,
-    /// Gemini's `candidates`: its items are told apart by `index`, 0 when left out.
-    Candidates,
+    /// Gemini's `candidates`, OpenAI's `choices`: their items are told apart by `index`,
+    /// 0 when left out.
+    Choices,
 }
 
 /// The text fields of a stream, each concatenated across events.
@@ -129,7 +130,7 @@ impl StreamText {
             }
             Value::Array(items) => {
                 let (i, j) = (extend_path(indexed, ITEMS), extend_path(joined, ITEMS));
-                let candidates = of == Member::Candidates;
+                let candidates = of == Member::Choices;
                 items.iter().try_for_each(|x| match x {
                     Value::Object(m) => self.walk_object(rules, m, escapes, (i, j), candidates),
                     _ => self.walk(rules, x, escapes, (i, j), Member::Text),
@@ -141,7 +142,7 @@ impl StreamText {
     }
 
     /// [`StreamText::walk`] of an object; `candidate`: it is an item of Gemini's
-    /// `candidates`.
+    /// `candidates` or OpenAI's `choices`.
     fn walk_object(
         &mut self,
         rules: &Rules,
@@ -153,8 +154,9 @@ impl StreamText {
         // Members that say which choice, tool call, block or item this is: `index`
         // first, 0 for a candidate that has none. Gemini (proto3 JSON) leaves out a
         // candidate's index 0, and candidate 0 must not share the joined path that every
-        // candidate's text extends. (Only there: for every other item an implied index
-        // would open a second channel per field, where one serves.)
+        // candidate's text extends; so for a choice (an OpenAI-compatible server may do the
+        // same). Only there: for every other item an implied index would open a second
+        // channel per field, where one serves.
         let index = m.get("index").and_then(Value::as_u64);
         let mut here = match (index, candidate) {
             (None, false) => indexed,
@@ -183,7 +185,7 @@ impl StreamText {
             // string of a delta but `type`: ids and names are text here too.
             let of = match k.as_str() {
                 "type" => Member::Identifier,
-                "candidates" => Member::Candidates,
+                "candidates" | "choices" => Member::Choices,
                 _ => Member::Text,
             };
             self.walk(rules, x, escapes, (i, j), of)?;

@@ -432,3 +432,22 @@ fn tools_echoed_in_an_event_take_one_channel_a_field() {
     assert_eq!(st.check(&rules, &bytes, Some((&bytes, &event))), Ok(()));
     assert!(st.channels() < 400, "{} channels", st.channels());
 }
+
+/// A stream whose first choice leaves out its index 0 (as proto3 JSON does) beside a
+/// second choice: the key cut over the first choice's deltas is found, though the text
+/// of every choice joined reads `… x …` between its halves.
+#[test]
+fn a_key_split_over_a_choice_without_its_index_is_found() {
+    let rules = rules();
+    let (a, b) = KEY.split_at(KEY.len() / 2);
+    let events = [
+        json!({"choices": [{"delta": {"content": a}}, {"index": 1, "delta": {"content": "x"}}]}),
+        json!({"choices": [{"delta": {"content": b}}]}),
+    ];
+    let mut st = StreamText::default();
+    let found = events.iter().find_map(|e| {
+        let bytes = serde_json::to_vec(e).unwrap();
+        st.check(&rules, &bytes, Some((&bytes, e))).err()
+    });
+    assert_eq!(found, Some(Rejection::SecretEgress));
+}
