@@ -1,14 +1,13 @@
-//! Realtime sessions (SPEC §8.1): which requests open one, a session's limits, what
-//! keygate reads in the provider's events (usage from `response.done`; a secret is never
-//! passed on), and the registry of open sessions that a reload consults to close the
-//! ones whose site or key was removed. The gateway runs the session
-//! (`gateway/realtime.rs`); WebSocket framing is `tungstenite`'s.
+//! Realtime sessions (SPEC §8.1): which requests open one, a session's limits, and the
+//! registry of open sessions that a reload consults to close the ones whose site or key
+//! was removed. What keygate reads in the provider's events is [`watch`] (usage from
+//! `response.done`; a secret is never passed on), how a route's `max_tokens` holds is
+//! [`cap`]. The gateway runs the session (`gateway/realtime.rs`); WebSocket framing is
+//! `tungstenite`'s.
 
 pub mod cap;
+pub mod watch;
 
-use crate::response::egress::{self, Rules};
-use crate::response::usage::{self, Usage};
-use crate::response::validate::{Rejection, Tail};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,100 +106,6 @@ pub fn forwarded_subprotocols(
         }
     }
     Ok(out)
-}
-
-/// What a session's provider has sent so far, as a client reads it: the text of each
-/// field joined across messages (a client appends `response.output_text.delta` after
-/// `response.output_text.delta`), and the tail of its binary messages. A secret cut over
-/// two messages is found in the one that completes it, which is not passed on.
-#[derive(Default)]
-pub struct ProviderWatch {
-    text: egress::stream_text::StreamText,
-    binary: Tail,
-    /// The response the provider began and has not finished (with its id, when it named
-    /// one of at most 128 bytes): a session that ends then has it cancelled and its
-    /// report read, or is charged an estimate.
-    in_flight: Option<Option<String>>,
-    /// Bytes of output text (not audio) since that response began, for a `response.done`
-    /// that reports no usage.
-    output_text: usize,
-}
-
-impl ProviderWatch {
-    /// One text message: refused unless it is strict JSON (a lenient client parser could
-    /// read a secret from one keygate cannot parse, `"\ud800…"`), and when it carries a
-    /// secret or a blocked pattern, alone or joined with the messages before; its usage
-    /// when it is `response.done`.
-    pub fn text(&mut self, text: &str, rules: &Rules) -> Result<Option<Usage>, Rejection> {
-        let v =
-            serde_json::from_str::<serde_json::Value>(text).map_err(|_| Rejection::InvalidJson)?;
-        self.text
-            .check(rules, text.as_bytes(), Some((text.as_bytes(), &v)))?;
-        let kind = v.get("type").and_then(|t| t.as_str());
-        if !kind.is_some_and(|t| t.ends_with("audio.delta")) {
-            for k in ["delta", "transcript", "text", "arguments"] {
-                if let Some(s) = v.get(k).and_then(|s| s.as_str()) {
-                    self.output_text += s.len();
-                }
-            }
-        }
-        let id = v
-            .pointer("/response/id")
-            .and_then(|i| i.as_str())
-            .filter(|i| i.len() <= 128);
-        match kind {
-            // A second response before the first's `response.done` keeps the first's
-            // bytes in the count (they were counted above).
-            Some("response.created") if self.in_flight.is_none() => {
-                self.in_flight = Some(id.map(str::to_string));
-                self.output_text = 0;
-            }
-            // Another response's end (an out-of-band response begun meanwhile): its own
-            // report; the first is still in flight.
-            Some("response.done") if matches!((self.in_flight_id(), id), (Some(a), Some(b)) if a != b) =>
-            {
-                return Ok(Some(usage::find(&v).unwrap_or_default()));
-            }
-            Some("response.done") => {
-                self.in_flight = None;
-                let output = std::mem::take(&mut self.output_text);
-                // A `response.done` without usage (`"usage": null`): its output text,
-                // estimated (its audio and its input are not known here).
-                return Ok(Some(
-                    usage::find(&v).unwrap_or_else(|| Usage::estimate(0, output)),
-                ));
-            }
-            _ => {}
-        }
-        Ok(None)
-    }
-
-    /// The output text (not audio) of a response the provider began and has not finished
-    /// (the session ended in the middle of one), in bytes, if there is one: what its
-    /// output is estimated from, as for a `response.done` without usage.
-    pub fn in_flight(&self) -> Option<usize> {
-        self.in_flight.as_ref().map(|_| self.output_text)
-    }
-
-    /// The id of the response in flight, when it named one.
-    pub fn in_flight_id(&self) -> Option<&str> {
-        self.in_flight.as_ref().and_then(|id| id.as_deref())
-    }
-
-    /// One binary message: its bytes, and the end of the ones before, hold no secret.
-    pub fn binary(&mut self, bytes: &[u8], rules: &Rules) -> Result<(), Rejection> {
-        let mut hit = None;
-        self.binary.scan(bytes, rules.keep(), |b| {
-            hit = rules.hit(b);
-            hit.is_some()
-        });
-        hit.map_or(Ok(()), Err)
-    }
-
-    /// The reason of the provider's close frame, which would reach the client as it is.
-    pub fn close_reason(&self, reason: &str, rules: &Rules) -> Result<(), Rejection> {
-        rules.text(reason).map_or(Ok(()), Err)
-    }
 }
 
 /// Sessions open now, each with who opened it and how to close it.
@@ -316,7 +221,6 @@ impl Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::response::validate::SecretScanner;
 
     fn req(method: &str, path: &str, upgrade: Option<&str>) -> http::request::Parts {
         let mut b = http::Request::builder().method(method).uri(path);
@@ -412,120 +316,6 @@ mod tests {
         assert_eq!(forwarded_subprotocols(&h, &[]).unwrap(), vec!["realtime"]);
         h.insert("sec-websocket-protocol", "realtime".parse().unwrap());
         assert_eq!(key_from_subprotocols(&h), None);
-    }
-
-    /// Rules that look for one secret, `sk-secret-0123456789`.
-    fn rules() -> Rules<'static> {
-        static SCANNER: std::sync::LazyLock<SecretScanner> =
-            std::sync::LazyLock::new(|| SecretScanner::new(&["sk-secret-0123456789".to_string()]));
-        Rules {
-            secrets: &SCANNER,
-            patterns: None,
-        }
-    }
-
-    #[test]
-    fn provider_events_give_usage_and_never_a_secret() {
-        let rules = rules();
-        let text = |t: &str| ProviderWatch::default().text(t, &rules);
-        let done = r#"{"type":"response.done","response":{"usage":{"total_tokens":30,"input_tokens":10,"output_tokens":20}}}"#;
-        let u = text(done).unwrap().unwrap();
-        assert_eq!((u.input, u.output, u.estimated), (10, 20, false));
-        assert_eq!(text(r#"{"type":"session.created"}"#).unwrap(), None);
-        let leak = r#"{"type":"response.output_text.delta","delta":"sk-secret-\u0030123456789"}"#;
-        assert_eq!(text(leak), Err(Rejection::SecretEgress));
-        assert!(text("not json sk-secret-0123456789").is_err());
-        // Not strict JSON (a lone surrogate): a lenient parser would still read the key.
-        let lone =
-            r#"{"type":"response.output_text.delta","delta":"\ud800 sk-secret-\u0030123456789"}"#;
-        assert_eq!(text(lone), Err(Rejection::InvalidJson));
-        // An earlier duplicate member, escaped: a parser that keeps the first reads it.
-        let dup = r#"{"type":"response.output_text.delta","delta":"sk-secret-\u0030123456789","delta":"x"}"#;
-        assert_eq!(text(dup), Err(Rejection::SecretEgress));
-    }
-
-    #[test]
-    fn a_secret_cut_over_messages_is_found_in_the_one_that_completes_it() {
-        let rules = rules();
-        let delta = |d: &str| {
-            format!(
-                r#"{{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":"{d}"}}"#
-            )
-        };
-        let mut w = ProviderWatch::default();
-        assert_eq!(w.text(&delta("here: sk-secret-01"), &rules), Ok(None));
-        assert_eq!(
-            w.text(&delta("23456789 done"), &rules),
-            Err(Rejection::SecretEgress)
-        );
-        // Function call arguments, one character escaped in the second half.
-        let args = |d: &str| {
-            format!(
-                r#"{{"type":"response.function_call_arguments.delta","output_index":1,"delta":"{d}"}}"#
-            )
-        };
-        let mut w = ProviderWatch::default();
-        assert_eq!(w.text(&args(r#"{\"k\":\"sk-secret-"#), &rules), Ok(None));
-        assert_eq!(
-            w.text(&args(r#"\\u0030123456789\"}"#), &rules),
-            Err(Rejection::SecretEgress)
-        );
-        // Binary messages.
-        let mut w = ProviderWatch::default();
-        assert_eq!(w.binary(b"\x00\x01sk-secret-012", &rules), Ok(()));
-        assert_eq!(
-            w.binary(b"3456789\x02", &rules),
-            Err(Rejection::SecretEgress)
-        );
-        // The close frame's reason, escaped or not.
-        assert_eq!(
-            w.close_reason("bye sk-secret-0123456789", &rules),
-            Err(Rejection::SecretEgress)
-        );
-        assert_eq!(w.close_reason("normal closure", &rules), Ok(()));
-    }
-
-    /// A `response.done` without usage charged nothing, and a second `response.created`
-    /// before the first's end dropped the first's bytes.
-    #[test]
-    fn a_response_without_usage_is_estimated_from_its_bytes() {
-        let rules = rules();
-        let mut w = ProviderWatch::default();
-        let created = r#"{"type":"response.created"}"#;
-        let delta = format!(
-            r#"{{"type":"response.output_text.delta","delta":"{}"}}"#,
-            "word ".repeat(200)
-        );
-        // Audio is not text: base64 PCM counted as text was hundreds of times its cost.
-        let audio = format!(
-            r#"{{"type":"response.output_audio.delta","delta":"{}"}}"#,
-            "QUFB".repeat(5000)
-        );
-        assert_eq!(w.text(created, &rules), Ok(None));
-        assert_eq!(w.text(&delta, &rules), Ok(None));
-        assert_eq!(w.text(&audio, &rules), Ok(None));
-        assert_eq!(w.text(created, &rules), Ok(None));
-        let done = w
-            .text(
-                r#"{"type":"response.done","response":{"usage":null}}"#,
-                &rules,
-            )
-            .unwrap()
-            .expect("charged");
-        // The text's 1,000 bytes, not the messages' framing or the audio.
-        assert!(done.estimated && done.output == 250, "{done:?}");
-        // A reported usage is taken as it is.
-        let reported = w
-            .text(
-                r#"{"type":"response.done","response":{"usage":{"input_tokens":5,"output_tokens":7}}}"#,
-                &rules,
-            )
-            .unwrap()
-            .expect("reported");
-        assert_eq!(
-            (reported.input, reported.output, reported.estimated),
-            (5, 7, false)
-        );
     }
 
     #[test]

@@ -693,6 +693,17 @@ async fn the_cap_holds_in_beta_and_transcription_sessions() {
     }
     let twice = format!("{transcription}&intent=conversation");
     assert_eq!(open(&gw, &twice, &bearer(&gw)).await.err(), Some(400));
+    // A response the provider starts by itself runs under the session's limit: in a
+    // conversation the cap keygate set; in a session keygate took for a transcription
+    // (the mock runs a conversation whatever the intent) none, and the session ends.
+    let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
+    send(&mut ws, json!({"type": "mock.vad"})).await;
+    let created = until(&mut ws, "response.created").await;
+    assert_eq!(created["response"]["max_output_tokens"], 4096, "{created}");
+    let (mut ws, _) = open(&gw, &transcription, &bearer(&gw)).await.unwrap();
+    until(&mut ws, "session.created").await;
+    send(&mut ws, json!({"type": "mock.vad"})).await;
+    assert_closed(&mut ws, CloseCode::Error, "provider refused max_tokens").await;
 
     let (mut ws, _) = open(&gw, REALTIME, &bearer(&gw)).await.unwrap();
     until(&mut ws, "session.created").await;

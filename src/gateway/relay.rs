@@ -50,37 +50,40 @@ where
 /// response's `response.done` after asking it to cancel.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A response in flight when the session ended (the client left, or keygate ended it):
-/// the provider is asked to cancel it (by id), and its `response.done` read for a moment,
-/// with any other response's that comes first. That reports what it produced: a client
-/// that leaves between an answer's audio and its `response.done` had the audio in full,
-/// which an estimate from text does not count. A report without usage adds the input
-/// estimated from the client's `client_bytes` of text. Nothing read here reaches the
-/// client. The reports read, if any (the response may still be in flight after them).
+/// Responses in flight when the session ended (the client left, or keygate ended it): the
+/// provider is asked to cancel each (by id), and their `response.done`s read for a
+/// moment. They report what it produced: a client that leaves between an answer's audio
+/// and its `response.done` had the audio in full, which an estimate from text does not
+/// count. A report without usage adds the input estimated from the client's
+/// `client_bytes` of text. Nothing read here reaches the client (it is not scanned). The
+/// reports read, if any (responses may still be in flight after them).
 async fn settle_in_flight<S>(
     ws: &mut WebSocketStream<S>,
-    seen: &mut realtime::ProviderWatch,
-    rules: &Rules<'_>,
+    seen: &mut realtime::watch::ProviderWatch,
     client_bytes: usize,
 ) -> Option<Usage>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let cancel = match seen.in_flight_id() {
-        Some(id) => serde_json::json!({"type": "response.cancel", "response_id": id}),
-        None => serde_json::json!({"type": "response.cancel"}),
-    };
-    let cancel = Message::Text(cancel.to_string().into());
-    tokio::time::timeout(CLOSE_TIMEOUT, ws.send(cancel))
-        .await
-        .ok()?
-        .ok()?;
+    let mut ids = seen.in_flight_ids();
+    ids.dedup();
+    for id in ids {
+        let cancel = match id {
+            Some(id) => serde_json::json!({"type": "response.cancel", "response_id": id}),
+            None => serde_json::json!({"type": "response.cancel"}),
+        };
+        let cancel = Message::Text(cancel.to_string().into());
+        tokio::time::timeout(CLOSE_TIMEOUT, ws.send(cancel))
+            .await
+            .ok()?
+            .ok()?;
+    }
     let mut reported: Option<Usage> = None;
     let read = async {
         while let Some(Ok(m)) = ws.next().await {
             match m {
                 Message::Text(t) => {
-                    if let Ok(Some(mut u)) = seen.text(&t, rules) {
+                    if let Some(mut u) = seen.after_end(&t) {
                         if u.estimated {
                             u.input = u.input.max(Usage::estimate(client_bytes, 0).input);
                         }
@@ -260,7 +263,7 @@ pub(super) async fn bridge(
     let talk = async {
         let mut usage = None;
         let mut cost = None;
-        let mut seen = realtime::ProviderWatch::default();
+        let mut seen = realtime::watch::ProviderWatch::default();
         let mut client_bytes = 0usize;
         let mut client_close = None;
         // The provider's answer to keygate's opening update is still to come.
@@ -313,6 +316,11 @@ pub(super) async fn bridge(
                         Some(Ok(())) => opening = false,
                         Some(Err(())) => break End::CapRefused,
                         None => match seen.text(&t, &relay.rules) {
+                        // A response the provider runs over the cap (a limit keygate
+                        // never set): the session cannot be held to it.
+                        Ok(_) if relay.cap.is_some_and(|c| realtime::cap::response_over_cap(&t, c.cap)) => {
+                            break End::CapRefused;
+                        }
                         Ok(u) => {
                             if let Some(u) = u {
                                 relay.charge(u, &mut usage, &mut cost);
@@ -356,11 +364,15 @@ pub(super) async fn bridge(
                 },
             }
         };
+        // A response's report in a message keygate refused: the provider produced it.
+        if let Some(u) = seen.take_refused_usage() {
+            relay.charge(u, &mut usage, &mut cost);
+        }
         // A response the provider began and has not finished (the client left, or the
         // session was ended): the provider is asked to cancel it, and its report read.
         let provider_there = !matches!(end, End::UpstreamClosed | End::UpstreamGone);
         if seen.in_flight().is_some() && provider_there {
-            let settled = settle_in_flight(&mut upstream_ws, &mut seen, &relay.rules, client_bytes);
+            let settled = settle_in_flight(&mut upstream_ws, &mut seen, client_bytes);
             if let Some(u) = settled.await {
                 relay.charge(u, &mut usage, &mut cost);
             }

@@ -2,7 +2,8 @@
 //! `session.created` on open; `session.update` → `session.updated`; `response.create` →
 //! `response.created` (naming the output limit it runs under), a
 //! `response.output_text.delta`, then `response.done` with usage (10 in, 20 out). Test
-//! hooks: `mock.unfinished` begins a response and never ends it; `mock.echo_key` answers
+//! hooks: `mock.vad` runs a response as server turn detection would (no
+//! `response.create`); `mock.unfinished` begins a response and never ends it; `mock.echo_key` answers
 //! with the credential it received in a delta; `mock.big` sends one message of `bytes` bytes; the hostile ones of
 //! [`hostile`] hide it over messages, in a close frame or behind a lone surrogate.
 
@@ -145,6 +146,14 @@ where
                     "max_output_tokens": v.pointer("/response/max_output_tokens").unwrap_or(&session_limit)}}),
                 json!({"type": "response.output_text.delta", "response_id": "resp_1", "delta": "Hello from the mock."}),
                 json!({"type": "response.done", "response": {"id": "resp_1", "status": "completed",
+                    "usage": {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20}}}),
+            ],
+            // A response the provider starts by itself (server turn detection), under
+            // the session's limit.
+            "mock.vad" => vec![
+                json!({"type": "response.created", "response": {"id": "resp_3", "status": "in_progress",
+                    "max_output_tokens": session_limit}}),
+                json!({"type": "response.done", "response": {"id": "resp_3", "status": "completed",
                     "usage": {"total_tokens": 30, "input_tokens": 10, "output_tokens": 20}}}),
             ],
             "response.cancel" if cancel_reports => vec![

@@ -93,6 +93,28 @@ pub fn answer_to_opening(text: &str, cap: u64) -> Option<Result<(), ()>> {
     }
 }
 
+/// Does a provider event start a response whose output limit, as the provider names it,
+/// is over the cap (`"inf"`, or a count above it)? A limit keygate did not set or clamp
+/// (a session the client made a conversation that keygate took for a transcription, a
+/// field keygate does not know of): the session cannot be held to the cap. A response
+/// that names no limit passes.
+pub fn response_over_cap(text: &str, cap: u64) -> bool {
+    if !text.contains("response.created") {
+        return false;
+    }
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    if v.get("type").and_then(Value::as_str) != Some("response.created") {
+        return false;
+    }
+    let response = v.get("response");
+    FIELDS
+        .iter()
+        .filter_map(|f| response.and_then(|r| r.get(*f)))
+        .any(|l| l.as_u64().is_none_or(|n| n > cap))
+}
+
 /// The one member keygate reads of every client event. Its other members are skipped
 /// unread; a second `type` is refused (serde's duplicate-field check), so keygate and the
 /// provider read the same kind.
@@ -266,6 +288,26 @@ mod tests {
         assert!(!beta_names(None, &offered[..1]));
         let h = http::HeaderValue::from_static("realtime=v1");
         assert!(beta_names(Some(&h), &[]));
+    }
+
+    #[test]
+    fn a_response_over_the_cap_is_seen() {
+        let created = |r: &str| format!(r#"{{"type":"response.created","response":{r}}}"#);
+        assert!(response_over_cap(
+            &created(r#"{"max_output_tokens":"inf"}"#),
+            50
+        ));
+        assert!(response_over_cap(
+            &created(r#"{"max_response_output_tokens":51}"#),
+            50
+        ));
+        assert!(!response_over_cap(
+            &created(r#"{"max_output_tokens":50}"#),
+            50
+        ));
+        assert!(!response_over_cap(&created(r#"{"id":"resp_1"}"#), 50));
+        let done = r#"{"type":"response.done","response":{"max_output_tokens":"inf"}}"#;
+        assert!(!response_over_cap(done, 50));
     }
 
     #[test]
