@@ -87,7 +87,11 @@ async fn without_exact_limits_round_robin_is_held_to_the_limit_plus_documented_o
 #[tokio::test]
 async fn exact_limits_admit_exactly_the_quota_of_45_signed_requests_over_three_nodes() {
     let Some(redis) = Redis::start() else { return };
-    let nodes = start_fleet(&redis, "{ requests_per_minute: 30 }");
+    // About exactness, not timing: a first call that connects past 50 ms under a loaded
+    // CI machine met the outage policy (local admission) and let 41 of 45 through once.
+    let mut opts = node_options(&redis, "{ requests_per_minute: 30 }");
+    opts.config_extra = patient(&opts.config_extra);
+    let nodes = start_fleet_with(opts);
     within_one_minute(10).await;
     // All at once, round-robin: no node could tell from its own counts.
     let racing = (0..45).map(|i| models(&nodes[i % NODES]));

@@ -23,6 +23,14 @@ pub fn fleet_yaml_with(url: &str, redis_extra: &str, nonces: &str) -> String {
     )
 }
 
+/// `fleet:` YAML with a 1 s Redis timeout instead of [`TIMEOUT_MS`], for tests about what
+/// the fleet decides rather than when: a thread's first call also connects (TCP, TLS,
+/// AUTH), which on a loaded CI machine can take longer than 50 ms and then meets the
+/// outage policy.
+pub fn patient(yaml: &str) -> String {
+    yaml.replace(&format!("timeout_ms: {TIMEOUT_MS},"), "timeout_ms: 1000,")
+}
+
 /// A node's options: `tier` for site alpha, the fleet on `redis`, nonces falling back to local.
 pub fn node_options(redis: &Redis, tier: &str) -> Options {
     Options {
