@@ -316,9 +316,9 @@ pub(super) async fn bridge(
                         Some(Ok(())) => opening = false,
                         Some(Err(())) => break End::CapRefused,
                         None => match seen.text(&t, &relay.rules) {
-                        // A response the provider runs over the cap (a limit keygate
-                        // never set): the session cannot be held to it.
-                        Ok(_) if relay.cap.is_some_and(|c| realtime::cap::response_over_cap(&t, c.cap)) => {
+                        // A response in a session keygate took for a transcription: it
+                        // runs under no limit keygate set.
+                        Ok(_) if relay.cap.is_some_and(|c| c.transcription) && realtime::cap::starts_response(&t) => {
                             break End::CapRefused;
                         }
                         Ok(u) => {

@@ -8,8 +8,9 @@ use crate::response::usage::{self, Usage};
 use crate::response::validate::{Rejection, Tail};
 
 /// Responses tracked at once in a session (the provider begins one per `response.create`
-/// the client sends, out-of-band ones beside the conversation's); beyond it, a response's
-/// output text counts with the last one tracked.
+/// the client sends, out-of-band ones beside the conversation's); beyond it, responses
+/// are counted ([`ProviderWatch::untracked`]) and their output text counts with the last
+/// one tracked.
 const MAX_IN_FLIGHT: usize = 16;
 
 /// A response the provider began and has not finished.
@@ -31,6 +32,8 @@ pub struct ProviderWatch {
     /// The responses begun and not finished: a session that ends then has them
     /// cancelled and their reports read, or is charged an estimate.
     in_flight: Vec<Response>,
+    /// Responses begun past [`MAX_IN_FLIGHT`] and not finished.
+    untracked: usize,
     /// What the reports of refused messages said (they reached no client; the provider
     /// produced the response all the same).
     refused_usage: Option<Usage>,
@@ -94,10 +97,18 @@ impl ProviderWatch {
                 });
                 None
             }
+            Some("response.created") => {
+                self.untracked += 1;
+                None
+            }
             Some("response.done") => {
-                let output = self
-                    .position(id)
-                    .map_or(0, |r| self.in_flight.remove(r).output_text);
+                let output = match self.position(id) {
+                    Some(r) => self.in_flight.remove(r).output_text,
+                    None => {
+                        self.untracked = self.untracked.saturating_sub(1);
+                        0
+                    }
+                };
                 Some(usage::find(v).unwrap_or_else(|| Usage::estimate(0, output)))
             }
             _ => None,
@@ -121,12 +132,18 @@ impl ProviderWatch {
     /// finished (the session ended in the middle of them), in bytes, if there are any:
     /// what their output is estimated from, as for a `response.done` without usage.
     pub fn in_flight(&self) -> Option<usize> {
-        (!self.in_flight.is_empty()).then(|| self.in_flight.iter().map(|r| r.output_text).sum())
+        (!self.in_flight.is_empty() || self.untracked > 0)
+            .then(|| self.in_flight.iter().map(|r| r.output_text).sum())
     }
 
-    /// The ids of the responses in flight (`None` for one that named none).
+    /// The ids of the responses in flight (`None` for one that named none, and once for
+    /// those past [`MAX_IN_FLIGHT`]).
     pub fn in_flight_ids(&self) -> Vec<Option<String>> {
-        self.in_flight.iter().map(|r| r.id.clone()).collect()
+        let mut ids: Vec<_> = self.in_flight.iter().map(|r| r.id.clone()).collect();
+        if self.untracked > 0 {
+            ids.push(None);
+        }
+        ids
     }
 
     /// The usage the reports of refused messages carried, once.
@@ -268,6 +285,20 @@ mod tests {
         let kept = w.take_refused_usage().expect("kept");
         assert_eq!((kept.input, kept.output), (10, 2000));
         assert_eq!(w.take_refused_usage(), None);
+        // Past the responses tracked, one more is still in flight until its end.
+        for i in 0..=MAX_IN_FLIGHT {
+            assert_eq!(w.text(&created(&format!("r{i}")), &rules), Ok(None));
+        }
+        for i in 0..MAX_IN_FLIGHT {
+            assert!(w
+                .text(&done(&format!("r{i}"), ""), &rules)
+                .unwrap()
+                .is_some());
+        }
+        assert!(w.in_flight().is_some(), "the untracked one");
+        assert_eq!(w.in_flight_ids(), vec![None]);
+        assert!(w.text(&done("r16", ""), &rules).unwrap().is_some());
+        assert_eq!(w.in_flight(), None);
     }
 
     /// A `response.done` without usage charged nothing, and a second `response.created`
